@@ -1,0 +1,83 @@
+"""Enqueue one scenario, or all four, against a running API and worker; print what happened.
+
+Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe)
+"""
+
+import argparse
+import os
+import sys
+
+import settings
+
+CHOICES = ("unsafe", "keyed", "drop", "dedupe", "all")
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
+    parser.add_argument("--accounts", type=int, default=len(settings.ACCOUNTS), metavar="N")
+    parser.add_argument("--ops", type=int, default=len(settings.OPS), metavar="M")
+    parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, metavar="S")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=float(os.environ.get("DEMO_TIMEOUT", "60")),
+        metavar="S",
+        help="deadline per scenario for every invocation to finish (env DEMO_TIMEOUT)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(settings.get("DEMO_API_PORT")),
+        help="the API's port (env DEMO_API_PORT)",
+    )
+    parser.add_argument("--no-chart", action="store_true", help="skip the lane charts")
+
+
+def check_shape_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if not 1 <= args.accounts <= 500 or not 1 <= args.ops <= 100:
+        parser.error("--accounts must be 1..500 and --ops 1..100")
+    if not 0 <= args.hold <= 30:
+        parser.error("--hold must be between 0 and 30 seconds")
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
+    os.environ["DEMO_API_PORT"] = str(args.port)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=CHOICES)
+    add_shape_arguments(parser)
+    args = parser.parse_args(argv)
+    check_shape_arguments(parser, args)
+
+    # Imported after the flags are in the environment: tasks.py reads it when it builds the app.
+    import lanes
+    import scenarios
+
+    shape = scenarios.Shape(args.accounts, args.ops, args.hold)
+    chosen = (
+        scenarios.SCENARIOS.values()
+        if args.scenario == "all"
+        else [scenarios.SCENARIOS[args.scenario]]
+    )
+    provider = scenarios.Provider()
+    try:
+        provider.health()
+        outcomes = []
+        for scenario in chosen:
+            outcome = scenarios.run(scenario, shape, provider, args.timeout)
+            outcomes.append(outcome)
+            print(outcome.summary(), flush=True)
+            if not args.no_chart:
+                print(lanes.render(outcome.timeline), flush=True)
+            if outcome.unfinished:
+                print(f"  {scenarios.no_runner_hint()}", flush=True)
+                return 1
+    except scenarios.ProviderUnreachable as exc:
+        print(f"enqueue.py: {exc}", file=sys.stderr)
+        return 1
+    return 1 if any(o.broken() for o in outcomes) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""A per-account lane chart of the provider's calls, drawn in the terminal.
+
+One row per account, time left to right, one bar per call. Calls that overlap on one
+account stack into extra rows, so a collision is visible as a second bar above the first.
+"""
+
+import os
+import shutil
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+
+OK_BAR, COLLISION_BAR = "=", "X"
+GREEN, RED, DIM, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[0m"
+MAX_ACCOUNTS_DRAWN = 12
+
+
+def use_colour() -> bool:
+    return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+
+
+def _stack(calls: list[dict]) -> list[list[dict]]:
+    """Put each call in the first row where it overlaps nothing: overlap makes rows."""
+    rows: list[list[dict]] = []
+    for call in sorted(calls, key=lambda c: c["start"]):
+        for row in rows:
+            if row[-1]["end"] <= call["start"]:
+                row.append(call)
+                break
+        else:
+            rows.append([call])
+    return rows
+
+
+def _row(calls: list[dict], span: float, width: int, colour: bool) -> str:
+    cells = [" "] * width
+    paint = [""] * width
+    for call in calls:
+        first = min(width - 1, int(call["start"] / span * width))
+        last = max(first, min(width - 1, int(call["end"] / span * width) - 1))
+        fill = COLLISION_BAR if call["collided"] else OK_BAR
+        for i in range(first, last + 1):
+            cells[i] = fill
+            paint[i] = RED if call["collided"] else GREEN
+        # Brackets keep back-to-back calls apart when a bar is wide enough to hold them.
+        if last - first >= 2:
+            cells[first], cells[last] = "[", "]"
+    if not colour:
+        return "".join(cells)
+    return "".join(f"{p}{c}{RESET}" if p else c for c, p in zip(cells, paint, strict=True))
+
+
+def _axis(span: float, width: int, indent: int) -> str:
+    step = next(s for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 30, 60) if span / s <= width / 8)
+    ticks = [" "] * width
+    labels = [" "] * (width + 8)
+    t = 0.0
+    while t <= span + 1e-9:
+        col = min(width - 1, int(t / span * width))
+        ticks[col] = "|"
+        text = f"{t:g}s"
+        labels[col : col + len(text)] = text
+        t += step
+    pad = " " * indent
+    return f"{pad}{''.join(ticks)}\n{pad}{''.join(labels).rstrip()}"
+
+
+def render(calls: Sequence[dict], colour: bool | None = None, width: int | None = None) -> str:
+    """The chart as text; calls carry account_id, op, start, end (seconds) and collided."""
+    finished = [c for c in calls if c.get("end") is not None]
+    if not finished:
+        return "  (the provider saw no calls)"
+    colour = use_colour() if colour is None else colour
+    by_account: dict[str, list[dict]] = defaultdict(list)
+    for call in finished:
+        by_account[call["account_id"]].append(call)
+    label = max(8, *(len(a) for a in by_account))
+    if width is None:
+        width = min(72, shutil.get_terminal_size((100, 24)).columns - label - 6)
+    width = max(20, width)
+    span = max(c["end"] for c in finished) or 1.0
+
+    lines: list[str] = []
+    shown = list(by_account.items())[:MAX_ACCOUNTS_DRAWN]
+    for account, acc_calls in shown:
+        for depth, row in enumerate(_stack(acc_calls)):
+            name = account if depth == 0 else ""
+            lines.append(f"  {name:<{label}} |{_row(row, span, width, colour)}|")
+    hidden = list(by_account.items())[MAX_ACCOUNTS_DRAWN:]
+    if hidden:
+        lanes = [len(_stack(c)) for _, c in hidden]
+        busiest = max(lanes)
+        lines.append(
+            f"  ... {len(hidden)} more accounts, {sum(len(c) for _, c in hidden)} calls; "
+            f"most calls in flight at once on one of them: {busiest}"
+        )
+    lines.append(_axis(span, width, indent=label + 3))
+    legend = f"  {OK_BAR * 3} call   {COLLISION_BAR * 3} collision   stacked rows = overlap"
+    lines.append(f"{DIM}{legend}{RESET}" if colour else legend)
+    return "\n".join(lines)

@@ -1,0 +1,161 @@
+"""Starting, watching and stopping the demo's child processes, and waiting with deadlines.
+
+sample.py and the tests share these, so every child is started and stopped one way.
+"""
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+PR_SET_PDEATHSIG = 1
+
+
+class DeadlineExceeded(Exception):
+    """A wait ran out of time; the message says what it was waiting for."""
+
+
+class ChildDied(Exception):
+    """A child process exited while we still needed it."""
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def tail(self, lines: int = 20) -> str:
+        self.log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(f"    {line}" for line in text[-lines:])
+
+    def check_alive(self) -> None:
+        if (code := self.proc.poll()) is not None:
+            raise ChildDied(
+                f"{self.name} (pid {self.proc.pid}) exited with code {code}. "
+                f"Last lines of {self.log_path}:\n{self.tail()}"
+            )
+
+
+def _die_with_parent() -> None:
+    """Runs in the child: Linux sends it SIGTERM if the parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def start_child(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Child:
+    """Start argv in its own process group, its output in log_path."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = log_path.open("wb")
+    try:
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+            # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
+    except BaseException:
+        log.close()
+        raise
+    return Child(name, proc, log_path, log)
+
+
+def stop_child(child: Child, grace: float = 5.0) -> None:
+    """SIGTERM the child's group, SIGKILL it after grace seconds, close its log."""
+    try:
+        if child.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=grace)
+        # The leader may be gone while something it started lives on in the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(timeout=grace)
+    finally:
+        child.log.close()
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    """A list to put started children in; all of them are stopped on the way out."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            stop_child(child)
+
+
+def wait_until[T](
+    probe: Callable[[], T | None],
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    check: Callable[[], None] | None = None,
+) -> T:
+    """Poll probe until it returns something truthy; raise DeadlineExceeded after timeout.
+
+    check runs on every poll and may raise (e.g. ChildDied) to stop waiting at once.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if check is not None:
+            check()
+        if result := probe():
+            return result
+        if time.monotonic() >= deadline:
+            raise DeadlineExceeded(f"gave up after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so `finally` blocks run, as on Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,325 @@
+"""The four scenarios: what each enqueues, what the provider saw, and what pynenc promised.
+
+enqueue.py runs one or all of them against a running API and worker; sample.py runs them
+after starting both. Nothing here starts a process.
+"""
+
+import logging
+import math
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+from pynenc.invocation.dist_invocation import ReusedInvocation
+from pynenc.invocation.status import InvocationStatus
+
+import settings
+import tasks
+
+DROPPED = InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
+# This process only enqueues and watches: its own INFO lines would bury the summaries.
+tasks.app.logger.setLevel(logging.WARNING)
+
+
+class ProviderUnreachable(Exception):
+    """The API is not answering where we looked."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    key: str
+    letter: str
+    title: str
+    task_name: str
+    # What the ideal run calls per account: every op (A, B) or just once (C, D).
+    once_per_account: bool
+
+    @property
+    def heading(self) -> str:
+        return f"{self.letter}. {self.key} — {self.title}"
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in (
+        Scenario("unsafe", "A", "no concurrency control", "call_unsafe", False),
+        Scenario("keyed", "B", "running_concurrency=KEYS, reroute=True", "call_keyed", False),
+        Scenario("drop", "C", "running_concurrency=KEYS, reroute=False", "call_keyed_drop", True),
+        Scenario("dedupe", "D", "registration + running KEYS", "refresh_once", True),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How big a run is: the article's defaults, or scaled up with the CLI's knobs."""
+
+    accounts: int = len(settings.ACCOUNTS)
+    ops: int = len(settings.OPS)
+    hold: float = settings.HOLD_SECONDS
+    refreshes: int = settings.REFRESHES_PER_ACCOUNT
+    workers: int = 1
+    threads: int = settings.MAX_THREADS
+
+    def payloads(self, scenario: Scenario) -> list[dict[str, str]]:
+        """A to C: each op for every account in turn. D: a burst of refreshes per account."""
+        accounts = settings.account_names(self.accounts)
+        if scenario.key == "dedupe":
+            # A noisy event bus fires one account's refresh many times in a row.
+            return [{"account_id": a} for a in accounts for _ in range(self.refreshes)]
+        return [{"account_id": a, "op": op} for op in settings.op_names(self.ops) for a in accounts]
+
+    def floor(self, scenario: Scenario) -> float:
+        """The least time the provider could take: hold x the longest chain of calls."""
+        slots = self.threads * self.workers
+        if scenario.once_per_account:
+            return math.ceil(self.accounts / slots) * self.hold
+        waves = math.ceil(self.accounts * self.ops / slots)
+        if scenario.key == "unsafe":
+            return waves * self.hold
+        return max(self.ops, waves) * self.hold
+
+
+@dataclass
+class Outcome:
+    scenario: Scenario
+    shape: Shape
+    enqueued: int
+    invocations: int
+    statuses: Counter[str]
+    calls: int
+    collisions: int
+    per_account: dict[str, dict[str, int]]
+    elapsed: float
+    timeline: list[dict[str, object]]
+    # Invocations that pynenc created although one for the key was already queued or running.
+    late: list[str] = field(default_factory=list)
+    unfinished: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dropped(self) -> int:
+        return self.statuses[DROPPED.value]
+
+    @property
+    def deduped(self) -> int:
+        return self.enqueued - self.invocations
+
+    @property
+    def failed(self) -> int:
+        return self.statuses[InvocationStatus.FAILED.value]
+
+    @property
+    def ideal_calls(self) -> int:
+        return self.shape.accounts if self.scenario.once_per_account else self.enqueued
+
+    @property
+    def extra_calls(self) -> int:
+        return max(0, self.calls - self.ideal_calls)
+
+    @property
+    def floor(self) -> float:
+        return self.shape.floor(self.scenario)
+
+    def broken(self) -> list[str]:
+        """Each guarantee that did not hold, in words; empty when the run kept its promises."""
+        s, problems = self.scenario.key, []
+        if self.unfinished:
+            shown = ", ".join(f"{i} {st}" for i, st in list(self.unfinished.items())[:5])
+            problems.append(f"{len(self.unfinished)} invocations never finished ({shown})")
+        if self.failed:
+            problems.append(f"{self.failed} invocations failed")
+        if s in ("keyed", "drop", "dedupe") and self.collisions:
+            problems.append(f"{self.collisions} collisions under running_concurrency=KEYS")
+        if s in ("unsafe", "keyed") and self.calls != self.enqueued:
+            problems.append(f"{self.calls} calls for {self.enqueued} enqueued")
+        if s == "drop" and self.calls + self.dropped != self.enqueued:
+            problems.append(f"{self.calls} calls + {self.dropped} dropped != {self.enqueued}")
+        if s == "dedupe" and self.calls != self.invocations:
+            problems.append(f"{self.calls} calls for {self.invocations} invocations")
+        if self.scenario.once_per_account and self.calls >= self.enqueued:
+            problems.append(f"{self.calls} calls: nothing was dropped or deduped")
+        return problems
+
+    def summary(self) -> str:
+        parts = [f"{self.calls} calls"]
+        if self.dropped:
+            parts[0] += f" ({self.dropped} dropped)"
+        if self.deduped:
+            parts[0] += f" ({self.deduped} deduped)"
+        parts.append(f"{self.collisions} collisions")
+        head = f"  {self.enqueued} enqueued -> {', '.join(parts)}, {self.elapsed:.2f}s"
+        head += f" (floor {self.floor:.2f}s, {self.floor / self.elapsed:.0%})"
+        lines = ["", f"=== {self.scenario.heading} ===", head]
+        for name, acc in self.per_account.items():
+            mark = " X" if acc["collisions"] else "OK"
+            lines.append(f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}")
+        if self.late:
+            lines.append(f"  note: {len(self.late)} late, ran after the first for its key:")
+            lines += [f"    {why}" for why in self.late]
+        lines += [f"  GUARANTEE BROKEN: {p}" for p in self.broken()]
+        return "\n".join(lines)
+
+
+class Provider:
+    """The demo's oracle, over HTTP."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url or settings.api_url()
+        self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    def _request(self, method: str, path: str, **params: object) -> dict:
+        try:
+            r = self.http.request(method, path, params=params or None)
+        except httpx.TransportError as exc:
+            raise ProviderUnreachable(
+                f"no API answers at {self.base_url} ({type(exc).__name__}). Start it with:\n"
+                f"  uv run uvicorn api_server:app --port {settings.get('DEMO_API_PORT')}"
+            ) from exc
+        r.raise_for_status()
+        return r.json()
+
+    def reset(self, label: str, hold: float) -> None:
+        self._request("POST", "/reset", label=label, hold=hold)
+
+    def report(self) -> dict:
+        return self._request("GET", "/report")
+
+    def timeline(self) -> list[dict[str, object]]:
+        return self._request("GET", "/timeline")["calls"]
+
+    def health(self) -> dict:
+        return self._request("GET", "/health")
+
+
+def status_of(invocation_id: str) -> InvocationStatus:
+    return tasks.app.orchestrator.get_invocation_status(invocation_id)
+
+
+def enqueue(scenario: Scenario, shape: Shape) -> tuple[list[str], list[str]]:
+    """Send every payload; return the distinct invocation ids and the late duplicates."""
+    task = getattr(tasks, scenario.task_name)
+    ids: list[str] = []
+    first_for: dict[str, str] = {}
+    late: list[str] = []
+    for payload in shape.payloads(scenario):
+        inv = task(**payload)
+        if isinstance(inv, ReusedInvocation):
+            continue
+        account = payload["account_id"]
+        if scenario.key == "dedupe" and account in first_for:
+            # Registration dedupe only sees REGISTERED invocations: say why this one is new.
+            earlier = status_of(first_for[account]).value
+            late.append(f"{account}: new invocation, the earlier one was already {earlier}")
+        first_for.setdefault(account, inv.invocation_id)
+        ids.append(inv.invocation_id)
+    return ids, late
+
+
+def wait_finished(
+    ids: list[str], timeout: float, check: Callable[[], None] | None = None
+) -> dict[str, InvocationStatus]:
+    """Poll until every invocation is final or the deadline passes; never blocks on a result."""
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, InvocationStatus] = {}
+    pending = list(ids)
+    while True:
+        if check is not None:
+            check()
+        for inv_id in list(pending):
+            statuses[inv_id] = status_of(inv_id)
+            if statuses[inv_id].is_final():
+                pending.remove(inv_id)
+        if not pending or time.monotonic() >= deadline:
+            return statuses
+        time.sleep(0.02)
+
+
+def no_runner_hint() -> str:
+    runners = tasks.app.orchestrator.get_active_runners()
+    if runners:
+        return f"{len(runners)} runner(s) are active but did not finish the work in time."
+    return (
+        "no runner picked the work up. Start one with:\n"
+        "  uv run pynenc --app tasks.app runner start"
+    )
+
+
+def run(
+    scenario: Scenario,
+    shape: Shape,
+    provider: Provider,
+    timeout: float,
+    check: Callable[[], None] | None = None,
+) -> Outcome:
+    payloads = shape.payloads(scenario)
+    provider.reset(scenario.heading, shape.hold)
+    started = time.monotonic()
+    ids, late = enqueue(scenario, shape)
+    statuses = wait_finished(ids, timeout, check)
+    elapsed = time.monotonic() - started
+    report = provider.report()
+    if scenario.key == "drop":
+        late = [
+            f"{name}: {acc['calls']} calls, the key was free when the others were picked up"
+            for name, acc in report["accounts"].items()
+            if acc["calls"] > 1
+        ]
+    return Outcome(
+        scenario=scenario,
+        shape=shape,
+        enqueued=len(payloads),
+        invocations=len(ids),
+        statuses=Counter(s.value for s in statuses.values()),
+        calls=report["calls"],
+        collisions=report["collisions"],
+        per_account={n: a for n, a in report["accounts"].items()},
+        elapsed=elapsed,
+        timeline=provider.timeline(),
+        late=late,
+        unfinished={i: s.value for i, s in statuses.items() if not s.is_final()},
+    )
+
+
+def one_line(outcomes: list[Outcome]) -> str:
+    """One round in a line: letter, calls/collisions, and anything unusual."""
+    parts = []
+    for o in outcomes:
+        text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
+        if o.late:
+            text += f" late={len(o.late)}"
+        if o.unfinished:
+            text += f" unfinished={len(o.unfinished)}"
+        parts.append(text + ("" if not o.broken() else " BROKEN"))
+    return "  ".join(parts)
+
+
+COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
+
+
+def _value(outcome: Outcome, column: str) -> int:
+    value = getattr(outcome, column)
+    return len(value) if isinstance(value, list | dict) else value
+
+
+def distribution(outcomes: list[Outcome]) -> str:
+    """Per scenario and measure: min / typical (median) / max over the rounds."""
+    rounds = max(Counter(o.scenario.key for o in outcomes).values())
+    header = f"{'scenario':<10}" + "".join(f"{c.replace('_calls', ''):>14}" for c in COLUMNS)
+    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
+    for scenario in SCENARIOS.values():
+        mine = [o for o in outcomes if o.scenario is scenario]
+        if not mine:
+            continue
+        cells = []
+        for column in COLUMNS:
+            values = [_value(o, column) for o in mine]
+            cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
+        broken = sum(1 for o in mine if o.broken())
+        note = f"  broken in {broken} of {len(mine)}" if broken else ""
+        lines.append(
+            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
+        )
+    return "\n".join(lines)

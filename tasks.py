@@ -1,0 +1,65 @@
+"""The pynenc app and its four tasks: the whole idea on one screen.
+
+Run a worker: uv run pynenc --app tasks.app runner start
+"""
+
+import httpx
+from pynenc import PynencBuilder
+from pynenc.conf.config_task import ConcurrencyControlType as Mode
+
+import settings
+
+API_URL = settings.api_url()
+
+builder = PynencBuilder().app_id("concurrency_demo")
+if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis; see README "Redis and many workers"
+    builder = builder.redis(url=settings.get("REDIS_URL"))
+else:
+    builder = builder.sqlite(settings.get("DEMO_DB"))
+app = (
+    builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
+    .runner_tuning(runner_loop_sleep_time_sec=float(settings.get("DEMO_RUNNER_SLEEP")))
+    .logging_stream("stdout")
+    .logging_level(settings.get("DEMO_LOG_LEVEL"))
+    .max_pending_seconds(3.0)
+    .build()
+)
+
+
+def _hit(account_id: str, op: str) -> str:
+    r = httpx.post(f"{API_URL}/call/{account_id}/{op}", timeout=60.0)
+    r.raise_for_status()
+    return r.json()["outcome"]
+
+
+@app.task
+def call_unsafe(account_id: str, op: str) -> str:
+    return _hit(account_id, op)
+
+
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_keyed(account_id: str, op: str) -> str:
+    return _hit(account_id, op)
+
+
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=False,
+)
+def call_keyed_drop(account_id: str, op: str) -> str:
+    return _hit(account_id, op)
+
+
+@app.task(
+    running_concurrency=Mode.KEYS,
+    registration_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def refresh_once(account_id: str) -> str:
+    return _hit(account_id, "refresh")

@@ -1,0 +1,83 @@
+"""Shared fixtures: a real API and real workers on a private port and database.
+
+The environment is set before anything imports tasks.py, which reads it to build the app.
+"""
+
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from processes import Child, children, free_port, start_child, stop_child, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
+os.environ.update(
+    {
+        "DEMO_DB": str(STATE / "tests.db"),
+        "DEMO_API_PORT": str(free_port()),
+        "DEMO_LOG_DIR": str(STATE / "logs"),
+        "DEMO_BACKEND": "sqlite",
+    }
+)
+READY = 30.0
+
+
+def unique(prefix: str = "acct") -> str:
+    """An account name no other test uses, so tests never see each other's calls."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture(scope="session")
+def live_api() -> Iterator["object"]:
+    """The provider as a real uvicorn process on a free loopback port."""
+    import scenarios
+    import settings
+
+    argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--no-access-log"]
+    argv += ["--host", "127.0.0.1", "--port", settings.get("DEMO_API_PORT")]
+    with children() as started:
+        api = start_child("API", argv, STATE / "logs" / "api.log", cwd=ROOT)
+        started.append(api)
+        provider = scenarios.Provider()
+
+        def up() -> bool:
+            try:
+                return provider.health()["status"] == "ok"
+            except scenarios.ProviderUnreachable:
+                return False
+
+        wait_until(up, READY, "the test API", check=api.check_alive)
+        yield provider
+
+
+@pytest.fixture
+def start_worker(live_api: object) -> Iterator[Callable[[], Child]]:
+    """Start a pynenc worker on demand; each is stopped when the test ends."""
+    import tasks
+
+    started: list[Child] = []
+
+    def start() -> Child:
+        before = {r.runner_id for r in tasks.app.orchestrator.get_active_runners()}
+        argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+        log = STATE / "logs" / f"worker-{uuid.uuid4().hex[:6]}.log"
+        worker = start_child("worker", argv, log, cwd=ROOT)
+        started.append(worker)
+
+        def registered() -> bool:
+            now = {r.runner_id for r in tasks.app.orchestrator.get_active_runners()}
+            return bool(now - before)
+
+        wait_until(registered, READY, "the worker's first heartbeat", check=worker.check_alive)
+        return worker
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            stop_child(worker)

@@ -1,0 +1,131 @@
+"""The provider is the demo's oracle: its counting must be right under truly concurrent calls."""
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+import api_server
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(api_server.app) as c:
+        r = c.post("/reset", params={"label": "test", "hold": 0.05})
+        assert r.status_code == 200, r.text
+        yield c
+
+
+async def _concurrent(calls: list[tuple[str, str]], hold: float | None = None) -> list[str]:
+    transport = httpx.ASGITransport(app=api_server.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+        params = {"hold": hold} if hold is not None else None
+        responses = await asyncio.gather(
+            *(c.post(f"/call/{a}/{op}", params=params) for a, op in calls)
+        )
+    for r in responses:
+        assert r.status_code == 200, r.text
+    return [r.json()["outcome"] for r in responses]
+
+
+def test_concurrent_calls_for_one_account_collide(client: TestClient) -> None:
+    outcomes = asyncio.run(_concurrent([("acme", f"op{i}") for i in range(5)], hold=0.2))
+    assert sorted(outcomes) == ["collision"] * 4 + ["ok"]
+    report = client.get("/report").json()
+    assert report["accounts"]["acme"] == {"calls": 5, "collisions": 4, "in_flight": 0}
+    assert (report["calls"], report["collisions"]) == (5, 4)
+
+
+def test_different_accounts_never_collide(client: TestClient) -> None:
+    names = [f"acct{i}" for i in range(10)]
+    outcomes = asyncio.run(_concurrent([(n, "fetch") for n in names], hold=0.1))
+    assert outcomes == ["ok"] * 10
+    assert client.get("/report").json()["collisions"] == 0
+
+
+def test_sequential_calls_for_one_account_do_not_collide(client: TestClient) -> None:
+    for op in ("a", "b", "c"):
+        r = client.post(f"/call/acme/{op}", params={"hold": 0})
+        assert r.json() == {"outcome": "ok"}, r.text
+    assert client.get("/report").json()["accounts"]["acme"]["collisions"] == 0
+
+
+def test_reset_clears_counts_and_sets_the_hold(client: TestClient) -> None:
+    client.post("/call/acme/op", params={"hold": 0})
+    r = client.post("/reset", params={"label": "B. keyed", "hold": 0.1})
+    assert r.json() == {"label": "B. keyed", "hold": 0.1}
+    report = client.get("/report").json()
+    assert (report["label"], report["hold"], report["calls"], report["accounts"]) == (
+        "B. keyed",
+        0.1,
+        0,
+        {},
+    )
+
+
+def test_timeline_records_each_call_with_start_end_and_collision(client: TestClient) -> None:
+    asyncio.run(_concurrent([("acme", "first"), ("acme", "second")], hold=0.1))
+    calls = client.get("/timeline").json()["calls"]
+    assert [c["account_id"] for c in calls] == ["acme", "acme"]
+    assert sorted(c["collided"] for c in calls) == [False, True]
+    for c in calls:
+        assert 0 <= c["start"] < c["end"]
+
+
+def test_health_names_the_instance(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEMO_API_INSTANCE", "abc123")
+    assert client.get("/health").json() == {"status": "ok", "instance": "abc123"}
+
+
+@pytest.mark.parametrize(
+    "path, params",
+    [
+        ("/call/acme/op", {"hold": -1}),
+        ("/call/acme/op", {"hold": 1e9}),
+        ("/call/acme/op", {"hold": "soon"}),
+        ("/call/acme/op", {"hold": "nan"}),
+        ("/call/acme/" + "x" * 65, None),
+        ("/call/" + "a" * 65 + "/op", None),
+        ("/call/ac%0Ame/op", None),
+        ("/call/ac%20me/op", None),
+        ("/call/acme/op%07", None),
+        ("/reset", {"hold": -0.1}),
+    ],
+)
+def test_bad_input_is_rejected_with_422(
+    client: TestClient, path: str, params: dict[str, object] | None
+) -> None:
+    r = client.post(path, params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"], r.text
+    assert client.get("/report").json()["calls"] == 0
+
+
+def test_empty_account_id_is_not_a_call(client: TestClient) -> None:
+    r = client.post("/call//op")
+    assert r.status_code in (404, 422), r.text
+    assert client.get("/report").json()["calls"] == 0
+
+
+def test_paused_calls_stay_in_flight_until_resumed(client: TestClient) -> None:
+    async def scenario() -> tuple[int, list[str]]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            await c.post("/pause")
+            first = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0}))
+            while (await c.get("/report")).json()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
+            # Still paused: a second call for the account arrives while the first is held.
+            second = asyncio.create_task(c.post("/call/acme/two", params={"hold": 0}))
+            while (await c.get("/report")).json()["in_flight"] < 2:
+                await asyncio.sleep(0.01)
+            held = (await c.get("/report")).json()["in_flight"]
+            await c.post("/resume")
+            return held, [(await t).json()["outcome"] for t in (first, second)]
+
+    held, outcomes = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert held == 2
+    assert outcomes == ["ok", "collision"]
+    assert client.get("/report").json()["in_flight"] == 0

@@ -1,0 +1,123 @@
+"""What each scenario sends, its physical floor, and how a run is judged against its promise."""
+
+from collections import Counter
+
+import pytest
+
+import scenarios
+from scenarios import SCENARIOS, Outcome, Shape
+
+DEFAULT = Shape()
+
+
+def test_a_to_c_send_every_op_for_every_account() -> None:
+    for key in ("unsafe", "keyed", "drop"):
+        payloads = DEFAULT.payloads(SCENARIOS[key])
+        assert len(payloads) == 12
+        pairs = {(p["account_id"], p["op"]) for p in payloads}
+        assert len(pairs) == 12
+        assert {a for a, _ in pairs} == {"acme", "globex", "initech"}
+        assert {op for _, op in pairs} == {
+            "fetch_profile",
+            "list_invoices",
+            "refresh_usage",
+            "update_metadata",
+        }
+
+
+def test_d_sends_eight_refreshes_per_account_in_bursts() -> None:
+    payloads = DEFAULT.payloads(SCENARIOS["dedupe"])
+    assert Counter(p["account_id"] for p in payloads) == {"acme": 8, "globex": 8, "initech": 8}
+    assert [p["account_id"] for p in payloads[:8]] == ["acme"] * 8
+
+
+def test_scaled_shapes_add_numbered_accounts_and_ops() -> None:
+    shape = Shape(accounts=30, ops=6)
+    payloads = shape.payloads(SCENARIOS["keyed"])
+    assert len(payloads) == 180
+    assert len({p["account_id"] for p in payloads}) == 30
+    assert len({p["op"] for p in payloads}) == 6
+
+
+@pytest.mark.parametrize(
+    "key, shape, floor",
+    [
+        ("unsafe", DEFAULT, 0.8),  # 12 calls on 8 threads: two waves
+        ("keyed", DEFAULT, 1.6),  # four ops in a row per account
+        ("drop", DEFAULT, 0.4),
+        ("dedupe", DEFAULT, 0.4),
+        ("keyed", Shape(accounts=30, ops=4, hold=0.1), 1.5),  # 120 calls on 8 threads: 15 waves
+        ("keyed", Shape(accounts=30, ops=4, hold=0.1, workers=3), 0.5),
+    ],
+)
+def test_floor(key: str, shape: Shape, floor: float) -> None:
+    assert shape.floor(SCENARIOS[key]) == pytest.approx(floor)
+
+
+def outcome(key: str, **fields: object) -> Outcome:
+    base: dict[str, object] = dict(
+        scenario=SCENARIOS[key],
+        shape=DEFAULT,
+        enqueued=12,
+        invocations=12,
+        statuses=Counter(success=12),
+        calls=12,
+        collisions=0,
+        per_account={},
+        elapsed=2.0,
+        timeline=[],
+    )
+    return Outcome(**(base | fields))
+
+
+def test_a_holds_with_collisions_but_not_with_missing_calls() -> None:
+    assert outcome("unsafe", collisions=9).broken() == []
+    assert outcome("unsafe", calls=11).broken()
+
+
+def test_b_breaks_on_a_collision_or_a_missing_call() -> None:
+    assert outcome("keyed").broken() == []
+    assert "1 collisions" in outcome("keyed", collisions=1).broken()[0]
+    assert outcome("keyed", calls=11).broken()
+
+
+def test_c_counts_dropped_as_dropped_not_as_errors() -> None:
+    dropped = Counter(success=3, concurrency_controlled_final=9)
+    ok = outcome("drop", calls=3, statuses=dropped)
+    assert (ok.dropped, ok.failed, ok.broken()) == (9, 0, [])
+    assert outcome("drop", calls=4, statuses=dropped).broken()  # a call nobody accounts for
+
+
+def test_d_counts_deduped_and_allows_late_duplicates_that_ran_once() -> None:
+    ok = outcome("dedupe", enqueued=24, invocations=4, calls=4, statuses=Counter(success=4))
+    ok.late = ["acme: new invocation, the earlier one was already running"]
+    assert (ok.deduped, ok.extra_calls, ok.broken()) == (20, 1, [])
+    twice = outcome("dedupe", enqueued=24, invocations=3, calls=4, statuses=Counter(success=3))
+    assert twice.broken() == ["4 calls for 3 invocations"]
+
+
+def test_unfinished_invocations_break_every_scenario() -> None:
+    for key in SCENARIOS:
+        stuck = outcome(key, unfinished={"inv-1": "rerouted"})
+        assert "never finished (inv-1 rerouted)" in stuck.broken()[0]
+
+
+def test_summary_has_the_articles_shape() -> None:
+    text = outcome(
+        "keyed", per_account={"acme": {"calls": 4, "collisions": 0, "in_flight": 0}}
+    ).summary()
+    assert "=== B. keyed — running_concurrency=KEYS, reroute=True ===" in text
+    assert "  12 enqueued -> 12 calls, 0 collisions, 2.00s (floor 1.60s, 80%)" in text
+    assert "  OK acme     calls=4  collisions=0" in text
+
+
+def test_distribution_reports_min_typical_max() -> None:
+    runs = [outcome("unsafe", collisions=c) for c in (9, 6, 9)]
+    runs.append(outcome("keyed", collisions=1))
+    lines = scenarios.distribution(runs).splitlines()
+    assert "=== 3 rounds: min / typical / max ===" in lines
+    a_row = next(line for line in lines if line.startswith("A."))
+    b_row = next(line for line in lines if line.startswith("B."))
+    assert a_row.split()[2:4] == ["12/12/12", "6/9/9"]  # calls, collisions
+    assert b_row.endswith("broken in 1 of 1")
+    assert not any(line.startswith("C.") for line in lines)
