@@ -71,7 +71,6 @@ def main(argv: list[str] | None = None) -> int:
             if not args.no_chart:
                 print(lanes.render(outcome.timeline), flush=True)
             if outcome.unfinished:
-                print(f"  {scenarios.no_runner_hint()}", flush=True)
                 return 1
     except scenarios.ProviderUnreachable as exc:
         print(f"enqueue.py: {exc}", file=sys.stderr)

@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     os.environ["DEMO_DB"] = args.db
     fresh_sqlite(args.db)
+    # Imported only now: tasks.py builds the app from the environment set above.
+    import scenarios
 
     with stop_on_sigterm(), children() as started:
         try:
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("\nsample.py: interrupted; stopping the API and the workers.", file=sys.stderr)
             return 130
-        except (ChildDied, DeadlineExceeded) as exc:
+        except (ChildDied, DeadlineExceeded, scenarios.ProviderUnreachable) as exc:
             print(f"sample.py: {exc}", file=sys.stderr)
             return 1
 
@@ -142,7 +144,7 @@ def run_scenarios(args: argparse.Namespace, api: Child, watched: list[Child]) ->
         for scenario in scenarios.SCENARIOS.values():
             outcome = scenarios.run(scenario, shape, provider, args.timeout, check=all_alive)
             outcomes.append(outcome)
-            if round_no == 1:
+            if round_no == 1 or outcome.broken():
                 print(outcome.summary(), flush=True)
                 if not args.no_chart:
                     print(lanes.render(outcome.timeline), flush=True)

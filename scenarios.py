@@ -160,6 +160,8 @@ class Outcome:
             lines.append(f"  note: {len(self.late)} late, ran after the first for its key:")
             lines += [f"    {why}" for why in self.late]
         lines += [f"  GUARANTEE BROKEN: {p}" for p in self.broken()]
+        if self.unfinished:
+            lines.append(f"  {unfinished_hint(self.unfinished)}")
         return "\n".join(lines)
 
 
@@ -175,8 +177,8 @@ class Provider:
             r = self.http.request(method, path, params=params or None)
         except httpx.TransportError as exc:
             raise ProviderUnreachable(
-                f"no API answers at {self.base_url} ({type(exc).__name__}). Start it with:\n"
-                f"  uv run uvicorn api_server:app --port {settings.get('DEMO_API_PORT')}"
+                f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
+                f"uv run uvicorn api_server:app --port {settings.get('DEMO_API_PORT')}"
             ) from exc
         r.raise_for_status()
         return r.json()
@@ -237,14 +239,16 @@ def wait_finished(
         time.sleep(0.02)
 
 
-def no_runner_hint() -> str:
-    runners = tasks.app.orchestrator.get_active_runners()
-    if runners:
-        return f"{len(runners)} runner(s) are active but did not finish the work in time."
-    return (
-        "no runner picked the work up. Start one with:\n"
-        "  uv run pynenc --app tasks.app runner start"
-    )
+def unfinished_hint(unfinished: dict[str, str]) -> str:
+    """Why work is unfinished at the deadline, and what to do about it."""
+    if all(status == InvocationStatus.REGISTERED.value for status in unfinished.values()):
+        return (
+            f"no runner picked the work up ({len(unfinished)} invocations still registered). "
+            "Start one with: uv run pynenc --app tasks.app runner start"
+        )
+    counts = Counter(unfinished.values())
+    shown = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    return f"{len(unfinished)} invocations did not finish in time: {shown}"
 
 
 def run(
