@@ -1,0 +1,177 @@
+"""What pynenc's concurrency settings really guarantee, pinned down without relying on timing.
+
+The provider's /pause holds every call in flight until /resume, so each test decides when
+the first call for an account ends; the worker is started only when a test wants one.
+Each test uses account names of its own.
+"""
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from pynenc.invocation.dist_invocation import ReusedInvocation
+from pynenc.invocation.status import InvocationStatus as S
+
+import tasks
+from conftest import unique
+from processes import wait_until
+from scenarios import Provider, status_of
+
+WAIT = 30.0
+
+
+@pytest.fixture
+def provider(live_api: Provider) -> Iterator[Provider]:
+    live_api.reset("semantics test", hold=0.0)
+    yield live_api
+    live_api.http.post("/resume")
+
+
+@contextmanager
+def paused(provider: Provider) -> Iterator[None]:
+    provider.http.post("/pause").raise_for_status()
+    try:
+        yield
+    finally:
+        provider.http.post("/resume").raise_for_status()
+
+
+def wait_in_flight(provider: Provider, name: str, count: int = 1) -> None:
+    """Until the provider holds count calls for the account (RUNNING comes a moment earlier)."""
+    wait_until(
+        lambda: account(provider, name)["in_flight"] == count,
+        WAIT,
+        f"{count} call(s) in flight for {name}",
+    )
+
+
+def wait_final(*invocation_ids: str) -> list[S]:
+    return [
+        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, WAIT, f"{i} to finish")
+        for i in invocation_ids
+    ]
+
+
+def history(invocation_id: str) -> list[S]:
+    return [h.status_record.status for h in tasks.app.state_backend.get_history(invocation_id)]
+
+
+def account(provider: Provider, name: str) -> dict[str, int]:
+    return provider.report()["accounts"].get(name, {"calls": 0, "collisions": 0, "in_flight": 0})
+
+
+def calls_for(provider: Provider, name: str) -> list[dict]:
+    return [c for c in provider.timeline() if c["account_id"] == name]
+
+
+def test_registration_dedupe_collapses_duplicates_while_queued(
+    provider: Provider, start_worker: Callable
+) -> None:
+    acct = unique()
+    first = tasks.refresh_once(acct)
+    duplicates = [tasks.refresh_once(acct) for _ in range(7)]
+
+    assert not isinstance(first, ReusedInvocation)
+    assert all(isinstance(d, ReusedInvocation) for d in duplicates)
+    assert {d.invocation_id for d in duplicates} == {first.invocation_id}
+    assert status_of(first.invocation_id) == S.REGISTERED  # no worker yet: still queued
+
+    start_worker()
+    assert wait_final(first.invocation_id) == [S.SUCCESS]
+    assert account(provider, acct)["calls"] == 1
+
+
+def test_a_late_duplicate_is_a_new_invocation_that_runs_after_the_first(
+    provider: Provider, start_worker: Callable
+) -> None:
+    start_worker()
+    acct = unique()
+    with paused(provider):
+        first = tasks.refresh_once(acct)
+        wait_in_flight(provider, acct)
+        late = tasks.refresh_once(acct)
+
+        # Registration dedupe looks only at REGISTERED invocations; the first is RUNNING.
+        assert not isinstance(late, ReusedInvocation)
+        assert late.invocation_id != first.invocation_id
+        # The running guard holds it back while the first is in flight.
+        wait_until(lambda: S.REROUTED in history(late.invocation_id), WAIT, "a reroute")
+        assert account(provider, acct) == {"calls": 1, "collisions": 0, "in_flight": 1}
+
+    assert wait_final(first.invocation_id, late.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert account(provider, acct) == {"calls": 2, "collisions": 0, "in_flight": 0}
+    one, two = calls_for(provider, acct)
+    assert two["start"] >= one["end"]
+
+
+def test_drop_finishes_a_blocked_invocation_without_calling_the_provider(
+    provider: Provider, start_worker: Callable
+) -> None:
+    start_worker()
+    acct = unique()
+    with paused(provider):
+        first = tasks.call_keyed_drop(acct, "fetch_profile")
+        wait_in_flight(provider, acct)
+        blocked = tasks.call_keyed_drop(acct, "list_invoices")
+        assert wait_final(blocked.invocation_id) == [S.CONCURRENCY_CONTROLLED_FINAL]
+        assert account(provider, acct)["calls"] == 1
+
+    assert wait_final(first.invocation_id) == [S.SUCCESS]
+    assert first.result == "ok"
+    # A dropped invocation has no result: asking for one raises, it does not wait.
+    with pytest.raises(KeyError):
+        _ = blocked.result
+    assert [c["op"] for c in calls_for(provider, acct)] == ["fetch_profile"]
+
+
+def test_reroute_sends_a_blocked_invocation_back_until_its_key_is_free(
+    provider: Provider, start_worker: Callable
+) -> None:
+    start_worker()
+    acct = unique()
+    with paused(provider):
+        first = tasks.call_keyed(acct, "fetch_profile")
+        wait_in_flight(provider, acct)
+        blocked = tasks.call_keyed(acct, "list_invoices")
+        wait_until(lambda: S.REROUTED in history(blocked.invocation_id), WAIT, "a reroute")
+        assert status_of(blocked.invocation_id) != S.RUNNING
+
+    assert wait_final(first.invocation_id, blocked.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert account(provider, acct) == {"calls": 2, "collisions": 0, "in_flight": 0}
+    assert [c["op"] for c in calls_for(provider, acct)] == ["fetch_profile", "list_invoices"]
+
+
+def test_keys_serialize_one_account_and_run_different_accounts_in_parallel(
+    provider: Provider, start_worker: Callable
+) -> None:
+    start_worker()
+    acme, globex = unique("acme"), unique("globex")
+    with paused(provider):
+        a1 = tasks.call_keyed(acme, "fetch_profile")
+        wait_in_flight(provider, acme)
+        a2 = tasks.call_keyed(acme, "list_invoices")  # same key, another op
+        g1 = tasks.call_keyed(globex, "fetch_profile")  # another key, same op
+        wait_in_flight(provider, globex)
+        wait_until(lambda: S.REROUTED in history(a2.invocation_id), WAIT, "a reroute")
+
+        # Both accounts are in flight at once; the second acme call is not.
+        assert account(provider, acme) == {"calls": 1, "collisions": 0, "in_flight": 1}
+        assert account(provider, globex) == {"calls": 1, "collisions": 0, "in_flight": 1}
+
+    assert wait_final(a1.invocation_id, a2.invocation_id, g1.invocation_id) == [S.SUCCESS] * 3
+    assert account(provider, acme) == {"calls": 2, "collisions": 0, "in_flight": 0}
+    assert account(provider, globex)["collisions"] == 0
+
+
+def test_without_control_the_same_account_runs_twice_at_once(
+    provider: Provider, start_worker: Callable
+) -> None:
+    """The baseline the other tests are measured against: the collision is real."""
+    start_worker()
+    acct = unique()
+    with paused(provider):
+        first = tasks.call_unsafe(acct, "fetch_profile")
+        second = tasks.call_unsafe(acct, "list_invoices")
+        wait_in_flight(provider, acct, 2)
+    assert wait_final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert account(provider, acct) == {"calls": 2, "collisions": 1, "in_flight": 0}
