@@ -33,6 +33,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes]
+    # Once stopped, the PID may belong to someone else: never signal it again.
+    stopped: bool = False
 
     def tail(self, lines: int = 20) -> str:
         self.log.flush()
@@ -81,21 +83,31 @@ def start_child(
     return Child(name, proc, log_path, log)
 
 
-def stop_child(child: Child, grace: float = 5.0) -> None:
-    """SIGTERM the child's group, SIGKILL it after grace seconds, close its log."""
+def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
+    """SIGTERM every child's group at once, SIGKILL what is left after grace, close the logs."""
+    stopping = [child for child in stopping if not child.stopped]
     try:
-        if child.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.proc.pid, signal.SIGTERM)
+        for child in stopping:
+            if child.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(child.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for child in stopping:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            # The leader may be gone while something it started lives on in the group.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(timeout=grace)
-        # The leader may be gone while something it started lives on in the group.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(timeout=grace)
     finally:
-        child.log.close()
+        for child in stopping:
+            child.stopped = True
+            child.log.close()
+
+
+def stop_child(child: Child, grace: float = 5.0) -> None:
+    stop_children([child], grace)
 
 
 @contextlib.contextmanager
@@ -105,8 +117,7 @@ def children() -> Iterator[list[Child]]:
     try:
         yield started
     finally:
-        for child in reversed(started):
-            stop_child(child)
+        stop_children(started)
 
 
 def wait_until[T](
@@ -129,6 +140,18 @@ def wait_until[T](
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"gave up after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux VmHWM), or 0 where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -10,6 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
+import redis_server
 import settings
 from enqueue import add_shape_arguments, check_shape_arguments
 from processes import (
@@ -17,19 +20,36 @@ from processes import (
     ChildDied,
     DeadlineExceeded,
     children,
+    peak_memory_mib,
     port_in_use,
     start_child,
+    stop_children,
     stop_on_sigterm,
     wait_until,
 )
+
+BENCH_ROUNDS = 5
+BENCH_SCALED = {"accounts": 30, "ops": 4, "hold": 0.1}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_shape_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the scenarios N times")
+    parser.add_argument("--rounds", type=int, default=None, help="repeat the scenarios N times")
     parser.add_argument("--workers", type=int, default=1, help="runner processes to start")
     parser.add_argument("--db", default=settings.get("DEMO_DB"), help="SQLite file (env DEMO_DB)")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "redis"),
+        default=settings.get("DEMO_BACKEND"),
+        help="where pynenc keeps its state (env DEMO_BACKEND); redis uses REDIS_URL if set, "
+        "else starts a private redis-server",
+    )
+    parser.add_argument(
+        "--bench",
+        action="store_true",
+        help=f"benchmark: {BENCH_ROUNDS} rounds (or --rounds), then a scaled run; print figures",
+    )
     parser.add_argument(
         "--ready-timeout",
         type=float,
@@ -39,6 +59,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     check_shape_arguments(parser, args)
+    if args.rounds is None:
+        args.rounds = BENCH_ROUNDS if args.bench else 1
     if not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
     return args
@@ -54,53 +76,49 @@ def fresh_sqlite(path: str) -> None:
         Path(path + suffix).unlink(missing_ok=True)
 
 
-def start_api(started: list[Child], timeout: float) -> Child:
-    host, port = settings.get("DEMO_API_HOST"), int(settings.get("DEMO_API_PORT"))
-    token = os.environ["DEMO_API_INSTANCE"] = secrets.token_hex(8)
-    argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", str(port)]
+def start_api() -> Child:
+    host, port = settings.get("DEMO_API_HOST"), settings.get("DEMO_API_PORT")
+    # A token only this run knows: readiness checks it, so a stale server never passes.
+    os.environ["DEMO_API_INSTANCE"] = secrets.token_hex(8)
+    argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", port]
     # Warnings only: the log then holds just the provider's call lines.
     argv += ["--no-access-log", "--log-level", "warning"]
-    api = start_child("API", argv, log_dir() / "api.log")
-    started.append(api)
-
-    import scenarios
-
-    provider = scenarios.Provider()
-
-    def answers_as_ours() -> bool:
-        try:
-            return provider.health().get("instance") == token
-        except scenarios.ProviderUnreachable:
-            return False
-
-    wait_until(answers_as_ours, timeout, f"the API at {settings.api_url()}", check=api.check_alive)
-    return api
+    return start_child("API", argv, log_dir() / "api.log")
 
 
-def start_workers(started: list[Child], count: int, timeout: float) -> list[Child]:
+def start_worker(number: int) -> Child:
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    return start_child(f"worker {number}", argv, log_dir() / f"worker-{number}.log")
+
+
+def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
     import tasks
 
-    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    workers = [
-        start_child(f"worker {i}", argv, log_dir() / f"worker-{i}.log") for i in range(1, count + 1)
-    ]
-    started.extend(workers)
+    token = os.environ["DEMO_API_INSTANCE"]
+
+    def api_is_ours() -> bool:
+        try:
+            r = httpx.get(f"{settings.api_url()}/health", timeout=1.0)
+        except httpx.TransportError:
+            return False
+        return r.status_code == 200 and r.json().get("instance") == token
 
     def all_alive() -> None:
-        for worker in workers:
-            worker.check_alive()
+        for child in (api, *workers):
+            child.check_alive()
 
+    wait_until(api_is_ours, timeout, f"the API at {settings.api_url()}", check=all_alive)
     # A runner counts as up once it has written its first heartbeat to the orchestrator.
     wait_until(
-        lambda: len(tasks.app.orchestrator.get_active_runners()) >= count,
+        lambda: len(tasks.app.orchestrator.get_active_runners()) >= len(workers),
         timeout,
-        f"{count} worker(s) to register as active runners",
+        f"{len(workers)} worker(s) to register as active runners",
         check=all_alive,
     )
-    return workers
 
 
 def main(argv: list[str] | None = None) -> int:
+    began = time.monotonic()
     args = parse_args(argv)
     host, port = settings.get("DEMO_API_HOST"), args.port
     if port_in_use(host, port):
@@ -111,30 +129,61 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    os.environ["DEMO_BACKEND"] = args.backend
     os.environ["DEMO_DB"] = args.db
-    fresh_sqlite(args.db)
-    # Imported only now: tasks.py builds the app from the environment set above.
-    import scenarios
 
+    phases: dict[str, float] = {}
     with stop_on_sigterm(), children() as started:
         try:
-            api = start_api(started, args.ready_timeout)
-            workers = start_workers(started, args.workers, args.ready_timeout)
-            return run_scenarios(args, api, [api, *workers])
+            if args.backend == "redis":
+                redis_server.provide(started, args.ready_timeout)
+                # tasks.py builds the app from the environment just set.
+                import scenarios
+
+                scenarios.purge_backend()
+            else:
+                fresh_sqlite(args.db)
+            # Children first: they boot while this process imports pynenc below.
+            started.append(api := start_api())
+            workers = [start_worker(n) for n in range(1, args.workers + 1)]
+            started.extend(workers)
+            # Imported only now (a no-op after the Redis branch): tasks.py reads the environment.
+            import scenarios
+
+            wait_ready(api, workers, args.ready_timeout)
+            phases["start-up"] = time.monotonic() - began
+            code = run_scenarios(args, api, workers)
+            phases["scenarios"] = time.monotonic() - began - phases["start-up"]
+            memory = [peak_memory_mib(w.proc.pid) for w in workers]
+            stopping = time.monotonic()
+            stop_children(started)
+            phases["teardown"] = time.monotonic() - stopping
         except KeyboardInterrupt:
             print("\nsample.py: interrupted; stopping the API and the workers.", file=sys.stderr)
             return 130
-        except (ChildDied, DeadlineExceeded, scenarios.ProviderUnreachable) as exc:
+        except (
+            ChildDied,
+            DeadlineExceeded,
+            ConnectionError,
+            httpx.HTTPError,
+            redis_server.NoRedis,
+        ) as exc:
             print(f"sample.py: {exc}", file=sys.stderr)
             return 1
+    if args.bench:
+        total = time.monotonic() - began
+        shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
+        print(f"\nwhole run (in-process): {total:.2f}s = {shown}")
+        print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
+    return code
 
 
-def run_scenarios(args: argparse.Namespace, api: Child, watched: list[Child]) -> int:
+def run_scenarios(args: argparse.Namespace, api: Child, workers: list[Child]) -> int:
     import lanes
     import scenarios
 
     def all_alive() -> None:
-        for child in watched:
+        for child in (api, *workers):
             child.check_alive()
 
     shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers)
@@ -144,28 +193,42 @@ def run_scenarios(args: argparse.Namespace, api: Child, watched: list[Child]) ->
         for scenario in scenarios.SCENARIOS.values():
             outcome = scenarios.run(scenario, shape, provider, args.timeout, check=all_alive)
             outcomes.append(outcome)
-            if round_no == 1 or outcome.broken():
+            if (round_no == 1 and not args.bench) or outcome.broken():
                 print(outcome.summary(), flush=True)
                 if not args.no_chart:
                     print(lanes.render(outcome.timeline), flush=True)
-        if round_no > 1:
-            print(
-                f"round {round_no}/{args.rounds}: {scenarios.one_line(outcomes[-4:])}", flush=True
-            )
+        if args.rounds > 1:
+            line = f"round {round_no}/{args.rounds}: {scenarios.one_line(outcomes[-4:])}"
+            print(line, flush=True)
 
-    if args.rounds == 1:
+    if args.rounds == 1 and not args.bench:
         print("\n--- the provider's call log ---")
         api.log.flush()
         print(api.log_path.read_text(errors="replace").strip())
     else:
         print(scenarios.distribution(outcomes))
+    if args.bench:
+        print(scenarios.efficiency(outcomes))
+        scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers)
+        label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
+        print(f"\n=== scaled run: {label} ===")
+        big = [
+            scenarios.run(s, scaled, provider, args.timeout, check=all_alive)
+            for s in scenarios.SCENARIOS.values()
+        ]
+        print(scenarios.efficiency(big))
+        outcomes += big
+    return verdict(outcomes)
+
+
+def verdict(outcomes: list) -> int:
     broken = [(o.scenario.letter, p) for o in outcomes for p in o.broken()]
     if broken:
-        print(f"\nFAILED: {len(broken)} broken guarantee(s); first: {broken[0][0]}: {broken[0][1]}")
+        letter, problem = broken[0]
+        print(f"\nFAILED: {len(broken)} broken guarantee(s); first: {letter}: {problem}")
         return 1
-    print(
-        f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {time.strftime('%H:%M:%S')})."
-    )
+    stamp = time.strftime("%H:%M:%S")
+    print(f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {stamp}).")
     return 0
 
 

@@ -26,8 +26,12 @@ app = (
 )
 
 
+# One client for every call: a fresh one per call loads TLS certificates each time.
+http = httpx.Client(base_url=API_URL, timeout=60.0)
+
+
 def _hit(account_id: str, op: str) -> str:
-    r = httpx.post(f"{API_URL}/call/{account_id}/{op}", timeout=60.0)
+    r = http.post(f"/call/{account_id}/{op}")
     r.raise_for_status()
     return r.json()["outcome"]
 

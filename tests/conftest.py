@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import Child, children, free_port, start_child, stop_child, wait_until
+from processes import Child, children, free_port, start_child, stop_children, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
@@ -79,5 +79,4 @@ def start_worker(live_api: object) -> Iterator[Callable[[], Child]]:
     try:
         yield start
     finally:
-        for worker in started:
-            stop_child(worker)
+        stop_children(started)
