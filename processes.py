@@ -6,6 +6,7 @@ sample.py and the tests share these, so every child is started and stopped one w
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,6 +41,15 @@ class Child:
         self.log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(f"    {line}" for line in text[-lines:])
+
+    def last_error(self) -> str:
+        """The last line of the log that names an exception, if any."""
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        found = (
+            line.strip() for line in reversed(lines) if re.search(r"\w(Error|Exception)\b", line)
+        )
+        return next(found, "")
 
     def check_alive(self) -> None:
         if (code := self.proc.poll()) is not None:

@@ -7,7 +7,6 @@ import importlib.util
 import os
 import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import settings
@@ -15,7 +14,7 @@ from processes import Child, free_port, start_child, stop_child, wait_until
 
 
 class NoRedis(Exception):
-    """Neither REDIS_URL nor a redis-server binary is available."""
+    """Redis cannot be used here: no plugin, or neither REDIS_URL nor redis-server."""
 
 
 PLUGIN_HINT = (
@@ -43,9 +42,9 @@ def start_private(log_path: Path, timeout: float) -> tuple[Child, str]:
     if binary is None:
         raise NoRedis(INSTALL_HINT)
     port = free_port()
-    workdir = tempfile.mkdtemp(prefix="demo-redis-")
+    # No snapshots, no append-only file: nothing is written, the --dir is only a formality.
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    argv += ["--appendonly", "no", "--dir", workdir]
+    argv += ["--appendonly", "no", "--dir", str(log_path.parent)]
     child = start_child("redis-server", argv, log_path)
     try:
         ready = lambda: _answers_ping("127.0.0.1", port)  # noqa: E731 - one-line probe

@@ -86,9 +86,11 @@ def start_api() -> Child:
     return start_child("API", argv, log_dir() / "api.log")
 
 
-def start_worker(number: int) -> Child:
+def start_worker(number: int, life: int = 1) -> Child:
+    """Worker `number`; `life` counts its restarts, so a crashed worker's log is kept."""
     argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    return start_child(f"worker {number}", argv, log_dir() / f"worker-{number}.log")
+    name = f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
+    return start_child(f"worker {number}", argv, log_dir() / name)
 
 
 def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
@@ -152,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
 
             wait_ready(api, workers, args.ready_timeout)
             phases["start-up"] = time.monotonic() - began
-            code = run_scenarios(args, api, workers)
+            watch = Watch(api, workers, started)
+            code = run_scenarios(args, watch)
             phases["scenarios"] = time.monotonic() - began - phases["start-up"]
-            memory = [peak_memory_mib(w.proc.pid) for w in workers]
+            memory = [peak_memory_mib(w.proc.pid) for w in watch.alive]
             stopping = time.monotonic()
             stop_children(started)
             phases["teardown"] = time.monotonic() - stopping
@@ -178,20 +181,50 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def run_scenarios(args: argparse.Namespace, api: Child, workers: list[Child]) -> int:
+class Watch:
+    """Checked on every poll: the API must live; a worker that dies is reported at once.
+
+    With one worker, nothing is left to run the work and the run stops. With several, a
+    stress run measures N workers, so the dead one is replaced, as a supervisor would, and
+    the crash goes into the report.
+    """
+
+    def __init__(self, api: Child, workers: list[Child], started: list[Child]) -> None:
+        self.api, self.alive, self.started = api, list(workers), started
+        self.restart = len(workers) > 1
+        self.where = ""
+        self.crashes: list[str] = []
+
+    def __call__(self) -> None:
+        self.api.check_alive()
+        for worker in [w for w in self.alive if w.proc.poll() is not None]:
+            self.alive.remove(worker)
+            try:
+                worker.check_alive()
+            except ChildDied as exc:
+                print(f"\n{exc}", flush=True)
+            error = worker.last_error() or f"exit code {worker.proc.returncode}"
+            self.crashes.append(f"{worker.name} died during {self.where}: {error}")
+            if self.restart:
+                number = int(worker.name.split()[-1])
+                lives = sum(1 for c in self.started if c.name == worker.name)
+                self.alive.append(replacement := start_worker(number, lives + 1))
+                self.started.append(replacement)
+        if not self.alive:
+            raise ChildDied("no worker is left to run the work")
+
+
+def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
     import lanes
     import scenarios
-
-    def all_alive() -> None:
-        for child in (api, *workers):
-            child.check_alive()
 
     shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers)
     provider = scenarios.Provider()
     outcomes: list[scenarios.Outcome] = []
     for round_no in range(1, args.rounds + 1):
         for scenario in scenarios.SCENARIOS.values():
-            outcome = scenarios.run(scenario, shape, provider, args.timeout, check=all_alive)
+            watch.where = f"round {round_no}, {scenario.letter}. {scenario.key}"
+            outcome = scenarios.run(scenario, shape, provider, args.timeout, check=watch)
             outcomes.append(outcome)
             if (round_no == 1 and not args.bench) or outcome.broken():
                 print(outcome.summary(), flush=True)
@@ -203,8 +236,8 @@ def run_scenarios(args: argparse.Namespace, api: Child, workers: list[Child]) ->
 
     if args.rounds == 1 and not args.bench:
         print("\n--- the provider's call log ---")
-        api.log.flush()
-        print(api.log_path.read_text(errors="replace").strip())
+        watch.api.log.flush()
+        print(watch.api.log_path.read_text(errors="replace").strip())
     else:
         print(scenarios.distribution(outcomes))
     if args.bench:
@@ -212,17 +245,23 @@ def run_scenarios(args: argparse.Namespace, api: Child, workers: list[Child]) ->
         scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers)
         label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
         print(f"\n=== scaled run: {label} ===")
+        watch.where = "the scaled run"
         big = [
-            scenarios.run(s, scaled, provider, args.timeout, check=all_alive)
+            scenarios.run(s, scaled, provider, args.timeout, check=watch)
             for s in scenarios.SCENARIOS.values()
         ]
         print(scenarios.efficiency(big))
         outcomes += big
-    return verdict(outcomes)
+    return verdict(outcomes, watch.crashes)
 
 
-def verdict(outcomes: list) -> int:
+def verdict(outcomes: list, crashes: list[str]) -> int:
     broken = [(o.scenario.letter, p) for o in outcomes for p in o.broken()]
+    broken += [("worker", crash) for crash in crashes]
+    if crashes:
+        print(f"\nworker crashes: {len(crashes)}")
+        for crash in crashes:
+            print(f"  {crash}")
     if broken:
         letter, problem = broken[0]
         print(f"\nFAILED: {len(broken)} broken guarantee(s); first: {letter}: {problem}")

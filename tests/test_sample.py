@@ -1,46 +1,10 @@
 """sample.py end to end, as a user runs it: exit code, four summaries, the provider's log."""
 
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from processes import free_port
-
-SUMMARY = re.compile(
-    r"  (?P<enqueued>\d+) enqueued -> (?P<calls>\d+) calls"
-    r"(?: \((?P<dropped>\d+) dropped\))?(?: \((?P<deduped>\d+) deduped\))?"
-    r", (?P<collisions>\d+) collisions, [\d.]+s \(floor [\d.]+s, \d+%\)"
-)
-
-
-def run_sample(tmp_path: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port())]
-    argv += ["--db", str(tmp_path / "demo.db"), *args]
-    env_overrides = {"DEMO_LOG_DIR": str(tmp_path / "logs"), "NO_COLOR": "1"}
-    return subprocess.run(
-        argv,
-        cwd=ROOT,
-        env={**os.environ, **env_overrides},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def summaries(stdout: str) -> dict[str, dict[str, int]]:
-    found: dict[str, dict[str, int]] = {}
-    letter = None
-    for line in stdout.splitlines():
-        if m := re.match(r"=== ([ABCD])\. ", line):
-            letter = m.group(1)
-        elif (m := SUMMARY.fullmatch(line)) and letter:
-            found[letter] = {k: int(v or 0) for k, v in m.groupdict().items()}
-            letter = None
-    return found
+from demo_runs import processes_mentioning, run_sample, summaries
 
 
 @pytest.mark.e2e
@@ -63,3 +27,17 @@ def test_sample_runs_all_four_scenarios_and_keeps_its_promises(tmp_path: Path) -
     # The provider's own call log follows, one reset marker per scenario.
     assert out.count("--- reset @ ") == 4, out
     assert "OK: every guarantee held" in out
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.e2e
+def test_rounds_print_a_distribution_per_scenario(tmp_path: Path) -> None:
+    result = run_sample(tmp_path, "--rounds", "2", "--no-chart")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "=== 2 rounds: min / typical / max ===" in lines
+    rows = {line[:2]: line.split() for line in lines if line[:2] in ("A.", "B.", "C.", "D.")}
+    # scenario, key, then calls, collisions, extra, dropped, deduped, late, unfinished
+    assert rows["B."][2:4] == ["12/12/12", "0/0/0"]
+    assert rows["C."][3] == "0/0/0" and rows["D."][3] == "0/0/0"
+    assert all(row[8] == "0/0/0" for row in rows.values())

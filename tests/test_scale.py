@@ -1,0 +1,97 @@
+"""Beyond one worker on SQLite: the Redis backend, and several workers, end to end.
+
+The Redis runs use `uv run --isolated --group redis`, an environment of their own, so the
+project's default environment stays as a user has it (without the plugin).
+"""
+
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import redis_server
+from demo_runs import processes_mentioning, run_sample, summaries
+from processes import stop_children
+
+WITH_REDIS = ("--isolated", "--group", "redis")
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    child, url = redis_server.start_private(tmp_path / "redis" / "redis.log", timeout=30)
+    try:
+        yield url
+    finally:
+        stop_children([child])
+
+
+def redis_keys(url: str) -> int:
+    host, port = url.removeprefix("redis://").split("/")[0].split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"DBSIZE\r\n")
+        return int(sock.recv(64).decode().strip().lstrip(":"))
+
+
+@pytest.mark.e2e
+def test_redis_backend_with_one_worker_keeps_the_key_guarantees(
+    tmp_path: Path, redis_url: str
+) -> None:
+    result = run_sample(
+        tmp_path,
+        "--backend",
+        "redis",
+        "--no-chart",
+        uv_args=WITH_REDIS,
+        env={"REDIS_URL": redis_url},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = summaries(result.stdout)
+    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
+    assert found["C"]["collisions"] == 0
+    assert found["C"]["calls"] + found["C"]["dropped"] == 12
+    assert found["D"]["collisions"] == 0
+    assert redis_keys(redis_url) > 0, "the run should have kept its state in this Redis"
+    assert not (tmp_path / "demo.db").exists(), "Redis runs must not touch SQLite"
+
+
+@pytest.mark.e2e
+def test_redis_backend_starts_and_stops_a_private_server(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None and not os.environ.get("CI"):
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    result = run_sample(tmp_path, "--backend", "redis", "--no-chart", uv_args=WITH_REDIS)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (tmp_path / "logs" / "redis.log").exists()
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_redis_backend_without_the_plugin_says_how_to_get_it(tmp_path: Path) -> None:
+    result = run_sample(tmp_path, "--backend", "redis", uv_args=("--isolated",), timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "uv run --group redis python sample.py --backend redis" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.e2e
+def test_several_workers_finish_with_a_report_whatever_pynenc_does(tmp_path: Path) -> None:
+    """Per-key control races across runner processes in pynenc 0.3.1 (see README).
+
+    Whether this run shows a collision, a crashed runner or nothing, it must end within
+    its deadline, print the table, and exit 0 only if every guarantee held.
+    """
+    result = run_sample(
+        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "15", "--no-chart", timeout=400
+    )
+    out = result.stdout
+    assert result.returncode in (0, 1), out + result.stderr
+    assert "=== 2 rounds: min / typical / max ===" in out, out + result.stderr
+    verdict = "OK: every guarantee held" if result.returncode == 0 else "FAILED: "
+    assert verdict in out, out
+    assert processes_mentioning(str(tmp_path)) == []
