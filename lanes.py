@@ -52,12 +52,12 @@ def _row(calls: list[dict], span: float, width: int, colour: bool) -> str:
 
 def _axis(span: float, width: int, indent: int) -> str:
     step = next(s for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 30, 60) if span / s <= width / 8)
-    ticks = [" "] * width
+    ticks = ["-"] * width
     labels = [" "] * (width + 8)
     t = 0.0
     while t <= span + 1e-9:
         col = min(width - 1, int(t / span * width))
-        ticks[col] = "|"
+        ticks[col] = "+"
         text = f"{t:g}s"
         labels[col : col + len(text)] = text
         t += step

@@ -76,6 +76,13 @@ def fresh_sqlite(path: str) -> None:
         Path(path + suffix).unlink(missing_ok=True)
 
 
+def forget_earlier_runs() -> None:
+    """A Redis named by REDIS_URL may hold an earlier run's invocations: purge them first."""
+    import scenarios  # tasks.py builds the app from the environment set by now
+
+    scenarios.purge_backend()
+
+
 def start_api() -> Child:
     host, port = settings.get("DEMO_API_HOST"), settings.get("DEMO_API_PORT")
     # A token only this run knows: readiness checks it, so a stale server never passes.
@@ -94,7 +101,7 @@ def start_worker(number: int, life: int = 1) -> Child:
 
 
 def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
-    import tasks
+    import tasks  # tasks.py builds the app from the environment set by now
 
     token = os.environ["DEMO_API_INSTANCE"]
 
@@ -117,68 +124,6 @@ def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
         f"{len(workers)} worker(s) to register as active runners",
         check=all_alive,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    began = time.monotonic()
-    args = parse_args(argv)
-    host, port = settings.get("DEMO_API_HOST"), args.port
-    if port_in_use(host, port):
-        print(
-            f"sample.py: port {port} on {host} is already in use, maybe by an API left running "
-            f"in another terminal.\nStop that process, or choose another port: "
-            f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
-            file=sys.stderr,
-        )
-        return 1
-    os.environ["DEMO_BACKEND"] = args.backend
-    os.environ["DEMO_DB"] = args.db
-
-    phases: dict[str, float] = {}
-    with stop_on_sigterm(), children() as started:
-        try:
-            if args.backend == "redis":
-                redis_server.provide(started, args.ready_timeout)
-                # tasks.py builds the app from the environment just set.
-                import scenarios
-
-                scenarios.purge_backend()
-            else:
-                fresh_sqlite(args.db)
-            # Children first: they boot while this process imports pynenc below.
-            started.append(api := start_api())
-            workers = [start_worker(n) for n in range(1, args.workers + 1)]
-            started.extend(workers)
-            # Imported only now (a no-op after the Redis branch): tasks.py reads the environment.
-            import scenarios
-
-            wait_ready(api, workers, args.ready_timeout)
-            phases["start-up"] = time.monotonic() - began
-            watch = Watch(api, workers, started)
-            code = run_scenarios(args, watch)
-            phases["scenarios"] = time.monotonic() - began - phases["start-up"]
-            memory = [peak_memory_mib(w.proc.pid) for w in watch.alive]
-            stopping = time.monotonic()
-            stop_children(started)
-            phases["teardown"] = time.monotonic() - stopping
-        except KeyboardInterrupt:
-            print("\nsample.py: interrupted; stopping the API and the workers.", file=sys.stderr)
-            return 130
-        except (
-            ChildDied,
-            DeadlineExceeded,
-            ConnectionError,
-            httpx.HTTPError,
-            redis_server.NoRedis,
-        ) as exc:
-            print(f"sample.py: {exc}", file=sys.stderr)
-            return 1
-    if args.bench:
-        total = time.monotonic() - began
-        shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
-        print(f"\nwhole run (in-process): {total:.2f}s = {shown}")
-        print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
-    return code
 
 
 class Watch:
@@ -212,6 +157,62 @@ class Watch:
                 self.started.append(replacement)
         if not self.alive:
             raise ChildDied("no worker is left to run the work")
+
+
+def main(argv: list[str] | None = None) -> int:
+    began = time.monotonic()
+    args = parse_args(argv)
+    host, port = settings.get("DEMO_API_HOST"), args.port
+    if port_in_use(host, port):
+        print(
+            f"sample.py: port {port} on {host} is already in use, maybe by an API left running "
+            f"in another terminal.\nStop that process, or choose another port: "
+            f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
+            file=sys.stderr,
+        )
+        return 1
+    os.environ["DEMO_BACKEND"] = args.backend
+    os.environ["DEMO_DB"] = args.db
+
+    phases: dict[str, float] = {}
+    with stop_on_sigterm(), children() as started:
+        try:
+            if args.backend == "redis":
+                redis_server.provide(started, args.ready_timeout)
+                forget_earlier_runs()
+            else:
+                fresh_sqlite(args.db)
+            # Children first: they boot while wait_ready imports pynenc in this process.
+            started.append(api := start_api())
+            workers = [start_worker(n) for n in range(1, args.workers + 1)]
+            started.extend(workers)
+            wait_ready(api, workers, args.ready_timeout)
+            phases["start-up"] = time.monotonic() - began
+            watch = Watch(api, workers, started)
+            code = run_scenarios(args, watch)
+            phases["scenarios"] = time.monotonic() - began - phases["start-up"]
+            memory = [peak_memory_mib(w.proc.pid) for w in watch.alive]
+            stopping = time.monotonic()
+            stop_children(started)
+            phases["teardown"] = time.monotonic() - stopping
+        except KeyboardInterrupt:
+            print("\nsample.py: interrupted; stopping the API and the workers.", file=sys.stderr)
+            return 130
+        except (
+            ChildDied,
+            DeadlineExceeded,
+            ConnectionError,
+            httpx.HTTPError,
+            redis_server.NoRedis,
+        ) as exc:
+            print(f"sample.py: {exc}", file=sys.stderr)
+            return 1
+    if args.bench:
+        total = time.monotonic() - began
+        shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
+        print(f"\nwhole run (in-process): {total:.2f}s = {shown}")
+        print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
+    return code
 
 
 def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:

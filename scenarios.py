@@ -264,11 +264,9 @@ def run(
     statuses = {inv_id: status_of(inv_id) for inv_id in ids}
     report = provider.report()
     if scenario.key == "drop":
-        late = [
-            f"{name}: {acc['calls']} calls, the key was free when the others were picked up"
-            for name, acc in report["accounts"].items()
-            if acc["calls"] > 1
-        ]
+        # Calls after the first that did not collide: picked up once the key was free again.
+        free = {n: a["calls"] - 1 - a["collisions"] for n, a in report["accounts"].items()}
+        late = [f"{n}: called again once the key was free" for n in free for _ in range(free[n])]
     return Outcome(
         scenario=scenario,
         shape=shape,
@@ -324,6 +322,18 @@ def distribution(outcomes: list[Outcome]) -> str:
         lines.append(
             f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
         )
+    keyed = [o for o in outcomes if o.scenario.key != "unsafe"]
+    by_letter = ", ".join(
+        f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}"
+        for s in SCENARIOS.values()
+        if s.key != "unsafe"
+    )
+    lines.append(
+        f"totals: {sum(o.collisions for o in keyed)} collisions under KEYS ({by_letter}), "
+        f"{sum(o.extra_calls for o in outcomes)} extra calls, "
+        f"{sum(len(o.late) for o in outcomes)} late, "
+        f"{sum(len(o.unfinished) for o in outcomes)} never finished"
+    )
     return "\n".join(lines)
 
 

@@ -121,3 +121,4 @@ def test_distribution_reports_min_typical_max() -> None:
     assert a_row.split()[2:4] == ["12/12/12", "6/9/9"]  # calls, collisions
     assert b_row.endswith("broken in 1 of 1")
     assert not any(line.startswith("C.") for line in lines)
+    assert lines[-1].startswith("totals: 1 collisions under KEYS (B 1, C 0, D 0), 0 extra calls")
