@@ -20,6 +20,7 @@ MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.
 NAME = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 LABEL_MAX = 200
+CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 
 
 @dataclass
@@ -89,6 +90,12 @@ async def call(
             acc.in_flight -= 1
             record.end = time.monotonic() - state.started
     return Outcome(outcome="collision" if collided else "ok")
+
+
+@app.post("/call/{malformed:path}", status_code=422)
+async def call_malformed(malformed: str) -> dict[str, str]:
+    """Anything else under /call/ (an empty account id or op, extra parts): say what fits."""
+    return {"detail": CALL_SHAPE}
 
 
 @app.post("/reset")

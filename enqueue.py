@@ -25,6 +25,11 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
         help="deadline per scenario for every invocation to finish (env DEMO_TIMEOUT)",
     )
     parser.add_argument(
+        "--host",
+        default=settings.get("DEMO_API_HOST"),
+        help="the API's host (env DEMO_API_HOST)",
+    )
+    parser.add_argument(
         "--port",
         type=int,
         default=int(settings.get("DEMO_API_PORT")),
@@ -40,6 +45,7 @@ def check_shape_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--hold must be between 0 and 30 seconds")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    os.environ["DEMO_API_HOST"] = args.host
     os.environ["DEMO_API_PORT"] = str(args.port)
 
 

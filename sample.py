@@ -162,7 +162,7 @@ class Watch:
 def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     args = parse_args(argv)
-    host, port = settings.get("DEMO_API_HOST"), args.port
+    host, port = args.host, args.port
     if port_in_use(host, port):
         print(
             f"sample.py: port {port} on {host} is already in use, maybe by an API left running "

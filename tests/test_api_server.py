@@ -103,9 +103,13 @@ def test_bad_input_is_rejected_with_422(
     assert client.get("/report").json()["calls"] == 0
 
 
-def test_empty_account_id_is_not_a_call(client: TestClient) -> None:
-    r = client.post("/call//op")
-    assert r.status_code in (404, 422), r.text
+@pytest.mark.parametrize("path", ["/call//op", "/call/acme/", "/call/acme", "/call/a/b/c"])
+def test_an_empty_or_malformed_call_path_is_a_422_that_says_what_fits(
+    client: TestClient, path: str
+) -> None:
+    r = client.post(path)
+    assert r.status_code == 422, r.text
+    assert "/call/{account_id}/{op}" in r.json()["detail"]
     assert client.get("/report").json()["calls"] == 0
 
 
