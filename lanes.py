@@ -51,7 +51,8 @@ def _row(calls: list[dict], span: float, width: int, colour: bool) -> str:
 
 
 def _axis(span: float, width: int, indent: int) -> str:
-    step = next(s for s in (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 30, 60) if span / s <= width / 8)
+    steps = (0.1, 0.2, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300)
+    step = next((s for s in steps if span / s <= width / 8), span / 4)
     ticks = ["-"] * width
     labels = [" "] * (width + 8)
     t = 0.0

@@ -116,10 +116,6 @@ def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
             child.log.close()
 
 
-def stop_child(child: Child, grace: float = 5.0) -> None:
-    stop_children([child], grace)
-
-
 @contextlib.contextmanager
 def children() -> Iterator[list[Child]]:
     """A list to put started children in; all of them are stopped on the way out."""

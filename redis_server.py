@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 import settings
-from processes import Child, free_port, start_child, stop_child, wait_until
+from processes import Child, free_port, start_child, stop_children, wait_until
 
 
 class NoRedis(Exception):
@@ -50,7 +50,7 @@ def start_private(log_path: Path, timeout: float) -> tuple[Child, str]:
         ready = lambda: _answers_ping("127.0.0.1", port)  # noqa: E731 - one-line probe
         wait_until(ready, timeout, f"redis-server on port {port}", check=child.check_alive)
     except BaseException:
-        stop_child(child)
+        stop_children([child])
         raise
     return child, f"redis://127.0.0.1:{port}/0"
 

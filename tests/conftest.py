@@ -9,10 +9,14 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from processes import Child, children, free_port, start_child, stop_children, wait_until
+
+if TYPE_CHECKING:
+    from scenarios import Provider
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
@@ -33,7 +37,7 @@ def unique(prefix: str = "acct") -> str:
 
 
 @pytest.fixture(scope="session")
-def live_api() -> Iterator["object"]:
+def live_api() -> Iterator["Provider"]:
     """The provider as a real uvicorn process on a free loopback port."""
     import scenarios
     import settings
@@ -56,7 +60,7 @@ def live_api() -> Iterator["object"]:
 
 
 @pytest.fixture
-def start_worker(live_api: object) -> Iterator[Callable[[], Child]]:
+def start_worker(live_api: "Provider") -> Iterator[Callable[[], Child]]:
     """Start a pynenc worker on demand; each is stopped when the test ends."""
     import tasks
 

@@ -76,5 +76,10 @@ def test_dozens_of_accounts_are_summarised_not_drawn() -> None:
     assert max(len(line) for line in chart.splitlines()) <= 100
 
 
+def test_a_long_run_still_gets_an_axis() -> None:
+    chart = lanes.render([call("acme", 0.0, 3600.0)], colour=False, width=40)
+    assert chart.splitlines()[-2].split()[0] == "0s"
+
+
 def test_no_calls_is_said_plainly() -> None:
     assert lanes.render([]) == "  (the provider saw no calls)"

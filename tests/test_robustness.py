@@ -13,6 +13,7 @@ import pytest
 
 from conftest import ROOT
 from processes import free_port, wait_until
+from scenarios import Provider
 
 DEADLINE = 60.0
 
@@ -182,11 +183,9 @@ def test_enqueue_with_no_api_says_where_it_looked_in_one_line(tmp_path: Path) ->
 
 
 def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
-    tmp_path: Path, live_api: object
+    tmp_path: Path, live_api: Provider
 ) -> None:
-    import settings
-
-    port = settings.get("DEMO_API_PORT")
+    port = live_api.base_url.rsplit(":", 1)[1]
     result = enqueue(tmp_path, "keyed", "--port", port, "--timeout", "2", "--no-chart")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no runner picked the work up (12 invocations still registered)" in result.stdout
