@@ -70,14 +70,16 @@ async def call(
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
 ) -> Outcome:
     async with lock:
-        acc = state.accounts[account_id]
+        # The scenario this call belongs to, even if a /reset comes while it is in flight.
+        current = state
+        acc = current.accounts[account_id]
         acc.calls += 1
         collided = acc.in_flight > 0
         acc.collisions += int(collided)
         acc.in_flight += 1
-        record = Call(account_id, op, time.monotonic() - state.started, collided=collided)
-        state.calls.append(record)
-        seconds = state.hold if hold is None else hold
+        record = Call(account_id, op, time.monotonic() - current.started, collided=collided)
+        current.calls.append(record)
+        seconds = current.hold if hold is None else hold
     print(f"  [{'COLLISION' if collided else 'ok       '}] {account_id:<8} {op}", flush=True)
     try:
         await asyncio.sleep(seconds)
@@ -88,7 +90,7 @@ async def call(
     finally:
         async with lock:
             acc.in_flight -= 1
-            record.end = time.monotonic() - state.started
+            record.end = time.monotonic() - current.started
     return Outcome(outcome="collision" if collided else "ok")
 
 
