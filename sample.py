@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             httpx.HTTPError,
             redis_server.NoRedis,
         ) as exc:
-            print(f"sample.py: {exc}", file=sys.stderr)
+            print(f"sample.py: {explain(exc, started)}", file=sys.stderr)
             return 1
     if args.bench:
         total = time.monotonic() - began
@@ -213,6 +213,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nwhole run (in-process): {total:.2f}s = {shown}")
         print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
     return code
+
+
+def explain(exc: Exception, started: list[Child]) -> str:
+    """A request that failed because a child died is best explained by the death."""
+    if isinstance(exc, ConnectionError | httpx.HTTPError):
+        for child in started:
+            try:
+                child.check_alive()
+            except ChildDied as died:
+                return str(died)
+    return str(exc)
 
 
 def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:

@@ -123,19 +123,22 @@ def test_a_signal_stops_the_demo_and_every_child(
 
 
 @pytest.mark.e2e
-def test_a_worker_that_dies_mid_run_is_reported_at_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name, marker", [("worker 1", "runner start"), ("API", "uvicorn")])
+def test_a_child_that_dies_mid_run_is_reported_at_once(
+    tmp_path: Path, name: str, marker: str
+) -> None:
     run = Running("sample.py", "--port", str(free_port()), "--rounds", "50", tmp_path=tmp_path)
     try:
         run.wait_for_line("=== A. ")
         kids = children_of(run.proc.pid)
-        worker = next(pid for pid in kids if "runner start" in cmdline(pid))
-        os.kill(worker, signal.SIGKILL)
+        victim = next(pid for pid in kids if marker in cmdline(pid))
+        os.kill(victim, signal.SIGKILL)
         code = run.finish()
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
     assert code == 1, run.output
-    assert f"worker 1 (pid {worker}) exited with code -9" in run.output
+    assert f"{name} (pid {victim}) exited with code -9" in run.output
     assert "Last lines of" in run.output
     for pid in kids:
         assert process_state(pid) in (None, "Z"), f"{cmdline(pid)} outlived sample.py"
