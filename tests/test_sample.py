@@ -41,3 +41,17 @@ def test_rounds_print_a_distribution_per_scenario(tmp_path: Path) -> None:
     assert rows["B."][2:4] == ["12/12/12", "0/0/0"]
     assert rows["C."][3] == "0/0/0" and rows["D."][3] == "0/0/0"
     assert all(row[8] == "0/0/0" for row in rows.values())
+
+
+@pytest.mark.e2e
+def test_bench_prints_its_figures(tmp_path: Path) -> None:
+    """The benchmark is a command, not a timed test: check that it reports, not how fast."""
+    result = run_sample(tmp_path, "--bench", "--rounds", "1", timeout=300)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "=== scaled run: 30 accounts x 4 ops, hold 0.1s ===" in out
+    assert out.count("scenario      median    floor  efficiency  runs") == 2
+    for letter in "ABCD":
+        assert any(line.startswith(f"{letter}. ") and "%" in line for line in out.splitlines())
+    assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
+    assert "worker peak memory:" in out and "MiB" in out
