@@ -3,6 +3,7 @@
 The private one listens on a free loopback port, keeps nothing on disk, and stops with us.
 """
 
+import functools
 import importlib.util
 import os
 import shutil
@@ -47,7 +48,7 @@ def start_private(log_path: Path, timeout: float) -> tuple[Child, str]:
     argv += ["--appendonly", "no", "--dir", str(log_path.parent)]
     child = start_child("redis-server", argv, log_path)
     try:
-        ready = lambda: _answers_ping("127.0.0.1", port)  # noqa: E731 - one-line probe
+        ready = functools.partial(_answers_ping, "127.0.0.1", port)
         wait_until(ready, timeout, f"redis-server on port {port}", check=child.check_alive)
     except BaseException:
         stop_children([child])

@@ -101,16 +101,16 @@ def start_worker(number: int, life: int = 1) -> Child:
 
 
 def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
-    import tasks  # tasks.py builds the app from the environment set by now
+    import scenarios  # tasks.py builds the app from the environment set by now
 
     token = os.environ["DEMO_API_INSTANCE"]
+    provider = scenarios.Provider()
 
     def api_is_ours() -> bool:
         try:
-            r = httpx.get(f"{settings.api_url()}/health", timeout=1.0)
-        except httpx.TransportError:
+            return provider.health().get("instance") == token
+        except scenarios.ProviderUnreachable:
             return False
-        return r.status_code == 200 and r.json().get("instance") == token
 
     def all_alive() -> None:
         for child in (api, *workers):
@@ -119,7 +119,7 @@ def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
     wait_until(api_is_ours, timeout, f"the API at {settings.api_url()}", check=all_alive)
     # A runner counts as up once it has written its first heartbeat to the orchestrator.
     wait_until(
-        lambda: len(tasks.app.orchestrator.get_active_runners()) >= len(workers),
+        lambda: len(scenarios.tasks.app.orchestrator.get_active_runners()) >= len(workers),
         timeout,
         f"{len(workers)} worker(s) to register as active runners",
         check=all_alive,

@@ -1,4 +1,4 @@
-"""Running sample.py as a user types it, and reading its summaries back."""
+"""Running sample.py as a user types it, reading its summaries back, and its processes."""
 
 import os
 import re
@@ -50,6 +50,35 @@ def summaries(stdout: str) -> dict[str, dict[str, int]]:
     return found
 
 
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of pid, or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except FileNotFoundError:
+        return ""
+
+
 def processes_mentioning(marker: str) -> list[str]:
     """Live processes whose command line or environment holds marker: leaks, if any."""
     found = []
@@ -59,9 +88,8 @@ def processes_mentioning(marker: str) -> list[str]:
         try:
             cmd = (entry / "cmdline").read_bytes()
             env = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if state != "Z" and (marker.encode() in cmd or marker.encode() in env):
+        if process_state(int(entry.name)) not in (None, "Z") and marker.encode() in cmd + env:
             found.append(f"{entry.name} {cmd.replace(b'\0', b' ').decode(errors='replace')}")
     return found
