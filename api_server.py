@@ -14,7 +14,7 @@ from typing import Annotated
 from fastapi import FastAPI, Path, Query
 from pydantic import BaseModel
 
-from settings import HOLD_SECONDS
+from demo.settings import HOLD_SECONDS
 
 MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.

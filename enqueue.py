@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-import settings
+from demo import settings
 
 CHOICES = ("unsafe", "keyed", "drop", "dedupe", "all")
 
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     check_shape_arguments(parser, args)
 
     # Imported after the flags are in the environment: tasks.py reads it when it builds the app.
-    import lanes
-    import scenarios
+    from demo import lanes, scenarios
 
     shape = scenarios.Shape(args.accounts, args.ops, args.hold)
     chosen = (

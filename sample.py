@@ -12,10 +12,8 @@ from pathlib import Path
 
 import httpx
 
-import redis_server
-import settings
-from enqueue import add_shape_arguments, check_shape_arguments
-from processes import (
+from demo import redis_server, settings
+from demo.processes import (
     Child,
     ChildDied,
     DeadlineExceeded,
@@ -27,6 +25,7 @@ from processes import (
     stop_on_sigterm,
     wait_until,
 )
+from enqueue import add_shape_arguments, check_shape_arguments
 
 BENCH_ROUNDS = 5
 BENCH_SCALED = {"accounts": 30, "ops": 4, "hold": 0.1}
@@ -78,7 +77,7 @@ def fresh_sqlite(path: str) -> None:
 
 def forget_earlier_runs() -> None:
     """A Redis named by REDIS_URL may hold an earlier run's invocations: purge them first."""
-    import scenarios  # tasks.py builds the app from the environment set by now
+    from demo import scenarios  # tasks.py builds the app from the environment set by now
 
     scenarios.purge_backend()
 
@@ -101,7 +100,7 @@ def start_worker(number: int, life: int = 1) -> Child:
 
 
 def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
-    import scenarios  # tasks.py builds the app from the environment set by now
+    from demo import scenarios  # tasks.py builds the app from the environment set by now
 
     token = os.environ["DEMO_API_INSTANCE"]
     provider = scenarios.Provider()
@@ -227,8 +226,7 @@ def explain(exc: Exception, started: list[Child]) -> str:
 
 
 def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
-    import lanes
-    import scenarios
+    from demo import lanes, scenarios
 
     shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers)
     provider = scenarios.Provider()

@@ -7,7 +7,7 @@ import httpx
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
-import settings
+from demo import settings
 
 API_URL = settings.api_url()
 

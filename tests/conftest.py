@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from processes import Child, children, free_port, start_child, stop_children, wait_until
+from demo.processes import Child, children, free_port, start_child, stop_children, wait_until
 
 if TYPE_CHECKING:
-    from scenarios import Provider
+    from demo.scenarios import Provider
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
@@ -39,8 +39,7 @@ def unique(prefix: str = "acct") -> str:
 @pytest.fixture(scope="session")
 def live_api() -> Iterator["Provider"]:
     """The provider as a real uvicorn process on a free loopback port."""
-    import scenarios
-    import settings
+    from demo import scenarios, settings
 
     argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--no-access-log"]
     argv += ["--host", "127.0.0.1", "--port", settings.get("DEMO_API_PORT")]

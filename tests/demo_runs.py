@@ -6,7 +6,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import ROOT
-from processes import free_port
+from demo.processes import free_port
 
 SUMMARY = re.compile(
     r"  (?P<enqueued>\d+) enqueued -> (?P<calls>\d+) calls"

@@ -2,7 +2,7 @@
 
 import pytest
 
-import lanes
+from demo import lanes
 
 
 def call(account: str, start: float, end: float, collided: bool = False) -> dict:

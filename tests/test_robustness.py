@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from demo.processes import free_port, wait_until
+from demo.scenarios import Provider
 from demo_runs import children_of, cmdline, process_state
-from processes import free_port, wait_until
-from scenarios import Provider
 
 DEADLINE = 60.0
 

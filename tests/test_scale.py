@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-import redis_server
+from demo import redis_server
+from demo.processes import stop_children
 from demo_runs import processes_mentioning, run_sample, summaries
-from processes import stop_children
 
 WITH_REDIS = ("--isolated", "--group", "redis")
 

@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-import scenarios
-from scenarios import SCENARIOS, Outcome, Shape
+from demo import scenarios
+from demo.scenarios import SCENARIOS, Outcome, Shape
 
 DEFAULT = Shape()
 

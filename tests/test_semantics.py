@@ -15,8 +15,8 @@ from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
 from conftest import unique
-from processes import wait_until
-from scenarios import Provider, status_of
+from demo.processes import wait_until
+from demo.scenarios import Provider, status_of
 
 WAIT = 30.0
 

@@ -10,8 +10,8 @@ import shutil
 import socket
 from pathlib import Path
 
-import settings
-from processes import Child, free_port, start_child, stop_children, wait_until
+from demo import settings
+from demo.processes import Child, free_port, start_child, stop_children, wait_until
 
 
 class NoRedis(Exception):

@@ -16,8 +16,8 @@ import httpx
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus
 
-import settings
 import tasks
+from demo import settings
 
 DROPPED = InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
 # This process only enqueues and watches: its own INFO lines would bury the summaries.
