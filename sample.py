@@ -4,8 +4,10 @@ Run it: uv run python sample.py        (--help for rounds, workers, Redis and th
 """
 
 import argparse
+import importlib.util
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -45,6 +47,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "else starts a private redis-server",
     )
     parser.add_argument(
+        "--atomic-claim",
+        action="store_true",
+        default=settings.get("DEMO_ATOMIC_CLAIM") == "1",
+        help="check the key and claim in one atomic step, so one call per account holds across "
+        "workers (env DEMO_ATOMIC_CLAIM=1; demo/atomic_claim.py)",
+    )
+    parser.add_argument(
+        "--dead-after",
+        type=float,
+        default=settings.dead_after(),
+        metavar="S",
+        help="with --atomic-claim: seconds without a heartbeat before a runner's claims are "
+        "recovered (env DEMO_DEAD_AFTER)",
+    )
+    parser.add_argument(
+        "--runner",
+        choices=tuple(settings.RUNNERS),
+        default=settings.get("DEMO_RUNNER"),
+        help="which pynenc runner each worker is (env DEMO_RUNNER): the article's thread runner, "
+        f"MultiThreadRunner ({settings.PROCESSES} processes) or ProcessRunner",
+    )
+    parser.add_argument(
+        "--hosts",
+        action="store_true",
+        help="with --backend redis: start each worker from its own copy of the project, "
+        "sharing only REDIS_URL and the API's address, as on separate machines",
+    )
+    parser.add_argument(
         "--bench",
         action="store_true",
         help=f"benchmark: {BENCH_ROUNDS} rounds (or --rounds), then a scaled run; print figures",
@@ -62,7 +92,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = BENCH_ROUNDS if args.bench else 1
     if not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
+    if not 0 < args.dead_after <= 3600:
+        parser.error("--dead-after must be more than 0 and at most 3600 seconds")
+    if args.hosts and args.backend != "redis":
+        parser.error("--hosts needs --backend redis: separate machines share no SQLite file")
     return args
+
+
+def check_claim(backend: str) -> str | None:
+    """Why --atomic-claim cannot run here, in one line; None when it can."""
+    if backend == "redis" and importlib.util.find_spec("pynenc_redis") is None:
+        return None  # redis_server.provide says how to get the plugin
+    from demo import atomic_claim  # imports pynenc: only when the claim is asked for
+
+    try:
+        atomic_claim.check_versions(backend)
+    except atomic_claim.UntestedVersion as exc:
+        return str(exc)
+    return None
 
 
 def log_dir() -> Path:
@@ -96,7 +143,19 @@ def start_worker(number: int, life: int = 1) -> Child:
     """Worker `number`; `life` counts its restarts, so a crashed worker's log is kept."""
     argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
     name = f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
-    return start_child(f"worker {number}", argv, log_dir() / name)
+    host = separate_host(number) if settings.get("DEMO_HOSTS") == "1" else None
+    return start_child(f"worker {number}", argv, log_dir() / name, cwd=host)
+
+
+def separate_host(number: int) -> Path:
+    """A copy of the project for worker `number`, as if it ran on a machine of its own."""
+    here = Path(__file__).resolve().parent
+    host = (log_dir() / "hosts" / f"host-{number}").resolve()
+    shutil.rmtree(host, ignore_errors=True)
+    host.mkdir(parents=True)
+    shutil.copy2(here / "tasks.py", host / "tasks.py")
+    shutil.copytree(here / "demo", host / "demo", ignore=shutil.ignore_patterns("__pycache__"))
+    return host
 
 
 def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
@@ -170,8 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.atomic_claim and (why := check_claim(args.backend)):
+        print(f"sample.py: --atomic-claim: {why}", file=sys.stderr)
+        return 2
     os.environ["DEMO_BACKEND"] = args.backend
     os.environ["DEMO_DB"] = args.db
+    os.environ["DEMO_ATOMIC_CLAIM"] = "1" if args.atomic_claim else "0"
+    os.environ["DEMO_DEAD_AFTER"] = str(args.dead_after)
+    os.environ["DEMO_HOSTS"] = "1" if args.hosts else "0"
+    os.environ["DEMO_RUNNER"] = args.runner
 
     phases: dict[str, float] = {}
     with stop_on_sigterm(), children() as started:
@@ -228,8 +294,14 @@ def explain(exc: Exception, started: list[Child]) -> str:
 def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
     from demo import lanes, scenarios
 
-    shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers)
+    slots = settings.slots_per_worker()
+    shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers, threads=slots)
     provider = scenarios.Provider()
+    if args.workers > 1 or args.atomic_claim or args.hosts or args.runner != "thread":
+        claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
+        where = ", each from its own copy of the project" if args.hosts else ""
+        runner = "" if args.runner == "thread" else f" ({args.runner} runner)"
+        print(f"--- {args.backend}, {args.workers} worker(s){runner}{where}; atomic claim {claim}")
     outcomes: list[scenarios.Outcome] = []
     for round_no in range(1, args.rounds + 1):
         for scenario in scenarios.SCENARIOS.values():
@@ -252,7 +324,7 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
         print(scenarios.distribution(outcomes))
     if args.bench:
         print(scenarios.efficiency(outcomes))
-        scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers)
+        scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers, threads=slots)
         label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
         print(f"\n=== scaled run: {label} ===")
         watch.where = "the scaled run"

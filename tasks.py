@@ -7,7 +7,7 @@ import httpx
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
-from demo import settings
+from demo import atomic_claim, settings
 
 API_URL = settings.api_url()
 
@@ -16,12 +16,15 @@ if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis; see README "Redis a
     builder = builder.redis(url=settings.get("REDIS_URL"))
 else:
     builder = builder.sqlite(settings.get("DEMO_DB"))
+if settings.get("DEMO_ATOMIC_CLAIM") == "1":  # one call per key across workers: README "Scale out"
+    builder = atomic_claim.install(builder, settings.get("DEMO_BACKEND"), settings.dead_after())
 app = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
     .runner_tuning(runner_loop_sleep_time_sec=float(settings.get("DEMO_RUNNER_SLEEP")))
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
+    .custom_config(**settings.runner_config())  # DEMO_RUNNER: README "Scale out safely"
     .build()
 )
 

@@ -17,6 +17,14 @@ DEFAULTS: dict[str, str] = {
     "DEMO_LOG_DIR": ".demo",
     # A worker polls its queue in a loop; see the README's "Speed" section for the choice.
     "DEMO_RUNNER_SLEEP": "0.1",
+    # "1": check the key and claim in one atomic step, so the rule holds across workers.
+    "DEMO_ATOMIC_CLAIM": "0",
+    # With the claim: seconds without a heartbeat after which a runner's claims are recovered.
+    "DEMO_DEAD_AFTER": "15",
+    # Which pynenc runner a worker is: the article's "thread", or "multi-thread" or "process".
+    "DEMO_RUNNER": "thread",
+    # "1": sample.py starts each worker from its own copy of the project (--hosts).
+    "DEMO_HOSTS": "0",
 }
 
 ACCOUNTS = ("acme", "globex", "initech")
@@ -24,10 +32,33 @@ OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 MAX_THREADS = 8
+# pynenc's other runners, as the README's scale-out table runs them. MultiThreadRunner starts
+# PROCESSES ThreadRunner processes of MAX_THREADS threads each; ProcessRunner forks one
+# process per call, MAX_THREADS at a time (its default is one per core).
+PROCESSES = 2
+RUNNERS: dict[str, dict[str, object]] = {
+    "thread": {},
+    "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": PROCESSES},
+    "process": {"runner_cls": "ProcessRunner", "min_parallel_slots": MAX_THREADS},
+}
 
 
 def get(name: str) -> str:
     return os.environ.get(name, DEFAULTS[name])
+
+
+def dead_after() -> float:
+    return float(get("DEMO_DEAD_AFTER"))
+
+
+def runner_config() -> dict[str, object]:
+    """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner."""
+    return RUNNERS[get("DEMO_RUNNER")]
+
+
+def slots_per_worker() -> int:
+    """How many calls one worker runs at once, for the floor."""
+    return MAX_THREADS * (PROCESSES if get("DEMO_RUNNER") == "multi-thread" else 1)
 
 
 def api_url() -> str:

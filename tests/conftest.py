@@ -59,17 +59,18 @@ def live_api() -> Iterator["Provider"]:
 
 
 @pytest.fixture
-def start_worker(live_api: "Provider") -> Iterator[Callable[[], Child]]:
-    """Start a pynenc worker on demand; each is stopped when the test ends."""
+def start_worker(live_api: "Provider") -> Iterator[Callable[..., Child]]:
+    """Start a pynenc worker on demand, with extra environment if given; each is stopped
+    when the test ends."""
     import tasks
 
     started: list[Child] = []
 
-    def start() -> Child:
+    def start(env: dict[str, str] | None = None) -> Child:
         before = {r.runner_id for r in tasks.app.orchestrator.get_active_runners()}
         argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
         log = STATE / "logs" / f"worker-{uuid.uuid4().hex[:6]}.log"
-        worker = start_child("worker", argv, log, cwd=ROOT)
+        worker = start_child("worker", argv, log, env=env, cwd=ROOT)
         started.append(worker)
 
         def registered() -> bool:

@@ -95,3 +95,56 @@ def test_several_workers_finish_with_a_report_whatever_pynenc_does(tmp_path: Pat
     verdict = "OK: every guarantee held" if result.returncode == 0 else "FAILED: "
     assert verdict in out, out
     assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.e2e
+def test_atomic_claim_keeps_every_guarantee_with_three_workers(tmp_path: Path) -> None:
+    """The claim closes the race: with it, several workers must keep every promise, always."""
+    result = run_sample(
+        tmp_path, "--atomic-claim", "--workers", "3", "--rounds", "2", "--no-chart", timeout=400
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "--- sqlite, 3 worker(s); atomic claim on, dead after 15s" in out
+    assert "totals: 0 collisions under KEYS (B 0, C 0, D 0)" in out, out
+    assert "worker crashes" not in out
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+@pytest.mark.e2e
+def test_atomic_claim_on_redis_with_workers_on_separate_hosts(
+    tmp_path: Path, redis_url: str
+) -> None:
+    result = run_sample(
+        tmp_path,
+        *("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", "--no-chart"),
+        uv_args=WITH_REDIS,
+        env={"REDIS_URL": redis_url},
+        timeout=400,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "3 worker(s), each from its own copy of the project" in out
+    hosts = sorted(p.name for p in (tmp_path / "logs" / "hosts").iterdir())
+    assert hosts == ["host-1", "host-2", "host-3"]
+    found = summaries(out)
+    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
+    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_atomic_claim_refuses_a_pynenc_it_was_not_tested_with(tmp_path: Path) -> None:
+    result = run_sample(
+        tmp_path,
+        "--atomic-claim",
+        uv_args=("--isolated", "--with", "pynenc[monitor]==0.3.0"),
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1] == (
+        "sample.py: --atomic-claim: atomic claim (sqlite): tested with pynenc 0.3.1 or "
+        "pynenc 0.4.0; this environment has pynenc 0.3.0"
+    ), result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"

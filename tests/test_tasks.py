@@ -1,5 +1,10 @@
 """The four tasks carry exactly the article's concurrency options, on the article's app."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
@@ -46,3 +51,21 @@ def test_the_monitor_finds_exactly_this_app(monkeypatch: pytest.MonkeyPatch) -> 
 
     monkeypatch.chdir(ROOT)
     assert find_app_instance(None).app_id == "concurrency_demo"
+
+
+@pytest.mark.parametrize(
+    "claim, orchestrator", [("0", "SQLiteOrchestrator"), ("1", "AtomicClaimSQLiteOrchestrator")]
+)
+def test_the_atomic_claim_is_installed_through_pynencs_configuration(
+    claim: str, orchestrator: str, tmp_path: Path
+) -> None:
+    """DEMO_ATOMIC_CLAIM=1 selects the claiming orchestrator by its class name, nothing else."""
+    from conftest import ROOT
+
+    probe = "import tasks; print(type(tasks.app.orchestrator).__name__)"
+    env = {**os.environ, "DEMO_ATOMIC_CLAIM": claim, "DEMO_DB": str(tmp_path / "t.db")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == orchestrator
