@@ -36,6 +36,14 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
         help="the API's port (env DEMO_API_PORT)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the lane charts")
+    parser.add_argument(
+        "--monitor-url",
+        default=settings.get("DEMO_MONITOR_URL"),
+        help="where `pynenc monitor` answers, for the timeline links (env DEMO_MONITOR_URL)",
+    )
+    parser.add_argument(
+        "--no-links", action="store_true", help="print no links into the monitor's timeline"
+    )
 
 
 def check_shape_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -45,8 +53,24 @@ def check_shape_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--hold must be between 0 and 30 seconds")
     if args.timeout <= 0:
         parser.error("--timeout must be positive")
+    if not args.monitor_url.startswith(("http://", "https://")):
+        parser.error(f"--monitor-url must start with http:// or https://, not {args.monitor_url!r}")
     os.environ["DEMO_API_HOST"] = args.host
     os.environ["DEMO_API_PORT"] = str(args.port)
+
+
+def monitor_link(args: argparse.Namespace, start: float, end: float, what: str = "monitor") -> str:
+    """One line with a link into the monitor's timeline, or nothing under --no-links."""
+    if args.no_links:
+        return ""
+    from demo.monitor import timeline_url
+
+    return f"  {what}: {timeline_url(args.monitor_url, start, end)}"
+
+
+def whole_run_link(args: argparse.Namespace, outcomes: list) -> str:
+    start, end = outcomes[0].window[0], outcomes[-1].window[1]
+    return monitor_link(args, start, end, "the whole run")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,10 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             outcome = scenarios.run(scenario, shape, provider, args.timeout)
             outcomes.append(outcome)
             print(outcome.summary(), flush=True)
+            if link := monitor_link(args, *outcome.window):
+                print(link, flush=True)
             if not args.no_chart:
                 print(lanes.render(outcome.timeline), flush=True)
             if outcome.unfinished:
                 return 1
+        if len(outcomes) > 1 and (link := whole_run_link(args, outcomes)):
+            print(f"\n{link}", flush=True)
     except scenarios.ProviderUnreachable as exc:
         print(f"enqueue.py: {exc}", file=sys.stderr)
         return 1

@@ -27,7 +27,7 @@ from demo.processes import (
     stop_on_sigterm,
     wait_until,
 )
-from enqueue import add_shape_arguments, check_shape_arguments
+from enqueue import add_shape_arguments, check_shape_arguments, monitor_link, whole_run_link
 
 BENCH_ROUNDS = 5
 BENCH_SCALED = {"accounts": 30, "ops": 4, "hold": 0.1}
@@ -238,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["DEMO_DEAD_AFTER"] = str(args.dead_after)
     os.environ["DEMO_HOSTS"] = "1" if args.hosts else "0"
     os.environ["DEMO_RUNNER"] = args.runner
+    # A private Redis stops with this run, and with it everything the monitor would show.
+    args.private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
 
     phases: dict[str, float] = {}
     with stop_on_sigterm(), children() as started:
@@ -310,6 +312,8 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
             outcomes.append(outcome)
             if (round_no == 1 and not args.bench) or outcome.broken():
                 print(outcome.summary(), flush=True)
+                if not args.private_redis and (link := monitor_link(args, *outcome.window)):
+                    print(link, flush=True)
                 if not args.no_chart:
                     print(lanes.render(outcome.timeline), flush=True)
         if args.rounds > 1:
@@ -322,8 +326,8 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
         print(watch.api.log_path.read_text(errors="replace").strip())
     else:
         print(scenarios.distribution(outcomes))
-    if args.bench:
         print(scenarios.efficiency(outcomes))
+    if args.bench:
         scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers, threads=slots)
         label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
         print(f"\n=== scaled run: {label} ===")
@@ -334,7 +338,23 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
         ]
         print(scenarios.efficiency(big))
         outcomes += big
-    return verdict(outcomes, watch.crashes)
+    code = verdict(outcomes, watch.crashes)
+    if args.private_redis and not args.no_links:
+        print("\n(no monitor links: the private Redis stopped; set REDIS_URL to keep the state)")
+    elif link := whole_run_link(args, outcomes):
+        print(f"\nSee it in pynenc's monitor; start it with: {monitor_command(args)}\n{link}")
+    return code
+
+
+def monitor_command(args: argparse.Namespace) -> str:
+    """How to open the monitor on this run's state, which stays where it was."""
+    command = "uv run pynenc monitor"
+    if args.backend == "redis":
+        url = settings.get("REDIS_URL")
+        command = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --group redis pynenc monitor"
+    elif args.db != settings.DEFAULTS["DEMO_DB"]:
+        command = f"DEMO_DB={args.db} {command}"
+    return command
 
 
 def verdict(outcomes: list, crashes: list[str]) -> int:

@@ -97,6 +97,9 @@ class Outcome:
     per_account: dict[str, dict[str, int]]
     elapsed: float
     timeline: list[dict[str, object]]
+    # Epoch seconds: just before the first enqueue, and once every invocation was final and
+    # the provider's report was read: the next scenario starts after it, so windows never overlap.
+    window: tuple[float, float]
     # Invocations that pynenc created although one for the key was already queued or running.
     late: list[str] = field(default_factory=list)
     unfinished: dict[str, str] = field(default_factory=dict)
@@ -257,12 +260,13 @@ def run(
 ) -> Outcome:
     payloads = shape.payloads(scenario)
     provider.reset(scenario.heading, shape.hold)
-    started = time.monotonic()
+    started, began = time.monotonic(), time.time()
     ids, late = enqueue(scenario, shape)
     wait_finished(ids, timeout, check)
     elapsed = time.monotonic() - started
     statuses = {inv_id: status_of(inv_id) for inv_id in ids}
     report = provider.report()
+    timeline = provider.timeline()
     if scenario.key == "drop":
         # Calls after the first that did not collide: picked up once the key was free again.
         free = {n: a["calls"] - 1 - a["collisions"] for n, a in report["accounts"].items()}
@@ -277,7 +281,8 @@ def run(
         collisions=report["collisions"],
         per_account={n: a for n, a in report["accounts"].items()},
         elapsed=elapsed,
-        timeline=provider.timeline(),
+        timeline=timeline,
+        window=(began, time.time()),
         late=late,
         unfinished={i: s.value for i, s in statuses.items() if not s.is_final()},
     )

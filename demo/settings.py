@@ -21,6 +21,8 @@ DEFAULTS: dict[str, str] = {
     "DEMO_ATOMIC_CLAIM": "0",
     # With the claim: seconds without a heartbeat after which a runner's claims are recovered.
     "DEMO_DEAD_AFTER": "15",
+    # Where `pynenc monitor` answers: the summaries link into its timeline.
+    "DEMO_MONITOR_URL": "http://127.0.0.1:8000",
     # Which pynenc runner a worker is: the article's "thread", or "multi-thread" or "process".
     "DEMO_RUNNER": "thread",
     # "1": sample.py starts each worker from its own copy of the project (--hosts).

@@ -66,6 +66,7 @@ def outcome(key: str, **fields: object) -> Outcome:
         per_account={},
         elapsed=2.0,
         timeline=[],
+        window=(0.0, 2.0),
     )
     return Outcome(**(base | fields))
 
