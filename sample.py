@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from demo import redis_server, settings
+from demo import pynenc_versions, redis_server, settings
 from demo.processes import (
     Child,
     ChildDied,
@@ -65,8 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--runner",
         choices=tuple(settings.RUNNERS),
         default=settings.get("DEMO_RUNNER"),
-        help="which pynenc runner each worker is (env DEMO_RUNNER): the article's thread runner, "
-        f"MultiThreadRunner ({settings.PROCESSES} processes) or ProcessRunner",
+        help="which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
+        f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
+        "processes) or ProcessRunner",
     )
     parser.add_argument(
         "--hosts",
@@ -94,6 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
     if not 0 < args.dead_after <= 3600:
         parser.error("--dead-after must be more than 0 and at most 3600 seconds")
+    if args.bench and args.runner != "thread":
+        parser.error("--bench runs both the thread and the wake runner by itself: drop --runner")
     if args.hosts and args.backend != "redis":
         parser.error("--hosts needs --backend redis: separate machines share no SQLite file")
     return args
@@ -103,11 +106,9 @@ def check_claim(backend: str) -> str | None:
     """Why --atomic-claim cannot run here, in one line; None when it can."""
     if backend == "redis" and importlib.util.find_spec("pynenc_redis") is None:
         return None  # redis_server.provide says how to get the plugin
-    from demo import atomic_claim  # imports pynenc: only when the claim is asked for
-
     try:
-        atomic_claim.check_versions(backend)
-    except atomic_claim.UntestedVersion as exc:
+        pynenc_versions.check("atomic claim", backend)
+    except pynenc_versions.UntestedVersion as exc:
         return str(exc)
     return None
 
@@ -139,6 +140,12 @@ def start_api() -> Child:
     return start_child("API", argv, log_dir() / "api.log")
 
 
+def runner_ids() -> frozenset[str]:
+    from demo import scenarios
+
+    return frozenset(r.runner_id for r in scenarios.tasks.app.orchestrator.get_active_runners())
+
+
 def start_worker(number: int, life: int = 1) -> Child:
     """Worker `number`; `life` counts its restarts, so a crashed worker's log is kept."""
     argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
@@ -158,7 +165,13 @@ def separate_host(number: int) -> Path:
     return host
 
 
-def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
+def wait_ready(
+    api: Child, workers: list[Child], timeout: float, earlier: frozenset[str] = frozenset()
+) -> None:
+    """Until the API answers with this run's token and every worker has a heartbeat.
+
+    earlier: runner ids of workers stopped already, whose heartbeats do not count.
+    """
     from demo import scenarios  # tasks.py builds the app from the environment set by now
 
     token = os.environ["DEMO_API_INSTANCE"]
@@ -177,7 +190,7 @@ def wait_ready(api: Child, workers: list[Child], timeout: float) -> None:
     wait_until(api_is_ours, timeout, f"the API at {settings.api_url()}", check=all_alive)
     # A runner counts as up once it has written its first heartbeat to the orchestrator.
     wait_until(
-        lambda: len(scenarios.tasks.app.orchestrator.get_active_runners()) >= len(workers),
+        lambda: len(runner_ids() - earlier) >= len(workers),
         timeout,
         f"{len(workers)} worker(s) to register as active runners",
         check=all_alive,
@@ -256,7 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             wait_ready(api, workers, args.ready_timeout)
             phases["start-up"] = time.monotonic() - began
             watch = Watch(api, workers, started)
-            code = run_scenarios(args, watch)
+            if args.bench:
+                code, watch = bench(args, watch)
+            else:
+                code, _ = run_scenarios(args, watch)
             phases["scenarios"] = time.monotonic() - began - phases["start-up"]
             memory = [peak_memory_mib(w.proc.pid) for w in watch.alive]
             stopping = time.monotonic()
@@ -293,7 +309,31 @@ def explain(exc: Exception, started: list[Child]) -> str:
     return str(exc)
 
 
-def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
+BENCH_RUNNERS = ("thread", "wake")
+
+
+def bench(args: argparse.Namespace, watch: Watch) -> tuple[int, Watch]:
+    """The same rounds and scaled run on pynenc's ThreadRunner, then on the wake runner."""
+    from demo import scenarios
+
+    code, results = 0, {}
+    for n, runner in enumerate(BENCH_RUNNERS):
+        if n:  # fresh workers of the next kind, on the same API and state
+            earlier = runner_ids()
+            stop_children(watch.alive)
+            os.environ["DEMO_RUNNER"] = args.runner = runner
+            workers = [start_worker(i, life=n + 1) for i in range(1, args.workers + 1)]
+            watch.started.extend(workers)
+            wait_ready(watch.api, workers, args.ready_timeout, earlier)
+            watch = Watch(watch.api, workers, watch.started)
+        print(f"\n##### {runner} runner #####")
+        runner_code, results[runner] = run_scenarios(args, watch)
+        code = code or runner_code
+    print(scenarios.compare(results))
+    return code, watch
+
+
+def run_scenarios(args: argparse.Namespace, watch: Watch) -> tuple[int, list]:
     from demo import lanes, scenarios
 
     slots = settings.slots_per_worker()
@@ -343,7 +383,7 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> int:
         print("\n(no monitor links: the private Redis stopped; set REDIS_URL to keep the state)")
     elif link := whole_run_link(args, outcomes):
         print(f"\nSee it in pynenc's monitor; start it with: {monitor_command(args)}\n{link}")
-    return code
+    return code, outcomes
 
 
 def monitor_command(args: argparse.Namespace) -> str:
@@ -351,7 +391,9 @@ def monitor_command(args: argparse.Namespace) -> str:
     command = "uv run pynenc monitor"
     if args.backend == "redis":
         url = settings.get("REDIS_URL")
-        command = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --group redis pynenc monitor"
+        command = (
+            f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis pynenc monitor"
+        )
     elif args.db != settings.DEFAULTS["DEMO_DB"]:
         command = f"DEMO_DB={args.db} {command}"
     return command

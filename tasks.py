@@ -20,11 +20,11 @@ if settings.get("DEMO_ATOMIC_CLAIM") == "1":  # one call per key across workers:
     builder = atomic_claim.install(builder, settings.get("DEMO_BACKEND"), settings.dead_after())
 app = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
-    .runner_tuning(runner_loop_sleep_time_sec=float(settings.get("DEMO_RUNNER_SLEEP")))
+    .runner_tuning(runner_loop_sleep_time_sec=settings.runner_sleep())
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
-    .custom_config(**settings.runner_config())  # DEMO_RUNNER: README "Scale out safely"
+    .custom_config(**settings.runner_config())  # DEMO_RUNNER: README "Speed", "Scale out"
     .build()
 )
 

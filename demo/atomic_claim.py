@@ -40,7 +40,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
 from pynenc.conf.config_task import ConcurrencyControlType
@@ -51,6 +50,8 @@ from pynenc.invocation.status import (
 )
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.util.sqlite_utils import create_sqlite_connection
+
+from demo import pynenc_versions
 
 if TYPE_CHECKING:
     from pynenc import PynencBuilder
@@ -64,18 +65,9 @@ try:  # Only the Redis backend needs the plugin; without it, only SQLite is offe
 except ImportError:  # pragma: no cover - depends on the environment
     RedisOrchestrator = None  # type: ignore[assignment,misc]
 
-# (pynenc, pynenc-redis) pairs this module was written and tested against, per backend.
-TESTED: dict[str, set[tuple[str, str | None]]] = {
-    "sqlite": {("0.3.1", None), ("0.4.0", None)},
-    "redis": {("0.3.1", "0.3.0")},
-}
 ORCHESTRATORS = {"sqlite": "AtomicClaimSQLiteOrchestrator", "redis": "AtomicClaimRedisOrchestrator"}
 S = InvocationStatus
 HELD = (S.PENDING, S.RUNNING)
-
-
-class UntestedVersion(SystemExit):
-    """Refuses to start on versions this module was not tested against: one line, no traceback."""
 
 
 class Verdict(enum.Enum):
@@ -103,29 +95,9 @@ class Decision:
     recovered: list[str] = field(default_factory=list)
 
 
-def version(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def check_versions(backend: str) -> None:
     """Raise UntestedVersion unless the installed versions are ones this module was tested with."""
-    found = (version("pynenc"), version("pynenc-redis") if backend == "redis" else None)
-    if backend not in TESTED:
-        raise UntestedVersion(f"atomic claim: no implementation for backend {backend!r}")
-    if found in TESTED[backend]:
-        return
-    tested = " or ".join(
-        f"pynenc {p}" + (f" with pynenc-redis {r}" if r else "") for p, r in sorted(TESTED[backend])
-    )
-    have = f"pynenc {found[0] or 'missing'}"
-    if backend == "redis":
-        have += f" with pynenc-redis {found[1] or 'missing'}"
-    raise UntestedVersion(
-        f"atomic claim ({backend}): tested with {tested}; this environment has {have}"
-    )
+    pynenc_versions.check("atomic claim", backend)
 
 
 def install(builder: "PynencBuilder", backend: str, dead_after: float = 15.0) -> "PynencBuilder":

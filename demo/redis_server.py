@@ -20,7 +20,7 @@ class NoRedis(Exception):
 
 PLUGIN_HINT = (
     "--backend redis needs the pynenc-redis plugin, in the optional `redis` group: "
-    "uv run --group redis python sample.py --backend redis"
+    "uv run --isolated --group redis python sample.py --backend redis"
 )
 INSTALL_HINT = (
     "no Redis: set REDIS_URL=redis://host:port/0, or install redis-server "

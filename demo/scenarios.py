@@ -361,3 +361,38 @@ def efficiency(outcomes: list[Outcome]) -> str:
 def purge_backend() -> None:
     """Forget this app's invocations in a Redis that outlives the run (REDIS_URL)."""
     tasks.app.purge()
+
+
+def compare(by_runner: dict[str, list[Outcome]]) -> str:
+    """Median elapsed and efficiency per scenario and shape, runner against runner."""
+    names = list(by_runner)
+    first, last = names[0], names[-1]
+
+    def medians(outcomes: list[Outcome]) -> dict[tuple, tuple[float, float]]:
+        grouped: dict[tuple, list[Outcome]] = {}
+        for o in outcomes:
+            grouped.setdefault((o.scenario.key, o.shape), []).append(o)
+        return {
+            key: (statistics.median(o.elapsed for o in group), group[0].floor)
+            for key, group in grouped.items()
+        }
+
+    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
+    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
+    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
+    for key in table[first]:
+        scenario, shape = SCENARIOS[key[0]], key[1]
+        label = f"{scenario.letter}. {scenario.key}"
+        if (shape.accounts, shape.ops, shape.hold) != (
+            len(settings.ACCOUNTS),
+            len(settings.OPS),
+            settings.HOLD_SECONDS,
+        ):
+            label += f", {shape.accounts}x{shape.ops}"
+        cells = []
+        for name in names:
+            median, floor = table[name].get(key, (math.nan, math.nan))
+            cells.append(f"{median:.2f}s ({floor / median:.0%})")
+        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
+        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
+    return "\n".join(lines)

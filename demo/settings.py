@@ -23,7 +23,8 @@ DEFAULTS: dict[str, str] = {
     "DEMO_DEAD_AFTER": "15",
     # Where `pynenc monitor` answers: the summaries link into its timeline.
     "DEMO_MONITOR_URL": "http://127.0.0.1:8000",
-    # Which pynenc runner a worker is: the article's "thread", or "multi-thread" or "process".
+    # Which pynenc runner a worker is: the article's "thread", "wake" (README "Speed"),
+    # or pynenc's "multi-thread" or "process" (README "Scale out safely").
     "DEMO_RUNNER": "thread",
     # "1": sample.py starts each worker from its own copy of the project (--hosts).
     "DEMO_HOSTS": "0",
@@ -40,6 +41,7 @@ MAX_THREADS = 8
 PROCESSES = 2
 RUNNERS: dict[str, dict[str, object]] = {
     "thread": {},
+    "wake": {},  # built by demo/wake_runner.py: see runner_config()
     "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": PROCESSES},
     "process": {"runner_cls": "ProcessRunner", "min_parallel_slots": MAX_THREADS},
 }
@@ -53,9 +55,19 @@ def dead_after() -> float:
     return float(get("DEMO_DEAD_AFTER"))
 
 
+def runner_sleep() -> float:
+    return float(get("DEMO_RUNNER_SLEEP"))
+
+
 def runner_config() -> dict[str, object]:
     """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner."""
-    return RUNNERS[get("DEMO_RUNNER")]
+    name = get("DEMO_RUNNER")
+    if name == "wake":
+        from demo import wake_runner  # defines WakeRunner, which pynenc then finds by name
+
+        # The same idle cadence as ThreadRunner's two sleeps per loop.
+        return wake_runner.config(get("DEMO_BACKEND"), idle=2 * runner_sleep())
+    return RUNNERS[name]
 
 
 def slots_per_worker() -> int:

@@ -20,7 +20,7 @@ from test_semantics import WAIT, account, history, paused, wait_final, wait_in_f
 
 import tasks
 from conftest import unique
-from demo import atomic_claim
+from demo import atomic_claim, pynenc_versions
 from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
 from demo.processes import wait_until
 from demo.scenarios import Provider, status_of
@@ -249,8 +249,8 @@ def test_a_killed_worker_holds_its_account_only_for_the_dead_after_window(
 
 
 def test_the_claim_refuses_an_untested_pynenc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(atomic_claim, "version", lambda name: "9.9.9")
-    with pytest.raises(atomic_claim.UntestedVersion) as refused:
+    monkeypatch.setattr(pynenc_versions, "version", lambda name: "9.9.9")
+    with pytest.raises(pynenc_versions.UntestedVersion) as refused:
         atomic_claim.check_versions("sqlite")
     message = str(refused.value)
     assert "\n" not in message

@@ -7,11 +7,13 @@ project's default environment stays as a user has it (without the plugin).
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import ROOT
 from demo import redis_server
 from demo.processes import stop_children
 from demo_runs import processes_mentioning, run_sample, summaries
@@ -75,7 +77,7 @@ def test_redis_backend_starts_and_stops_a_private_server(tmp_path: Path) -> None
 def test_redis_backend_without_the_plugin_says_how_to_get_it(tmp_path: Path) -> None:
     result = run_sample(tmp_path, "--backend", "redis", uv_args=("--isolated",), timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "uv run --group redis python sample.py --backend redis" in result.stderr
+    assert "uv run --isolated --group redis python sample.py --backend redis" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -148,3 +150,21 @@ def test_atomic_claim_refuses_a_pynenc_it_was_not_tested_with(tmp_path: Path) ->
     ), result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
+
+
+def test_the_readmes_redis_commands_leave_the_project_environment_alone() -> None:
+    """pynenc imports every installed plugin at start-up: the plugin must not leak into .venv."""
+    readme = (ROOT / "README.md").read_text().splitlines()
+    commands = [line for line in readme if line.startswith("uv run") and "redis" in line]
+    assert commands, "the README should show how to run on Redis"
+    assert all(c.startswith("uv run --isolated --group redis ") for c in commands), commands
+
+    plugin = "import pynenc_redis"
+    with_group = subprocess.run(
+        ["uv", "run", *WITH_REDIS, "python", "-c", plugin], cwd=ROOT, capture_output=True
+    )
+    assert with_group.returncode == 0, with_group.stderr
+    project = subprocess.run(
+        ["uv", "run", "python", "-c", plugin], cwd=ROOT, capture_output=True, text=True
+    )
+    assert project.returncode != 0 and "No module named 'pynenc_redis'" in project.stderr

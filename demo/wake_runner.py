@@ -1,0 +1,90 @@
+"""A ThreadRunner that starts its next loop the moment one of its calls ends, not at the next poll.
+
+Selected through pynenc's configuration by class name (runner_cls="WakeRunner"):
+
+    builder.custom_config(**wake_runner.config("sqlite", idle=0.2))
+
+Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
+any other version in one line, as demo/atomic_claim.py does, and works with it.
+
+Why it exists. pynenc's ThreadRunner starts new work once per loop and sleeps
+`runner_loop_sleep_time_sec` twice per loop (in `BaseRunner.run` and at the end of
+`ThreadRunner.runner_loop_iteration`). A thread that frees up, or an account whose call just
+ended, waits up to two sleeps before the next invocation starts. A shorter sleep helps, but
+then the runner also picks up work sooner after it is enqueued, and registration dedupe, which
+only merges into invocations not yet picked up, merges less (the article's scenario D).
+
+What it does. It keeps the same idle cadence (two sleeps) while nothing finishes, so a burst
+of enqueues still collapses as before, but it waits on an event that every finishing call
+sets: the loop runs again the moment a slot or an account frees up. The base loop's own sleep
+is set to zero and its length moves into the wait.
+
+The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
+`ThreadRunner.runner_loop_iteration` wait on a `threading.Event` set by each invocation's
+thread when it ends, with `runner_loop_sleep_time_sec` as the timeout, instead of
+`time.sleep`, and drop the second sleep in `BaseRunner.run` for runners that wait this way.
+"""
+
+import threading
+from typing import TYPE_CHECKING
+
+from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
+
+from demo import pynenc_versions
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+
+IDLE_KEY = "wake_runner_idle_sec"
+
+
+def config(backend: str, idle: float) -> dict[str, object]:
+    """What selects the runner: its class, no base sleep, and the idle wait in its place."""
+    pynenc_versions.check("wake runner", backend)
+    return {"runner_cls": "WakeRunner", "runner_loop_sleep_time_sec": 0.0, IDLE_KEY: idle}
+
+
+class WakeRunner(ThreadRunner):
+    """pynenc's ThreadRunner, woken by its own finishing calls."""
+
+    def _on_start(self) -> None:
+        super()._on_start()
+        self.finished = threading.Event()
+        self.idle = float(self.app.config_values.get(IDLE_KEY, 0.2))
+
+    def runner_loop_iteration(self) -> None:
+        """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
+        # Cleared before looking for work: a call that ends from here on wakes the next loop.
+        self.finished.clear()
+        for invocation in self._invocations_to_run(self._reclaim_available_slots()):
+            thread = threading.Thread(target=self._run, args=(invocation,), daemon=True)
+            try:
+                thread.start()
+            except RuntimeError as exc:
+                self.logger.error(f"Failed to start thread for {invocation.invocation_id}: {exc}")
+                self.app.orchestrator.reroute_invocations(
+                    {invocation.invocation_id}, self.runner_context
+                )
+                continue
+            self.threads[invocation.invocation_id] = ThreadInfo(thread, invocation)
+        self.finished.wait(self.idle)
+
+    def _run(self, invocation: "DistributedInvocation") -> None:
+        try:
+            invocation.run(self.runner_context)
+        finally:
+            self.finished.set()
+
+    def _invocations_to_run(self, slots: int) -> "Iterator[DistributedInvocation]":
+        """Claimed one by one, each started before the next is claimed, as ThreadRunner does."""
+        orchestrator, ctx = self.app.orchestrator, self.runner_context
+        if hasattr(self, "queue_names_for_retrieval"):  # pynenc 0.4.0 routes by queue
+            return orchestrator.get_invocations_to_run(
+                slots,
+                ctx,
+                queue_provider=self.queue_names_for_retrieval,
+                on_queue_retrieved=self.note_queue_retrieved,
+            )
+        return orchestrator.get_invocations_to_run(slots, ctx)
