@@ -19,25 +19,27 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, metavar="S")
     parser.add_argument(
         "--timeout",
-        type=float,
-        default=float(os.environ.get("DEMO_TIMEOUT", "60")),
+        type=settings.flag("DEMO_TIMEOUT"),
+        default=settings.get("DEMO_TIMEOUT"),
         metavar="S",
         help="deadline per scenario for every invocation to finish (env DEMO_TIMEOUT)",
     )
     parser.add_argument(
         "--host",
+        type=settings.flag("DEMO_API_HOST"),
         default=settings.get("DEMO_API_HOST"),
         help="the API's host (env DEMO_API_HOST)",
     )
     parser.add_argument(
         "--port",
-        type=int,
-        default=int(settings.get("DEMO_API_PORT")),
+        type=settings.flag("DEMO_API_PORT"),
+        default=settings.get("DEMO_API_PORT"),
         help="the API's port (env DEMO_API_PORT)",
     )
     parser.add_argument("--no-chart", action="store_true", help="skip the lane charts")
     parser.add_argument(
         "--monitor-url",
+        type=settings.flag("DEMO_MONITOR_URL"),
         default=settings.get("DEMO_MONITOR_URL"),
         help="where `pynenc monitor` answers, for the timeline links (env DEMO_MONITOR_URL)",
     )
@@ -51,10 +53,6 @@ def check_shape_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error("--accounts must be 1..500 and --ops 1..100")
     if not 0 <= args.hold <= 30:
         parser.error("--hold must be between 0 and 30 seconds")
-    if args.timeout <= 0:
-        parser.error("--timeout must be positive")
-    if not args.monitor_url.startswith(("http://", "https://")):
-        parser.error(f"--monitor-url must start with http:// or https://, not {args.monitor_url!r}")
     os.environ["DEMO_API_HOST"] = args.host
     os.environ["DEMO_API_PORT"] = str(args.port)
 
@@ -74,6 +72,7 @@ def whole_run_link(args: argparse.Namespace, outcomes: list) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    settings.exit_on_bad_environment("enqueue.py")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=CHOICES)
     add_shape_arguments(parser)
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     check_shape_arguments(parser, args)
 
     # Imported after the flags are in the environment: tasks.py reads it when it builds the app.
-    from demo import lanes, scenarios
+    from demo import lanes, progress, scenarios
 
     shape = scenarios.Shape(args.accounts, args.ops, args.hold)
     chosen = (
@@ -94,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         provider.health()
         outcomes = []
         for scenario in chosen:
-            outcome = scenarios.run(scenario, shape, provider, args.timeout)
+            label = f"{scenario.letter}. {scenario.key}"
+            with progress.line(label, provider) as tick:
+                outcome = scenarios.run(scenario, shape, provider, args.timeout, progress=tick)
             outcomes.append(outcome)
             print(outcome.summary(), flush=True)
             if link := monitor_link(args, *outcome.window):

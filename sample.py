@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_shape_arguments(parser)
     parser.add_argument("--rounds", type=int, default=None, help="repeat the scenarios N times")
     parser.add_argument("--workers", type=int, default=1, help="runner processes to start")
-    parser.add_argument("--db", default=settings.get("DEMO_DB"), help="SQLite file (env DEMO_DB)")
+    parser.add_argument(
+        "--db",
+        type=settings.flag("DEMO_DB"),
+        default=settings.get("DEMO_DB"),
+        help="SQLite file (env DEMO_DB)",
+    )
     parser.add_argument(
         "--backend",
         choices=("sqlite", "redis"),
@@ -55,15 +60,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dead-after",
-        type=float,
-        default=settings.dead_after(),
+        type=settings.flag("DEMO_DEAD_AFTER"),
+        default=settings.get("DEMO_DEAD_AFTER"),
         metavar="S",
         help="with --atomic-claim: seconds without a heartbeat before a runner's claims are "
         "recovered (env DEMO_DEAD_AFTER)",
     )
     parser.add_argument(
         "--runner",
-        choices=tuple(settings.RUNNERS),
+        choices=settings.RUNNER_NAMES,
         default=settings.get("DEMO_RUNNER"),
         help="which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
         f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
@@ -82,8 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--ready-timeout",
-        type=float,
-        default=float(os.environ.get("DEMO_READY_TIMEOUT", "30")),
+        type=settings.flag("DEMO_READY_TIMEOUT"),
+        default=settings.get("DEMO_READY_TIMEOUT"),
         metavar="S",
         help="deadline for the API and the workers to come up (env DEMO_READY_TIMEOUT)",
     )
@@ -93,8 +98,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = BENCH_ROUNDS if args.bench else 1
     if not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
-    if not 0 < args.dead_after <= 3600:
-        parser.error("--dead-after must be more than 0 and at most 3600 seconds")
     if args.bench and args.runner != "thread":
         parser.error("--bench runs both the thread and the wake runner by itself: drop --runner")
     if args.hosts and args.backend != "redis":
@@ -232,6 +235,7 @@ class Watch:
 
 def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
+    settings.exit_on_bad_environment("sample.py")
     args = parse_args(argv)
     host, port = args.host, args.port
     if port_in_use(host, port):
@@ -242,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    if args.backend == "sqlite" and (why := settings.db_problem(args.db)):
+        print(f"sample.py: --db (DEMO_DB) {args.db!r}: {why}", file=sys.stderr)
+        return 2
     if args.atomic_claim and (why := check_claim(args.backend)):
         print(f"sample.py: --atomic-claim: {why}", file=sys.stderr)
         return 2
@@ -334,7 +341,7 @@ def bench(args: argparse.Namespace, watch: Watch) -> tuple[int, Watch]:
 
 
 def run_scenarios(args: argparse.Namespace, watch: Watch) -> tuple[int, list]:
-    from demo import lanes, scenarios
+    from demo import lanes, progress, scenarios
 
     slots = settings.slots_per_worker()
     shape = scenarios.Shape(args.accounts, args.ops, args.hold, workers=args.workers, threads=slots)
@@ -348,7 +355,13 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> tuple[int, list]:
     for round_no in range(1, args.rounds + 1):
         for scenario in scenarios.SCENARIOS.values():
             watch.where = f"round {round_no}, {scenario.letter}. {scenario.key}"
-            outcome = scenarios.run(scenario, shape, provider, args.timeout, check=watch)
+            label = f"{scenario.letter}. {scenario.key}"
+            if args.rounds > 1:
+                label = f"round {round_no}/{args.rounds}, {label}"
+            with progress.line(label, provider) as tick:
+                outcome = scenarios.run(
+                    scenario, shape, provider, args.timeout, check=watch, progress=tick
+                )
             outcomes.append(outcome)
             if (round_no == 1 and not args.bench) or outcome.broken():
                 print(outcome.summary(), flush=True)
@@ -372,10 +385,10 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> tuple[int, list]:
         label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
         print(f"\n=== scaled run: {label} ===")
         watch.where = "the scaled run"
-        big = [
-            scenarios.run(s, scaled, provider, args.timeout, check=watch)
-            for s in scenarios.SCENARIOS.values()
-        ]
+        big = []
+        for s in scenarios.SCENARIOS.values():
+            with progress.line(f"scaled {s.letter}. {s.key}", provider) as tick:
+                big.append(scenarios.run(s, scaled, provider, args.timeout, watch, tick))
         print(scenarios.efficiency(big))
         outcomes += big
     code = verdict(outcomes, watch.crashes)

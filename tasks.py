@@ -9,10 +9,11 @@ from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
 from demo import atomic_claim, settings
 
+settings.exit_on_bad_environment("tasks.py")  # a bad DEMO_* variable: one line, exit 2
 API_URL = settings.api_url()
 
 builder = PynencBuilder().app_id("concurrency_demo")
-if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis; see README "Redis and many workers"
+if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis; README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
 else:
     builder = builder.sqlite(settings.get("DEMO_DB"))

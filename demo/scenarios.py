@@ -20,6 +20,10 @@ import tasks
 from demo import settings
 
 DROPPED = InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
+# Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
+# LISTED_AT_MOST of them, and one line for the rest.
+ACCOUNTS_LISTED = 12
+LISTED_AT_MOST = 8
 # This process only enqueues and watches: its own INFO lines would bury the summaries.
 tasks.app.logger.setLevel(logging.WARNING)
 
@@ -155,17 +159,38 @@ class Outcome:
         parts.append(f"{self.collisions} collisions")
         head = f"  {self.enqueued} enqueued -> {', '.join(parts)}, {self.elapsed:.2f}s"
         head += f" (floor {self.floor:.2f}s, {self.floor / self.elapsed:.0%})"
-        lines = ["", f"=== {self.scenario.heading} ===", head]
-        for name, acc in self.per_account.items():
-            mark = " X" if acc["collisions"] else "OK"
-            lines.append(f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}")
+        lines = ["", f"=== {self.scenario.heading} ===", head, *self._account_lines()]
         if self.late:
             lines.append(f"  note: {len(self.late)} late, ran after the first for its key:")
-            lines += [f"    {why}" for why in self.late]
+            lines += [f"    {why}" for why in self.late[:LISTED_AT_MOST]]
+            if len(self.late) > LISTED_AT_MOST:
+                lines.append(f"    ... and {len(self.late) - LISTED_AT_MOST} more")
         lines += [f"  GUARANTEE BROKEN: {p}" for p in self.broken()]
         if self.unfinished:
             lines.append(f"  {unfinished_hint(self.unfinished)}")
         return "\n".join(lines)
+
+
+    def _account_lines(self) -> list[str]:
+        """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
+
+        def line(name: str, acc: dict[str, int]) -> str:
+            mark = " X" if acc["collisions"] else "OK"
+            return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}"
+
+        accounts = self.per_account.items()
+        if len(self.per_account) <= ACCOUNTS_LISTED:
+            return [line(name, acc) for name, acc in accounts]
+        # Worth a look: a collision, or another number of calls than the ideal run makes
+        # (a late or extra call, a drop that did not happen, a call that never came).
+        each = 1 if self.scenario.once_per_account else self.shape.ops
+        notable = [(n, a) for n, a in accounts if a["collisions"] or a["calls"] != each]
+        lines = [line(name, acc) for name, acc in notable[:LISTED_AT_MOST]]
+        if len(notable) > LISTED_AT_MOST:
+            lines.append(f"  ... and {len(notable) - LISTED_AT_MOST} more accounts like these")
+        if rest := len(self.per_account) - len(notable):
+            lines.append(f"  OK {rest} more accounts: calls={each}, collisions=0")
+        return lines
 
 
 class Provider:
@@ -223,10 +248,16 @@ def enqueue(scenario: Scenario, shape: Shape) -> tuple[list[str], list[str]]:
     return ids, late
 
 
-def wait_finished(ids: list[str], timeout: float, check: Callable[[], None] | None = None) -> None:
+def wait_finished(
+    ids: list[str],
+    timeout: float,
+    check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
     """Poll until every invocation is final or the deadline passes; never blocks on a result.
 
     One query per poll for all that are still pending: the worker shares the database.
+    progress, if given, hears (finished, total) on every poll.
     """
     deadline = time.monotonic() + timeout
     pending = set(ids)
@@ -234,6 +265,8 @@ def wait_finished(ids: list[str], timeout: float, check: Callable[[], None] | No
         if check is not None:
             check()
         pending -= set(tasks.app.orchestrator.filter_final(list(pending)))
+        if progress is not None:
+            progress(len(ids) - len(pending), len(ids))
         if not pending or time.monotonic() >= deadline:
             return
         time.sleep(0.02)
@@ -257,12 +290,13 @@ def run(
     provider: Provider,
     timeout: float,
     check: Callable[[], None] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Outcome:
     payloads = shape.payloads(scenario)
     provider.reset(scenario.heading, shape.hold)
     started, began = time.monotonic(), time.time()
     ids, late = enqueue(scenario, shape)
-    wait_finished(ids, timeout, check)
+    wait_finished(ids, timeout, check, progress)
     elapsed = time.monotonic() - started
     statuses = {inv_id: status_of(inv_id) for inv_id in ids}
     report = provider.report()

@@ -4,31 +4,156 @@ Each knob is an environment variable with a default. The scripts' flags write th
 variable back, so the API, the workers and the enqueuer they start all agree.
 """
 
+import ipaddress
 import os
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
-DEFAULTS: dict[str, str] = {
-    "DEMO_API_HOST": "127.0.0.1",
-    "DEMO_API_PORT": "8765",
-    "DEMO_DB": "concurrency_demo.db",
-    "DEMO_BACKEND": "sqlite",
-    "REDIS_URL": "",
-    "DEMO_LOG_LEVEL": "info",
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+RUNNER_NAMES = ("thread", "wake", "multi-thread", "process")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw not in options:
+            raise ValueError(f"expected one of {', '.join(options)}")
+        return raw
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[str], float]:
+    """A number of seconds above low and at most high."""
+
+    def parse(raw: str) -> float:
+        try:
+            seconds = float(raw)
+        except ValueError:
+            seconds = float("nan")
+        if not low < seconds <= high:  # NaN fails both
+            raise ValueError(f"expected seconds, more than {low:g} and at most {high:g}")
+        return seconds
+
+    return parse
+
+
+def _port(raw: str) -> int:
+    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+        raise ValueError("expected a port number from 1 to 65535")
+    return int(raw)
+
+
+def _host(raw: str) -> str:
+    try:
+        ipaddress.ip_address(raw)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", raw):
+            raise ValueError("expected a host name or an IP address") from None
+    return raw
+
+
+def _url(*schemes: str, empty: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if empty and raw == "":
+            return raw
+        parts = urlsplit(raw)
+        if parts.scheme not in schemes or not parts.hostname:
+            shown = " or ".join(f"{s}://host:port/..." for s in schemes)
+            raise ValueError(f"expected {shown}" + (", or nothing" if empty else ""))
+        return raw
+
+    return parse
+
+
+def _path(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("expected a file path")
+    return raw
+
+
+@dataclass(frozen=True)
+class Knob:
+    default: str
+    parse: Callable[[str], object]
+
+
+KNOBS: dict[str, Knob] = {
+    "DEMO_API_HOST": Knob("127.0.0.1", _host),
+    "DEMO_API_PORT": Knob("8765", _port),
+    "DEMO_DB": Knob("concurrency_demo.db", _path),
+    "DEMO_BACKEND": Knob("sqlite", _choice("sqlite", "redis")),
+    "REDIS_URL": Knob("", _url("redis", "rediss", empty=True)),
+    "DEMO_LOG_LEVEL": Knob("info", _choice(*LOG_LEVELS)),
     # Where sample.py writes the API's and the workers' logs.
-    "DEMO_LOG_DIR": ".demo",
+    "DEMO_LOG_DIR": Knob(".demo", _path),
     # A worker polls its queue in a loop; see the README's "Speed" section for the choice.
-    "DEMO_RUNNER_SLEEP": "0.1",
+    "DEMO_RUNNER_SLEEP": Knob("0.1", _seconds(0, 10)),
+    # Seconds for a scenario's invocations to finish, and for the API and workers to come up.
+    "DEMO_TIMEOUT": Knob("60", _seconds(0, 3600)),
+    "DEMO_READY_TIMEOUT": Knob("30", _seconds(0, 3600)),
     # "1": check the key and claim in one atomic step, so the rule holds across workers.
-    "DEMO_ATOMIC_CLAIM": "0",
+    "DEMO_ATOMIC_CLAIM": Knob("0", _choice("0", "1")),
     # With the claim: seconds without a heartbeat after which a runner's claims are recovered.
-    "DEMO_DEAD_AFTER": "15",
+    "DEMO_DEAD_AFTER": Knob("15", _seconds(0, 3600)),
     # Where `pynenc monitor` answers: the summaries link into its timeline.
-    "DEMO_MONITOR_URL": "http://127.0.0.1:8000",
-    # Which pynenc runner a worker is: the article's "thread", "wake" (README "Speed"),
+    "DEMO_MONITOR_URL": Knob("http://127.0.0.1:8000", _url("http", "https")),
+    # Which runner a worker is: the article's "thread", "wake" (README "Speed"),
     # or pynenc's "multi-thread" or "process" (README "Scale out safely").
-    "DEMO_RUNNER": "thread",
+    "DEMO_RUNNER": Knob("thread", _choice(*RUNNER_NAMES)),
     # "1": sample.py starts each worker from its own copy of the project (--hosts).
-    "DEMO_HOSTS": "0",
+    "DEMO_HOSTS": Knob("0", _choice("0", "1")),
 }
+DEFAULTS: dict[str, str] = {name: knob.default for name, knob in KNOBS.items()}
+
+
+def problems() -> list[str]:
+    """One line per environment variable whose value does not fit, naming what would."""
+    found = []
+    for name, knob in KNOBS.items():
+        if name in os.environ:
+            try:
+                knob.parse(os.environ[name])
+            except ValueError as exc:
+                found.append(f"{name}={os.environ[name]!r}: {exc}")
+    return found
+
+
+def exit_on_bad_environment(program: str) -> None:
+    """Before anything starts: one line on stderr for the first bad variable, and exit 2."""
+    if found := problems():
+        print(f"{program}: {found[0]}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def flag(name: str) -> Callable[[str], object]:
+    """The argparse type for the flag that sets knob `name`: the very same rule."""
+    import argparse
+
+    def parse(raw: str) -> object:
+        try:
+            return KNOBS[name].parse(raw)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
+
+    return parse
+
+
+def db_problem(path: str) -> str | None:
+    """Why SQLite could not create or open the database at path, or None."""
+    db = Path(path)
+    if db.is_dir():
+        return f"{path} is a folder, not a database file"
+    folder = db.parent if str(db.parent) else Path(".")
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
 
 ACCOUNTS = ("acme", "globex", "initech")
 OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
@@ -49,6 +174,11 @@ RUNNERS: dict[str, dict[str, object]] = {
 
 def get(name: str) -> str:
     return os.environ.get(name, DEFAULTS[name])
+
+
+def value(name: str) -> object:
+    """The knob's value, parsed by its own rule."""
+    return KNOBS[name].parse(get(name))
 
 
 def dead_after() -> float:

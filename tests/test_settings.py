@@ -1,0 +1,158 @@
+"""Bad settings get one line and exit 2 before anything starts; long runs stay readable."""
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from demo import settings
+from demo.processes import free_port
+from demo_runs import processes_mentioning, run_sample
+
+BAD = [
+    ("DEMO_API_PORT", "abc", "port number"),
+    ("DEMO_RUNNER_SLEEP", "x", "seconds"),
+    ("DEMO_TIMEOUT", "abc", "seconds"),
+    ("DEMO_LOG_LEVEL", "loud", "debug, info"),
+    ("DEMO_BACKEND", "mongo", "sqlite, redis"),
+    ("DEMO_API_PORT", "70000", "port number"),
+    ("DEMO_READY_TIMEOUT", "-1", "seconds"),
+    ("DEMO_ATOMIC_CLAIM", "yes", "0, 1"),
+    ("DEMO_DEAD_AFTER", "0", "seconds"),
+    ("DEMO_RUNNER", "fast", "thread, wake"),
+    ("DEMO_MONITOR_URL", "localhost:8000", "http://"),
+    ("REDIS_URL", "localhost:6379", "redis://"),
+]
+
+
+def run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    base = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "NO_COLOR": "1"}
+    base.pop("REDIS_URL", None)
+    return subprocess.run(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def refused(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("name, value, fits", BAD, ids=[f"{n}={v}" for n, v, _ in BAD])
+def test_a_bad_variable_is_one_line_and_exit_2_before_anything_starts(
+    tmp_path: Path, name: str, value: str, fits: str
+) -> None:
+    db = str(tmp_path / "demo.db")
+    result = run(["sample.py", "--port", str(free_port()), "--db", db], tmp_path, **{name: value})
+    refused(result, "sample.py:", name, repr(value), fits)
+    assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
+    assert processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_database_path_that_cannot_be_created_is_refused_first(tmp_path: Path) -> None:
+    db = str(tmp_path / "missing" / "dir" / "x.db")
+    result = run(["sample.py", "--port", str(free_port()), "--db", db], tmp_path)
+    refused(result, "--db", "DEMO_DB", "does not exist")
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["enqueue.py", "all"], ["-m", "pynenc", "--app", "tasks.app", "runner", "start"]],
+    ids=["enqueue.py", "worker"],
+)
+def test_the_enqueuer_and_a_worker_check_the_same_rules(tmp_path: Path, argv: list[str]) -> None:
+    result = run(argv, tmp_path, DEMO_LOG_LEVEL="loud", DEMO_DB=str(tmp_path / "x.db"))
+    refused(result, "DEMO_LOG_LEVEL='loud'", "debug, info")
+
+
+def test_a_flag_follows_the_same_rule_as_its_variable(tmp_path: Path) -> None:
+    result = run(["sample.py", "--port", "abc"], tmp_path)
+    assert result.returncode == 2
+    assert "argument --port: 'abc': expected a port number from 1 to 65535" in result.stderr
+
+
+def test_every_knob_has_a_default_that_fits_its_own_rule() -> None:
+    parsed = {name: knob.parse(knob.default) for name, knob in settings.KNOBS.items()}
+    assert parsed["DEMO_API_PORT"] == 8765 and parsed["DEMO_RUNNER_SLEEP"] == 0.1
+    assert settings.problems() == []
+
+
+def in_a_terminal(argv: list[str], tmp_path: Path, timeout: float = 240) -> str:
+    """Run argv with a pseudo-terminal as its output, as a user's shell does; return it all."""
+    env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        start_new_session=True,
+    )
+    os.close(follower)
+    chunks, deadline = [], time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if select.select([leader], [], [], 0.5)[0]:
+                try:
+                    data = os.read(leader, 65536)
+                except OSError:  # the terminal closed: the program ended
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+        else:
+            raise AssertionError(f"{argv} did not finish within {timeout}s")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        os.close(leader)
+    assert proc.returncode == 0, b"".join(chunks).decode(errors="replace")
+    return b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.e2e
+def test_a_scaled_run_shows_progress_on_a_terminal_and_none_in_a_pipe(tmp_path: Path) -> None:
+    shape = ["--accounts", "30", "--hold", "0.1", "--no-chart", "--no-links"]
+    argv = ["sample.py", "--port", str(free_port()), "--db", str(tmp_path / "t.db"), *shape]
+    seen = in_a_terminal(argv, tmp_path)
+    assert "/120 invocations finished" in seen
+    assert "\x1b[2K" in seen or "\r" in seen, "the progress line should update in place"
+
+    piped = run_sample(tmp_path, *shape)
+    assert piped.returncode == 0, piped.stdout + piped.stderr
+    assert "invocations finished" not in piped.stdout + piped.stderr
+    assert "\x1b[" not in piped.stdout
+
+
+@pytest.mark.e2e
+def test_a_forty_account_summary_stays_short_and_names_who_collided(tmp_path: Path) -> None:
+    result = run_sample(tmp_path, "--accounts", "40", "--hold", "0.05", "--no-chart", "--no-links")
+    assert result.returncode == 0, result.stdout + result.stderr
+    sections = result.stdout.split("\n=== ")[1:5]
+    assert [s[:2] for s in sections] == ["A.", "B.", "C.", "D."]
+    for section in sections:
+        body = section.split("\n\n")[0].splitlines()
+        assert len(body) <= 15, "\n".join(body)
+    a = sections[0]
+    assert "   X acct" in a and "collisions=3" in a
+    assert "more accounts like these" in a
+    assert "OK 40 more accounts: calls=4, collisions=0" in sections[1]
