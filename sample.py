@@ -116,6 +116,12 @@ def check_claim(backend: str) -> str | None:
     return None
 
 
+def refuses_the_claim(redis_url: str) -> str | None:
+    from demo import atomic_claim  # imports pynenc and its Redis plugin: only when asked
+
+    return atomic_claim.check_redis(redis_url)
+
+
 def log_dir() -> Path:
     return Path(settings.get("DEMO_LOG_DIR"))
 
@@ -265,7 +271,10 @@ def main(argv: list[str] | None = None) -> int:
     with stop_on_sigterm(), children() as started:
         try:
             if args.backend == "redis":
-                redis_server.provide(started, args.ready_timeout)
+                url = redis_server.provide(started, args.ready_timeout)
+                if args.atomic_claim and (why := refuses_the_claim(url)):
+                    print(f"sample.py: --atomic-claim: {why}", file=sys.stderr)
+                    return 2
                 forget_earlier_runs()
             else:
                 fresh_sqlite(args.db)

@@ -100,6 +100,20 @@ def check_versions(backend: str) -> None:
     pynenc_versions.check("atomic claim", backend)
 
 
+def check_redis(url: str) -> str | None:
+    """Why the Redis at url cannot run the claim (it refuses WATCH/MULTI/EXEC), or None."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.transaction(lambda pipe: pipe.multi(), "atomic-claim:probe")
+    except redis.RedisError as exc:
+        return f"the Redis at {url} refuses WATCH/MULTI/EXEC, which the claim needs ({exc})"
+    finally:
+        client.close()
+    return None
+
+
 def install(builder: "PynencBuilder", backend: str, dead_after: float = 15.0) -> "PynencBuilder":
     """Select the claiming orchestrator for backend and a dead-runner window of dead_after seconds.
 

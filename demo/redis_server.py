@@ -37,15 +37,18 @@ def _answers_ping(host: str, port: int) -> bool:
         return False
 
 
-def start_private(log_path: Path, timeout: float) -> tuple[Child, str]:
-    """Start redis-server on a free loopback port with no persistence; return it and its URL."""
+def start_private(log_path: Path, timeout: float, extra: tuple[str, ...] = ()) -> tuple[Child, str]:
+    """Start redis-server on a free loopback port with no persistence; return it and its URL.
+
+    extra: more redis-server arguments (the tests use it to make a Redis that refuses MULTI).
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise NoRedis(INSTALL_HINT)
     port = free_port()
     # No snapshots, no append-only file: nothing is written, the --dir is only a formality.
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(log_path.parent)]
+    argv += ["--appendonly", "no", "--dir", str(log_path.parent), *extra]
     child = start_child("redis-server", argv, log_path)
     try:
         ready = functools.partial(_answers_ping, "127.0.0.1", port)

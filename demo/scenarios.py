@@ -170,7 +170,6 @@ class Outcome:
             lines.append(f"  {unfinished_hint(self.unfinished)}")
         return "\n".join(lines)
 
-
     def _account_lines(self) -> list[str]:
         """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
 

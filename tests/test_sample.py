@@ -49,12 +49,17 @@ def test_rounds_print_a_distribution_per_scenario(tmp_path: Path) -> None:
 @pytest.mark.e2e
 def test_bench_prints_its_figures(tmp_path: Path) -> None:
     """The benchmark is a command, not a timed test: check that it reports, not how fast."""
-    result = run_sample(tmp_path, "--bench", "--rounds", "1", timeout=300)
+    result = run_sample(tmp_path, "--bench", "--rounds", "1", timeout=400)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
-    assert "=== scaled run: 30 accounts x 4 ops, hold 0.1s ===" in out
-    assert out.count("scenario      median    floor  efficiency  runs") == 2
-    for letter in "ABCD":
-        assert any(line.startswith(f"{letter}. ") and "%" in line for line in out.splitlines())
+    # The same rounds and scaled run, first on pynenc's ThreadRunner, then on the wake runner.
+    assert out.index("##### thread runner #####") < out.index("##### wake runner #####")
+    assert out.count("=== scaled run: 30 accounts x 4 ops, hold 0.1s ===") == 2
+    assert out.count("scenario      median    floor  efficiency  runs") == 4
+    assert "(wake runner)" in out
+    table = out.split("=== thread vs wake: median elapsed (efficiency) ===")[1].splitlines()
+    rows = [line for line in table if line[:2] in ("A.", "B.", "C.", "D.")]
+    assert len(rows) == 8, table  # four scenarios, article-sized and scaled
+    assert all(line.count("%") == 2 for line in rows)
     assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
     assert "worker peak memory:" in out and "MiB" in out

@@ -89,7 +89,7 @@ def test_several_workers_finish_with_a_report_whatever_pynenc_does(tmp_path: Pat
     its deadline, print the table, and exit 0 only if every guarantee held.
     """
     result = run_sample(
-        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "15", "--no-chart", timeout=400
+        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "10", "--no-chart", timeout=400
     )
     out = result.stdout
     assert result.returncode in (0, 1), out + result.stderr
@@ -168,3 +168,27 @@ def test_the_readmes_redis_commands_leave_the_project_environment_alone() -> Non
         ["uv", "run", "python", "-c", plugin], cwd=ROOT, capture_output=True, text=True
     )
     assert project.returncode != 0 and "No module named 'pynenc_redis'" in project.stderr
+
+
+def test_atomic_claim_refuses_a_redis_without_transactions(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None and not os.environ.get("CI"):
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    log = tmp_path / "redis" / "redis.log"
+    child, url = redis_server.start_private(log, 30, extra=("--rename-command", "MULTI", ""))
+    try:
+        result = run_sample(
+            tmp_path,
+            *("--backend", "redis", "--atomic-claim"),
+            uv_args=WITH_REDIS,
+            env={"REDIS_URL": url},
+            timeout=300,
+        )
+    finally:
+        stop_children([child])
+    assert result.returncode == 2, result.stdout + result.stderr
+    # uv may report what it installed first; the demo's own word is one line.
+    ours = [line for line in result.stderr.splitlines() if line.startswith("sample.py")]
+    assert len(ours) == 1 and "refuses WATCH/MULTI/EXEC" in ours[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "logs" / "api.log").exists(), "no API or worker may start"
+    assert processes_mentioning(str(tmp_path)) == []

@@ -20,8 +20,11 @@ WAKE = {"DEMO_RUNNER": "wake"}
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("extra", [(), ("--atomic-claim", "--workers", "3")], ids=["1", "3+claim"])
-def test_the_wake_runner_keeps_every_guarantee(tmp_path: Path, extra: tuple[str, ...]) -> None:
+def test_the_wake_runner_keeps_every_guarantee_with_the_claim_and_three_workers(
+    tmp_path: Path,
+) -> None:
+    """One worker on the wake runner runs in tests/test_sample.py's --bench test."""
+    extra = ("--atomic-claim", "--workers", "3")
     result = run_sample(tmp_path, "--runner", "wake", "--no-chart", *extra, timeout=400)
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
