@@ -4,19 +4,23 @@ One row per account, time left to right, one bar per call. Calls that overlap on
 account stack into extra rows, so a collision is visible as a second bar above the first.
 """
 
-import os
+import io
+import itertools
 import shutil
-import sys
 from collections import defaultdict
 from collections.abc import Sequence
 
+from rich.console import Console
+from rich.text import Text
+
 OK_BAR, COLLISION_BAR = "=", "X"
-GREEN, RED, DIM, RESET = "\033[32m", "\033[31m", "\033[2m", "\033[0m"
+STYLE = {OK_BAR: "green", COLLISION_BAR: "red"}
 MAX_ACCOUNTS_DRAWN = 12
 
 
 def use_colour() -> bool:
-    return "NO_COLOR" not in os.environ and sys.stdout.isatty()
+    """rich decides: colour on a terminal that shows it, never under NO_COLOR or in a pipe."""
+    return Console().color_system is not None
 
 
 def _stack(calls: list[dict]) -> list[list[dict]]:
@@ -32,22 +36,22 @@ def _stack(calls: list[dict]) -> list[list[dict]]:
     return rows
 
 
-def _row(calls: list[dict], span: float, width: int, colour: bool) -> str:
+def _row(calls: list[dict], span: float, width: int) -> Text:
     cells = [" "] * width
-    paint = [""] * width
+    styles: list[str | None] = [None] * width
     for call in calls:
         first = min(width - 1, int(call["start"] / span * width))
         last = max(first, min(width - 1, int(call["end"] / span * width) - 1))
         fill = COLLISION_BAR if call["collided"] else OK_BAR
         for i in range(first, last + 1):
-            cells[i] = fill
-            paint[i] = RED if call["collided"] else GREEN
+            cells[i], styles[i] = fill, STYLE[fill]
         # Brackets keep back-to-back calls apart when a bar is wide enough to hold them.
         if last - first >= 2:
             cells[first], cells[last] = "[", "]"
-    if not colour:
-        return "".join(cells)
-    return "".join(f"{p}{c}{RESET}" if p else c for c, p in zip(cells, paint, strict=True))
+    row = Text()
+    for style, run in itertools.groupby(zip(cells, styles, strict=True), key=lambda c: c[1]):
+        row.append("".join(cell for cell, _ in run), style=style)
+    return row
 
 
 def _axis(span: float, width: int, indent: int) -> str:
@@ -81,21 +85,29 @@ def render(calls: Sequence[dict], colour: bool | None = None, width: int | None 
     width = max(20, width)
     span = max(c["end"] for c in finished) or 1.0
 
-    lines: list[str] = []
+    lines: list[Text] = []
     shown = list(by_account.items())[:MAX_ACCOUNTS_DRAWN]
     for account, acc_calls in shown:
         for depth, row in enumerate(_stack(acc_calls)):
             name = account if depth == 0 else ""
-            lines.append(f"  {name:<{label}} |{_row(row, span, width, colour)}|")
+            lines.append(Text.assemble(f"  {name:<{label}} |", _row(row, span, width), "|"))
     hidden = list(by_account.items())[MAX_ACCOUNTS_DRAWN:]
     if hidden:
         lanes = [len(_stack(c)) for _, c in hidden]
         busiest = max(lanes)
         lines.append(
-            f"  ... {len(hidden)} more accounts, {sum(len(c) for _, c in hidden)} calls; "
-            f"most calls in flight at once on one of them: {busiest}"
+            Text(
+                f"  ... {len(hidden)} more accounts, {sum(len(c) for _, c in hidden)} calls; "
+                f"most calls in flight at once on one of them: {busiest}"
+            )
         )
-    lines.append(_axis(span, width, indent=label + 3))
+    lines.append(Text(_axis(span, width, indent=label + 3)))
     legend = f"  {OK_BAR * 3} call   {COLLISION_BAR * 3} collision   stacked rows = overlap"
-    lines.append(f"{DIM}{legend}{RESET}" if colour else legend)
-    return "\n".join(lines)
+    lines.append(Text(legend, style="dim"))
+    if not colour:
+        return "\n".join(line.plain for line in lines)
+    # rich writes the escape codes: into a string, at a width that never wraps a row.
+    out = Console(file=io.StringIO(), force_terminal=True, color_system="standard", width=1000)
+    for line in lines:
+        out.print(line, highlight=False, soft_wrap=True)
+    return out.file.getvalue().rstrip("\n")

@@ -4,6 +4,7 @@ The environment is set before anything imports tasks.py, which reads it to build
 """
 
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from demo import redis_server
 from demo.processes import Child, children, free_port, start_child, stop_children, wait_until
 
 if TYPE_CHECKING:
@@ -84,3 +86,17 @@ def start_worker(live_api: "Provider") -> Iterator[Callable[..., Child]]:
         yield start
     finally:
         stop_children(started)
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path) -> Iterator[str]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    child, url = redis_server.start_private(tmp_path / "redis" / "redis.log", timeout=30)
+    try:
+        yield url
+    finally:
+        stop_children([child])

@@ -8,7 +8,6 @@ import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,20 +18,6 @@ from demo.processes import stop_children
 from demo_runs import processes_mentioning, run_sample, summaries
 
 WITH_REDIS = ("--isolated", "--group", "redis")
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A real redis-server of the test's own, on a free loopback port."""
-    if shutil.which("redis-server") is None:
-        if os.environ.get("CI"):
-            pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    child, url = redis_server.start_private(tmp_path / "redis" / "redis.log", timeout=30)
-    try:
-        yield url
-    finally:
-        stop_children([child])
 
 
 def redis_keys(url: str) -> int:

@@ -35,6 +35,20 @@ def test_the_wake_runner_keeps_every_guarantee_with_the_claim_and_three_workers(
     assert processes_mentioning(str(tmp_path)) == []
 
 
+@pytest.mark.e2e
+def test_the_wake_runner_keeps_every_guarantee_on_redis(tmp_path: Path, redis_url: str) -> None:
+    result = run_sample(
+        tmp_path,
+        *("--backend", "redis", "--runner", "wake", "--no-chart"),
+        uv_args=("--isolated", "--group", "redis"),
+        env={"REDIS_URL": redis_url},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = summaries(result.stdout)
+    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
+    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
+
+
 def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
     live_api: Provider, start_worker: Callable
 ) -> None:
