@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"benchmark: {BENCH_ROUNDS} rounds (or --rounds), then a scaled run; print figures",
     )
     parser.add_argument(
+        "--bench-accounts",
+        type=int,
+        default=BENCH_SCALED["accounts"],
+        metavar="N",
+        help=f"accounts in --bench's scaled run (default {BENCH_SCALED['accounts']})",
+    )
+    parser.add_argument(
         "--ready-timeout",
         type=settings.flag("DEMO_READY_TIMEOUT"),
         default=settings.get("DEMO_READY_TIMEOUT"),
@@ -98,6 +105,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.rounds = BENCH_ROUNDS if args.bench else 1
     if not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
+    if not 1 <= args.bench_accounts <= 500:
+        parser.error("--bench-accounts must be 1..500")
     if args.bench and args.runner != "thread":
         parser.error("--bench runs both the thread and the wake runner by itself: drop --runner")
     if args.hosts and args.backend != "redis":
@@ -390,7 +399,8 @@ def run_scenarios(args: argparse.Namespace, watch: Watch) -> tuple[int, list]:
         print(scenarios.distribution(outcomes))
         print(scenarios.efficiency(outcomes))
     if args.bench:
-        scaled = scenarios.Shape(**BENCH_SCALED, workers=args.workers, threads=slots)
+        size = BENCH_SCALED | {"accounts": args.bench_accounts}
+        scaled = scenarios.Shape(**size, workers=args.workers, threads=slots)
         label = f"{scaled.accounts} accounts x {scaled.ops} ops, hold {scaled.hold}s"
         print(f"\n=== scaled run: {label} ===")
         watch.where = "the scaled run"

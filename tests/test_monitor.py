@@ -14,7 +14,7 @@ import pytest
 from conftest import ROOT
 from demo import monitor
 from demo.processes import free_port, stop_children
-from demo_runs import processes_mentioning, run_sample
+from demo_runs import run_sample
 
 TASKS = {"A": "call_unsafe", "B": "call_keyed", "C": "call_keyed_drop", "D": "refresh_once"}
 IDS_BY_TASK = (
@@ -94,11 +94,3 @@ def test_each_link_shows_its_own_scenario_and_no_other(
     assert page.status_code == 200
     assert set().union(*mine.values()) <= monitor.invocation_ids(monitor.timeline_svg(page.text))
     assert "uv run pynenc monitor" in stdout
-
-
-def test_no_links_prints_none(tmp_path: Path) -> None:
-    result = run_sample(tmp_path, "--no-chart", "--no-links")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert links(result.stdout) == {}
-    assert "/invocations/timeline" not in result.stdout
-    assert processes_mentioning(str(tmp_path)) == []

@@ -51,10 +51,16 @@ def test_redis_backend_with_one_worker_keeps_the_key_guarantees(
 
 @pytest.mark.e2e
 def test_redis_backend_starts_and_stops_a_private_server(tmp_path: Path) -> None:
+    """On the wake runner, so the same run shows that runner keeps its promises on Redis."""
     if shutil.which("redis-server") is None and not os.environ.get("CI"):
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    result = run_sample(tmp_path, "--backend", "redis", "--no-chart", uv_args=WITH_REDIS)
+    argv = ("--backend", "redis", "--runner", "wake", "--no-chart")
+    result = run_sample(tmp_path, *argv, uv_args=WITH_REDIS)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "(wake runner)" in result.stdout
+    found = summaries(result.stdout)
+    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
+    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
     assert (tmp_path / "logs" / "redis.log").exists()
     assert processes_mentioning(str(tmp_path)) == []
 
@@ -74,7 +80,7 @@ def test_several_workers_finish_with_a_report_whatever_pynenc_does(tmp_path: Pat
     its deadline, print the table, and exit 0 only if every guarantee held.
     """
     result = run_sample(
-        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "10", "--no-chart", timeout=400
+        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "5", "--no-chart", timeout=400
     )
     out = result.stdout
     assert result.returncode in (0, 1), out + result.stderr

@@ -2,10 +2,12 @@
 
 import os
 import pty
+import re
 import select
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,8 @@ import pytest
 from conftest import ROOT
 from demo import settings
 from demo.processes import free_port
-from demo_runs import processes_mentioning, run_sample
+from demo.scenarios import Provider
+from demo_runs import processes_mentioning
 
 BAD = [
     ("DEMO_API_PORT", "abc", "port number"),
@@ -92,9 +95,9 @@ def test_every_knob_has_a_default_that_fits_its_own_rule() -> None:
     assert settings.problems() == []
 
 
-def in_a_terminal(argv: list[str], tmp_path: Path, timeout: float = 240) -> str:
+def in_a_terminal(argv: list[str], timeout: float = 120) -> str:
     """Run argv with a pseudo-terminal as its output, as a user's shell does; return it all."""
-    env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "TERM": "xterm"}
+    env = {**os.environ, "TERM": "xterm"}
     env.pop("NO_COLOR", None)
     leader, follower = pty.openpty()
     proc = subprocess.Popen(
@@ -129,28 +132,37 @@ def in_a_terminal(argv: list[str], tmp_path: Path, timeout: float = 240) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.e2e
-def test_a_scaled_run_shows_progress_on_a_terminal(tmp_path: Path) -> None:
-    shape = ["--accounts", "30", "--hold", "0.05", "--no-chart", "--no-links"]
-    argv = ["sample.py", "--port", str(free_port()), "--db", str(tmp_path / "t.db"), *shape]
-    seen = in_a_terminal(argv, tmp_path)
-    assert "/120 invocations finished" in seen
+# Two ops per account: enough for every account to collide once, and quick to run.
+SCALED_A = ["enqueue.py", "unsafe", "--ops", "2", "--hold", "0.02", "--no-chart"]
+
+
+def test_a_scaled_run_shows_progress_on_a_terminal(
+    live_api: Provider, start_worker: Callable
+) -> None:
+    start_worker()
+    seen = in_a_terminal([*SCALED_A, "--accounts", "30", "--no-links"])
+    assert "/60 invocations finished" in seen
     assert "\x1b[2K" in seen or "\r" in seen, "the progress line should update in place"
 
 
-@pytest.mark.e2e
-def test_a_forty_account_summary_stays_short_and_names_who_collided(tmp_path: Path) -> None:
-    """Piped, as here, a run shows no progress line: only what it printed before."""
-    result = run_sample(tmp_path, "--accounts", "40", "--hold", "0.05", "--no-chart", "--no-links")
+def test_a_forty_account_summary_stays_short_and_names_who_collided(
+    live_api: Provider, start_worker: Callable
+) -> None:
+    """Piped, as here, a run shows no progress line and, under --no-links, no link."""
+    start_worker()
+    result = subprocess.run(
+        [sys.executable, *SCALED_A, "--accounts", "40", "--no-links"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "invocations finished" not in result.stdout + result.stderr
-    assert "\x1b[" not in result.stdout
-    sections = result.stdout.split("\n=== ")[1:5]
-    assert [s[:2] for s in sections] == ["A.", "B.", "C.", "D."]
-    for section in sections:
-        body = section.split("\n\n")[0].splitlines()
-        assert len(body) <= 15, "\n".join(body)
-    a = sections[0]
-    assert "   X acct" in a and "collisions=3" in a
-    assert "more accounts like these" in a
-    assert "OK 40 more accounts: calls=4, collisions=0" in sections[1]
+    out = result.stdout
+    assert "invocations finished" not in out + result.stderr
+    assert "\x1b[" not in out and "/invocations/timeline" not in out
+    summary = out.strip().splitlines()
+    assert summary[0] == "=== A. unsafe — no concurrency control ==="
+    assert len(summary) <= 15, out
+    assert re.search(r"^   X acct\d{3}\s+calls=2  collisions=1$", out, re.M), out
+    assert "more accounts like these" in out

@@ -23,7 +23,8 @@ WAKE = {"DEMO_RUNNER": "wake"}
 def test_the_wake_runner_keeps_every_guarantee_with_the_claim_and_three_workers(
     tmp_path: Path,
 ) -> None:
-    """One worker on the wake runner runs in tests/test_sample.py's --bench test."""
+    """One worker on the wake runner runs in the --bench test (SQLite) and in
+    tests/test_scale.py's private-Redis test."""
     extra = ("--atomic-claim", "--workers", "3")
     result = run_sample(tmp_path, "--runner", "wake", "--no-chart", *extra, timeout=400)
     out = result.stdout
@@ -33,20 +34,6 @@ def test_the_wake_runner_keeps_every_guarantee_with_the_claim_and_three_workers(
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == found["D"]["collisions"] == 0
     assert processes_mentioning(str(tmp_path)) == []
-
-
-@pytest.mark.e2e
-def test_the_wake_runner_keeps_every_guarantee_on_redis(tmp_path: Path, redis_url: str) -> None:
-    result = run_sample(
-        tmp_path,
-        *("--backend", "redis", "--runner", "wake", "--no-chart"),
-        uv_args=("--isolated", "--group", "redis"),
-        env={"REDIS_URL": redis_url},
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = summaries(result.stdout)
-    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
-    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
 
 
 def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
