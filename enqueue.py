@@ -17,31 +17,18 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accounts", type=int, default=len(settings.ACCOUNTS), metavar="N")
     parser.add_argument("--ops", type=int, default=len(settings.OPS), metavar="M")
     parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, metavar="S")
-    parser.add_argument(
+    settings.add_option(
+        parser,
         "--timeout",
-        type=settings.flag("DEMO_TIMEOUT"),
-        default=settings.get("DEMO_TIMEOUT"),
+        "DEMO_TIMEOUT",
+        "deadline per scenario for every invocation to finish",
         metavar="S",
-        help="deadline per scenario for every invocation to finish (env DEMO_TIMEOUT)",
     )
-    parser.add_argument(
-        "--host",
-        type=settings.flag("DEMO_API_HOST"),
-        default=settings.get("DEMO_API_HOST"),
-        help="the API's host (env DEMO_API_HOST)",
-    )
-    parser.add_argument(
-        "--port",
-        type=settings.flag("DEMO_API_PORT"),
-        default=settings.get("DEMO_API_PORT"),
-        help="the API's port (env DEMO_API_PORT)",
-    )
+    settings.add_option(parser, "--host", "DEMO_API_HOST", "the API's host")
+    settings.add_option(parser, "--port", "DEMO_API_PORT", "the API's port")
     parser.add_argument("--no-chart", action="store_true", help="skip the lane charts")
-    parser.add_argument(
-        "--monitor-url",
-        type=settings.flag("DEMO_MONITOR_URL"),
-        default=settings.get("DEMO_MONITOR_URL"),
-        help="where `pynenc monitor` answers, for the timeline links (env DEMO_MONITOR_URL)",
+    settings.add_option(
+        parser, "--monitor-url", "DEMO_MONITOR_URL", "where `pynenc monitor` answers, for the links"
     )
     parser.add_argument(
         "--no-links", action="store_true", help="print no links into the monitor's timeline"

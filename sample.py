@@ -38,17 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_shape_arguments(parser)
     parser.add_argument("--rounds", type=int, default=None, help="repeat the scenarios N times")
     parser.add_argument("--workers", type=int, default=1, help="runner processes to start")
-    parser.add_argument(
-        "--db",
-        type=settings.flag("DEMO_DB"),
-        default=settings.get("DEMO_DB"),
-        help="SQLite file (env DEMO_DB)",
-    )
-    parser.add_argument(
+    settings.add_option(parser, "--db", "DEMO_DB", "SQLite file")
+    settings.add_option(
+        parser,
         "--backend",
-        choices=("sqlite", "redis"),
-        default=settings.get("DEMO_BACKEND"),
-        help="where pynenc keeps its state (env DEMO_BACKEND); redis uses REDIS_URL if set, "
+        "DEMO_BACKEND",
+        "where pynenc keeps its state: sqlite or redis; redis uses REDIS_URL if set, "
         "else starts a private redis-server",
     )
     parser.add_argument(
@@ -58,13 +53,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="check the key and claim in one atomic step, so one call per account holds across "
         "workers (env DEMO_ATOMIC_CLAIM=1; demo/atomic_claim.py)",
     )
-    parser.add_argument(
+    settings.add_option(
+        parser,
         "--dead-after",
-        type=settings.flag("DEMO_DEAD_AFTER"),
-        default=settings.get("DEMO_DEAD_AFTER"),
+        "DEMO_DEAD_AFTER",
+        "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered",
         metavar="S",
-        help="with --atomic-claim: seconds without a heartbeat before a runner's claims are "
-        "recovered (env DEMO_DEAD_AFTER)",
     )
     parser.add_argument(
         "--runner",
@@ -92,12 +86,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help=f"accounts in --bench's scaled run (default {BENCH_SCALED['accounts']})",
     )
-    parser.add_argument(
+    settings.add_option(
+        parser,
         "--ready-timeout",
-        type=settings.flag("DEMO_READY_TIMEOUT"),
-        default=settings.get("DEMO_READY_TIMEOUT"),
+        "DEMO_READY_TIMEOUT",
+        "deadline for the API and the workers to come up",
         metavar="S",
-        help="deadline for the API and the workers to come up (env DEMO_READY_TIMEOUT)",
     )
     args = parser.parse_args(argv)
     check_shape_arguments(parser, args)

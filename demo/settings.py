@@ -11,7 +11,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    import argparse
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RUNNER_NAMES = ("thread", "wake", "multi-thread", "process")
@@ -129,8 +133,10 @@ def exit_on_bad_environment(program: str) -> None:
         raise SystemExit(2)
 
 
-def flag(name: str) -> Callable[[str], object]:
-    """The argparse type for the flag that sets knob `name`: the very same rule."""
+def add_option(
+    parser: "argparse.ArgumentParser", option: str, name: str, help: str, **extra: object
+) -> None:
+    """The flag that sets knob `name`: its default from the environment, the very same rule."""
     import argparse
 
     def parse(raw: str) -> object:
@@ -139,7 +145,7 @@ def flag(name: str) -> Callable[[str], object]:
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
 
-    return parse
+    parser.add_argument(option, type=parse, default=get(name), help=f"{help} (env {name})", **extra)
 
 
 def db_problem(path: str) -> str | None:
@@ -182,11 +188,11 @@ def value(name: str) -> object:
 
 
 def dead_after() -> float:
-    return float(get("DEMO_DEAD_AFTER"))
+    return float(value("DEMO_DEAD_AFTER"))  # type: ignore[arg-type]
 
 
 def runner_sleep() -> float:
-    return float(get("DEMO_RUNNER_SLEEP"))
+    return float(value("DEMO_RUNNER_SLEEP"))  # type: ignore[arg-type]
 
 
 def runner_config() -> dict[str, object]:
