@@ -22,9 +22,10 @@ from demo.processes import (
     children,
     peak_memory_mib,
     port_in_use,
+    raise_if_stopping,
     start_child,
     stop_children,
-    stop_on_sigterm,
+    stop_on_signals,
     wait_until,
 )
 from enqueue import add_shape_arguments, check_shape_arguments, monitor_link, whole_run_link
@@ -224,6 +225,7 @@ class Watch:
         self.crashes: list[str] = []
 
     def __call__(self) -> None:
+        raise_if_stopping()
         self.api.check_alive()
         for worker in [w for w in self.alive if w.proc.poll() is not None]:
             self.alive.remove(worker)
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args.private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
 
     phases: dict[str, float] = {}
-    with stop_on_sigterm(), children() as started:
+    with stop_on_signals(), children() as started:
         try:
             if args.backend == "redis":
                 url = redis_server.provide(started, args.ready_timeout)

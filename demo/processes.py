@@ -90,7 +90,14 @@ def start_child(
     except BaseException:
         log.close()
         raise
-    return Child(name, proc, log_path, log)
+    child = Child(name, proc, log_path, log)
+    try:
+        # A signal that came during the fork was swallowed by a fork hook: honour it now.
+        raise_if_stopping()
+    except KeyboardInterrupt:
+        stop_children([child])
+        raise
+    return child
 
 
 def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
@@ -139,6 +146,7 @@ def wait_until[T](
     """
     deadline = time.monotonic() + timeout
     while True:
+        raise_if_stopping()
         if check is not None:
             check()
         if result := probe():
@@ -176,15 +184,33 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+# The stop signal caught by stop_on_signals, kept until its context ends.
+_stopping: list[int] = []
+
+
 @contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so `finally` blocks run, as on Ctrl-C."""
+def stop_on_signals() -> Iterator[None]:
+    """Turn SIGTERM and Ctrl-C into KeyboardInterrupt so `finally` blocks run.
+
+    A handler's exception can be lost: Python ignores one raised inside a fork hook (logging
+    registers one, and every child we start forks) or a finalizer. So the signal is also
+    remembered, and raise_if_stopping() raises it again at the next poll.
+    """
 
     def handler(signum: int, frame: object) -> None:
+        _stopping.append(signum)
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+        _stopping.clear()
+
+
+def raise_if_stopping() -> None:
+    """Raise KeyboardInterrupt if a stop signal came, even if its first raise was lost."""
+    if _stopping:
+        raise KeyboardInterrupt(f"signal {_stopping[0]}")

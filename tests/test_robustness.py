@@ -1,5 +1,6 @@
 """How the demo behaves when people do what people do: Ctrl-C, a busy port, no API, no worker."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from demo.processes import free_port, wait_until
+from demo.processes import free_port, stop_on_signals, wait_until
 from demo.scenarios import Provider
 from demo_runs import children_of, cmdline, process_state
 
@@ -176,3 +177,15 @@ def test_unknown_input_prints_usage_and_exits_2(script: str) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.startswith("usage:"), result.stderr
+
+
+def test_a_stop_signal_whose_raise_was_lost_is_raised_at_the_next_poll() -> None:
+    """Python ignores an exception raised in a fork hook or a finalizer. A SIGTERM that lands
+    there (as one did, just after sample.py forked a child) must still stop the run."""
+    with stop_on_signals():
+        with contextlib.suppress(KeyboardInterrupt):  # stands for the hook that swallows it
+            signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(KeyboardInterrupt, match="signal 15"):
+            wait_until(lambda: False, DEADLINE, "a poll that never succeeds")
+    # Once the demo is over, nothing of the signal is left behind.
+    assert wait_until(lambda: True, DEADLINE, "a poll that succeeds")
