@@ -416,12 +416,8 @@ def compare(by_runner: dict[str, list[Outcome]]) -> str:
     for key in table[first]:
         scenario, shape = SCENARIOS[key[0]], key[1]
         label = f"{scenario.letter}. {scenario.key}"
-        if (shape.accounts, shape.ops, shape.hold) != (
-            len(settings.ACCOUNTS),
-            len(settings.OPS),
-            settings.HOLD_SECONDS,
-        ):
-            label += f", {shape.accounts}x{shape.ops}"
+        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
+            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
         cells = []
         for name in names:
             median, floor = table[name].get(key, (math.nan, math.nan))
