@@ -1,6 +1,12 @@
 """The stand-in external provider: one call per account at a time, or it counts a collision.
 
 Run it: uv run uvicorn api_server:app --port 8765
+
+A call may carry a fencing token (`?token=N`), as a real provider's conditional request
+carries a version: the provider remembers the newest token it has seen for each account and
+refuses the effect of any call with an older one. A late call is refused at once; a call still
+in flight when a newer one starts is refused when it ends. Both are counted as *fenced*, on
+their own line, never as collisions and never hidden.
 """
 
 import asyncio
@@ -24,19 +30,45 @@ CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Z
 
 
 @dataclass
-class Account:
-    calls: int = 0
-    collisions: int = 0
-    in_flight: int = 0
-
-
-@dataclass
 class Call:
     account_id: str
     op: str
     start: float
     end: float | None = None
     collided: bool = False
+    token: int | None = None
+    # Refused by its fencing token: a newer token for the account came first, or meanwhile.
+    fenced: bool = False
+
+
+@dataclass
+class Account:
+    calls: int = 0
+    collisions: int = 0
+    fenced: int = 0
+    newest_token: int | None = None
+    live: list[Call] = field(default_factory=list)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.live)
+
+    def arrive(self, record: Call) -> None:
+        """Count a call as it arrives: fenced if its token is stale, a collision if it overlaps."""
+        self.calls += 1
+        if record.token is not None:
+            if self.newest_token is not None and record.token < self.newest_token:
+                record.fenced = True  # late: a newer claim of this account came first
+                self.fenced += 1
+                return
+            self.newest_token = record.token
+            for older in self.live:  # a newer claim starts: older calls in flight lose
+                if older.token is not None and older.token < record.token and not older.fenced:
+                    older.fenced = True
+                    self.fenced += 1
+        record.collided = any(not other.fenced for other in self.live)
+        self.collisions += int(record.collided)
+        self.live.append(record)
 
 
 @dataclass
@@ -68,19 +100,20 @@ async def call(
     account_id: NAME,
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
+    token: Annotated[int | None, Query(ge=0)] = None,
 ) -> Outcome:
     async with lock:
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
         acc = current.accounts[account_id]
-        acc.calls += 1
-        collided = acc.in_flight > 0
-        acc.collisions += int(collided)
-        acc.in_flight += 1
-        record = Call(account_id, op, time.monotonic() - current.started, collided=collided)
+        record = Call(account_id, op, time.monotonic() - current.started, token=token)
+        acc.arrive(record)
         current.calls.append(record)
         seconds = current.hold if hold is None else hold
-    print(f"  [{'COLLISION' if collided else 'ok       '}] {account_id:<8} {op}", flush=True)
+    print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
+    if record.fenced:  # refused before it started: nothing is held
+        record.end = record.start
+        return Outcome(outcome="fenced")
     try:
         await asyncio.sleep(seconds)
         # A paused provider keeps the call in flight, up to a deadline: it never hangs.
@@ -89,9 +122,20 @@ async def call(
             await asyncio.sleep(PAUSE_POLL_SECONDS)
     finally:
         async with lock:
-            acc.in_flight -= 1
+            acc.live.remove(record)
             record.end = time.monotonic() - current.started
-    return Outcome(outcome="collision" if collided else "ok")
+    if record.fenced:  # a newer claim started while this one was in flight: not applied
+        print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
+        return Outcome(outcome="fenced")
+    return Outcome(outcome="collision" if record.collided else "ok")
+
+
+def _mark(record: Call) -> str:
+    return "FENCED   " if record.fenced else "COLLISION" if record.collided else "ok       "
+
+
+def _token_note(record: Call) -> str:
+    return "" if record.token is None else f" (token {record.token})"
 
 
 @app.post("/call/{malformed:path}", status_code=422)
@@ -119,6 +163,7 @@ async def report() -> dict[str, object]:
     async with lock:
         per_account = {
             name: {"calls": a.calls, "collisions": a.collisions, "in_flight": a.in_flight}
+            | {"fenced": a.fenced}
             for name, a in sorted(state.accounts.items())
         }
     return {
@@ -127,6 +172,7 @@ async def report() -> dict[str, object]:
         "accounts": per_account,
         "calls": sum(a["calls"] for a in per_account.values()),
         "collisions": sum(a["collisions"] for a in per_account.values()),
+        "fenced": sum(a["fenced"] for a in per_account.values()),
         "in_flight": sum(a["in_flight"] for a in per_account.values()),
     }
 
@@ -137,7 +183,7 @@ async def timeline() -> dict[str, object]:
     async with lock:
         calls = [
             {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
-            | {"collided": c.collided}
+            | {"collided": c.collided, "fenced": c.fenced, "token": c.token}
             for c in state.calls
         ]
     return {"label": state.label, "hold": state.hold, "calls": calls}

@@ -34,7 +34,7 @@ def test_concurrent_calls_for_one_account_collide(client: TestClient) -> None:
     outcomes = asyncio.run(_concurrent([("acme", f"op{i}") for i in range(5)], hold=0.2))
     assert sorted(outcomes) == ["collision"] * 4 + ["ok"]
     report = client.get("/report").json()
-    assert report["accounts"]["acme"] == {"calls": 5, "collisions": 4, "in_flight": 0}
+    assert report["accounts"]["acme"] == {"calls": 5, "collisions": 4, "in_flight": 0, "fenced": 0}
     assert (report["calls"], report["collisions"]) == (5, 4)
 
 
@@ -133,3 +133,50 @@ def test_paused_calls_stay_in_flight_until_resumed(client: TestClient) -> None:
     assert held == 2
     assert outcomes == ["ok", "collision"]
     assert client.get("/report").json()["in_flight"] == 0
+
+
+def _fenced_pair(first_token: int | None, second_token: int | None) -> list[str]:
+    """Two calls for one account, the second arriving while the first is in flight."""
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+
+            def params(token: int | None) -> dict[str, object]:
+                return {"hold": 0.2} | ({} if token is None else {"token": token})
+
+            first = asyncio.create_task(c.post("/call/acme/one", params=params(first_token)))
+            while (await c.get("/report")).json()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
+            second = await c.post("/call/acme/two", params=params(second_token))
+            return [(await first).json()["outcome"], second.json()["outcome"]]
+
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_a_newer_token_fences_the_call_still_in_flight(client: TestClient) -> None:
+    assert _fenced_pair(1, 2) == ["fenced", "ok"]
+    report = client.get("/report").json()
+    assert report["accounts"]["acme"] == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    calls = client.get("/timeline").json()["calls"]
+    assert [(c["token"], c["fenced"], c["collided"]) for c in calls] == [
+        (1, True, False),
+        (2, False, False),
+    ]
+
+
+def test_a_late_call_with_an_older_token_is_refused_at_once(client: TestClient) -> None:
+    assert _fenced_pair(2, 1) == ["ok", "fenced"]
+    assert client.get("/report").json()["accounts"]["acme"]["fenced"] == 1
+    assert client.post("/call/acme/three", params={"hold": 0, "token": 1}).json() == {
+        "outcome": "fenced"
+    }
+
+
+@pytest.mark.parametrize("tokens", [(None, None), (1, None), (None, 1), (1, 1)])
+def test_without_a_newer_token_an_overlap_is_still_a_collision(
+    client: TestClient, tokens: tuple[int | None, int | None]
+) -> None:
+    assert _fenced_pair(*tokens) == ["ok", "collision"]
+    report = client.get("/report").json()
+    assert (report["collisions"], report["fenced"]) == (1, 0)
