@@ -11,14 +11,17 @@ from demo import atomic_claim, settings
 
 settings.exit_on_bad_environment("tasks.py")  # a bad DEMO_* variable: one line, exit 2
 API_URL = settings.api_url()
+TIMEOUT = settings.call_timeout()  # the longest a call stays in flight
+
+BACKEND, CLAIM = settings.get("DEMO_BACKEND"), settings.get("DEMO_ATOMIC_CLAIM") == "1"
 
 builder = PynencBuilder().app_id("concurrency_demo")
-if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis; README "Scale out safely"
+if BACKEND == "redis":  # pynenc-redis; README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
 else:
     builder = builder.sqlite(settings.get("DEMO_DB"))
-if settings.get("DEMO_ATOMIC_CLAIM") == "1":  # one call per key across workers: README "Scale out"
-    builder = atomic_claim.install(builder, settings.get("DEMO_BACKEND"), settings.dead_after())
+if CLAIM:  # one call per key across workers, and under faults: README "Scale out safely"
+    builder = atomic_claim.install(builder, BACKEND, settings.dead_after(), TIMEOUT)
 app = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
     .runner_tuning(runner_loop_sleep_time_sec=settings.runner_sleep())
@@ -28,14 +31,15 @@ app = (
     .custom_config(**settings.runner_config())  # DEMO_RUNNER: README "Speed", "Scale out"
     .build()
 )
-
+atomic_claim.exit_unless_sound("tasks.py", app, wanted=CLAIM)  # overrides that would make it lie
 
 # One client for every call: a fresh one per call loads TLS certificates each time.
-http = httpx.Client(base_url=API_URL, timeout=60.0)
+http = httpx.Client(base_url=API_URL, timeout=TIMEOUT)
 
 
 def _hit(account_id: str, op: str) -> str:
-    r = http.post(f"/call/{account_id}/{op}")
+    token = atomic_claim.token(app)  # with the claim: its fencing token, which only grows
+    r = http.post(f"/call/{account_id}/{op}", params={} if token is None else {"token": token})
     r.raise_for_status()
     return r.json()["outcome"]
 

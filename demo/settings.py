@@ -103,6 +103,9 @@ KNOBS: dict[str, Knob] = {
     "DEMO_ATOMIC_CLAIM": Knob("0", _choice("0", "1")),
     # With the claim: seconds without a heartbeat after which a runner's claims are recovered.
     "DEMO_DEAD_AFTER": Knob("15", _seconds(0, 3600)),
+    # The task's HTTP timeout: the longest a call can stay in flight. The dead-after window
+    # must be longer, and a stopping worker drains its calls for about this long.
+    "DEMO_CALL_TIMEOUT": Knob("10", _seconds(0, 600)),
     # Where `pynenc monitor` answers: the summaries link into its timeline.
     "DEMO_MONITOR_URL": Knob("http://127.0.0.1:8000", _url("http", "https")),
     # Which runner a worker is: the article's "thread", "wake" (README "Speed"),
@@ -195,14 +198,32 @@ def runner_sleep() -> float:
     return float(value("DEMO_RUNNER_SLEEP"))  # type: ignore[arg-type]
 
 
+def call_timeout() -> float:
+    return float(value("DEMO_CALL_TIMEOUT"))  # type: ignore[arg-type]
+
+
+# A stopping worker waits this much longer than a call can take: its final status writes.
+DRAIN_MARGIN_SECONDS = 2.0
+
+
+def drain_deadline() -> float:
+    """How long a stopping worker lets its calls finish before it exits holding them."""
+    return call_timeout() + DRAIN_MARGIN_SECONDS
+
+
 def runner_config() -> dict[str, object]:
-    """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner."""
-    name = get("DEMO_RUNNER")
+    """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner,
+    unless the claim is on, whose workers drain their calls when they stop."""
+    name, backend = get("DEMO_RUNNER"), get("DEMO_BACKEND")
     if name == "wake":
         from demo import wake_runner  # defines WakeRunner, which pynenc then finds by name
 
         # The same idle cadence as ThreadRunner's two sleeps per loop.
-        return wake_runner.config(get("DEMO_BACKEND"), idle=2 * runner_sleep())
+        return wake_runner.config(backend, idle=2 * runner_sleep(), drain_deadline=drain_deadline())
+    if name == "thread" and get("DEMO_ATOMIC_CLAIM") == "1":
+        from demo import drain  # defines DrainingThreadRunner, found by name the same way
+
+        return drain.config(backend, deadline=drain_deadline())
     return RUNNERS[name]
 
 

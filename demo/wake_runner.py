@@ -5,7 +5,8 @@ Selected through pynenc's configuration by class name (runner_cls="WakeRunner"):
     builder.custom_config(**wake_runner.config("sqlite", idle=0.2))
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version in one line, as demo/atomic_claim.py does, and works with it.
+any other version in one line, as demo/atomic_claim.py does, and works with it. It stops the
+way demo/drain.py does: it lets its calls finish before it gives their accounts up.
 
 Why it exists. pynenc's ThreadRunner starts new work once per loop and sleeps
 `runner_loop_sleep_time_sec` twice per loop (in `BaseRunner.run` and at the end of
@@ -28,9 +29,9 @@ thread when it ends, with `runner_loop_sleep_time_sec` as the timeout, instead o
 import threading
 from typing import TYPE_CHECKING
 
-from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
+from pynenc.runner.thread_runner import ThreadInfo
 
-from demo import pynenc_versions
+from demo import drain, pynenc_versions
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -40,14 +41,20 @@ if TYPE_CHECKING:
 IDLE_KEY = "wake_runner_idle_sec"
 
 
-def config(backend: str, idle: float) -> dict[str, object]:
-    """What selects the runner: its class, no base sleep, and the idle wait in its place."""
+def config(backend: str, idle: float, drain_deadline: float) -> dict[str, object]:
+    """What selects the runner: its class, no base sleep, the idle wait in its place, and how
+    long it drains its calls on a stop."""
     pynenc_versions.check("wake runner", backend)
-    return {"runner_cls": "WakeRunner", "runner_loop_sleep_time_sec": 0.0, IDLE_KEY: idle}
+    return {
+        "runner_cls": "WakeRunner",
+        "runner_loop_sleep_time_sec": 0.0,
+        IDLE_KEY: idle,
+        drain.DEADLINE_KEY: drain_deadline,
+    }
 
 
-class WakeRunner(ThreadRunner):
-    """pynenc's ThreadRunner, woken by its own finishing calls."""
+class WakeRunner(drain.DrainingThreadRunner):
+    """pynenc's ThreadRunner, woken by its own finishing calls, draining on a stop."""
 
     def _on_start(self) -> None:
         super()._on_start()

@@ -2,13 +2,17 @@
 
 Two claimers stand for two runner processes: each has its own orchestrator instance and runner
 context on the same SQLite file, and runs pynenc's real claiming loop (`get_invocations_to_run`)
-in a thread of its own. A barrier decides the interleaving, so nothing depends on timing luck.
+in a thread of its own. Events decide the interleaving, so nothing depends on timing luck.
 """
 
+import json
 import os
-import signal
+import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from pynenc.exceptions import InvocationStatusTransitionError
@@ -19,13 +23,11 @@ from pynenc.runner.runner_context import RunnerContext
 from test_semantics import WAIT, account, history, paused, wait_final, wait_in_flight
 
 import tasks
-from conftest import unique
+from conftest import ROOT, unique
 from demo import atomic_claim, pynenc_versions
 from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
 from demo.processes import wait_until
 from demo.scenarios import Provider, status_of
-
-DEAD_AFTER = 3.0
 
 
 class Pausing:
@@ -55,22 +57,50 @@ class StockClaimer(SQLiteOrchestrator):
 
 
 class AtomicClaimer(AtomicClaimSQLiteOrchestrator):
-    """The atomic claim; when given a Pausing, it stops after its check, inside its transaction."""
+    """The atomic claim, observed.
+
+    With a Pausing it stops in `decide`, after reading the key, inside its transaction.
+    `reached` is set whenever it gets to `decide`; `blocked` when, about to take an invocation
+    off the queue (its first write), it finds the database's write lock held by someone else.
+    `claims` counts its claims; past `most_claims` it refuses to go on (a spinning loop).
+    """
 
     pausing: Pausing | None = None
+    most_claims = 100
 
     def __init__(self, app: object) -> None:
         super().__init__(app)
-        self.started = threading.Event()
+        self.reached, self.blocked = threading.Event(), threading.Event()
+        self.claims = 0
 
-    def get_invocations_to_run(self, *args: object) -> Iterator[DistributedInvocation]:
-        self.started.set()
-        return super().get_invocations_to_run(*args)
+    def claim_in_store(self, *args: object) -> atomic_claim.Decision:
+        self.claims += 1
+        assert self.claims <= self.most_claims, "the claiming loop spins"
+        return super().claim_in_store(*args)
 
     def decide(self, *args: object) -> atomic_claim.Decision:
+        self.reached.set()
         if self.pausing:
             self.pausing.pause()
         return super().decide(*args)
+
+    def _retriever(self, *hooks: object) -> Callable[[], object]:
+        retrieve = super()._retriever(*hooks)
+
+        def observed() -> object:
+            probe = sqlite3.connect(self.sqlite_db_path, timeout=0)
+            try:
+                probe.execute("BEGIN IMMEDIATE")
+                probe.rollback()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc):
+                    raise
+                self.blocked.set()
+            finally:
+                probe.close()
+            return retrieve()
+
+        return observed
 
 
 class BothChecked(SQLiteOrchestrator):
@@ -85,10 +115,12 @@ class BothChecked(SQLiteOrchestrator):
 
 
 @pytest.fixture
-def provider(live_api: Provider) -> Iterator[Provider]:
+def provider(live_api: Provider, monkeypatch: pytest.MonkeyPatch) -> Iterator[Provider]:
     live_api.reset("claim test", hold=0.0)
     # No worker runs in these tests: an empty queue means the claimers see only our invocations.
     tasks.app.broker.purge()
+    # The claim refuses to be built without knowing how long a call may stay in flight.
+    monkeypatch.setitem(tasks.app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
     yield live_api
     live_api.http.post("/resume")
 
@@ -118,9 +150,11 @@ def race(cls: type[SQLiteOrchestrator]) -> tuple[list, list, RunnerContext, Runn
         assert one.pausing.checked.wait(WAIT), "claimer 1 never reached its check"
         second.start()
         if isinstance(two, AtomicClaimer):
-            # Claimer 1 holds the write lock: whatever claimer 2 does next (take an invocation
-            # off the queue, look at the key) waits until claimer 1 has written its claim.
-            assert two.started.wait(WAIT), "claimer 2 never started"
+            # Claimer 1 holds the write lock from its read to its write: claimer 2, about to
+            # take an invocation off the queue, finds it held, and has not looked at the key.
+            wait_until(lambda: two.blocked.is_set() or two.reached.is_set(), WAIT, "claimer 2")
+            assert two.blocked.is_set(), "claimer 2 was not blocked while claimer 1 was held"
+            assert not two.reached.is_set(), "claimer 2 checked the key while claimer 1 was held"
         else:
             second.join(WAIT)
     finally:
@@ -159,7 +193,7 @@ def test_stock_pynenc_lets_two_workers_call_one_account_at_once(
     for run in runs:
         run.join(WAIT)
     assert wait_final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
-    assert account(provider, acct) == {"calls": 2, "collisions": 1, "in_flight": 0}
+    assert account(provider, acct) == {"calls": 2, "collisions": 1, "in_flight": 0, "fenced": 0}
 
 
 @pytest.mark.parametrize(
@@ -169,6 +203,9 @@ def test_stock_pynenc_lets_two_workers_call_one_account_at_once(
 def test_atomic_claim_lets_exactly_one_worker_in(
     provider: Provider, task_name: str, loser_status: S
 ) -> None:
+    """Checked by mutation: with the claim's read and its write split into two transactions
+    (`claim_in_store` committing after the read, then writing in a second BEGIN IMMEDIATE),
+    claimer 2 is not blocked and checks the key while claimer 1 is held: this test fails."""
     task = getattr(tasks, task_name)
     acct = unique()
     first, second = task(acct, "fetch_profile"), task(acct, "list_invoices")
@@ -191,7 +228,12 @@ def test_atomic_claim_lets_exactly_one_worker_in(
         assert again.invocation_id == loser.invocation_id
         again.run(ctx3)
     expected = 2 if loser_status is S.REROUTED else 1
-    assert account(provider, acct) == {"calls": expected, "collisions": 0, "in_flight": 0}
+    assert account(provider, acct) == {
+        "calls": expected,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 0,
+    }
 
 
 def test_a_rerouted_drop_crashes_stock_pynenc_and_is_queued_again_by_the_claim(
@@ -203,7 +245,7 @@ def test_a_rerouted_drop_crashes_stock_pynenc_and_is_queued_again_by_the_claim(
     rerouted = tasks.call_keyed_drop(acct, "list_invoices")
     stock, ctx = claimer(StockClaimer)
     # The holder is claimed; the other was claimed once, then sent back (as recovery does).
-    (claimed,) = [inv for inv in take(stock, ctx) if inv.invocation_id == holder.invocation_id]
+    assert holder.invocation_id in [inv.invocation_id for inv in take(stock, ctx)]
     stock.set_invocation_status(rerouted.invocation_id, S.PENDING, ctx)
     stock.reroute_invocations({rerouted.invocation_id}, ctx)
     assert status_of(rerouted.invocation_id) == S.REROUTED
@@ -218,40 +260,145 @@ def test_a_rerouted_drop_crashes_stock_pynenc_and_is_queued_again_by_the_claim(
     assert status_of(rerouted.invocation_id) == S.REROUTED
     assert history(rerouted.invocation_id)[-2:] == [S.CONCURRENCY_CONTROLLED, S.REROUTED]
     assert tasks.app.broker.count_invocations() == 1  # back on the queue, not lost
+
+
+def hold_the_key(acct: str) -> tuple[DistributedInvocation, AtomicClaimer, RunnerContext]:
+    """A call_keyed invocation for acct, claimed and RUNNING under a live runner."""
+    holder = tasks.call_keyed(acct, "op0")
+    orchestrator, ctx = claimer(AtomicClaimer)
+    (claimed,) = take(orchestrator, ctx)
     assert claimed.invocation_id == holder.invocation_id
+    orchestrator.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
+    return holder, orchestrator, ctx
 
 
-def test_a_killed_worker_holds_its_account_only_for_the_dead_after_window(
-    provider: Provider, start_worker: Callable
+def test_a_blocking_invocation_whose_key_is_busy_stays_queued_and_runs_later(
+    provider: Provider,
 ) -> None:
-    claim = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": str(DEAD_AFTER)}
-    doomed = start_worker(claim)
+    """An invocation others wait for is claimed through the blocking path. Checked by
+    mutation: when the busy verdict there wrote CONCURRENCY_CONTROLLED (the earlier claim), the
+    invocation was stranded, never on the queue again, and this test fails."""
     acct = unique()
-    with paused(provider):
-        first = tasks.call_keyed(acct, "fetch_profile")
-        wait_in_flight(provider, acct)
-        os.killpg(doomed.proc.pid, signal.SIGKILL)
-        doomed.proc.wait(WAIT)
-    # The dead worker's call ends at the provider; the invocation still says RUNNING.
-    wait_until(lambda: account(provider, acct)["in_flight"] == 0, WAIT, "the cut call to end")
-    assert status_of(first.invocation_id) == S.RUNNING
-    second = tasks.call_keyed(acct, "list_invoices")
+    holder, orchestrator, holder_ctx = hold_the_key(acct)
+    waited = tasks.call_keyed(acct, "op1")
+    waiter = tasks.call_unsafe(unique(), "waits")
+    orchestrator.waiting_for_results(waiter.invocation_id, [waited.invocation_id])
+    tasks.app.broker.purge()  # only the blocking path sees them now
 
-    start_worker(claim)
-    # After DEAD_AFTER without a heartbeat the first is recovered; both then run, one at a time.
-    statuses = [
-        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, DEAD_AFTER + WAIT, i)
-        for i in (first.invocation_id, second.invocation_id)
-    ]
-    assert statuses == [S.SUCCESS, S.SUCCESS]
-    assert S.RUNNING_RECOVERY in history(first.invocation_id)
-    assert account(provider, acct) == {"calls": 3, "collisions": 0, "in_flight": 0}
+    claiming, ctx = claimer(AtomicClaimer)
+    assert take(claiming, ctx) == []
+    assert status_of(waited.invocation_id) == S.REGISTERED  # as it was: still claimable
+
+    orchestrator.set_invocation_status(holder.invocation_id, S.SUCCESS, holder_ctx)
+    assert [inv.invocation_id for inv in take(claiming, ctx)] == [waited.invocation_id]
+    assert status_of(waited.invocation_id) == S.PENDING
 
 
-def test_the_claim_refuses_an_untested_pynenc(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_retry_on_a_busy_key_waits_without_spinning_and_runs_once_free(
+    provider: Provider,
+) -> None:
+    """RETRY may only become PENDING, so a busy key puts it back on the queue. Checked by
+    mutation: putting it back at once, inside the pass, hands it straight back to the same
+    loop, which claims it again and again (the claimer's count trips) instead of once."""
+    acct = unique()
+    holder, orchestrator, holder_ctx = hold_the_key(acct)
+    retry = tasks.call_keyed(acct, "op1")
+    first_try, try_ctx = claimer(AtomicClaimer)
+    tasks.app.orchestrator.set_invocation_status(retry.invocation_id, S.PENDING, try_ctx)
+    tasks.app.orchestrator.set_invocation_status(retry.invocation_id, S.RUNNING, try_ctx)
+    tasks.app.broker.purge()  # the invocation's first entry was consumed by its first try
+    first_try.set_invocation_retry(retry.invocation_id, RuntimeError("429"), try_ctx)
+    assert status_of(retry.invocation_id) == S.RETRY
+
+    claiming, ctx = claimer(AtomicClaimer)
+    claiming.most_claims = 5
+    assert take(claiming, ctx) == []
+    assert claiming.claims == 1
+    assert tasks.app.broker.count_invocations() == 1  # waiting on the queue, not lost
+
+    orchestrator.set_invocation_status(holder.invocation_id, S.SUCCESS, holder_ctx)
+    (again,) = take(claiming, ctx)
+    assert again.invocation_id == retry.invocation_id
+    assert claiming.claims == 2
+
+
+def test_every_claim_carries_a_larger_token_for_its_key(provider: Provider) -> None:
+    acct, other = unique(), unique()
+    first, second = tasks.call_keyed(acct, "op1"), tasks.call_keyed(acct, "op2")
+    elsewhere = tasks.call_keyed_drop(other, "op1")
+    orchestrator, ctx = claimer(AtomicClaimer)
+    taken = [inv.invocation_id for inv in orchestrator.get_invocations_to_run(3, ctx)]
+    assert taken == [first.invocation_id, elsewhere.invocation_id]
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.SUCCESS, ctx)
+    (again,) = take(orchestrator, ctx)
+    assert again.invocation_id == second.invocation_id
+    tokens = [orchestrator.fence_token(i.invocation_id) for i in (first, second, elsewhere)]
+    assert tokens[1] > tokens[0] and tokens[2] is not None
+
+
+def test_the_claim_refuses_an_untested_pynenc_wherever_it_is_built(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(pynenc_versions, "version", lambda name: "9.9.9")
     with pytest.raises(pynenc_versions.UntestedVersion) as refused:
-        atomic_claim.check_versions("sqlite")
+        AtomicClaimSQLiteOrchestrator(tasks.app)  # as pynenc builds it, by class name
     message = str(refused.value)
     assert "\n" not in message
     assert "pynenc 0.3.1" in message and "pynenc 9.9.9" in message
+
+
+REFUSALS = {
+    "a heartbeat too slow for the window": {
+        "DEMO_DEAD_AFTER": "3",
+        "DEMO_CALL_TIMEOUT": "2",
+        "PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": "0.5",
+    },
+    "a window shorter than a call": {"DEMO_DEAD_AFTER": "5", "DEMO_CALL_TIMEOUT": "10"},
+    "another orchestrator resolved": {"PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator"},
+}
+
+
+@pytest.mark.parametrize("override", REFUSALS.values(), ids=REFUSALS.keys())
+def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(
+    tmp_path: Path, override: dict[str, str]
+) -> None:
+    """What pynenc resolves counts (its environment variables rank above the builder)."""
+    env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1", "DEMO_DB": str(tmp_path / "w.db"), **override}
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("tasks.py: "), result.stderr
+    assert "Traceback" not in result.stderr and "Starting runner" not in result.stdout
+
+
+@pytest.mark.e2e
+def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> None:
+    """tests/redis_claim_race.py forces the same interleaving on Redis, where a claimer is not
+    blocked but its EXEC fails and it tries again on fresh data. Checked by mutation: with only
+    the invocation's own status watched (the PENDING/RUNNING sets and the key's token counter
+    left out of WATCH), claimer 1's EXEC went through and both claimers were granted."""
+    env = {
+        **os.environ,
+        "DEMO_BACKEND": "redis",
+        "REDIS_URL": redis_url,
+        "DEMO_ATOMIC_CLAIM": "1",
+        "PYTHONPATH": str(ROOT),  # the script lives in tests/; tasks.py and demo/ at the top
+    }
+    argv = ["uv", "run", "--isolated", "--group", "redis", "python", "tests/redis_claim_race.py"]
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+
+    race = found["race"]
+    first, second = race["ids"]
+    assert (race["one"], race["two"]) == ([], [second])
+    assert race["statuses"] == ["rerouted", "pending"]
+    assert race["tries_one"] == 2  # its first EXEC failed: claimer 2's claim changed a watched key
+
+    # A claim whose watched keys change on every try gives up, and its invocation is not lost.
+    stuck = found["contention"]
+    assert (stuck["taken"], stuck["tries"], stuck["status"]) == ([], 5, "registered")
+    assert stuck["queued"] == 1
+    assert stuck["counts"] == {"claims": 1, "retries": 5}

@@ -61,4 +61,4 @@ def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
 def test_the_wake_runner_refuses_an_untested_pynenc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pynenc_versions, "version", lambda name: "0.5.0")
     with pytest.raises(pynenc_versions.UntestedVersion, match="wake runner .*pynenc 0.5.0"):
-        wake_runner.config("sqlite", idle=0.2)
+        wake_runner.config("sqlite", idle=0.2, drain_deadline=12.0)

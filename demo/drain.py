@@ -1,0 +1,82 @@
+"""A ThreadRunner that, told to stop, lets its calls finish before it gives their accounts up.
+
+Selected through pynenc's configuration by class name (runner_cls="DrainingThreadRunner"):
+
+    builder.custom_config(**drain.config("sqlite", deadline=12.0))
+
+Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
+any other version in one line, as demo/atomic_claim.py does. The wake runner drains the same way.
+
+Why it exists. On SIGTERM or Ctrl-C (every deploy), pynenc's `ThreadRunner._on_stop` marks each
+in-flight invocation KILLED and reroutes it *before* joining the thread that is still calling the
+provider. Another worker takes the invocation and calls again while the first call is in flight.
+
+What it does. pynenc's own stop already ends the loop, so no new work is taken. Then, instead of
+rerouting, it waits for the running calls to end, up to a deadline, and keeps sending heartbeats
+meanwhile, so no other runner takes it for dead. A call that finished has given its account back
+through its own final status. Past the deadline it exits *holding* what is still running: those
+invocations stay RUNNING under its name, and the claim's dead-after window recovers them once the
+runner has been silent that long. The window is longer than a call can stay in flight (the claim
+refuses to start otherwise), so the cut call is over by then, and its fencing token refuses it if
+it still arrives. A call that may still be running is never handed on: that is the overlap.
+
+The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
+`ThreadRunner._on_stop` join its threads first, with a deadline and heartbeats, then reroute only
+the invocations whose thread has ended without a final status.
+"""
+
+import time
+
+from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
+
+from demo import pynenc_versions
+
+DEADLINE_KEY = "drain_deadline_sec"
+DEFAULT_DEADLINE = 12.0
+# How often a draining runner beats when pynenc's interval is longer (its default is 30 s).
+LONGEST_BEAT = 1.0
+
+
+def config(backend: str, deadline: float) -> dict[str, object]:
+    """What selects the draining runner, and how long it waits for its calls on a stop."""
+    pynenc_versions.check("draining runner", backend)
+    return {"runner_cls": "DrainingThreadRunner", DEADLINE_KEY: deadline}
+
+
+class DrainingThreadRunner(ThreadRunner):
+    """pynenc's ThreadRunner, stopping by draining rather than by rerouting."""
+
+    def _on_start(self) -> None:
+        super()._on_start()
+        self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
+
+    def _on_stop(self) -> None:
+        ends = time.monotonic() + self.drain_deadline
+        beat = min(LONGEST_BEAT, self.app.conf.atomic_service_check_interval_minutes * 60)
+        running = self._running()
+        if running:
+            self.logger.warning(
+                f"Draining {len(running)} call(s) before stopping, for up to "
+                f"{self.drain_deadline:g}s: no new work is taken"
+            )
+        while running and (left := ends - time.monotonic()) > 0:
+            # Still alive, and still the holder: other runners must not take us for dead.
+            self.app.orchestrator.register_runner_heartbeats(
+                [self.runner_id], can_run_atomic_service=True
+            )
+            running[0].thread.join(min(beat, left))
+            running = self._running()
+        for info in self.threads.values():
+            if not info.thread.is_alive():
+                # Quiet when the call reached its final status, which is the usual case.
+                self._kill_and_reroute(info.invocation.invocation_id)
+        if running:
+            ids = ", ".join(str(info.invocation.invocation_id) for info in running)
+            self.logger.warning(
+                f"Stopping with {len(running)} call(s) still running after "
+                f"{self.drain_deadline:g}s ({ids}): they stay RUNNING under this runner and are "
+                "recovered once it has been silent for the dead-after window"
+            )
+
+    def _running(self) -> list[ThreadInfo]:
+        return [info for info in self.threads.values() if info.thread.is_alive()]

@@ -1,0 +1,107 @@
+"""The Redis twin of tests/test_claim.py's forced race, and a claim that never gets through.
+
+Run by tests/test_claim.py, in the environment of the `redis` group, against a private
+redis-server: uv run --isolated --group redis python tests/redis_claim_race.py
+It prints one JSON object with what happened; the test asserts on it.
+"""
+
+import json
+import sys
+import threading
+from typing import Any
+
+from pynenc.runner.runner_context import RunnerContext
+
+import tasks
+from demo.atomic_claim import AtomicClaimRedisOrchestrator, Decision
+
+WAIT = 30.0
+
+
+class Claimer(AtomicClaimRedisOrchestrator):
+    """The claim, stoppable in `decide` (after its watched read, before MULTI) on its first try."""
+
+    def __init__(self, app: Any, pause: bool = False) -> None:
+        super().__init__(app)
+        self.pause = pause
+        self.tries = 0
+        self.checked, self.go = threading.Event(), threading.Event()
+
+    def decide(self, *args: Any) -> Decision:
+        self.tries += 1
+        if self.pause and self.tries == 1:
+            self.checked.set()
+            assert self.go.wait(WAIT), "the paused claimer was never let go"
+        return super().decide(*args)
+
+
+class Contended(Claimer):
+    """Every try, someone else writes a key it watches, so its EXEC always fails."""
+
+    attempts = 5
+
+    def decide(self, invocation: Any, *args: Any) -> Decision:
+        status_key = self.key.invocation_to_status(invocation.invocation_id)
+        other = type(self.client).from_url(tasks.settings.get("REDIS_URL"))
+        other.set(status_key, other.get(status_key))
+        other.close()
+        return super().decide(invocation, *args)
+
+
+def claimer[T: Claimer](cls: type[T], **extra: Any) -> tuple[T, RunnerContext]:
+    orchestrator = cls(tasks.app, **extra)
+    ctx = RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    return orchestrator, ctx
+
+
+def take(orchestrator: Claimer, ctx: RunnerContext) -> list[str]:
+    return [inv.invocation_id for inv in orchestrator.get_invocations_to_run(1, ctx)]
+
+
+def race() -> dict[str, Any]:
+    """Claimer 1 reads the key under WATCH and stops; claimer 2 claims; claimer 1 goes on."""
+    tasks.app.purge()
+    first, second = tasks.call_keyed("acme", "op1"), tasks.call_keyed("acme", "op2")
+    (one, ctx1), (two, ctx2) = claimer(Claimer, pause=True), claimer(Claimer)
+    taken: dict[str, list[str]] = {}
+    thread = threading.Thread(target=lambda: taken.setdefault("one", take(one, ctx1)))
+    thread.start()
+    try:
+        assert one.checked.wait(WAIT), "claimer 1 never reached its check"
+        taken["two"] = take(two, ctx2)
+    finally:
+        one.go.set()
+        thread.join(WAIT)
+    status = tasks.app.orchestrator.get_invocation_status
+    return {
+        "one": taken.get("one"),
+        "two": taken["two"],
+        "tries_one": one.tries,
+        "statuses": [status(i.invocation_id).value for i in (first, second)],
+        "ids": [first.invocation_id, second.invocation_id],
+    }
+
+
+def contention() -> dict[str, Any]:
+    """A claim whose watched keys change on every try gives up and requeues its invocation."""
+    tasks.app.purge()
+    call = tasks.call_keyed("globex", "op1")
+    contended, ctx = claimer(Contended)
+    taken = take(contended, ctx)
+    return {
+        "taken": taken,
+        "tries": contended.tries,
+        "status": tasks.app.orchestrator.get_invocation_status(call.invocation_id).value,
+        "queued": tasks.app.broker.count_invocations(),
+        "counts": contended.claim_counts(),
+    }
+
+
+def main() -> int:
+    print(json.dumps({"race": race(), "contention": contention()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""One call per account when a worker is stopped, stalled or killed mid-call, with the claim on.
+
+Real workers, the real provider; `/pause` holds the holder's call in flight, so each fault lands
+mid-call without timing luck. The windows are short (a call times out after 2 s, a silent runner
+is dead after 3 s) and the provider is resumed as soon as the state to check is reached.
+"""
+
+import os
+import signal
+from collections.abc import Callable
+
+from pynenc.invocation.status import InvocationStatus as S
+from test_semantics import WAIT, account, history, paused, wait_in_flight
+
+import tasks
+from conftest import unique
+from demo.processes import Child, wait_until
+from demo.scenarios import Provider, status_of
+
+SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
+# The deploy case waits for no window: the defaults (a 10 s call timeout, a 15 s window).
+DEPLOY = {"DEMO_ATOMIC_CLAIM": "1"}
+
+
+def holder_pid(invocation_id: str) -> int:
+    """The process of the runner that holds an invocation now."""
+    record = tasks.app.orchestrator.get_invocation_status_record(invocation_id)
+    context = tasks.app.state_backend.get_runner_context(record.runner_id)
+    assert context is not None, f"no runner context for {record}"
+    return context.pid
+
+
+def the_one(workers: list[Child], pid: int) -> Child:
+    (found,) = [w for w in workers if w.proc.pid == pid]
+    return found
+
+
+def final(*invocation_ids: str) -> list[S]:
+    return [
+        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, 2 * WAIT, f"{i} to finish")
+        for i in invocation_ids
+    ]
+
+
+def ops_called(provider: Provider, acct: str) -> list[str]:
+    return sorted(c["op"] for c in provider.timeline() if c["account_id"] == acct)
+
+
+def test_a_deploy_sigterm_drains_the_call_instead_of_handing_it_on(
+    live_api: Provider, start_worker: Callable
+) -> None:
+    """pynenc's ThreadRunner marks the call KILLED and reroutes it before joining its thread, so
+    the other worker calls again while the first call is in flight. The draining runner lets
+    the call finish first. Checked by mutation: with runner_cls set back to ThreadRunner for
+    the claim, this test fails (op1 called twice, one of them a collision)."""
+    live_api.reset("fault: deploy", hold=0.0)
+    acct = unique()
+    first_worker = start_worker(DEPLOY)
+    with paused(live_api):
+        first = tasks.call_keyed(acct, "op1")
+        wait_in_flight(live_api, acct)
+        second_worker = start_worker(DEPLOY)
+        second = tasks.call_keyed(acct, "op2")
+        assert holder_pid(first.invocation_id) == first_worker.proc.pid
+        os.killpg(first_worker.proc.pid, signal.SIGTERM)
+        # The stop has been handled, whichever way the runner handles it, before the call ends.
+        wait_until(
+            lambda: (
+                "Draining" in first_worker.tail(200) or S.KILLED in history(first.invocation_id)
+            ),
+            WAIT,
+            "the holder to handle its SIGTERM",
+        )
+    assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert first_worker.proc.wait(WAIT) == 0
+    assert second_worker.proc.poll() is None
+    assert ops_called(live_api, acct) == ["op1", "op2"]
+    assert account(live_api, acct)["collisions"] == 0
+    assert S.KILLED not in history(first.invocation_id)
+
+
+def test_a_stalled_holder_woken_after_the_window_is_fenced(
+    live_api: Provider, start_worker: Callable
+) -> None:
+    """SIGSTOP the holder mid-call until its account has been recovered and called again, then
+    SIGCONT it. The newer call's token fences the stale one at the provider, and the woken
+    worker's late outcome (its call timed out while it was stopped) is not stored. Checked by
+    mutation: without the token in `_hit`, the provider records a collision; with `_still_holds`
+    always true, the woken worker stores an exception for a call that succeeded, then dies on
+    the refused status change."""
+    live_api.reset("fault: stall", hold=0.0)
+    acct = unique()
+    workers = [start_worker(SHORT), start_worker(SHORT)]
+    with paused(live_api):
+        call = tasks.call_keyed(acct, "op1")
+        wait_in_flight(live_api, acct)
+        stalled = the_one(workers, holder_pid(call.invocation_id))
+        os.kill(stalled.proc.pid, signal.SIGSTOP)
+        try:
+            # The other worker finds the holder silent past the window and calls again while
+            # the provider still holds the stale call.
+            wait_until(lambda: account(live_api, acct)["calls"] == 2, WAIT, "the second call")
+        finally:
+            live_api.http.post("/resume").raise_for_status()
+            os.kill(stalled.proc.pid, signal.SIGCONT)
+    assert final(call.invocation_id) == [S.SUCCESS]
+    # The woken worker's call returns (or times out); what it does next is logged either way.
+    woke = ("outlived its claim", "lost ownership", "transition conflict", "Exception in thread")
+    wait_until(lambda: any(w in stalled.tail(200) for w in woke), WAIT, "the stale call to end")
+    assert call.result == "ok"
+    assert "outlived its claim" in stalled.tail(200)
+    assert history(call.invocation_id).count(S.SUCCESS) == 1
+    assert S.RUNNING_RECOVERY in history(call.invocation_id)
+    assert account(live_api, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+
+
+def test_a_killed_holders_call_still_at_the_provider_is_fenced_and_the_rest_finishes(
+    live_api: Provider, start_worker: Callable
+) -> None:
+    """SIGKILL the holder while the provider still serves its call: after the window its call
+    runs again, and the new token fences the cut call instead of colliding with it; the
+    account's next call runs too. Checked by mutation: without the token, a collision."""
+    live_api.reset("fault: kill", hold=0.0)
+    acct = unique()
+    workers = [start_worker(SHORT), start_worker(SHORT)]
+    with paused(live_api):
+        first = tasks.call_keyed(acct, "op1")
+        wait_in_flight(live_api, acct)
+        killed = the_one(workers, holder_pid(first.invocation_id))
+        second = tasks.call_keyed(acct, "op2")
+        os.killpg(killed.proc.pid, signal.SIGKILL)
+        killed.proc.wait(WAIT)
+        wait_until(lambda: account(live_api, acct)["calls"] == 2, WAIT, "a call after the window")
+    assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert first.result == second.result == "ok"
+    assert account(live_api, acct) == {"calls": 3, "collisions": 0, "in_flight": 0, "fenced": 1}
+    assert ops_called(live_api, acct) == ["op1", "op1", "op2"]
