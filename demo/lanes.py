@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from rich.console import Console
 from rich.text import Text
 
-OK_BAR, COLLISION_BAR = "=", "X"
-STYLE = {OK_BAR: "green", COLLISION_BAR: "red"}
+OK_BAR, COLLISION_BAR, FENCED_BAR = "=", "X", "~"
+STYLE = {OK_BAR: "green", COLLISION_BAR: "red", FENCED_BAR: "yellow"}
 MAX_ACCOUNTS_DRAWN = 12
 
 
@@ -42,7 +42,7 @@ def _row(calls: list[dict], span: float, width: int) -> Text:
     for call in calls:
         first = min(width - 1, int(call["start"] / span * width))
         last = max(first, min(width - 1, int(call["end"] / span * width) - 1))
-        fill = COLLISION_BAR if call["collided"] else OK_BAR
+        fill = FENCED_BAR if call.get("fenced") else COLLISION_BAR if call["collided"] else OK_BAR
         for i in range(first, last + 1):
             cells[i], styles[i] = fill, STYLE[fill]
         # Brackets keep back-to-back calls apart when a bar is wide enough to hold them.
@@ -103,6 +103,8 @@ def render(calls: Sequence[dict], colour: bool | None = None, width: int | None 
         )
     lines.append(Text(_axis(span, width, indent=label + 3)))
     legend = f"  {OK_BAR * 3} call   {COLLISION_BAR * 3} collision   stacked rows = overlap"
+    if any(c.get("fenced") for c in finished):
+        legend += f"   {FENCED_BAR * 3} fenced (refused by its token)"
     lines.append(Text(legend, style="dim"))
     if not colour:
         return "\n".join(line.plain for line in lines)

@@ -83,3 +83,12 @@ def test_a_long_run_still_gets_an_axis() -> None:
 
 def test_no_calls_is_said_plainly() -> None:
     assert lanes.render([]) == "  (the provider saw no calls)"
+
+
+def test_a_fenced_call_is_drawn_as_fenced_and_the_legend_says_so() -> None:
+    stale = call("acme", 0.0, 0.4) | {"fenced": True}
+    chart = lanes.render([stale, call("acme", 0.2, 0.6)], colour=False, width=40)
+    acme = rows_of(chart, "acme")
+    assert "~" in acme[0] and "X" not in "".join(acme)
+    assert "fenced (refused by its token)" in chart
+    assert "fenced" not in lanes.render([call("acme", 0.0, 0.4)], colour=False, width=40)
