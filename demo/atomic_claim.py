@@ -1,4 +1,4 @@
-"""One call per key across runner processes: check the key and claim the invocation in one step.
+"""One call per key across runner processes, and a line per key for the calls that must wait.
 
 Install it through pynenc's own configuration, after choosing the backend:
 
@@ -7,41 +7,45 @@ Install it through pynenc's own configuration, after choosing the backend:
     app = builder.build()
     atomic_claim.exit_unless_sound("my_app.py", app, wanted=True)
 
+Every process that builds the app (workers and producers) must install it: the producer parks.
 Written and tested against pynenc 0.3.1 and 0.4.0 (SQLite), and pynenc 0.3.1 with pynenc-redis
 0.3.0 (Redis). Any other version is refused in one line, wherever the classes are built.
 
 Why it exists. `BaseOrchestrator.get_additional_invocations_to_run` asks
 `is_candidate_to_run_by_concurrency_control` whether an invocation with the same key is PENDING
-or RUNNING, and only then moves its own invocation to PENDING, in a separate write. Two runner
-processes can both read "free" before either writes, and both run. The same gap crashes runners:
-a drop (`reroute_on_concurrency_control=False`) on an invocation that is REROUTED is refused
+or RUNNING, and only then moves its own invocation to PENDING, in a separate write: two runner
+processes can both read "free" and both run. A blocked invocation is written
+CONCURRENCY_CONTROLLED, then REROUTED, and sent to the back of the queue, so every runner cycle
+walks every busy account's whole backlog: one hot account delays all the others, and its own
+calls run in no particular order. A drop on a REROUTED invocation is refused
 (`InvocationStatusTransitionError`) and ends the runner loop.
 
-What it does. The orchestrator subclasses below replace that loop with `claim`: one transaction
-in the store pynenc already uses (SQLite `BEGIN IMMEDIATE`; Redis `WATCH`/`MULTI`, retried a
-bounded number of times with backoff when a watched key changes) reads the invocation's status,
-looks for a live PENDING or RUNNING holder of its key, and writes PENDING (the claim, with its key
-indexed and a new fencing token), CONCURRENCY_CONTROLLED (back to the queue) or
-CONCURRENCY_CONTROLLED_FINAL (dropped). A status change the state machine forbids (a RETRY, a
-REROUTED drop) puts the invocation back on the queue once the claiming pass is over, never in a
-loop. No lock outside pynenc's state.
+What it does. Each key (the task and its key arguments) has at most one *holder*: the one
+invocation that may be on the queue, pending or running. A call for a busy key waits in the
+key's *line*, in arrival order, and is not on the queue at all:
+- registering a call either makes it the holder and queues it, or parks it at the end of its
+  line (tasks that drop blocked calls are queued as usual, to be dropped when claimed);
+- claiming a call (SQLite `BEGIN IMMEDIATE`; Redis `WATCH`/`MULTI`, retried a bounded number of
+  times with backoff) reads its status and the key's holder, and in the same step writes PENDING
+  with the key's next fencing token, parks it, or drops it;
+- the final status of the holder (success, failure, a drop) hands the key to the head of its
+  line and queues it, in the same step as the status write.
+A parked call keeps its status (REGISTERED, for a new one), so `registration_concurrency` still
+merges duplicates into it. No lock or service outside pynenc's own store.
 
-Faults. A holder whose runner has sent no heartbeat for `dead_after` seconds is dead: its
-invocation goes through pynenc's own recovery path (RUNNING_RECOVERY or PENDING_RECOVERY, then
-REROUTED and back on the queue). A runner that was only stalled may still finish that call, so
-every claim carries a fencing token, one sequence per key, that only grows: the task sends it with
-its call (`token(app)`), and the provider refuses the effect of a call older than the newest token
-it has seen. A result that comes back after its claim was taken away is not stored either. The
-windows are checked against the configuration pynenc resolved (environment variables and
-`[tool.pynenc]` rank above the builder): `dead_after` must be longer than the longest a call can
-stay in flight, and runners must beat at least three times per window.
+Faults. A holder whose runner has sent no heartbeat for `dead_after` seconds is recovered
+through pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key and
+runs before the calls behind it. A runner that was only stalled may still finish that call, so
+the task sends the claim's fencing token (`token(app)`) and the provider refuses a call older
+than the newest it has seen for the key; an outcome that comes back after its claim was taken
+away is not stored. The windows are checked against the configuration pynenc resolved
+(environment variables and `[tool.pynenc]` rank above the builder): `dead_after` must be longer
+than the longest a call can stay in flight, and runners must beat at least three times in it.
 
-The upstream change that retires this module: give `BaseOrchestrator` one backend method,
-`claim_for_run(invocation, runner_id) -> (InvocationStatus, fencing token)`, that performs check
-and claim in one atomic step (the two implementations below are that method for SQLite and
-Redis), call it from `get_additional_invocations_to_run` and `get_blocking_invocations_to_run`,
-store results only while the claim holds, and allow REROUTED -> CONCURRENCY_CONTROLLED_FINAL in
-`pynenc/invocation/status.py` (docs/upstream.md writes it out).
+The upstream change that retires this module: per-key holders and lines in `BaseOrchestrator`
+(`claim_for_run`, park at registration, hand-over on a final status), fencing tokens, outcomes
+stored only while the claim holds, and REROUTED -> CONCURRENCY_CONTROLLED_FINAL allowed in
+`pynenc/invocation/status.py`; docs/upstream.md writes it out.
 """
 
 import enum
@@ -49,7 +53,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,29 +105,37 @@ class StatusContention(InvocationStatusError):
 
 
 class Verdict(enum.Enum):
-    RUN = "claimed: now PENDING"
-    REROUTE = "key busy: CONCURRENCY_CONTROLLED, back to the queue"
+    RUN = "claimed: now PENDING, the key's holder"
+    PARK = "key busy: waits at the end of its line, off the queue"
     DROP = "key busy: CONCURRENCY_CONTROLLED_FINAL"
-    REQUEUE = "key busy, and the state machine allows neither: back to the queue unchanged"
-    LEAVE = "key busy: left as it is, still on the queue (the blocking path)"
+    LEAVE = "key busy: left as it is (the blocking path reads it from elsewhere)"
+    REQUEUE = "not decided (Redis kept changing under it): back to the queue unchanged"
     SKIP = "not available for run (another runner has it, or it is final)"
 
 
 @dataclass
 class Holder:
-    """An invocation holding the key: PENDING or RUNNING, and when its runner last beat."""
+    """The invocation holding a key: its status, and when its runner last beat."""
 
     invocation_id: str
     record: InvocationStatusRecord
     heartbeat: float | None
 
+    def silent_since(self, alive_since: float) -> bool:
+        """Pending or running under a runner that has not beaten since alive_since."""
+        if self.record.status not in HELD:
+            return False  # queued, or between two statuses: it is not waiting on a runner
+        return self.heartbeat is None or self.heartbeat < alive_since
+
 
 @dataclass
 class Decision:
     verdict: Verdict
-    # Status records to write in the same transaction, in order: (invocation id, record).
+    # Status records to write in the same step, in order: (invocation id, record).
     writes: list[tuple[str, InvocationStatusRecord]] = field(default_factory=list)
-    recovered: list[str] = field(default_factory=list)
+    # A silent holder, recovered: it keeps the key and is queued again in the same step.
+    recovered: str | None = None
+    takes_key: bool = False  # the key had no holder: this invocation becomes it
 
 
 def check_versions(backend: str) -> None:
@@ -228,10 +240,28 @@ def token(app: "Pynenc") -> int | None:
     return lookup(invocation.invocation_id) if invocation and lookup else None
 
 
+def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
+    """The key's serialized arguments; None when the task has no running control."""
+    mode = invocation.task.conf.running_concurrency
+    if mode == ConcurrencyControlType.DISABLED:
+        return None
+    return invocation.call.serialized_args_for_concurrency_control(mode) or {}
+
+
+def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
+    """The key as pynenc scopes it: per task, then per key argument value."""
+    return f"{invocation.task.task_id.key}|{json.dumps(key, sort_keys=True)}"
+
+
 def fence_key(key: dict[str, str]) -> str:
     """One token sequence per key value, whichever task claims it: the provider protects the
     account, not the task."""
     return json.dumps(key, sort_keys=True)
+
+
+def waits_in_line(invocation: "DistributedInvocation") -> bool:
+    """Blocked calls of this task wait (reroute); the others are dropped when claimed."""
+    return bool(invocation.task.conf.reroute_on_concurrency_control)
 
 
 class AtomicClaim:
@@ -248,6 +278,47 @@ class AtomicClaim:
         super().__init__(app)  # type: ignore[call-arg]
         self._next_sweep = 0.0
 
+    # Each backend: the atomic steps.
+
+    def claim_in_store(
+        self, invocation: "DistributedInvocation", runner_id: str, alive_since: float, busy: Verdict
+    ) -> Decision:  # pragma: no cover - each backend overrides it
+        raise NotImplementedError
+
+    def admit_in_store(self, invocation: "DistributedInvocation") -> bool:  # pragma: no cover
+        """Index the key, then queue the invocation (True) or park it in its line (False)."""
+        raise NotImplementedError
+
+    def fence_token(self, invocation_id: str) -> int | None:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    def admits(self, invocation: "DistributedInvocation", holder: Holder | None) -> bool:
+        """Queue a new call (True) or park it (False), given its key's holder, read atomically:
+        a call that waits when blocked is queued only when its key has no holder."""
+        return not waits_in_line(invocation) or holder is None
+
+    # The producer: park at registration.
+
+    def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
+        """pynenc's registration, with its routing replaced: a keyed call is queued only if it
+        becomes its key's holder; otherwise it is parked in its line. Batches (parallelize)
+        go the same way, so their keys are indexed too."""
+        runner_ctx = context.get_or_create_runner_context(self.app.app_id)
+        self.app.state_backend.upsert_invocations(invocations)
+        record = self._register_new_invocations(invocations, runner_ctx.runner_id)  # type: ignore[attr-defined]
+        ids = [invocation.invocation_id for invocation in invocations]
+        self.app.state_backend.add_histories(invocations, record, runner_ctx)
+        self.app.trigger.report_tasks_status(ids, record.status)
+        for invocation in invocations:
+            if key_arguments(invocation) is None:
+                self._route(invocation.invocation_id)
+                where = "ROUTED"
+            else:
+                where = "ROUTED" if self.admit_in_store(invocation) else "PARKED in its line"
+            self.app.logger.info(f"NEW invocation:{invocation.invocation_id} REGISTERED, {where}")
+
+    # The workers: claim.
+
     def get_invocations_to_run(
         self, max_num_invocations: int, runner_ctx: "RunnerContext", *args: Any, **kwargs: Any
     ) -> Iterator["DistributedInvocation"]:
@@ -257,31 +328,28 @@ class AtomicClaim:
         )
 
     def recover_silent_runners(self, runner_ctx: "RunnerContext") -> None:
-        """At most once per beat: RUNNING invocations whose runner has been silent for the whole
-        dead-after window go back on the queue, through pynenc's own recovery statuses.
+        """At most once per beat, what pynenc's recovery tasks do: RUNNING invocations whose
+        runner has been silent for the dead-after window, and invocations PENDING for longer
+        than max_pending_seconds, go back on the queue through pynenc's recovery statuses.
 
-        pynenc runs the same recovery on a cron (every 15 minutes by default): a killed worker's
-        last call for an account would wait that long when nothing else for the account comes.
+        pynenc runs them on a cron (every 15 and every 5 minutes by default), and a call behind
+        a lost holder waits in its line, never claimed: it would wait that long.
         """
         now = time.monotonic()
         if now < self._next_sweep:
             return
         self._next_sweep = now + self.app.conf.atomic_service_check_interval_minutes * 60
-        for invocation_id in self.get_running_invocations_for_recovery():  # type: ignore[attr-defined]
+        lost = [
+            *((i, S.RUNNING_RECOVERY) for i in self.get_running_invocations_for_recovery()),  # type: ignore[attr-defined]
+            *((i, S.PENDING_RECOVERY) for i in self.get_pending_invocations_for_recovery()),  # type: ignore[attr-defined]
+        ]
+        for invocation_id, via in lost:
             try:
-                self.set_invocation_status(invocation_id, S.RUNNING_RECOVERY, runner_ctx)  # type: ignore[attr-defined]
+                self.set_invocation_status(invocation_id, via, runner_ctx)  # type: ignore[attr-defined]
                 self.reroute_invocations({invocation_id}, runner_ctx)  # type: ignore[attr-defined]
             except InvocationStatusError:
-                continue  # another runner recovered it first, or its own runner finished it
-            self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
-
-    def claim_in_store(
-        self, invocation: "DistributedInvocation", runner_id: str, alive_since: float, busy: Verdict
-    ) -> Decision:  # pragma: no cover - each backend overrides it
-        raise NotImplementedError
-
-    def fence_token(self, invocation_id: str) -> int | None:  # pragma: no cover - per backend
-        raise NotImplementedError
+                continue  # another runner recovered it first, or its own runner moved it on
+            self.app.logger.warning(f"invocation:{invocation_id} recovered ({via.value})")
 
     def get_additional_invocations_to_run(
         self,
@@ -293,9 +361,9 @@ class AtomicClaim:
     ) -> Iterator["DistributedInvocation"]:
         """pynenc's loop, with check-then-claim replaced by claim (queue_hooks: pynenc 0.4.0).
 
-        An invocation that can neither run nor wait (a RETRY on a busy key) goes back on the
-        queue only once the pass is over: putting it back at once would hand it straight back
-        to this loop, which would spin on it until the key frees.
+        A blocked call is parked, not sent round the queue again: the queue holds only calls
+        that can run now. One the store could not decide goes back on the queue once the pass
+        is over, never into the same pass.
         """
         retrieve = self._retriever(*queue_hooks)
         requeue: list[str] = []
@@ -308,8 +376,6 @@ class AtomicClaim:
                 if verdict is Verdict.RUN:
                     missing_invocations -= 1
                     yield invocation
-                elif verdict is Verdict.REROUTE:
-                    invocations_to_reroute.add(invocation_id)
                 elif verdict is Verdict.REQUEUE:
                     requeue.append(invocation_id)
         finally:
@@ -324,8 +390,8 @@ class AtomicClaim:
     ) -> Iterator["InvocationId"]:
         """Invocations others wait for (blocking control) are claimed the same way.
 
-        This path reads them from the blocking edges, not from the queue, where they also wait:
-        one whose key is busy is left as it is, on the queue, as pynenc does.
+        This path reads them from the blocking edges, not from the queue or a line, where
+        they also wait: one whose key is busy is left where it is.
         """
         for invocation_id in self.get_blocking_invocations(max_num_invocations):  # type: ignore[attr-defined]
             invocation = self.app.state_backend.get_invocation(invocation_id)
@@ -337,40 +403,42 @@ class AtomicClaim:
         self,
         invocation: "DistributedInvocation",
         runner_ctx: "RunnerContext",
-        busy: Verdict = Verdict.REROUTE,
+        busy: Verdict = Verdict.PARK,
     ) -> Verdict:
         """Check the key and claim in one atomic step; then record what was written."""
         alive_since = time.time() - self.app.conf.runner_considered_dead_after_minutes * 60
         decision = self.claim_in_store(invocation, runner_ctx.runner_id, alive_since, busy)
         for invocation_id, record in decision.writes:
             self._record(invocation_id, record, runner_ctx)
-        for invocation_id in decision.recovered:
-            self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
-            self._route(invocation_id)
+        if decision.recovered:
+            self.app.logger.warning(f"invocation:{decision.recovered} recovered from a dead runner")
+        if decision.verdict is Verdict.PARK:
+            self.app.logger.info(f"invocation:{invocation.invocation_id} waits in its key's line")
         return decision.verdict
 
     def decide(
         self,
         invocation: "DistributedInvocation",
         current: InvocationStatusRecord,
-        holders: Sequence[Holder],
+        holder: Holder | None,
         runner_id: str,
         alive_since: float,
-        busy: Verdict = Verdict.REROUTE,
+        busy: Verdict = Verdict.PARK,
     ) -> Decision:
-        """What to write, given the invocation's status and the key's holders, read atomically.
+        """What to write, given the invocation's status and its key's holder, read atomically.
 
-        busy: what a busy key means here: REROUTE (the task's own policy) or LEAVE.
+        holder: None when the key is free or the task has no running control.
+        busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
         """
         if not current.status.is_available_for_run():
             return Decision(Verdict.SKIP)
-        decision = Decision(Verdict.RUN)
-        live = []
-        for holder in holders:
-            if holder.heartbeat is not None and holder.heartbeat >= alive_since:
-                live.append(holder)
-                continue
-            # Its runner stopped beating: recover it the way pynenc's recovery services do.
+        if holder is None or holder.invocation_id == invocation.invocation_id:
+            new = status_record_transition(current, S.PENDING, runner_id)
+            return Decision(Verdict.RUN, [(invocation.invocation_id, new)], takes_key=not holder)
+        decision = Decision(busy)
+        if holder.silent_since(alive_since):
+            # Its runner stopped beating: recover it as pynenc's recovery does. It keeps the
+            # key and is queued again: it never finished, and it came first.
             via = S.RUNNING_RECOVERY if holder.record.status is S.RUNNING else S.PENDING_RECOVERY
             recovering = status_record_transition(holder.record, via, runner_id)
             rerouted = status_record_transition(recovering, S.REROUTED, runner_id)
@@ -378,40 +446,22 @@ class AtomicClaim:
                 (holder.invocation_id, recovering),
                 (holder.invocation_id, rerouted),
             ]
-            decision.recovered.append(holder.invocation_id)
-        target = S.PENDING
-        if live:
-            if busy is Verdict.LEAVE:
-                decision.verdict = Verdict.LEAVE
-                return decision
-            reroute = invocation.task.conf.reroute_on_concurrency_control
-            decision.verdict = Verdict.REROUTE if reroute else Verdict.DROP
-            target = S.CONCURRENCY_CONTROLLED if reroute else S.CONCURRENCY_CONTROLLED_FINAL
-            if not current.status.can_transition_to(target):
-                # A REROUTED drop (pynenc forbids REROUTED -> FINAL), or a RETRY: queue it again.
-                decision.verdict, target = Verdict.REROUTE, S.CONCURRENCY_CONTROLLED
-                if not current.status.can_transition_to(target):
-                    decision.verdict = Verdict.REQUEUE
-                    return decision
-            if decision.verdict is not Verdict.DROP:
-                blocker = live[0].invocation_id
-                self.app.logger.info(
-                    f"invocation:{invocation.invocation_id} waits: key held by invocation:{blocker}"
-                )
-        new = status_record_transition(current, target, runner_id)
-        decision.writes.append((invocation.invocation_id, new))
+            decision.recovered = holder.invocation_id
+        if busy is Verdict.LEAVE:
+            return decision
+        if not waits_in_line(invocation) and current.status.can_transition_to(
+            S.CONCURRENCY_CONTROLLED_FINAL
+        ):
+            dropped = status_record_transition(current, S.CONCURRENCY_CONTROLLED_FINAL, runner_id)
+            decision.verdict = Verdict.DROP
+            decision.writes.append((invocation.invocation_id, dropped))
+        # Otherwise it waits: a rerouting task's call, and a drop pynenc forbids (a REROUTED or
+        # RETRY invocation can only become PENDING) waits too, rather than going round again.
         return decision
 
-    @staticmethod
-    def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
-        """The key's serialized arguments; None when the task has no running control."""
-        mode = invocation.task.conf.running_concurrency
-        if mode == ConcurrencyControlType.DISABLED:
-            return None
-        return invocation.call.serialized_args_for_concurrency_control(mode) or {}
-
-    # A call that outlived its claim (a stalled runner, woken after its account was recovered
-    # and handed on) must not store a result: pynenc stores it first, then is refused the status.
+    # An outcome that comes back after its claim was taken away (a stalled runner, woken after
+    # its call was recovered and run again) must not be stored: pynenc stores it first, and only
+    # then is refused the status.
 
     def _still_holds(self, invocation_id: str, runner_ctx: "RunnerContext") -> bool:
         record = self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
@@ -456,7 +506,7 @@ class AtomicClaim:
         self.app.logger.info(f"invocation:{invocation_id} status:{record.status.value}")
 
     def _route(self, invocation_id: str) -> None:
-        """Put an invocation back on its queue (pynenc 0.4.0 routes by the task's queue)."""
+        """Put an invocation on its queue (pynenc 0.4.0 routes by the task's queue)."""
         if route := getattr(self, "route_invocation", None):
             route(self.app.state_backend.get_invocation(invocation_id))
         else:
@@ -478,78 +528,191 @@ class AtomicClaim:
 
 
 class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
-    """SQLite: check and claim inside one BEGIN IMMEDIATE transaction (one writer at a time)."""
+    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time)."""
 
     BACKEND = "sqlite"
 
     def _init_tables(self) -> None:
         super()._init_tables()
-        prefix = self.tables.table_prefix
-        # Named under the orchestrator's prefix, so pynenc's purge clears them with the rest.
-        self.fence_counters, self.fence_tokens = f"{prefix}_fence_counters", f"{prefix}_fences"
-        self.claim_stats = f"{prefix}_claim_stats"
+        p = self.tables.table_prefix  # pynenc's purge clears every table under it
+        self.holders, self.lines = f"{p}_key_holders", f"{p}_key_lines"
+        self.fence_counters, self.fence_tokens = f"{p}_fence_counters", f"{p}_fences"
+        self.claim_stats = f"{p}_claim_stats"
         with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+            for table, columns in (
+                (self.holders, "line_key TEXT PRIMARY KEY, invocation_id TEXT NOT NULL UNIQUE"),
+                (
+                    self.lines,
+                    "seq INTEGER PRIMARY KEY AUTOINCREMENT, line_key TEXT NOT NULL, "
+                    "invocation_id TEXT NOT NULL UNIQUE",
+                ),
+                (self.fence_counters, "fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL"),
+                (self.fence_tokens, "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL"),
+                (self.claim_stats, "name TEXT PRIMARY KEY, value INTEGER NOT NULL"),
+            ):
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
             conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.fence_counters} "
-                "(fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL)"
+                f"CREATE INDEX IF NOT EXISTS {self.lines}_order ON {self.lines}(line_key, seq)"
             )
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.fence_tokens} "
-                "(invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL)"
-            )
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.claim_stats} "
-                "(name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
-            )
+            queue = self.app.broker.tables.QUEUE
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
+        # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
+        self._queue_by_name = "queue_name" in columns
 
     def _begin(self, conn: Any) -> None:
-        """Take the database's write lock: every other claimer waits here until we commit."""
+        """Take the database's write lock: every other step waits here until we commit."""
         conn.execute("BEGIN IMMEDIATE")
 
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, alive_since: float, busy: Verdict
     ) -> Decision:
         inv_id = invocation.invocation_id
-        key = self.key_arguments(invocation)
+        key = key_arguments(invocation)
         with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
             self._begin(conn)
-            row = conn.execute(
-                f"SELECT status, status_runner_id, status_timestamp "
-                f"FROM {self.tables.INVOCATIONS} WHERE invocation_id = ?",
-                (inv_id,),
-            ).fetchone()
-            if row is None:
+            current = self._status(conn, inv_id)
+            if current is None:
                 conn.rollback()
                 return Decision(Verdict.SKIP)
-            current = InvocationStatusRecord(S(row[0]), row[1], row[2])
-            holders = [] if key is None else self._holders(conn, invocation, key)
-            decision = self.decide(invocation, current, holders, runner_id, alive_since, busy)
+            line = None if key is None else line_key(invocation, key)
+            holder = None if line is None else self._holder(conn, line)
+            decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
             for invocation_id, record in decision.writes:
-                conn.execute(
-                    f"UPDATE {self.tables.INVOCATIONS} SET status = ?, status_runner_id = ?, "
-                    f"status_timestamp = ? WHERE invocation_id = ?",
-                    (
-                        record.status.value,
-                        record.runner_id,
-                        record.timestamp.timestamp(),
-                        invocation_id,
-                    ),
-                )
-            if decision.verdict is Verdict.RUN and key is not None:
-                # Indexed in the same step, so the claim is visible to every other claimer.
-                for arg, value in invocation.call.serialized_arguments.items():
-                    conn.execute(
-                        f"INSERT OR REPLACE INTO {self.tables.INVOCATION_ARGS} "
-                        f"(invocation_id, arg_key, arg_value) VALUES (?, ?, ?)",
-                        (inv_id, arg, value),
-                    )
-                self._issue_token(conn, inv_id, fence_key(key))
-            conn.execute(
-                f"INSERT INTO {self.claim_stats} VALUES ('claims', 1) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1"
-            )
+                self._write_status(conn, invocation_id, record)
+            if decision.recovered:
+                self._queue(conn, decision.recovered)
+            if key is not None and line is not None:
+                if decision.verdict is Verdict.RUN:
+                    if decision.takes_key:
+                        conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
+                    self._index(conn, invocation)
+                    self._issue_token(conn, inv_id, fence_key(key))
+                elif decision.verdict is Verdict.PARK:
+                    self._park(conn, line, inv_id)
+            self._count(conn, "claims")
             conn.commit()
         return decision
+
+    def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
+        key = key_arguments(invocation)
+        assert key is not None
+        line, inv_id = line_key(invocation, key), invocation.invocation_id
+        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+            self._begin(conn)
+            self._index(conn, invocation)  # before it is queued: every claimer can see it
+            holder = self._holder(conn, line) if waits_in_line(invocation) else None
+            queued = self.admits(invocation, holder)
+            if not waits_in_line(invocation):
+                self._queue(conn, inv_id)
+            elif queued:
+                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
+                self._queue(conn, inv_id)
+            else:
+                self._park(conn, line, inv_id)
+            conn.commit()
+        return queued
+
+    def _park(self, conn: Any, line: str, invocation_id: str) -> None:
+        """At the end of its key's line (once: it may already wait there)."""
+        conn.execute(
+            f"INSERT OR IGNORE INTO {self.lines} (line_key, invocation_id) VALUES (?, ?)",
+            (line, invocation_id),
+        )
+
+    def _atomic_status_transition(
+        self, invocation_id: "InvocationId", status: InvocationStatus, runner_id: str | None = None
+    ) -> InvocationStatusRecord:
+        """pynenc's transition (read, validate, write under BEGIN IMMEDIATE), and in the same
+        transaction, on a final status: the key goes to the head of its line."""
+        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+            self._begin(conn)
+            current = self._status(conn, invocation_id)
+            if current is None:
+                raise KeyError(f"Invocation ID {invocation_id} not found")
+            new = status_record_transition(current, status, runner_id)
+            self._write_status(conn, invocation_id, new)
+            if new.status.is_final():
+                self._release(conn, invocation_id)
+            conn.commit()
+        return new
+
+    def _release(self, conn: Any, invocation_id: str) -> None:
+        """A final invocation lets go of its key, or of its place in a line."""
+        row = conn.execute(
+            f"SELECT line_key FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+        ).fetchone()
+        if row is None:
+            conn.execute(f"DELETE FROM {self.lines} WHERE invocation_id = ?", (invocation_id,))
+            return
+        head = conn.execute(
+            f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
+            (row[0],),
+        ).fetchone()
+        if head is None:
+            conn.execute(f"DELETE FROM {self.holders} WHERE line_key = ?", (row[0],))
+            return
+        conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
+        conn.execute(
+            f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ?", (head[1], row[0])
+        )
+        self._queue(conn, head[1])
+
+    def _holder(self, conn: Any, line: str) -> Holder | None:
+        """The key's holder; one that ended without letting go (a process without the claim
+        finished it) hands the key on first."""
+        row = conn.execute(
+            f"SELECT invocation_id FROM {self.holders} WHERE line_key = ?", (line,)
+        ).fetchone()
+        if row is None:
+            return None
+        record = self._status(conn, row[0])
+        if record is None or record.status.is_final():
+            self._release(conn, row[0])
+            return self._holder(conn, line)
+        beat = conn.execute(
+            f"SELECT last_heartbeat FROM {self.tables.RUNNER_HEARTBEATS} WHERE runner_id = ?",
+            (record.runner_id,),
+        ).fetchone()
+        return Holder(row[0], record, beat[0] if beat else None)
+
+    def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
+        row = conn.execute(
+            f"SELECT status, status_runner_id, status_timestamp FROM {self.tables.INVOCATIONS} "
+            "WHERE invocation_id = ?",
+            (invocation_id,),
+        ).fetchone()
+        return None if row is None else InvocationStatusRecord(S(row[0]), row[1], row[2])
+
+    def _write_status(self, conn: Any, invocation_id: str, record: InvocationStatusRecord) -> None:
+        conn.execute(
+            f"UPDATE {self.tables.INVOCATIONS} SET status = ?, status_runner_id = ?, "
+            "status_timestamp = ? WHERE invocation_id = ?",
+            (record.status.value, record.runner_id, record.timestamp.timestamp(), invocation_id),
+        )
+
+    def _index(self, conn: Any, invocation: "DistributedInvocation") -> None:
+        for arg, value in invocation.call.serialized_arguments.items():
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self.tables.INVOCATION_ARGS} "
+                "(invocation_id, arg_key, arg_value) VALUES (?, ?, ?)",
+                (invocation.invocation_id, arg, value),
+            )
+
+    def _queue(self, conn: Any, invocation_id: str) -> None:
+        """pynenc's SQLite broker's own insert, inside our transaction."""
+        queue = self.app.broker.tables.QUEUE
+        if self._queue_by_name:
+            task = self.app.state_backend.get_invocation(invocation_id).task
+            conn.execute(
+                f"INSERT INTO {queue} (invocation_id, queue_name, priority, created_at) "
+                "VALUES (?, ?, ?, julianday('now'))",
+                (invocation_id, task.broker_queue, task.broker_priority),
+            )
+        else:
+            conn.execute(
+                f"INSERT INTO {queue} (invocation_id, created_at) VALUES (?, julianday('now'))",
+                (invocation_id,),
+            )
 
     def _issue_token(self, conn: Any, invocation_id: str, key: str) -> None:
         """The key's next fencing token, written with the claim itself."""
@@ -560,6 +723,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         ).fetchone()
         conn.execute(
             f"INSERT OR REPLACE INTO {self.fence_tokens} VALUES (?, ?)", (invocation_id, issued)
+        )
+
+    def _count(self, conn: Any, name: str, by: int = 1) -> None:
+        conn.execute(
+            f"INSERT INTO {self.claim_stats} VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
         )
 
     def fence_token(self, invocation_id: str) -> int | None:
@@ -577,41 +747,21 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             ).fetchone()
         return {"claims": int(row[0]) if row else 0, "retries": 0}
 
-    def _holders(
-        self, conn: Any, invocation: "DistributedInvocation", key: dict[str, str]
-    ) -> list[Holder]:
-        joins, params = [], []
-        for n, (arg, value) in enumerate(key.items()):
-            joins.append(
-                f"JOIN {self.tables.INVOCATION_ARGS} a{n} ON a{n}.invocation_id = i.invocation_id "
-                f"AND a{n}.arg_key = ? AND a{n}.arg_value = ?"
-            )
-            params += [arg, value]
-        rows = conn.execute(
-            f"SELECT i.invocation_id, i.status, i.status_runner_id, i.status_timestamp, "
-            f"r.last_heartbeat FROM {self.tables.INVOCATIONS} i {' '.join(joins)} "
-            f"LEFT JOIN {self.tables.RUNNER_HEARTBEATS} r ON r.runner_id = i.status_runner_id "
-            f"WHERE i.task_id_key = ? AND i.status IN (?, ?) AND i.invocation_id != ?",
-            (
-                *params,
-                invocation.task.task_id.key,
-                *(s.value for s in HELD),
-                invocation.invocation_id,
-            ),
-        ).fetchall()
-        return [Holder(r[0], InvocationStatusRecord(S(r[1]), r[2], r[3]), r[4]) for r in rows]
+    def waiting(self) -> int:
+        """Calls parked in a line right now, all keys together."""
+        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])
 
 
 if RedisOrchestrator is not None:
 
     class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
-        """Redis: WATCH the invocation, the PENDING and RUNNING sets and the key's token, then
-        MULTI/EXEC.
+        """Redis: every step WATCHes what it reads (the invocation's status, the key's holder
+        and line, the holder's status, the key's token counter), then writes in MULTI/EXEC.
 
-        Any claim, start or finish elsewhere changes a watched set, so EXEC fails and the
-        whole read-decide-write is tried again on fresh data: the check and the claim are one
-        step. The retries are bounded and spaced out; a claim that still cannot get through
-        puts its invocation back on the queue.
+        A concurrent write to any of them fails the EXEC, and the whole read-decide-write is
+        tried again on fresh data: the check and the write are one step. The tries are bounded
+        and spaced out; a claim that still cannot get through goes back on the queue.
         """
 
         BACKEND = "redis"
@@ -622,14 +772,15 @@ if RedisOrchestrator is not None:
         ) -> tuple[T | None, int]:
             """step(pipe) under WATCH, then EXEC; again on a WatchError, after a growing pause.
 
-            Returns step's value and how many tries failed; (None, attempts) when none got
-            through.
+            step may WATCH more keys once it knows them. Returns step's value and how many
+            tries failed; (None, attempts) when none got through.
             """
             first, longest = BACKOFF_SECONDS
             for attempt in range(self.attempts):
                 with self.client.pipeline() as pipe:
                     try:
-                        pipe.watch(*watched)
+                        if watched:
+                            pipe.watch(*watched)
                         value = step(pipe)
                         pipe.execute()
                         return value, attempt
@@ -638,14 +789,8 @@ if RedisOrchestrator is not None:
                         time.sleep(random.uniform(pause / 2, pause))
             return None, self.attempts
 
-        def _stats_key(self) -> str:
-            return f"{self.key.prefix}:claim_stats"
-
-        def _fence_counter(self, key: dict[str, str]) -> str:
-            return f"{self.key.prefix}:fence:{fence_key(key)}"
-
-        def _fence_tokens(self) -> str:
-            return f"{self.key.prefix}:fences"
+        def _k(self, *parts: str) -> str:
+            return self.key.prefix + ":".join(parts)
 
         def claim_in_store(
             self,
@@ -655,76 +800,96 @@ if RedisOrchestrator is not None:
             busy: Verdict,
         ) -> Decision:
             inv_id = invocation.invocation_id
-            key = self.key_arguments(invocation)
-            task_key = invocation.task.task_id.key
-            held_sets = [self.key.status_to_invocations(s) for s in HELD]
-            counter = None if key is None else self._fence_counter(key)
+            key = key_arguments(invocation)
+            line = None if key is None else line_key(invocation, key)
 
             def step(pipe: Pipeline) -> Decision:
                 current = self._read_status(pipe, inv_id)
                 if current is None:
                     return Decision(Verdict.SKIP)
-                holders: list[Holder] = []
+                holder = None if line is None else self._holder(pipe, line)
+                issued = None
                 if key is not None:
-                    ids = {m.decode() for m in pipe.sunion(held_sets)} - {inv_id}
-                    ids &= {m.decode() for m in pipe.smembers(self.key.task(task_key))}
-                    for arg, value in key.items():
-                        ids &= {
-                            m.decode() for m in pipe.smembers(self.key.args(task_key, arg, value))
-                        }
-                    found = (self._holder(pipe, holder_id) for holder_id in sorted(ids))
-                    holders = [holder for holder in found if holder]
-                issued = int(pipe.get(counter) or 0) + 1 if counter else None
-                decision = self.decide(invocation, current, holders, runner_id, alive_since, busy)
+                    counter = self._k("fence", fence_key(key))
+                    pipe.watch(counter)
+                    issued = int(pipe.get(counter) or 0) + 1
+                decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
                 pipe.multi()
-                previous = {h.invocation_id: h.record.status for h in holders}
-                previous[inv_id] = current.status
+                previous = {inv_id: current.status}
+                if holder:
+                    previous[holder.invocation_id] = holder.record.status
                 for invocation_id, record in decision.writes:
                     self._write_status(pipe, invocation_id, previous[invocation_id], record)
                     previous[invocation_id] = record.status
-                if decision.verdict is Verdict.RUN and key is not None and counter:
-                    for arg, value in invocation.call.serialized_arguments.items():
-                        pipe.sadd(self.key.args(task_key, arg, value), inv_id)
-                    pipe.set(counter, issued)
-                    pipe.hset(self._fence_tokens(), inv_id, issued)
+                if decision.recovered:
+                    pipe.rpush(self.app.broker.key.default_queue(), decision.recovered)
+                if key is not None and line is not None:
+                    if decision.verdict is Verdict.RUN:
+                        if decision.takes_key:
+                            pipe.set(self._k("holder", line), inv_id)
+                            pipe.set(self._k("holds", inv_id), line)
+                        self._index(pipe, invocation)
+                        pipe.set(self._k("fence", fence_key(key)), issued)
+                        pipe.hset(self._k("fences"), inv_id, issued)
+                    elif decision.verdict is Verdict.PARK:
+                        pipe.rpush(self._k("line", line), inv_id)
+                        pipe.set(self._k("parked", inv_id), line)
                 return decision
 
-            watched = [self.key.invocation_to_status(inv_id), *held_sets]
-            decision, failed = self._transaction(step, *watched, *([counter] if counter else []))
+            decision, failed = self._transaction(step, self.key.invocation_to_status(inv_id))
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.hincrby(self._stats_key(), "claims", 1)
-                pipe.hincrby(self._stats_key(), "retries", failed)
+                pipe.hincrby(self._k("claim_stats"), "claims", 1)
+                pipe.hincrby(self._k("claim_stats"), "retries", failed)
                 pipe.execute()
             if decision is None:
                 self.app.logger.warning(
-                    f"invocation:{inv_id} back to the queue, unclaimed: its watched keys "
+                    f"invocation:{inv_id} back to the queue, unclaimed: what it watched "
                     f"changed on all {failed} tries"
                 )
                 return Decision(Verdict.REQUEUE)
             return decision
 
-        def fence_token(self, invocation_id: str) -> int | None:
-            issued = self.client.hget(self._fence_tokens(), invocation_id)
-            return None if issued is None else int(issued)
+        def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
+            key = key_arguments(invocation)
+            assert key is not None
+            line, inv_id = line_key(invocation, key), invocation.invocation_id
 
-        def claim_counts(self) -> dict[str, int]:
-            """Claims made so far, and how many of their tries a WATCH conflict sent back."""
-            raw = self.client.hgetall(self._stats_key())
-            counts = {k.decode(): int(v) for k, v in raw.items()}
-            return {"claims": counts.get("claims", 0), "retries": counts.get("retries", 0)}
+            def step(pipe: Pipeline) -> bool:
+                holder = self._holder(pipe, line) if waits_in_line(invocation) else None
+                queued = self.admits(invocation, holder)
+                pipe.multi()
+                self._index(pipe, invocation)
+                if queued and waits_in_line(invocation):
+                    pipe.set(self._k("holder", line), inv_id)
+                    pipe.set(self._k("holds", inv_id), line)
+                if queued:
+                    pipe.rpush(self.app.broker.key.default_queue(), inv_id)
+                else:
+                    pipe.rpush(self._k("line", line), inv_id)
+                    pipe.set(self._k("parked", inv_id), line)
+                return queued
+
+            queued, failed = self._transaction(step)
+            if queued is None:
+                raise StatusContention(f"invocation:{inv_id} not admitted in {failed} tries")
+            return queued
 
         def _atomic_status_transition(
             self, invocation_id: str, status: InvocationStatus, runner_id: str | None = None
         ) -> InvocationStatusRecord:
-            """pynenc-redis 0.3.0 reads, then writes without WATCH: here the read is watched."""
+            """pynenc-redis 0.3.0 reads, then writes without WATCH: here the read is watched,
+            and a final status hands the key on in the same MULTI."""
 
             def step(pipe: Pipeline) -> InvocationStatusRecord:
                 current = self._read_status(pipe, invocation_id)
                 if current is None:
                     raise KeyError(f"Invocation status {invocation_id} not found in Redis")
                 new = status_record_transition(current, status, runner_id)
+                release = self._plan_release(pipe, invocation_id) if new.status.is_final() else []
                 pipe.multi()
                 self._write_status(pipe, invocation_id, current.status, new)
+                for write in release:
+                    write(pipe)
                 return new
 
             new, failed = self._transaction(step, self.key.invocation_to_status(invocation_id))
@@ -732,16 +897,75 @@ if RedisOrchestrator is not None:
                 raise StatusContention(f"invocation:{invocation_id} changed on all {failed} tries")
             return new
 
+        def _plan_release(
+            self, pipe: Pipeline, invocation_id: str
+        ) -> list[Callable[[Pipeline], Any]]:
+            """Read (watched) what a final invocation lets go of; return the writes to do so."""
+            holds, parked = self._k("holds", invocation_id), self._k("parked", invocation_id)
+            pipe.watch(holds, parked)
+            if (line := pipe.get(holds)) is None:
+                if (waiting_in := pipe.get(parked)) is None:
+                    return []
+                waiting = self._k("line", waiting_in.decode())
+                return [lambda p: p.lrem(waiting, 1, invocation_id), lambda p: p.delete(parked)]
+            line = line.decode()
+            holder, queue = self._k("holder", line), self._k("line", line)
+            pipe.watch(holder, queue)
+            writes: list[Callable[[Pipeline], Any]] = [lambda p: p.delete(holds)]
+            head = pipe.lindex(queue, 0)
+            if head is None:
+                return [*writes, lambda p: p.delete(holder)]
+            head = head.decode()
+            return [
+                *writes,
+                lambda p: p.lpop(queue),
+                lambda p: p.delete(self._k("parked", head)),
+                lambda p: p.set(holder, head),
+                lambda p: p.set(self._k("holds", head), line),
+                lambda p: p.rpush(self.app.broker.key.default_queue(), head),
+            ]
+
+        def _holder(self, pipe: Pipeline, line: str) -> Holder | None:
+            """The key's holder, watched along with its status; a final one is let go first."""
+            holder_key = self._k("holder", line)
+            pipe.watch(holder_key, self._k("line", line))
+            if (found := pipe.get(holder_key)) is None:
+                return None
+            holder_id = found.decode()
+            pipe.watch(self.key.invocation_to_status(holder_id))
+            record = self._read_status(pipe, holder_id)
+            if record is None or record.status.is_final():
+                # Ended without letting go: free the key here, and let the next claim see it.
+                pipe.multi()
+                for write in self._plan_release(pipe, holder_id):
+                    write(pipe)
+                pipe.execute()
+                raise WatchError("a stale holder was released: read again")
+            beat = pipe.hget(self.key.runner_heartbeat(record.runner_id or ""), "last_heartbeat")
+            return Holder(holder_id, record, float(beat) if beat else None)
+
+        def _index(self, pipe: Pipeline, invocation: "DistributedInvocation") -> None:
+            task_key = invocation.task.task_id.key
+            for arg, value in invocation.call.serialized_arguments.items():
+                pipe.sadd(self.key.args(task_key, arg, value), invocation.invocation_id)
+
+        def fence_token(self, invocation_id: str) -> int | None:
+            issued = self.client.hget(self._k("fences"), invocation_id)
+            return None if issued is None else int(issued)
+
+        def claim_counts(self) -> dict[str, int]:
+            """Claims made so far, and how many of their tries a WATCH conflict sent back."""
+            raw = self.client.hgetall(self._k("claim_stats"))
+            counts = {k.decode(): int(v) for k, v in raw.items()}
+            return {"claims": counts.get("claims", 0), "retries": counts.get("retries", 0)}
+
+        def waiting(self) -> int:
+            """Calls parked in a line right now, all keys together."""
+            return sum(1 for _ in self.client.scan_iter(self._k("parked", "*"), count=1000))
+
         def _read_status(self, pipe: Pipeline, invocation_id: str) -> InvocationStatusRecord | None:
             raw = pipe.get(self.key.invocation_to_status(invocation_id))
             return InvocationStatusRecord.from_json(json.loads(raw)) if raw else None
-
-        def _holder(self, pipe: Pipeline, invocation_id: str) -> Holder | None:
-            record = self._read_status(pipe, invocation_id)
-            if record is None or record.status not in HELD:
-                return None
-            beat = pipe.hget(self.key.runner_heartbeat(record.runner_id or ""), "last_heartbeat")
-            return Holder(invocation_id, record, float(beat) if beat else None)
 
         def _write_status(
             self,

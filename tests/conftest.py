@@ -100,3 +100,19 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         yield url
     finally:
         stop_children([child])
+
+
+@pytest.fixture
+def claim_app(live_api: "Provider", monkeypatch: pytest.MonkeyPatch) -> Iterator["Provider"]:
+    """This process registers, runs and finishes invocations through the claim, as every
+    process of a deployment with the claim does: a call for a busy account parks at
+    registration, and a final status hands the account on."""
+    import tasks
+    from demo import atomic_claim
+
+    live_api.reset("claim test", hold=0.0)
+    monkeypatch.setitem(tasks.app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
+    orchestrator = atomic_claim.AtomicClaimSQLiteOrchestrator(tasks.app)
+    monkeypatch.setattr(tasks.app, "_orchestrator", orchestrator)
+    yield live_api
+    live_api.http.post("/resume")

@@ -1,4 +1,4 @@
-"""The Redis twin of tests/test_claim.py's forced race, and a claim that never gets through.
+"""The Redis twins of tests/test_claim.py's forced races, and a claim that never gets through.
 
 Run by tests/test_claim.py, in the environment of the `redis` group, against a private
 redis-server: uv run --isolated --group redis python tests/redis_claim_race.py
@@ -8,12 +8,16 @@ It prints one JSON object with what happened; the test asserts on it.
 import json
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
+from pynenc_redis.orchestrator import RedisOrchestrator
 
 import tasks
-from demo.atomic_claim import AtomicClaimRedisOrchestrator, Decision
+from demo.atomic_claim import AtomicClaimRedisOrchestrator, Decision, Holder
 
 WAIT = 30.0
 
@@ -48,21 +52,50 @@ class Contended(Claimer):
         return super().decide(invocation, *args)
 
 
-def claimer[T: Claimer](cls: type[T], **extra: Any) -> tuple[T, RunnerContext]:
+class PausingProducer(AtomicClaimRedisOrchestrator):
+    """Registers through the claim; stops when it first decides to queue or park a call,
+    after its watched read of the key's holder."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.reads = 0
+        self.checked, self.go = threading.Event(), threading.Event()
+
+    def admits(self, invocation: Any, holder: Holder | None) -> bool:
+        self.reads += 1
+        if self.reads == 1:
+            self.checked.set()
+            assert self.go.wait(WAIT), "the paused producer was never let go"
+        return super().admits(invocation, holder)
+
+
+@contextmanager
+def registering_with(orchestrator: Any) -> Iterator[None]:
+    """Calls made in the block are registered by this orchestrator."""
+    app = tasks.app
+    kept, app._orchestrator = app._orchestrator, orchestrator
+    try:
+        yield
+    finally:
+        app._orchestrator = kept
+
+
+def claimer[T: AtomicClaimRedisOrchestrator](cls: type[T], **extra: Any) -> tuple[T, RunnerContext]:
     orchestrator = cls(tasks.app, **extra)
     ctx = RunnerContext(runner_cls="ThreadRunner")
     orchestrator.register_runner_heartbeats([ctx.runner_id])
     return orchestrator, ctx
 
 
-def take(orchestrator: Claimer, ctx: RunnerContext) -> list[str]:
+def take(orchestrator: AtomicClaimRedisOrchestrator, ctx: RunnerContext) -> list[str]:
     return [inv.invocation_id for inv in orchestrator.get_invocations_to_run(1, ctx)]
 
 
 def race() -> dict[str, Any]:
     """Claimer 1 reads the key under WATCH and stops; claimer 2 claims; claimer 1 goes on."""
     tasks.app.purge()
-    first, second = tasks.call_keyed("acme", "op1"), tasks.call_keyed("acme", "op2")
+    with registering_with(RedisOrchestrator(tasks.app)):  # both on the queue, to race for
+        first, second = tasks.call_keyed("acme", "op1"), tasks.call_keyed("acme", "op2")
     (one, ctx1), (two, ctx2) = claimer(Claimer, pause=True), claimer(Claimer)
     taken: dict[str, list[str]] = {}
     thread = threading.Thread(target=lambda: taken.setdefault("one", take(one, ctx1)))
@@ -83,6 +116,39 @@ def race() -> dict[str, Any]:
     }
 
 
+def park_and_hand_over() -> dict[str, Any]:
+    """A producer reads the key's holder and stops; the holder finishes (and, the line being
+    empty, frees the key); then the producer goes on. Its call must not be left in a line."""
+    tasks.app.purge()
+    holding, ctx = claimer(Claimer)
+    holder = tasks.call_keyed("initech", "op0")
+    assert take(holding, ctx) == [holder.invocation_id]
+    holding.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
+    producer = PausingProducer(tasks.app)
+    made: dict[str, Any] = {}
+
+    def register() -> None:
+        with registering_with(producer):
+            made["late"] = tasks.call_keyed("initech", "op1")
+
+    thread = threading.Thread(target=register)
+    thread.start()
+    try:
+        assert producer.checked.wait(WAIT), "the producer never read the holder"
+        holding.set_invocation_status(holder.invocation_id, S.SUCCESS, ctx)
+    finally:
+        producer.go.set()
+        thread.join(WAIT)
+    late = made["late"].invocation_id
+    return {
+        "producer_reads": producer.reads,
+        "status": tasks.app.orchestrator.get_invocation_status(late).value,
+        "queued": tasks.app.broker.count_invocations(),
+        "waiting": holding.waiting(),
+        "taken": take(holding, ctx) == [late],
+    }
+
+
 def contention() -> dict[str, Any]:
     """A claim whose watched keys change on every try gives up and requeues its invocation."""
     tasks.app.purge()
@@ -99,7 +165,8 @@ def contention() -> dict[str, Any]:
 
 
 def main() -> int:
-    print(json.dumps({"race": race(), "contention": contention()}))
+    found = {"race": race(), "park": park_and_hand_over(), "contention": contention()}
+    print(json.dumps(found))
     return 0
 
 

@@ -88,16 +88,8 @@ class AtomicClaimer(AtomicClaimSQLiteOrchestrator):
         retrieve = super()._retriever(*hooks)
 
         def observed() -> object:
-            probe = sqlite3.connect(self.sqlite_db_path, timeout=0)
-            try:
-                probe.execute("BEGIN IMMEDIATE")
-                probe.rollback()
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc):
-                    raise
+            if write_lock_held(self.sqlite_db_path):
                 self.blocked.set()
-            finally:
-                probe.close()
             return retrieve()
 
         return observed
@@ -198,21 +190,23 @@ def test_stock_pynenc_lets_two_workers_call_one_account_at_once(
 
 @pytest.mark.parametrize(
     "task_name, loser_status",
-    [("call_keyed", S.REROUTED), ("call_keyed_drop", S.CONCURRENCY_CONTROLLED_FINAL)],
+    [("call_keyed", S.REGISTERED), ("call_keyed_drop", S.CONCURRENCY_CONTROLLED_FINAL)],
 )
 def test_atomic_claim_lets_exactly_one_worker_in(
-    provider: Provider, task_name: str, loser_status: S
+    provider: Provider, monkeypatch: pytest.MonkeyPatch, task_name: str, loser_status: S
 ) -> None:
     """Checked by mutation: with the claim's read and its write split into two transactions
     (`claim_in_store` committing after the read, then writing in a second BEGIN IMMEDIATE),
     claimer 2 is not blocked and checks the key while claimer 1 is held: this test fails."""
     task = getattr(tasks, task_name)
     acct = unique()
+    # Registered the stock way, so both are on the queue for the two claimers to race for.
     first, second = task(acct, "fetch_profile"), task(acct, "list_invoices")
 
     got_one, got_two, ctx1, ctx2 = race(AtomicClaimer)
 
-    # Claimer 1 checked first and holds the claim; claimer 2 saw it and lost.
+    # Claimer 1 checked first and holds the claim; claimer 2 saw it and lost: it waits in the
+    # key's line (B) or is dropped (C).
     assert len(got_one) == 1 and got_two == []
     winner = got_one[0]
     loser = second if winner.invocation_id == first.invocation_id else first
@@ -220,14 +214,15 @@ def test_atomic_claim_lets_exactly_one_worker_in(
     assert status_of(loser.invocation_id) == loser_status
     assert S.PENDING not in history(loser.invocation_id)
 
+    monkeypatch.setattr(tasks.app, "_orchestrator", AtomicClaimSQLiteOrchestrator(tasks.app))
     winner.run(ctx1)
-    if loser_status is S.REROUTED:
-        # Back on the queue, never lost: the next claim, with the key free, runs it.
+    if loser_status is S.REGISTERED:
+        # Its turn came with the winner's end: handed the key and queued, never lost.
         third, ctx3 = claimer(AtomicClaimer)
         (again,) = take(third, ctx3)
         assert again.invocation_id == loser.invocation_id
         again.run(ctx3)
-    expected = 2 if loser_status is S.REROUTED else 1
+    expected = 2 if loser_status is S.REGISTERED else 1
     assert account(provider, acct) == {
         "calls": expected,
         "collisions": 0,
@@ -236,10 +231,11 @@ def test_atomic_claim_lets_exactly_one_worker_in(
     }
 
 
-def test_a_rerouted_drop_crashes_stock_pynenc_and_is_queued_again_by_the_claim(
-    provider: Provider,
+def test_a_rerouted_drop_crashes_stock_pynenc_and_waits_in_line_with_the_claim(
+    provider: Provider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """pynenc forbids REROUTED -> CONCURRENCY_CONTROLLED_FINAL; stock raises in the runner loop."""
+    """pynenc forbids REROUTED -> CONCURRENCY_CONTROLLED_FINAL; stock raises in the runner loop.
+    With the claim, the call waits in its key's line and runs once the key is free."""
     acct = unique()
     holder = tasks.call_keyed_drop(acct, "fetch_profile")
     rerouted = tasks.call_keyed_drop(acct, "list_invoices")
@@ -253,18 +249,32 @@ def test_a_rerouted_drop_crashes_stock_pynenc_and_is_queued_again_by_the_claim(
     with pytest.raises(InvocationStatusTransitionError):
         take(stock, ctx)
     assert status_of(rerouted.invocation_id) == S.REROUTED
+    # With the claim, from a clean queue: a new call holds the key, then the rerouted drop
+    # comes back to the queue.
+    stock.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
+    stock.set_invocation_status(holder.invocation_id, S.SUCCESS, ctx)
+    tasks.app.broker.purge()
     atomic, ctx2 = claimer(AtomicClaimer)
-    atomic._route(rerouted.invocation_id)  # the crash took it off the queue: put it back
+    monkeypatch.setattr(tasks.app, "_orchestrator", atomic)
+    busy = tasks.call_keyed_drop(acct, "refresh_usage")
+    assert [inv.invocation_id for inv in take(atomic, ctx2)] == [busy.invocation_id]
+    atomic._route(rerouted.invocation_id)
 
     assert take(atomic, ctx2) == []
     assert status_of(rerouted.invocation_id) == S.REROUTED
-    assert history(rerouted.invocation_id)[-2:] == [S.CONCURRENCY_CONTROLLED, S.REROUTED]
-    assert tasks.app.broker.count_invocations() == 1  # back on the queue, not lost
+    assert (tasks.app.broker.count_invocations(), atomic.waiting()) == (0, 1)  # in line, not lost
+    atomic.set_invocation_status(busy.invocation_id, S.RUNNING, ctx2)
+    atomic.set_invocation_status(busy.invocation_id, S.SUCCESS, ctx2)
+    (again,) = take(atomic, ctx2)
+    assert again.invocation_id == rerouted.invocation_id
+    assert (tasks.app.broker.count_invocations(), atomic.waiting()) == (0, 0)
 
 
-def hold_the_key(acct: str) -> tuple[DistributedInvocation, AtomicClaimer, RunnerContext]:
-    """A call_keyed invocation for acct, claimed and RUNNING under a live runner."""
-    holder = tasks.call_keyed(acct, "op0")
+def hold_the_key(
+    acct: str, task_name: str = "call_keyed"
+) -> tuple[DistributedInvocation, AtomicClaimer, RunnerContext]:
+    """An invocation of the task for acct, claimed and RUNNING under a live runner."""
+    holder = getattr(tasks, task_name)(acct, "op0")
     orchestrator, ctx = claimer(AtomicClaimer)
     (claimed,) = take(orchestrator, ctx)
     assert claimed.invocation_id == holder.invocation_id
@@ -272,18 +282,16 @@ def hold_the_key(acct: str) -> tuple[DistributedInvocation, AtomicClaimer, Runne
     return holder, orchestrator, ctx
 
 
-def test_a_blocking_invocation_whose_key_is_busy_stays_queued_and_runs_later(
-    provider: Provider,
-) -> None:
-    """An invocation others wait for is claimed through the blocking path. Checked by
-    mutation: when the busy verdict there wrote CONCURRENCY_CONTROLLED (the earlier claim), the
-    invocation was stranded, never on the queue again, and this test fails."""
+def test_a_blocking_invocation_whose_key_is_busy_waits_and_runs_later(claim_app: Provider) -> None:
+    """An invocation others wait for is claimed through the blocking path too. Checked by
+    mutation: when a busy key there wrote CONCURRENCY_CONTROLLED (the claim's first version),
+    the invocation was no longer claimable once its turn came, and this test fails."""
     acct = unique()
     holder, orchestrator, holder_ctx = hold_the_key(acct)
-    waited = tasks.call_keyed(acct, "op1")
+    waited = tasks.call_keyed(acct, "op1")  # parked: the key is busy
     waiter = tasks.call_unsafe(unique(), "waits")
     orchestrator.waiting_for_results(waiter.invocation_id, [waited.invocation_id])
-    tasks.app.broker.purge()  # only the blocking path sees them now
+    tasks.app.broker.purge()  # the waiter's own entry: only the blocking path is left
 
     claiming, ctx = claimer(AtomicClaimer)
     assert take(claiming, ctx) == []
@@ -294,19 +302,19 @@ def test_a_blocking_invocation_whose_key_is_busy_stays_queued_and_runs_later(
     assert status_of(waited.invocation_id) == S.PENDING
 
 
-def test_a_retry_on_a_busy_key_waits_without_spinning_and_runs_once_free(
-    provider: Provider,
-) -> None:
-    """RETRY may only become PENDING, so a busy key puts it back on the queue. Checked by
-    mutation: putting it back at once, inside the pass, hands it straight back to the same
-    loop, which claims it again and again (the claimer's count trips) instead of once."""
+def test_a_retry_on_a_busy_key_waits_in_line_without_spinning(claim_app: Provider) -> None:
+    """A RETRY may only become PENDING, so a busy key can neither reroute nor drop it: it waits
+    in the key's line like any blocked call. Checked by mutation: a blocked call put back on
+    the queue instead (the churn of stock rerouting) is handed straight back to the same
+    claiming pass, which claims it again and again (the claimer's count trips)."""
     acct = unique()
-    holder, orchestrator, holder_ctx = hold_the_key(acct)
-    retry = tasks.call_keyed(acct, "op1")
+    holder, orchestrator, holder_ctx = hold_the_key(acct, "call_keyed_drop")
+    retry = tasks.call_keyed_drop(acct, "op1")
     first_try, try_ctx = claimer(AtomicClaimer)
-    tasks.app.orchestrator.set_invocation_status(retry.invocation_id, S.PENDING, try_ctx)
-    tasks.app.orchestrator.set_invocation_status(retry.invocation_id, S.RUNNING, try_ctx)
-    tasks.app.broker.purge()  # the invocation's first entry was consumed by its first try
+    # As if it had been tried once under a worker that knew nothing of the key.
+    StockClaimer(tasks.app).set_invocation_status(retry.invocation_id, S.PENDING, try_ctx)
+    StockClaimer(tasks.app).set_invocation_status(retry.invocation_id, S.RUNNING, try_ctx)
+    tasks.app.broker.purge()
     first_try.set_invocation_retry(retry.invocation_id, RuntimeError("429"), try_ctx)
     assert status_of(retry.invocation_id) == S.RETRY
 
@@ -314,7 +322,7 @@ def test_a_retry_on_a_busy_key_waits_without_spinning_and_runs_once_free(
     claiming.most_claims = 5
     assert take(claiming, ctx) == []
     assert claiming.claims == 1
-    assert tasks.app.broker.count_invocations() == 1  # waiting on the queue, not lost
+    assert (tasks.app.broker.count_invocations(), claiming.waiting()) == (0, 1)
 
     orchestrator.set_invocation_status(holder.invocation_id, S.SUCCESS, holder_ctx)
     (again,) = take(claiming, ctx)
@@ -322,7 +330,87 @@ def test_a_retry_on_a_busy_key_waits_without_spinning_and_runs_once_free(
     assert claiming.claims == 2
 
 
-def test_every_claim_carries_a_larger_token_for_its_key(provider: Provider) -> None:
+class PausingProducer(AtomicClaimSQLiteOrchestrator):
+    """Registers through the claim; when given a Pausing, it stops when it decides whether to
+    queue or park a call, after reading the key's holder, inside its transaction."""
+
+    pausing: Pausing | None = None
+
+    def admits(self, *args: object) -> bool:
+        if self.pausing:
+            self.pausing.pause()
+        return super().admits(*args)
+
+
+class ObservedFinisher(AtomicClaimSQLiteOrchestrator):
+    """Writes statuses through the claim; `blocked` is set when, about to take the write lock
+    for one, it finds the lock held by someone else."""
+
+    def __init__(self, app: object) -> None:
+        super().__init__(app)
+        self.blocked = threading.Event()
+
+    def _begin(self, conn: object) -> None:
+        if write_lock_held(self.sqlite_db_path):
+            self.blocked.set()
+        super()._begin(conn)
+
+
+def write_lock_held(db_path: str) -> bool:
+    """Whether another connection holds the database's write lock right now."""
+    probe = sqlite3.connect(db_path, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return True
+    finally:
+        probe.close()
+
+
+def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_stranded(
+    claim_app: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The producer reads "busy" and is held inside its transaction; the holder's final status
+    must wait for the park, then hand the key to the parked call. Checked by mutation: with
+    the producer's read and its park in two transactions, the holder ends first, frees the key
+    with an empty line, and the call is parked behind nobody, never to run: this test fails."""
+    acct = unique()
+    holder, _, holder_ctx = hold_the_key(acct)
+    producer = PausingProducer(tasks.app)
+    producer.pausing = Pausing()
+    monkeypatch.setattr(tasks.app, "_orchestrator", producer)
+    made: dict[str, DistributedInvocation] = {}
+    registering = threading.Thread(
+        target=lambda: made.setdefault("late", tasks.call_keyed(acct, "op1"))
+    )
+    finisher = ObservedFinisher(tasks.app)
+    finishing = threading.Thread(
+        target=finisher.set_invocation_status, args=(holder.invocation_id, S.SUCCESS, holder_ctx)
+    )
+    registering.start()
+    try:
+        assert producer.pausing.checked.wait(WAIT), "the producer never read the holder"
+        finishing.start()
+        wait_until(
+            lambda: finisher.blocked.is_set() or not finishing.is_alive(), WAIT, "the finisher"
+        )
+        assert finisher.blocked.is_set(), "the holder finished while the producer was held"
+    finally:
+        producer.pausing.go.set()
+        registering.join(WAIT)
+        finishing.join(WAIT)
+    late = made["late"]
+    assert status_of(holder.invocation_id) == S.SUCCESS
+    assert (tasks.app.broker.count_invocations(), producer.waiting()) == (1, 0)
+    claiming, ctx = claimer(AtomicClaimer)
+    assert [inv.invocation_id for inv in take(claiming, ctx)] == [late.invocation_id]
+
+
+def test_every_claim_carries_a_larger_token_for_its_key(claim_app: Provider) -> None:
     acct, other = unique(), unique()
     first, second = tasks.call_keyed(acct, "op1"), tasks.call_keyed(acct, "op2")
     elsewhere = tasks.call_keyed_drop(other, "op1")
@@ -377,8 +465,10 @@ def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(
 def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> None:
     """tests/redis_claim_race.py forces the same interleaving on Redis, where a claimer is not
     blocked but its EXEC fails and it tries again on fresh data. Checked by mutation: with only
-    the invocation's own status watched (the PENDING/RUNNING sets and the key's token counter
-    left out of WATCH), claimer 1's EXEC went through and both claimers were granted."""
+    the invocation's own status watched (the key's holder and token counter left out of WATCH),
+    claimer 1's EXEC went through and both claimers were granted; with the holder's key and
+    status left out of the producer's WATCH, its call was parked in a line with no holder,
+    never to run."""
     env = {
         **os.environ,
         "DEMO_BACKEND": "redis",
@@ -394,8 +484,19 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
     race = found["race"]
     first, second = race["ids"]
     assert (race["one"], race["two"]) == ([], [second])
-    assert race["statuses"] == ["rerouted", "pending"]
+    assert race["statuses"] == ["registered", "pending"]  # the loser waits in the key's line
     assert race["tries_one"] == 2  # its first EXEC failed: claimer 2's claim changed a watched key
+
+    # A producer parks while the holder finishes: its EXEC fails, it reads again, and its call
+    # takes the freed key instead of waiting in a line nobody will hand on.
+    park = found["park"]
+    assert park["producer_reads"] == 2
+    assert (park["status"], park["queued"], park["waiting"], park["taken"]) == (
+        "registered",
+        1,
+        0,
+        True,
+    )
 
     # A claim whose watched keys change on every try gives up, and its invocation is not lost.
     stuck = found["contention"]

@@ -47,18 +47,18 @@ def ops_called(provider: Provider, acct: str) -> list[str]:
 
 
 def test_a_deploy_sigterm_drains_the_call_instead_of_handing_it_on(
-    live_api: Provider, start_worker: Callable
+    claim_app: Provider, start_worker: Callable
 ) -> None:
     """pynenc's ThreadRunner marks the call KILLED and reroutes it before joining its thread, so
     the other worker calls again while the first call is in flight. The draining runner lets
     the call finish first. Checked by mutation: with runner_cls set back to ThreadRunner for
     the claim, this test fails (op1 called twice, one of them a collision)."""
-    live_api.reset("fault: deploy", hold=0.0)
+    claim_app.reset("fault: deploy", hold=0.0)
     acct = unique()
     first_worker = start_worker(DEPLOY)
-    with paused(live_api):
+    with paused(claim_app):
         first = tasks.call_keyed(acct, "op1")
-        wait_in_flight(live_api, acct)
+        wait_in_flight(claim_app, acct)
         second_worker = start_worker(DEPLOY)
         second = tasks.call_keyed(acct, "op2")
         assert holder_pid(first.invocation_id) == first_worker.proc.pid
@@ -74,13 +74,13 @@ def test_a_deploy_sigterm_drains_the_call_instead_of_handing_it_on(
     assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
     assert first_worker.proc.wait(WAIT) == 0
     assert second_worker.proc.poll() is None
-    assert ops_called(live_api, acct) == ["op1", "op2"]
-    assert account(live_api, acct)["collisions"] == 0
+    assert ops_called(claim_app, acct) == ["op1", "op2"]
+    assert account(claim_app, acct)["collisions"] == 0
     assert S.KILLED not in history(first.invocation_id)
 
 
 def test_a_stalled_holder_woken_after_the_window_is_fenced(
-    live_api: Provider, start_worker: Callable
+    claim_app: Provider, start_worker: Callable
 ) -> None:
     """SIGSTOP the holder mid-call until its account has been recovered and called again, then
     SIGCONT it. The newer call's token fences the stale one at the provider, and the woken
@@ -88,20 +88,20 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
     mutation: without the token in `_hit`, the provider records a collision; with `_still_holds`
     always true, the woken worker stores an exception for a call that succeeded, then dies on
     the refused status change."""
-    live_api.reset("fault: stall", hold=0.0)
+    claim_app.reset("fault: stall", hold=0.0)
     acct = unique()
     workers = [start_worker(SHORT), start_worker(SHORT)]
-    with paused(live_api):
+    with paused(claim_app):
         call = tasks.call_keyed(acct, "op1")
-        wait_in_flight(live_api, acct)
+        wait_in_flight(claim_app, acct)
         stalled = the_one(workers, holder_pid(call.invocation_id))
         os.kill(stalled.proc.pid, signal.SIGSTOP)
         try:
             # The other worker finds the holder silent past the window and calls again while
             # the provider still holds the stale call.
-            wait_until(lambda: account(live_api, acct)["calls"] == 2, WAIT, "the second call")
+            wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "the second call")
         finally:
-            live_api.http.post("/resume").raise_for_status()
+            claim_app.http.post("/resume").raise_for_status()
             os.kill(stalled.proc.pid, signal.SIGCONT)
     assert final(call.invocation_id) == [S.SUCCESS]
     # The woken worker's call returns (or times out); what it does next is logged either way.
@@ -111,27 +111,29 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
     assert "outlived its claim" in stalled.tail(200)
     assert history(call.invocation_id).count(S.SUCCESS) == 1
     assert S.RUNNING_RECOVERY in history(call.invocation_id)
-    assert account(live_api, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
 
 
 def test_a_killed_holders_call_still_at_the_provider_is_fenced_and_the_rest_finishes(
-    live_api: Provider, start_worker: Callable
+    claim_app: Provider, start_worker: Callable
 ) -> None:
     """SIGKILL the holder while the provider still serves its call: after the window its call
     runs again, and the new token fences the cut call instead of colliding with it; the
     account's next call runs too. Checked by mutation: without the token, a collision."""
-    live_api.reset("fault: kill", hold=0.0)
+    claim_app.reset("fault: kill", hold=0.0)
     acct = unique()
     workers = [start_worker(SHORT), start_worker(SHORT)]
-    with paused(live_api):
+    with paused(claim_app):
         first = tasks.call_keyed(acct, "op1")
-        wait_in_flight(live_api, acct)
+        wait_in_flight(claim_app, acct)
         killed = the_one(workers, holder_pid(first.invocation_id))
         second = tasks.call_keyed(acct, "op2")
         os.killpg(killed.proc.pid, signal.SIGKILL)
         killed.proc.wait(WAIT)
-        wait_until(lambda: account(live_api, acct)["calls"] == 2, WAIT, "a call after the window")
+        wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "a call after the window")
     assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
     assert first.result == second.result == "ok"
-    assert account(live_api, acct) == {"calls": 3, "collisions": 0, "in_flight": 0, "fenced": 1}
-    assert ops_called(live_api, acct) == ["op1", "op1", "op2"]
+    assert account(claim_app, acct) == {"calls": 3, "collisions": 0, "in_flight": 0, "fenced": 1}
+    assert ops_called(claim_app, acct) == ["op1", "op1", "op2"]
+    assert S.RUNNING_RECOVERY in history(first.invocation_id)
+    assert tasks.app.orchestrator.waiting() == 0

@@ -1,0 +1,83 @@
+"""Account lines, with real workers: a blocked call waits in its account's line, in order, and
+the key passes to the next call on every way out. Counts and order, never durations."""
+
+from collections.abc import Callable
+
+from pynenc.invocation.dist_invocation import ReusedInvocation
+from pynenc.invocation.status import InvocationStatus as S
+from test_semantics import WAIT, account, history, paused, wait_in_flight
+
+import tasks
+from conftest import unique
+from demo.processes import wait_until
+from demo.scenarios import Provider, status_of
+
+CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
+
+
+def final(*invocation_ids: str) -> list[S]:
+    return [
+        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, 2 * WAIT, f"{i} to finish")
+        for i in invocation_ids
+    ]
+
+
+def claims() -> int:
+    return tasks.app.orchestrator.claim_counts()["claims"]
+
+
+def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """Six calls for one account, two workers: the first is held in flight, the other five
+    park as they are registered. Each is claimed exactly once, when its turn comes, and the
+    provider sees them in enqueue order. Checked by mutation: with parked calls also put on
+    the queue, at registration and at each park (rerouting's churn), 30 claims were made for
+    the 6 calls, and this test fails."""
+    start_worker(CLAIM), start_worker(CLAIM)
+    acct = unique()
+    before = claims()
+    ops = [f"op{n}" for n in range(6)]
+    with paused(claim_app):
+        calls = [tasks.call_keyed(acct, ops[0])]
+        wait_in_flight(claim_app, acct)
+        calls += [tasks.call_keyed(acct, op) for op in ops[1:]]
+        assert tasks.app.orchestrator.waiting() == 5
+    ids = [c.invocation_id for c in calls]
+    assert final(*ids) == [S.SUCCESS] * 6
+    assert [c["op"] for c in claim_app.timeline() if c["account_id"] == acct] == ops
+    assert account(claim_app, acct)["collisions"] == 0
+    assert claims() - before == 6
+    for invocation_id in ids:
+        assert history(invocation_id) == [S.REGISTERED, S.PENDING, S.RUNNING, S.SUCCESS]
+    assert tasks.app.orchestrator.waiting() == 0
+
+
+def test_a_failing_call_hands_its_account_on(claim_app: Provider, start_worker: Callable) -> None:
+    """The provider refuses the first call (422): it ends FAILED, and the next call runs."""
+    start_worker(CLAIM)
+    acct = unique()
+    with paused(claim_app):
+        failing = tasks.call_keyed(acct, "bad op")  # not a name the provider accepts
+        wait_until(lambda: status_of(failing.invocation_id) != S.REGISTERED, WAIT, "a claim")
+        after = tasks.call_keyed(acct, "op1")
+        assert status_of(after.invocation_id) == S.REGISTERED
+    assert final(failing.invocation_id, after.invocation_id) == [S.FAILED, S.SUCCESS]
+    assert tasks.app.orchestrator.waiting() == 0
+
+
+def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """registration_concurrency merges only into REGISTERED invocations: the parked call is
+    one, so a burst behind a running refresh makes one more call, not one per event."""
+    start_worker(CLAIM)
+    acct = unique()
+    with paused(claim_app):
+        first = tasks.refresh_once(acct)
+        wait_in_flight(claim_app, acct)
+        burst = [tasks.refresh_once(acct) for _ in range(8)]
+    new = [b for b in burst if not isinstance(b, ReusedInvocation)]
+    assert len(new) == 1 and {b.invocation_id for b in burst} == {new[0].invocation_id}
+    assert final(first.invocation_id, new[0].invocation_id) == [S.SUCCESS, S.SUCCESS]
+    assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 0}
