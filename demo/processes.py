@@ -76,24 +76,25 @@ def start_child(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-            # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        # Held: a stop signal during the fork must not leave a child we hold no handle on.
+        with held_signals():
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
     except BaseException:
         log.close()
         raise
     child = Child(name, proc, log_path, log)
     try:
-        # A signal that came during the fork was swallowed by a fork hook: honour it now.
-        raise_if_stopping()
+        raise_if_stopping()  # one that came during the fork
     except KeyboardInterrupt:
         stop_children([child])
         raise
@@ -101,7 +102,15 @@ def start_child(
 
 
 def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
-    """SIGTERM every child's group at once, SIGKILL what is left after grace, close the logs."""
+    """SIGTERM every child's group at once, SIGKILL what is left after grace, close the logs.
+
+    Stop signals are held meanwhile: another Ctrl-C does not cut a teardown short.
+    """
+    with held_signals():
+        _stop(stopping, grace)
+
+
+def _stop(stopping: Sequence[Child], grace: float) -> None:
     stopping = [child for child in stopping if not child.stopped]
     try:
         for child in stopping:
@@ -121,16 +130,6 @@ def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
         for child in stopping:
             child.stopped = True
             child.log.close()
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[Child]]:
-    """A list to put started children in; all of them are stopped on the way out."""
-    started: list[Child] = []
-    try:
-        yield started
-    finally:
-        stop_children(started)
 
 
 def wait_until[T](
@@ -184,22 +183,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# The stop signal caught by stop_on_signals, kept until its context ends.
+# The stop signals caught by stop_on_signals, in order, kept until its context ends.
 _stopping: list[int] = []
+# How many held_signals() blocks are open: while any is, a stop signal raises nothing.
+_holding: list[None] = []
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and Ctrl-C into KeyboardInterrupt so `finally` blocks run.
+    """Turn the first SIGTERM or Ctrl-C into KeyboardInterrupt, so `finally` blocks run.
 
-    A handler's exception can be lost: Python ignores one raised inside a fork hook (logging
-    registers one, and every child we start forks) or a finalizer. So the signal is also
+    Only the first one raises. A terminal's Ctrl-C reaches a process under `uv run` twice (from
+    the terminal, and forwarded by uv), and people press it again while the demo stops: those
+    are remembered and raise nothing, so the teardown they land in runs to its end.
+    stop_signal() tells which came first.
+
+    A handler's exception can also be lost: Python ignores one raised inside a fork hook
+    (logging registers one, and every child we start forks) or a finalizer. So the signal is
     remembered, and raise_if_stopping() raises it again at the next poll.
     """
 
     def handler(signum: int, frame: object) -> None:
+        first = not _stopping
         _stopping.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
+        if first and not _holding:
+            raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -210,7 +218,22 @@ def stop_on_signals() -> Iterator[None]:
         _stopping.clear()
 
 
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Inside, a stop signal is remembered but raises nothing: what runs here runs to its end."""
+    _holding.append(None)
+    try:
+        yield
+    finally:
+        _holding.pop()
+
+
+def stop_signal() -> int | None:
+    """The first stop signal that came inside stop_on_signals(), or None."""
+    return _stopping[0] if _stopping else None
+
+
 def raise_if_stopping() -> None:
     """Raise KeyboardInterrupt if a stop signal came, even if its first raise was lost."""
-    if _stopping:
+    if _stopping and not _holding:
         raise KeyboardInterrupt(f"signal {_stopping[0]}")
