@@ -7,7 +7,7 @@ import httpx
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
-from demo import atomic_claim, settings
+from demo import atomic_claim, runners, settings
 
 settings.exit_on_bad_environment("tasks.py")  # a bad DEMO_* variable: one line, exit 2
 API_URL = settings.api_url()
@@ -28,7 +28,7 @@ app = (
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
-    .custom_config(**settings.runner_config())  # DEMO_RUNNER: README "Speed", "Scale out"
+    .custom_config(**runners.config())  # DEMO_RUNNER: docs/speed.md, README "Scale out"
     .build()
 )
 atomic_claim.exit_unless_sound("tasks.py", app, wanted=CLAIM)  # overrides that would make it lie

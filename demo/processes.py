@@ -34,6 +34,8 @@ class Child:
     proc: subprocess.Popen[bytes]
     log_path: Path
     log: IO[bytes]
+    # How long it may take to stop once told to (a worker drains its calls first).
+    grace: float = 5.0
     # Once stopped, the PID may belong to someone else: never signal it again.
     stopped: bool = False
 
@@ -71,66 +73,68 @@ def start_child(
     log_path: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
+    grace: float = 5.0,
 ) -> Child:
-    """Start argv in its own process group, its output in log_path."""
+    """Start argv in its own process group, its output in log_path; once told to stop, it is
+    given `grace` seconds before it is killed."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-            # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
-            start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
-        )
+        # Held: a stop signal during the fork must not leave a child we hold no handle on.
+        with held_signals():
+            proc = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
+                start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            )
     except BaseException:
         log.close()
         raise
-    child = Child(name, proc, log_path, log)
+    child = Child(name, proc, log_path, log, grace)
     try:
-        # A signal that came during the fork was swallowed by a fork hook: honour it now.
-        raise_if_stopping()
+        raise_if_stopping()  # one that came during the fork
     except KeyboardInterrupt:
         stop_children([child])
         raise
     return child
 
 
-def stop_children(stopping: Sequence[Child], grace: float = 5.0) -> None:
-    """SIGTERM every child's group at once, SIGKILL what is left after grace, close the logs."""
+def stop_children(stopping: Sequence[Child]) -> None:
+    """SIGTERM every child's group at once, SIGKILL what is left after its grace, close the
+    logs.
+
+    Stop signals are held meanwhile: another Ctrl-C does not cut a teardown short.
+    """
+    with held_signals():
+        _stop(stopping)
+
+
+def _stop(stopping: Sequence[Child]) -> None:
     stopping = [child for child in stopping if not child.stopped]
     try:
         for child in stopping:
             if child.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(child.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
+        told = time.monotonic()
         for child in stopping:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                child.proc.wait(timeout=max(0.0, told + child.grace - time.monotonic()))
             # The leader may be gone while something it started lives on in the group.
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(child.proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=grace)
+                child.proc.wait(timeout=child.grace)
     finally:
         for child in stopping:
             child.stopped = True
             child.log.close()
-
-
-@contextlib.contextmanager
-def children() -> Iterator[list[Child]]:
-    """A list to put started children in; all of them are stopped on the way out."""
-    started: list[Child] = []
-    try:
-        yield started
-    finally:
-        stop_children(started)
 
 
 def wait_until[T](
@@ -184,22 +188,31 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
-# The stop signal caught by stop_on_signals, kept until its context ends.
+# The stop signals caught by stop_on_signals, in order, kept until its context ends.
 _stopping: list[int] = []
+# How many held_signals() blocks are open: while any is, a stop signal raises nothing.
+_holding: list[None] = []
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
-    """Turn SIGTERM and Ctrl-C into KeyboardInterrupt so `finally` blocks run.
+    """Turn the first SIGTERM or Ctrl-C into KeyboardInterrupt, so `finally` blocks run.
 
-    A handler's exception can be lost: Python ignores one raised inside a fork hook (logging
-    registers one, and every child we start forks) or a finalizer. So the signal is also
+    Only the first one raises. A terminal's Ctrl-C reaches a process under `uv run` twice (from
+    the terminal, and forwarded by uv), and people press it again while the demo stops: those
+    are remembered and raise nothing, so the teardown they land in runs to its end.
+    stop_signal() tells which came first.
+
+    A handler's exception can also be lost: Python ignores one raised inside a fork hook
+    (logging registers one, and every child we start forks) or a finalizer. So the signal is
     remembered, and raise_if_stopping() raises it again at the next poll.
     """
 
     def handler(signum: int, frame: object) -> None:
+        first = not _stopping
         _stopping.append(signum)
-        raise KeyboardInterrupt(f"signal {signum}")
+        if first and not _holding:
+            raise KeyboardInterrupt(f"signal {signum}")
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -210,7 +223,22 @@ def stop_on_signals() -> Iterator[None]:
         _stopping.clear()
 
 
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Inside, a stop signal is remembered but raises nothing: what runs here runs to its end."""
+    _holding.append(None)
+    try:
+        yield
+    finally:
+        _holding.pop()
+
+
+def stop_signal() -> int | None:
+    """The first stop signal that came inside stop_on_signals(), or None."""
+    return _stopping[0] if _stopping else None
+
+
 def raise_if_stopping() -> None:
     """Raise KeyboardInterrupt if a stop signal came, even if its first raise was lost."""
-    if _stopping:
+    if _stopping and not _holding:
         raise KeyboardInterrupt(f"signal {_stopping[0]}")

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 
 from rich.console import Console
 
-from demo.scenarios import Provider, ProviderUnreachable
+from demo.provider import Provider, ProviderUnreachable
 
 # The provider is asked for its counts at most this often; the status poll is faster.
 REPORT_EVERY_SECONDS = 0.25

@@ -5,12 +5,10 @@ The private one listens on a free loopback port, keeps nothing on disk, and stop
 
 import functools
 import importlib.util
-import os
 import shutil
 import socket
 from pathlib import Path
 
-from demo import settings
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 
 
@@ -37,15 +35,27 @@ def _answers_ping(host: str, port: int) -> bool:
         return False
 
 
-def start_private(log_path: Path, timeout: float, extra: tuple[str, ...] = ()) -> tuple[Child, str]:
-    """Start redis-server on a free loopback port with no persistence; return it and its URL.
+def has_plugin() -> bool:
+    return importlib.util.find_spec("pynenc_redis") is not None
+
+
+def private_url() -> str:
+    """Where a private redis-server will listen: a loopback port that is free now."""
+    return f"redis://127.0.0.1:{free_port()}/0"
+
+
+def start_private(
+    log_path: Path, timeout: float, extra: tuple[str, ...] = (), port: int | None = None
+) -> tuple[Child, str]:
+    """Start redis-server on a loopback port (a free one by default) with no persistence;
+    return it and its URL.
 
     extra: more redis-server arguments (the tests use it to make a Redis that refuses MULTI).
     """
     binary = shutil.which("redis-server")
     if binary is None:
         raise NoRedis(INSTALL_HINT)
-    port = free_port()
+    port = port or free_port()
     # No snapshots, no append-only file: nothing is written, the --dir is only a formality.
     argv = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", ""]
     argv += ["--appendonly", "no", "--dir", str(log_path.parent), *extra]
@@ -57,15 +67,3 @@ def start_private(log_path: Path, timeout: float, extra: tuple[str, ...] = ()) -
         stop_children([child])
         raise
     return child, f"redis://127.0.0.1:{port}/0"
-
-
-def provide(started: list[Child], timeout: float) -> str:
-    """Point REDIS_URL at a usable Redis for this run and its children; return the URL."""
-    if importlib.util.find_spec("pynenc_redis") is None:
-        raise NoRedis(PLUGIN_HINT)
-    if url := settings.get("REDIS_URL"):
-        return url
-    child, url = start_private(Path(settings.get("DEMO_LOG_DIR")) / "redis.log", timeout)
-    started.append(child)
-    os.environ["REDIS_URL"] = url
-    return url

@@ -1,60 +1,26 @@
-"""The four scenarios: what each enqueues, what the provider saw, and what pynenc promised.
+"""The four scenarios: what each enqueues, what it promises, and how a run is judged against it.
 
-enqueue.py runs one or all of them against a running API and worker; sample.py runs them
-after starting both. Nothing here starts a process.
+A scenario is one entry in SCENARIOS plus its task in tasks.py: the entry says what it sends
+and what it promises, and nothing else here asks which scenario it is. Nothing here starts a
+process; enqueue.py and sample.py run the scenarios through demo/show.py.
 """
 
 import logging
 import math
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 
-import httpx
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus
 
-import tasks
 from demo import settings
+from demo.provider import Provider
 
 DROPPED = InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
-# Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
-# LISTED_AT_MOST of them, and one line for the rest.
-ACCOUNTS_LISTED = 12
-LISTED_AT_MOST = 8
-# This process only enqueues and watches: its own INFO lines would bury the summaries.
-tasks.app.logger.setLevel(logging.WARNING)
-
-
-class ProviderUnreachable(ConnectionError):
-    """The API is not answering where we looked."""
-
-
-@dataclass(frozen=True)
-class Scenario:
-    key: str
-    letter: str
-    title: str
-    task_name: str
-    # What the ideal run calls per account: every op (A, B) or just once (C, D).
-    once_per_account: bool
-
-    @property
-    def heading(self) -> str:
-        return f"{self.letter}. {self.key} — {self.title}"
-
-
-SCENARIOS: dict[str, Scenario] = {
-    s.key: s
-    for s in (
-        Scenario("unsafe", "A", "no concurrency control", "call_unsafe", False),
-        Scenario("keyed", "B", "running_concurrency=KEYS, reroute=True", "call_keyed", False),
-        Scenario("drop", "C", "running_concurrency=KEYS, reroute=False", "call_keyed_drop", True),
-        Scenario("dedupe", "D", "registration + running KEYS", "refresh_once", True),
-    )
-}
+POLL_SECONDS = 0.02
 
 
 @dataclass(frozen=True)
@@ -68,25 +34,94 @@ class Shape:
     workers: int = 1
     threads: int = settings.MAX_THREADS
 
-    def payloads(self, scenario: Scenario) -> list[dict[str, str]]:
-        """Account by account, as the article does: every op for acme, then for globex, ...
+    def payloads(self, scenario: "Scenario") -> list[dict[str, str]]:
+        return scenario.sends(self)
 
-        D is a burst of refreshes per account, as a noisy event bus fires them.
+    def floor(self, scenario: "Scenario") -> float:
+        """The least time the provider could take: hold x the longest chain of calls.
+
+        Calls go out in waves of every thread of every worker; under a key, one account's calls
+        also run one after another, so the chain is at least that account's calls.
         """
-        accounts = settings.account_names(self.accounts)
-        if scenario.key == "dedupe":
-            return [{"account_id": a} for a in accounts for _ in range(self.refreshes)]
-        return [{"account_id": a, "op": op} for a in accounts for op in settings.op_names(self.ops)]
+        each = scenario.ideal_calls_per_account(self)
+        waves = math.ceil(self.accounts * each / (self.threads * self.workers))
+        return (max(each, waves) if scenario.keyed else waves) * self.hold
 
-    def floor(self, scenario: Scenario) -> float:
-        """The least time the provider could take: hold x the longest chain of calls."""
-        slots = self.threads * self.workers
-        if scenario.once_per_account:
-            return math.ceil(self.accounts / slots) * self.hold
-        waves = math.ceil(self.accounts * self.ops / slots)
-        if scenario.key == "unsafe":
-            return waves * self.hold
-        return max(self.ops, waves) * self.hold
+
+def every_op(shape: Shape) -> list[dict[str, str]]:
+    """Account by account, as the article does: every op for acme, then for globex, ..."""
+    ops = settings.op_names(shape.ops)
+    return [
+        {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
+    ]
+
+
+def refresh_bursts(shape: Shape) -> list[dict[str, str]]:
+    """A burst of refreshes per account, as a noisy event bus fires them."""
+    accounts = settings.account_names(shape.accounts)
+    return [{"account_id": a} for a in accounts for _ in range(shape.refreshes)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario: its task, what it sends, and what it promises."""
+
+    key: str
+    letter: str
+    title: str
+    task: str  # the name of its task in tasks.py
+    sends: Callable[[Shape], list[dict[str, str]]] = every_op
+    # The ideal run calls each account once (C, D), not once per op (A, B).
+    once_per_account: bool = False
+    # running_concurrency=KEYS: never two calls in flight for one account, so a collision
+    # breaks it, and one account's calls run in a row (its floor).
+    keyed: bool = False
+    # reroute=False: a call picked up while its account is busy ends dropped, never run, so
+    # calls + dropped = enqueued; a call picked up once the account was free again is late.
+    drops: bool = False
+    # registration_concurrency=KEYS: a duplicate merges into the invocation still queued, so
+    # each invocation is called once; one made after the first was picked up is late.
+    dedupes: bool = False
+
+    @property
+    def heading(self) -> str:
+        return f"{self.letter}. {self.key} — {self.title}"
+
+    @property
+    def every_call_runs(self) -> bool:
+        """Neither drops nor merges: each enqueued call reaches the provider exactly once."""
+        return not (self.drops or self.dedupes)
+
+    def ideal_calls_per_account(self, shape: Shape) -> int:
+        return 1 if self.once_per_account else shape.ops
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.key: s
+    for s in (
+        Scenario("unsafe", "A", "no concurrency control", "call_unsafe"),
+        Scenario("keyed", "B", "running_concurrency=KEYS, reroute=True", "call_keyed", keyed=True),
+        Scenario(
+            "drop",
+            "C",
+            "running_concurrency=KEYS, reroute=False",
+            "call_keyed_drop",
+            once_per_account=True,
+            keyed=True,
+            drops=True,
+        ),
+        Scenario(
+            "dedupe",
+            "D",
+            "registration + running KEYS",
+            "refresh_once",
+            sends=refresh_bursts,
+            once_per_account=True,
+            keyed=True,
+            dedupes=True,
+        ),
+    )
+}
 
 
 @dataclass
@@ -134,102 +169,26 @@ class Outcome:
 
     def broken(self) -> list[str]:
         """Each guarantee that did not hold, in words; empty when the run kept its promises."""
-        s, problems = self.scenario.key, []
+        s, problems = self.scenario, []
         if self.unfinished:
             shown = ", ".join(f"{i} {st}" for i, st in list(self.unfinished.items())[:5])
             problems.append(f"{len(self.unfinished)} invocations never finished ({shown})")
         if self.failed:
             problems.append(f"{self.failed} invocations failed")
-        if s in ("keyed", "drop", "dedupe") and self.collisions:
+        if s.keyed and self.collisions:
             problems.append(f"{self.collisions} collisions under running_concurrency=KEYS")
-        if s in ("unsafe", "keyed") and self.calls != self.enqueued:
+        if s.every_call_runs and self.calls != self.enqueued:
             problems.append(f"{self.calls} calls for {self.enqueued} enqueued")
-        if s == "drop" and self.calls + self.dropped != self.enqueued:
+        if s.drops and self.calls + self.dropped != self.enqueued:
             problems.append(f"{self.calls} calls + {self.dropped} dropped != {self.enqueued}")
-        if s == "dedupe" and self.calls != self.invocations:
+        if s.dedupes and self.calls != self.invocations:
             problems.append(f"{self.calls} calls for {self.invocations} invocations")
         return problems
 
-    def summary(self) -> str:
-        parts = [f"{self.calls} calls"]
-        if self.dropped:
-            parts[0] += f" ({self.dropped} dropped)"
-        if self.deduped:
-            parts[0] += f" ({self.deduped} deduped)"
-        parts.append(f"{self.collisions} collisions")
-        head = f"  {self.enqueued} enqueued -> {', '.join(parts)}, {self.elapsed:.2f}s"
-        head += f" (floor {self.floor:.2f}s, {self.floor / self.elapsed:.0%})"
-        lines = ["", f"=== {self.scenario.heading} ===", head, *self._account_lines()]
-        if self.late:
-            lines.append(f"  note: {len(self.late)} late, ran after the first for its key:")
-            lines += [f"    {why}" for why in self.late[:LISTED_AT_MOST]]
-            if len(self.late) > LISTED_AT_MOST:
-                lines.append(f"    ... and {len(self.late) - LISTED_AT_MOST} more")
-        lines += [f"  GUARANTEE BROKEN: {p}" for p in self.broken()]
-        if self.unfinished:
-            lines.append(f"  {unfinished_hint(self.unfinished)}")
-        return "\n".join(lines)
 
-    def _account_lines(self) -> list[str]:
-        """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
-
-        def line(name: str, acc: dict[str, int]) -> str:
-            mark = " X" if acc["collisions"] else "OK"
-            return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}"
-
-        accounts = self.per_account.items()
-        if len(self.per_account) <= ACCOUNTS_LISTED:
-            return [line(name, acc) for name, acc in accounts]
-        # Worth a look: a collision, or another number of calls than the ideal run makes
-        # (a late or extra call, a drop that did not happen, a call that never came).
-        each = 1 if self.scenario.once_per_account else self.shape.ops
-        notable = [(n, a) for n, a in accounts if a["collisions"] or a["calls"] != each]
-        lines = [line(name, acc) for name, acc in notable[:LISTED_AT_MOST]]
-        if len(notable) > LISTED_AT_MOST:
-            lines.append(f"  ... and {len(notable) - LISTED_AT_MOST} more accounts like these")
-        if rest := len(self.per_account) - len(notable):
-            lines.append(f"  OK {rest} more accounts: calls={each}, collisions=0")
-        return lines
-
-
-class Provider:
-    """The demo's oracle, over HTTP."""
-
-    def __init__(self, base_url: str | None = None) -> None:
-        self.base_url = base_url or settings.api_url()
-        self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
-
-    def _request(self, method: str, path: str, **params: object) -> dict:
-        try:
-            r = self.http.request(method, path, params=params or None)
-        except httpx.TransportError as exc:
-            raise ProviderUnreachable(
-                f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
-                f"uv run uvicorn api_server:app --port {settings.get('DEMO_API_PORT')}"
-            ) from exc
-        r.raise_for_status()
-        return r.json()
-
-    def reset(self, label: str, hold: float) -> None:
-        self._request("POST", "/reset", label=label, hold=hold)
-
-    def report(self) -> dict:
-        return self._request("GET", "/report")
-
-    def timeline(self) -> list[dict[str, object]]:
-        return self._request("GET", "/timeline")["calls"]
-
-    def health(self) -> dict:
-        return self._request("GET", "/health")
-
-
-def status_of(invocation_id: str) -> InvocationStatus:
-    return tasks.app.orchestrator.get_invocation_status(invocation_id)
-
-
-def enqueue(scenario: Scenario, shape: Shape) -> tuple[list[str], list[str]]:
+def enqueue(scenario: Scenario, shape: Shape, tasks: ModuleType) -> tuple[list[str], list[str]]:
     """Send every payload; return the distinct invocation ids and the late duplicates."""
-    task = getattr(tasks, scenario.task_name)
+    task = getattr(tasks, scenario.task)
     ids: list[str] = []
     first_for: dict[str, str] = {}
     late: list[str] = []
@@ -238,9 +197,9 @@ def enqueue(scenario: Scenario, shape: Shape) -> tuple[list[str], list[str]]:
         if isinstance(inv, ReusedInvocation):
             continue
         account = payload["account_id"]
-        if scenario.key == "dedupe" and account in first_for:
+        if scenario.dedupes and account in first_for:
             # Registration dedupe only sees REGISTERED invocations: say why this one is new.
-            earlier = status_of(first_for[account]).value
+            earlier = tasks.app.orchestrator.get_invocation_status(first_for[account]).value
             late.append(f"{account}: new invocation, the earlier one was already {earlier}")
         first_for.setdefault(account, inv.invocation_id)
         ids.append(inv.invocation_id)
@@ -249,6 +208,7 @@ def enqueue(scenario: Scenario, shape: Shape) -> tuple[list[str], list[str]]:
 
 def wait_finished(
     ids: list[str],
+    tasks: ModuleType,
     timeout: float,
     check: Callable[[], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -268,39 +228,40 @@ def wait_finished(
             progress(len(ids) - len(pending), len(ids))
         if not pending or time.monotonic() >= deadline:
             return
-        time.sleep(0.02)
-
-
-def unfinished_hint(unfinished: dict[str, str]) -> str:
-    """Why work is unfinished at the deadline, and what to do about it."""
-    if all(status == InvocationStatus.REGISTERED.value for status in unfinished.values()):
-        return (
-            f"no runner picked the work up ({len(unfinished)} invocations still registered). "
-            "Start one with: uv run pynenc --app tasks.app runner start"
-        )
-    counts = Counter(unfinished.values())
-    shown = ", ".join(f"{n} {status}" for status, n in counts.most_common())
-    return f"{len(unfinished)} invocations did not finish in time: {shown}"
+        time.sleep(POLL_SECONDS)
 
 
 def run(
     scenario: Scenario,
     shape: Shape,
     provider: Provider,
+    tasks: ModuleType,
     timeout: float,
     check: Callable[[], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Outcome:
+    """Run one scenario against a running API and workers, and return what happened.
+
+    It resets the provider (its counts then belong to this scenario alone), enqueues every
+    payload through tasks.py's task, and waits until each invocation is final or `timeout`
+    has passed; it never blocks on a result, so a stuck invocation is reported as unfinished,
+    not waited for. `check` runs on every poll and may raise to stop at once (sample.py
+    checks its children there); `progress` hears (finished, total). The Outcome holds the
+    provider's counts and calls, each invocation's status, and the run's window in epoch
+    seconds. It prints nothing: demo/show.py does.
+    """
+    # This process only enqueues and watches: its own INFO lines would bury the summaries.
+    tasks.app.logger.setLevel(logging.WARNING)
     payloads = shape.payloads(scenario)
     provider.reset(scenario.heading, shape.hold)
     started, began = time.monotonic(), time.time()
-    ids, late = enqueue(scenario, shape)
-    wait_finished(ids, timeout, check, progress)
+    ids, late = enqueue(scenario, shape, tasks)
+    wait_finished(ids, tasks, timeout, check, progress)
     elapsed = time.monotonic() - started
-    statuses = {inv_id: status_of(inv_id) for inv_id in ids}
+    statuses = {i: tasks.app.orchestrator.get_invocation_status(i) for i in ids}
     report = provider.report()
     timeline = provider.timeline()
-    if scenario.key == "drop":
+    if scenario.drops:
         # Calls after the first that did not collide: picked up once the key was free again.
         free = {n: a["calls"] - 1 - a["collisions"] for n, a in report["accounts"].items()}
         late = [f"{n}: called again once the key was free" for n in free for _ in range(free[n])]
@@ -312,116 +273,10 @@ def run(
         statuses=Counter(s.value for s in statuses.values()),
         calls=report["calls"],
         collisions=report["collisions"],
-        per_account={n: a for n, a in report["accounts"].items()},
+        per_account=dict(report["accounts"]),
         elapsed=elapsed,
         timeline=timeline,
         window=(began, time.time()),
         late=late,
         unfinished={i: s.value for i, s in statuses.items() if not s.is_final()},
     )
-
-
-def one_line(outcomes: list[Outcome]) -> str:
-    """One round in a line: letter, calls/collisions, and anything unusual."""
-    parts = []
-    for o in outcomes:
-        text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
-        if o.late:
-            text += f" late={len(o.late)}"
-        if o.unfinished:
-            text += f" unfinished={len(o.unfinished)}"
-        parts.append(text + ("" if not o.broken() else " BROKEN"))
-    return "  ".join(parts)
-
-
-COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
-
-
-def _value(outcome: Outcome, column: str) -> int:
-    value = getattr(outcome, column)
-    return len(value) if isinstance(value, list | dict) else value
-
-
-def distribution(outcomes: list[Outcome]) -> str:
-    """Per scenario and measure: min / typical (median) / max over the rounds."""
-    rounds = max(Counter(o.scenario.key for o in outcomes).values())
-    header = f"{'scenario':<10}" + "".join(f"{c.replace('_calls', ''):>14}" for c in COLUMNS)
-    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
-    for scenario in SCENARIOS.values():
-        mine = [o for o in outcomes if o.scenario is scenario]
-        if not mine:
-            continue
-        cells = []
-        for column in COLUMNS:
-            values = [_value(o, column) for o in mine]
-            cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
-        broken = sum(1 for o in mine if o.broken())
-        note = f"  broken in {broken} of {len(mine)}" if broken else ""
-        lines.append(
-            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
-        )
-    keyed = [o for o in outcomes if o.scenario.key != "unsafe"]
-    by_letter = ", ".join(
-        f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}"
-        for s in SCENARIOS.values()
-        if s.key != "unsafe"
-    )
-    lines.append(
-        f"totals: {sum(o.collisions for o in keyed)} collisions under KEYS ({by_letter}), "
-        f"{sum(o.extra_calls for o in outcomes)} extra calls, "
-        f"{sum(len(o.late) for o in outcomes)} late, "
-        f"{sum(len(o.unfinished) for o in outcomes)} never finished"
-    )
-    return "\n".join(lines)
-
-
-def efficiency(outcomes: list[Outcome]) -> str:
-    """Per scenario: median elapsed against the physical floor."""
-    lines = [f"{'scenario':<11}{'median':>9}{'floor':>9}{'efficiency':>12}{'runs':>6}"]
-    for scenario in SCENARIOS.values():
-        mine = [o for o in outcomes if o.scenario is scenario]
-        if not mine:
-            continue
-        median = statistics.median(o.elapsed for o in mine)
-        floor = mine[0].floor
-        lines.append(
-            f"{scenario.letter}. {scenario.key:<8}{median:>8.2f}s{floor:>8.2f}s"
-            f"{floor / median:>12.0%}{len(mine):>6}"
-        )
-    return "\n".join(lines)
-
-
-def purge_backend() -> None:
-    """Forget this app's invocations in a Redis that outlives the run (REDIS_URL)."""
-    tasks.app.purge()
-
-
-def compare(by_runner: dict[str, list[Outcome]]) -> str:
-    """Median elapsed and efficiency per scenario and shape, runner against runner."""
-    names = list(by_runner)
-    first, last = names[0], names[-1]
-
-    def medians(outcomes: list[Outcome]) -> dict[tuple, tuple[float, float]]:
-        grouped: dict[tuple, list[Outcome]] = {}
-        for o in outcomes:
-            grouped.setdefault((o.scenario.key, o.shape), []).append(o)
-        return {
-            key: (statistics.median(o.elapsed for o in group), group[0].floor)
-            for key, group in grouped.items()
-        }
-
-    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
-    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
-    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
-    for key in table[first]:
-        scenario, shape = SCENARIOS[key[0]], key[1]
-        label = f"{scenario.letter}. {scenario.key}"
-        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
-            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
-        cells = []
-        for name in names:
-            median, floor = table[name].get(key, (math.nan, math.nan))
-            cells.append(f"{median:.2f}s ({floor / median:.0%})")
-        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
-        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
-    return "\n".join(lines)

@@ -1,9 +1,11 @@
 """Every knob of the demo, defined once.
 
-Each knob is an environment variable with a default. The scripts' flags write the
-variable back, so the API, the workers and the enqueuer they start all agree.
+Each knob is an environment variable with a default, read by every process: the API, the
+workers, and the scripts, whose flags take their defaults from it. sample.py hands its parsed
+flags to its children as these same variables, in one place (demo/options.py).
 """
 
+import argparse
 import ipaddress
 import os
 import re
@@ -11,11 +13,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    import argparse
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RUNNER_NAMES = ("thread", "wake", "multi-thread", "process")
@@ -94,7 +92,7 @@ KNOBS: dict[str, Knob] = {
     "DEMO_LOG_LEVEL": Knob("info", _choice(*LOG_LEVELS)),
     # Where sample.py writes the API's and the workers' logs.
     "DEMO_LOG_DIR": Knob(".demo", _path),
-    # A worker polls its queue in a loop; see the README's "Speed" section for the choice.
+    # A worker polls its queue in a loop; docs/speed.md explains the choice.
     "DEMO_RUNNER_SLEEP": Knob("0.1", _seconds(0, 10)),
     # Seconds for a scenario's invocations to finish, and for the API and workers to come up.
     "DEMO_TIMEOUT": Knob("60", _seconds(0, 3600)),
@@ -108,8 +106,8 @@ KNOBS: dict[str, Knob] = {
     "DEMO_CALL_TIMEOUT": Knob("10", _seconds(0, 600)),
     # Where `pynenc monitor` answers: the summaries link into its timeline.
     "DEMO_MONITOR_URL": Knob("http://127.0.0.1:8000", _url("http", "https")),
-    # Which runner a worker is: the article's "thread", "wake" (README "Speed"),
-    # or pynenc's "multi-thread" or "process" (README "Scale out safely").
+    # Which runner a worker is: the article's "thread", "wake" (docs/speed.md),
+    # or pynenc's "multi-thread" or "process" (docs/scale-out.md); demo/runners.py.
     "DEMO_RUNNER": Knob("thread", _choice(*RUNNER_NAMES)),
     # "1": sample.py starts each worker from its own copy of the project (--hosts).
     "DEMO_HOSTS": Knob("0", _choice("0", "1")),
@@ -137,10 +135,9 @@ def exit_on_bad_environment(program: str) -> None:
 
 
 def add_option(
-    parser: "argparse.ArgumentParser", option: str, name: str, help: str, **extra: object
+    parser: argparse.ArgumentParser, option: str, name: str, help: str, **extra: object
 ) -> None:
     """The flag that sets knob `name`: its default from the environment, the very same rule."""
-    import argparse
 
     def parse(raw: str) -> object:
         try:
@@ -169,16 +166,6 @@ OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 MAX_THREADS = 8
-# pynenc's other runners, as the README's scale-out table runs them. MultiThreadRunner starts
-# PROCESSES ThreadRunner processes of MAX_THREADS threads each; ProcessRunner forks one
-# process per call, MAX_THREADS at a time (its default is one per core).
-PROCESSES = 2
-RUNNERS: dict[str, dict[str, object]] = {
-    "thread": {},
-    "wake": {},  # built by demo/wake_runner.py: see runner_config()
-    "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": PROCESSES},
-    "process": {"runner_cls": "ProcessRunner", "min_parallel_slots": MAX_THREADS},
-}
 
 
 def get(name: str) -> str:
@@ -209,27 +196,6 @@ DRAIN_MARGIN_SECONDS = 2.0
 def drain_deadline() -> float:
     """How long a stopping worker lets its calls finish before it exits holding them."""
     return call_timeout() + DRAIN_MARGIN_SECONDS
-
-
-def runner_config() -> dict[str, object]:
-    """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner,
-    unless the claim is on, whose workers drain their calls when they stop."""
-    name, backend = get("DEMO_RUNNER"), get("DEMO_BACKEND")
-    if name == "wake":
-        from demo import wake_runner  # defines WakeRunner, which pynenc then finds by name
-
-        # The same idle cadence as ThreadRunner's two sleeps per loop.
-        return wake_runner.config(backend, idle=2 * runner_sleep(), drain_deadline=drain_deadline())
-    if name == "thread" and get("DEMO_ATOMIC_CLAIM") == "1":
-        from demo import drain  # defines DrainingThreadRunner, found by name the same way
-
-        return drain.config(backend, deadline=drain_deadline())
-    return RUNNERS[name]
-
-
-def slots_per_worker() -> int:
-    """How many calls one worker runs at once, for the floor."""
-    return MAX_THREADS * (PROCESSES if get("DEMO_RUNNER") == "multi-thread" else 1)
 
 
 def api_url() -> str:

@@ -1,26 +1,25 @@
-"""Shared fixtures: a real API and real workers on a private port and database.
+"""Shared fixtures: a real API and real workers on a private port and database, a real Redis,
+and one finished default run of sample.py that several tests read.
 
-The environment is set before anything imports tasks.py, which reads it to build the app.
+The session's settings go into the environment first: tasks.py, which the test modules
+import, builds its app from them.
 """
 
 import os
+import secrets
 import shutil
-import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-from demo import redis_server
-from demo.processes import Child, children, free_port, start_child, stop_children, wait_until
+from demo import atomic_claim, monitor, redis_server
+from demo.processes import Child, free_port, stop_children
+from demo.provider import Provider
+from demo.stack import ROOT, Stack
 
-if TYPE_CHECKING:
-    from demo.scenarios import Provider
-
-ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(
     {
@@ -30,62 +29,51 @@ os.environ.update(
         "DEMO_BACKEND": "sqlite",
     }
 )
+
+from helpers import processes_mentioning, run_sample  # noqa: E402 - it imports tasks.py: settings first
+
 READY = 30.0
 
 
-def unique(prefix: str = "acct") -> str:
-    """An account name no other test uses, so tests never see each other's calls."""
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="session")
+def stack() -> Iterator[Stack]:
+    """The provider as a real uvicorn process on a free loopback port; no worker yet."""
+    env = {"DEMO_API_PORT": os.environ["DEMO_API_PORT"], "DEMO_API_INSTANCE": secrets.token_hex(8)}
+    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT) as running:
+        running.start(workers=0)
+        yield running
 
 
 @pytest.fixture(scope="session")
-def live_api() -> Iterator["Provider"]:
-    """The provider as a real uvicorn process on a free loopback port."""
-    from demo import scenarios, settings
-
-    argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--no-access-log"]
-    argv += ["--host", "127.0.0.1", "--port", settings.get("DEMO_API_PORT")]
-    with children() as started:
-        api = start_child("API", argv, STATE / "logs" / "api.log", cwd=ROOT)
-        started.append(api)
-        provider = scenarios.Provider()
-
-        def up() -> bool:
-            try:
-                return provider.health()["status"] == "ok"
-            except scenarios.ProviderUnreachable:
-                return False
-
-        wait_until(up, READY, "the test API", check=api.check_alive)
-        yield provider
+def live_api(stack: Stack) -> Provider:
+    return stack.provider
 
 
 @pytest.fixture
-def start_worker(live_api: "Provider") -> Iterator[Callable[..., Child]]:
-    """Start a pynenc worker on demand, with extra environment if given; each is stopped
-    when the test ends."""
-    import tasks
+def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
+    """The provider, reset for the test, with an empty queue: no invocation of an earlier test
+    reaches this one's workers. It is never left paused."""
+    live_api.reset("test", hold=0.0)
+    stack.tasks.app.broker.purge()
+    yield live_api
+    live_api.resume()
 
+
+@pytest.fixture
+def start_worker(stack: Stack) -> Iterator[Callable[..., Child]]:
+    """Start a pynenc worker on demand, with extra environment if given; back once it has sent
+    its first heartbeat. Each is stopped when the test ends."""
     started: list[Child] = []
 
     def start(env: dict[str, str] | None = None) -> Child:
-        before = {r.runner_id for r in tasks.app.orchestrator.get_active_runners()}
-        argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-        log = STATE / "logs" / f"worker-{uuid.uuid4().hex[:6]}.log"
-        worker = start_child("worker", argv, log, env=env, cwd=ROOT)
+        (worker,) = stack.add_workers(1, env)
         started.append(worker)
-
-        def registered() -> bool:
-            now = {r.runner_id for r in tasks.app.orchestrator.get_active_runners()}
-            return bool(now - before)
-
-        wait_until(registered, READY, "the worker's first heartbeat", check=worker.check_alive)
         return worker
 
     try:
         yield start
     finally:
-        stop_children(started)
+        stack.stop(started)
 
 
 @pytest.fixture
@@ -102,17 +90,48 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         stop_children([child])
 
 
+@dataclass(frozen=True)
+class FinishedRun:
+    """One default `uv run python sample.py`, done: what it printed and what it left behind."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+    folder: Path  # its database (demo.db) and logs
+    monitor_port: int  # where its links point
+    leftovers: list[str]  # processes still mentioning its folder once it had exited
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
+    """The article's run, once per session, for every test that only reads what it printed:
+    its summaries, its links into the monitor, the README's picture."""
+    folder = tmp_path_factory.mktemp("default-run")
+    port = free_port()
+    result = run_sample(folder, "--monitor-url", f"http://127.0.0.1:{port}")
+    found = processes_mentioning(str(folder))
+    return FinishedRun(result.stdout, result.stderr, result.returncode, folder, port, found)
+
+
+@pytest.fixture(scope="session")
+def live_monitor(finished_run: FinishedRun) -> Iterator[str]:
+    """A real `pynenc monitor` on the finished run's database, where its links point."""
+    assert finished_run.returncode == 0, finished_run.stdout + finished_run.stderr
+    env = {"DEMO_DB": str(finished_run.folder / "demo.db")}
+    log = finished_run.folder / "logs" / "monitor.log"
+    child = monitor.start(finished_run.monitor_port, log, env, timeout=60)
+    try:
+        yield f"http://127.0.0.1:{finished_run.monitor_port}"
+    finally:
+        stop_children([child])
+
+
 @pytest.fixture
-def claim_app(live_api: "Provider", monkeypatch: pytest.MonkeyPatch) -> Iterator["Provider"]:
+def claim_app(provider: Provider, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Provider:
     """This process registers, runs and finishes invocations through the claim, as every
     process of a deployment with the claim does: a call for a busy account parks at
     registration, and a final status hands the account on."""
-    import tasks
-    from demo import atomic_claim
-
-    live_api.reset("claim test", hold=0.0)
-    monkeypatch.setitem(tasks.app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
-    orchestrator = atomic_claim.AtomicClaimSQLiteOrchestrator(tasks.app)
-    monkeypatch.setattr(tasks.app, "_orchestrator", orchestrator)
-    yield live_api
-    live_api.http.post("/resume")
+    app = stack.tasks.app
+    monkeypatch.setitem(app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
+    monkeypatch.setattr(app, "_orchestrator", atomic_claim.AtomicClaimSQLiteOrchestrator(app))
+    return provider

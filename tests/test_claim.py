@@ -11,7 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,14 +20,14 @@ from pynenc.invocation.dist_invocation import DistributedInvocation
 from pynenc.invocation.status import InvocationStatus as S
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner.runner_context import RunnerContext
-from test_semantics import WAIT, account, history, paused, wait_final, wait_in_flight
 
 import tasks
-from conftest import ROOT, unique
 from demo import atomic_claim, pynenc_versions
 from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
 from demo.processes import wait_until
-from demo.scenarios import Provider, status_of
+from demo.provider import Provider
+from demo.stack import ROOT
+from helpers import WAIT, account, history, paused, status_of, unique, wait_final, wait_in_flight
 
 
 class Pausing:
@@ -106,15 +106,10 @@ class BothChecked(SQLiteOrchestrator):
         return free
 
 
-@pytest.fixture
-def provider(live_api: Provider, monkeypatch: pytest.MonkeyPatch) -> Iterator[Provider]:
-    live_api.reset("claim test", hold=0.0)
-    # No worker runs in these tests: an empty queue means the claimers see only our invocations.
-    tasks.app.broker.purge()
-    # The claim refuses to be built without knowing how long a call may stay in flight.
+@pytest.fixture(autouse=True)
+def claim_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim refuses to be built without knowing how long a call may stay in flight."""
     monkeypatch.setitem(tasks.app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
-    yield live_api
-    live_api.http.post("/resume")
 
 
 def claimer[T: SQLiteOrchestrator](cls: type[T]) -> tuple[T, RunnerContext]:

@@ -10,12 +10,11 @@ import signal
 from collections.abc import Callable
 
 from pynenc.invocation.status import InvocationStatus as S
-from test_semantics import WAIT, account, history, paused, wait_in_flight
 
 import tasks
-from conftest import unique
 from demo.processes import Child, wait_until
-from demo.scenarios import Provider, status_of
+from demo.provider import Provider
+from helpers import WAIT, account, history, paused, status_of, unique, wait_in_flight
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The deploy case waits for no window: the defaults (a 10 s call timeout, a 15 s window).
@@ -101,7 +100,7 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
             # the provider still holds the stale call.
             wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "the second call")
         finally:
-            claim_app.http.post("/resume").raise_for_status()
+            claim_app.resume()
             os.kill(stalled.proc.pid, signal.SIGCONT)
     assert final(call.invocation_id) == [S.SUCCESS]
     # The woken worker's call returns (or times out); what it does next is logged either way.

@@ -5,12 +5,11 @@ from collections.abc import Callable
 
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus as S
-from test_semantics import WAIT, account, history, paused, wait_in_flight
 
 import tasks
-from conftest import unique
 from demo.processes import wait_until
-from demo.scenarios import Provider, status_of
+from demo.provider import Provider
+from helpers import WAIT, account, history, paused, status_of, unique, wait_in_flight
 
 CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
 

@@ -5,43 +5,20 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import ROOT
+from conftest import FinishedRun
 from demo import monitor
-from demo.processes import free_port, stop_children
-from demo_runs import run_sample
+from demo.stack import ROOT
 
 TASKS = {"A": "call_unsafe", "B": "call_keyed", "C": "call_keyed_drop", "D": "refresh_once"}
 IDS_BY_TASK = (
     "import json, tasks; ids = tasks.app.orchestrator.get_task_invocation_ids; "
     "print(json.dumps({name: list(ids(getattr(tasks, name).task_id)) for name in %r}))"
 )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, int]]:
-    """One default sample.py run, its database, and the port its links point at."""
-    tmp_path = tmp_path_factory.mktemp("monitor")
-    port = free_port()
-    result = run_sample(tmp_path, "--no-chart", "--monitor-url", f"http://127.0.0.1:{port}")
-    assert result.returncode == 0, result.stdout + result.stderr
-    yield result.stdout, tmp_path, port
-
-
-@pytest.fixture(scope="module")
-def live_monitor(finished_run: tuple[str, Path, int]) -> Iterator[None]:
-    _, tmp_path, port = finished_run
-    env = {"DEMO_DB": str(tmp_path / "demo.db")}
-    child = monitor.start(port, tmp_path / "logs" / "monitor.log", env, timeout=60)
-    try:
-        yield
-    finally:
-        stop_children([child])
 
 
 def invocations_by_scenario(db: Path) -> dict[str, set[str]]:
@@ -71,15 +48,13 @@ def links(stdout: str) -> dict[str, str]:
 
 @pytest.mark.e2e
 def test_each_link_shows_its_own_scenario_and_no_other(
-    finished_run: tuple[str, Path, int], live_monitor: None
+    finished_run: FinishedRun, live_monitor: str
 ) -> None:
-    stdout, tmp_path, port = finished_run
+    stdout = finished_run.stdout
     found = links(stdout)
     assert sorted(found) == ["A", "B", "C", "D", "all"], stdout
-    assert all(
-        url.startswith(f"http://127.0.0.1:{port}/invocations/timeline?") for url in found.values()
-    )
-    mine = invocations_by_scenario(tmp_path / "demo.db")
+    assert all(url.startswith(f"{live_monitor}/invocations/timeline?") for url in found.values())
+    mine = invocations_by_scenario(finished_run.folder / "demo.db")
     assert [len(mine[k]) for k in "ABCD"] == [12, 12, 12, 3]
 
     for letter in "ABCD":

@@ -7,45 +7,59 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from conftest import ROOT
-from demo.processes import free_port, stop_on_signals, wait_until
-from demo.scenarios import Provider
-from demo_runs import children_of, cmdline, process_state
+import enqueue
+import sample
+from demo.processes import free_port, held_signals, stop_on_signals, stop_signal, wait_until
+from demo.provider import Provider
+from demo.stack import ROOT
+from helpers import children_of, cmdline, process_state, user_env
 
 DEADLINE = 60.0
 
 
 class Running:
-    """A demo script as a live process whose output we can watch while it runs."""
+    """A demo command as a live process whose output we can watch while it runs.
 
-    def __init__(self, script: str, *args: str, tmp_path: Path) -> None:
-        env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "NO_COLOR": "1"}
-        argv = [sys.executable, script, "--db", str(tmp_path / "demo.db"), *args]
+    new_session: in a process group of its own, as a terminal starts a command, so a test can
+    signal the whole group as Ctrl-C does.
+    """
+
+    def __init__(self, argv: list[str], tmp_path: Path, new_session: bool = False) -> None:
         self.proc = subprocess.Popen(
-            argv,
+            [*argv, "--db", str(tmp_path / "demo.db")],
             cwd=ROOT,
-            env=env,
+            env=user_env(tmp_path),
             stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stderr=subprocess.PIPE,
             text=True,
+            start_new_session=new_session,
         )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
+    @staticmethod
+    def _read(stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
 
     @property
     def output(self) -> str:
-        return "".join(self.lines)
+        return "".join(self.out) + self.stderr
 
     def wait_for_line(self, text: str) -> None:
         def seen() -> bool:
@@ -59,20 +73,39 @@ class Running:
         try:
             code = self.proc.wait(timeout=DEADLINE)
         finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=5)
+            self.kill()
+        for reader in self._readers:
+            reader.join(timeout=5)
         return code
+
+    def kill(self) -> None:
+        """Whatever happened, nothing of it is left running."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def sample_py(*args: str) -> list[str]:
+    return [sys.executable, "sample.py", "--port", str(free_port()), *args]
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
-@pytest.mark.parametrize("moment", ["starting", "mid-run"])
+@pytest.mark.parametrize(
+    "sig, code, moment",
+    [
+        (signal.SIGTERM, 143, "starting"),
+        (signal.SIGTERM, 143, "mid-run"),
+        (signal.SIGINT, 130, "starting"),
+        # Ctrl-C mid-run: test_ctrl_c_twice_to_the_process_group_stops_cleanly, as a terminal.
+    ],
+    ids=["starting-SIGTERM", "mid-run-SIGTERM", "starting-Ctrl-C"],
+)
 def test_a_signal_stops_the_demo_and_every_child(
-    tmp_path: Path, sig: signal.Signals, moment: str
+    tmp_path: Path, sig: signal.Signals, code: int, moment: str
 ) -> None:
-    run = Running("sample.py", "--port", str(free_port()), "--rounds", "50", tmp_path=tmp_path)
+    """Exit 128 + the signal's number, as a shell reports a command it stopped: 130 for
+    Ctrl-C, 143 for SIGTERM."""
+    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
     try:
         if moment == "mid-run":
             run.wait_for_line("=== A. ")
@@ -85,14 +118,53 @@ def test_a_signal_stops_the_demo_and_every_child(
             "sample.py's children",
         )
         run.proc.send_signal(sig)
-        code = run.finish()
+        assert run.finish() == code, run.output
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
-    assert code == 130, run.output
+        run.kill()
     assert "interrupted; stopping the API and the workers" in run.output
     for pid in kids:
         assert process_state(pid) in (None, "Z"), f"{cmdline(pid)} (pid {pid}) outlived sample.py"
+
+
+@pytest.mark.e2e
+def test_ctrl_c_twice_to_the_process_group_stops_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C in a terminal signals the command's whole process group: `uv run` and the demo,
+    and uv forwards it to the demo once more. Pressed twice in a row, and once more while the
+    demo stops its children (its API already gone), it must stop every child, say so in one
+    line, exit 130, and show no traceback.
+
+    Checked against mutations, each reverted: a raise inside stop_children (fails every time),
+    and the design before this test (every signal raises, teardown outside the try: it
+    failed every time here, as soon as the last Ctrl-C lands in the teardown).
+    """
+    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port()), "--rounds", "50"]
+    run = Running([*argv, "--hold", "0.1"], tmp_path, new_session=True)
+    try:
+        run.wait_for_line("=== A. ")
+        tree = psutil.Process(run.proc.pid).children(recursive=True)
+        assert len(tree) >= 3, tree  # sample.py, the API and the worker, under uv
+        (api,) = [p for p in tree if "uvicorn" in " ".join(p.cmdline())]
+        os.killpg(run.proc.pid, signal.SIGINT)
+        os.killpg(run.proc.pid, signal.SIGINT)
+        wait_until(lambda: not running(api), DEADLINE, "the API to stop")
+        with contextlib.suppress(ProcessLookupError):  # unless the demo has stopped already
+            os.killpg(run.proc.pid, signal.SIGINT)
+        assert run.finish() == 130, run.output
+    finally:
+        run.kill()
+    assert "Traceback" not in run.output
+    lines = run.stderr.strip().splitlines()
+    assert lines == ["sample.py: interrupted; stopping the API and the workers."], run.stderr
+    gone, alive = psutil.wait_procs(tree, timeout=DEADLINE)
+    assert alive == [], [" ".join(p.cmdline()) for p in alive]
+
+
+def running(proc: psutil.Process) -> bool:
+    """Alive and not a zombie waiting for its parent to reap it."""
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.e2e
@@ -100,7 +172,7 @@ def test_a_signal_stops_the_demo_and_every_child(
 def test_a_child_that_dies_mid_run_is_reported_at_once(
     tmp_path: Path, name: str, marker: str
 ) -> None:
-    run = Running("sample.py", "--port", str(free_port()), "--rounds", "50", tmp_path=tmp_path)
+    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
     try:
         run.wait_for_line("=== A. ")
         kids = children_of(run.proc.pid)
@@ -108,8 +180,7 @@ def test_a_child_that_dies_mid_run_is_reported_at_once(
         os.kill(victim, signal.SIGKILL)
         code = run.finish()
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
+        run.kill()
     assert code == 1, run.output
     assert f"{name} (pid {victim}) exited with code -9" in run.output
     assert "Last lines of" in run.output
@@ -117,66 +188,68 @@ def test_a_child_that_dies_mid_run_is_reported_at_once(
         assert process_state(pid) in (None, "Z"), f"{cmdline(pid)} outlived sample.py"
 
 
-def test_a_port_held_by_another_server_is_refused_without_a_request(tmp_path: Path) -> None:
+def test_a_port_held_by_another_server_is_refused_without_a_request(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path / "logs"))
     with socket.socket() as foreign:
         foreign.bind(("127.0.0.1", 0))
         foreign.listen()
         foreign.setblocking(False)
         port = foreign.getsockname()[1]
-        started = time.monotonic()
-        run = Running("sample.py", "--port", str(port), tmp_path=tmp_path)
-        code = run.finish()
+        code = sample.main(["--port", str(port), "--db", str(tmp_path / "demo.db")])
         with pytest.raises(BlockingIOError):
             foreign.accept()  # nobody connected: the demo never talked to it
-    assert code == 1, run.output
-    assert f"port {port} on 127.0.0.1 is already in use" in run.output
-    assert f"--port {port + 1}" in run.output
-    assert time.monotonic() - started < DEADLINE
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert f"port {port} on 127.0.0.1 is already in use" in err
+    assert f"--port {port + 1}" in err
     assert not (tmp_path / "logs" / "api.log").exists()
 
 
-def enqueue(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEMO_DB": str(tmp_path / "enqueue.db"), "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "enqueue.py", *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-    )
-
-
-def test_enqueue_with_no_api_says_where_it_looked_in_one_line(tmp_path: Path) -> None:
+def test_enqueue_with_no_api_says_where_it_looked_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     port = free_port()
-    result = enqueue(tmp_path, "all", "--port", str(port))
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+    assert enqueue.main(["all", "--port", str(port)]) == 1
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert f"http://127.0.0.1:{port}" in lines[0]
     assert f"uv run uvicorn api_server:app --port {port}" in lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
+    assert "Traceback" not in out + err
 
 
+@pytest.mark.e2e
 def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
     tmp_path: Path, live_api: Provider
 ) -> None:
     port = live_api.base_url.rsplit(":", 1)[1]
-    result = enqueue(tmp_path, "keyed", "--port", port, "--timeout", "2", "--no-chart")
+    result = subprocess.run(
+        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "2", "--no-chart"],
+        cwd=ROOT,
+        # A database of its own: the work nobody picked up must not reach later tests' workers.
+        env={**os.environ, "DEMO_DB": str(tmp_path / "enqueue.db"), "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no runner picked the work up (12 invocations still registered)" in result.stdout
     assert "uv run pynenc --app tasks.app runner start" in result.stdout
     assert "GUARANTEE BROKEN: 12 invocations never finished" in result.stdout
 
 
-@pytest.mark.parametrize("script", ["enqueue.py", "sample.py"])
-def test_unknown_input_prints_usage_and_exits_2(script: str) -> None:
-    args = ["everything"] if script == "enqueue.py" else ["--workers", "0"]
-    result = subprocess.run(
-        [sys.executable, script, *args], cwd=ROOT, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("usage:"), result.stderr
+@pytest.mark.parametrize("script", [enqueue, sample], ids=["enqueue.py", "sample.py"])
+def test_unknown_input_prints_usage_and_exits_2(
+    script: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["everything"] if script is enqueue else ["--workers", "0"]
+    with pytest.raises(SystemExit) as exited:
+        script.main(args)  # type: ignore[attr-defined]
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert err.startswith("usage:"), err
 
 
 def test_a_stop_signal_whose_raise_was_lost_is_raised_at_the_next_poll() -> None:
@@ -189,3 +262,17 @@ def test_a_stop_signal_whose_raise_was_lost_is_raised_at_the_next_poll() -> None
             wait_until(lambda: False, DEADLINE, "a poll that never succeeds")
     # Once the demo is over, nothing of the signal is left behind.
     assert wait_until(lambda: True, DEADLINE, "a poll that succeeds")
+
+
+def test_only_the_first_stop_signal_raises_and_none_cuts_a_teardown_short() -> None:
+    """A second Ctrl-C, or one that comes while children are being stopped, is kept for the
+    exit code and raises nothing."""
+    with stop_on_signals():
+        with pytest.raises(KeyboardInterrupt, match="signal 2"):
+            signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGTERM)  # raises nothing: the first one is on its way
+        assert stop_signal() == signal.SIGINT
+    assert stop_signal() is None
+    with stop_on_signals(), held_signals():
+        signal.raise_signal(signal.SIGTERM)  # inside a teardown: kept, not raised
+        assert stop_signal() == signal.SIGTERM

@@ -1,23 +1,90 @@
-"""Beyond one worker on SQLite: the Redis backend, and several workers, end to end.
+"""Beyond the article's run: the benchmark, the Redis backend, and several workers, end to end.
 
 The Redis runs use `uv run --isolated --group redis`, an environment of their own, so the
-project's default environment stays as a user has it (without the plugin).
+project's default environment stays as a user has it (without the plugin). The long runs only
+count calls and collisions, never time, so they hold each call 0.1 s instead of the article's
+0.4 s, and they run side by side (the `runs` fixture): the same promises, in a fraction of
+the time.
 """
 
 import os
 import shutil
 import socket
 import subprocess
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
 from demo import redis_server
-from demo.processes import stop_children
-from demo_runs import processes_mentioning, run_sample, summaries
+from demo.processes import Child, stop_children
+from demo.stack import ROOT
+from helpers import processes_mentioning, run_sample, summaries
 
 WITH_REDIS = ("--isolated", "--group", "redis")
+# Ready-timeout: several runs boot at once on a small machine.
+SHORT = ("--hold", "0.1", "--no-chart", "--ready-timeout", "120")
+# The long run each test below reads: its flags, and its Redis, if any ("url": a redis-server
+# of its own, named by REDIS_URL; "private": the one sample.py starts itself).
+RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
+    # The smallest bench that prints every figure: one round at a short hold, and a scaled
+    # run of 6 accounts.
+    "bench": (("--bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6"), None),
+    "redis, one worker": (("--backend", "redis", *SHORT), "url"),
+    # On the wake runner, so the same run shows that runner keeps its promises on Redis.
+    "redis, private": (("--backend", "redis", "--runner", "wake", *SHORT), "private"),
+    "three workers": (("--workers", "3", "--rounds", "2", "--timeout", "5", *SHORT), None),
+    "three workers, claim": (("--atomic-claim", "--workers", "3", "--rounds", "2", *SHORT), None),
+    "redis, claim, hosts": (
+        ("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", *SHORT),
+        "url",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    result: subprocess.CompletedProcess
+    folder: Path  # its logs, and its database when on SQLite
+    redis_url: str = ""  # the Redis named by REDIS_URL, if any
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """Every run in RUNS, three at a time: each mostly waits on the provider, so together they
+    take little longer than the longest. Their Redis servers live until the module ends."""
+    redis_here = shutil.which("redis-server") is not None
+    servers: list[Child] = []
+    started = {}
+    try:
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            for name, (args, redis) in RUNS.items():
+                if redis and not redis_here:
+                    continue
+                folder = tmp_path_factory.mktemp(name.replace(", ", "-").replace(" ", "-"))
+                url, env = "", {}
+                if redis == "url":
+                    child, url = redis_server.start_private(folder / "redis" / "redis.log", 30)
+                    servers.append(child)
+                    env = {"REDIS_URL": url}
+                uv_args = WITH_REDIS if redis else ()
+                job = pool.submit(run_sample, folder, *args, uv_args=uv_args, env=env, timeout=400)
+                started[name] = (job, folder, url)
+            yield {
+                name: Run(job.result(), folder, url) for name, (job, folder, url) in started.items()
+            }
+    finally:
+        stop_children(servers)
+
+
+def the_run(runs: dict[str, Run], name: str) -> Run:
+    if name not in runs:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    return runs[name]
 
 
 def redis_keys(url: str) -> int:
@@ -28,43 +95,63 @@ def redis_keys(url: str) -> int:
 
 
 @pytest.mark.e2e
-def test_redis_backend_with_one_worker_keeps_the_key_guarantees(
-    tmp_path: Path, redis_url: str
-) -> None:
-    result = run_sample(
-        tmp_path,
-        "--backend",
-        "redis",
-        "--no-chart",
-        uv_args=WITH_REDIS,
-        env={"REDIS_URL": redis_url},
-    )
+def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
+    """The benchmark is a command, not a timed test: check that it reports, not how fast."""
+    result = runs["bench"].result
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    # The same rounds and scaled run, first on pynenc's ThreadRunner, then on the wake runner.
+    assert out.index("##### thread runner #####") < out.index("##### wake runner #####")
+    assert out.count("=== scaled run: 6 accounts x 4 ops, hold 0.1s ===") == 2
+    assert out.count("scenario      median    floor  efficiency  runs") == 4
+    assert "(wake runner)" in out
+    # Each runner's rounds end in a distribution: min / typical / max per scenario and measure.
+    assert out.count("=== 1 rounds: min / typical / max ===") == 2
+    rows: dict[str, list[str]] = {}
+    for line in out.splitlines():  # the first distribution's rows
+        if line[:2] in ("A.", "B.", "C.", "D."):
+            rows.setdefault(line[:2], line.split())
+    # scenario, key, then calls, collisions, extra, dropped, deduped, late, unfinished
+    assert rows["B."][2:4] == ["12/12/12", "0/0/0"]
+    assert rows["C."][3] == "0/0/0" and rows["D."][3] == "0/0/0"
+    assert all(row[8] == "0/0/0" for row in rows.values())
+    table = out.split("=== thread vs wake: median elapsed (efficiency) ===")[1].splitlines()
+    rows = [line for line in table if line[:2] in ("A.", "B.", "C.", "D.")]
+    assert len(rows) == 8, table  # four scenarios, at the rounds' size and scaled
+    assert all(line.count("%") == 2 for line in rows)
+    assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
+    assert "worker peak memory:" in out and "MiB" in out
+
+
+@pytest.mark.e2e
+def test_redis_backend_with_one_worker_keeps_the_key_guarantees(runs: dict[str, Run]) -> None:
+    run = the_run(runs, "redis, one worker")
+    result = run.result
     assert result.returncode == 0, result.stdout + result.stderr
     found = summaries(result.stdout)
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == 0
     assert found["C"]["calls"] + found["C"]["dropped"] == 12
     assert found["D"]["collisions"] == 0
-    assert redis_keys(redis_url) > 0, "the run should have kept its state in this Redis"
-    assert not (tmp_path / "demo.db").exists(), "Redis runs must not touch SQLite"
+    assert redis_keys(run.redis_url) > 0, "the run should have kept its state in this Redis"
+    assert not (run.folder / "demo.db").exists(), "Redis runs must not touch SQLite"
 
 
 @pytest.mark.e2e
-def test_redis_backend_starts_and_stops_a_private_server(tmp_path: Path) -> None:
+def test_redis_backend_starts_and_stops_a_private_server(runs: dict[str, Run]) -> None:
     """On the wake runner, so the same run shows that runner keeps its promises on Redis."""
-    if shutil.which("redis-server") is None and not os.environ.get("CI"):
-        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    argv = ("--backend", "redis", "--runner", "wake", "--no-chart")
-    result = run_sample(tmp_path, *argv, uv_args=WITH_REDIS)
+    run = the_run(runs, "redis, private")
+    result = run.result
     assert result.returncode == 0, result.stdout + result.stderr
     assert "(wake runner)" in result.stdout
     found = summaries(result.stdout)
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == found["D"]["collisions"] == 0
-    assert (tmp_path / "logs" / "redis.log").exists()
-    assert processes_mentioning(str(tmp_path)) == []
+    assert (run.folder / "logs" / "redis.log").exists()
+    assert processes_mentioning(str(run.folder)) == []
 
 
+@pytest.mark.e2e
 def test_redis_backend_without_the_plugin_says_how_to_get_it(tmp_path: Path) -> None:
     result = run_sample(tmp_path, "--backend", "redis", uv_args=("--isolated",), timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr
@@ -73,59 +160,48 @@ def test_redis_backend_without_the_plugin_says_how_to_get_it(tmp_path: Path) -> 
 
 
 @pytest.mark.e2e
-def test_several_workers_finish_with_a_report_whatever_pynenc_does(tmp_path: Path) -> None:
+def test_several_workers_finish_with_a_report_whatever_pynenc_does(runs: dict[str, Run]) -> None:
     """Per-key control races across runner processes in pynenc 0.3.1 (see README).
 
     Whether this run shows a collision, a crashed runner or nothing, it must end within
     its deadline, print the table, and exit 0 only if every guarantee held.
     """
-    result = run_sample(
-        tmp_path, "--workers", "3", "--rounds", "2", "--timeout", "5", "--no-chart", timeout=400
-    )
-    out = result.stdout
-    assert result.returncode in (0, 1), out + result.stderr
-    assert "=== 2 rounds: min / typical / max ===" in out, out + result.stderr
-    verdict = "OK: every guarantee held" if result.returncode == 0 else "FAILED: "
+    run = runs["three workers"]
+    out = run.result.stdout
+    assert run.result.returncode in (0, 1), out + run.result.stderr
+    assert "=== 2 rounds: min / typical / max ===" in out, out + run.result.stderr
+    verdict = "OK: every guarantee held" if run.result.returncode == 0 else "FAILED: "
     assert verdict in out, out
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(run.folder)) == []
 
 
 @pytest.mark.e2e
-def test_atomic_claim_keeps_every_guarantee_with_three_workers(tmp_path: Path) -> None:
+def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, Run]) -> None:
     """The claim closes the race: with it, several workers must keep every promise, always."""
-    result = run_sample(
-        tmp_path, "--atomic-claim", "--workers", "3", "--rounds", "2", "--no-chart", timeout=400
-    )
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+    run = runs["three workers, claim"]
+    out = run.result.stdout
+    assert run.result.returncode == 0, out + run.result.stderr
     assert "--- sqlite, 3 worker(s); atomic claim on, dead after 15s" in out
     assert "totals: 0 collisions under KEYS (B 0, C 0, D 0)" in out, out
     assert "worker crashes" not in out
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(run.folder)) == []
 
 
 @pytest.mark.e2e
-def test_atomic_claim_on_redis_with_workers_on_separate_hosts(
-    tmp_path: Path, redis_url: str
-) -> None:
-    result = run_sample(
-        tmp_path,
-        *("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", "--no-chart"),
-        uv_args=WITH_REDIS,
-        env={"REDIS_URL": redis_url},
-        timeout=400,
-    )
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
+def test_atomic_claim_on_redis_with_workers_on_separate_hosts(runs: dict[str, Run]) -> None:
+    run = the_run(runs, "redis, claim, hosts")
+    out = run.result.stdout
+    assert run.result.returncode == 0, out + run.result.stderr
     assert "3 worker(s), each from its own copy of the project" in out
-    hosts = sorted(p.name for p in (tmp_path / "logs" / "hosts").iterdir())
+    hosts = sorted(p.name for p in (run.folder / "logs" / "hosts").iterdir())
     assert hosts == ["host-1", "host-2", "host-3"]
     found = summaries(out)
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == found["D"]["collisions"] == 0
-    assert processes_mentioning(str(tmp_path)) == []
+    assert processes_mentioning(str(run.folder)) == []
 
 
+@pytest.mark.e2e
 def test_atomic_claim_refuses_a_pynenc_it_was_not_tested_with(tmp_path: Path) -> None:
     result = run_sample(
         tmp_path,
@@ -143,11 +219,15 @@ def test_atomic_claim_refuses_a_pynenc_it_was_not_tested_with(tmp_path: Path) ->
     assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
 
 
+@pytest.mark.e2e
 def test_the_readmes_redis_commands_leave_the_project_environment_alone() -> None:
-    """pynenc imports every installed plugin at start-up: the plugin must not leak into .venv."""
-    readme = (ROOT / "README.md").read_text().splitlines()
-    commands = [line for line in readme if line.startswith("uv run") and "redis" in line]
-    assert commands, "the README should show how to run on Redis"
+    """pynenc imports every installed plugin at start-up: the plugin must not leak into .venv.
+
+    Every Redis command the README and docs/ show runs in an environment of its own."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    lines = [line for page in pages for line in page.read_text().splitlines()]
+    commands = [line for line in lines if line.startswith("uv run") and "redis" in line]
+    assert commands, "the README and docs/ should show how to run on Redis"
     assert all(c.startswith("uv run --isolated --group redis ") for c in commands), commands
 
     plugin = "import pynenc_redis"
@@ -161,6 +241,7 @@ def test_the_readmes_redis_commands_leave_the_project_environment_alone() -> Non
     assert project.returncode != 0 and "No module named 'pynenc_redis'" in project.stderr
 
 
+@pytest.mark.e2e
 def test_atomic_claim_refuses_a_redis_without_transactions(tmp_path: Path) -> None:
     if shutil.which("redis-server") is None and not os.environ.get("CI"):
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")

@@ -1,11 +1,12 @@
 """What each scenario sends, its physical floor, and how a run is judged against its promise."""
 
 from collections import Counter
+from types import SimpleNamespace
 
 import pytest
 
-from demo import scenarios
-from demo.scenarios import SCENARIOS, Outcome, Shape
+from demo import report, scenarios, settings
+from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
 
 DEFAULT = Shape()
 
@@ -54,9 +55,9 @@ def test_floor(key: str, shape: Shape, floor: float) -> None:
     assert shape.floor(SCENARIOS[key]) == pytest.approx(floor)
 
 
-def outcome(key: str, **fields: object) -> Outcome:
+def outcome(key: str | Scenario, **fields: object) -> Outcome:
     base: dict[str, object] = dict(
-        scenario=SCENARIOS[key],
+        scenario=SCENARIOS[key] if isinstance(key, str) else key,
         shape=DEFAULT,
         enqueued=12,
         invocations=12,
@@ -104,9 +105,9 @@ def test_unfinished_invocations_break_every_scenario() -> None:
 
 
 def test_summary_has_the_articles_shape() -> None:
-    text = outcome(
-        "keyed", per_account={"acme": {"calls": 4, "collisions": 0, "in_flight": 0}}
-    ).summary()
+    text = report.summary(
+        outcome("keyed", per_account={"acme": {"calls": 4, "collisions": 0, "in_flight": 0}})
+    )
     assert "=== B. keyed — running_concurrency=KEYS, reroute=True ===" in text
     assert "  12 enqueued -> 12 calls, 0 collisions, 2.00s (floor 1.60s, 80%)" in text
     assert "  OK acme     calls=4  collisions=0" in text
@@ -115,7 +116,7 @@ def test_summary_has_the_articles_shape() -> None:
 def test_distribution_reports_min_typical_max() -> None:
     runs = [outcome("unsafe", collisions=c) for c in (9, 6, 9)]
     runs.append(outcome("keyed", collisions=1))
-    lines = scenarios.distribution(runs).splitlines()
+    lines = report.distribution(runs).splitlines()
     assert "=== 3 rounds: min / typical / max ===" in lines
     a_row = next(line for line in lines if line.startswith("A."))
     b_row = next(line for line in lines if line.startswith("B."))
@@ -123,3 +124,51 @@ def test_distribution_reports_min_typical_max() -> None:
     assert b_row.endswith("broken in 1 of 1")
     assert not any(line.startswith("C.") for line in lines)
     assert lines[-1].startswith("totals: 1 collisions under KEYS (B 1, C 0, D 0), 0 extra calls")
+
+
+# A scenario is one entry plus its task: this one exists only here. Each account gets the
+# same op twice, keyed and rerouted, so both calls must run, one after the other.
+def twice_each(shape: Shape) -> list[dict[str, str]]:
+    accounts = settings.account_names(shape.accounts)
+    return [{"account_id": a, "op": "sync"} for a in accounts for _ in range(2)]
+
+
+TWICE = Scenario("twice", "Z", "the same op twice, keyed", "sync_twice", twice_each, keyed=True)
+
+
+class SyncTwice:
+    """The entry's task, as tasks.py would define it: here it only counts what it was sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, str]] = []
+
+    def __call__(self, **payload: str) -> SimpleNamespace:
+        self.sent.append(payload)
+        return SimpleNamespace(invocation_id=f"inv-{len(self.sent)}")
+
+
+def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
+    shape = Shape(ops=2)
+    task = SyncTwice()
+    ids, late = scenarios.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
+    assert (len(ids), late) == (6, [])
+    assert task.sent[:2] == [{"account_id": "acme", "op": "sync"}] * 2
+    # Keyed: one account's two calls run in a row, so the floor is two holds.
+    assert shape.floor(TWICE) == pytest.approx(2 * shape.hold)
+
+    per_account = {a: {"calls": 2, "collisions": 0, "in_flight": 0} for a in settings.ACCOUNTS}
+    kept = outcome(TWICE, shape=shape, enqueued=6, invocations=6, calls=6, per_account=per_account)
+    assert kept.broken() == []
+    collided = outcome(TWICE, shape=shape, enqueued=6, invocations=6, calls=6, collisions=1)
+    assert collided.broken() == ["1 collisions under running_concurrency=KEYS"]
+    assert outcome(TWICE, shape=shape, enqueued=6, calls=5).broken() == ["5 calls for 6 enqueued"]
+
+    text = report.summary(kept)
+    assert "=== Z. twice — the same op twice, keyed ===" in text
+    assert "  6 enqueued -> 6 calls, 0 collisions, 2.00s (floor 0.80s, 40%)" in text
+    runs = [kept, collided, outcome("unsafe", collisions=9)]
+    table = report.distribution(runs).splitlines()
+    assert next(line for line in table if line.startswith("Z.")).endswith("broken in 1 of 2")
+    assert table[-1].startswith("totals: 1 collisions under KEYS (B 0, C 0, D 0, Z 1)")
+    assert any(line.startswith("Z. twice") for line in report.efficiency(runs).splitlines())
+    assert report.one_line([kept, collided]) == "Z 6/0  Z 6/1 BROKEN"

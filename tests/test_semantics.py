@@ -6,65 +6,26 @@ Each test uses account names of its own.
 """
 
 import itertools
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import pytest
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
-from conftest import unique
 from demo.processes import wait_until
-from demo.scenarios import Provider, status_of
-
-WAIT = 30.0
-
-
-@pytest.fixture
-def provider(live_api: Provider) -> Iterator[Provider]:
-    live_api.reset("semantics test", hold=0.0)
-    yield live_api
-    live_api.http.post("/resume")
-
-
-@contextmanager
-def paused(provider: Provider) -> Iterator[None]:
-    provider.http.post("/pause").raise_for_status()
-    try:
-        yield
-    finally:
-        provider.http.post("/resume").raise_for_status()
-
-
-def wait_in_flight(provider: Provider, name: str, count: int = 1) -> None:
-    """Until the provider holds count calls for the account (RUNNING comes a moment earlier)."""
-    wait_until(
-        lambda: account(provider, name)["in_flight"] == count,
-        WAIT,
-        f"{count} call(s) in flight for {name}",
-    )
-
-
-def wait_final(*invocation_ids: str) -> list[S]:
-    return [
-        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, WAIT, f"{i} to finish")
-        for i in invocation_ids
-    ]
-
-
-def history(invocation_id: str) -> list[S]:
-    return [h.status_record.status for h in tasks.app.state_backend.get_history(invocation_id)]
-
-
-def account(provider: Provider, name: str) -> dict[str, int]:
-    return provider.report()["accounts"].get(
-        name, {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0}
-    )
-
-
-def calls_for(provider: Provider, name: str) -> list[dict]:
-    return [c for c in provider.timeline() if c["account_id"] == name]
+from demo.provider import Provider
+from helpers import (
+    WAIT,
+    account,
+    calls_for,
+    history,
+    paused,
+    status_of,
+    unique,
+    wait_final,
+    wait_in_flight,
+)
 
 
 def test_registration_dedupe_collapses_duplicates_while_queued(

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from demo import settings
+import enqueue
+import sample
+from demo import options, settings
 from demo.processes import free_port
-from demo.scenarios import Provider
-from demo_runs import processes_mentioning
+from demo.provider import Provider
+from demo.stack import ROOT
+from helpers import processes_mentioning, user_env
 
 BAD = [
     ("DEMO_API_PORT", "abc", "port number"),
@@ -35,41 +37,57 @@ BAD = [
 
 
 def run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    base = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "NO_COLOR": "1"}
-    base.pop("REDIS_URL", None)
     return subprocess.run(
         [sys.executable, *argv],
         cwd=ROOT,
-        env={**base, **env},
+        env={**user_env(tmp_path), **env},
         capture_output=True,
         text=True,
         timeout=120,
     )
 
 
-def refused(result: subprocess.CompletedProcess, *words: str) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
+def refused(code: int | str | None, stderr: str, *words: str) -> None:
+    assert code == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert all(word in lines[0] for word in words), lines[0]
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in stderr
 
 
 @pytest.mark.parametrize("name, value, fits", BAD, ids=[f"{n}={v}" for n, v, _ in BAD])
 def test_a_bad_variable_is_one_line_and_exit_2_before_anything_starts(
-    tmp_path: Path, name: str, value: str, fits: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    value: str,
+    fits: str,
 ) -> None:
+    monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path / "logs"))
+    with pytest.raises(SystemExit) as exited:
+        sample.main(["--port", str(free_port()), "--db", str(tmp_path / "demo.db")])
+    refused(exited.value.code, capsys.readouterr().err, "sample.py:", name, repr(value), fits)
+    assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
+
+
+def test_a_bad_variable_stops_the_command_a_user_types_in_one_line(tmp_path: Path) -> None:
+    """The same refusal from `python sample.py` itself: no traceback, no process, no log."""
     db = str(tmp_path / "demo.db")
-    result = run(["sample.py", "--port", str(free_port()), "--db", db], tmp_path, **{name: value})
-    refused(result, "sample.py:", name, repr(value), fits)
+    result = run(["sample.py", "--port", str(free_port()), "--db", db], tmp_path, DEMO_TIMEOUT="x")
+    refused(result.returncode, result.stderr, "sample.py:", "DEMO_TIMEOUT", "'x'", "seconds")
     assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
     assert processes_mentioning(str(tmp_path)) == []
 
 
-def test_a_database_path_that_cannot_be_created_is_refused_first(tmp_path: Path) -> None:
+def test_a_database_path_that_cannot_be_created_is_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path / "logs"))
     db = str(tmp_path / "missing" / "dir" / "x.db")
-    result = run(["sample.py", "--port", str(free_port()), "--db", db], tmp_path)
-    refused(result, "--db", "DEMO_DB", "does not exist")
+    code = sample.main(["--port", str(free_port()), "--db", db])
+    refused(code, capsys.readouterr().err, "--db", "DEMO_DB", "does not exist")
     assert not (tmp_path / "logs").exists()
 
 
@@ -80,19 +98,49 @@ def test_a_database_path_that_cannot_be_created_is_refused_first(tmp_path: Path)
 )
 def test_the_enqueuer_and_a_worker_check_the_same_rules(tmp_path: Path, argv: list[str]) -> None:
     result = run(argv, tmp_path, DEMO_LOG_LEVEL="loud", DEMO_DB=str(tmp_path / "x.db"))
-    refused(result, "DEMO_LOG_LEVEL='loud'", "debug, info")
+    refused(result.returncode, result.stderr, "DEMO_LOG_LEVEL='loud'", "debug, info")
 
 
-def test_a_flag_follows_the_same_rule_as_its_variable(tmp_path: Path) -> None:
-    result = run(["sample.py", "--port", "abc"], tmp_path)
-    assert result.returncode == 2
-    assert "argument --port: 'abc': expected a port number from 1 to 65535" in result.stderr
+def test_a_flag_follows_the_same_rule_as_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        sample.main(["--port", "abc"])
+    assert exited.value.code == 2
+    assert (
+        "argument --port: 'abc': expected a port number from 1 to 65535" in capsys.readouterr().err
+    )
 
 
 def test_every_knob_has_a_default_that_fits_its_own_rule() -> None:
     parsed = {name: knob.parse(knob.default) for name, knob in settings.KNOBS.items()}
     assert parsed["DEMO_API_PORT"] == 8765 and parsed["DEMO_RUNNER_SLEEP"] == 0.1
     assert settings.problems() == []
+
+
+def test_the_children_get_every_flag_as_the_variable_they_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One function turns sample.py's flags into its children's environment, and each value
+    there passes its knob's own rule."""
+    argv = ["--port", "8799", "--db", "x.db", "--atomic-claim", "--dead-after", "7"]
+    args = sample.parse_args([*argv, "--runner", "wake"])
+    env = options.environment(args)
+    assert {k: env[k] for k in ("DEMO_API_PORT", "DEMO_DB", "DEMO_ATOMIC_CLAIM")} == {
+        "DEMO_API_PORT": "8799",
+        "DEMO_DB": "x.db",
+        "DEMO_ATOMIC_CLAIM": "1",
+    }
+    assert (env["DEMO_DEAD_AFTER"], env["DEMO_RUNNER"], env["DEMO_BACKEND"]) == (
+        "7.0",
+        "wake",
+        "sqlite",
+    )
+    assert "REDIS_URL" not in env and len(env["DEMO_API_INSTANCE"]) == 16
+    for name, value in env.items():
+        if name in settings.KNOBS:
+            settings.KNOBS[name].parse(value)
+    monkeypatch.delenv("REDIS_URL", raising=False)  # a private Redis, then, on a port of its own
+    redis = options.environment(sample.parse_args(["--backend", "redis"]))
+    assert redis["REDIS_URL"].startswith("redis://127.0.0.1:")
 
 
 def in_a_terminal(argv: list[str], timeout: float = 120) -> str:
@@ -136,8 +184,9 @@ def in_a_terminal(argv: list[str], timeout: float = 120) -> str:
 SCALED_A = ["enqueue.py", "unsafe", "--ops", "2", "--hold", "0.02", "--no-chart"]
 
 
+@pytest.mark.e2e
 def test_a_scaled_run_shows_progress_on_a_terminal(
-    live_api: Provider, start_worker: Callable
+    provider: Provider, start_worker: Callable
 ) -> None:
     start_worker()
     seen = in_a_terminal([*SCALED_A, "--accounts", "30", "--no-links"])
@@ -146,20 +195,13 @@ def test_a_scaled_run_shows_progress_on_a_terminal(
 
 
 def test_a_forty_account_summary_stays_short_and_names_who_collided(
-    live_api: Provider, start_worker: Callable
+    provider: Provider, start_worker: Callable, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Piped, as here, a run shows no progress line and, under --no-links, no link."""
     start_worker()
-    result = subprocess.run(
-        [sys.executable, *SCALED_A, "--accounts", "40", "--no-links"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    assert "invocations finished" not in out + result.stderr
+    assert enqueue.main([*SCALED_A[1:], "--accounts", "40", "--no-links"]) == 0
+    out, err = capsys.readouterr()
+    assert "invocations finished" not in out + err
     assert "\x1b[" not in out and "/invocations/timeline" not in out
     summary = out.strip().splitlines()
     assert summary[0] == "=== A. unsafe — no concurrency control ==="

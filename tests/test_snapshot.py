@@ -1,32 +1,38 @@
-"""The README's picture is regenerable: the script draws a real run through the real monitor."""
+"""The README's picture is regenerable: the script draws a real run through the real monitor.
+
+The run is the session's default sample.py run, made as demo/snapshot.py makes its own (a
+private database, NO_COLOR, links to a monitor on a free port); the rest of the script runs
+as it is, a real `pynenc monitor` included.
+"""
 
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
 
-from conftest import ROOT
+from conftest import FinishedRun
 from demo import monitor, snapshot
-from demo_runs import processes_mentioning
+from demo.stack import ROOT
+from helpers import processes_mentioning
 
 
 @pytest.mark.e2e
-def test_the_snapshot_script_draws_all_four_scenarios(tmp_path: Path) -> None:
+def test_the_snapshot_script_draws_all_four_scenarios(
+    tmp_path: Path, finished_run: FinishedRun, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def the_sessions_run(workdir: Path, monitor_port: int) -> str:
+        for db in finished_run.folder.glob("demo.db*"):
+            shutil.copy(db, workdir / db.name)
+        return finished_run.stdout.replace(
+            f"127.0.0.1:{finished_run.monitor_port}/", f"127.0.0.1:{monitor_port}/"
+        )
+
+    monkeypatch.setattr(snapshot, "run_demo", the_sessions_run)
     readme = tmp_path / "README.md"
     shutil.copy(ROOT / "README.md", readme)
-    result = subprocess.run(
-        [sys.executable, "-m", "demo.snapshot", "--out", str(tmp_path / "docs")]
-        + ["--readme", str(readme)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert snapshot.main(["--out", str(tmp_path / "docs"), "--readme", str(readme)]) == 0
 
     svg = (tmp_path / "docs" / "timeline.svg").read_text()
     ElementTree.fromstring(svg)

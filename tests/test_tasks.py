@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
+from pynenc.util.import_app import find_app_instance
 
 import tasks
+from demo.stack import ROOT
 
 DISABLED, KEYS = Mode.DISABLED, Mode.KEYS
 
@@ -45,10 +47,6 @@ def test_app_is_built_as_the_article_says() -> None:
 
 def test_the_monitor_finds_exactly_this_app(monkeypatch: pytest.MonkeyPatch) -> None:
     """`pynenc monitor` scans the folder's top-level files and needs exactly one app."""
-    from pynenc.util.import_app import find_app_instance
-
-    from conftest import ROOT
-
     monkeypatch.chdir(ROOT)
     assert find_app_instance(None).app_id == "concurrency_demo"
 
@@ -60,8 +58,6 @@ def test_the_atomic_claim_is_installed_through_pynencs_configuration(
     claim: str, orchestrator: str, tmp_path: Path
 ) -> None:
     """DEMO_ATOMIC_CLAIM=1 selects the claiming orchestrator by its class name, nothing else."""
-    from conftest import ROOT
-
     probe = "import tasks; print(type(tasks.app.orchestrator).__name__)"
     env = {**os.environ, "DEMO_ATOMIC_CLAIM": claim, "DEMO_DB": str(tmp_path / "t.db")}
     result = subprocess.run(

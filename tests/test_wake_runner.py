@@ -7,14 +7,24 @@ from pathlib import Path
 
 import pytest
 from pynenc.invocation.status import InvocationStatus as S
-from test_semantics import WAIT, account, history, paused, wait_in_flight
 
 import tasks
-from conftest import unique
 from demo import pynenc_versions, wake_runner
 from demo.processes import wait_until
-from demo.scenarios import Provider, status_of
-from demo_runs import process_state, processes_mentioning, run_sample, summaries
+from demo.provider import Provider
+from helpers import (
+    WAIT,
+    account,
+    history,
+    paused,
+    process_state,
+    processes_mentioning,
+    run_sample,
+    status_of,
+    summaries,
+    unique,
+    wait_in_flight,
+)
 
 WAKE = {"DEMO_RUNNER": "wake"}
 

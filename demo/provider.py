@@ -1,0 +1,66 @@
+"""The stand-in provider (api_server.py), seen from outside: the demo's oracle, over HTTP.
+
+Scenarios reset it and read its counts; tests also pause it, so that a call stays in flight
+until they let it end.
+"""
+
+import contextlib
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+
+from demo import settings
+
+
+class ProviderUnreachable(ConnectionError):
+    """The API is not answering where we looked."""
+
+
+class Provider:
+    """The provider's HTTP client: reset, report, timeline, health, pause and resume."""
+
+    def __init__(self, base_url: str | None = None) -> None:
+        self.base_url = base_url or settings.api_url()
+        self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
+
+    def _request(self, method: str, path: str, **params: object) -> dict:
+        try:
+            r = self.http.request(method, path, params=params or None)
+        except httpx.TransportError as exc:
+            port = urlsplit(self.base_url).port
+            raise ProviderUnreachable(
+                f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
+                f"uv run uvicorn api_server:app --port {port}"
+            ) from exc
+        r.raise_for_status()
+        return r.json()
+
+    def reset(self, label: str, hold: float) -> None:
+        """Start a new scenario: forget every count, and hold each call this long."""
+        self._request("POST", "/reset", label=label, hold=hold)
+
+    def report(self) -> dict:
+        return self._request("GET", "/report")
+
+    def timeline(self) -> list[dict[str, object]]:
+        return self._request("GET", "/timeline")["calls"]
+
+    def health(self) -> dict:
+        return self._request("GET", "/health")
+
+    def pause(self) -> None:
+        """Hold every call in flight, however long its hold, until resume()."""
+        self._request("POST", "/pause")
+
+    def resume(self) -> None:
+        self._request("POST", "/resume")
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Calls stay in flight inside the block, and end once it is left, whatever happens."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()

@@ -1,0 +1,192 @@
+"""What a run prints: a scenario's summary, one line per round, the distribution over rounds,
+the efficiency against the floor, runner against runner, and the verdict.
+
+Every function returns text and prints nothing.
+"""
+
+import math
+import statistics
+import time
+from collections import Counter
+
+from pynenc.invocation.status import InvocationStatus
+
+from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
+
+# Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
+# LISTED_AT_MOST of them, and one line for the rest.
+ACCOUNTS_LISTED = 12
+LISTED_AT_MOST = 8
+COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
+
+
+def summary(outcome: Outcome) -> str:
+    """The article's summary of one scenario, with its floor, late calls and broken promises."""
+    o = outcome
+    parts = [f"{o.calls} calls"]
+    if o.dropped:
+        parts[0] += f" ({o.dropped} dropped)"
+    if o.deduped:
+        parts[0] += f" ({o.deduped} deduped)"
+    parts.append(f"{o.collisions} collisions")
+    head = f"  {o.enqueued} enqueued -> {', '.join(parts)}, {o.elapsed:.2f}s"
+    head += f" (floor {o.floor:.2f}s, {o.floor / o.elapsed:.0%})"
+    lines = ["", f"=== {o.scenario.heading} ===", head, *_account_lines(o)]
+    if o.late:
+        lines.append(f"  note: {len(o.late)} late, ran after the first for its key:")
+        lines += [f"    {why}" for why in o.late[:LISTED_AT_MOST]]
+        if len(o.late) > LISTED_AT_MOST:
+            lines.append(f"    ... and {len(o.late) - LISTED_AT_MOST} more")
+    lines += [f"  GUARANTEE BROKEN: {p}" for p in o.broken()]
+    if o.unfinished:
+        lines.append(f"  {unfinished_hint(o.unfinished)}")
+    return "\n".join(lines)
+
+
+def _account_lines(outcome: Outcome) -> list[str]:
+    """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
+
+    def line(name: str, acc: dict[str, int]) -> str:
+        mark = " X" if acc["collisions"] else "OK"
+        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}"
+
+    accounts = outcome.per_account.items()
+    if len(outcome.per_account) <= ACCOUNTS_LISTED:
+        return [line(name, acc) for name, acc in accounts]
+    # Worth a look: a collision, or another number of calls than the ideal run makes
+    # (a late or extra call, a drop that did not happen, a call that never came).
+    each = outcome.scenario.ideal_calls_per_account(outcome.shape)
+    notable = [(n, a) for n, a in accounts if a["collisions"] or a["calls"] != each]
+    lines = [line(name, acc) for name, acc in notable[:LISTED_AT_MOST]]
+    if len(notable) > LISTED_AT_MOST:
+        lines.append(f"  ... and {len(notable) - LISTED_AT_MOST} more accounts like these")
+    if rest := len(outcome.per_account) - len(notable):
+        lines.append(f"  OK {rest} more accounts: calls={each}, collisions=0")
+    return lines
+
+
+def unfinished_hint(unfinished: dict[str, str]) -> str:
+    """Why work is unfinished at the deadline, and what to do about it."""
+    if all(status == InvocationStatus.REGISTERED.value for status in unfinished.values()):
+        return (
+            f"no runner picked the work up ({len(unfinished)} invocations still registered). "
+            "Start one with: uv run pynenc --app tasks.app runner start"
+        )
+    counts = Counter(unfinished.values())
+    shown = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    return f"{len(unfinished)} invocations did not finish in time: {shown}"
+
+
+def one_line(outcomes: list[Outcome]) -> str:
+    """One round in a line: letter, calls/collisions, and anything unusual."""
+    parts = []
+    for o in outcomes:
+        text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
+        if o.late:
+            text += f" late={len(o.late)}"
+        if o.unfinished:
+            text += f" unfinished={len(o.unfinished)}"
+        parts.append(text + ("" if not o.broken() else " BROKEN"))
+    return "  ".join(parts)
+
+
+def _scenarios(outcomes: list[Outcome]) -> list[Scenario]:
+    """The scenarios these outcomes ran, in the order they first ran."""
+    return list(dict.fromkeys(o.scenario for o in outcomes))
+
+
+def _value(outcome: Outcome, column: str) -> int:
+    value = getattr(outcome, column)
+    return len(value) if isinstance(value, list | dict) else value
+
+
+def distribution(outcomes: list[Outcome]) -> str:
+    """Per scenario and measure: min / typical (median) / max over the rounds."""
+    rounds = max(Counter(o.scenario for o in outcomes).values())
+    header = f"{'scenario':<10}" + "".join(f"{c.replace('_calls', ''):>14}" for c in COLUMNS)
+    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
+    for scenario in _scenarios(outcomes):
+        mine = [o for o in outcomes if o.scenario is scenario]
+        cells = []
+        for column in COLUMNS:
+            values = [_value(o, column) for o in mine]
+            cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
+        broken = sum(1 for o in mine if o.broken())
+        note = f"  broken in {broken} of {len(mine)}" if broken else ""
+        lines.append(
+            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
+        )
+    keyed = [o for o in outcomes if o.scenario.keyed]
+    # Every keyed scenario of the demo, even one that did not run, and any other that did.
+    named = dict.fromkeys([*(s for s in SCENARIOS.values() if s.keyed), *_scenarios(keyed)])
+    by_letter = ", ".join(
+        f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}" for s in named
+    )
+    lines.append(
+        f"totals: {sum(o.collisions for o in keyed)} collisions under KEYS ({by_letter}), "
+        f"{sum(o.extra_calls for o in outcomes)} extra calls, "
+        f"{sum(len(o.late) for o in outcomes)} late, "
+        f"{sum(len(o.unfinished) for o in outcomes)} never finished"
+    )
+    return "\n".join(lines)
+
+
+def efficiency(outcomes: list[Outcome]) -> str:
+    """Per scenario: median elapsed against the physical floor."""
+    lines = [f"{'scenario':<11}{'median':>9}{'floor':>9}{'efficiency':>12}{'runs':>6}"]
+    for scenario in _scenarios(outcomes):
+        mine = [o for o in outcomes if o.scenario is scenario]
+        median = statistics.median(o.elapsed for o in mine)
+        floor = mine[0].floor
+        lines.append(
+            f"{scenario.letter}. {scenario.key:<8}{median:>8.2f}s{floor:>8.2f}s"
+            f"{floor / median:>12.0%}{len(mine):>6}"
+        )
+    return "\n".join(lines)
+
+
+def compare(by_runner: dict[str, list[Outcome]]) -> str:
+    """Median elapsed and efficiency per scenario and shape, runner against runner."""
+    names = list(by_runner)
+    first, last = names[0], names[-1]
+
+    def medians(outcomes: list[Outcome]) -> dict[tuple[Scenario, Shape], tuple[float, float]]:
+        grouped: dict[tuple[Scenario, Shape], list[Outcome]] = {}
+        for o in outcomes:
+            grouped.setdefault((o.scenario, o.shape), []).append(o)
+        return {
+            key: (statistics.median(o.elapsed for o in group), group[0].floor)
+            for key, group in grouped.items()
+        }
+
+    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
+    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
+    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
+    for key in table[first]:
+        scenario, shape = key
+        label = f"{scenario.letter}. {scenario.key}"
+        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
+            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
+        cells = []
+        for name in names:
+            median, floor = table[name].get(key, (math.nan, math.nan))
+            cells.append(f"{median:.2f}s ({floor / median:.0%})")
+        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
+        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
+    return "\n".join(lines)
+
+
+def verdict(outcomes: list[Outcome], crashes: list[str]) -> tuple[str, int]:
+    """The crashes, then one line: every guarantee held (exit code 0), or the first broke (1)."""
+    broken = [(o.scenario.letter, p) for o in outcomes for p in o.broken()]
+    broken += [("worker", crash) for crash in crashes]
+    lines = []
+    if crashes:
+        lines += [f"\nworker crashes: {len(crashes)}", *(f"  {crash}" for crash in crashes)]
+    if broken:
+        letter, problem = broken[0]
+        lines.append(f"\nFAILED: {len(broken)} broken guarantee(s); first: {letter}: {problem}")
+        return "\n".join(lines), 1
+    stamp = time.strftime("%H:%M:%S")
+    lines.append(f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {stamp}).")
+    return "\n".join(lines), 0

@@ -1,0 +1,121 @@
+"""Run scenarios and show them: a progress line while each runs, then its summary, its link into
+the monitor and its lane chart. enqueue.py and sample.py show every scenario this way.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import ModuleType
+
+from demo import lanes, progress, report, scenarios, settings
+from demo.monitor import timeline_url
+from demo.provider import Provider
+from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
+from demo.stack import Stack
+
+
+@dataclass(frozen=True)
+class View:
+    """How runs are shown: with lane charts or not, and links into the monitor or not."""
+
+    charts: bool = True
+    monitor_url: str | None = None  # where the links point; None: no links (--no-links)
+    # How to open the monitor on the run's state; None once that state is gone (a private Redis).
+    monitor_command: str | None = "uv run pynenc monitor"
+
+    def link(self, start: float, end: float, what: str = "monitor") -> str:
+        """One line with a link into the monitor's timeline between two epoch times, or ""."""
+        if self.monitor_url is None or self.monitor_command is None:
+            return ""
+        return f"  {what}: {timeline_url(self.monitor_url, start, end)}"
+
+    def whole_run(self, outcomes: list[Outcome]) -> str:
+        return self.link(outcomes[0].window[0], outcomes[-1].window[1], "the whole run")
+
+    def ending(self, outcomes: list[Outcome]) -> str:
+        """A run's last words: the whole run in the monitor and how to open it, or why not."""
+        if self.monitor_url is None:
+            return ""
+        if self.monitor_command is None:
+            return (
+                "\n(no monitor links: the private Redis stopped; set REDIS_URL to keep the state)"
+            )
+        link = self.whole_run(outcomes)
+        return f"\nSee it in pynenc's monitor; start it with: {self.monitor_command}\n{link}"
+
+
+def scenario(
+    scenario: Scenario,
+    shape: Shape,
+    provider: Provider,
+    tasks: ModuleType,
+    timeout: float,
+    view: View,
+    label: str,
+    check: Callable[[], None] | None = None,
+    quiet: bool = False,
+) -> Outcome:
+    """Run one scenario (scenarios.run) and show it; return its outcome.
+
+    On a terminal a progress line named `label` stands in while it runs. Then its summary,
+    its monitor link and its lane chart, as the view says; quiet: only if it broke a promise.
+    """
+    with progress.line(label, provider) as tick:
+        outcome = scenarios.run(scenario, shape, provider, tasks, timeout, check, tick)
+    if not quiet or outcome.broken():
+        print(report.summary(outcome), flush=True)
+        if link := view.link(*outcome.window):
+            print(link, flush=True)
+        if view.charts:
+            print(lanes.render(outcome.timeline), flush=True)
+    return outcome
+
+
+def rounds(
+    stack: Stack, shape: Shape, rounds: int, timeout: float, view: View, quiet: bool = False
+) -> list[Outcome]:
+    """Every scenario, in order, `rounds` times, on the stack's API and workers.
+
+    Each is shown as scenario() shows it: in the first round, and in any round where it broke a
+    promise (quiet: only there). After each of several rounds, one line sums the round up. A
+    worker or the API that dies stops it at once (stack.check), unless a dead worker is
+    replaced; every scenario runs to the end otherwise, whatever it found. It returns every
+    outcome, in the order run; the verdict is the caller's.
+    """
+    outcomes: list[Outcome] = []
+    for round_no in range(1, rounds + 1):
+        this_round = []
+        for each in SCENARIOS.values():
+            stack.where = f"round {round_no}, {each.letter}. {each.key}"
+            label = f"{each.letter}. {each.key}"
+            if rounds > 1:
+                label = f"round {round_no}/{rounds}, {label}"
+            quiet_now = quiet or round_no > 1
+            this_round.append(
+                scenario(
+                    each,
+                    shape,
+                    stack.provider,
+                    stack.tasks,
+                    timeout,
+                    view,
+                    label,
+                    stack.check,
+                    quiet_now,
+                )
+            )
+        outcomes += this_round
+        if rounds > 1:
+            print(f"round {round_no}/{rounds}: {report.one_line(this_round)}", flush=True)
+    return outcomes
+
+
+def monitor_command(env: Mapping[str, str]) -> str:
+    """How to open the monitor on a run's state, which stays where sample.py left it."""
+    command = "uv run pynenc monitor"
+    if env.get("DEMO_BACKEND") == "redis":
+        url = env["REDIS_URL"]
+        return f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis pynenc monitor"
+    db = env.get("DEMO_DB", settings.DEFAULTS["DEMO_DB"])
+    if db != settings.DEFAULTS["DEMO_DB"]:
+        command = f"DEMO_DB={db} {command}"
+    return command

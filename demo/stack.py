@@ -1,0 +1,294 @@
+"""The demo's stack: the API and the workers (and a private Redis), started on the environment
+they are given, checked on every poll, and stopped together whatever happens.
+
+sample.py runs the demo on one; the tests start their API and workers through one too:
+
+    with Stack(env, log_dir) as stack:
+        stack.start(workers=1)          # fresh state, the API and a worker, both ready
+        ...                             # stack.tasks is this process's tasks.py
+"""
+
+import functools
+import importlib
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+from typing import Self
+from urllib.parse import urlsplit
+
+import httpx
+
+from demo import atomic_claim, pynenc_versions, redis_server, settings
+from demo.processes import (
+    Child,
+    ChildDied,
+    DeadlineExceeded,
+    port_in_use,
+    raise_if_stopping,
+    start_child,
+    stop_children,
+    wait_until,
+)
+from demo.provider import Provider, ProviderUnreachable
+
+ROOT = Path(__file__).resolve().parent.parent
+# A worker told to stop gets this much longer than its drain deadline before it is killed.
+STOP_MARGIN_SECONDS = 3.0
+# What ends a run with exit code 1 and one explanation (Stack.explain).
+FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, httpx.HTTPError, redis_server.NoRedis)
+
+
+class Refused(Exception):
+    """The demo cannot run with these settings here: what to say, and the exit code to end with."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def preflight(host: str, port: int, backend: str, db: str, claim: bool) -> None:
+    """Raise Refused, before anything starts, for a busy port (1), a database SQLite cannot
+    create (2), or an atomic claim on a pynenc it was not tested with (2)."""
+    if port_in_use(host, port):
+        raise Refused(
+            f"port {port} on {host} is already in use, maybe by an API left running "
+            f"in another terminal.\nStop that process, or choose another port: "
+            f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
+            1,
+        )
+    if backend == "sqlite" and (why := settings.db_problem(db)):
+        raise Refused(f"--db (DEMO_DB) {db!r}: {why}", 2)
+    if claim and not (backend == "redis" and not redis_server.has_plugin()):
+        # (Without the plugin, Stack.start says how to get it.)
+        try:
+            pynenc_versions.check("atomic claim", backend)
+        except pynenc_versions.UntestedVersion as exc:
+            raise Refused(f"--atomic-claim: {exc}", 2) from None
+
+
+def fresh_sqlite(path: str) -> None:
+    """Each run starts from an empty database: no invocation of an earlier run can leak in."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(path + suffix).unlink(missing_ok=True)
+
+
+class Stack:
+    """The API and the workers of one run. Leaving the `with` block stops every child.
+
+    env: the settings the children are built from (demo/options.py), on top of this process's.
+    hosts: start each worker from its own copy of the project, as on a machine of its own.
+    private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
+    """
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        log_dir: Path,
+        *,
+        ready_timeout: float = 30.0,
+        hosts: bool = False,
+        private_redis: bool = False,
+        cwd: Path | None = None,
+    ) -> None:
+        self.env = dict(env)
+        self.log_dir, self.ready_timeout, self.cwd = log_dir, ready_timeout, cwd
+        self.hosts, self.private_redis = hosts, private_redis
+        self.started: list[Child] = []  # every child ever started: all are stopped at the end
+        self.api: Child | None = None
+        self.workers: list[Child] = []  # the live ones
+        self.replace_dead = False
+        self.crashes: list[str] = []
+        self.where = ""  # what the run is doing, for a crash report
+        self._lives: Counter[int] = Counter()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def setting(self, name: str) -> str:
+        return self.env.get(name) or settings.get(name)
+
+    @functools.cached_property
+    def tasks(self) -> ModuleType:
+        """tasks.py in this process, imported on first use.
+
+        tasks.py builds its app from the environment as it is imported, as the article's does,
+        so a script imports it only once its environment holds the run's settings. sample.py
+        puts them there (demo/options.py) before its stack starts; this is where it is imported.
+        """
+        return importlib.import_module("tasks")
+
+    @functools.cached_property
+    def provider(self) -> Provider:
+        return Provider(f"http://{self.setting('DEMO_API_HOST')}:{self.setting('DEMO_API_PORT')}")
+
+    def start(self, workers: int) -> None:
+        """Fresh state, then the API and `workers` workers, booting side by side; back once the
+        API answers with this run's token and every worker has sent its first heartbeat.
+        With several workers, one that dies later is replaced (see check)."""
+        self.replace_dead = workers > 1
+        if self.setting("DEMO_BACKEND") == "redis":
+            self._redis()
+            # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them first.
+            self.tasks.app.purge()
+        else:
+            fresh_sqlite(self.setting("DEMO_DB"))
+        host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
+        argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", port]
+        # Warnings only: the log then holds just the provider's call lines.
+        argv += ["--no-access-log", "--log-level", "warning"]
+        self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
+        fresh = [self._spawn_worker() for _ in range(workers)]
+        # The children boot while this process imports tasks.py (runner_ids) and polls.
+        self._wait_ready(fresh, earlier=frozenset())
+
+    def add_workers(self, count: int = 1, env: Mapping[str, str] | None = None) -> list[Child]:
+        """`count` more workers, with `env` on top of the stack's; back once each has sent its
+        first heartbeat (runners alive before do not count)."""
+        earlier = self.runner_ids()
+        fresh = [self._spawn_worker(env=env) for _ in range(count)]
+        self._wait_ready(fresh, earlier)
+        return fresh
+
+    def replace_workers(self, **changes: str) -> None:
+        """Stop the live workers and start as many fresh ones with `changes` in their
+        environment (--bench: the next runner), on the same API and state. Their crash list
+        starts empty."""
+        earlier, count = self.runner_ids(), len(self.workers)
+        self.stop(self.workers)
+        self.env.update(changes)
+        self.crashes = []
+        fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
+        self._wait_ready(fresh, earlier)
+
+    def check(self) -> None:
+        """Called on every poll: the API must live; a worker that dies is reported at once.
+
+        With one worker, nothing is left to run the work and the run stops. With several, a
+        stress run measures N workers, so the dead one is replaced, as a supervisor would, and
+        the crash goes into the report.
+        """
+        raise_if_stopping()
+        if self.api is not None:
+            self.api.check_alive()
+        for worker in [w for w in self.workers if w.proc.poll() is not None]:
+            self.workers.remove(worker)
+            try:
+                worker.check_alive()
+            except ChildDied as exc:
+                print(f"\n{exc}", flush=True)
+            error = worker.last_error() or f"exit code {worker.proc.returncode}"
+            self.crashes.append(f"{worker.name} died during {self.where}: {error}")
+            if self.replace_dead:
+                self._spawn_worker(_number(worker))
+        if not self.workers:
+            raise ChildDied("no worker is left to run the work")
+
+    def explain(self, exc: Exception) -> str:
+        """A request that failed because a child died is best explained by the death."""
+        if isinstance(exc, ConnectionError | httpx.HTTPError):
+            for child in self.started:
+                try:
+                    child.check_alive()
+                except ChildDied as died:
+                    return str(died)
+        return str(exc)
+
+    def api_log(self) -> str:
+        """The provider's own call log so far."""
+        assert self.api is not None, "the API was never started"
+        self.api.log.flush()
+        return self.api.log_path.read_text(errors="replace").strip()
+
+    def runner_ids(self) -> frozenset[str]:
+        """The runners with a live heartbeat in pynenc's orchestrator."""
+        return frozenset(r.runner_id for r in self.tasks.app.orchestrator.get_active_runners())
+
+    def stop(self, children: list[Child] | None = None) -> None:
+        """Stop these children (by default every one started); a stop signal waits meanwhile."""
+        stopping = list(self.started if children is None else children)
+        try:
+            stop_children(stopping)
+        except KeyboardInterrupt:  # the first stop signal, a moment before signals were held
+            stop_children(stopping)
+        self.workers = [worker for worker in self.workers if worker not in stopping]
+
+    def _start(self, name: str, argv: list[str], log: Path, cwd: Path | None) -> Child:
+        child = start_child(name, argv, log, env=self.env, cwd=cwd)
+        self.started.append(child)
+        return child
+
+    def _spawn_worker(
+        self, number: int | None = None, env: Mapping[str, str] | None = None
+    ) -> Child:
+        """Worker `number` (the next new one by default); a restart keeps the earlier log."""
+        number = number or max(self._lives, default=0) + 1
+        self._lives[number] += 1
+        life = self._lives[number]
+        argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+        log = self.log_dir / (
+            f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
+        )
+        cwd = self._separate_host(number) if self.hosts else self.cwd
+        env = {**self.env, **(env or {})}
+        # A stopping worker may drain its calls (demo/drain.py): wait for that before killing.
+        drain = float(env.get("DEMO_CALL_TIMEOUT") or settings.get("DEMO_CALL_TIMEOUT"))
+        grace = drain + settings.DRAIN_MARGIN_SECONDS + STOP_MARGIN_SECONDS
+        child = start_child(f"worker {number}", argv, log, env=env, cwd=cwd, grace=grace)
+        self.started.append(child)
+        self.workers.append(child)
+        return child
+
+    def _separate_host(self, number: int) -> Path:
+        """A copy of the project for worker `number`, as if it ran on a machine of its own."""
+        host = (self.log_dir / "hosts" / f"host-{number}").resolve()
+        shutil.rmtree(host, ignore_errors=True)
+        host.mkdir(parents=True)
+        shutil.copy2(ROOT / "tasks.py", host / "tasks.py")
+        shutil.copytree(ROOT / "demo", host / "demo", ignore=shutil.ignore_patterns("__pycache__"))
+        return host
+
+    def _redis(self) -> None:
+        """The Redis this run keeps its state in: a private one if asked, usable by the claim."""
+        if not redis_server.has_plugin():
+            raise redis_server.NoRedis(redis_server.PLUGIN_HINT)
+        url = self.setting("REDIS_URL")
+        if self.private_redis:
+            log, port = self.log_dir / "redis.log", urlsplit(url).port
+            child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
+            self.started.append(child)
+        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := atomic_claim.check_redis(url)):
+            raise Refused(f"--atomic-claim: {why}", 2)
+
+    def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:
+        """Until the API answers with this run's token and each fresh worker has a heartbeat."""
+        token = self.env.get("DEMO_API_INSTANCE", "")
+
+        def api_is_ours() -> bool:
+            try:
+                return self.provider.health().get("instance") == token
+            except ProviderUnreachable:
+                return False
+
+        def all_alive() -> None:
+            for child in ([self.api] if self.api else []) + fresh:
+                child.check_alive()
+
+        api = f"the API at {self.provider.base_url}"
+        wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
+        # A runner counts as up once it has written its first heartbeat to the orchestrator.
+        wait_until(
+            lambda: len(self.runner_ids() - earlier) >= len(fresh),
+            self.ready_timeout,
+            f"{len(fresh)} worker(s) to register as active runners",
+            check=all_alive,
+        )
+
+
+def _number(worker: Child) -> int:
+    return int(worker.name.split()[-1])

@@ -1,0 +1,158 @@
+"""What the tests share besides fixtures: running sample.py as a user types it and reading its
+summaries back, looking at processes, and the provider and pynenc's state seen from a test.
+"""
+
+import os
+import re
+import subprocess
+import uuid
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import psutil
+from pynenc.invocation.status import InvocationStatus as S
+
+import tasks
+from demo.processes import free_port, wait_until
+from demo.provider import Provider
+from demo.stack import ROOT
+
+WAIT = 30.0
+SUMMARY = re.compile(
+    r"  (?P<enqueued>\d+) enqueued -> (?P<calls>\d+) calls"
+    r"(?: \((?P<dropped>\d+) dropped\))?(?: \((?P<deduped>\d+) deduped\))?"
+    r", (?P<collisions>\d+) collisions, [\d.]+s \(floor [\d.]+s, \d+%\)"
+)
+
+
+def unique(prefix: str = "acct") -> str:
+    """An account name no other test uses, so tests never see each other's calls."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+# --- sample.py as a user runs it -----------------------------------------------------------
+
+
+def run_sample(
+    tmp_path: Path,
+    *args: str,
+    uv_args: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
+    timeout: float = 240,
+) -> subprocess.CompletedProcess:
+    """`uv run [uv_args] python sample.py ...` on a free port, a private db and log folder."""
+    argv = ["uv", "run", *uv_args, "python", "sample.py", "--port", str(free_port())]
+    argv += ["--db", str(tmp_path / "demo.db"), *args]
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        env={**user_env(tmp_path), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def user_env(tmp_path: Path) -> dict[str, str]:
+    """A user's environment, with logs in tmp_path, no colour and no Redis of the test's."""
+    env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs"), "NO_COLOR": "1"}
+    env.pop("REDIS_URL", None)
+    return env
+
+
+def summaries(stdout: str) -> dict[str, dict[str, int]]:
+    """The first summary line of each scenario, by letter."""
+    found: dict[str, dict[str, int]] = {}
+    letter = None
+    for line in stdout.splitlines():
+        if m := re.match(r"=== ([A-Z])\. ", line):
+            letter = m.group(1)
+        elif (m := SUMMARY.fullmatch(line)) and letter and letter not in found:
+            found[letter] = {k: int(v or 0) for k, v in m.groupdict().items()}
+            letter = None
+    return found
+
+
+# --- processes ---------------------------------------------------------------------------
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of pid ("Z": a zombie), or None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def children_of(pid: int) -> list[int]:
+    try:
+        return [child.pid for child in psutil.Process(pid).children()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
+
+
+def processes_mentioning(marker: str) -> list[str]:
+    """Live processes whose command line or environment holds marker: leaks, if any."""
+    found = []
+    for proc in psutil.process_iter():
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            words = [*proc.cmdline(), *proc.environ().values()]
+        except psutil.Error:
+            continue
+        if any(marker in word for word in words):
+            found.append(f"{proc.pid} {' '.join(proc.cmdline())}")
+    return found
+
+
+# --- the provider and pynenc's state, from a test -----------------------------------------
+
+
+def paused(provider: Provider) -> AbstractContextManager[None]:
+    """Inside, the provider's calls stay in flight; they end once the block is left."""
+    return provider.paused()
+
+
+def account(provider: Provider, name: str) -> dict[str, int]:
+    return provider.report()["accounts"].get(
+        name, {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0}
+    )
+
+
+def calls_for(provider: Provider, name: str) -> list[dict]:
+    return [c for c in provider.timeline() if c["account_id"] == name]
+
+
+def wait_in_flight(provider: Provider, name: str, count: int = 1) -> None:
+    """Until the provider holds count calls for the account (RUNNING comes a moment earlier)."""
+    wait_until(
+        lambda: account(provider, name)["in_flight"] == count,
+        WAIT,
+        f"{count} call(s) in flight for {name}",
+    )
+
+
+def status_of(invocation_id: str) -> S:
+    return tasks.app.orchestrator.get_invocation_status(invocation_id)
+
+
+def wait_final(*invocation_ids: str) -> list[S]:
+    return [
+        wait_until(lambda i=i: (s := status_of(i)).is_final() and s, WAIT, f"{i} to finish")
+        for i in invocation_ids
+    ]
+
+
+def history(invocation_id: str) -> list[S]:
+    return [h.status_record.status for h in tasks.app.state_backend.get_history(invocation_id)]
