@@ -86,8 +86,10 @@ app = FastAPI(title="Demo provider")
 state = Provider()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
-# Set by /pause: calls then stay inside their in-flight window until /resume.
+# Set by /pause: calls then stay inside their in-flight window until /resume; by
+# /pause?account_id=..., only that account's calls do.
 paused = False
+paused_accounts: set[str] = set()
 PAUSE_POLL_SECONDS = 0.01
 
 
@@ -118,7 +120,7 @@ async def call(
         await asyncio.sleep(seconds)
         # A paused provider keeps the call in flight, up to a deadline: it never hangs.
         deadline = time.monotonic() + MAX_HOLD_SECONDS
-        while paused and time.monotonic() < deadline:
+        while (paused or account_id in paused_accounts) and time.monotonic() < deadline:
             await asyncio.sleep(PAUSE_POLL_SECONDS)
     finally:
         async with lock:
@@ -190,10 +192,14 @@ async def timeline() -> dict[str, object]:
 
 
 @app.post("/pause")
-async def pause() -> dict[str, bool]:
-    """Hold every call in flight until /resume: lets tests choose when a call ends."""
+async def pause(account_id: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, bool]:
+    """Hold every call in flight (or only this account's) until /resume: lets tests and the
+    fault harness choose when a call ends."""
     global paused
-    paused = True
+    if account_id is None:
+        paused = True
+    else:
+        paused_accounts.add(account_id)
     return {"paused": True}
 
 
@@ -201,6 +207,7 @@ async def pause() -> dict[str, bool]:
 async def resume() -> dict[str, bool]:
     global paused
     paused = False
+    paused_accounts.clear()
     return {"paused": False}
 
 

@@ -49,17 +49,21 @@ class Provider:
     def health(self) -> dict:
         return self._request("GET", "/health")
 
-    def pause(self) -> None:
-        """Hold every call in flight, however long its hold, until resume()."""
-        self._request("POST", "/pause")
+    def pause(self, account_id: str | None = None) -> None:
+        """Hold every call in flight (or only this account's), however long its hold, until
+        resume()."""
+        self._request(
+            "POST", "/pause", **({} if account_id is None else {"account_id": account_id})
+        )
 
     def resume(self) -> None:
         self._request("POST", "/resume")
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """Calls stay in flight inside the block, and end once it is left, whatever happens."""
-        self.pause()
+    def paused(self, account_id: str | None = None) -> Iterator[None]:
+        """Calls (or only this account's) stay in flight inside the block, and end once it is
+        left, whatever happens."""
+        self.pause(account_id)
         try:
             yield
         finally:

@@ -180,3 +180,20 @@ def test_without_a_newer_token_an_overlap_is_still_a_collision(
     assert _fenced_pair(*tokens) == ["ok", "collision"]
     report = client.get("/report").json()
     assert (report["collisions"], report["fenced"]) == (1, 0)
+
+
+def test_pausing_one_account_holds_only_its_calls(client: TestClient) -> None:
+    async def scenario() -> tuple[dict, list[str]]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            await c.post("/pause", params={"account_id": "acme"})
+            held = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0}))
+            free = await c.post("/call/globex/one", params={"hold": 0})  # not held: it ends
+            report = (await c.get("/report")).json()
+            await c.post("/resume")
+            return report, [free.json()["outcome"], (await held).json()["outcome"]]
+
+    report, outcomes = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert report["accounts"]["acme"]["in_flight"] == 1
+    assert report["accounts"]["globex"]["in_flight"] == 0
+    assert outcomes == ["ok", "ok"]

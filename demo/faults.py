@@ -1,0 +1,237 @@
+"""Faults, measured: what a deploy, a killed or stalled worker, a call longer than its timeout
+and a dropped Redis connection do to one call per account, with the claim on or off.
+
+Run it: uv run python -m demo.faults        (--runs N, --stock, --backend redis, --only NAME)
+
+Two workers run four calls for one account with call_keyed (the provider serves each for 1 s),
+so exactly one call is in flight at a time. Each run hits the worker that holds it, in the
+middle of the call, then waits for the four invocations to end, up to a deadline, and counts
+what the provider saw: collisions (two calls applied at once), double calls (one invocation's
+call applied twice, one after the other), calls fenced by their token, invocations that
+failed, and invocations lost (never ended).
+The windows are short so that a run takes seconds: a silent runner is dead after 3 s, a
+call times out after 2 s. docs/faults.md has the tables this printed.
+"""
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from demo import redis_server
+from demo.processes import Child, free_port, stop_on_signals, wait_until
+from demo.stack import FAILURES, Stack
+
+OPS = ("op1", "op2", "op3", "op4")
+HOLD = 1.0  # how long the provider takes over a call: less than the call timeout
+DEAD_AFTER, CALL_TIMEOUT = 3.0, 2.0
+# How long a stalled worker, a paused provider or a cut Redis link lasts: past the window.
+PAST_THE_WINDOW = DEAD_AFTER + 2.0
+DEADLINE = 30.0  # for a run's invocations to end once the fault is over
+
+
+@dataclass
+class Run:
+    stack: Stack
+    victim: Child  # the worker holding a call that the provider is serving
+    account: str  # the account of that call
+    victim_name: str  # its Redis client name
+
+    def wait(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
+        """Let `seconds` pass (the fault's length), or less once `until` holds."""
+        ends = time.monotonic() + seconds
+        wait_until(lambda: until() or time.monotonic() >= ends, seconds + 5, "the fault to end")
+
+    def successor(self) -> None:
+        """Until the provider sees the account's next call (its turn came, or the cut call ran
+        again), past the window at most."""
+        report = self.stack.provider.report
+        self.wait(PAST_THE_WINDOW + 5, lambda: report()["accounts"][self.account]["calls"] >= 2)
+
+
+def deploy(run: Run) -> None:
+    """SIGTERM, and the new version starts, as a deploy does."""
+    os.killpg(run.victim.proc.pid, signal.SIGTERM)
+    add_worker(run.stack)
+
+
+def kill(run: Run) -> None:
+    os.killpg(run.victim.proc.pid, signal.SIGKILL)
+    run.victim.proc.wait(DEADLINE)
+    add_worker(run.stack)
+
+
+def kill_while_served(run: Run) -> None:
+    """The provider goes on serving the cut call until the account's next call arrives."""
+    with run.stack.provider.paused(run.account):
+        kill(run)
+        run.successor()
+
+
+def stall(run: Run) -> None:
+    os.kill(run.victim.proc.pid, signal.SIGSTOP)
+    try:
+        run.wait(PAST_THE_WINDOW)
+    finally:
+        os.kill(run.victim.proc.pid, signal.SIGCONT)
+
+
+def stall_while_served(run: Run) -> None:
+    os.kill(run.victim.proc.pid, signal.SIGSTOP)
+    try:
+        with run.stack.provider.paused(run.account):
+            run.successor()
+    finally:
+        os.kill(run.victim.proc.pid, signal.SIGCONT)
+
+
+def slow_call(run: Run) -> None:
+    """The provider serves the call past its timeout, until the account's next call."""
+    with run.stack.provider.paused(run.account):
+        run.successor()
+
+
+def redis_cut(run: Run) -> None:
+    """The victim's connections to Redis are cut, again and again, past the window."""
+    import redis  # only with --backend redis, under `uv run --isolated --group redis`
+
+    client = redis.Redis.from_url(run.stack.setting("REDIS_URL"))
+    ends = time.monotonic() + PAST_THE_WINDOW
+
+    def cut() -> bool:
+        for entry in client.client_list():
+            if entry.get("name") == run.victim_name:
+                client.client_kill_filter(_id=entry["id"])
+        return time.monotonic() >= ends
+
+    try:
+        wait_until(cut, PAST_THE_WINDOW + 5, "the cut to last past the window")
+    finally:
+        client.close()
+
+
+FAULTS: dict[str, Callable[[Run], None]] = {
+    "deploy (SIGTERM mid-call)": deploy,
+    "SIGKILL mid-call": kill,
+    "SIGKILL mid-call, the call still served": kill_while_served,
+    "SIGSTOP past the window": stall,
+    "SIGSTOP past the window, the call still served": stall_while_served,
+    "a call served past its timeout": slow_call,
+    "Redis connection cut past the window": redis_cut,
+}
+REDIS_ONLY = {"Redis connection cut past the window"}
+# Each worker's Redis client name, by pid: a cut must find the victim's connections.
+NAMES: dict[int, str] = {}
+
+
+def add_worker(stack: Stack) -> Child:
+    """One more worker, named on Redis so that its connections can be told apart."""
+    name = f"worker-{secrets.token_hex(3)}"
+    env = None
+    if stack.setting("DEMO_BACKEND") == "redis":
+        env = {"REDIS_URL": f"{stack.setting('REDIS_URL')}?client_name={name}"}
+    (worker,) = stack.add_workers(1, env)
+    NAMES[worker.proc.pid] = name
+    return worker
+
+
+def one_run(stack: Stack, fault: str, number: int) -> Counter[str]:
+    """One run of one fault; what it cost, counted."""
+    provider, tasks = stack.provider, stack.tasks
+    provider.reset(f"fault: {fault}, run {number}", hold=HOLD)
+    account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
+    ids = [tasks.call_keyed(account, op).invocation_id for op in OPS]
+    victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
+    FAULTS[fault](Run(stack, victim, account, NAMES.get(victim.proc.pid, "")))
+    stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
+    ends = time.monotonic() + DEADLINE
+    pending = set(ids)
+    while pending and time.monotonic() < ends:
+        stack.check()
+        pending -= set(tasks.app.orchestrator.filter_final(list(pending)))
+        time.sleep(0.05)
+    statuses = Counter(tasks.app.orchestrator.get_invocation_status(i).value for i in ids)
+    report = provider.report()
+    applied = Counter((c["account_id"], c["op"]) for c in provider.timeline() if not c["fenced"])
+    stack.crashes.clear()
+    return Counter(
+        collisions=report["collisions"],
+        double=sum(1 for n in applied.values() if n > 1),
+        fenced=report["fenced"],
+        failed=statuses["failed"],
+        lost=len(pending),
+    )
+
+
+def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
+    """The worker holding the call that the provider is serving right now."""
+    if not any(c["end"] is None and not c["fenced"] for c in stack.provider.timeline()):
+        return None
+    for invocation_id in ids:
+        record = stack.tasks.app.orchestrator.get_invocation_status_record(invocation_id)
+        if record.status.value == "running" and record.runner_id is not None:
+            context = stack.tasks.app.state_backend.get_runner_context(record.runner_id)
+            return next((w for w in stack.workers if context and w.proc.pid == context.pid), None)
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of each fault (default 5)")
+    parser.add_argument("--stock", action="store_true", help="without the claim: stock pynenc")
+    parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument("--only", choices=list(FAULTS), action="append", help="this fault only")
+    args = parser.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="faults-"))
+    env = {
+        "DEMO_API_PORT": str(free_port()),
+        "DEMO_API_INSTANCE": secrets.token_hex(8),
+        "DEMO_BACKEND": args.backend,
+        "DEMO_DB": str(folder / "faults.db"),
+        "DEMO_ATOMIC_CLAIM": "0" if args.stock else "1",
+        "DEMO_DEAD_AFTER": f"{DEAD_AFTER:g}",
+        "DEMO_CALL_TIMEOUT": f"{CALL_TIMEOUT:g}",
+        "DEMO_LOG_LEVEL": "warning",
+    }
+    if args.backend == "redis":
+        env["REDIS_URL"] = redis_server.private_url()
+    os.environ.update(env)  # this process's app, which enqueues, is built like the workers'
+    faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
+    claim = "off (stock pynenc)" if args.stock else "on"
+    print(
+        f"--- {args.backend}, 2 workers, atomic claim {claim}; the provider serves a call "
+        f"{HOLD:g}s, a call times out after {CALL_TIMEOUT:g}s, a runner silent {DEAD_AFTER:g}s "
+        f"is dead; {args.runs} run(s) of each fault"
+    )
+    print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
+    with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
+        try:
+            s.start(workers=0)
+            for fault in faults:
+                total: Counter[str] = Counter()
+                for number in range(1, args.runs + 1):
+                    while len(s.workers) < 2:
+                        add_worker(s)
+                    total += one_run(s, fault, number)
+                print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)
+        except KeyboardInterrupt:
+            print("\nfaults: interrupted; stopping the API and the workers", file=sys.stderr)
+            return 130
+        except FAILURES as exc:
+            print(f"faults: {s.explain(exc)}", file=sys.stderr)
+            return 1
+    print(f"(logs in {folder / 'logs'})")
+    return 0
+
+
+COLUMNS = ("collisions", "double", "fenced", "failed", "lost")
+
+if __name__ == "__main__":
+    sys.exit(main())
