@@ -163,6 +163,8 @@ OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 MAX_THREADS = 8
+# MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
+PROCESSES = 2
 
 
 def get(name: str) -> str:
@@ -180,6 +182,11 @@ def dead_after() -> float:
 
 def runner_sleep() -> float:
     return float(value("DEMO_RUNNER_SLEEP"))  # type: ignore[arg-type]
+
+
+def slots_per_worker(runner: str) -> int:
+    """How many calls one worker of this runner runs at once, for the floor."""
+    return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)
 
 
 def api_url() -> str:
