@@ -188,12 +188,12 @@ class Outcome:
 def enqueue(scenario: Scenario, shape: Shape, tasks: ModuleType) -> tuple[list[str], list[str]]:
     """Send every payload; return the distinct invocation ids and the late duplicates."""
     task = getattr(tasks, scenario.task)
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # in enqueue order
     first_for: dict[str, str] = {}
     late: list[str] = []
     for payload in shape.payloads(scenario):
         inv = task(**payload)
-        if inv.invocation_id in first_for.values():  # a ReusedInvocation: merged at registration
+        if inv.invocation_id in ids:  # a ReusedInvocation: merged into one already registered
             continue
         account = payload["account_id"]
         if scenario.dedupes and account in first_for:
@@ -201,8 +201,8 @@ def enqueue(scenario: Scenario, shape: Shape, tasks: ModuleType) -> tuple[list[s
             earlier = tasks.app.orchestrator.get_invocation_status(first_for[account]).value
             late.append(f"{account}: new invocation, the earlier one was already {earlier}")
         first_for.setdefault(account, inv.invocation_id)
-        ids.append(inv.invocation_id)
-    return ids, late
+        ids[inv.invocation_id] = None
+    return list(ids), late
 
 
 def wait_finished(
