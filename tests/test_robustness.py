@@ -233,7 +233,7 @@ def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
 ) -> None:
     port = live_api.base_url.rsplit(":", 1)[1]
     result = subprocess.run(
-        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "2", "--no-chart"],
+        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "1", "--no-chart"],
         cwd=ROOT,
         # A database of its own: the work nobody picked up must not reach later tests' workers.
         env={**os.environ, "DEMO_DB": str(tmp_path / "enqueue.db"), "NO_COLOR": "1"},
