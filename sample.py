@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
-    if not 1 <= (args.rounds or 1) <= 1000 or not 1 <= args.workers <= 16:
+    if args.rounds is not None and not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
     bench.refuse_bad_arguments(parser, args)
     if args.hosts and args.backend != "redis":

@@ -247,11 +247,14 @@ def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
     assert "GUARANTEE BROKEN: 12 invocations never finished" in result.stdout
 
 
-@pytest.mark.parametrize("script", [enqueue, sample], ids=["enqueue.py", "sample.py"])
+@pytest.mark.parametrize(
+    "script, args",
+    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (sample, ["--rounds", "0"])],
+    ids=["enqueue.py", "sample.py", "sample.py --rounds 0"],
+)
 def test_unknown_input_prints_usage_and_exits_2(
-    script: ModuleType, capsys: pytest.CaptureFixture[str]
+    script: ModuleType, args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["everything"] if script is enqueue else ["--workers", "0"]
     with pytest.raises(SystemExit) as exited:
         script.main(args)
     err = capsys.readouterr().err
