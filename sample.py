@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from demo import bench, options, report, runners, settings, show
+from demo import bench, options, report, settings, show
 from demo.processes import stop_on_signals, stop_signal
 from demo.scenarios import Outcome, Shape
 from demo.stack import FAILURES, Refused, Stack, preflight
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=settings.RUNNER_NAMES,
         default=settings.get("DEMO_RUNNER"),
         help="which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
-        f"(it starts the next call when one ends), MultiThreadRunner ({runners.PROCESSES} "
+        f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
         "processes) or ProcessRunner",
     )
     parser.add_argument(
@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
-    if not 1 <= (args.rounds or 1) <= 1000 or not 1 <= args.workers <= 16:
+    if args.rounds is not None and not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
         parser.error("--rounds must be 1..1000 and --workers 1..16")
     bench.refuse_bad_arguments(parser, args)
     if args.hosts and args.backend != "redis":
@@ -121,9 +121,8 @@ def play(
     args: argparse.Namespace, stack: Stack, view: show.View, runner: str
 ) -> tuple[int, list[Outcome]]:
     """The scenarios on `runner` workers: the rounds, their tables, the verdict."""
-    shape = Shape(
-        args.accounts, args.ops, args.hold, workers=args.workers, threads=runners.slots(runner)
-    )
+    slots = settings.slots_per_worker(runner)
+    shape = Shape(args.accounts, args.ops, args.hold, workers=args.workers, threads=slots)
     if args.workers > 1 or args.atomic_claim or args.hosts or runner != "thread":
         claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
         where = ", each from its own copy of the project" if args.hosts else ""

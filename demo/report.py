@@ -9,14 +9,13 @@ import statistics
 import time
 from collections import Counter
 
-from pynenc.invocation.status import InvocationStatus
-
 from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
 
 # Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
 # LISTED_AT_MOST of them, and one line for the rest.
 ACCOUNTS_LISTED = 12
 LISTED_AT_MOST = 8
+REGISTERED = "registered"  # pynenc's status of an invocation no runner has picked up
 COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
 
 
@@ -67,7 +66,7 @@ def _account_lines(outcome: Outcome) -> list[str]:
 
 def unfinished_hint(unfinished: dict[str, str]) -> str:
     """Why work is unfinished at the deadline, and what to do about it."""
-    if all(status == InvocationStatus.REGISTERED.value for status in unfinished.values()):
+    if all(status == REGISTERED for status in unfinished.values()):
         return (
             f"no runner picked the work up ({len(unfinished)} invocations still registered). "
             "Start one with: uv run pynenc --app tasks.app runner start"

@@ -1,18 +1,17 @@
 """pynenc's runners by the names DEMO_RUNNER takes, and what each changes in the app's config.
 
 tasks.py asks this module for its runner settings. It lives apart from demo/settings.py because
-the wake runner imports pynenc, and the API, which reads the settings too, has no use for it.
+the wake runner imports pynenc, which the API and the scripts' start-up have no use for.
 """
 
 from demo import drain, settings, wake_runner
 
 # MultiThreadRunner starts PROCESSES ThreadRunner processes of MAX_THREADS threads each;
 # ProcessRunner forks one process per call, MAX_THREADS at a time (its default is one per core).
-PROCESSES = 2
 BY_NAME: dict[str, dict[str, object]] = {
     "thread": {},
     "wake": {},  # built by demo/wake_runner.py: see config()
-    "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": PROCESSES},
+    "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": settings.PROCESSES},
     "process": {"runner_cls": "ProcessRunner", "min_parallel_slots": settings.MAX_THREADS},
 }
 
@@ -28,8 +27,3 @@ def config() -> dict[str, object]:
     if name == "thread" and settings.get("DEMO_ATOMIC_CLAIM") == "1":
         return drain.config(backend, deadline=settings.drain_deadline())
     return BY_NAME[name]
-
-
-def slots(name: str) -> int:
-    """How many calls one worker of this runner runs at once, for the floor."""
-    return settings.MAX_THREADS * (PROCESSES if name == "multi-thread" else 1)

@@ -13,13 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
 
-from pynenc.invocation.dist_invocation import ReusedInvocation
-from pynenc.invocation.status import InvocationStatus
-
 from demo import settings
 from demo.provider import Provider
 
-DROPPED = InvocationStatus.CONCURRENCY_CONTROLLED_FINAL
+# pynenc's InvocationStatus values, as an Outcome counts them. By value, so that sample.py
+# imports pynenc only with tasks.py, once its children are starting.
+DROPPED, FAILED = "concurrency_controlled_final", "failed"
 POLL_SECONDS = 0.02
 
 
@@ -145,7 +144,7 @@ class Outcome:
 
     @property
     def dropped(self) -> int:
-        return self.statuses[DROPPED.value]
+        return self.statuses[DROPPED]
 
     @property
     def deduped(self) -> int:
@@ -153,7 +152,7 @@ class Outcome:
 
     @property
     def failed(self) -> int:
-        return self.statuses[InvocationStatus.FAILED.value]
+        return self.statuses[FAILED]
 
     @property
     def ideal_calls(self) -> int:
@@ -189,12 +188,12 @@ class Outcome:
 def enqueue(scenario: Scenario, shape: Shape, tasks: ModuleType) -> tuple[list[str], list[str]]:
     """Send every payload; return the distinct invocation ids and the late duplicates."""
     task = getattr(tasks, scenario.task)
-    ids: list[str] = []
+    ids: dict[str, None] = {}  # in enqueue order
     first_for: dict[str, str] = {}
     late: list[str] = []
     for payload in shape.payloads(scenario):
         inv = task(**payload)
-        if isinstance(inv, ReusedInvocation):
+        if inv.invocation_id in ids:  # a ReusedInvocation: merged into one already registered
             continue
         account = payload["account_id"]
         if scenario.dedupes and account in first_for:
@@ -202,8 +201,8 @@ def enqueue(scenario: Scenario, shape: Shape, tasks: ModuleType) -> tuple[list[s
             earlier = tasks.app.orchestrator.get_invocation_status(first_for[account]).value
             late.append(f"{account}: new invocation, the earlier one was already {earlier}")
         first_for.setdefault(account, inv.invocation_id)
-        ids.append(inv.invocation_id)
-    return ids, late
+        ids[inv.invocation_id] = None
+    return list(ids), late
 
 
 def wait_finished(

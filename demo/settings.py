@@ -166,6 +166,8 @@ OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 MAX_THREADS = 8
+# MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
+PROCESSES = 2
 
 
 def get(name: str) -> str:
@@ -196,6 +198,11 @@ DRAIN_MARGIN_SECONDS = 2.0
 def drain_deadline() -> float:
     """How long a stopping worker lets its calls finish before it exits holding them."""
     return call_timeout() + DRAIN_MARGIN_SECONDS
+
+
+def slots_per_worker(runner: str) -> int:
+    """How many calls one worker of this runner runs at once, for the floor."""
+    return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)
 
 
 def api_url() -> str:

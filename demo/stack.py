@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from demo import atomic_claim, pynenc_versions, redis_server, settings
+from demo import pynenc_versions, redis_server, settings
 from demo.processes import (
     Child,
     ChildDied,
@@ -262,7 +262,10 @@ class Stack:
             log, port = self.log_dir / "redis.log", urlsplit(url).port
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := atomic_claim.check_redis(url)):
+        # The claim's own check, through tasks.py, which installs it: imported from here, it
+        # would bring pynenc into sample.py before its children start.
+        claim = self.tasks.atomic_claim
+        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := claim.check_redis(url)):
             raise Refused(f"--atomic-claim: {why}", 2)
 
     def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
+from typing import IO
 
 import psutil
 import pytest
@@ -30,6 +32,7 @@ class Running:
     """
 
     def __init__(self, argv: list[str], tmp_path: Path, new_session: bool = False) -> None:
+        self.new_session = new_session
         self.proc = subprocess.Popen(
             [*argv, "--db", str(tmp_path / "demo.db")],
             cwd=ROOT,
@@ -49,8 +52,8 @@ class Running:
             reader.start()
 
     @staticmethod
-    def _read(stream: object, into: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _read(stream: IO[str], into: list[str]) -> None:
+        for line in stream:
             into.append(line)
 
     @property
@@ -79,8 +82,12 @@ class Running:
         return code
 
     def kill(self) -> None:
-        """Whatever happened, nothing of it is left running."""
+        """Whatever happened, nothing of it is left running: its group, if it has one of its
+        own (the demo's children follow it: they are told to stop when it dies)."""
         if self.proc.poll() is None:
+            if self.new_session:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.kill()
             self.proc.wait()
 
@@ -226,7 +233,7 @@ def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
 ) -> None:
     port = live_api.base_url.rsplit(":", 1)[1]
     result = subprocess.run(
-        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "2", "--no-chart"],
+        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "1", "--no-chart"],
         cwd=ROOT,
         # A database of its own: the work nobody picked up must not reach later tests' workers.
         env={**os.environ, "DEMO_DB": str(tmp_path / "enqueue.db"), "NO_COLOR": "1"},
@@ -240,13 +247,16 @@ def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
     assert "GUARANTEE BROKEN: 12 invocations never finished" in result.stdout
 
 
-@pytest.mark.parametrize("script", [enqueue, sample], ids=["enqueue.py", "sample.py"])
+@pytest.mark.parametrize(
+    "script, args",
+    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (sample, ["--rounds", "0"])],
+    ids=["enqueue.py", "sample.py", "sample.py --rounds 0"],
+)
 def test_unknown_input_prints_usage_and_exits_2(
-    script: object, capsys: pytest.CaptureFixture[str]
+    script: ModuleType, args: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    args = ["everything"] if script is enqueue else ["--workers", "0"]
     with pytest.raises(SystemExit) as exited:
-        script.main(args)  # type: ignore[attr-defined]
+        script.main(args)
     err = capsys.readouterr().err
     assert exited.value.code == 2, err
     assert err.startswith("usage:"), err

@@ -53,13 +53,13 @@ class Run:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """Every run in RUNS, three at a time: each mostly waits on the provider, so together they
+    """Every run in RUNS, four at a time: each mostly waits on the provider, so together they
     take little longer than the longest. Their Redis servers live until the module ends."""
     redis_here = shutil.which("redis-server") is not None
     servers: list[Child] = []
     started = {}
     try:
-        with ThreadPoolExecutor(max_workers=3) as pool:
+        with ThreadPoolExecutor(max_workers=4) as pool:
             for name, (args, redis) in RUNS.items():
                 if redis and not redis_here:
                     continue

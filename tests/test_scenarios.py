@@ -147,6 +147,33 @@ class SyncTwice:
         return SimpleNamespace(invocation_id=f"inv-{len(self.sent)}")
 
 
+class Registry:
+    """A task whose duplicates merge into the invocation registered last for their account,
+    as registration_concurrency=KEYS does while it is still queued."""
+
+    def __init__(self, merged_after: int) -> None:
+        self.calls, self.merged_after = 0, merged_after
+        self.app = SimpleNamespace(orchestrator=self)
+
+    def __call__(self, account_id: str) -> SimpleNamespace:
+        self.calls += 1
+        number = 1 if self.calls <= self.merged_after else 2  # the first was picked up
+        return SimpleNamespace(invocation_id=f"{account_id}-{number}")
+
+    def get_invocation_status(self, invocation_id: str) -> SimpleNamespace:
+        return SimpleNamespace(value="running")
+
+
+def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
+    """D's burst: 8 refreshes, the first 3 merge into invocation 1, which a worker then picks
+    up; the next makes invocation 2, and the last 4 merge into that one."""
+    tasks = Registry(merged_after=3)
+    tasks.refresh_once = tasks
+    ids, late = scenarios.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
+    assert ids == ["acme-1", "acme-2"]
+    assert late == ["acme: new invocation, the earlier one was already running"]
+
+
 def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     shape = Shape(ops=2)
     task = SyncTwice()

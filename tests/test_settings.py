@@ -7,7 +7,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +15,9 @@ import pytest
 import enqueue
 import sample
 from demo import options, settings
-from demo.processes import free_port
+from demo.processes import Child, free_port
 from demo.provider import Provider
-from demo.stack import ROOT
+from demo.stack import ROOT, Stack
 from helpers import processes_mentioning, user_env
 
 BAD = [
@@ -184,21 +184,27 @@ def in_a_terminal(argv: list[str], timeout: float = 120) -> str:
 SCALED_A = ["enqueue.py", "unsafe", "--ops", "2", "--hold", "0.02", "--no-chart"]
 
 
+@pytest.fixture(scope="module")
+def worker(stack: Stack) -> Iterator[Child]:
+    """One worker for the scaled runs below: they only need one to be there."""
+    (started,) = stack.add_workers(1)
+    try:
+        yield started
+    finally:
+        stack.stop([started])
+
+
 @pytest.mark.e2e
-def test_a_scaled_run_shows_progress_on_a_terminal(
-    provider: Provider, start_worker: Callable
-) -> None:
-    start_worker()
+def test_a_scaled_run_shows_progress_on_a_terminal(provider: Provider, worker: Child) -> None:
     seen = in_a_terminal([*SCALED_A, "--accounts", "30", "--no-links"])
     assert "/60 invocations finished" in seen
     assert "\x1b[2K" in seen or "\r" in seen, "the progress line should update in place"
 
 
 def test_a_forty_account_summary_stays_short_and_names_who_collided(
-    provider: Provider, start_worker: Callable, capsys: pytest.CaptureFixture[str]
+    provider: Provider, worker: Child, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Piped, as here, a run shows no progress line and, under --no-links, no link."""
-    start_worker()
     assert enqueue.main([*SCALED_A[1:], "--accounts", "40", "--no-links"]) == 0
     out, err = capsys.readouterr()
     assert "invocations finished" not in out + err
