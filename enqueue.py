@@ -1,6 +1,6 @@
 """Enqueue one scenario, or all four, against a running API and worker; print what happened.
 
-Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe)
+Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or noisy, not in all)
 """
 
 import argparse
@@ -9,7 +9,7 @@ import sys
 import tasks
 from demo import options, settings, show
 from demo.provider import Provider, ProviderUnreachable
-from demo.scenarios import SCENARIOS, Shape
+from demo.scenarios import DEFAULT, SCENARIOS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,8 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
 
-    shape = Shape(args.accounts, args.ops, args.hold)
-    chosen = SCENARIOS.values() if args.scenario == "all" else [SCENARIOS[args.scenario]]
+    shape = options.shape(args)
+    chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)
     provider = Provider(options.api_url(args))
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from demo import bench, options, report, settings, show
 from demo.processes import stop_on_signals, stop_signal
-from demo.scenarios import Outcome, Shape
+from demo.scenarios import DEFAULT, SCENARIOS, Outcome
 from demo.stack import FAILURES, Refused, Stack, preflight
 
 
@@ -28,20 +28,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "where pynenc keeps its state: sqlite or redis; redis uses REDIS_URL if set, "
         "else starts a private redis-server",
     )
-    parser.add_argument(
-        "--atomic-claim",
-        action="store_true",
-        default=settings.get("DEMO_ATOMIC_CLAIM") == "1",
-        help="check the key and claim in one atomic step, so one call per account holds across "
-        "workers (env DEMO_ATOMIC_CLAIM=1; demo/atomic_claim.py)",
-    )
-    settings.add_option(
-        parser,
-        "--dead-after",
-        "DEMO_DEAD_AFTER",
-        "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered",
-        metavar="S",
-    )
+    options.add_claim_arguments(parser)
     parser.add_argument(
         "--runner",
         choices=settings.RUNNER_NAMES,
@@ -56,6 +43,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=settings.get("DEMO_HOSTS") == "1",
         help="with --backend redis: start each worker from its own copy of the project, "
         "sharing only REDIS_URL and the API's address, as on separate machines (env DEMO_HOSTS=1)",
+    )
+    parser.add_argument(
+        "--noisy", action="store_true", help="also run E: one busy account beside quiet ones"
     )
     bench.add_arguments(parser)
     settings.add_option(
@@ -93,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
         try:
-            preflight(args.host, args.port, args.backend, args.db, args.atomic_claim)
+            windows = (args.dead_after, args.call_timeout)
+            preflight(args.host, args.port, args.backend, args.db, args.atomic_claim, windows)
             # The one place this process's settings change: the stack then imports tasks.py,
             # which builds this process's app from them as the children build theirs.
             os.environ.update(env)
@@ -101,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 stack.start(args.workers)
                 if args.bench:
                     code = bench.run(stack, lambda runner: play(args, stack, view, runner), began)
+                    code = bench.lines(args, stack.log_dir) or code
                 else:
                     code, _ = play(args, stack, view, args.runner)
         except Refused as refused:
@@ -121,20 +113,19 @@ def play(
     args: argparse.Namespace, stack: Stack, view: show.View, runner: str
 ) -> tuple[int, list[Outcome]]:
     """The scenarios on `runner` workers: the rounds, their tables, the verdict."""
-    slots = settings.slots_per_worker(runner)
-    shape = Shape(args.accounts, args.ops, args.hold, workers=args.workers, threads=slots)
-    if args.workers > 1 or args.atomic_claim or args.hosts or runner != "thread":
-        claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
-        where = ", each from its own copy of the project" if args.hosts else ""
-        kind = "" if runner == "thread" else f" ({runner} runner)"
-        print(f"--- {args.backend}, {args.workers} worker(s){kind}{where}; atomic claim {claim}")
+    shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker(runner))
+    if setup := options.setup_line(args, runner):
+        print(setup)
     rounds = args.rounds or (bench.ROUNDS if args.bench else 1)
-    outcomes = show.rounds(stack, shape, rounds, args.timeout, view, quiet=args.bench)
+    chosen = [*DEFAULT, SCENARIOS["noisy"]] if args.noisy else DEFAULT
+    outcomes = show.rounds(stack, shape, rounds, args.timeout, view, args.bench, chosen)
     if rounds == 1 and not args.bench:
         print(f"\n--- the provider's call log ---\n{stack.api_log()}")
     else:
         print(report.distribution(outcomes))
         print(report.efficiency(outcomes))
+        if counted := report.claims(stack.tasks.app.orchestrator):
+            print(counted)
     if args.bench:
         outcomes += bench.scaled(stack, args.bench_accounts, shape, args.timeout, view)
     text, code = report.verdict(outcomes, stack.crashes)

@@ -51,6 +51,7 @@ stored only while the claim holds, and REROUTED -> CONCURRENCY_CONTROLLED_FINAL 
 import enum
 import json
 import random
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -67,7 +68,6 @@ from pynenc.invocation.status import (
     status_record_transition,
 )
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
-from pynenc.util.sqlite_utils import create_sqlite_connection
 
 from demo import pynenc_versions
 
@@ -85,6 +85,9 @@ except ImportError:  # pragma: no cover - depends on the environment
     RedisOrchestrator = None  # type: ignore[assignment,misc]
 
 ORCHESTRATORS = {"sqlite": "AtomicClaimSQLiteOrchestrator", "redis": "AtomicClaimRedisOrchestrator"}
+# The claim hands its token to the runner on the invocation it yields (another process asks the
+# store for it).
+TOKEN_ATTRIBUTE = "fence_token"
 # Set by install(): the longest a call can stay in flight (the task's HTTP timeout), in seconds.
 LONGEST_CALL_KEY = "atomic_claim_longest_call_sec"
 BEATS_PER_WINDOW = 4  # what install() asks for
@@ -136,6 +139,7 @@ class Decision:
     # A silent holder, recovered: it keeps the key and is queued again in the same step.
     recovered: str | None = None
     takes_key: bool = False  # the key had no holder: this invocation becomes it
+    token: int | None = None  # with RUN on a key: the fencing token issued
 
 
 def check_versions(backend: str) -> None:
@@ -236,8 +240,12 @@ def install(
 def token(app: "Pynenc") -> int | None:
     """The fencing token of the invocation running in this thread; None without the claim."""
     invocation = context.get_dist_invocation_context(app.app_id)
+    if invocation is None:
+        return None
+    if (issued := getattr(invocation, TOKEN_ATTRIBUTE, None)) is not None:
+        return issued  # handed over with the claim, in this process
     lookup = getattr(app.orchestrator, "fence_token", None)
-    return lookup(invocation.invocation_id) if invocation and lookup else None
+    return lookup(invocation.invocation_id) if lookup else None
 
 
 def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
@@ -291,6 +299,10 @@ class AtomicClaim:
 
     def fence_token(self, invocation_id: str) -> int | None:  # pragma: no cover - per backend
         raise NotImplementedError
+
+    def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
+        """The invocation's status record (a backend may read it more cheaply than pynenc)."""
+        return self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
 
     def admits(self, invocation: "DistributedInvocation", holder: Holder | None) -> bool:
         """Queue a new call (True) or park it (False), given its key's holder, read atomically:
@@ -414,6 +426,8 @@ class AtomicClaim:
             self.app.logger.warning(f"invocation:{decision.recovered} recovered from a dead runner")
         if decision.verdict is Verdict.PARK:
             self.app.logger.info(f"invocation:{invocation.invocation_id} waits in its key's line")
+        if decision.token is not None:
+            setattr(invocation, TOKEN_ATTRIBUTE, decision.token)
         return decision.verdict
 
     def decide(
@@ -459,12 +473,17 @@ class AtomicClaim:
         # RETRY invocation can only become PENDING) waits too, rather than going round again.
         return decision
 
+    def is_authorize_to_run_by_concurrency_control(self, invocation: Any) -> bool:
+        """pynenc checks the key again just before RUNNING (a query per call); the claim gave
+        this invocation its key, and only a key's holder is ever claimed."""
+        return True
+
     # An outcome that comes back after its claim was taken away (a stalled runner, woken after
     # its call was recovered and run again) must not be stored: pynenc stores it first, and only
     # then is refused the status.
 
     def _still_holds(self, invocation_id: str, runner_ctx: "RunnerContext") -> bool:
-        record = self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
+        record = self._record_of(invocation_id)
         if record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id:
             return True
         self.app.logger.warning(
@@ -538,7 +557,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         self.holders, self.lines = f"{p}_key_holders", f"{p}_key_lines"
         self.fence_counters, self.fence_tokens = f"{p}_fence_counters", f"{p}_fences"
         self.claim_stats = f"{p}_claim_stats"
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+        with closing(self._connect()) as conn, conn:
             for table, columns in (
                 (self.holders, "line_key TEXT PRIMARY KEY, invocation_id TEXT NOT NULL UNIQUE"),
                 (
@@ -559,6 +578,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
         self._queue_by_name = "queue_name" in columns
 
+    def _connect(self) -> sqlite3.Connection:
+        """A connection for one step. pynenc's own opener sets the journal mode again on every
+        connection, which waits on the database's locks; the file keeps its mode (WAL)."""
+        conn = sqlite3.connect(self.sqlite_db_path, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")  # as pynenc's: WAL stays consistent
+        return conn
+
     def _begin(self, conn: Any) -> None:
         """Take the database's write lock: every other step waits here until we commit."""
         conn.execute("BEGIN IMMEDIATE")
@@ -568,7 +594,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     ) -> Decision:
         inv_id = invocation.invocation_id
         key = key_arguments(invocation)
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+        with closing(self._connect()) as conn, conn:
             self._begin(conn)
             current = self._status(conn, inv_id)
             if current is None:
@@ -586,10 +612,11 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                     if decision.takes_key:
                         conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
                     self._index(conn, invocation)
-                    self._issue_token(conn, inv_id, fence_key(key))
+                    decision.token = self._issue_token(conn, inv_id, fence_key(key))
                 elif decision.verdict is Verdict.PARK:
                     self._park(conn, line, inv_id)
             self._count(conn, "claims")
+            self._count(conn, f"claims of {invocation.task.task_id.key}")
             conn.commit()
         return decision
 
@@ -597,7 +624,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         key = key_arguments(invocation)
         assert key is not None
         line, inv_id = line_key(invocation, key), invocation.invocation_id
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+        with closing(self._connect()) as conn, conn:
             self._begin(conn)
             self._index(conn, invocation)  # before it is queued: every claimer can see it
             holder = self._holder(conn, line) if waits_in_line(invocation) else None
@@ -624,7 +651,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     ) -> InvocationStatusRecord:
         """pynenc's transition (read, validate, write under BEGIN IMMEDIATE), and in the same
         transaction, on a final status: the key goes to the head of its line."""
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn, conn:
+        with closing(self._connect()) as conn, conn:
             self._begin(conn)
             current = self._status(conn, invocation_id)
             if current is None:
@@ -714,7 +741,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 (invocation_id,),
             )
 
-    def _issue_token(self, conn: Any, invocation_id: str, key: str) -> None:
+    def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
         """The key's next fencing token, written with the claim itself."""
         (issued,) = conn.execute(
             f"INSERT INTO {self.fence_counters} VALUES (?, 1) "
@@ -724,6 +751,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         conn.execute(
             f"INSERT OR REPLACE INTO {self.fence_tokens} VALUES (?, ?)", (invocation_id, issued)
         )
+        return int(issued)
 
     def _count(self, conn: Any, name: str, by: int = 1) -> None:
         conn.execute(
@@ -732,24 +760,32 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             (name, by),
         )
 
+    def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
+        with closing(self._connect()) as conn:
+            if (record := self._status(conn, invocation_id)) is None:
+                raise KeyError(f"Invocation ID {invocation_id} not found")
+            return record
+
     def fence_token(self, invocation_id: str) -> int | None:
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn:
+        with closing(self._connect()) as conn:
             row = conn.execute(
                 f"SELECT token FROM {self.fence_tokens} WHERE invocation_id = ?", (invocation_id,)
             ).fetchone()
         return None if row is None else int(row[0])
 
-    def claim_counts(self) -> dict[str, int]:
-        """Claims made so far; a SQLite claim waits for the write lock, so it never retries."""
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn:
+    def claim_counts(self, task: str | None = None) -> dict[str, int]:
+        """Claims made so far (of one task's invocations, given its key); a SQLite claim waits
+        for the write lock, so it never retries."""
+        name = "claims" if task is None else f"claims of {task}"
+        with closing(self._connect()) as conn:
             row = conn.execute(
-                f"SELECT value FROM {self.claim_stats} WHERE name = 'claims'"
+                f"SELECT value FROM {self.claim_stats} WHERE name = ?", (name,)
             ).fetchone()
         return {"claims": int(row[0]) if row else 0, "retries": 0}
 
     def waiting(self) -> int:
         """Calls parked in a line right now, all keys together."""
-        with closing(create_sqlite_connection(self.sqlite_db_path)) as conn:
+        with closing(self._connect()) as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])
 
 
@@ -831,6 +867,7 @@ if RedisOrchestrator is not None:
                         self._index(pipe, invocation)
                         pipe.set(self._k("fence", fence_key(key)), issued)
                         pipe.hset(self._k("fences"), inv_id, issued)
+                        decision.token = issued
                     elif decision.verdict is Verdict.PARK:
                         pipe.rpush(self._k("line", line), inv_id)
                         pipe.set(self._k("parked", inv_id), line)
@@ -839,6 +876,7 @@ if RedisOrchestrator is not None:
             decision, failed = self._transaction(step, self.key.invocation_to_status(inv_id))
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.hincrby(self._k("claim_stats"), "claims", 1)
+                pipe.hincrby(self._k("claim_stats"), f"claims of {invocation.task.task_id.key}", 1)
                 pipe.hincrby(self._k("claim_stats"), "retries", failed)
                 pipe.execute()
             if decision is None:
@@ -953,11 +991,13 @@ if RedisOrchestrator is not None:
             issued = self.client.hget(self._k("fences"), invocation_id)
             return None if issued is None else int(issued)
 
-        def claim_counts(self) -> dict[str, int]:
-            """Claims made so far, and how many of their tries a WATCH conflict sent back."""
+        def claim_counts(self, task: str | None = None) -> dict[str, int]:
+            """Claims made so far (of one task's invocations, given its key), and how many of
+            their tries a WATCH conflict sent back (all tasks')."""
             raw = self.client.hgetall(self._k("claim_stats"))
             counts = {k.decode(): int(v) for k, v in raw.items()}
-            return {"claims": counts.get("claims", 0), "retries": counts.get("retries", 0)}
+            claims = counts.get("claims" if task is None else f"claims of {task}", 0)
+            return {"claims": claims, "retries": counts.get("retries", 0)}
 
         def waiting(self) -> int:
             """Calls parked in a line right now, all keys together."""

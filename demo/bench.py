@@ -1,17 +1,21 @@
 """sample.py --bench: the same rounds and a scaled run on pynenc's ThreadRunner, then on fresh
-workers of the wake runner; both side by side, then where the whole run's time went.
+workers of the wake runner; both side by side, then where the whole run's time went; then B,
+scaled B and E (a busy account beside quiet ones) without the account lines and with them.
 
 It prints figures and asserts nothing: docs/speed.md says what they were here.
 """
 
 import argparse
+import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from demo import report, show
-from demo.processes import peak_memory_mib
-from demo.scenarios import SCENARIOS, Outcome, Shape
-from demo.stack import Stack
+from demo.processes import Child, peak_memory_mib, start_child, stop_children, wait_until
+from demo.scenarios import DEFAULT, Outcome, Shape
+from demo.stack import ROOT, Stack
 
 ROUNDS = 5
 SCALED = Shape(accounts=30, ops=4, hold=0.1)
@@ -30,6 +34,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=SCALED.accounts,
         metavar="N",
         help=f"accounts in --bench's scaled run (default {SCALED.accounts})",
+    )
+    parser.add_argument(
+        "--bench-backlogs",
+        default="1000,10000",
+        metavar="N,N",
+        help="the busy account's backlogs in --bench's scenario E runs (default %(default)s)",
     )
 
 
@@ -61,7 +71,7 @@ def scaled(
             stack.check,
             quiet=True,
         )
-        for s in SCENARIOS.values()
+        for s in DEFAULT
     ]
     print(report.efficiency(big))
     return big
@@ -91,3 +101,87 @@ def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: f
     print(f"\nwhole run (in-process): {time.monotonic() - began:.2f}s = {shown}")
     print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
     return code
+
+
+# How long one side of the lines comparison may take: two E runs of a long backlog included.
+LINES_DEADLINE = 3600.0
+
+
+def lines(args: argparse.Namespace, log_dir: Path) -> int:
+    """B, scaled B and E without the account lines (stock pynenc) and with them (the claim),
+    each side in a process of its own (demo/bench_lines.py), its output shown as it comes;
+    then the two side by side."""
+    found: dict[str, dict[str, object]] = {}
+    code = 0
+    for claim, side in (("0", "without"), ("1", "with")):
+        argv = [sys.executable, "-m", "demo.bench_lines", "--claim", claim]
+        argv += ["--backlogs", args.bench_backlogs, "--rounds", str(args.rounds or ROUNDS)]
+        argv += ["--hold", str(args.hold)]
+        argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
+        argv += ["--backend", args.backend]
+        child = start_child(
+            f"bench ({side} lines)", argv, log_dir / f"bench-{side}-lines.log", cwd=ROOT
+        )
+        try:
+            lines_out = _follow(child)
+        finally:
+            stop_children([child])
+        code = code or (child.proc.returncode or 0)
+        for line in lines_out:
+            if line.startswith("figures: "):
+                found[side] = json.loads(line.removeprefix("figures: "))
+    if len(found) == 2:
+        print(compare_lines(found["without"], found["with"]))
+    return code
+
+
+def _follow(child: Child) -> list[str]:
+    """Print the child's output as it comes, until it exits; return its lines."""
+    shown = 0
+
+    def more() -> bool:
+        nonlocal shown
+        child.log.flush()
+        text = child.log_path.read_text(errors="replace")
+        for line in text[shown:].splitlines(keepends=True):
+            if not line.endswith("\n") and child.proc.poll() is None:
+                break  # a line still being written
+            if not line.startswith("figures: "):
+                print(line, end="", flush=True)
+            shown += len(line)
+        return child.proc.poll() is not None and shown >= len(text)
+
+    wait_until(more, LINES_DEADLINE, f"{child.name} to finish", interval=0.2)
+    return child.log_path.read_text(errors="replace").splitlines()
+
+
+def compare_lines(without: dict[str, object], with_: dict[str, object]) -> str:
+    """The two sides of the lines comparison, figure against figure."""
+
+    def elapsed(side: dict[str, object], key: str) -> str:
+        median, floor = side[key]  # type: ignore[misc]
+        return f"{median:.2f}s ({floor / median:.0%})"
+
+    def seconds(value: object) -> str:
+        return "did not start" if value is None else f"{value:.2f}s"
+
+    rows = [("B. keyed", elapsed(without, "B"), elapsed(with_, "B"))]
+    rows.append(("B. keyed, scaled", elapsed(without, "B scaled"), elapsed(with_, "B scaled")))
+    for key in [k for k in with_ if k.startswith("E ")]:
+        a, b = without.get(key, {}), with_[key]
+        assert isinstance(a, dict) and isinstance(b, dict)
+        name = f"E, {int(key.split()[1]):,} backlog:"
+        rows += [
+            (f"{name} quiet wait, longest", *(seconds(x.get("quiet_longest")) for x in (a, b))),
+            (f"{name} busy account vs floor", *(f"{x.get('hot_floor', 0):.0%}" for x in (a, b))),
+            (f"{name} in enqueue order", *(_yes(x.get("in_order")) for x in (a, b))),
+            (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in (a, b))),
+            (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in (a, b))),
+        ]
+    head = f"{'':<40}{'without lines':>18}{'with lines':>18}"
+    title = "=== without the account lines (stock) vs with them (--atomic-claim), wake runner ==="
+    return "\n".join(["", title, head, *(f"{n:<40}{a:>18}{b:>18}" for n, a, b in rows)])
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else "no"

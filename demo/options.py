@@ -6,13 +6,31 @@ import argparse
 import secrets
 
 from demo import redis_server, settings
+from demo.scenarios import Shape
 
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
-    parser.add_argument("--accounts", type=int, default=len(settings.ACCOUNTS), metavar="N")
-    parser.add_argument("--ops", type=int, default=len(settings.OPS), metavar="M")
-    parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, metavar="S")
+    shape = (
+        ("--accounts", int, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
+        ("--ops", int, len(settings.OPS), "M", "ops per account (default %(default)s)"),
+        (
+            "--hold",
+            float,
+            settings.HOLD_SECONDS,
+            "S",
+            "seconds the provider holds a call (default %(default)s)",
+        ),
+        (
+            "--backlog",
+            int,
+            settings.BACKLOG,
+            "N",
+            "E's busy account: its calls (default %(default)s)",
+        ),
+    )
+    for flag, kind, default, metavar, help in shape:
+        parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
     settings.add_option(
         parser,
         "--timeout",
@@ -31,12 +49,47 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
+    """The atomic claim's flags (demo/atomic_claim.py): on or off, and its two windows."""
+    parser.add_argument(
+        "--atomic-claim",
+        action="store_true",
+        default=settings.get("DEMO_ATOMIC_CLAIM") == "1",
+        help="check the key and claim in one atomic step, so one call per account holds across "
+        "workers and under faults (env DEMO_ATOMIC_CLAIM=1; demo/atomic_claim.py)",
+    )
+    settings.add_option(
+        parser,
+        "--dead-after",
+        "DEMO_DEAD_AFTER",
+        "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered",
+        metavar="S",
+    )
+    settings.add_option(
+        parser,
+        "--call-timeout",
+        "DEMO_CALL_TIMEOUT",
+        "the task's HTTP timeout: the longest a call stays in flight, and about how long a "
+        "stopping worker drains its calls; --dead-after must be longer",
+        metavar="S",
+    )
+
+
 def refuse_bad_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Usage and exit 2 for a shape out of range."""
     if not 1 <= args.accounts <= 500 or not 1 <= args.ops <= 100:
         parser.error("--accounts must be 1..500 and --ops 1..100")
     if not 0 <= args.hold <= 30:
         parser.error("--hold must be between 0 and 30 seconds")
+    if not 1 <= args.backlog <= 100_000:
+        parser.error("--backlog must be 1..100000")
+
+
+def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MAX_THREADS) -> Shape:
+    """The size of a run, from the shape flags; workers and threads for its floor."""
+    return Shape(
+        args.accounts, args.ops, args.hold, backlog=args.backlog, workers=workers, threads=threads
+    )
 
 
 def api_url(args: argparse.Namespace) -> str:
@@ -57,6 +110,7 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "DEMO_DB": args.db,
         "DEMO_ATOMIC_CLAIM": "1" if args.atomic_claim else "0",
         "DEMO_DEAD_AFTER": str(args.dead_after),
+        "DEMO_CALL_TIMEOUT": str(args.call_timeout),
         "DEMO_RUNNER": args.runner,
         "DEMO_HOSTS": "1" if args.hosts else "0",
         # Readiness checks that the API answering is this run's, never a stale one.
@@ -66,3 +120,13 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         # REDIS_URL if set; else a private redis-server's, on a loopback port chosen now.
         env["REDIS_URL"] = settings.get("REDIS_URL") or redis_server.private_url()
     return env
+
+
+def setup_line(args: argparse.Namespace, runner: str) -> str | None:
+    """One line on what runs the scenarios, unless it is the article's one ThreadRunner."""
+    if not (args.workers > 1 or args.atomic_claim or args.hosts or runner != "thread"):
+        return None
+    claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
+    where = ", each from its own copy of the project" if args.hosts else ""
+    kind = "" if runner == "thread" else f" ({runner} runner)"
+    return f"--- {args.backend}, {args.workers} worker(s){kind}{where}; atomic claim {claim}"

@@ -9,7 +9,7 @@ import statistics
 import time
 from collections import Counter
 
-from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
+from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
 
 # Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
 # LISTED_AT_MOST of them, and one line for the rest.
@@ -28,6 +28,8 @@ def summary(outcome: Outcome) -> str:
     if o.deduped:
         parts[0] += f" ({o.deduped} deduped)"
     parts.append(f"{o.collisions} collisions")
+    if o.fenced:
+        parts.append(f"{o.fenced} fenced")
     head = f"  {o.enqueued} enqueued -> {', '.join(parts)}, {o.elapsed:.2f}s"
     head += f" (floor {o.floor:.2f}s, {o.floor / o.elapsed:.0%})"
     lines = ["", f"=== {o.scenario.heading} ===", head, *_account_lines(o)]
@@ -36,6 +38,10 @@ def summary(outcome: Outcome) -> str:
         lines += [f"    {why}" for why in o.late[:LISTED_AT_MOST]]
         if len(o.late) > LISTED_AT_MOST:
             lines.append(f"    ... and {len(o.late) - LISTED_AT_MOST} more")
+    if o.lanes:
+        lines += o.lanes.lines()
+    if o.abandoned:
+        lines.append(f"  ({o.abandoned} calls of the backlog left unrun: only a sample is timed)")
     lines += [f"  GUARANTEE BROKEN: {p}" for p in o.broken()]
     if o.unfinished:
         lines.append(f"  {unfinished_hint(o.unfinished)}")
@@ -47,19 +53,21 @@ def _account_lines(outcome: Outcome) -> list[str]:
 
     def line(name: str, acc: dict[str, int]) -> str:
         mark = " X" if acc["collisions"] else "OK"
-        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}"
+        fenced = f"  fenced={acc['fenced']}" if acc.get("fenced") else ""
+        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{fenced}"
 
     accounts = outcome.per_account.items()
     if len(outcome.per_account) <= ACCOUNTS_LISTED:
         return [line(name, acc) for name, acc in accounts]
     # Worth a look: a collision, or another number of calls than the ideal run makes
     # (a late or extra call, a drop that did not happen, a call that never came).
-    each = outcome.scenario.ideal_calls_per_account(outcome.shape)
-    notable = [(n, a) for n, a in accounts if a["collisions"] or a["calls"] != each]
+    ideal = outcome.scenario.ideal_calls(outcome.shape)
+    notable = [(n, a) for n, a in accounts if a["collisions"] or a["calls"] != ideal[n]]
     lines = [line(name, acc) for name, acc in notable[:LISTED_AT_MOST]]
     if len(notable) > LISTED_AT_MOST:
         lines.append(f"  ... and {len(notable) - LISTED_AT_MOST} more accounts like these")
     if rest := len(outcome.per_account) - len(notable):
+        each = "/".join(str(n) for n in sorted(set(ideal.values())))
         lines.append(f"  OK {rest} more accounts: calls={each}, collisions=0")
     return lines
 
@@ -81,6 +89,8 @@ def one_line(outcomes: list[Outcome]) -> str:
     parts = []
     for o in outcomes:
         text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
+        if o.fenced:
+            text += f" fenced={o.fenced}"
         if o.late:
             text += f" late={len(o.late)}"
         if o.unfinished:
@@ -117,7 +127,7 @@ def distribution(outcomes: list[Outcome]) -> str:
         )
     keyed = [o for o in outcomes if o.scenario.keyed]
     # Every keyed scenario of the demo, even one that did not run, and any other that did.
-    named = dict.fromkeys([*(s for s in SCENARIOS.values() if s.keyed), *_scenarios(keyed)])
+    named = dict.fromkeys([*(s for s in DEFAULT if s.keyed), *_scenarios(keyed)])
     by_letter = ", ".join(
         f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}" for s in named
     )
@@ -126,6 +136,7 @@ def distribution(outcomes: list[Outcome]) -> str:
         f"{sum(o.extra_calls for o in outcomes)} extra calls, "
         f"{sum(len(o.late) for o in outcomes)} late, "
         f"{sum(len(o.unfinished) for o in outcomes)} never finished"
+        + (f", {fenced} fenced" if (fenced := sum(o.fenced for o in outcomes)) else "")
     )
     return "\n".join(lines)
 
@@ -189,3 +200,16 @@ def verdict(outcomes: list[Outcome], crashes: list[str]) -> tuple[str, int]:
     stamp = time.strftime("%H:%M:%S")
     lines.append(f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {stamp}).")
     return "\n".join(lines), 0
+
+
+def claims(orchestrator: object) -> str:
+    """The atomic claim's own count: claims made, and the tries a Redis WATCH conflict cost;
+    "" without the claim."""
+    if (counts := getattr(orchestrator, "claim_counts", None)) is None:
+        return ""
+    found = counts()
+    per = found["retries"] / found["claims"] if found["claims"] else 0.0
+    return (
+        f"claims: {found['claims']}, tried again after a conflict: {found['retries']} "
+        f"({per:.2f} per claim)"
+    )

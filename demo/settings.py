@@ -165,6 +165,8 @@ ACCOUNTS = ("acme", "globex", "initech")
 OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
+# Scenario E: one account with a backlog of calls, then quiet accounts with one call each.
+HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
 MAX_THREADS = 8
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
 PROCESSES = 2
@@ -198,6 +200,20 @@ DRAIN_MARGIN_SECONDS = 2.0
 def drain_deadline() -> float:
     """How long a stopping worker lets its calls finish before it exits holding them."""
     return call_timeout() + DRAIN_MARGIN_SECONDS
+
+
+def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:
+    """Why the claim's dead-after window would take a live call for a dead one, or None.
+
+    (demo/atomic_claim.py checks the same, and the heartbeat, on what pynenc resolved.)
+    """
+    if dead_after > call_timeout:
+        return None
+    return (
+        f"--dead-after (DEMO_DEAD_AFTER) {dead_after:g}s is not longer than a call can stay in "
+        f"flight, --call-timeout (DEMO_CALL_TIMEOUT) {call_timeout:g}s: a runner still waiting "
+        "on its call would be taken for dead"
+    )
 
 
 def slots_per_worker(runner: str) -> int:

@@ -9,7 +9,7 @@ from types import ModuleType
 from demo import lanes, progress, report, scenarios, settings
 from demo.monitor import timeline_url
 from demo.provider import Provider
-from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
+from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
 from demo.stack import Stack
 
 
@@ -71,9 +71,16 @@ def scenario(
 
 
 def rounds(
-    stack: Stack, shape: Shape, rounds: int, timeout: float, view: View, quiet: bool = False
+    stack: Stack,
+    shape: Shape,
+    rounds: int,
+    timeout: float,
+    view: View,
+    quiet: bool = False,
+    chosen: list[Scenario] = DEFAULT,
 ) -> list[Outcome]:
-    """Every scenario, in order, `rounds` times, on the stack's API and workers.
+    """The chosen scenarios (the article's four), in order, `rounds` times, on the stack's
+    API and workers.
 
     Each is shown as scenario() shows it: in the first round, and in any round where it broke a
     promise (quiet: only there). After each of several rounds, one line sums the round up. A
@@ -84,7 +91,7 @@ def rounds(
     outcomes: list[Outcome] = []
     for round_no in range(1, rounds + 1):
         this_round = []
-        for each in SCENARIOS.values():
+        for each in chosen:
             stack.where = f"round {round_no}, {each.letter}. {each.key}"
             label = f"{each.letter}. {each.key}"
             if rounds > 1:

@@ -49,9 +49,17 @@ class Refused(Exception):
         self.code = code
 
 
-def preflight(host: str, port: int, backend: str, db: str, claim: bool) -> None:
+def preflight(
+    host: str,
+    port: int,
+    backend: str,
+    db: str,
+    claim: bool,
+    windows: tuple[float, float] = (15.0, 10.0),
+) -> None:
     """Raise Refused, before anything starts, for a busy port (1), a database SQLite cannot
-    create (2), or an atomic claim on a pynenc it was not tested with (2)."""
+    create (2), or an atomic claim on a pynenc it was not tested with or with windows
+    (dead-after, call timeout) that would lie (2)."""
     if port_in_use(host, port):
         raise Refused(
             f"port {port} on {host} is already in use, maybe by an API left running "
@@ -67,6 +75,8 @@ def preflight(host: str, port: int, backend: str, db: str, claim: bool) -> None:
             pynenc_versions.check("atomic claim", backend)
         except pynenc_versions.UntestedVersion as exc:
             raise Refused(f"--atomic-claim: {exc}", 2) from None
+    if claim and (why := settings.claim_window_problem(*windows)):
+        raise Refused(f"--atomic-claim: {why}", 2)
 
 
 def fresh_sqlite(path: str) -> None:

@@ -31,7 +31,11 @@ SHORT = ("--hold", "0.1", "--no-chart", "--ready-timeout", "120")
 RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
     # The smallest bench that prints every figure: one round at a short hold, and a scaled
     # run of 6 accounts.
-    "bench": (("--bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6"), None),
+    "bench": (
+        ("--bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6")
+        + ("--bench-backlogs", "20"),
+        None,
+    ),
     "redis, one worker": (("--backend", "redis", *SHORT), "url"),
     # On the wake runner, so the same run shows that runner keeps its promises on Redis.
     "redis, private": (("--backend", "redis", "--runner", "wake", *SHORT), "private"),
@@ -103,7 +107,9 @@ def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
     # The same rounds and scaled run, first on pynenc's ThreadRunner, then on the wake runner.
     assert out.index("##### thread runner #####") < out.index("##### wake runner #####")
     assert out.count("=== scaled run: 6 accounts x 4 ops, hold 0.1s ===") == 2
-    assert out.count("scenario      median    floor  efficiency  runs") == 4
+    # 4: the rounds and the scaled run on each runner; 4 more: B and scaled B on each side of
+    # the lines comparison.
+    assert out.count("scenario      median    floor  efficiency  runs") == 8
     assert "(wake runner)" in out
     # Each runner's rounds end in a distribution: min / typical / max per scenario and measure.
     assert out.count("=== 1 rounds: min / typical / max ===") == 2
@@ -115,12 +121,22 @@ def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
     assert rows["B."][2:4] == ["12/12/12", "0/0/0"]
     assert rows["C."][3] == "0/0/0" and rows["D."][3] == "0/0/0"
     assert all(row[8] == "0/0/0" for row in rows.values())
-    table = out.split("=== thread vs wake: median elapsed (efficiency) ===")[1].splitlines()
+    table = out.split("=== thread vs wake: median elapsed (efficiency) ===")[1]
+    table = table.split("\n\n")[0].splitlines()  # up to the next blank line
     rows = [line for line in table if line[:2] in ("A.", "B.", "C.", "D.")]
     assert len(rows) == 8, table  # four scenarios, at the rounds' size and scaled
     assert all(line.count("%") == 2 for line in rows)
     assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
     assert "worker peak memory:" in out and "MiB" in out
+    # B, scaled B and E without the account lines (stock pynenc) and with them (the claim).
+    table = out.split("=== without the account lines (stock) vs with them (--atomic-claim)")[1]
+    rows = {line[:40].strip(): line[40:].split() for line in table.splitlines()[2:]}
+    assert len(rows["B. keyed"]) == len(rows["B. keyed, scaled"]) == 4  # 2 x "1.23s (45%)"
+    # With the lines, the busy account's calls run in order, 3 status writes each, no reroute.
+    assert rows["E, 20 backlog: in enqueue order"][1] == "yes"
+    assert rows["E, 20 backlog: status writes per call"][1] == "3.0"
+    assert rows["E, 20 backlog: REROUTED per call"][1] == "0.0"
+    assert "E, 20 backlog: quiet wait, longest" in rows
 
 
 @pytest.mark.e2e

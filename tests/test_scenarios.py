@@ -169,16 +169,16 @@ def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
     up; the next makes invocation 2, and the last 4 merge into that one."""
     tasks = Registry(merged_after=3)
     tasks.refresh_once = tasks
-    ids, late = scenarios.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
-    assert ids == ["acme-1", "acme-2"]
-    assert late == ["acme: new invocation, the earlier one was already running"]
+    sent = scenarios.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
+    assert sent.ids == ["acme-1", "acme-2"]
+    assert sent.late == ["acme: new invocation, the earlier one was already running"]
 
 
 def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     shape = Shape(ops=2)
     task = SyncTwice()
-    ids, late = scenarios.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
-    assert (len(ids), late) == (6, [])
+    sent = scenarios.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
+    assert (len(sent.ids), sent.late) == (6, [])
     assert task.sent[:2] == [{"account_id": "acme", "op": "sync"}] * 2
     # Keyed: one account's two calls run in a row, so the floor is two holds.
     assert shape.floor(TWICE) == pytest.approx(2 * shape.hold)
@@ -199,3 +199,50 @@ def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     assert table[-1].startswith("totals: 1 collisions under KEYS (B 0, C 0, D 0, Z 1)")
     assert any(line.startswith("Z. twice") for line in report.efficiency(runs).splitlines())
     assert report.one_line([kept, collided]) == "Z 6/0  Z 6/1 BROKEN"
+
+
+def test_a_fenced_call_reached_the_provider_but_counts_as_not_applied() -> None:
+    """After a fault, the cut call and its rerun both reach the provider; the token refuses one."""
+    rerun = outcome("keyed", calls=13, fenced=1)
+    assert (rerun.applied, rerun.extra_calls, rerun.broken()) == (12, 0, [])
+    assert "13 calls, 0 collisions, 1 fenced," in report.summary(rerun)
+    assert outcome("keyed", calls=13).broken() == ["13 calls for 12 enqueued"]
+
+
+NOISY = SCENARIOS["noisy"]
+
+
+def test_e_sends_one_accounts_backlog_then_one_call_for_each_quiet_account() -> None:
+    payloads = Shape(backlog=5).payloads(NOISY)
+    assert [p["account_id"] for p in payloads[:5]] == [settings.HOT_ACCOUNT] * 5
+    assert [p["op"] for p in payloads[:5]] == sorted(p["op"] for p in payloads[:5])
+    quiet = payloads[5:]
+    assert len(quiet) == settings.QUIET_ACCOUNTS == len({p["account_id"] for p in quiet})
+
+
+def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
+    assert NOISY not in scenarios.DEFAULT and NOISY.keyed
+    assert Shape(backlog=20).floor(NOISY) == pytest.approx(20 * Shape().hold)
+    # --bench times a sample of a long backlog: the floor is the sample's.
+    assert Shape(backlog=10_000, sample=50, hold=0.1).floor(NOISY) == pytest.approx(5.0)
+    # The article's run names its own keyed scenarios in the totals, not E.
+    totals = report.distribution([outcome("keyed")]).splitlines()[-1]
+    assert "(B 0, C 0, D 0)" in totals
+
+
+def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> None:
+    lanes = scenarios.Lanes(
+        quiet_waits=[0.1, 0.2, 0.4],
+        hot_calls=20,
+        hot_floor=0.9,
+        hot_out_of_place=0,
+        writes=3.0,
+        reroutes=0.0,
+    )
+    assert lanes.lines() == [
+        "  quiet accounts: 0.20s median, 0.40s longest, from enqueue to their call",
+        "  hot account: 20 calls at 90% of its floor, in enqueue order",
+        "  status writes per finished call: 3.0 (0.0 of them REROUTED)",
+    ]
+    shuffled = scenarios.Lanes([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
+    assert "17 of them out of enqueue order" in shuffled[1]

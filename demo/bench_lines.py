@@ -1,0 +1,105 @@
+"""One side of --bench's account-lines comparison: B, scaled B and E, in a process of its own.
+
+Run by sample.py --bench, once without the lines (stock pynenc) and once with them (the atomic
+claim), each on fresh state and fresh wake-runner workers: every process of a deployment with the
+claim installs it, the one that enqueues too, so the two sides cannot share a process. By hand:
+
+    uv run python -m demo.bench_lines --claim 1 --backlogs 1000
+
+It prints its figures as it goes, then one line `figures: {json}` for sample.py to compare.
+"""
+
+import argparse
+import json
+import math
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from demo import redis_server, report, settings, show
+from demo.bench import ROUNDS, SCALED
+from demo.processes import free_port, stop_on_signals
+from demo.scenarios import SCENARIOS, Outcome, Shape
+from demo.stack import FAILURES, Stack
+
+E_HOLD = 0.1  # as the scaled run's
+E_SAMPLE = 50  # calls of the busy account timed, after which its backlog is left unrun
+E_TIMEOUT = 600.0
+
+
+def figures(article: list[Outcome], scaled: Outcome, noisy: list[Outcome]) -> dict[str, object]:
+    """Median elapsed and floor of B and of scaled B, and each E run's lanes, to compare."""
+    found: dict[str, object] = {
+        "B": [statistics.median(o.elapsed for o in article), article[0].floor],
+        "B scaled": [scaled.elapsed, scaled.floor],
+    }
+    for o in noisy:
+        assert o.lanes is not None
+        waits = [w for w in o.lanes.quiet_waits if not math.isnan(w)]
+        found[f"E {o.shape.backlog}"] = {
+            "quiet_longest": max(waits) if len(waits) == settings.QUIET_ACCOUNTS else None,
+            "hot_floor": o.lanes.hot_floor,
+            "in_order": o.lanes.hot_out_of_place == 0,
+            "writes": o.lanes.writes,
+            "reroutes": o.lanes.reroutes,
+        }
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--claim", choices=("0", "1"), required=True)
+    parser.add_argument("--backlogs", default="1000,10000", help="E's backlogs, comma-separated")
+    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, help="B's")
+    parser.add_argument("--accounts", type=int, default=SCALED.accounts, help="scaled B's")
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    args = parser.parse_args(argv)
+    folder = Path(tempfile.mkdtemp(prefix="bench-lines-"))
+    env = {
+        "DEMO_API_PORT": str(free_port()),
+        "DEMO_API_INSTANCE": secrets.token_hex(8),
+        "DEMO_BACKEND": args.backend,
+        "DEMO_DB": str(folder / "bench.db"),
+        "DEMO_ATOMIC_CLAIM": args.claim,
+        "DEMO_RUNNER": "wake",
+        "DEMO_LOG_LEVEL": "warning",
+    }
+    if args.backend == "redis":
+        env["REDIS_URL"] = redis_server.private_url()
+    os.environ.update(env)  # this process enqueues: its app is built like the workers'
+    view = show.View(charts=False)
+    side = "with the lines (--atomic-claim)" if args.claim == "1" else "without the lines (stock)"
+    print(f"\n##### wake runner, {args.workers} worker(s), {side} #####", flush=True)
+    with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
+        try:
+            s.start(args.workers)
+            keyed, noisy = SCENARIOS["keyed"], SCENARIOS["noisy"]
+            shape = Shape(hold=args.hold, workers=args.workers)
+            article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])
+            print(report.efficiency(article))
+            size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
+            scaled = show.scenario(keyed, size, s.provider, s.tasks, 60, view, "scaled", quiet=True)
+            print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
+            runs = []
+            for backlog in [int(n) for n in args.backlogs.split(",")]:
+                e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
+                label = f"E, a backlog of {backlog}"
+                runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
+            if counted := report.claims(s.tasks.app.orchestrator):
+                print(counted, flush=True)
+        except KeyboardInterrupt:
+            return 130
+        except FAILURES as exc:
+            print(f"bench_lines: {s.explain(exc)}", file=sys.stderr)
+            return 1
+    print(f"figures: {json.dumps(figures(article, scaled, runs))}", flush=True)
+    return 1 if any(o.broken() for o in [*article, scaled, *runs]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
