@@ -508,10 +508,12 @@ class AtomicClaim:
             super().set_invocation_exception(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_retry(
-        self, invocation_id: "InvocationId", exception: Exception, runner_ctx: "RunnerContext"
+        self, invocation: Any, exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
+        """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
+        invocation_id = getattr(invocation, "invocation_id", invocation)
         if self._still_holds(invocation_id, runner_ctx):
-            super().set_invocation_retry(invocation_id, exception, runner_ctx)  # type: ignore[misc]
+            super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _record(
         self, invocation_id: str, record: InvocationStatusRecord, runner_ctx: "RunnerContext"

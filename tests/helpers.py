@@ -156,3 +156,13 @@ def wait_final(*invocation_ids: str) -> list[S]:
 
 def history(invocation_id: str) -> list[S]:
     return [h.status_record.status for h in tasks.app.state_backend.get_history(invocation_id)]
+
+
+def settled_history(invocation_id: str) -> list[S]:
+    """The history once it holds the final status: pynenc writes the entry just after the
+    status itself, so a test that saw the status may be a moment ahead of it."""
+    return wait_until(
+        lambda: (h := history(invocation_id)) and any(s.is_final() for s in h) and h,
+        WAIT,
+        f"{invocation_id}'s history to end",
+    )

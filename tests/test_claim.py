@@ -5,6 +5,7 @@ context on the same SQLite file, and runs pynenc's real claiming loop (`get_invo
 in a thread of its own. Events decide the interleaving, so nothing depends on timing luck.
 """
 
+import inspect
 import json
 import os
 import sqlite3
@@ -310,7 +311,10 @@ def test_a_retry_on_a_busy_key_waits_in_line_without_spinning(claim_app: Provide
     StockClaimer(tasks.app).set_invocation_status(retry.invocation_id, S.PENDING, try_ctx)
     StockClaimer(tasks.app).set_invocation_status(retry.invocation_id, S.RUNNING, try_ctx)
     tasks.app.broker.purge()
-    first_try.set_invocation_retry(retry.invocation_id, RuntimeError("429"), try_ctx)
+    # pynenc 0.3.1 takes the invocation's id here, 0.4.0 the invocation.
+    takes = list(inspect.signature(SQLiteOrchestrator.set_invocation_retry).parameters)[1]
+    retrying = retry if takes == "invocation" else retry.invocation_id
+    first_try.set_invocation_retry(retrying, RuntimeError("429"), try_ctx)
     assert status_of(retry.invocation_id) == S.RETRY
 
     claiming, ctx = claimer(AtomicClaimer)

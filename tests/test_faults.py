@@ -14,7 +14,16 @@ from pynenc.invocation.status import InvocationStatus as S
 import tasks
 from demo.processes import Child, wait_until
 from demo.provider import Provider
-from helpers import WAIT, account, history, paused, status_of, unique, wait_in_flight
+from helpers import (
+    WAIT,
+    account,
+    history,
+    paused,
+    settled_history,
+    status_of,
+    unique,
+    wait_in_flight,
+)
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The deploy case waits for no window: the defaults (a 10 s call timeout, a 15 s window).
@@ -108,8 +117,8 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
     wait_until(lambda: any(w in stalled.tail(200) for w in woke), WAIT, "the stale call to end")
     assert call.result == "ok"
     assert "outlived its claim" in stalled.tail(200)
-    assert history(call.invocation_id).count(S.SUCCESS) == 1
-    assert S.RUNNING_RECOVERY in history(call.invocation_id)
+    seen = settled_history(call.invocation_id)
+    assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
     assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
 
 
