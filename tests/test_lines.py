@@ -1,8 +1,9 @@
 """Account lines, with real workers: a blocked call waits in its account's line, in order, and
 the key passes to the next call on every way out. Counts and order, never durations."""
 
-from collections.abc import Callable
+from collections.abc import Iterator
 
+import pytest
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus as S
 
@@ -15,6 +16,16 @@ from demo.stack import Stack
 from helpers import WAIT, account, paused, settled_history, status_of, unique, wait_in_flight
 
 CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def claim_workers(stack: Stack) -> Iterator[None]:
+    """Two workers with the claim, for every test here: none of them stops one."""
+    workers = stack.add_workers(2, CLAIM)
+    try:
+        yield
+    finally:
+        stack.stop(workers)
 
 
 def final(*invocation_ids: str) -> list[S]:
@@ -30,14 +41,13 @@ def claims() -> int:
 
 
 def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(
-    claim_app: Provider, start_worker: Callable
+    claim_app: Provider,
 ) -> None:
     """Six calls for one account, two workers: the first is held in flight, the other five
     park as they are registered. Each is claimed exactly once, when its turn comes, and the
     provider sees them in enqueue order. Checked by mutation: with parked calls also put on
     the queue, at registration and at each park (rerouting's churn), the 6 calls took 24 to 30
     claims, and this test fails."""
-    start_worker(CLAIM), start_worker(CLAIM)
     acct = unique()
     before = claims()
     ops = [f"op{n}" for n in range(6)]
@@ -56,9 +66,8 @@ def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(
     assert tasks.app.orchestrator.waiting() == 0
 
 
-def test_a_failing_call_hands_its_account_on(claim_app: Provider, start_worker: Callable) -> None:
+def test_a_failing_call_hands_its_account_on(claim_app: Provider) -> None:
     """The provider refuses the first call (422): it ends FAILED, and the next call runs."""
-    start_worker(CLAIM)
     acct = unique()
     with paused(claim_app):
         failing = tasks.call_keyed(acct, "bad op")  # not a name the provider accepts
@@ -70,11 +79,10 @@ def test_a_failing_call_hands_its_account_on(claim_app: Provider, start_worker: 
 
 
 def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
-    claim_app: Provider, start_worker: Callable
+    claim_app: Provider,
 ) -> None:
     """registration_concurrency merges only into REGISTERED invocations: the parked call is
     one, so a burst behind a running refresh makes one more call, not one per event."""
-    start_worker(CLAIM)
     acct = unique()
     with paused(claim_app):
         first = tasks.refresh_once(acct)
@@ -87,12 +95,11 @@ def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
 
 
 def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(
-    claim_app: Provider, stack: Stack, start_worker: Callable
+    claim_app: Provider, stack: Stack
 ) -> None:
     """Scenario E with the lines: every call made once, the busy account's in enqueue order,
     3 status writes per call and no REROUTED. (Stock rerouting, in --bench: 24.5 writes, 10.7
     of them REROUTED, out of order.)"""
-    start_worker(CLAIM)
     shape = Shape(hold=0.02, backlog=12)
     outcome = scenarios.run(SCENARIOS["noisy"], shape, claim_app, stack.tasks, WAIT)
     assert outcome.broken() == []
