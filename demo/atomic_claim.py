@@ -57,6 +57,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
@@ -97,6 +98,9 @@ REDIS_ATTEMPTS = 50
 BACKOFF_SECONDS = (0.001, 0.05)  # first pause, longest pause
 S = InvocationStatus
 HELD = (S.PENDING, S.RUNNING)
+# A holder in one of these moves no further by itself: it ended, or a process died between two
+# of pynenc's writes (KILLED then REROUTED; a recovery status then REROUTED).
+UNMOVING = frozenset({*S.get_final_statuses(), S.KILLED, S.RUNNING_RECOVERY, S.PENDING_RECOVERY})
 
 
 class Refused(SystemExit):
@@ -142,6 +146,14 @@ class Decision:
     token: int | None = None  # with RUN on a key: the fencing token issued
 
 
+def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationStatusRecord]:
+    """pynenc's recovery of a PENDING or RUNNING invocation whose runner went silent: through
+    PENDING_RECOVERY or RUNNING_RECOVERY to REROUTED, in one step, to be queued again."""
+    via = S.RUNNING_RECOVERY if record.status is S.RUNNING else S.PENDING_RECOVERY
+    recovering = status_record_transition(record, via, runner_id)
+    return [recovering, status_record_transition(recovering, S.REROUTED, runner_id)]
+
+
 def check_versions(backend: str) -> None:
     """Raise UntestedVersion unless the installed versions are ones this module was tested with."""
     pynenc_versions.check("atomic claim", backend)
@@ -181,24 +193,24 @@ def resolved_problem(app: "Pynenc") -> str | None:
 
 
 def exit_unless_sound(program: str, app: "Pynenc", wanted: bool) -> None:
-    """Refuse to start, in one line and exit 2, a claim the resolved configuration makes lie.
-
-    wanted: the claim was asked for (DEMO_ATOMIC_CLAIM=1); then pynenc must have resolved one of
-    this module's orchestrators, whatever PYNENC__ORCHESTRATOR_CLS or [tool.pynenc] say.
+    """Refuse to start, in one line and exit 2, what the resolved configuration makes lie: any
+    of the demo's classes on a pynenc it was not tested with, the claim's windows, and, when
+    the claim was asked for (DEMO_ATOMIC_CLAIM=1), an orchestrator or runner other than the
+    one the builder selected (PYNENC__ORCHESTRATOR_CLS, PYNENC__RUNNER_CLS and [tool.pynenc]
+    rank above the builder): another runner would not drain its calls on a stop.
     """
-    resolved = app.conf.orchestrator_cls
+    conf, asked = app.conf, app.config_values or {}
     try:
-        if wanted and resolved not in ORCHESTRATORS.values():
-            raise Refused(
-                f"the atomic claim was asked for, but pynenc's configuration resolves "
-                f"orchestrator_cls={resolved!r} (PYNENC__ORCHESTRATOR_CLS and [tool.pynenc] "
-                "rank above the builder): remove that override, or drop DEMO_ATOMIC_CLAIM"
-            )
-        if resolved in ORCHESTRATORS.values():
-            backend = next(b for b, name in ORCHESTRATORS.items() if name == resolved)
-            check_versions(backend)
-            if why := resolved_problem(app):
-                raise Refused(f"atomic claim: {why}")
+        pynenc_versions.check_resolved(conf.orchestrator_cls, conf.runner_cls)
+        for name in ("orchestrator_cls", "runner_cls") if wanted else ():
+            if (selected := asked.get(name)) and (resolved := getattr(conf, name)) != selected:
+                raise Refused(
+                    f"the atomic claim selects {name}={selected!r}, but pynenc's configuration "
+                    f"resolves {resolved!r} (PYNENC__{name.upper()} or [tool.pynenc]): remove "
+                    "that override, or drop DEMO_ATOMIC_CLAIM"
+                )
+        if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
+            raise Refused(f"atomic claim: {why}")
     except SystemExit as refused:
         print(f"{program}: {refused}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -285,6 +297,7 @@ class AtomicClaim:
             raise Refused(f"atomic claim: {why}")
         super().__init__(app)  # type: ignore[call-arg]
         self._next_sweep = 0.0
+        self._unqueued_seen: set[str] = set()
 
     # Each backend: the atomic steps.
 
@@ -298,6 +311,25 @@ class AtomicClaim:
         raise NotImplementedError
 
     def fence_token(self, invocation_id: str) -> int | None:  # pragma: no cover - per backend
+        raise NotImplementedError
+
+    def recover_in_store(
+        self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+    ) -> list[InvocationStatusRecord]:  # pragma: no cover - per backend
+        """In one step: recover the invocation if it is still RUNNING under a runner silent
+        since alive_since, or PENDING since before pending_since, and queue it again."""
+        raise NotImplementedError
+
+    def holders_to_heal(self) -> tuple[list[str], list[str]]:  # pragma: no cover - per backend
+        """The keys' holders that may need healing: (ended or stuck, available but unqueued)."""
+        raise NotImplementedError
+
+    def heal_in_store(
+        self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+    ) -> list[InvocationStatusRecord]:  # pragma: no cover - per backend
+        """In one step, for a holder still in that state: an ended one hands its key on; one
+        stuck between two of pynenc's statuses (KILLED, a recovery) is rerouted and queued;
+        an available one missing from the queue is queued (requeue)."""
         raise NotImplementedError
 
     def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
@@ -340,28 +372,53 @@ class AtomicClaim:
         )
 
     def recover_silent_runners(self, runner_ctx: "RunnerContext") -> None:
-        """At most once per beat, what pynenc's recovery tasks do: RUNNING invocations whose
-        runner has been silent for the dead-after window, and invocations PENDING for longer
-        than max_pending_seconds, go back on the queue through pynenc's recovery statuses.
+        """At most once per beat: what pynenc's recovery tasks do, each invocation in one step
+        (RUNNING under a runner silent for the dead-after window, or PENDING for longer than
+        max_pending_seconds: rerouted and queued again), then the keys' holders are healed.
 
-        pynenc runs them on a cron (every 15 and every 5 minutes by default), and a call behind
-        a lost holder waits in its line, never claimed: it would wait that long.
+        pynenc runs its recovery on a cron (every 15 and every 5 minutes by default), in two
+        writes; a call behind a lost holder waits in its line, never claimed, meanwhile.
         """
         now = time.monotonic()
         if now < self._next_sweep:
             return
-        self._next_sweep = now + self.app.conf.atomic_service_check_interval_minutes * 60
+        beat = self.app.conf.atomic_service_check_interval_minutes * 60
+        self._next_sweep = now + beat
+        alive_since = time.time() - self.app.conf.runner_considered_dead_after_minutes * 60
+        pending_since = time.time() - self.app.conf.max_pending_seconds
         lost = [
-            *((i, S.RUNNING_RECOVERY) for i in self.get_running_invocations_for_recovery()),  # type: ignore[attr-defined]
-            *((i, S.PENDING_RECOVERY) for i in self.get_pending_invocations_for_recovery()),  # type: ignore[attr-defined]
+            *self.get_running_invocations_for_recovery(),  # type: ignore[attr-defined]
+            *self.get_pending_invocations_for_recovery(),  # type: ignore[attr-defined]
         ]
-        for invocation_id, via in lost:
-            try:
-                self.set_invocation_status(invocation_id, via, runner_ctx)  # type: ignore[attr-defined]
-                self.reroute_invocations({invocation_id}, runner_ctx)  # type: ignore[attr-defined]
-            except InvocationStatusError:
-                continue  # another runner recovered it first, or its own runner moved it on
-            self.app.logger.warning(f"invocation:{invocation_id} recovered ({via.value})")
+        for invocation_id in lost:
+            records = self.recover_in_store(
+                invocation_id, runner_ctx.runner_id, alive_since, pending_since
+            )
+            for record in records:
+                self._record(invocation_id, record, runner_ctx)
+            if records:
+                self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
+        self.heal_holders(runner_ctx, stuck_before=time.time() - beat)
+
+    def heal_holders(self, runner_ctx: "RunnerContext", stuck_before: float) -> None:
+        """A holder that can no longer pass its key on gets it moving again.
+
+        - It ended without handing the key on (a process without the claim finished it).
+        - It is stuck between two of pynenc's statuses (KILLED, a recovery) since before
+          stuck_before: the process that was moving it died in between.
+        - It waits to be claimed but is on no queue: a worker took it off the queue and died
+          before claiming it. A holder on its way from the queue to its claim looks the same
+          for a moment, so it is queued again only when seen so on two sweeps in a row.
+        """
+        ended_or_stuck, unqueued = self.holders_to_heal()
+        again = [i for i in unqueued if i in self._unqueued_seen]
+        self._unqueued_seen = set(unqueued)
+        todo = [*((i, False) for i in ended_or_stuck), *((i, True) for i in again)]
+        for invocation_id, requeue in todo:
+            records = self.heal_in_store(invocation_id, runner_ctx.runner_id, stuck_before, requeue)
+            for record in records:
+                self._record(invocation_id, record, runner_ctx)
+            self.app.logger.warning(f"invocation:{invocation_id} holds its key again")
 
     def get_additional_invocations_to_run(
         self,
@@ -453,12 +510,8 @@ class AtomicClaim:
         if holder.silent_since(alive_since):
             # Its runner stopped beating: recover it as pynenc's recovery does. It keeps the
             # key and is queued again: it never finished, and it came first.
-            via = S.RUNNING_RECOVERY if holder.record.status is S.RUNNING else S.PENDING_RECOVERY
-            recovering = status_record_transition(holder.record, via, runner_id)
-            rerouted = status_record_transition(recovering, S.REROUTED, runner_id)
             decision.writes += [
-                (holder.invocation_id, recovering),
-                (holder.invocation_id, rerouted),
+                (holder.invocation_id, r) for r in recovery(holder.record, runner_id)
             ]
             decision.recovered = holder.invocation_id
         if busy is Verdict.LEAVE:
@@ -665,6 +718,84 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             conn.commit()
         return new
 
+    def recover_in_store(
+        self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+    ) -> list[InvocationStatusRecord]:
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            record = self._status(conn, invocation_id)
+            if record is None or not self._lost(conn, record, alive_since, pending_since):
+                conn.rollback()
+                return []
+            records = recovery(record, runner_id)
+            for each in records:
+                self._write_status(conn, invocation_id, each)
+            self._queue(conn, invocation_id)
+            conn.commit()
+        return records
+
+    def _lost(
+        self, conn: Any, record: InvocationStatusRecord, alive_since: float, pending_since: float
+    ) -> bool:
+        """Still RUNNING under a silent runner, or still PENDING since before pending_since."""
+        if record.status is S.PENDING:
+            return record.timestamp.timestamp() < pending_since
+        if record.status is not S.RUNNING:
+            return False
+        beat = conn.execute(
+            f"SELECT last_heartbeat FROM {self.tables.RUNNER_HEARTBEATS} WHERE runner_id = ?",
+            (record.runner_id,),
+        ).fetchone()
+        return beat is None or beat[0] < alive_since
+
+    def holders_to_heal(self) -> tuple[list[str], list[str]]:
+        queue = self.app.broker.tables.QUEUE
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT h.invocation_id, i.status, EXISTS (SELECT 1 FROM {queue} q "
+                f"WHERE q.invocation_id = h.invocation_id) FROM {self.holders} h "
+                f"LEFT JOIN {self.tables.INVOCATIONS} i ON i.invocation_id = h.invocation_id"
+            ).fetchall()
+        ended_or_stuck = [i for i, status, _ in rows if status is None or S(status) in UNMOVING]
+        unqueued = [
+            i
+            for i, status, queued in rows
+            if status and S(status).is_available_for_run() and not queued
+        ]
+        return ended_or_stuck, unqueued
+
+    def heal_in_store(
+        self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+    ) -> list[InvocationStatusRecord]:
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            holds = conn.execute(
+                f"SELECT 1 FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+            record = self._status(conn, invocation_id)
+            written: list[InvocationStatusRecord] = []
+            if holds is None:
+                pass  # healed meanwhile
+            elif record is None or record.status.is_final():
+                self._release(conn, invocation_id)
+            elif record.status in UNMOVING and record.timestamp.timestamp() < stuck_before:
+                written = [status_record_transition(record, S.REROUTED, runner_id)]
+                self._write_status(conn, invocation_id, written[0])
+                self._queue(conn, invocation_id)
+            elif (
+                requeue
+                and record.status.is_available_for_run()
+                and not self._queued(conn, invocation_id)
+            ):
+                self._queue(conn, invocation_id)
+            conn.commit()
+        return written
+
+    def _queued(self, conn: Any, invocation_id: str) -> bool:
+        queue = self.app.broker.tables.QUEUE
+        found = conn.execute(f"SELECT 1 FROM {queue} WHERE invocation_id = ?", (invocation_id,))
+        return found.fetchone() is not None
+
     def _release(self, conn: Any, invocation_id: str) -> None:
         """A final invocation lets go of its key, or of its place in a line."""
         row = conn.execute(
@@ -710,7 +841,9 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             "WHERE invocation_id = ?",
             (invocation_id,),
         ).fetchone()
-        return None if row is None else InvocationStatusRecord(S(row[0]), row[1], row[2])
+        if row is None:
+            return None
+        return InvocationStatusRecord(S(row[0]), row[1], datetime.fromtimestamp(row[2], tz=UTC))
 
     def _write_status(self, conn: Any, invocation_id: str, record: InvocationStatusRecord) -> None:
         conn.execute(
@@ -813,7 +946,6 @@ if RedisOrchestrator is not None:
             step may WATCH more keys once it knows them. Returns step's value and how many
             tries failed; (None, attempts) when none got through.
             """
-            first, longest = BACKOFF_SECONDS
             for attempt in range(self.attempts):
                 with self.client.pipeline() as pipe:
                     try:
@@ -823,9 +955,15 @@ if RedisOrchestrator is not None:
                         pipe.execute()
                         return value, attempt
                     except WatchError:
-                        pause = min(longest, first * 2**attempt)
-                        time.sleep(random.uniform(pause / 2, pause))
+                        time.sleep(self._backoff(attempt))
             return None, self.attempts
+
+        def _backoff(self, attempt: int) -> float:
+            """The pause after a failed try: it doubles with each one, up to the longest, and
+            jitters, so that claimers who collided do not collide again in step."""
+            first, longest = BACKOFF_SECONDS
+            pause = min(longest, first * 2**attempt)
+            return random.uniform(pause / 2, pause)
 
         def _k(self, *parts: str) -> str:
             return self.key.prefix + ":".join(parts)
@@ -866,6 +1004,7 @@ if RedisOrchestrator is not None:
                         if decision.takes_key:
                             pipe.set(self._k("holder", line), inv_id)
                             pipe.set(self._k("holds", inv_id), line)
+                            pipe.sadd(self._k("holders"), inv_id)
                         self._index(pipe, invocation)
                         pipe.set(self._k("fence", fence_key(key)), issued)
                         pipe.hset(self._k("fences"), inv_id, issued)
@@ -902,6 +1041,7 @@ if RedisOrchestrator is not None:
                 if queued and waits_in_line(invocation):
                     pipe.set(self._k("holder", line), inv_id)
                     pipe.set(self._k("holds", inv_id), line)
+                    pipe.sadd(self._k("holders"), inv_id)
                 if queued:
                     pipe.rpush(self.app.broker.key.default_queue(), inv_id)
                 else:
@@ -937,6 +1077,81 @@ if RedisOrchestrator is not None:
                 raise StatusContention(f"invocation:{invocation_id} changed on all {failed} tries")
             return new
 
+        def recover_in_store(
+            self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+        ) -> list[InvocationStatusRecord]:
+            def step(pipe: Pipeline) -> list[InvocationStatusRecord]:
+                record = self._read_status(pipe, invocation_id)
+                if record is None:
+                    return []
+                if record.status is S.PENDING:
+                    lost = record.timestamp.timestamp() < pending_since
+                else:
+                    beat = pipe.hget(
+                        self.key.runner_heartbeat(record.runner_id or ""), "last_heartbeat"
+                    )
+                    lost = record.status is S.RUNNING and (
+                        beat is None or float(beat) < alive_since
+                    )
+                if not lost:
+                    return []
+                records = recovery(record, runner_id)
+                pipe.multi()
+                self._write_status(pipe, invocation_id, record.status, records[0])
+                self._write_status(pipe, invocation_id, records[0].status, records[1])
+                pipe.rpush(self.app.broker.key.default_queue(), invocation_id)
+                return records
+
+            records, _ = self._transaction(step, self.key.invocation_to_status(invocation_id))
+            return records or []
+
+        def holders_to_heal(self) -> tuple[list[str], list[str]]:
+            ids = [m.decode() for m in self.client.smembers(self._k("holders"))]
+            with self.client.pipeline(transaction=False) as pipe:
+                for invocation_id in ids:
+                    pipe.get(self.key.invocation_to_status(invocation_id))
+                    pipe.lpos(self.app.broker.key.default_queue(), invocation_id)
+                found = pipe.execute()
+            ended_or_stuck, unqueued = [], []
+            for invocation_id, raw, position in zip(ids, found[::2], found[1::2], strict=True):
+                status = InvocationStatusRecord.from_json(json.loads(raw)).status if raw else None
+                if status is None or status in UNMOVING:
+                    ended_or_stuck.append(invocation_id)
+                elif status.is_available_for_run() and position is None:
+                    unqueued.append(invocation_id)
+            return ended_or_stuck, unqueued
+
+        def heal_in_store(
+            self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+        ) -> list[InvocationStatusRecord]:
+            queue = self.app.broker.key.default_queue()
+
+            def step(pipe: Pipeline) -> list[InvocationStatusRecord]:
+                pipe.watch(self._k("holds", invocation_id))
+                if pipe.get(self._k("holds", invocation_id)) is None:
+                    return []  # healed meanwhile
+                record = self._read_status(pipe, invocation_id)
+                if record is None or record.status.is_final():
+                    writes = self._plan_release(pipe, invocation_id)
+                    pipe.multi()
+                    for write in writes:
+                        write(pipe)
+                    return []
+                if record.status in UNMOVING and record.timestamp.timestamp() < stuck_before:
+                    rerouted = status_record_transition(record, S.REROUTED, runner_id)
+                    pipe.multi()
+                    self._write_status(pipe, invocation_id, record.status, rerouted)
+                    pipe.rpush(queue, invocation_id)
+                    return [rerouted]
+                available = requeue and record.status.is_available_for_run()
+                if available and pipe.lpos(queue, invocation_id) is None:
+                    pipe.multi()
+                    pipe.rpush(queue, invocation_id)
+                return []
+
+            healed, _ = self._transaction(step, self.key.invocation_to_status(invocation_id))
+            return healed or []
+
         def _plan_release(
             self, pipe: Pipeline, invocation_id: str
         ) -> list[Callable[[Pipeline], Any]]:
@@ -951,7 +1166,11 @@ if RedisOrchestrator is not None:
             line = line.decode()
             holder, queue = self._k("holder", line), self._k("line", line)
             pipe.watch(holder, queue)
-            writes: list[Callable[[Pipeline], Any]] = [lambda p: p.delete(holds)]
+            holders = self._k("holders")
+            writes: list[Callable[[Pipeline], Any]] = [
+                lambda p: p.delete(holds),
+                lambda p: p.srem(holders, invocation_id),
+            ]
             head = pipe.lindex(queue, 0)
             if head is None:
                 return [*writes, lambda p: p.delete(holder)]
@@ -962,6 +1181,7 @@ if RedisOrchestrator is not None:
                 lambda p: p.delete(self._k("parked", head)),
                 lambda p: p.set(holder, head),
                 lambda p: p.set(self._k("holds", head), line),
+                lambda p: p.sadd(holders, head),
                 lambda p: p.rpush(self.app.broker.key.default_queue(), head),
             ]
 
@@ -976,8 +1196,9 @@ if RedisOrchestrator is not None:
             record = self._read_status(pipe, holder_id)
             if record is None or record.status.is_final():
                 # Ended without letting go: free the key here, and let the next claim see it.
+                writes = self._plan_release(pipe, holder_id)  # it WATCHes: before MULTI
                 pipe.multi()
-                for write in self._plan_release(pipe, holder_id):
+                for write in writes:
                     write(pipe)
                 pipe.execute()
                 raise WatchError("a stale holder was released: read again")

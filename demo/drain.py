@@ -5,7 +5,9 @@ Selected through pynenc's configuration by class name (runner_cls="DrainingThrea
     builder.custom_config(**drain.config("sqlite", deadline=12.0))
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version in one line, as demo/atomic_claim.py does. The wake runner drains the same way.
+any other version, as demo/atomic_claim.py does. The wake runner drains the same way; pynenc's
+MultiThreadRunner and ProcessRunner do not (with the claim, the fencing token is what keeps a
+call handed on while it still runs from being applied twice at once).
 
 Why it exists. On SIGTERM or Ctrl-C (every deploy), pynenc's `ThreadRunner._on_stop` marks each
 in-flight invocation KILLED and reroutes it *before* joining the thread that is still calling the
@@ -37,9 +39,9 @@ DEFAULT_DEADLINE = 12.0
 LONGEST_BEAT = 1.0
 
 
-def config(backend: str, deadline: float) -> dict[str, object]:
-    """What selects the draining runner, and how long it waits for its calls on a stop."""
-    pynenc_versions.check("draining runner", backend)
+def config(deadline: float) -> dict[str, object]:
+    """What selects the draining runner, and how long it waits for its calls on a stop.
+    (atomic_claim.exit_unless_sound checks the versions, on what pynenc resolved.)"""
     return {"runner_cls": "DrainingThreadRunner", DEADLINE_KEY: deadline}
 
 
@@ -47,6 +49,8 @@ class DrainingThreadRunner(ThreadRunner):
     """pynenc's ThreadRunner, stopping by draining rather than by rerouting."""
 
     def _on_start(self) -> None:
+        # However pynenc came to select this class: the same guard as the claim's.
+        pynenc_versions.check_resolved(self.app.conf.orchestrator_cls, type(self).__name__)
         super()._on_start()
         self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
 

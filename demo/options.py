@@ -70,7 +70,7 @@ def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
         "--call-timeout",
         "DEMO_CALL_TIMEOUT",
         "the task's HTTP timeout: the longest a call stays in flight, and about how long a "
-        "stopping worker drains its calls; --dead-after must be longer",
+        "stopping thread or wake worker drains its calls; --dead-after must be longer",
         metavar="S",
     )
 

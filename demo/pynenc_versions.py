@@ -24,6 +24,26 @@ def version(distribution: str) -> str | None:
         return None
 
 
+# The classes the demo installs through pynenc's configuration, by the name pynenc selects them
+# by: what each is called in a refusal, and its backend (None: the app's).
+INSTALLED: dict[str, tuple[str, str | None]] = {
+    "AtomicClaimSQLiteOrchestrator": ("atomic claim", "sqlite"),
+    "AtomicClaimRedisOrchestrator": ("atomic claim", "redis"),
+    "DrainingThreadRunner": ("draining runner", None),
+    "WakeRunner": ("wake runner", None),
+}
+
+
+def check_resolved(orchestrator_cls: str, runner_cls: str) -> None:
+    """Raise UntestedVersion unless each of the demo's classes that pynenc resolved, however it
+    was selected (the builder, PYNENC__..., [tool.pynenc]), was tested with these versions."""
+    backend = "redis" if "Redis" in orchestrator_cls else "sqlite"
+    for name in (orchestrator_cls, runner_cls):
+        if name in INSTALLED:
+            what, fixed = INSTALLED[name]
+            check(what, fixed or backend)
+
+
 def check(what: str, backend: str) -> None:
     """Raise UntestedVersion unless the installed versions were tested for `what` on backend."""
     if backend not in TESTED:

@@ -19,11 +19,11 @@ BY_NAME: dict[str, dict[str, object]] = {
 def config() -> dict[str, object]:
     """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner,
     unless the claim is on, whose workers drain their calls when they stop (demo/drain.py)."""
-    name, backend = settings.get("DEMO_RUNNER"), settings.get("DEMO_BACKEND")
+    name = settings.get("DEMO_RUNNER")
     if name == "wake":
         # The same idle cadence as ThreadRunner's two sleeps per loop.
         idle, deadline = 2 * settings.runner_sleep(), settings.drain_deadline()
-        return wake_runner.config(backend, idle=idle, drain_deadline=deadline)
+        return wake_runner.config(idle=idle, drain_deadline=deadline)
     if name == "thread" and settings.get("DEMO_ATOMIC_CLAIM") == "1":
-        return drain.config(backend, deadline=settings.drain_deadline())
+        return drain.config(deadline=settings.drain_deadline())
     return BY_NAME[name]

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from pynenc.runner.thread_runner import ThreadInfo
 
-from demo import drain, pynenc_versions
+from demo import drain
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -41,10 +41,9 @@ if TYPE_CHECKING:
 IDLE_KEY = "wake_runner_idle_sec"
 
 
-def config(backend: str, idle: float, drain_deadline: float) -> dict[str, object]:
+def config(idle: float, drain_deadline: float) -> dict[str, object]:
     """What selects the runner: its class, no base sleep, the idle wait in its place, and how
-    long it drains its calls on a stop."""
-    pynenc_versions.check("wake runner", backend)
+    long it drains its calls on a stop. (atomic_claim.exit_unless_sound checks the versions.)"""
     return {
         "runner_cls": "WakeRunner",
         "runner_loop_sleep_time_sec": 0.0,

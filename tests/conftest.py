@@ -8,12 +8,16 @@ import, builds its app from them.
 import os
 import secrets
 import shutil
+import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pynenc import Pynenc
+from pynenc.invocation.status import InvocationStatus
 
 from demo import atomic_claim, monitor, redis_server
 from demo.processes import Child, free_port, stop_children
@@ -57,6 +61,31 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
     stack.tasks.app.broker.purge()
     yield live_api
     live_api.resume()
+    end_leftovers(stack.tasks.app)
+
+
+def end_leftovers(app: Pynenc) -> None:
+    """What a test left unfinished on purpose (a claim it never ran, a holder it stranded) is
+    ended, so that no later test's workers recover it, claim it, or wait behind it."""
+    orchestrator = app.orchestrator
+    final = tuple(status.value for status in InvocationStatus.get_final_statuses())
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(
+            f"UPDATE {orchestrator.tables.INVOCATIONS} SET status = 'failed' "
+            f"WHERE status NOT IN ({', '.join('?' for _ in final)})",
+            final,
+        )
+        # The claim's holders and lines, once a test has made them (demo/atomic_claim.py).
+        prefix = orchestrator.tables.table_prefix
+        for table in (f"{prefix}_key_holders", f"{prefix}_key_lines"):
+            if exists(conn, table):
+                conn.execute(f"DELETE FROM {table}")
+    app.broker.purge()
+
+
+def exists(conn: sqlite3.Connection, table: str) -> bool:
+    query = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?"
+    return conn.execute(query, (table,)).fetchone() is not None
 
 
 @pytest.fixture

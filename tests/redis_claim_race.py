@@ -40,9 +40,18 @@ class Claimer(AtomicClaimRedisOrchestrator):
 
 
 class Contended(Claimer):
-    """Every try, someone else writes a key it watches, so its EXEC always fails."""
+    """Every try, someone else writes a key it watches, so its EXEC always fails. The pauses it
+    takes between tries are written down."""
 
     attempts = 5
+
+    def __init__(self, app: Any, **extra: Any) -> None:
+        super().__init__(app, **extra)
+        self.pauses: list[float] = []
+
+    def _backoff(self, attempt: int) -> float:
+        self.pauses.append(super()._backoff(attempt))
+        return self.pauses[-1]
 
     def decide(self, invocation: Any, *args: Any) -> Decision:
         status_key = self.key.invocation_to_status(invocation.invocation_id)
@@ -158,14 +167,41 @@ def contention() -> dict[str, Any]:
     return {
         "taken": taken,
         "tries": contended.tries,
+        "pauses": contended.pauses,
         "status": tasks.app.orchestrator.get_invocation_status(call.invocation_id).value,
         "queued": tasks.app.broker.count_invocations(),
         "counts": contended.claim_counts(),
     }
 
 
+def stale_and_lost_holders() -> dict[str, Any]:
+    """Holders that cannot pass their key on by themselves: one ended by a process without the
+    claim, one taken off the queue by a worker that died before claiming it."""
+    tasks.app.purge()
+    holding, ctx = claimer(Claimer)
+    ended = tasks.call_keyed("umbrella", "op0")
+    assert take(holding, ctx) == [ended.invocation_id]
+    stock = RedisOrchestrator(tasks.app)
+    stock.set_invocation_status(ended.invocation_id, S.RUNNING, ctx)
+    stock.set_invocation_status(ended.invocation_id, S.SUCCESS, ctx)  # no hand-over
+    after_ended = tasks.call_keyed("umbrella", "op1")  # registers past the stale holder
+    found: dict[str, Any] = {"after_ended_taken": take(holding, ctx) == [after_ended.invocation_id]}
+    lost = tasks.call_keyed("vandelay", "op0")
+    assert tasks.app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
+    holding.heal_holders(ctx, stuck_before=0.0)
+    found["queued_after_one_sweep"] = tasks.app.broker.count_invocations()
+    holding.heal_holders(ctx, stuck_before=0.0)
+    found["lost_taken"] = take(holding, ctx) == [lost.invocation_id]
+    return found
+
+
 def main() -> int:
-    found = {"race": race(), "park": park_and_hand_over(), "contention": contention()}
+    found = {
+        "race": race(),
+        "park": park_and_hand_over(),
+        "contention": contention(),
+        "healing": stale_and_lost_holders(),
+    }
     print(json.dumps(found))
     return 0
 

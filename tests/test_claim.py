@@ -12,7 +12,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -32,17 +34,30 @@ from helpers import WAIT, account, history, paused, status_of, unique, wait_fina
 
 
 class Pausing:
-    """A claimer that can be stopped right after it looked at the key, before it writes.
+    """Stops a claimer at its first `stops` pause points, one after the other.
 
-    `checked` is set when it gets there; it waits there until `go` is set.
+    At each, `reached[n]` is set, and it waits there until `go[n]` is set.
     """
 
-    def __init__(self) -> None:
-        self.checked, self.go = threading.Event(), threading.Event()
+    def __init__(self, stops: int = 1) -> None:
+        self.reached = [threading.Event() for _ in range(stops)]
+        self.go = [threading.Event() for _ in range(stops)]
+        self.passed = 0
+
+    @property
+    def checked(self) -> threading.Event:
+        return self.reached[0]
 
     def pause(self) -> None:
-        self.checked.set()
-        assert self.go.wait(WAIT), "the test never let the paused claimer go on"
+        if self.passed == len(self.go):
+            return
+        n, self.passed = self.passed, self.passed + 1
+        self.reached[n].set()
+        assert self.go[n].wait(WAIT), "the test never let the paused claimer go on"
+
+    def let_go(self) -> None:
+        for go in self.go:
+            go.set()
 
 
 class StockClaimer(SQLiteOrchestrator):
@@ -60,7 +75,8 @@ class StockClaimer(SQLiteOrchestrator):
 class AtomicClaimer(AtomicClaimSQLiteOrchestrator):
     """The atomic claim, observed.
 
-    With a Pausing it stops in `decide`, after reading the key, inside its transaction.
+    With a Pausing it stops in `decide`, after reading the key, then at its first write, both
+    inside its transaction.
     `reached` is set whenever it gets to `decide`; `blocked` when, about to take an invocation
     off the queue (its first write), it finds the database's write lock held by someone else.
     `claims` counts its claims; past `most_claims` it refuses to go on (a spinning loop).
@@ -79,11 +95,27 @@ class AtomicClaimer(AtomicClaimSQLiteOrchestrator):
         assert self.claims <= self.most_claims, "the claiming loop spins"
         return super().claim_in_store(*args)
 
+    def _connect(self) -> sqlite3.Connection:
+        """Each step's connection, with the statements it runs written down as they run."""
+        conn = super()._connect()
+        self.statements: list[str] = []
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+    def transaction_so_far(self) -> list[str]:
+        """The BEGINs and COMMITs of the current step so far."""
+        return [s for s in self.statements if s.startswith(("BEGIN", "COMMIT"))]
+
     def decide(self, *args: object) -> atomic_claim.Decision:
         self.reached.set()
         if self.pausing:
             self.pausing.pause()
         return super().decide(*args)
+
+    def _write_status(self, *args: object) -> None:
+        if self.pausing:
+            self.pausing.pause()
+        super()._write_status(*args)
 
     def _retriever(self, *hooks: object) -> Callable[[], object]:
         retrieve = super()._retriever(*hooks)
@@ -129,7 +161,8 @@ def take(orchestrator: SQLiteOrchestrator, ctx: RunnerContext) -> list[Distribut
 def race(cls: type[SQLiteOrchestrator]) -> tuple[list, list, RunnerContext, RunnerContext]:
     """Claimer 1 looks at the key and stops; claimer 2 claims meanwhile; then claimer 1 goes on."""
     (one, ctx1), (two, ctx2) = claimer(cls), claimer(cls)
-    one.pausing = Pausing()
+    atomic = isinstance(two, AtomicClaimer)
+    one.pausing = Pausing(stops=2 if atomic else 1)
     taken: dict[str, list] = {}
     first = threading.Thread(target=lambda: taken.setdefault("one", take(one, ctx1)))
     second = threading.Thread(target=lambda: taken.setdefault("two", take(two, ctx2)))
@@ -137,16 +170,21 @@ def race(cls: type[SQLiteOrchestrator]) -> tuple[list, list, RunnerContext, Runn
     try:
         assert one.pausing.checked.wait(WAIT), "claimer 1 never reached its check"
         second.start()
-        if isinstance(two, AtomicClaimer):
+        if atomic:
             # Claimer 1 holds the write lock from its read to its write: claimer 2, about to
             # take an invocation off the queue, finds it held, and has not looked at the key.
             wait_until(lambda: two.blocked.is_set() or two.reached.is_set(), WAIT, "claimer 2")
             assert two.blocked.is_set(), "claimer 2 was not blocked while claimer 1 was held"
             assert not two.reached.is_set(), "claimer 2 checked the key while claimer 1 was held"
+            # And still after its decision, as it writes it.
+            one.pausing.go[0].set()
+            assert one.pausing.reached[1].wait(WAIT), "claimer 1 never came to write"
+            assert one.transaction_so_far() == ["BEGIN IMMEDIATE"], "check and write split"
+            assert not two.reached.is_set(), "claimer 2 checked the key before claimer 1 wrote"
         else:
             second.join(WAIT)
     finally:
-        one.pausing.go.set()
+        one.pausing.let_go()
         first.join(WAIT)
         second.join(WAIT)
     assert not first.is_alive() and not second.is_alive(), "a claimer is stuck"
@@ -193,7 +231,9 @@ def test_atomic_claim_lets_exactly_one_worker_in(
 ) -> None:
     """Checked by mutation: with the claim's read and its write split into two transactions
     (`claim_in_store` committing after the read, then writing in a second BEGIN IMMEDIATE),
-    claimer 2 is not blocked and checks the key while claimer 1 is held: this test fails."""
+    claimer 2 is not blocked and checks the key while claimer 1 is held; with the commit
+    after the decision instead, claimer 1 holds no lock as it comes to write: either way this
+    test fails."""
     task = getattr(tasks, task_name)
     acct = unique()
     # Registered the stock way, so both are on the queue for the two claimers to race for.
@@ -399,7 +439,7 @@ def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_strande
         )
         assert finisher.blocked.is_set(), "the holder finished while the producer was held"
     finally:
-        producer.pausing.go.set()
+        producer.pausing.let_go()
         registering.join(WAIT)
         finishing.join(WAIT)
     late = made["late"]
@@ -407,6 +447,92 @@ def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_strande
     assert (tasks.app.broker.count_invocations(), producer.waiting()) == (1, 0)
     claiming, ctx = claimer(AtomicClaimer)
     assert [inv.invocation_id for inv in take(claiming, ctx)] == [late.invocation_id]
+
+
+class PausedRelease(AtomicClaimSQLiteOrchestrator):
+    """Stops as it hands a finished holder's key on, when given a Pausing."""
+
+    pausing: Pausing | None = None
+
+    def _release(self, *args: object) -> None:
+        if self.pausing:
+            self.pausing.pause()
+        super()._release(*args)
+
+
+def committed_status(db_path: str, invocation_id: str) -> str:
+    """The status other connections see now: only what is committed."""
+    table = tasks.app.orchestrator.tables.INVOCATIONS
+    with closing(sqlite3.connect(db_path)) as conn:
+        (status,) = conn.execute(
+            f"SELECT status FROM {table} WHERE invocation_id = ?", (invocation_id,)
+        ).fetchone()
+    return status
+
+
+def test_the_key_passes_on_in_the_same_step_as_the_holders_final_status(
+    claim_app: Provider,
+) -> None:
+    """Nobody sees the holder ended and its line not yet moved on. Checked by mutation: with
+    the hand-over in a transaction of its own, after the final status, the holder is seen
+    SUCCESS while the next call is not yet queued, and this test fails."""
+    acct = unique()
+    holder, _, holder_ctx = hold_the_key(acct)
+    waiting = tasks.call_keyed(acct, "op1")
+    finisher = PausedRelease(tasks.app)
+    finisher.pausing = Pausing()
+    finishing = threading.Thread(
+        target=finisher.set_invocation_status, args=(holder.invocation_id, S.SUCCESS, holder_ctx)
+    )
+    finishing.start()
+    try:
+        assert finisher.pausing.checked.wait(WAIT), "the holder's end never handed the key on"
+        assert committed_status(finisher.sqlite_db_path, holder.invocation_id) == "running"
+        assert tasks.app.broker.count_invocations() == 0
+    finally:
+        finisher.pausing.let_go()
+        finishing.join(WAIT)
+    assert status_of(holder.invocation_id) == S.SUCCESS
+    claiming, ctx = claimer(AtomicClaimer)
+    assert [inv.invocation_id for inv in take(claiming, ctx)] == [waiting.invocation_id]
+
+
+def test_a_holder_taken_off_the_queue_by_a_worker_that_died_is_queued_again(
+    claim_app: Provider,
+) -> None:
+    """A worker took the key's holder off the queue and died before claiming it: nothing but the
+    sweep would ever claim it, and the calls behind it would wait forever. Checked by
+    mutation: without the sweep's requeue, the queue stays empty and this test fails."""
+    acct = unique()
+    lost = tasks.call_keyed(acct, "op0")
+    behind = tasks.call_keyed(acct, "op1")
+    assert tasks.app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
+    sweeper, ctx = claimer(AtomicClaimer)
+    sweeper.heal_holders(ctx, stuck_before=time.time())
+    assert tasks.app.broker.count_invocations() == 0  # on its way to a claim, for all we know
+    sweeper.heal_holders(ctx, stuck_before=time.time())
+    (again,) = take(sweeper, ctx)  # seen off the queue twice: queued again
+    assert again.invocation_id == lost.invocation_id
+    sweeper.set_invocation_status(lost.invocation_id, S.RUNNING, ctx)
+    sweeper.set_invocation_status(lost.invocation_id, S.SUCCESS, ctx)
+    assert [inv.invocation_id for inv in take(sweeper, ctx)] == [behind.invocation_id]
+
+
+@pytest.mark.parametrize("left_in", [S.KILLED, S.SUCCESS], ids=["killed", "ended"])
+def test_a_holder_left_by_a_process_without_the_claim_or_a_dead_one_moves_on(
+    claim_app: Provider, left_in: S
+) -> None:
+    """A holder KILLED by a runner that died before rerouting it (pynenc writes the two
+    separately), or ended by a process without the claim (no hand-over): the sweep reroutes
+    the first and hands the second's key on."""
+    acct = unique()
+    holder, _, holder_ctx = hold_the_key(acct)
+    behind = tasks.call_keyed(acct, "op1")
+    StockClaimer(tasks.app).set_invocation_status(holder.invocation_id, left_in, holder_ctx)
+    sweeper, ctx = claimer(AtomicClaimer)
+    sweeper.heal_holders(ctx, stuck_before=time.time() + 1)  # as if a beat had passed
+    (taken,) = take(sweeper, ctx)
+    assert taken.invocation_id == (behind if left_in.is_final() else holder).invocation_id
 
 
 def test_every_claim_carries_a_larger_token_for_its_key(claim_app: Provider) -> None:
@@ -467,7 +593,7 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
     the invocation's own status watched (the key's holder and token counter left out of WATCH),
     claimer 1's EXEC went through and both claimers were granted; with the holder's key and
     status left out of the producer's WATCH, its call was parked in a line with no holder,
-    never to run."""
+    never to run; without the pause between tries, `pauses` is empty."""
     env = {
         **os.environ,
         "DEMO_BACKEND": "redis",
@@ -497,8 +623,20 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
         True,
     )
 
-    # A claim whose watched keys change on every try gives up, and its invocation is not lost.
+    # A claim whose watched keys change on every try gives up, and its invocation is not lost;
+    # between tries it pauses, longer each time (up to a bound), with some jitter.
     stuck = found["contention"]
     assert (stuck["taken"], stuck["tries"], stuck["status"]) == ([], 5, "registered")
     assert stuck["queued"] == 1
     assert stuck["counts"] == {"claims": 1, "retries": 5}
+    first, longest = atomic_claim.BACKOFF_SECONDS
+    bounds = [min(longest, first * 2**n) for n in range(5)]
+    assert all(b / 2 <= p <= b for p, b in zip(stuck["pauses"], bounds, strict=True))
+
+    # A holder ended without a hand-over is let go by the next registration for its key; one a
+    # dead worker took off the queue is queued again by the sweep, on its second sighting.
+    assert found["healing"] == {
+        "after_ended_taken": True,
+        "queued_after_one_sweep": 0,
+        "lost_taken": True,
+    }

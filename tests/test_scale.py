@@ -40,7 +40,11 @@ RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
     # On the wake runner, so the same run shows that runner keeps its promises on Redis.
     "redis, private": (("--backend", "redis", "--runner", "wake", *SHORT), "private"),
     "three workers": (("--workers", "3", "--rounds", "2", "--timeout", "5", *SHORT), None),
-    "three workers, claim": (("--atomic-claim", "--workers", "3", "--rounds", "2", *SHORT), None),
+    # On the wake runner: the same run shows that runner keeps every promise with the claim.
+    "three workers, claim": (
+        ("--atomic-claim", "--workers", "3", "--rounds", "2", "--runner", "wake", *SHORT),
+        None,
+    ),
     "redis, claim, hosts": (
         ("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", *SHORT),
         "url",
@@ -197,7 +201,7 @@ def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, R
     run = runs["three workers, claim"]
     out = run.result.stdout
     assert run.result.returncode == 0, out + run.result.stderr
-    assert "--- sqlite, 3 worker(s); atomic claim on, dead after 15s" in out
+    assert "--- sqlite, 3 worker(s) (wake runner); atomic claim on, dead after 15s" in out
     assert "totals: 0 collisions under KEYS (B 0, C 0, D 0)" in out, out
     assert "worker crashes" not in out
     assert processes_mentioning(str(run.folder)) == []

@@ -1,15 +1,18 @@
-"""The wake runner: pynenc's ThreadRunner, started again the moment one of its calls ends."""
+"""The wake runner: pynenc's ThreadRunner, started again the moment one of its calls ends.
+
+With the claim and three workers it runs in tests/test_scale.py; on Redis there too, and on
+one SQLite worker in the --bench test.
+"""
 
 import os
 import signal
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
-from demo import pynenc_versions, wake_runner
+from demo import pynenc_versions
 from demo.processes import wait_until
 from demo.provider import Provider
 from helpers import (
@@ -18,32 +21,12 @@ from helpers import (
     history,
     paused,
     process_state,
-    processes_mentioning,
-    run_sample,
     status_of,
-    summaries,
     unique,
     wait_in_flight,
 )
 
 WAKE = {"DEMO_RUNNER": "wake"}
-
-
-@pytest.mark.e2e
-def test_the_wake_runner_keeps_every_guarantee_with_the_claim_and_three_workers(
-    tmp_path: Path,
-) -> None:
-    """One worker on the wake runner runs in the --bench test (SQLite) and in
-    tests/test_scale.py's private-Redis test."""
-    extra = ("--atomic-claim", "--workers", "3")
-    result = run_sample(tmp_path, "--runner", "wake", "--no-chart", *extra, timeout=400)
-    out = result.stdout
-    assert result.returncode == 0, out + result.stderr
-    assert "(wake runner)" in out
-    found = summaries(out)
-    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
-    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
-    assert processes_mentioning(str(tmp_path)) == []
 
 
 def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
@@ -71,4 +54,4 @@ def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
 def test_the_wake_runner_refuses_an_untested_pynenc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pynenc_versions, "version", lambda name: "0.5.0")
     with pytest.raises(pynenc_versions.UntestedVersion, match="wake runner .*pynenc 0.5.0"):
-        wake_runner.config("sqlite", idle=0.2, drain_deadline=12.0)
+        pynenc_versions.check_resolved("SQLiteOrchestrator", "WakeRunner")
