@@ -109,28 +109,30 @@ LINES_DEADLINE = 3600.0
 
 def lines(args: argparse.Namespace, log_dir: Path) -> int:
     """B, scaled B and E without the account lines (stock pynenc) and with them (the claim),
-    each side in a process of its own (demo/bench_lines.py), its output shown as it comes;
-    then the two side by side."""
-    found: dict[str, dict[str, object]] = {}
+    each side in processes of its own (demo/bench_lines.py: B and the first backlog, then one
+    per further backlog), its output shown as it comes; then the two sides side by side."""
+    found: dict[str, dict[str, object]] = {"without": {}, "with": {}}
+    backlogs = [n for n in args.bench_backlogs.split(",") if n] or [""]
     code = 0
     for claim, side in (("0", "without"), ("1", "with")):
-        argv = [sys.executable, "-m", "demo.bench_lines", "--claim", claim]
-        argv += ["--backlogs", args.bench_backlogs, "--rounds", str(args.rounds or ROUNDS)]
-        argv += ["--hold", str(args.hold)]
-        argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
-        argv += ["--backend", args.backend]
-        child = start_child(
-            f"bench ({side} lines)", argv, log_dir / f"bench-{side}-lines.log", cwd=ROOT
-        )
-        try:
-            lines_out = _follow(child)
-        finally:
-            stop_children([child])
-        code = code or (child.proc.returncode or 0)
-        for line in lines_out:
-            if line.startswith("figures: "):
-                found[side] = json.loads(line.removeprefix("figures: "))
-    if len(found) == 2:
+        for n, backlog in enumerate(backlogs):
+            argv = [sys.executable, "-m", "demo.bench_lines", "--claim", claim]
+            argv += ["--no-b"] if n else []
+            argv += ["--backlogs", backlog, "--rounds", str(args.rounds or ROUNDS)]
+            argv += ["--hold", str(args.hold)]
+            argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
+            argv += ["--backend", args.backend]
+            name = f"bench-{side}-lines" + (f"-{backlog}" if n else "")
+            child = start_child(name, argv, log_dir / f"{name}.log", cwd=ROOT)
+            try:
+                lines_out = _follow(child)
+            finally:
+                stop_children([child])
+            code = code or (child.proc.returncode or 0)
+            for line in lines_out:
+                if line.startswith("figures: "):
+                    found[side].update(json.loads(line.removeprefix("figures: ")))
+    if all("B" in side for side in found.values()):
         print(compare_lines(found["without"], found["with"]))
     return code
 

@@ -1,8 +1,10 @@
 """One side of --bench's account-lines comparison: B, scaled B and E, in a process of its own.
 
-Run by sample.py --bench, once without the lines (stock pynenc) and once with them (the atomic
-claim), each on fresh state and fresh wake-runner workers: every process of a deployment with the
-claim installs it, the one that enqueues too, so the two sides cannot share a process. By hand:
+Run by sample.py --bench without the lines (stock pynenc) and with them (the atomic claim),
+each on fresh state and fresh wake-runner workers: every process of a deployment with the
+claim installs it, the one that enqueues too, so the two sides cannot share a process. A
+sampled E run leaves the rest of its backlog queued, which would run ahead of the next one's,
+so each E backlog after the first gets a process of its own (--no-b). By hand:
 
     uv run python -m demo.bench_lines --claim 1 --backlogs 1000
 
@@ -30,12 +32,14 @@ E_SAMPLE = 50  # calls of the busy account timed, after which its backlog is lef
 E_TIMEOUT = 600.0
 
 
-def figures(article: list[Outcome], scaled: Outcome, noisy: list[Outcome]) -> dict[str, object]:
+def figures(
+    article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome]
+) -> dict[str, object]:
     """Median elapsed and floor of B and of scaled B, and each E run's lanes, to compare."""
-    found: dict[str, object] = {
-        "B": [statistics.median(o.elapsed for o in article), article[0].floor],
-        "B scaled": [scaled.elapsed, scaled.floor],
-    }
+    found: dict[str, object] = {}
+    if article and scaled is not None:
+        found["B"] = [statistics.median(o.elapsed for o in article), article[0].floor]
+        found["B scaled"] = [scaled.elapsed, scaled.floor]
     for o in noisy:
         assert o.lanes is not None
         waits = [w for w in o.lanes.quiet_waits if not math.isnan(w)]
@@ -52,14 +56,20 @@ def figures(article: list[Outcome], scaled: Outcome, noisy: list[Outcome]) -> di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claim", choices=("0", "1"), required=True)
-    parser.add_argument("--backlogs", default="1000,10000", help="E's backlogs, comma-separated")
+    parser.add_argument("--no-b", action="store_true", help="only E: no B, no scaled B")
+    parser.add_argument("--backlogs", default="1000", help="E's backlogs, comma-separated")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, help="B's")
     parser.add_argument("--accounts", type=int, default=SCALED.accounts, help="scaled B's")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args(argv)
-    folder = Path(tempfile.mkdtemp(prefix="bench-lines-"))
+    with tempfile.TemporaryDirectory(prefix="bench-lines-", ignore_cleanup_errors=True) as tmp:
+        return side(args, Path(tmp))
+
+
+def side(args: argparse.Namespace, folder: Path) -> int:
+    """One side's runs on a fresh database in `folder`; prints `figures: {json}` at the end."""
     env = {
         "DEMO_API_PORT": str(free_port()),
         "DEMO_API_INSTANCE": secrets.token_hex(8),
@@ -74,19 +84,25 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(env)  # this process enqueues: its app is built like the workers'
     view = show.View(charts=False)
     side = "with the lines (--atomic-claim)" if args.claim == "1" else "without the lines (stock)"
-    print(f"\n##### wake runner, {args.workers} worker(s), {side} #####", flush=True)
+    backlogs = [int(n) for n in args.backlogs.split(",") if n]
+    part = ", ".join(([] if args.no_b else ["B", "scaled B"]) + [f"E at {n:,}" for n in backlogs])
+    print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
+    article: list[Outcome] = []
+    scaled, runs = None, []
     with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
         try:
             s.start(args.workers)
             keyed, noisy = SCENARIOS["keyed"], SCENARIOS["noisy"]
-            shape = Shape(hold=args.hold, workers=args.workers)
-            article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])
-            print(report.efficiency(article))
-            size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
-            scaled = show.scenario(keyed, size, s.provider, s.tasks, 60, view, "scaled", quiet=True)
-            print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
-            runs = []
-            for backlog in [int(n) for n in args.backlogs.split(",")]:
+            if not args.no_b:
+                shape = Shape(hold=args.hold, workers=args.workers)
+                article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])
+                print(report.efficiency(article))
+                size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
+                scaled = show.scenario(
+                    keyed, size, s.provider, s.tasks, 60, view, "scaled", quiet=True
+                )
+                print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
+            for backlog in backlogs:
                 e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
                 label = f"E, a backlog of {backlog}"
                 runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
@@ -98,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench_lines: {s.explain(exc)}", file=sys.stderr)
             return 1
     print(f"figures: {json.dumps(figures(article, scaled, runs))}", flush=True)
-    return 1 if any(o.broken() for o in [*article, scaled, *runs]) else 0
+    return 1 if any(o.broken() for o in [*article, *runs] + ([scaled] if scaled else [])) else 0
 
 
 if __name__ == "__main__":
