@@ -35,8 +35,25 @@ os.environ.update(
 )
 
 from helpers import processes_mentioning, run_sample  # noqa: E402 - it imports tasks.py: settings first
+from long_runs import LongRuns  # noqa: E402 - the same
 
 READY = 30.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def long_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LongRuns | None]:
+    """test_scale.py's long sample.py runs, started as the session begins when a selected test
+    reads them: they run beside the other tests instead of after them."""
+    if not any("runs" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        yield None
+        return
+    started = LongRuns(tmp_path_factory.mktemp)
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 @pytest.fixture(scope="session")

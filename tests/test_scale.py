@@ -1,90 +1,28 @@
 """Beyond the article's run: the benchmark, the Redis backend, and several workers, end to end.
 
-The Redis runs use `uv run --isolated --group redis`, an environment of their own, so the
-project's default environment stays as a user has it (without the plugin). The long runs only
-count calls and collisions, never time, so they hold each call 0.1 s instead of the article's
-0.4 s, and they run side by side (the `runs` fixture): the same promises, in a fraction of
-the time.
+The long runs (tests/long_runs.py) start as the session begins and run beside the other tests;
+the tests here read what they printed and left behind.
 """
 
 import os
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from demo import redis_server
-from demo.processes import Child, stop_children
+from demo.processes import stop_children
 from demo.stack import ROOT
 from helpers import processes_mentioning, run_sample, summaries
-
-WITH_REDIS = ("--isolated", "--group", "redis")
-# Ready-timeout: several runs boot at once on a small machine.
-SHORT = ("--hold", "0.1", "--no-chart", "--ready-timeout", "120")
-# The long run each test below reads: its flags, and its Redis, if any ("url": a redis-server
-# of its own, named by REDIS_URL; "private": the one sample.py starts itself).
-RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    # The smallest bench that prints every figure: one round at a short hold, and a scaled
-    # run of 6 accounts.
-    "bench": (
-        ("--bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6")
-        + ("--bench-backlogs", "20"),
-        None,
-    ),
-    "redis, one worker": (("--backend", "redis", *SHORT), "url"),
-    # On the wake runner, so the same run shows that runner keeps its promises on Redis.
-    "redis, private": (("--backend", "redis", "--runner", "wake", *SHORT), "private"),
-    "three workers": (("--workers", "3", "--rounds", "2", "--timeout", "5", *SHORT), None),
-    # On the wake runner: the same run shows that runner keeps every promise with the claim.
-    "three workers, claim": (
-        ("--atomic-claim", "--workers", "3", "--rounds", "2", "--runner", "wake", *SHORT),
-        None,
-    ),
-    "redis, claim, hosts": (
-        ("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", *SHORT),
-        "url",
-    ),
-}
-
-
-@dataclass(frozen=True)
-class Run:
-    result: subprocess.CompletedProcess
-    folder: Path  # its logs, and its database when on SQLite
-    redis_url: str = ""  # the Redis named by REDIS_URL, if any
+from long_runs import WITH_REDIS, LongRuns, Run
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """Every run in RUNS, four at a time: each mostly waits on the provider, so together they
-    take little longer than the longest. Their Redis servers live until the module ends."""
-    redis_here = shutil.which("redis-server") is not None
-    servers: list[Child] = []
-    started = {}
-    try:
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            for name, (args, redis) in RUNS.items():
-                if redis and not redis_here:
-                    continue
-                folder = tmp_path_factory.mktemp(name.replace(", ", "-").replace(" ", "-"))
-                url, env = "", {}
-                if redis == "url":
-                    child, url = redis_server.start_private(folder / "redis" / "redis.log", 30)
-                    servers.append(child)
-                    env = {"REDIS_URL": url}
-                uv_args = WITH_REDIS if redis else ()
-                job = pool.submit(run_sample, folder, *args, uv_args=uv_args, env=env, timeout=400)
-                started[name] = (job, folder, url)
-            yield {
-                name: Run(job.result(), folder, url) for name, (job, folder, url) in started.items()
-            }
-    finally:
-        stop_children(servers)
+def runs(long_runs: LongRuns | None) -> dict[str, Run]:
+    assert long_runs is not None, "conftest.py starts the long runs for the tests that read them"
+    return long_runs.results()
 
 
 def the_run(runs: dict[str, Run], name: str) -> Run:
@@ -145,9 +83,11 @@ def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
 
 @pytest.mark.e2e
 def test_redis_backend_with_one_worker_keeps_the_key_guarantees(runs: dict[str, Run]) -> None:
+    """On the wake runner, so the same run shows that runner keeps its promises on Redis."""
     run = the_run(runs, "redis, one worker")
     result = run.result
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "(wake runner)" in result.stdout
     found = summaries(result.stdout)
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == 0
@@ -155,20 +95,6 @@ def test_redis_backend_with_one_worker_keeps_the_key_guarantees(runs: dict[str, 
     assert found["D"]["collisions"] == 0
     assert redis_keys(run.redis_url) > 0, "the run should have kept its state in this Redis"
     assert not (run.folder / "demo.db").exists(), "Redis runs must not touch SQLite"
-
-
-@pytest.mark.e2e
-def test_redis_backend_starts_and_stops_a_private_server(runs: dict[str, Run]) -> None:
-    """On the wake runner, so the same run shows that runner keeps its promises on Redis."""
-    run = the_run(runs, "redis, private")
-    result = run.result
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "(wake runner)" in result.stdout
-    found = summaries(result.stdout)
-    assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
-    assert found["C"]["collisions"] == found["D"]["collisions"] == 0
-    assert (run.folder / "logs" / "redis.log").exists()
-    assert processes_mentioning(str(run.folder)) == []
 
 
 @pytest.mark.e2e
@@ -209,6 +135,7 @@ def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, R
 
 @pytest.mark.e2e
 def test_atomic_claim_on_redis_with_workers_on_separate_hosts(runs: dict[str, Run]) -> None:
+    """On a Redis of sample.py's own: it starts one when REDIS_URL is not set, and stops it."""
     run = the_run(runs, "redis, claim, hosts")
     out = run.result.stdout
     assert run.result.returncode == 0, out + run.result.stderr
@@ -218,6 +145,7 @@ def test_atomic_claim_on_redis_with_workers_on_separate_hosts(runs: dict[str, Ru
     found = summaries(out)
     assert (found["B"]["calls"], found["B"]["collisions"]) == (12, 0)
     assert found["C"]["collisions"] == found["D"]["collisions"] == 0
+    assert (run.folder / "logs" / "redis.log").exists()
     assert processes_mentioning(str(run.folder)) == []
 
 
