@@ -635,7 +635,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
 
     def _connect(self) -> sqlite3.Connection:
         """A connection for one step. pynenc's own opener sets the journal mode again on every
-        connection, which waits on the database's locks; the file keeps its mode (WAL)."""
+        connection, which waits on the database's locks; the file keeps its mode (WAL).
+
+        pynenc builds its broker and state backend on first use, and writes as it builds them
+        (0.4.0: the app's info). First used inside a step, that write would wait on the step's
+        own write lock for SQLite's 30 s busy timeout: both are built before the step begins.
+        """
+        _ = (self.app.broker, self.app.state_backend)  # built here, outside any step
         conn = sqlite3.connect(self.sqlite_db_path, timeout=30.0, check_same_thread=False)
         conn.execute("PRAGMA synchronous=NORMAL")  # as pynenc's: WAL stays consistent
         return conn

@@ -40,6 +40,17 @@ from long_runs import LongRuns  # noqa: E402 - the same
 READY = 30.0
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The session's database and logs go when every test passed; after a failure they stay."""
+    if exitstatus == 0:
+        shutil.rmtree(STATE, ignore_errors=True)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, exitstatus: int) -> None:
+    if exitstatus != 0:
+        terminalreporter.write_line(f"the workers' and the API's logs are kept in {STATE / 'logs'}")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def long_runs(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

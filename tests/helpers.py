@@ -4,6 +4,7 @@ summaries back, looking at processes, and the provider and pynenc's state seen f
 
 import os
 import re
+import sqlite3
 import subprocess
 import uuid
 from contextlib import AbstractContextManager
@@ -166,3 +167,18 @@ def settled_history(invocation_id: str) -> list[S]:
         WAIT,
         f"{invocation_id}'s history to end",
     )
+
+
+def write_lock_held(db_path: str) -> bool:
+    """Whether another connection holds the database's write lock right now."""
+    probe = sqlite3.connect(db_path, timeout=0)
+    try:
+        probe.execute("BEGIN IMMEDIATE")
+        probe.rollback()
+        return False
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc):
+            raise
+        return True
+    finally:
+        probe.close()

@@ -30,7 +30,17 @@ from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
 from demo.processes import wait_until
 from demo.provider import Provider
 from demo.stack import ROOT
-from helpers import WAIT, account, history, paused, status_of, unique, wait_final, wait_in_flight
+from helpers import (
+    WAIT,
+    account,
+    history,
+    paused,
+    status_of,
+    unique,
+    wait_final,
+    wait_in_flight,
+    write_lock_held,
+)
 
 
 class Pausing:
@@ -395,21 +405,6 @@ class ObservedFinisher(AtomicClaimSQLiteOrchestrator):
         super()._begin(conn)
 
 
-def write_lock_held(db_path: str) -> bool:
-    """Whether another connection holds the database's write lock right now."""
-    probe = sqlite3.connect(db_path, timeout=0)
-    try:
-        probe.execute("BEGIN IMMEDIATE")
-        probe.rollback()
-        return False
-    except sqlite3.OperationalError as exc:
-        if "locked" not in str(exc):
-            raise
-        return True
-    finally:
-        probe.close()
-
-
 def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_stranded(
     claim_app: Provider, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -533,6 +528,39 @@ def test_a_holder_left_by_a_process_without_the_claim_or_a_dead_one_moves_on(
     sweeper.heal_holders(ctx, stuck_before=time.time() + 1)  # as if a beat had passed
     (taken,) = take(sweeper, ctx)
     assert taken.invocation_id == (behind if left_in.is_final() else holder).invocation_id
+
+
+SWEEP_ONCE = """
+import sys, tasks
+from pynenc.runner.runner_context import RunnerContext
+ctx = RunnerContext(runner_cls="ThreadRunner")
+tasks.app.orchestrator.recover_silent_runners(ctx)
+print(tasks.app.orchestrator.get_invocation_status(sys.argv[1]).value)
+"""
+
+
+def test_a_worker_that_has_run_nothing_yet_recovers_a_silent_runners_call(
+    claim_app: Provider,
+) -> None:
+    """A fresh worker's first sweep, in a process of its own. pynenc builds its state backend
+    on first use and, on 0.4.0, writes as it builds it: built inside the sweep's transaction,
+    that write waited on the sweep's own write lock for SQLite's 30 s busy timeout, and the
+    worker stood still meanwhile. Checked by mutation: without the warm-up in `_connect`, on
+    pynenc 0.4.0 this process was still locked at its deadline."""
+    acct = unique()
+    holder, orchestrator, holder_ctx = hold_the_key(acct)
+    beats = orchestrator.tables.RUNNER_HEARTBEATS
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(  # its runner's last beat an hour ago: silent past any window
+            f"UPDATE {beats} SET last_heartbeat = last_heartbeat - 3600 WHERE runner_id = ?",
+            (holder_ctx.runner_id,),
+        )
+    env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1"}
+    argv = [sys.executable, "-c", SWEEP_ONCE, holder.invocation_id]
+    swept = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=20)
+    assert swept.returncode == 0, swept.stderr
+    assert swept.stdout.splitlines()[-1] == S.REROUTED.value, swept.stdout
+    assert tasks.app.broker.retrieve_invocation() == holder.invocation_id
 
 
 def test_every_claim_carries_a_larger_token_for_its_key(claim_app: Provider) -> None:
