@@ -7,9 +7,28 @@ import argparse
 import sys
 
 import tasks
-from demo import options, settings, show
+from demo import live, options, settings, show
 from demo.provider import Provider, ProviderUnreachable
 from demo.scenarios import DEFAULT, SCENARIOS
+
+NO_WORKER_EXIT = 3
+
+
+def no_worker() -> str:
+    """Where no worker was found, and the command that starts one there."""
+    runner = "pynenc --app tasks.app runner start"
+    if settings.get("DEMO_BACKEND") == "redis":
+        url = settings.get("REDIS_URL")
+        where = f"the Redis at {url}"
+        start = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis {runner}"
+    else:
+        where = settings.get("DEMO_DB")
+        named = "" if where == settings.DEFAULTS["DEMO_DB"] else f"DEMO_DB={where} "
+        start = f"{named}uv run {runner}"
+    return (
+        f"no worker is running on {where} (no runner heartbeat in the last "
+        f"{live.ALIVE_WITHIN:g}s), so nothing was enqueued; start one in another terminal: {start}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     provider = Provider(options.api_url(args))
     try:
         provider.health()
+        if not live.in_app(tasks.app):
+            # Nothing would run what is enqueued: say so now, and leave nothing behind.
+            print(f"enqueue.py: {no_worker()}", file=sys.stderr)
+            return NO_WORKER_EXIT
         outcomes = []
         for scenario in chosen:
             label = f"{scenario.letter}. {scenario.key}"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from demo import pynenc_versions, redis_server, settings
+from demo import live, pynenc_versions, redis_server, settings
 from demo.processes import (
     Child,
     ChildDied,
@@ -144,10 +144,16 @@ class Stack:
         self.replace_dead = workers > 1
         if self.setting("DEMO_BACKEND") == "redis":
             self._redis()
-            # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them first.
+            # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
+            # first, unless another session's workers use it now.
+            if not self.private_redis:
+                runners = live.in_app(self.tasks.app)
+                self._refuse_if_in_use("the Redis at REDIS_URL", runners, "without REDIS_URL")
             self.tasks.app.purge()
         else:
-            fresh_sqlite(self.setting("DEMO_DB"))
+            db = self.setting("DEMO_DB")
+            self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
+            fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
         argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", port]
         # Warnings only: the log then holds just the provider's call lines.
@@ -156,6 +162,18 @@ class Stack:
         fresh = [self._spawn_worker() for _ in range(workers)]
         # The children boot while this process imports tasks.py (runner_ids) and polls.
         self._wait_ready(fresh, earlier=frozenset())
+
+    @staticmethod
+    def _refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
+        """A run starts from empty state; never by deleting the state of a session still
+        running (the four-terminal way's worker, another sample.py)."""
+        if runners:
+            raise Refused(
+                f"{store} is in use by a running worker ({live.described(runners)}): stop that "
+                f"session's workers first, or give this run state of its own: "
+                f"uv run python sample.py {instead}",
+                1,
+            )
 
     def add_workers(self, count: int = 1, env: Mapping[str, str] | None = None) -> list[Child]:
         """`count` more workers, with `env` on top of the stack's; back once each has sent its

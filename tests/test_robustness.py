@@ -4,22 +4,36 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import IO
 
 import psutil
 import pytest
+from pynenc.invocation.status import InvocationStatus
 
 import enqueue
 import sample
-from demo.processes import free_port, held_signals, stop_on_signals, stop_signal, wait_until
+import tasks
+from demo import live
+from demo.processes import (
+    Child,
+    free_port,
+    held_signals,
+    stop_on_signals,
+    stop_signal,
+    wait_until,
+)
 from demo.provider import Provider
 from demo.stack import ROOT
-from helpers import children_of, cmdline, process_state, user_env
+from helpers import children_of, cmdline, process_state, unique, user_env, wait_final
 
 DEADLINE = 60.0
 
@@ -228,23 +242,91 @@ def test_enqueue_with_no_api_says_where_it_looked_in_one_line(
 
 
 @pytest.mark.e2e
-def test_enqueue_with_no_worker_says_nobody_picked_the_work_up(
+def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     tmp_path: Path, live_api: Provider
 ) -> None:
+    """No worker on its state: one line, its own exit code, no verdict (nothing ran), and
+    nothing enqueued to run inside a later run. Checked by mutation: without the check,
+    enqueue.py waited for its deadline and this test fails."""
     port = live_api.base_url.rsplit(":", 1)[1]
+    db = tmp_path / "enqueue.db"
+    env = {**os.environ, "DEMO_DB": str(db), "NO_COLOR": "1"}
     result = subprocess.run(
-        [sys.executable, "enqueue.py", "keyed", "--port", port, "--timeout", "1", "--no-chart"],
+        [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart"],
         cwd=ROOT,
-        # A database of its own: the work nobody picked up must not reach later tests' workers.
-        env={**os.environ, "DEMO_DB": str(tmp_path / "enqueue.db"), "NO_COLOR": "1"},
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+    assert result.returncode == enqueue.NO_WORKER_EXIT, result.stdout + result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"enqueue.py: no worker is running on {db} "), line
+    assert f"DEMO_DB={db} uv run pynenc --app tasks.app runner start" in line
+    assert "GUARANTEE BROKEN" not in result.stdout + result.stderr
+    with closing(sqlite3.connect(db)) as conn:
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        (invocations,) = [t for (t,) in conn.execute(tables) if t.endswith("_invocations")]
+        assert conn.execute(f"SELECT COUNT(*) FROM {invocations}").fetchone() == (0,)
+
+
+def test_a_recent_heartbeat_counts_only_while_its_process_runs(
+    start_worker: Callable[..., Child],
+) -> None:
+    """pynenc keeps a stopped runner's heartbeat: the worker of a run that just ended must not
+    pass for a live one. Until a runner has run something, pynenc knows no pid for it, and
+    its heartbeat alone counts."""
+    worker = start_worker()
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    here, now = socket.gethostname(), time.time()
+    beats = [
+        ("ThreadRunner", int(ended.stdout), here, now),  # stopped a moment ago
+        ("ThreadRunner", worker.proc.pid, here, now - 1),
+        ("ThreadRunner", worker.proc.pid, here, now - live.ALIVE_WITHIN - 1),  # too long ago
+        (None, None, None, now - 2),
+        ("ThreadRunner", 1, "another-host", now - 3),  # nothing to look at there but its beat
+    ]
+    assert [(r.pid, r.host) for r in live.alive(beats)] == [
+        (worker.proc.pid, here),
+        (None, None),
+        (1, "another-host"),
+    ]
+
+
+def test_sample_never_deletes_a_database_a_running_worker_uses(
+    start_worker: Callable[..., Child],
+) -> None:
+    """The four-terminal way's worker runs on the default database; sample.py on another port
+    would delete that database under it. It refuses in one line, naming the worker, and the
+    worker goes on. Checked by mutation: without the check in Stack.start, the database was
+    deleted under the worker and this test fails."""
+    worker = start_worker()
+    first = tasks.call_keyed(unique(), "op1")  # run, so pynenc has stored the worker's pid
+    assert wait_final(first.invocation_id) == [InvocationStatus.SUCCESS]
+    db = os.environ["DEMO_DB"]
+    inode = os.stat(db).st_ino
+    result = subprocess.run(
+        [sys.executable, "sample.py", "--port", str(free_port()), "--db", db],
+        cwd=ROOT,
+        env={**os.environ, "NO_COLOR": "1"},
         capture_output=True,
         text=True,
         timeout=DEADLINE,
     )
     assert result.returncode == 1, result.stdout + result.stderr
-    assert "no runner picked the work up (12 invocations still registered)" in result.stdout
-    assert "uv run pynenc --app tasks.app runner start" in result.stdout
-    assert "GUARANTEE BROKEN: 12 invocations never finished" in result.stdout
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"sample.py: {db} is in use by a running worker"), line
+    assert f"pid {worker.proc.pid} on " in line and "--db other.db" in line, line
+    assert os.stat(db).st_ino == inode
+    assert worker.proc.poll() is None
+    after = tasks.call_keyed(unique(), "op2")
+    assert wait_final(after.invocation_id) == [InvocationStatus.SUCCESS]
 
 
 @pytest.mark.parametrize(

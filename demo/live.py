@@ -1,0 +1,105 @@
+"""Who is using a state store right now, from pynenc's own runner heartbeats.
+
+sample.py asks before it deletes a database or purges a shared Redis; enqueue.py before it
+enqueues work that only a worker can run. pynenc never removes a stopped runner's heartbeat,
+so a recent one counts when its process still runs here, or when it beat on another host.
+"""
+
+import os
+import socket
+import sqlite3
+import time
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
+
+# pynenc's runners beat every atomic_service_check_interval_minutes: 30 s by default.
+ALIVE_WITHIN = 75.0
+HEARTBEATS = "orchestrator_runner_heartbeats"
+CONTEXTS = "state_backend_runner_contexts"
+
+
+@dataclass(frozen=True)
+class Runner:
+    cls: str | None  # class, pid and host are None until the runner has stored its context
+    pid: int | None
+    host: str | None
+    beat_ago: float
+
+    def __str__(self) -> str:
+        if self.pid is None:
+            return f"a runner that has run nothing yet, last heartbeat {self.beat_ago:.0f}s ago"
+        return f"{self.cls} pid {self.pid} on {self.host}, last heartbeat {self.beat_ago:.0f}s ago"
+
+
+def _runs_pynenc(pid: int) -> bool:
+    """Whether the process is a pynenc one (on Linux); elsewhere, whether it exists at all."""
+    if Path("/proc").is_dir():
+        try:
+            return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> list[Runner]:
+    """The runners among (class, pid, host, last beat) that are still there. pynenc stores a
+    runner's context (its pid) with its first invocation: before that, the beat alone counts."""
+    here, now = socket.gethostname(), time.time()
+    found = []
+    for cls, pid, host, beat in beats:
+        if now - beat > ALIVE_WITHIN or (pid and host == here and not _runs_pynenc(pid)):
+            continue
+        found.append(Runner(cls, pid, host, now - beat))
+    return found
+
+
+def in_sqlite(path: str) -> list[Runner]:
+    """The live runners whose heartbeats are in this SQLite file, read without writing to it."""
+    if not Path(path).is_file():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as conn:
+            tables = {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}
+            beats: list[tuple[str | None, int | None, str | None, float]] = []
+            for table in [t for t in tables if t.endswith(HEARTBEATS)]:
+                contexts = table.removesuffix(HEARTBEATS) + CONTEXTS
+                if contexts in tables:
+                    query = (
+                        f"SELECT c.runner_cls, c.pid, c.hostname, b.last_heartbeat FROM {table} b "
+                        f"LEFT JOIN {contexts} c ON c.runner_id = b.runner_id"
+                    )
+                else:
+                    query = f"SELECT NULL, NULL, NULL, last_heartbeat FROM {table}"
+                beats += conn.execute(query).fetchall()
+    except sqlite3.DatabaseError:  # not a database pynenc wrote: nobody of ours uses it
+        return []
+    return alive(beats)
+
+
+def in_app(app: "Pynenc") -> list[Runner]:
+    """The live runners of the app's state store, whichever backend it is."""
+    beats = []
+    for info in app.orchestrator._get_active_runners(ALIVE_WITHIN, None):
+        context = app.state_backend.get_runner_context(info.runner_id)
+        where = (context.runner_cls, context.pid, context.hostname) if context else (None,) * 3
+        beats.append((*where, info.last_heartbeat.timestamp()))
+    return alive(beats)
+
+
+def described(runners: list[Runner]) -> str:
+    """The one to name first: a known process, the latest beat."""
+    first = min(runners, key=lambda r: (r.pid is None, r.beat_ago))
+    more = f" and {len(runners) - 1} more" if len(runners) > 1 else ""
+    return f"{first}{more}"
