@@ -11,13 +11,14 @@ their own line, never as collisions and never hidden.
 
 import asyncio
 import os
+import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import FastAPI, Path, Query
+from fastapi import FastAPI, HTTPException, Path, Query
 from pydantic import BaseModel
 
 from demo.settings import HOLD_SECONDS
@@ -72,6 +73,21 @@ class Account:
 
 
 @dataclass
+class Run:
+    """The run that owns the provider: only its resets count until it ends or goes stale."""
+
+    run_id: str
+    label: str
+    began: str  # wall clock, for the person refused
+    lease: float  # seconds each of its resets keeps the provider for it
+    expires: float  # time.monotonic(): past it, a crashed run no longer holds the provider
+
+    def describe(self) -> str:
+        left = max(0.0, self.expires - time.monotonic())
+        return f"{self.label!r}, started at {self.began} (stale in {left:.0f}s if it has died)"
+
+
+@dataclass
 class Provider:
     """Everything the provider remembers since the last reset."""
 
@@ -90,6 +106,7 @@ lock = asyncio.Lock()
 # /pause?account_id=..., only that account's calls do.
 paused = False
 paused_accounts: set[str] = set()
+owner: Run | None = None
 PAUSE_POLL_SECONDS = 0.01
 
 
@@ -146,14 +163,53 @@ async def call_malformed(malformed: str) -> dict[str, str]:
     return {"detail": CALL_SHAPE}
 
 
+def _owned_by_another(run_id: str | None) -> Run | None:
+    """The live run that owns the provider, unless it is run_id's."""
+    if owner is None or owner.expires < time.monotonic() or owner.run_id == run_id:
+        return None
+    return owner
+
+
+@app.post("/runs")
+async def begin_run(
+    label: Annotated[str, Query(max_length=LABEL_MAX)],
+    lease: Annotated[float, Query(gt=0, le=3600)],
+) -> dict[str, str]:
+    """One run at a time: its resets, and nobody else's, until it ends or stays silent for
+    `lease` seconds after its last reset (a crashed run)."""
+    global owner
+    async with lock:
+        if other := _owned_by_another(None):
+            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        began = datetime.now().strftime("%H:%M:%S")
+        owner = Run(secrets.token_hex(8), label, began, lease, time.monotonic() + lease)
+        return {"run": owner.run_id}
+
+
+@app.delete("/runs/{run_id}")
+async def end_run(run_id: str) -> dict[str, bool]:
+    global owner
+    async with lock:
+        ended = owner is not None and owner.run_id == run_id
+        if ended:
+            owner = None
+    return {"ended": ended}
+
+
 @app.post("/reset")
 async def reset(
     label: Annotated[str, Query(max_length=LABEL_MAX)] = "",
     hold: Annotated[float, Query(ge=0, le=MAX_HOLD_SECONDS)] = HOLD_SECONDS,
+    run: Annotated[str | None, Query(max_length=32)] = None,
 ) -> dict[str, object]:
-    """Start a new scenario: forget every count and set its default hold."""
+    """Start a new scenario: forget every count and set its default hold. Refused while
+    another run owns the provider: its counts would be wiped under it."""
     global state
     async with lock:
+        if other := _owned_by_another(run):
+            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        if owner is not None and owner.run_id == run:
+            owner.expires = time.monotonic() + owner.lease
         state = Provider(hold=hold, label=label)
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)

@@ -8,10 +8,11 @@ import sys
 
 import tasks
 from demo import live, options, settings, show
-from demo.provider import Provider, ProviderUnreachable
-from demo.scenarios import DEFAULT, SCENARIOS
+from demo.provider import Provider, ProviderBusy, ProviderUnreachable
+from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
 
 NO_WORKER_EXIT = 3
+BUSY_EXIT = 4
 
 
 def no_worker() -> str:
@@ -49,20 +50,31 @@ def main(argv: list[str] | None = None) -> int:
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
             print(f"enqueue.py: {no_worker()}", file=sys.stderr)
             return NO_WORKER_EXIT
-        outcomes = []
-        for scenario in chosen:
-            label = f"{scenario.letter}. {scenario.key}"
-            outcomes.append(
-                show.scenario(scenario, shape, provider, tasks, args.timeout, view, label)
-            )
-            if outcomes[-1].unfinished:
-                return 1
-        if len(outcomes) > 1 and (link := view.whole_run(outcomes)):
-            print(f"\n{link}", flush=True)
+        # The provider's counts are this run's alone: a second run is refused, not mixed in.
+        with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
+            outcomes = play(chosen, shape, provider, args.timeout, view)
+    except ProviderBusy as exc:
+        print(f"enqueue.py: {exc}", file=sys.stderr)
+        return BUSY_EXIT
     except ProviderUnreachable as exc:
         print(f"enqueue.py: {exc}", file=sys.stderr)
         return 1
     return 1 if any(o.broken() for o in outcomes) else 0
+
+
+def play(
+    chosen: list[Scenario], shape: Shape, provider: Provider, timeout: float, view: show.View
+) -> list[Outcome]:
+    """Each scenario in turn, shown as it ends; it stops at one that left work unfinished."""
+    outcomes = []
+    for scenario in chosen:
+        label = f"{scenario.letter}. {scenario.key}"
+        outcomes.append(show.scenario(scenario, shape, provider, tasks, timeout, view, label))
+        if outcomes[-1].unfinished:
+            return outcomes
+    if len(outcomes) > 1 and (link := view.whole_run(outcomes)):
+        print(f"\n{link}", flush=True)
+    return outcomes
 
 
 if __name__ == "__main__":

@@ -90,11 +90,14 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.update(env)
             with stack:
                 stack.start(args.workers)
-                if args.bench:
-                    code = bench.run(stack, lambda runner: play(args, stack, view, runner), began)
-                    code = bench.lines(args, stack.log_dir) or code
-                else:
-                    code, _ = play(args, stack, view, args.runner)
+                # Its own API, owned for the whole run (it stops with it): an enqueue.py
+                # pointed at it is refused instead of resetting the counts under it.
+                with stack.provider.owned("sample.py", lease=3600):
+                    if args.bench:
+                        code = bench.run(stack, lambda r: play(args, stack, view, r), began)
+                        code = bench.lines(args, stack.log_dir) or code
+                    else:
+                        code, _ = play(args, stack, view, args.runner)
         except Refused as refused:
             print(f"sample.py: {refused}", file=sys.stderr)
             return refused.code

@@ -17,12 +17,17 @@ class ProviderUnreachable(ConnectionError):
     """The API is not answering where we looked."""
 
 
+class ProviderBusy(ConnectionError):
+    """Another run owns the provider: resetting it would wipe that run's counts."""
+
+
 class Provider:
     """The provider's HTTP client: reset, report, timeline, health, pause and resume."""
 
     def __init__(self, base_url: str | None = None) -> None:
         self.base_url = base_url or settings.api_url()
         self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
+        self.run_id: str | None = None  # while this client's run owns the provider
 
     def _request(self, method: str, path: str, **params: object) -> dict:
         try:
@@ -33,12 +38,28 @@ class Provider:
                 f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
                 f"uv run uvicorn api_server:app --port {port}"
             ) from exc
+        if r.status_code == httpx.codes.CONFLICT:
+            raise ProviderBusy(f"{r.json()['detail']} ({self.base_url})")
         r.raise_for_status()
         return r.json()
 
     def reset(self, label: str, hold: float) -> None:
         """Start a new scenario: forget every count, and hold each call this long."""
-        self._request("POST", "/reset", label=label, hold=hold)
+        run = {} if self.run_id is None else {"run": self.run_id}
+        self._request("POST", "/reset", label=label, hold=hold, **run)
+
+    @contextlib.contextmanager
+    def owned(self, label: str, lease: float) -> Iterator[None]:
+        """Inside, this client's run owns the provider: another run's reset is refused, and
+        this one's is refused while another run owns it (ProviderBusy). Each reset keeps it
+        for `lease` more seconds, so a run that died lets go of it by then."""
+        self.run_id = self._request("POST", "/runs", label=label, lease=lease)["run"]
+        try:
+            yield
+        finally:
+            run_id, self.run_id = self.run_id, None
+            with contextlib.suppress(httpx.HTTPError, ConnectionError):
+                self._request("DELETE", f"/runs/{run_id}")
 
     def report(self) -> dict:
         return self._request("GET", "/report")

@@ -8,10 +8,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api_server
+from demo.processes import wait_until
 
 
 @pytest.fixture
-def client() -> Iterator[TestClient]:
+def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    monkeypatch.setattr(api_server, "owner", None)  # no run owns the provider yet
     with TestClient(api_server.app) as c:
         r = c.post("/reset", params={"label": "test", "hold": 0.05})
         assert r.status_code == 200, r.text
@@ -197,3 +199,29 @@ def test_pausing_one_account_holds_only_its_calls(client: TestClient) -> None:
     assert report["accounts"]["acme"]["in_flight"] == 1
     assert report["accounts"]["globex"]["in_flight"] == 0
     assert outcomes == ["ok", "ok"]
+
+
+def begin(client: TestClient, label: str, lease: float = 60.0) -> httpx.Response:
+    return client.post("/runs", params={"label": label, "lease": lease})
+
+
+def test_one_run_at_a_time_and_a_run_that_died_lets_go_after_its_lease(
+    client: TestClient,
+) -> None:
+    """A second run (another enqueue.py) is refused, naming the first, and so is any reset but
+    the owner's; the owner dies without ending its run, and the provider frees itself."""
+    run = begin(client, "enqueue.py all", lease=0.3).json()["run"]
+    refused = begin(client, "enqueue.py keyed")
+    assert refused.status_code == 409
+    assert "another run uses this provider: 'enqueue.py all', started at" in refused.text
+    assert client.post("/reset", params={"label": "other"}).status_code == 409
+    assert client.post("/reset", params={"label": "mine", "run": run}).status_code == 200
+    assert client.get("/report").json()["label"] == "mine"
+    wait_until(lambda: begin(client, "later").status_code == 200, 10, "the lease to run out")
+
+
+def test_a_run_that_ends_frees_the_provider_at_once(client: TestClient) -> None:
+    run = begin(client, "enqueue.py all").json()["run"]
+    assert client.delete(f"/runs/{run}").json() == {"ended": True}
+    assert client.post("/reset", params={"label": "anyone"}).status_code == 200
+    assert begin(client, "the next run").status_code == 200

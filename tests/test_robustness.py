@@ -299,6 +299,44 @@ def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     ]
 
 
+@pytest.mark.e2e
+def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figures(
+    provider: Provider, start_worker: Callable[..., Child]
+) -> None:
+    """Two terminals, two enqueue.py runs against one provider: the second would reset the
+    counts under the first. It is refused in one line naming the first run, and the first
+    ends with its own figures. Checked by mutation: with the owner checks removed from the
+    API, the second run reset the counts under the first, and both printed false figures."""
+    start_worker()
+    port = provider.base_url.rsplit(":", 1)[1]
+    argv = [sys.executable, "enqueue.py", "--port", port, "--no-chart", "--no-links"]
+    env = {**os.environ, "NO_COLOR": "1"}
+    first = subprocess.Popen(
+        [*argv, "keyed"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first run's calls")
+        second = subprocess.run(
+            [*argv, "drop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE
+        )
+        out, err = first.communicate(timeout=DEADLINE)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait(DEADLINE)
+    assert second.returncode == enqueue.BUSY_EXIT, second.stdout + second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert "another run uses this provider: 'enqueue.py keyed', started at" in line, line
+    assert second.stdout == ""
+    assert first.returncode == 0, out + err
+    assert "12 enqueued -> 12 calls, 0 collisions" in out, out
+
+
 def test_sample_never_deletes_a_database_a_running_worker_uses(
     start_worker: Callable[..., Child],
 ) -> None:
