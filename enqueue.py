@@ -32,6 +32,15 @@ def no_worker() -> str:
     )
 
 
+def elsewhere(url: str) -> str:
+    """Every invocation ended, and not one call reached this provider."""
+    port = url.rsplit(":", 1)[1]
+    return (
+        f"the provider at {url} saw none of these calls, yet they ended: the workers call "
+        f"another address. A worker's first line says which; start it with DEMO_API_PORT={port}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("enqueue.py")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,16 +49,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
 
-    shape = options.shape(args)
     chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)
     provider = Provider(options.api_url(args))
     try:
         provider.health()
-        if not live.in_app(tasks.app):
+        if not (runners := live.in_app(tasks.app)):
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
             print(f"enqueue.py: {no_worker()}", file=sys.stderr)
             return NO_WORKER_EXIT
+        # The floors count every live worker's threads.
+        shape = options.shape(args, workers=max(1, live.calling(runners)))
+        if shape.workers > 1:
+            threads = shape.workers * shape.threads
+            print(f"--- {shape.workers} workers live ({threads} threads): the floors count them")
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
             outcomes = play(chosen, shape, provider, args.timeout, view)
@@ -70,7 +83,9 @@ def play(
     for scenario in chosen:
         label = f"{scenario.letter}. {scenario.key}"
         outcomes.append(show.scenario(scenario, shape, provider, tasks, timeout, view, label))
-        if outcomes[-1].unfinished:
+        if (o := outcomes[-1]).invocations and not o.calls and not o.unfinished:
+            print(f"  {elsewhere(provider.base_url)}", flush=True)
+        if o.unfinished:
             return outcomes
     if len(outcomes) > 1 and (link := view.whole_run(outcomes)):
         print(f"\n{link}", flush=True)

@@ -32,6 +32,7 @@ app = (
     .build()
 )
 atomic_claim.exit_unless_sound("tasks.py", app, wanted=CLAIM)  # overrides that would make it lie
+runners.announce(app, API_URL)  # a worker says, in one line, what it runs on
 
 # One client for every call: a fresh one per call loads TLS certificates each time.
 http = httpx.Client(base_url=API_URL, timeout=TIMEOUT)

@@ -33,7 +33,7 @@ class Runner:
 
     def __str__(self) -> str:
         if self.pid is None:
-            return f"a runner that has run nothing yet, last heartbeat {self.beat_ago:.0f}s ago"
+            return f"a runner of unknown pid, last heartbeat {self.beat_ago:.0f}s ago"
         return f"{self.cls} pid {self.pid} on {self.host}, last heartbeat {self.beat_ago:.0f}s ago"
 
 
@@ -54,8 +54,9 @@ def _runs_pynenc(pid: int) -> bool:
 
 
 def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> list[Runner]:
-    """The runners among (class, pid, host, last beat) that are still there. pynenc stores a
-    runner's context (its pid) with its first invocation: before that, the beat alone counts."""
+    """The runners among (class, pid, host, last beat) that are still there. The demo's
+    workers store their context (pid, host) as they start (demo/runners.py); for a runner
+    without one, the beat alone counts."""
     here, now = socket.gethostname(), time.time()
     found = []
     for cls, pid, host, beat in beats:
@@ -96,6 +97,12 @@ def in_app(app: "Pynenc") -> list[Runner]:
         where = (context.runner_cls, context.pid, context.hostname) if context else (None,) * 3
         beats.append((*where, info.last_heartbeat.timestamp()))
     return alive(beats)
+
+
+def calling(runners: list[Runner]) -> int:
+    """How many of them run calls: a MultiThreadRunner only supervises its ThreadRunner
+    processes, which beat on their own."""
+    return sum(1 for r in runners if r.cls != "MultiThreadRunner")
 
 
 def described(runners: list[Runner]) -> str:

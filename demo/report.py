@@ -9,6 +9,7 @@ import statistics
 import time
 from collections import Counter
 
+from demo import settings
 from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
 
 # Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
@@ -43,9 +44,24 @@ def summary(outcome: Outcome) -> str:
     if o.abandoned:
         lines.append(f"  ({o.abandoned} calls of the backlog left unrun: only a sample is timed)")
     lines += [f"  GUARANTEE BROKEN: {p}" for p in o.broken()]
+    if hint := keys_hint(o):
+        lines.append(f"  {hint}")
     if o.unfinished:
         lines.append(f"  {unfinished_hint(o.unfinished)}")
     return "\n".join(lines)
+
+
+def keys_hint(o: Outcome) -> str | None:
+    """Why KEYS let two calls of one account in with several workers, and what fixes it."""
+    if not (o.scenario.keyed and o.collisions and o.shape.workers > 1):
+        return None
+    if settings.get("DEMO_ATOMIC_CLAIM") == "1":
+        return "the atomic claim is on here: is DEMO_ATOMIC_CLAIM=1 set in every worker's too?"
+    return (
+        f"{o.shape.workers} workers without the atomic claim: pynenc checks a key and claims it "
+        "in two steps, so two workers can both start one account's call. Set "
+        "DEMO_ATOMIC_CLAIM=1 in every terminal (sample.py: --atomic-claim); docs/scale-out.md"
+    )
 
 
 def _account_lines(outcome: Outcome) -> list[str]:
@@ -68,7 +84,8 @@ def _account_lines(outcome: Outcome) -> list[str]:
         lines.append(f"  ... and {len(notable) - LISTED_AT_MOST} more accounts like these")
     if rest := len(outcome.per_account) - len(notable):
         each = "/".join(str(n) for n in sorted(set(ideal.values())))
-        lines.append(f"  OK {rest} more accounts: calls={each}, collisions=0")
+        who = f"{rest} more accounts" if notable else f"all {rest} accounts"
+        lines.append(f"  OK {who}: calls={each}, collisions=0")
     return lines
 
 
@@ -196,6 +213,7 @@ def verdict(outcomes: list[Outcome], crashes: list[str]) -> tuple[str, int]:
     if broken:
         letter, problem = broken[0]
         lines.append(f"\nFAILED: {len(broken)} broken guarantee(s); first: {letter}: {problem}")
+        lines += [hint for o in outcomes if (hint := keys_hint(o))][:1]
         return "\n".join(lines), 1
     stamp = time.strftime("%H:%M:%S")
     lines.append(f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {stamp}).")

@@ -4,7 +4,14 @@ tasks.py asks this module for its runner settings. It lives apart from demo/sett
 the wake runner imports pynenc, which the API and the scripts' start-up have no use for.
 """
 
+import os
+import sys
+from typing import TYPE_CHECKING
+
 from demo import drain, settings, wake_runner
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
 
 # MultiThreadRunner starts PROCESSES ThreadRunner processes of MAX_THREADS threads each;
 # ProcessRunner forks one process per call, MAX_THREADS at a time (its default is one per core).
@@ -27,3 +34,23 @@ def config() -> dict[str, object]:
     if name == "thread" and settings.get("DEMO_ATOMIC_CLAIM") == "1":
         return drain.config(deadline=settings.drain_deadline())
     return BY_NAME[name]
+
+
+def announce(app: "Pynenc", api_url: str) -> None:
+    """In a worker (`pynenc --app tasks.app runner start`): one line on what it runs on, so
+    the four-terminal way's mismatches (another database, port or claim setting) show at
+    once; and its runner's context (pid, host) stored now, not with its first call, so that
+    demo/live.py can tell a live worker from a stopped one by its pid."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program not in ("pynenc", "__main__.py") or "runner" not in sys.argv[1:]:
+        return
+    runner = app.runner  # the instance the command then runs
+    app.state_backend.store_runner_context(runner.runner_context)
+    backend = settings.get("DEMO_BACKEND")
+    state = settings.get("REDIS_URL") if backend == "redis" else settings.get("DEMO_DB")
+    claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"
+    print(
+        f"worker: {backend} {state}, {type(runner).__name__}, atomic claim {claim}, "
+        f"calling the API at {api_url}",
+        flush=True,
+    )

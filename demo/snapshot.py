@@ -26,11 +26,12 @@ ROOT = monitor.ROOT
 BEGIN, END = "<!-- snapshot:begin -->", "<!-- snapshot:end -->"
 DEADLINE = 300.0
 LANE_COLUMNS = 62
+DEFAULT_MONITOR = "http://127.0.0.1:8000"
 
 
-def run_demo(workdir: Path, monitor_port: int) -> str:
+def run_demo(workdir: Path, monitor_url: str) -> str:
     argv = [sys.executable, "sample.py", "--port", str(free_port())]
-    argv += ["--db", str(workdir / "demo.db"), "--monitor-url", f"http://127.0.0.1:{monitor_port}"]
+    argv += ["--db", str(workdir / "demo.db"), "--monitor-url", monitor_url]
     # Narrow lane charts: the README is a front door, kept short.
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(LANE_COLUMNS)}
     env["DEMO_LOG_DIR"] = str(workdir / "logs")
@@ -42,18 +43,24 @@ def run_demo(workdir: Path, monitor_port: int) -> str:
     return result.stdout
 
 
-def lanes_block(stdout: str) -> str:
+def lanes_block(stdout: str, monitor_url: str) -> str:
     """The run's four summaries, and the lane charts where an account made more than one call
-    (a chart of single bars says nothing the summary does not), without links into a monitor
-    that is gone."""
+    (a chart of single bars says nothing the summary does not). Each summary's monitor link
+    is cut after its path, at the monitor's default address: its window was this run's."""
     body = stdout.split("\n--- the provider's call log ---")[0]
     sections = []
     for section in body.split("\n\n"):
-        lines = [line for line in section.splitlines() if not line.startswith("  monitor: ")]
+        lines = [_short_link(line, monitor_url) for line in section.splitlines()]
         if all(" calls=1 " in line for line in lines if re.match(r"  (OK| X) ", line)):
             lines = [line for line in lines if not _in_a_chart(line)]
         sections.append("\n".join(lines))
     return "\n\n".join(sections).strip("\n")
+
+
+def _short_link(line: str, monitor_url: str) -> str:
+    if not line.startswith("  monitor: "):
+        return line
+    return line.replace(monitor_url, DEFAULT_MONITOR).split("?")[0] + "?..."
 
 
 def _in_a_chart(line: str) -> bool:
@@ -89,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="snapshot-") as tmp:
         workdir, port = Path(tmp), free_port()
-        stdout = run_demo(workdir, port)
+        stdout = run_demo(workdir, f"http://127.0.0.1:{port}")
         env = {"DEMO_DB": str(workdir / "demo.db")}
         child = monitor.start(port, workdir / "logs" / "monitor.log", env, timeout=60)
         try:
@@ -102,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     image = args.out / "timeline.svg"
     image.write_text(svg + "\n")
-    paste(args.readme, os.path.relpath(image, args.readme.parent), lanes_block(stdout))
+    lanes = lanes_block(stdout, f"http://127.0.0.1:{port}")
+    paste(args.readme, os.path.relpath(image, args.readme.parent), lanes)
     shown = len(monitor.invocation_ids(svg))
     print(f"wrote {image} ({shown} invocations) and the lane block of {args.readme}")
     return 0

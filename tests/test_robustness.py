@@ -27,6 +27,8 @@ from demo.processes import (
     Child,
     free_port,
     held_signals,
+    start_child,
+    stop_children,
     stop_on_signals,
     stop_signal,
     wait_until,
@@ -275,8 +277,7 @@ def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     start_worker: Callable[..., Child],
 ) -> None:
     """pynenc keeps a stopped runner's heartbeat: the worker of a run that just ended must not
-    pass for a live one. Until a runner has run something, pynenc knows no pid for it, and
-    its heartbeat alone counts."""
+    pass for a live one. For a runner of unknown pid, its heartbeat alone counts."""
     worker = start_worker()
     ended = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
@@ -337,6 +338,70 @@ def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figu
     assert "12 enqueued -> 12 calls, 0 collisions" in out, out
 
 
+@pytest.mark.e2e
+def test_enqueue_counts_every_live_workers_threads_for_the_floor(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """Three workers: A's 12 calls fit in one wave of 24 threads, so its floor is one hold,
+    not two. Each worker says in its first line what it runs on."""
+    db = str(tmp_path / "three.db")
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    workers = [start_child(f"w{n}", argv, tmp_path / f"w{n}.log", env, ROOT) for n in range(3)]
+    try:
+        wait_until(lambda: len(live.in_sqlite(db)) == 3, DEADLINE, "three workers' heartbeats")
+        port = provider.base_url.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [sys.executable, "enqueue.py", "unsafe", "--port", port, "--no-chart", "--no-links"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+    finally:
+        stop_children(workers)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--- 3 workers live (24 threads): the floors count them" in result.stdout
+    assert "(floor 0.40s, " in result.stdout, result.stdout
+    url = provider.base_url
+    said = f"worker: sqlite {db}, ThreadRunner, atomic claim off, calling the API at {url}"
+    assert [w.log_path.read_text().splitlines()[0] for w in workers] == [said] * 3
+
+
+@pytest.mark.e2e
+def test_a_worker_calling_another_address_is_named_as_the_cause(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """The worker was started with another DEMO_API_PORT than enqueue.py's --port: every call
+    ends (here, failed), and none reaches this provider. enqueue.py says why, with its port."""
+    db = str(tmp_path / "elsewhere.db")
+    elsewhere = free_port()
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    worker_env = {**env, "DEMO_API_PORT": str(elsewhere)}
+    worker = start_child("worker", argv, tmp_path / "worker.log", worker_env, ROOT)
+    try:
+        wait_until(lambda: live.in_sqlite(db), DEADLINE, "the worker's heartbeat")
+        port = provider.base_url.rsplit(":", 1)[1]
+        result = subprocess.run(
+            [sys.executable, "enqueue.py", "drop", "--port", port, "--no-chart", "--no-links"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=DEADLINE,
+        )
+    finally:
+        stop_children([worker])
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = f"the provider at {provider.base_url} saw none of these calls, yet they ended"
+    assert said in result.stdout, result.stdout
+    assert f"start it with DEMO_API_PORT={port}" in result.stdout
+    first = worker.log_path.read_text().splitlines()[0]
+    assert first.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), first
+
+
 def test_sample_never_deletes_a_database_a_running_worker_uses(
     start_worker: Callable[..., Child],
 ) -> None:
@@ -345,8 +410,6 @@ def test_sample_never_deletes_a_database_a_running_worker_uses(
     worker goes on. Checked by mutation: without the check in Stack.start, the database was
     deleted under the worker and this test fails."""
     worker = start_worker()
-    first = tasks.call_keyed(unique(), "op1")  # run, so pynenc has stored the worker's pid
-    assert wait_final(first.invocation_id) == [InvocationStatus.SUCCESS]
     db = os.environ["DEMO_DB"]
     inode = os.stat(db).st_ino
     result = subprocess.run(
@@ -363,7 +426,7 @@ def test_sample_never_deletes_a_database_a_running_worker_uses(
     assert f"pid {worker.proc.pid} on " in line and "--db other.db" in line, line
     assert os.stat(db).st_ino == inode
     assert worker.proc.poll() is None
-    after = tasks.call_keyed(unique(), "op2")
+    after = tasks.call_keyed(unique(), "op1")
     assert wait_final(after.invocation_id) == [InvocationStatus.SUCCESS]
 
 

@@ -246,3 +246,35 @@ def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> 
     ]
     shuffled = scenarios.Lanes([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
     assert "17 of them out of enqueue order" in shuffled[1]
+
+
+def test_a_keys_collision_with_several_workers_points_to_the_claim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    three = Shape(workers=3)
+    monkeypatch.setenv("DEMO_ATOMIC_CLAIM", "0")
+    broke = outcome("keyed", shape=three, collisions=1)
+    assert "3 workers without the atomic claim" in report.summary(broke)
+    text, code = report.verdict([outcome("unsafe", shape=three, collisions=9), broke], [])
+    assert code == 1 and text.splitlines()[-1].startswith("3 workers without the atomic claim")
+    assert "DEMO_ATOMIC_CLAIM=1 in every terminal" in text
+    # One worker: a collision there has another cause, and A's collisions are its point.
+    assert report.keys_hint(outcome("keyed", collisions=1)) is None
+    assert report.keys_hint(outcome("unsafe", shape=three, collisions=9)) is None
+    monkeypatch.setenv("DEMO_ATOMIC_CLAIM", "1")
+    assert "in every worker's too?" in report.summary(broke)
+
+
+def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
+    names = settings.account_names(30)
+    fine = {n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0} for n in names}
+    shape = Shape(accounts=30)
+    text = report.summary(
+        outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
+    )
+    assert "  OK all 30 accounts: calls=4, collisions=0" in text
+    fine[names[7]] = {"calls": 4, "collisions": 1, "in_flight": 0, "fenced": 0}
+    text = report.summary(
+        outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
+    )
+    assert "  OK 29 more accounts: calls=4, collisions=0" in text

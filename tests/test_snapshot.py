@@ -22,11 +22,11 @@ from helpers import processes_mentioning
 def test_the_snapshot_script_draws_all_four_scenarios(
     tmp_path: Path, finished_run: FinishedRun, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def the_sessions_run(workdir: Path, monitor_port: int) -> str:
+    def the_sessions_run(workdir: Path, monitor_url: str) -> str:
         for db in finished_run.folder.glob("demo.db*"):
             shutil.copy(db, workdir / db.name)
         return finished_run.stdout.replace(
-            f"127.0.0.1:{finished_run.monitor_port}/", f"127.0.0.1:{monitor_port}/"
+            f"http://127.0.0.1:{finished_run.monitor_port}/", f"{monitor_url}/"
         )
 
     monkeypatch.setattr(snapshot, "run_demo", the_sessions_run)
@@ -51,7 +51,10 @@ def test_the_snapshot_script_draws_all_four_scenarios(
         "=== C.",
         "=== D.",
     ]
-    assert "monitor: http" not in block
+    # Each summary's monitor line, as sample.py prints it, its window cut off.
+    link = "  monitor: http://127.0.0.1:8000/invocations/timeline?..."
+    assert block.count(link) == 4, block
+    assert "time_range" not in block
     # Everything outside the block is as it was.
     original = (ROOT / "README.md").read_text()
     assert text.split(snapshot.BEGIN)[0] == original.split(snapshot.BEGIN)[0]
