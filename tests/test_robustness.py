@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from types import ModuleType
@@ -338,6 +338,31 @@ def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figu
     assert "12 enqueued -> 12 calls, 0 collisions" in out, out
 
 
+@contextlib.contextmanager
+def workers_on(db: str, folder: Path, count: int = 1, **env: str) -> Iterator[list[Child]]:
+    """count real workers on a database of the test's own, once each has beat; stopped after."""
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    env = {**os.environ, "DEMO_DB": db, **env}
+    started = [start_child(f"w{n}", argv, folder / f"w{n}.log", env, ROOT) for n in range(count)]
+    try:
+        wait_until(lambda: len(live.in_sqlite(db)) == count, DEADLINE, "the workers' beats")
+        yield started
+    finally:
+        stop_children(started)
+
+
+def enqueue_on(db: str, provider: Provider, scenario: str) -> subprocess.CompletedProcess:
+    port = provider.base_url.rsplit(":", 1)[1]
+    return subprocess.run(
+        [sys.executable, "enqueue.py", scenario, "--port", port, "--no-chart", "--no-links"],
+        cwd=ROOT,
+        env={**os.environ, "DEMO_DB": db, "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+
+
 @pytest.mark.e2e
 def test_enqueue_counts_every_live_workers_threads_for_the_floor(
     tmp_path: Path, provider: Provider
@@ -345,22 +370,8 @@ def test_enqueue_counts_every_live_workers_threads_for_the_floor(
     """Three workers: A's 12 calls fit in one wave of 24 threads, so its floor is one hold,
     not two. Each worker says in its first line what it runs on."""
     db = str(tmp_path / "three.db")
-    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
-    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    workers = [start_child(f"w{n}", argv, tmp_path / f"w{n}.log", env, ROOT) for n in range(3)]
-    try:
-        wait_until(lambda: len(live.in_sqlite(db)) == 3, DEADLINE, "three workers' heartbeats")
-        port = provider.base_url.rsplit(":", 1)[1]
-        result = subprocess.run(
-            [sys.executable, "enqueue.py", "unsafe", "--port", port, "--no-chart", "--no-links"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE,
-        )
-    finally:
-        stop_children(workers)
+    with workers_on(db, tmp_path, 3) as workers:
+        result = enqueue_on(db, provider, "unsafe")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "--- 3 workers live (24 threads): the floors count them" in result.stdout
     assert "(floor 0.40s, " in result.stdout, result.stdout
@@ -375,28 +386,13 @@ def test_a_worker_calling_another_address_is_named_as_the_cause(
 ) -> None:
     """The worker was started with another DEMO_API_PORT than enqueue.py's --port: every call
     ends (here, failed), and none reaches this provider. enqueue.py says why, with its port."""
-    db = str(tmp_path / "elsewhere.db")
-    elsewhere = free_port()
-    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
-    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    worker_env = {**env, "DEMO_API_PORT": str(elsewhere)}
-    worker = start_child("worker", argv, tmp_path / "worker.log", worker_env, ROOT)
-    try:
-        wait_until(lambda: live.in_sqlite(db), DEADLINE, "the worker's heartbeat")
-        port = provider.base_url.rsplit(":", 1)[1]
-        result = subprocess.run(
-            [sys.executable, "enqueue.py", "drop", "--port", port, "--no-chart", "--no-links"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=DEADLINE,
-        )
-    finally:
-        stop_children([worker])
+    db, elsewhere = str(tmp_path / "elsewhere.db"), free_port()
+    with workers_on(db, tmp_path, DEMO_API_PORT=str(elsewhere)) as (worker,):
+        result = enqueue_on(db, provider, "drop")
     assert result.returncode == 1, result.stdout + result.stderr
     said = f"the provider at {provider.base_url} saw none of these calls, yet they ended"
     assert said in result.stdout, result.stdout
+    port = provider.base_url.rsplit(":", 1)[1]
     assert f"start it with DEMO_API_PORT={port}" in result.stdout
     first = worker.log_path.read_text().splitlines()[0]
     assert first.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), first
