@@ -9,7 +9,7 @@ import os
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +110,23 @@ def described(runners: list[Runner]) -> str:
     first = min(runners, key=lambda r: (r.pid is None, r.beat_ago))
     more = f" and {len(runners) - 1} more" if len(runners) > 1 else ""
     return f"{first}{more}"
+
+
+class NoWorkerLeft(Exception):
+    """Every worker of the run's state stopped while it waited on them."""
+
+
+def watching(app: "Pynenc", every: float = 2.0) -> Callable[[], None]:
+    """A check for scenarios.run: raises NoWorkerLeft once no live runner is left, looked at
+    every `every` seconds, instead of waiting out the deadline for work nobody will run."""
+    next_look = time.monotonic() + every
+
+    def check() -> None:
+        nonlocal next_look
+        if time.monotonic() < next_look:
+            return
+        next_look = time.monotonic() + every
+        if not in_app(app):
+            raise NoWorkerLeft
+
+    return check

@@ -269,7 +269,9 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert "GUARANTEE BROKEN" not in result.stdout + result.stderr
     with closing(sqlite3.connect(db)) as conn:
         tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        (invocations,) = [t for (t,) in conn.execute(tables) if t.endswith("_invocations")]
+        (invocations,) = [
+            t for (t,) in conn.execute(tables) if t.endswith("_orchestrator_invocations")
+        ]
         assert conn.execute(f"SELECT COUNT(*) FROM {invocations}").fetchone() == (0,)
 
 
@@ -321,10 +323,11 @@ def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figu
         text=True,
     )
     try:
-        wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first run's calls")
-        second = subprocess.run(
-            [*argv, "drop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE
-        )
+        with provider.paused():  # the first run's calls stay in flight until the second ends
+            wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first run's calls")
+            second = subprocess.run(
+                [*argv, "drop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE
+            )
         out, err = first.communicate(timeout=DEADLINE)
     finally:
         if first.poll() is None:
@@ -396,6 +399,44 @@ def test_a_worker_calling_another_address_is_named_as_the_cause(
     assert f"start it with DEMO_API_PORT={port}" in result.stdout
     first = worker.log_path.read_text().splitlines()[0]
     assert first.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), first
+
+
+@pytest.mark.e2e
+def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancelled(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """The only worker is killed while B runs: enqueue.py says so in one line within seconds
+    (not after its deadline), with its own exit code and no verdict, and the calls no worker
+    had picked up end unrun, so none runs inside the next run. Checked by mutation: without
+    the watch on live workers, enqueue.py waited out its 60 s deadline."""
+    db = str(tmp_path / "gone.db")
+    port = provider.base_url.rsplit(":", 1)[1]
+    argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
+    with workers_on(db, tmp_path) as (worker,), provider.paused():
+        run = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            wait_until(lambda: provider.report()["in_flight"] == 3, DEADLINE, "B's first calls")
+            os.killpg(worker.proc.pid, signal.SIGKILL)
+            out, err = run.communicate(timeout=DEADLINE)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait(DEADLINE)
+    assert run.returncode == enqueue.NO_WORKER_EXIT, out + err
+    (line,) = err.strip().splitlines()
+    assert f"every worker on {db} stopped mid-run; " in line, line
+    assert "invocations no worker had picked up are cancelled (never to run)" in line, line
+    assert "GUARANTEE BROKEN" not in out + err
+    with closing(sqlite3.connect(db)) as conn:
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        (invocations,) = [
+            t for (t,) in conn.execute(tables) if t.endswith("_orchestrator_invocations")
+        ]
+        left = f"SELECT COUNT(*) FROM {invocations} WHERE status = 'registered'"
+        assert conn.execute(left).fetchone() == (0,)
 
 
 def test_sample_never_deletes_a_database_a_running_worker_uses(
