@@ -61,7 +61,7 @@ class Child:
             )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Runs in the child: Linux sends it SIGTERM if the parent dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -91,7 +91,7 @@ def start_child(
                 env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
                 # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
                 start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+                preexec_fn=die_with_parent if sys.platform == "linux" else None,
             )
     except BaseException:
         log.close()

@@ -13,14 +13,15 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
 from demo import redis_server
-from demo.processes import Child, free_port, stop_children
+from demo.processes import Child, die_with_parent, free_port, stop_children
 from demo.stack import ROOT
 from helpers import user_env
 
@@ -65,10 +66,15 @@ class Run:
 
 class LongRuns:
     """RUNS in the background, AT_ONCE at a time; `results()` waits for them, `stop()` ends
-    whatever still runs (the session's end, or Ctrl-C) and their Redis servers."""
+    whatever still runs (the session's end, or Ctrl-C) and their Redis servers.
+
+    Should pytest end without stop() (a second Ctrl-C cuts its teardown short), nothing
+    waits on them: their threads are daemons, and each run is told to stop (SIGTERM, which
+    uv passes on to sample.py) as this process dies.
+    """
 
     def __init__(self, folder_for: Callable[[str], Path]) -> None:
-        self.pool = ThreadPoolExecutor(max_workers=AT_ONCE)
+        self.slots = threading.Semaphore(AT_ONCE)
         self.jobs: dict[str, Future[Run]] = {}
         self.procs: list[subprocess.Popen] = []
         self.servers: list[Child] = []
@@ -81,14 +87,31 @@ class LongRuns:
             folder = folder_for(name.replace(", ", "-").replace(" ", "-"))
             # The environment as the session began: tests change theirs while these run.
             env = user_env(folder)
-            self.jobs[name] = self.pool.submit(self._run, folder, args, redis, env)
+            job = self.jobs[name] = Future()
+            if redis == "url":
+                # Started here: it outlives its run's thread, for the test that reads it after.
+                try:
+                    child, url = redis_server.start_private(folder / "redis" / "redis.log", 30)
+                except Exception as exc:
+                    job.set_exception(exc)
+                    continue
+                self.servers.append(child)
+                env = {**env, "REDIS_URL": url}
+            threading.Thread(
+                target=self._job, args=(job, folder, args, redis, env), daemon=True
+            ).start()
+
+    def _job(self, job: Future[Run], *run: object) -> None:
+        with self.slots:
+            if not job.set_running_or_notify_cancel():
+                return  # cancelled by stop() before its turn
+            try:
+                job.set_result(self._run(*run))  # type: ignore[arg-type]
+            except BaseException as exc:
+                job.set_exception(exc)
 
     def _run(self, folder: Path, args: tuple[str, ...], redis: str | None, env: dict) -> Run:
-        url = ""
-        if redis == "url":
-            child, url = redis_server.start_private(folder / "redis" / "redis.log", 30)
-            self.servers.append(child)
-            env = {**env, "REDIS_URL": url}
+        url = env.get("REDIS_URL", "") if redis == "url" else ""
         argv = ["uv", "run", *(WITH_REDIS if redis else ()), "python", "sample.py"]
         argv += ["--port", str(free_port()), "--db", str(folder / "demo.db"), *args]
         out, err = folder / "stdout.txt", folder / "stderr.txt"
@@ -97,7 +120,13 @@ class LongRuns:
                 if self.stopping:
                     raise RuntimeError("the session is ending")
                 proc = subprocess.Popen(
-                    argv, cwd=ROOT, env=env, stdout=stdout, stderr=stderr, start_new_session=True
+                    argv,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=stdout,
+                    stderr=stderr,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
                 )
                 self.procs.append(proc)
             try:
@@ -128,8 +157,8 @@ class LongRuns:
     def stop(self) -> None:
         with self.lock:
             self.stopping = True
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for job in self.jobs.values():
+            job.cancel()  # those not started yet
         for proc in self.procs:
             self._end(proc)
-        self.pool.shutdown(wait=True)
         stop_children(self.servers)

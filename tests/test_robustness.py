@@ -267,12 +267,11 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert line.startswith(f"enqueue.py: no worker is running on {db} "), line
     assert f"DEMO_DB={db} uv run pynenc --app tasks.app runner start" in line
     assert "GUARANTEE BROKEN" not in result.stdout + result.stderr
-    with closing(sqlite3.connect(db)) as conn:
-        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        (invocations,) = [
-            t for (t,) in conn.execute(tables) if t.endswith("_orchestrator_invocations")
-        ]
-        assert conn.execute(f"SELECT COUNT(*) FROM {invocations}").fetchone() == (0,)
+    assert invocations_in(str(db)) == 0
+    with workers_on(str(db), tmp_path):  # then a worker starts: the next run is its own alone
+        again = enqueue_on(str(db), live_api, "keyed")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "12 enqueued -> 12 calls, 0 collisions" in again.stdout
 
 
 def test_a_recent_heartbeat_counts_only_while_its_process_runs(
@@ -339,6 +338,16 @@ def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figu
     assert second.stdout == ""
     assert first.returncode == 0, out + err
     assert "12 enqueued -> 12 calls, 0 collisions" in out, out
+
+
+def invocations_in(db: str, status: str | None = None) -> int:
+    """How many invocations pynenc's orchestrator holds in a database (with that status)."""
+    with closing(sqlite3.connect(db)) as conn:
+        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
+        suffix = "_orchestrator_invocations"
+        (table,) = [t for (t,) in conn.execute(tables) if t.endswith(suffix)]
+        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        return conn.execute(f"SELECT COUNT(*) FROM {table} {where}", args).fetchone()[0]
 
 
 @contextlib.contextmanager
@@ -430,13 +439,7 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
     assert f"every worker on {db} stopped mid-run; " in line, line
     assert "invocations no worker had picked up are cancelled (never to run)" in line, line
     assert "GUARANTEE BROKEN" not in out + err
-    with closing(sqlite3.connect(db)) as conn:
-        tables = "SELECT name FROM sqlite_master WHERE type = 'table'"
-        (invocations,) = [
-            t for (t,) in conn.execute(tables) if t.endswith("_orchestrator_invocations")
-        ]
-        left = f"SELECT COUNT(*) FROM {invocations} WHERE status = 'registered'"
-        assert conn.execute(left).fetchone() == (0,)
+    assert invocations_in(db, "registered") == 0
 
 
 def test_sample_never_deletes_a_database_a_running_worker_uses(
