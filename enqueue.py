@@ -102,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
         shape = options.shape(args, workers=max(1, live.calling(runners)))
-        if shape.workers > 1:
-            threads = shape.workers * shape.threads
-            print(f"--- {shape.workers} workers live ({threads} threads): the floors count them")
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
+            if shape.workers > 1:
+                threads = shape.workers * shape.threads
+                print(
+                    f"--- {shape.workers} workers live ({threads} threads): the floors count them"
+                )
             outcomes = play(chosen, shape, provider, args.timeout, view)
     except GaveUp as gave_up:
         print(f"enqueue.py: {gave_up}", file=sys.stderr)
