@@ -88,8 +88,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     options.add_shape_arguments(parser)
+    parser.add_argument(
+        "--atomic-claim",
+        action="store_true",
+        help="refused: the claim is read from DEMO_ATOMIC_CLAIM=1, set in every terminal",
+    )
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
+    if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":
+        parser.error(
+            "--atomic-claim: tasks.py reads the claim from the environment, in every process "
+            "that enqueues or runs: set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'"
+        )
 
     chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)

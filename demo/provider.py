@@ -34,9 +34,14 @@ class Provider:
             r = self.http.request(method, path, params=params or None)
         except httpx.TransportError as exc:
             port = urlsplit(self.base_url).port
+            workers = (
+                ""
+                if str(port) == settings.DEFAULTS["DEMO_API_PORT"]
+                else (f", and start the workers with DEMO_API_PORT={port} so they call it too")
+            )
             raise ProviderUnreachable(
                 f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
-                f"uv run uvicorn api_server:app --port {port}"
+                f"uv run uvicorn api_server:app --port {port}{workers}"
             ) from exc
         if r.status_code == httpx.codes.CONFLICT:
             raise ProviderBusy(f"{r.json()['detail']} ({self.base_url})")

@@ -240,7 +240,18 @@ def test_enqueue_with_no_api_says_where_it_looked_in_one_line(
     assert len(lines) == 1, err
     assert f"http://127.0.0.1:{port}" in lines[0]
     assert f"uv run uvicorn api_server:app --port {port}" in lines[0]
+    assert f"start the workers with DEMO_API_PORT={port} so they call it too" in lines[0]
     assert "Traceback" not in out + err
+
+
+def test_enqueue_asked_for_the_claim_by_flag_says_where_it_is_set(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DEMO_ATOMIC_CLAIM", raising=False)
+    with pytest.raises(SystemExit) as refused:
+        enqueue.main(["all", "--atomic-claim"])
+    assert refused.value.code == 2
+    assert "set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'" in capsys.readouterr().err
 
 
 @pytest.mark.e2e
