@@ -5,82 +5,12 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 
 import argparse
 import sys
-from collections import Counter
-
-from pynenc.invocation.status import InvocationStatus as S
-from pynenc.runner.runner_context import RunnerContext
 
 import tasks
-from demo import live, options, settings, show
+from demo import live, options, settings, show, terminals
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
-
-NO_WORKER_EXIT = 3
-
-
-class GaveUp(Exception):
-    """The run stopped waiting: what happened, and what it left behind."""
-
-
-BUSY_EXIT = 4
-
-
-def state_and_start() -> tuple[str, str]:
-    """Where the workers should be, and the command that starts one there."""
-    runner = "pynenc --app tasks.app runner start"
-    if settings.get("DEMO_BACKEND") == "redis":
-        url = settings.get("REDIS_URL")
-        start = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis {runner}"
-        return f"the Redis at {url}", start
-    db = settings.get("DEMO_DB")
-    named = "" if db == settings.DEFAULTS["DEMO_DB"] else f"DEMO_DB={db} "
-    return db, f"{named}uv run {runner}"
-
-
-def no_worker() -> str:
-    where, start = state_and_start()
-    return (
-        f"no worker is running on {where} (no runner heartbeat in the last "
-        f"{live.ALIVE_WITHIN:g}s), so nothing was enqueued; start one in another terminal: {start}"
-    )
-
-
-def no_worker_left(scenario: Scenario) -> str:
-    where, start = state_and_start()
-    return (
-        f"every worker on {where} stopped mid-run; {cancel_unpicked(scenario)}; "
-        f"start one in another terminal: {start}"
-    )
-
-
-def elsewhere(url: str) -> str:
-    """Every invocation ended, and not one call reached this provider."""
-    port = url.rsplit(":", 1)[1]
-    return (
-        f"the provider at {url} saw none of these calls, yet they ended: the workers call "
-        f"another address. A worker's first line says which; start it with DEMO_API_PORT={port}"
-    )
-
-
-def cancel_unpicked(scenario: Scenario) -> str:
-    """End the scenario's invocations no worker has picked up, so that none runs inside a
-    later run, and say what was left: pynenc lets a REGISTERED invocation end as
-    CONCURRENCY_CONTROLLED_FINAL (never run); one rerouted, pending or running cannot be
-    ended from outside its worker."""
-    orchestrator, task = tasks.app.orchestrator, getattr(tasks, scenario.task)
-    ctx = RunnerContext(runner_cls="enqueue.py")
-    unpicked = list(orchestrator.get_existing_invocations(task, statuses=[S.REGISTERED]))
-    for invocation_id in unpicked:
-        orchestrator.set_invocation_status(invocation_id, S.CONCURRENCY_CONTROLLED_FINAL, ctx)
-    others = [s for s in S if not s.is_final() and s != S.REGISTERED]
-    left = Counter(
-        orchestrator.get_invocation_status(i).value
-        for i in orchestrator.get_existing_invocations(task, statuses=others)
-    )
-    said = f"{len(unpicked)} invocations no worker had picked up are cancelled (never to run)"
-    if left:
-        said += "; left as they are: " + ", ".join(f"{n} {st}" for st, n in left.most_common())
-    return said
+from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         provider.health()
         if not (runners := live.in_app(tasks.app)):
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
-            print(f"enqueue.py: {no_worker()}", file=sys.stderr)
+            print(f"enqueue.py: {terminals.no_worker()}", file=sys.stderr)
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
         shape = options.shape(args, workers=max(1, live.calling(runners)))
@@ -144,12 +74,12 @@ def play(
         try:
             o = show.scenario(scenario, shape, provider, tasks, timeout, view, label, check)
         except live.NoWorkerLeft:
-            raise GaveUp(no_worker_left(scenario)) from None
+            raise GaveUp(terminals.no_worker_left(tasks, scenario)) from None
         outcomes.append(o)
         if o.invocations and not o.calls and not o.unfinished:
-            print(f"  {elsewhere(provider.base_url)}", flush=True)
+            print(f"  {terminals.elsewhere(provider.base_url)}", flush=True)
         if o.unfinished:
-            print(f"  gave up: {cancel_unpicked(scenario)}", flush=True)
+            print(f"  gave up: {terminals.cancel_unpicked(tasks, scenario)}", flush=True)
             return outcomes
     if len(outcomes) > 1 and (link := view.whole_run(outcomes)):
         print(f"\n{link}", flush=True)

@@ -1,0 +1,78 @@
+"""What enqueue.py says when the four terminals do not line up: no worker on its state,
+every worker gone mid-run, the workers calling another API; and what a run that gives up
+leaves behind.
+"""
+
+from collections import Counter
+from types import ModuleType
+
+from pynenc.invocation.status import InvocationStatus as S
+from pynenc.runner.runner_context import RunnerContext
+
+from demo import live, settings
+from demo.scenarios import Scenario
+
+NO_WORKER_EXIT = 3  # enqueue.py's exit code when no worker runs, or none is left
+BUSY_EXIT = 4  # when another run owns the provider
+
+
+class GaveUp(Exception):
+    """The run stopped waiting: what happened, and what it left behind."""
+
+
+def state_and_start() -> tuple[str, str]:
+    """Where the workers should be, and the command that starts one there."""
+    runner = "pynenc --app tasks.app runner start"
+    if settings.get("DEMO_BACKEND") == "redis":
+        url = settings.get("REDIS_URL")
+        start = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis {runner}"
+        return f"the Redis at {url}", start
+    db = settings.get("DEMO_DB")
+    named = "" if db == settings.DEFAULTS["DEMO_DB"] else f"DEMO_DB={db} "
+    return db, f"{named}uv run {runner}"
+
+
+def no_worker() -> str:
+    where, start = state_and_start()
+    return (
+        f"no worker is running on {where} (no runner heartbeat in the last "
+        f"{live.ALIVE_WITHIN:g}s), so nothing was enqueued; start one in another terminal: {start}"
+    )
+
+
+def no_worker_left(tasks: ModuleType, scenario: Scenario) -> str:
+    where, start = state_and_start()
+    return (
+        f"every worker on {where} stopped mid-run; {cancel_unpicked(tasks, scenario)}; "
+        f"start one in another terminal: {start}"
+    )
+
+
+def elsewhere(url: str) -> str:
+    """Every invocation ended, and not one call reached this provider."""
+    port = url.rsplit(":", 1)[1]
+    return (
+        f"the provider at {url} saw none of these calls, yet they ended: the workers call "
+        f"another address. A worker's first line says which; start it with DEMO_API_PORT={port}"
+    )
+
+
+def cancel_unpicked(tasks: ModuleType, scenario: Scenario) -> str:
+    """End the scenario's invocations no worker has picked up, so that none runs inside a
+    later run, and say what was left: pynenc lets a REGISTERED invocation end as
+    CONCURRENCY_CONTROLLED_FINAL (never run); one rerouted, pending or running cannot be
+    ended from outside its worker."""
+    orchestrator, task = tasks.app.orchestrator, getattr(tasks, scenario.task)
+    ctx = RunnerContext(runner_cls="enqueue.py")
+    unpicked = list(orchestrator.get_existing_invocations(task, statuses=[S.REGISTERED]))
+    for invocation_id in unpicked:
+        orchestrator.set_invocation_status(invocation_id, S.CONCURRENCY_CONTROLLED_FINAL, ctx)
+    others = [s for s in S if not s.is_final() and s != S.REGISTERED]
+    left = Counter(
+        orchestrator.get_invocation_status(i).value
+        for i in orchestrator.get_existing_invocations(task, statuses=others)
+    )
+    said = f"{len(unpicked)} invocations no worker had picked up are cancelled (never to run)"
+    if left:
+        said += "; left as they are: " + ", ".join(f"{n} {st}" for st, n in left.most_common())
+    return said
