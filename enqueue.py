@@ -10,7 +10,7 @@ import tasks
 from demo import live, options, settings, show, terminals
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
-from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp
+from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp, Interrupted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         shape = options.shape(args, workers=max(1, live.calling(runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
+            if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values())):
+                print(f"enqueue.py: {earlier}", file=sys.stderr)
+                return BUSY_EXIT
             if shape.workers > 1:
                 threads = shape.workers * shape.threads
                 print(
@@ -53,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     except GaveUp as gave_up:
         print(f"enqueue.py: {gave_up}", file=sys.stderr)
         return NO_WORKER_EXIT
+    except Interrupted as left:
+        print(f"\nenqueue.py: interrupted; {left}", file=sys.stderr)
+        return 130
+    except live.StateUnreachable as exc:
+        print(f"enqueue.py: {exc}", file=sys.stderr)
+        return 1
     except ProviderBusy as exc:
         print(f"enqueue.py: {exc}", file=sys.stderr)
         return BUSY_EXIT
@@ -75,6 +84,8 @@ def play(
             o = show.scenario(scenario, shape, provider, tasks, timeout, view, label, check)
         except live.NoWorkerLeft:
             raise GaveUp(terminals.no_worker_left(tasks, scenario)) from None
+        except KeyboardInterrupt:
+            raise Interrupted(terminals.cancel_unpicked(tasks, scenario)) from None
         outcomes.append(o)
         if o.invocations and not o.calls and not o.unfinished:
             print(f"  {terminals.elsewhere(provider.base_url)}", flush=True)

@@ -89,13 +89,24 @@ def in_sqlite(path: str) -> list[Runner]:
     return alive(beats)
 
 
+class StateUnreachable(ConnectionError):
+    """The state store did not answer (a Redis that is not there)."""
+
+
 def in_app(app: "Pynenc") -> list[Runner]:
     """The live runners of the app's state store, whichever backend it is."""
     beats = []
-    for info in app.orchestrator._get_active_runners(ALIVE_WITHIN, None):
-        context = app.state_backend.get_runner_context(info.runner_id)
-        where = (context.runner_cls, context.pid, context.hostname) if context else (None,) * 3
-        beats.append((*where, info.last_heartbeat.timestamp()))
+    try:
+        for info in app.orchestrator._get_active_runners(ALIVE_WITHIN, None):
+            context = app.state_backend.get_runner_context(info.runner_id)
+            where = (context.runner_cls, context.pid, context.hostname) if context else (None,) * 3
+            beats.append((*where, info.last_heartbeat.timestamp()))
+    except Exception as exc:  # redis.exceptions.ConnectionError is not the built-in one
+        if "Connection" not in type(exc).__name__:
+            raise
+        raise StateUnreachable(
+            f"pynenc's state store does not answer ({exc}): is the Redis at REDIS_URL running?"
+        ) from exc
     return alive(beats)
 
 

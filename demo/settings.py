@@ -6,6 +6,7 @@ flags to its children as these same variables, in one place (demo/options.py).
 """
 
 import argparse
+import importlib.util
 import ipaddress
 import os
 import re
@@ -131,6 +132,13 @@ def exit_on_bad_environment(program: str) -> None:
     """Before anything starts: one line on stderr for the first bad variable, and exit 2."""
     if found := problems():
         print(f"{program}: {found[0]}", file=sys.stderr)
+        raise SystemExit(2)
+    if get("DEMO_BACKEND") == "redis" and importlib.util.find_spec("pynenc_redis") is None:
+        print(
+            f"{program}: DEMO_BACKEND=redis needs the pynenc-redis plugin, in the optional "
+            "`redis` group: run it with uv run --isolated --group redis ...",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 

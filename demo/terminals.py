@@ -20,6 +20,10 @@ class GaveUp(Exception):
     """The run stopped waiting: what happened, and what it left behind."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C mid-run: what it left behind."""
+
+
 def state_and_start() -> tuple[str, str]:
     """Where the workers should be, and the command that starts one there."""
     runner = "pynenc --app tasks.app runner start"
@@ -57,6 +61,34 @@ def elsewhere(url: str) -> str:
     )
 
 
+def unfinished(tasks: ModuleType, task_names: set[str], statuses: list[S]) -> Counter[str]:
+    """The invocations of these tasks in the state, by status, among `statuses`."""
+    orchestrator = tasks.app.orchestrator
+    return Counter(
+        orchestrator.get_invocation_status(i).value
+        for name in sorted(task_names)
+        for i in orchestrator.get_existing_invocations(getattr(tasks, name), statuses=statuses)
+    )
+
+
+def listed(counts: Counter[str]) -> str:
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
+
+
+def earlier_run_left(tasks: ModuleType, scenarios: list[Scenario]) -> str | None:
+    """Invocations an earlier run left unfinished would run inside this one, and their calls
+    would count as its own: what to say instead of starting."""
+    left = unfinished(tasks, {s.task for s in scenarios}, [s for s in S if not s.is_final()])
+    if not left:
+        return None
+    where, _ = state_and_start()
+    return (
+        f"{left.total()} invocations of an earlier run are still unfinished on {where} "
+        f"({listed(left)}); they would run inside this one. Wait until the workers have run "
+        "them, or give this run a state of its own (DEMO_DB=other.db, and a worker on it)"
+    )
+
+
 def cancel_unpicked(tasks: ModuleType, scenario: Scenario) -> str:
     """End the scenario's invocations no worker has picked up, so that none runs inside a
     later run, and say what was left: pynenc lets a REGISTERED invocation end as
@@ -68,11 +100,7 @@ def cancel_unpicked(tasks: ModuleType, scenario: Scenario) -> str:
     for invocation_id in unpicked:
         orchestrator.set_invocation_status(invocation_id, S.CONCURRENCY_CONTROLLED_FINAL, ctx)
     others = [s for s in S if not s.is_final() and s != S.REGISTERED]
-    left = Counter(
-        orchestrator.get_invocation_status(i).value
-        for i in orchestrator.get_existing_invocations(task, statuses=others)
-    )
     said = f"{len(unpicked)} invocations no worker had picked up are cancelled (never to run)"
-    if left:
-        said += "; left as they are: " + ", ".join(f"{n} {st}" for st, n in left.most_common())
+    if left := unfinished(tasks, {scenario.task}, others):
+        said += f"; left as they are: {listed(left)}"
     return said

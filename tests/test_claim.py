@@ -600,18 +600,33 @@ REFUSALS = {
 }
 
 
-@pytest.mark.parametrize("override", REFUSALS.values(), ids=REFUSALS.keys())
-def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(
-    tmp_path: Path, override: dict[str, str]
-) -> None:
-    """What pynenc resolves counts (its environment variables rank above the builder)."""
-    env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1", "DEMO_DB": str(tmp_path / "w.db"), **override}
+def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(tmp_path: Path) -> None:
+    """What pynenc resolves counts (its environment variables rank above the builder). The
+    workers start side by side, one per override."""
     argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert result.stderr.startswith("tasks.py: "), result.stderr
-    assert "Traceback" not in result.stderr and "Starting runner" not in result.stdout
+    started = {}
+    for n, (case, override) in enumerate(REFUSALS.items()):
+        env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1", "DEMO_DB": str(tmp_path / f"{n}.db")}
+        started[case] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**env, **override},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        ended = {case: (w, *w.communicate(timeout=60)) for case, w in started.items()}
+    finally:
+        for worker in started.values():  # one that did not refuse runs on: stopped here
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(60)
+    for case, (worker, out, err) in ended.items():
+        assert worker.returncode == 2, f"{case}: {out}{err}"
+        assert len(err.strip().splitlines()) == 1, f"{case}: {err}"
+        assert err.startswith("tasks.py: "), f"{case}: {err}"
+        assert "Traceback" not in err and "Starting runner" not in out, case
 
 
 @pytest.mark.e2e

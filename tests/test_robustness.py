@@ -278,11 +278,7 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert line.startswith(f"enqueue.py: no worker is running on {db} "), line
     assert f"DEMO_DB={db} uv run pynenc --app tasks.app runner start" in line
     assert "GUARANTEE BROKEN" not in result.stdout + result.stderr
-    assert invocations_in(str(db)) == 0
-    with workers_on(str(db), tmp_path):  # then a worker starts: the next run is its own alone
-        again = enqueue_on(str(db), live_api, "keyed")
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "12 enqueued -> 12 calls, 0 collisions" in again.stdout
+    assert invocations_in(str(db)) == 0  # nothing left to run inside the next run
 
 
 def test_a_recent_heartbeat_counts_only_while_its_process_runs(
@@ -312,45 +308,6 @@ def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     ]
 
 
-@pytest.mark.e2e
-def test_a_second_enqueue_while_one_runs_is_refused_and_the_first_keeps_its_figures(
-    provider: Provider, start_worker: Callable[..., Child]
-) -> None:
-    """Two terminals, two enqueue.py runs against one provider: the second would reset the
-    counts under the first. It is refused in one line naming the first run, and the first
-    ends with its own figures. Checked by mutation: with the owner checks removed from the
-    API, the second run reset the counts under the first, and both printed false figures."""
-    start_worker()
-    port = provider.base_url.rsplit(":", 1)[1]
-    argv = [sys.executable, "enqueue.py", "--port", port, "--no-chart", "--no-links"]
-    env = {**os.environ, "NO_COLOR": "1"}
-    first = subprocess.Popen(
-        [*argv, "keyed"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        with provider.paused():  # the first run's calls stay in flight until the second ends
-            wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first run's calls")
-            second = subprocess.run(
-                [*argv, "drop"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE
-            )
-        out, err = first.communicate(timeout=DEADLINE)
-    finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait(DEADLINE)
-    assert second.returncode == enqueue.BUSY_EXIT, second.stdout + second.stderr
-    (line,) = second.stderr.strip().splitlines()
-    assert "another run uses this provider: 'enqueue.py keyed', started at" in line, line
-    assert second.stdout == ""
-    assert first.returncode == 0, out + err
-    assert "12 enqueued -> 12 calls, 0 collisions" in out, out
-
-
 def invocations_in(db: str, status: str | None = None) -> int:
     """How many invocations pynenc's orchestrator holds in a database (with that status)."""
     with closing(sqlite3.connect(db)) as conn:
@@ -374,10 +331,21 @@ def workers_on(db: str, folder: Path, count: int = 1, **env: str) -> Iterator[li
         stop_children(started)
 
 
-def enqueue_on(db: str, provider: Provider, scenario: str) -> subprocess.CompletedProcess:
+def enqueue_on(
+    db: str, provider: Provider, scenario: str, *flags: str
+) -> subprocess.CompletedProcess:
     port = provider.base_url.rsplit(":", 1)[1]
     return subprocess.run(
-        [sys.executable, "enqueue.py", scenario, "--port", port, "--no-chart", "--no-links"],
+        [
+            sys.executable,
+            "enqueue.py",
+            scenario,
+            "--port",
+            port,
+            "--no-chart",
+            "--no-links",
+            *flags,
+        ],
         cwd=ROOT,
         env={**os.environ, "DEMO_DB": db, "NO_COLOR": "1"},
         capture_output=True,
@@ -387,17 +355,44 @@ def enqueue_on(db: str, provider: Provider, scenario: str) -> subprocess.Complet
 
 
 @pytest.mark.e2e
-def test_enqueue_counts_every_live_workers_threads_for_the_floor(
+def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
     tmp_path: Path, provider: Provider
 ) -> None:
-    """Three workers: A's 12 calls fit in one wave of 24 threads, so its floor is one hold,
-    not two. Each worker says in its first line what it runs on."""
+    """Three workers: A's 12 calls fit in one wave of 24 threads, so its floor is one hold
+    (0.1 s here), not two, and each worker says in its first line what it runs on. A second
+    enqueue.py meanwhile would reset the counts under the first: it is refused in one line
+    naming the first run, which ends with its own figures. Checked by mutation: with the
+    owner checks removed from the API, the second run reset the counts under the first, and
+    both printed false figures."""
     db = str(tmp_path / "three.db")
+    port = provider.base_url.rsplit(":", 1)[1]
+    argv = [sys.executable, "enqueue.py", "--port", port, "--no-chart", "--no-links"]
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
     with workers_on(db, tmp_path, 3) as workers:
-        result = enqueue_on(db, provider, "unsafe")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "--- 3 workers live (24 threads): the floors count them" in result.stdout
-    assert "(floor 0.40s, " in result.stdout, result.stdout
+        first = subprocess.Popen(
+            [*argv, "unsafe", "--hold", "0.1"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            with provider.paused():  # the first run's calls stay in flight meanwhile
+                wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first calls")
+                second = enqueue_on(db, provider, "drop")
+            out, err = first.communicate(timeout=DEADLINE)
+        finally:
+            if first.poll() is None:
+                first.kill()
+                first.wait(DEADLINE)
+    assert second.returncode == enqueue.BUSY_EXIT, second.stdout + second.stderr
+    (line,) = second.stderr.strip().splitlines()
+    assert "another run uses this provider: 'enqueue.py unsafe', started at" in line, line
+    assert second.stdout == ""
+    assert first.returncode == 0, out + err
+    assert "--- 3 workers live (24 threads): the floors count them" in out
+    assert "12 enqueued -> 12 calls, 9 collisions" in out and "(floor 0.10s, " in out, out
     url = provider.base_url
     said = f"worker: sqlite {db}, ThreadRunner, atomic claim off, calling the API at {url}"
     assert [w.log_path.read_text().splitlines()[0] for w in workers] == [said] * 3
@@ -427,8 +422,8 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
 ) -> None:
     """The only worker is killed while B runs: enqueue.py says so in one line within seconds
     (not after its deadline), with its own exit code and no verdict, and the calls no worker
-    had picked up end unrun, so none runs inside the next run. Checked by mutation: without
-    the watch on live workers, enqueue.py waited out its 60 s deadline."""
+    had picked up end unrun. Checked by mutation: without the watch on live workers,
+    enqueue.py waited out its 60 s deadline."""
     db = str(tmp_path / "gone.db")
     port = provider.base_url.rsplit(":", 1)[1]
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
@@ -450,6 +445,49 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
     assert f"every worker on {db} stopped mid-run; " in line, line
     assert "invocations no worker had picked up are cancelled (never to run)" in line, line
     assert "GUARANTEE BROKEN" not in out + err
+    assert invocations_in(db, "registered") == 0
+
+
+@pytest.mark.e2e
+def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """Ctrl-C while B's first calls are in flight: one line, no traceback, exit 130, and the
+    calls no worker had picked up end unrun. What it could not end would run inside the next
+    run: the next run names it instead of starting. Checked by mutation: without the check
+    for an earlier run's leftovers, the next run started."""
+    db = str(tmp_path / "ctrl-c.db")
+    port = provider.base_url.rsplit(":", 1)[1]
+    argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
+    with workers_on(db, tmp_path), provider.paused():
+        run = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            wait_until(lambda: provider.report()["in_flight"] == 3, DEADLINE, "B's first calls")
+            os.killpg(run.pid, signal.SIGINT)
+            out, err = run.communicate(timeout=DEADLINE)
+            refused = enqueue_on(db, provider, "keyed")  # its 3 calls still in flight
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait(DEADLINE)
+    assert refused.returncode == enqueue.BUSY_EXIT, refused.stdout + refused.stderr
+    assert refused.stdout == ""
+    (left,) = refused.stderr.strip().splitlines()
+    assert "invocations of an earlier run are still unfinished on" in left, left
+    assert run.returncode == 130, out + err
+    assert "Traceback" not in err, err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("enqueue.py: interrupted; "), line
+    assert "invocations no worker had picked up are cancelled (never to run)" in line, line
     assert invocations_in(db, "registered") == 0
 
 
