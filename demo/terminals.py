@@ -39,8 +39,9 @@ def state_and_start() -> tuple[str, str]:
 def no_worker() -> str:
     where, start = state_and_start()
     return (
-        f"no worker is running on {where} (no runner heartbeat in the last "
-        f"{live.ALIVE_WITHIN:g}s), so nothing was enqueued; start one in another terminal: {start}"
+        f"no worker is running on {where} (none beat in the last {live.ALIVE_WITHIN:g}s from "
+        f"a process still running), so nothing was enqueued; start one in another terminal: "
+        f"{start}"
     )
 
 
