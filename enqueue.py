@@ -59,13 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as left:
         print(f"\nenqueue.py: interrupted; {left}", file=sys.stderr)
         return 130
-    except live.StateUnreachable as exc:
-        print(f"enqueue.py: {exc}", file=sys.stderr)
-        return 1
     except ProviderBusy as exc:
         print(f"enqueue.py: {exc}", file=sys.stderr)
         return BUSY_EXIT
-    except ProviderUnreachable as exc:
+    except (ProviderUnreachable, live.StateUnreachable) as exc:  # the API, or a Redis
         print(f"enqueue.py: {exc}", file=sys.stderr)
         return 1
     return 1 if any(o.broken() for o in outcomes) else 0
