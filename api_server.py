@@ -6,26 +6,36 @@ A call may carry a fencing token (`?token=N`), as a real provider's conditional 
 carries a version: the provider remembers the newest token it has seen for each account and
 refuses the effect of any call with an older one. A late call is refused at once; a call still
 in flight when a newer one starts is refused when it ends. Both are counted as *fenced*, on
-their own line, never as collisions and never hidden.
+their own line, never as collisions and never hidden. The newest tokens are kept in a small
+file beside the logs (DEMO_LOG_DIR/fences.json), so the fence outlives a restart of the
+provider, as a real provider's would; a reset, which starts the next scenario, clears it.
 """
 
 import asyncio
+import json
 import os
 import secrets
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Path, Query
+import fastapi
+from fastapi import FastAPI, HTTPException, Query
 from pydantic import BaseModel
 
-from demo.settings import HOLD_SECONDS
+from demo import settings
+from demo.settings import HOLD_SECONDS, NAME_PATTERN
 
 MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.
-NAME = Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+# A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
+# from the time in microseconds, which stays below it until the year 2255.
+MAX_TOKEN = 2**53
+FENCES = Path(settings.get("DEMO_LOG_DIR")) / "fences.json"
 LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 
@@ -97,9 +107,33 @@ class Provider:
     accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
     calls: list[Call] = field(default_factory=list)
 
+    def fences(self) -> dict[str, int]:
+        return {n: a.newest_token for n, a in self.accounts.items() if a.newest_token is not None}
+
+
+def save_fences(fences: dict[str, int]) -> None:
+    """Write the newest tokens, whole or not at all (a crash mid-write leaves the last ones)."""
+    FENCES.parent.mkdir(parents=True, exist_ok=True)
+    partial = FENCES.with_suffix(".tmp")
+    partial.write_text(json.dumps(fences))
+    os.replace(partial, FENCES)
+
+
+def restored() -> Provider:
+    """The state a (re)started provider begins with: no counts, and the fences it had."""
+    provider = Provider()
+    try:
+        fences = json.loads(FENCES.read_text())
+    except (OSError, ValueError):
+        fences = {}
+    for name, newest in fences.items() if isinstance(fences, dict) else ():
+        if isinstance(newest, int):
+            provider.accounts[name].newest_token = newest
+    return provider
+
 
 app = FastAPI(title="Demo provider")
-state = Provider()
+state = restored()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
 # Set by /pause: calls then stay inside their in-flight window until /resume; by
@@ -119,14 +153,17 @@ async def call(
     account_id: NAME,
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
-    token: Annotated[int | None, Query(ge=0)] = None,
+    token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
 ) -> Outcome:
     async with lock:
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
         acc = current.accounts[account_id]
         record = Call(account_id, op, time.monotonic() - current.started, token=token)
+        newest = acc.newest_token
         acc.arrive(record)
+        if acc.newest_token != newest and current is state:
+            save_fences(current.fences())
         current.calls.append(record)
         seconds = current.hold if hold is None else hold
     print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
@@ -211,6 +248,7 @@ async def reset(
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
         state = Provider(hold=hold, label=label)
+        save_fences({})
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)
     return {"label": label, "hold": hold}

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RUNNER_NAMES = ("thread", "wake", "multi-thread", "process")
@@ -167,6 +167,23 @@ def db_problem(path: str) -> str | None:
     if not os.access(folder, os.W_OK | os.X_OK):
         return f"its folder {folder} is not writable"
     return None
+
+
+# What the provider takes as an account id or an op, in its URL path (api_server.py); tasks.py
+# refuses anything else before it calls.
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+def path_part(value: object) -> str:
+    """value as one part of the provider's URL path, encoded; ValueError, in one line, for a
+    value the provider cannot take. An id is text: 42 is refused, never sent as "42", since the
+    claim and pynenc's keys would tell it from "42" while the provider would not."""
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+        raise ValueError(
+            f"{value!r} is not an id the provider takes: 1-64 characters of A-Za-z0-9_.:-"
+            + ("" if isinstance(value, str) else f", as text (not {type(value).__name__})")
+        )
+    return quote(value, safe=":")
 
 
 ACCOUNTS = ("acme", "globex", "initech")
