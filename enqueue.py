@@ -7,7 +7,7 @@ import argparse
 import sys
 
 import tasks
-from demo import live, options, settings, show, terminals
+from demo import atomic_claim, live, options, settings, show, terminals
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
 from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp, Interrupted
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     provider = Provider(options.api_url(args))
     try:
         provider.health()
+        if mixed := atomic_claim.fleet_problem(tasks.app):  # its calls would break the claim
+            print(f"enqueue.py: {mixed}", file=sys.stderr)
+            return 2
         if not (runners := live.in_app(tasks.app)):
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
             print(f"enqueue.py: {terminals.no_worker()}", file=sys.stderr)

@@ -48,16 +48,20 @@ stored only while the claim holds, and REROUTED -> CONCURRENCY_CONTROLLED_FINAL 
 `pynenc/invocation/status.py`; docs/upstream.md writes it out.
 """
 
+import atexit
 import enum
 import json
+import os
 import random
+import socket
 import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
@@ -107,6 +111,12 @@ class Refused(SystemExit):
     """The claim would not hold with this configuration: one line, no traceback."""
 
 
+class Fenced(Exception):
+    """The provider refused the call by its fencing token: a newer claim of the key came first,
+    so this call was not applied. Raised by the task, the invocation fails (or retries, where
+    the task says so): a refused call is never reported as a success."""
+
+
 class StatusContention(InvocationStatusError):
     """A watched Redis status change that other writers kept beating, every time it was tried."""
 
@@ -120,9 +130,60 @@ class Verdict(enum.Enum):
     SKIP = "not available for run (another runner has it, or it is final)"
 
 
+# Every liveness decision reads one clock: the store's (Redis TIME), or on SQLite, whose workers
+# share one host, that host's clock since boot, read from the kernel (demo: host_clock). A
+# worker's wall clock never enters one: skewed, it would take a live holder for dead.
+EVER = 10 * 365 * 86400.0  # seconds: a window that takes in every runner pynenc knows
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+UPTIME = Path("/proc/uptime")
+
+
+def _boot() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:  # pragma: no cover - not Linux: the monotonic clock, shared by the host
+        return "monotonic"
+
+
+BOOT = _boot()
+
+
+def host_clock() -> float:
+    """Seconds since this host booted, as the kernel counts them: the same for every process
+    on the host, whatever its wall clock says (skewed, or under faketime, which shifts even the
+    process's monotonic clocks but not this file). A beat is read with the boot it was taken
+    in: one from an earlier boot is no beat at all."""
+    try:
+        return float(UPTIME.read_text().split()[0])
+    except OSError:  # pragma: no cover - not Linux
+        return time.monotonic()
+
+
+def first_token(now: float) -> int:
+    """A key's first fencing token: the time in microseconds. Tokens then grow by one per claim,
+    so a store that lost its data (a Redis restarted without persistence, a new database) still
+    issues tokens newer than any it issued before, and the provider never fences them."""
+    return int(now * 1_000_000)
+
+
+def key_identity(key: dict[str, str]) -> str:
+    """The key as the provider sees it: each argument as text. pynenc serializes 42 and "42"
+    apart, but in a URL, a header or a column they are one account, so they are one key here."""
+
+    def text(serialized: str) -> str:
+        try:
+            value = json.loads(serialized)
+        except ValueError:
+            return serialized
+        return value if isinstance(value, str) else serialized
+
+    return json.dumps({arg: text(value) for arg, value in key.items()}, sort_keys=True)
+
+
 @dataclass
 class Holder:
-    """The invocation holding a key: its status, and when its runner last beat."""
+    """The invocation holding a key: its status, and when its runner last beat (on the store's
+    clock; None when it never beat in this boot)."""
 
     invocation_id: str
     record: InvocationStatusRecord
@@ -216,6 +277,163 @@ def exit_unless_sound(program: str, app: "Pynenc", wanted: bool) -> None:
         raise SystemExit(2) from None
 
 
+# The fleet: every worker on one store must run the claim with the same settings. One without
+# it (or with other windows) beside workers with it takes a key the others think is held.
+FLEET_WINDOW = 75.0  # seconds: pynenc's heartbeat within it, on the reader's wall clock
+FLEET = "claim_fleet"
+
+
+@dataclass(frozen=True)
+class Member:
+    """A worker on the store, as it recorded itself when it started."""
+
+    runner_id: str
+    settings: dict[str, str]
+    pid: int
+    host: str
+
+    def __str__(self) -> str:
+        return (
+            f"runner {self.runner_id[:8]} (pid {self.pid} on {self.host}: {_shown(self.settings)})"
+        )
+
+
+def fleet_settings(app: "Pynenc") -> dict[str, str]:
+    """What every worker and producer on one store must agree on: the claim, and its windows."""
+    conf = app.conf
+    if conf.orchestrator_cls not in ORCHESTRATORS.values():
+        return {"atomic claim": "off"}
+    longest = (app.config_values or {}).get(LONGEST_CALL_KEY)
+    return {
+        "atomic claim": "on",
+        "dead after": f"{conf.runner_considered_dead_after_minutes * 60:g}s",
+        "beat every": f"{conf.atomic_service_check_interval_minutes * 60:g}s",
+        "longest call": "?" if longest is None else f"{float(longest):g}s",
+    }
+
+
+def _shown(settings: dict[str, str]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in settings.items())
+
+
+class _FleetStore:
+    """The fleet's records, in the app's own store, read and written whether or not this
+    process runs the claim (a process without it must be told, too)."""
+
+    def __init__(self, app: "Pynenc") -> None:
+        self.app, self.orchestrator = app, app.orchestrator
+        self.redis = hasattr(self.orchestrator, "client")
+
+    def _sqlite(self) -> tuple[sqlite3.Connection, str]:
+        table = f"{self.orchestrator.tables.table_prefix}_{FLEET}"
+        conn = sqlite3.connect(self.orchestrator.sqlite_db_path, timeout=30.0)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (runner_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+        )
+        return conn, table
+
+    def records(self) -> dict[str, str]:
+        if self.redis:
+            raw = self.orchestrator.client.hgetall(self.orchestrator.key.prefix + FLEET)
+            return {k.decode(): v.decode() for k, v in raw.items()}
+        conn, table = self._sqlite()
+        with closing(conn):
+            return dict(conn.execute(f"SELECT runner_id, record FROM {table}").fetchall())
+
+    def write(self, runner_id: str, record: str) -> None:
+        if self.redis:
+            self.orchestrator.client.hset(self.orchestrator.key.prefix + FLEET, runner_id, record)
+            return
+        conn, table = self._sqlite()
+        with closing(conn), conn:
+            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (runner_id, record))
+
+    def remove(self, runner_id: str) -> None:
+        if self.redis:
+            self.orchestrator.client.hdel(self.orchestrator.key.prefix + FLEET, runner_id)
+            return
+        conn, table = self._sqlite()
+        with closing(conn), conn:
+            conn.execute(f"DELETE FROM {table} WHERE runner_id = ?", (runner_id,))
+
+    def beating(self) -> set[str]:
+        """The runners with a pynenc heartbeat in the fleet window. pynenc's own list, on the
+        reader's wall clock: a start-up check, generous enough for any skew under it."""
+        orchestrator = self.orchestrator
+        stock = (
+            super(AtomicClaim, orchestrator)
+            if isinstance(orchestrator, AtomicClaim)
+            else orchestrator
+        )
+        return {r.runner_id for r in stock._get_active_runners(FLEET_WINDOW, None)}
+
+
+def _alive_here(pid: int) -> bool:
+    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists)."""
+    if Path("/proc").is_dir():
+        try:
+            return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
+    """The live workers on the app's store (but `besides`), as they recorded themselves: on
+    this host, a pynenc process still there (beating yet or not); elsewhere, a recent beat."""
+    store, here = _FleetStore(app), socket.gethostname()
+    records, members = store.records(), []
+    beating = (
+        store.beating() if any(json.loads(r)["host"] != here for r in records.values()) else set()
+    )
+    for runner_id, raw in records.items():
+        record = json.loads(raw)
+        member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
+        if runner_id == besides:
+            continue
+        if _alive_here(member.pid) if member.host == here else runner_id in beating:
+            members.append(member)
+    return members
+
+
+def fleet_problem(app: "Pynenc", besides: str | None = None) -> str | None:
+    """Why this process must not join the workers live on its store, in one line, naming both
+    sides; None when every one of them runs with its settings."""
+    mine = fleet_settings(app)
+    for member in fleet(app, besides):
+        if member.settings != mine:
+            return (
+                f"this process runs with {_shown(mine)}, but a live worker on the same store "
+                f"runs with other settings: {member}. Every worker and producer on one store "
+                "must agree: give them all the same settings, or stop those workers first"
+            )
+    return None
+
+
+def join_fleet(app: "Pynenc", runner_id: str) -> str | None:
+    """A worker's start: refuse (the one line) a fleet it does not agree with; else record its
+    settings, for the next ones to check, until this process ends."""
+    if why := fleet_problem(app, besides=runner_id):
+        return why
+    store, pid = _FleetStore(app), os.getpid()
+    record = {"settings": fleet_settings(app), "pid": pid, "host": socket.gethostname()}
+    store.write(runner_id, json.dumps(record))
+
+    def leave() -> None:
+        if os.getpid() == pid:  # not in a forked child (ProcessRunner), which inherits this
+            with suppress(Exception):  # the store may be gone first: then so is the record
+                store.remove(runner_id)
+
+    atexit.register(leave)
+    return None
+
+
 def check_redis(url: str) -> str | None:
     """Why the Redis at url cannot run the claim (it refuses WATCH/MULTI/EXEC), or None."""
     import redis
@@ -269,14 +487,14 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
 
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
-    """The key as pynenc scopes it: per task, then per key argument value."""
-    return f"{invocation.task.task_id.key}|{json.dumps(key, sort_keys=True)}"
+    """The key as pynenc scopes it: per task, then per key argument value (as text)."""
+    return f"{invocation.task.task_id.key}|{key_identity(key)}"
 
 
 def fence_key(key: dict[str, str]) -> str:
     """One token sequence per key value, whichever task claims it: the provider protects the
     account, not the task."""
-    return json.dumps(key, sort_keys=True)
+    return key_identity(key)
 
 
 def waits_in_line(invocation: "DistributedInvocation") -> bool:
@@ -298,12 +516,27 @@ class AtomicClaim:
         super().__init__(app)  # type: ignore[call-arg]
         self._next_sweep = 0.0
         self._unqueued_seen: set[str] = set()
+        self._stuck_seen: set[str] = set()
 
     # Each backend: the atomic steps.
 
     def claim_in_store(
-        self, invocation: "DistributedInvocation", runner_id: str, alive_since: float, busy: Verdict
+        self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:  # pragma: no cover - each backend overrides it
+        """In one step: read the invocation and its key's holder (silent for dead_after seconds
+        on the store's clock: recovered), decide, write, and issue the token."""
+        raise NotImplementedError
+
+    def beat_in_store(self, runner_ids: list[str]) -> None:  # pragma: no cover - per backend
+        """Each runner's heartbeat, on the store's clock."""
+        raise NotImplementedError
+
+    def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:  # pragma: no cover
+        """Those of runner_ids with no heartbeat in the last window seconds of the store's clock."""
+        raise NotImplementedError
+
+    def pending_too_long(self, window: float) -> list[str]:  # pragma: no cover - per backend
+        """PENDING invocations claimed more than window seconds ago, on the store's clock."""
         raise NotImplementedError
 
     def admit_in_store(self, invocation: "DistributedInvocation") -> bool:  # pragma: no cover
@@ -314,10 +547,10 @@ class AtomicClaim:
         raise NotImplementedError
 
     def recover_in_store(
-        self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+        self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
     ) -> list[InvocationStatusRecord]:  # pragma: no cover - per backend
-        """In one step: recover the invocation if it is still RUNNING under a runner silent
-        since alive_since, or PENDING since before pending_since, and queue it again."""
+        """In one step: recover the invocation if it is still RUNNING under a runner silent for
+        dead_after seconds, or PENDING for max_pending (the store's clock), and queue it again."""
         raise NotImplementedError
 
     def holders_to_heal(self) -> tuple[list[str], list[str]]:  # pragma: no cover - per backend
@@ -325,12 +558,42 @@ class AtomicClaim:
         raise NotImplementedError
 
     def heal_in_store(
-        self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+        self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
     ) -> list[InvocationStatusRecord]:  # pragma: no cover - per backend
         """In one step, for a holder still in that state: an ended one hands its key on; one
-        stuck between two of pynenc's statuses (KILLED, a recovery) is rerouted and queued;
-        an available one missing from the queue is queued (requeue)."""
+        stuck between two of pynenc's statuses (KILLED, a recovery; stuck: seen so on the last
+        sweep too) is rerouted and queued; an available one missing from the queue is queued
+        (requeue)."""
         raise NotImplementedError
+
+    # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
+    # runners ask these, and each asked the runner's own wall clock.
+
+    def register_runner_heartbeats(
+        self, runner_ids: list[str], can_run_atomic_service: bool = False
+    ) -> None:
+        super().register_runner_heartbeats(runner_ids, can_run_atomic_service)  # type: ignore[misc]
+        self.beat_in_store(list(runner_ids))
+
+    def _get_active_runners(
+        self, timeout_seconds: float, can_run_atomic_service: Any = None
+    ) -> Any:
+        known = super()._get_active_runners(EVER, can_run_atomic_service)  # type: ignore[misc]
+        silent = self.silent_runners({r.runner_id for r in known}, timeout_seconds)
+        return [r for r in known if r.runner_id not in silent]
+
+    def _get_running_invocations_for_recovery(self, timeout_seconds: float) -> Iterator[Any]:
+        runners = {}
+        for invocation_id in super()._get_running_invocations_for_recovery(-EVER):  # type: ignore[misc]
+            try:
+                runners[invocation_id] = self._record_of(invocation_id).runner_id or ""
+            except KeyError:
+                continue  # purged meanwhile
+        silent = self.silent_runners(set(runners.values()), timeout_seconds)
+        return iter([i for i, runner in runners.items() if runner in silent])
+
+    def get_pending_invocations_for_recovery(self) -> Iterator[Any]:
+        return iter(self.pending_too_long(self.app.conf.max_pending_seconds))
 
     def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
         """The invocation's status record (a backend may read it more cheaply than pynenc)."""
@@ -384,38 +647,42 @@ class AtomicClaim:
             return
         beat = self.app.conf.atomic_service_check_interval_minutes * 60
         self._next_sweep = now + beat
-        alive_since = time.time() - self.app.conf.runner_considered_dead_after_minutes * 60
-        pending_since = time.time() - self.app.conf.max_pending_seconds
+        dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
+        max_pending = self.app.conf.max_pending_seconds
         lost = [
             *self.get_running_invocations_for_recovery(),  # type: ignore[attr-defined]
             *self.get_pending_invocations_for_recovery(),  # type: ignore[attr-defined]
         ]
         for invocation_id in lost:
             records = self.recover_in_store(
-                invocation_id, runner_ctx.runner_id, alive_since, pending_since
+                invocation_id, runner_ctx.runner_id, dead_after, max_pending
             )
             for record in records:
                 self._record(invocation_id, record, runner_ctx)
             if records:
                 self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
-        self.heal_holders(runner_ctx, stuck_before=time.time() - beat)
+        self.heal_holders(runner_ctx)
 
-    def heal_holders(self, runner_ctx: "RunnerContext", stuck_before: float) -> None:
+    def heal_holders(self, runner_ctx: "RunnerContext") -> None:
         """A holder that can no longer pass its key on gets it moving again.
 
         - It ended without handing the key on (a process without the claim finished it).
-        - It is stuck between two of pynenc's statuses (KILLED, a recovery) since before
-          stuck_before: the process that was moving it died in between.
+        - It is stuck between two of pynenc's statuses (KILLED, a recovery), seen so on two
+          sweeps in a row (a beat apart, on this process's own clock: no other clock is read):
+          the process that was moving it died in between.
         - It waits to be claimed but is on no queue: a worker took it off the queue and died
           before claiming it. A holder on its way from the queue to its claim looks the same
           for a moment, so it is queued again only when seen so on two sweeps in a row.
         """
         ended_or_stuck, unqueued = self.holders_to_heal()
         again = [i for i in unqueued if i in self._unqueued_seen]
-        self._unqueued_seen = set(unqueued)
+        stuck = {i for i in ended_or_stuck if i in self._stuck_seen}
+        self._unqueued_seen, self._stuck_seen = set(unqueued), set(ended_or_stuck)
         todo = [*((i, False) for i in ended_or_stuck), *((i, True) for i in again)]
         for invocation_id, requeue in todo:
-            records = self.heal_in_store(invocation_id, runner_ctx.runner_id, stuck_before, requeue)
+            records = self.heal_in_store(
+                invocation_id, runner_ctx.runner_id, invocation_id in stuck, requeue
+            )
             for record in records:
                 self._record(invocation_id, record, runner_ctx)
             self.app.logger.warning(f"invocation:{invocation_id} holds its key again")
@@ -475,8 +742,8 @@ class AtomicClaim:
         busy: Verdict = Verdict.PARK,
     ) -> Verdict:
         """Check the key and claim in one atomic step; then record what was written."""
-        alive_since = time.time() - self.app.conf.runner_considered_dead_after_minutes * 60
-        decision = self.claim_in_store(invocation, runner_ctx.runner_id, alive_since, busy)
+        dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
+        decision = self.claim_in_store(invocation, runner_ctx.runner_id, dead_after, busy)
         for invocation_id, record in decision.writes:
             self._record(invocation_id, record, runner_ctx)
         if decision.recovered:
@@ -499,6 +766,7 @@ class AtomicClaim:
         """What to write, given the invocation's status and its key's holder, read atomically.
 
         holder: None when the key is free or the task has no running control.
+        alive_since: on the store's clock, the oldest heartbeat of a live runner.
         busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
         """
         if not current.status.is_available_for_run():
@@ -610,8 +878,8 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         super()._init_tables()
         p = self.tables.table_prefix  # pynenc's purge clears every table under it
         self.holders, self.lines = f"{p}_key_holders", f"{p}_key_lines"
-        self.fence_counters, self.fence_tokens = f"{p}_fence_counters", f"{p}_fences"
-        self.claim_stats = f"{p}_claim_stats"
+        self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
+        self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
         with closing(self._connect()) as conn, conn:
             for table, columns in (
                 (self.holders, "line_key TEXT PRIMARY KEY, invocation_id TEXT NOT NULL UNIQUE"),
@@ -621,8 +889,14 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                     "invocation_id TEXT NOT NULL UNIQUE",
                 ),
                 (self.fence_counters, "fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL"),
-                (self.fence_tokens, "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL"),
+                # Each claim: its token, and when it was made (the host's clock, in its boot).
+                (
+                    self.claimed,
+                    "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, "
+                    "at REAL NOT NULL",
+                ),
                 (self.claim_stats, "name TEXT PRIMARY KEY, value INTEGER NOT NULL"),
+                (self.beats, "runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL"),
             ):
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
             conn.execute(
@@ -651,12 +925,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         conn.execute("BEGIN IMMEDIATE")
 
     def claim_in_store(
-        self, invocation: "DistributedInvocation", runner_id: str, alive_since: float, busy: Verdict
+        self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
         inv_id = invocation.invocation_id
         key = key_arguments(invocation)
         with closing(self._connect()) as conn, conn:
             self._begin(conn)
+            alive_since = host_clock() - dead_after
             current = self._status(conn, inv_id)
             if current is None:
                 conn.rollback()
@@ -725,12 +1000,15 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         return new
 
     def recover_in_store(
-        self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+        self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
     ) -> list[InvocationStatusRecord]:
         with closing(self._connect()) as conn, conn:
             self._begin(conn)
             record = self._status(conn, invocation_id)
-            if record is None or not self._lost(conn, record, alive_since, pending_since):
+            lost = record is not None and self._lost(
+                conn, invocation_id, record, dead_after, max_pending
+            )
+            if record is None or not lost:
                 conn.rollback()
                 return []
             records = recovery(record, runner_id)
@@ -741,18 +1019,63 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         return records
 
     def _lost(
-        self, conn: Any, record: InvocationStatusRecord, alive_since: float, pending_since: float
+        self,
+        conn: Any,
+        invocation_id: str,
+        record: InvocationStatusRecord,
+        dead_after: float,
+        max_pending: float,
     ) -> bool:
-        """Still RUNNING under a silent runner, or still PENDING since before pending_since."""
+        """Still RUNNING under a runner silent for dead_after, or PENDING for max_pending."""
         if record.status is S.PENDING:
-            return record.timestamp.timestamp() < pending_since
+            return invocation_id in self._pending_too_long(conn, max_pending, [invocation_id])
         if record.status is not S.RUNNING:
             return False
-        beat = conn.execute(
-            f"SELECT last_heartbeat FROM {self.tables.RUNNER_HEARTBEATS} WHERE runner_id = ?",
-            (record.runner_id,),
+        beat = self._beat(conn, record.runner_id or "")
+        return beat is None or beat < host_clock() - dead_after
+
+    def _beat(self, conn: Any, runner_id: str) -> float | None:
+        """The runner's last heartbeat on this host's clock; None if none in this boot."""
+        row = conn.execute(
+            f"SELECT at FROM {self.beats} WHERE runner_id = ? AND boot = ?", (runner_id, BOOT)
         ).fetchone()
-        return beat is None or beat[0] < alive_since
+        return None if row is None else float(row[0])
+
+    def beat_in_store(self, runner_ids: list[str]) -> None:
+        now = host_clock()
+        with closing(self._connect()) as conn, conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {self.beats} VALUES (?, ?, ?)",
+                [(runner_id, BOOT, now) for runner_id in runner_ids],
+            )
+
+    def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:
+        with closing(self._connect()) as conn:
+            since = host_clock() - window
+            return {r for r in runner_ids if (beat := self._beat(conn, r)) is None or beat < since}
+
+    def pending_too_long(self, window: float) -> list[str]:
+        with closing(self._connect()) as conn:
+            return self._pending_too_long(conn, window)
+
+    def _pending_too_long(
+        self, conn: Any, window: float, only: list[str] | None = None
+    ) -> list[str]:
+        """PENDING since a claim made more than window seconds ago on this host's clock (or in
+        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp."""
+        rows = conn.execute(
+            f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
+            f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
+            "ON c.invocation_id = i.invocation_id WHERE i.status = ?",
+            (S.PENDING.value,),
+        ).fetchall()
+        since, wall_since = host_clock() - window, time.time() - window
+        return [
+            invocation_id
+            for invocation_id, stamp, boot, at in rows
+            if (only is None or invocation_id in only)
+            and (stamp < wall_since if boot is None else boot != BOOT or at < since)
+        ]
 
     def holders_to_heal(self) -> tuple[list[str], list[str]]:
         queue = self.app.broker.tables.QUEUE
@@ -771,7 +1094,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         return ended_or_stuck, unqueued
 
     def heal_in_store(
-        self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+        self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
     ) -> list[InvocationStatusRecord]:
         with closing(self._connect()) as conn, conn:
             self._begin(conn)
@@ -784,7 +1107,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 pass  # healed meanwhile
             elif record is None or record.status.is_final():
                 self._release(conn, invocation_id)
-            elif record.status in UNMOVING and record.timestamp.timestamp() < stuck_before:
+            elif record.status in UNMOVING and stuck:
                 written = [status_record_transition(record, S.REROUTED, runner_id)]
                 self._write_status(conn, invocation_id, written[0])
                 self._queue(conn, invocation_id)
@@ -835,11 +1158,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         if record is None or record.status.is_final():
             self._release(conn, row[0])
             return self._holder(conn, line)
-        beat = conn.execute(
-            f"SELECT last_heartbeat FROM {self.tables.RUNNER_HEARTBEATS} WHERE runner_id = ?",
-            (record.runner_id,),
-        ).fetchone()
-        return Holder(row[0], record, beat[0] if beat else None)
+        return Holder(row[0], record, self._beat(conn, record.runner_id or ""))
 
     def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
         row = conn.execute(
@@ -883,14 +1202,17 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             )
 
     def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
-        """The key's next fencing token, written with the claim itself."""
+        """The key's next fencing token, written with the claim itself, and when it was made.
+        A key's first token is the time (first_token); SQLite has no clock of its own, so on
+        SQLite that is this process's wall clock, used for nothing else."""
         (issued,) = conn.execute(
-            f"INSERT INTO {self.fence_counters} VALUES (?, 1) "
+            f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
             "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",
-            (key,),
+            (key, first_token(time.time())),
         ).fetchone()
         conn.execute(
-            f"INSERT OR REPLACE INTO {self.fence_tokens} VALUES (?, ?)", (invocation_id, issued)
+            f"INSERT OR REPLACE INTO {self.claimed} VALUES (?, ?, ?, ?)",
+            (invocation_id, issued, BOOT, host_clock()),
         )
         return int(issued)
 
@@ -910,7 +1232,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     def fence_token(self, invocation_id: str) -> int | None:
         with closing(self._connect()) as conn:
             row = conn.execute(
-                f"SELECT token FROM {self.fence_tokens} WHERE invocation_id = ?", (invocation_id,)
+                f"SELECT token FROM {self.claimed} WHERE invocation_id = ?", (invocation_id,)
             ).fetchone()
         return None if row is None else int(row[0])
 
@@ -928,6 +1250,11 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         """Calls parked in a line right now, all keys together."""
         with closing(self._connect()) as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])
+
+
+def _seconds(redis_time: tuple[int, int]) -> float:
+    """Redis TIME (seconds, microseconds) as seconds."""
+    return redis_time[0] + redis_time[1] / 1_000_000
 
 
 if RedisOrchestrator is not None:
@@ -978,7 +1305,7 @@ if RedisOrchestrator is not None:
             self,
             invocation: "DistributedInvocation",
             runner_id: str,
-            alive_since: float,
+            dead_after: float,
             busy: Verdict,
         ) -> Decision:
             inv_id = invocation.invocation_id
@@ -990,11 +1317,14 @@ if RedisOrchestrator is not None:
                 if current is None:
                     return Decision(Verdict.SKIP)
                 holder = None if line is None else self._holder(pipe, line)
+                now = _seconds(pipe.time())
                 issued = None
                 if key is not None:
                     counter = self._k("fence", fence_key(key))
                     pipe.watch(counter)
-                    issued = int(pipe.get(counter) or 0) + 1
+                    last = pipe.get(counter)
+                    issued = first_token(now) if last is None else int(last) + 1
+                alive_since = now - dead_after
                 decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
                 pipe.multi()
                 previous = {inv_id: current.status}
@@ -1014,6 +1344,7 @@ if RedisOrchestrator is not None:
                         self._index(pipe, invocation)
                         pipe.set(self._k("fence", fence_key(key)), issued)
                         pipe.hset(self._k("fences"), inv_id, issued)
+                        pipe.hset(self._k("claimed_at"), inv_id, now)
                         decision.token = issued
                     elif decision.verdict is Verdict.PARK:
                         pipe.rpush(self._k("line", line), inv_id)
@@ -1084,20 +1415,24 @@ if RedisOrchestrator is not None:
             return new
 
         def recover_in_store(
-            self, invocation_id: str, runner_id: str, alive_since: float, pending_since: float
+            self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
         ) -> list[InvocationStatusRecord]:
             def step(pipe: Pipeline) -> list[InvocationStatusRecord]:
                 record = self._read_status(pipe, invocation_id)
                 if record is None:
                     return []
+                now = _seconds(pipe.time())
                 if record.status is S.PENDING:
-                    lost = record.timestamp.timestamp() < pending_since
-                else:
-                    beat = pipe.hget(
-                        self.key.runner_heartbeat(record.runner_id or ""), "last_heartbeat"
+                    claimed = pipe.hget(self._k("claimed_at"), invocation_id)
+                    lost = (
+                        record.timestamp.timestamp() < time.time() - max_pending
+                        if claimed is None
+                        else float(claimed) < now - max_pending
                     )
+                else:
+                    beat = pipe.hget(self._k("beats"), record.runner_id or "")
                     lost = record.status is S.RUNNING and (
-                        beat is None or float(beat) < alive_since
+                        beat is None or float(beat) < now - dead_after
                     )
                 if not lost:
                     return []
@@ -1128,7 +1463,7 @@ if RedisOrchestrator is not None:
             return ended_or_stuck, unqueued
 
         def heal_in_store(
-            self, invocation_id: str, runner_id: str, stuck_before: float, requeue: bool
+            self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
         ) -> list[InvocationStatusRecord]:
             queue = self.app.broker.key.default_queue()
 
@@ -1143,7 +1478,7 @@ if RedisOrchestrator is not None:
                     for write in writes:
                         write(pipe)
                     return []
-                if record.status in UNMOVING and record.timestamp.timestamp() < stuck_before:
+                if record.status in UNMOVING and stuck:
                     rerouted = status_record_transition(record, S.REROUTED, runner_id)
                     pipe.multi()
                     self._write_status(pipe, invocation_id, record.status, rerouted)
@@ -1208,8 +1543,39 @@ if RedisOrchestrator is not None:
                     write(pipe)
                 pipe.execute()
                 raise WatchError("a stale holder was released: read again")
-            beat = pipe.hget(self.key.runner_heartbeat(record.runner_id or ""), "last_heartbeat")
+            beat = pipe.hget(self._k("beats"), record.runner_id or "")
             return Holder(holder_id, record, float(beat) if beat else None)
+
+        def beat_in_store(self, runner_ids: list[str]) -> None:
+            if runner_ids:
+                now = _seconds(self.client.time())
+                self.client.hset(self._k("beats"), mapping=dict.fromkeys(runner_ids, now))
+
+        def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:
+            ordered = sorted(runner_ids)
+            if not ordered:
+                return set()
+            since = _seconds(self.client.time()) - window
+            beats = self.client.hmget(self._k("beats"), ordered)
+            return {r for r, b in zip(ordered, beats, strict=True) if b is None or float(b) < since}
+
+        def pending_too_long(self, window: float) -> list[str]:
+            pending = sorted(
+                m.decode() for m in self.client.smembers(self.key.status_to_invocations(S.PENDING))
+            )
+            if not pending:
+                return []
+            since = _seconds(self.client.time()) - window
+            claimed = self.client.hmget(self._k("claimed_at"), pending)
+            too_long = []
+            for invocation_id, at in zip(pending, claimed, strict=True):
+                if at is None:  # not claimed by us: pynenc's own timestamp
+                    stamp = self._record_of(invocation_id).timestamp.timestamp()
+                    if stamp < time.time() - window:
+                        too_long.append(invocation_id)
+                elif float(at) < since:
+                    too_long.append(invocation_id)
+            return too_long
 
         def _index(self, pipe: Pipeline, invocation: "DistributedInvocation") -> None:
             task_key = invocation.task.task_id.key

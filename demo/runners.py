@@ -8,7 +8,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from demo import drain, settings, wake_runner
+from demo import atomic_claim, drain, settings, wake_runner
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -46,6 +46,9 @@ def announce(app: "Pynenc", api_url: str) -> None:
         return
     runner = app.runner  # the instance the command then runs
     app.state_backend.store_runner_context(runner.runner_context)
+    if why := atomic_claim.join_fleet(app, runner.runner_id):  # a mixed fleet: refused
+        print(f"tasks.py: {why}", file=sys.stderr)
+        raise SystemExit(2)
     backend = settings.get("DEMO_BACKEND")
     state = settings.get("REDIS_URL") if backend == "redis" else settings.get("DEMO_DB")
     claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"

@@ -188,9 +188,9 @@ def stale_and_lost_holders() -> dict[str, Any]:
     found: dict[str, Any] = {"after_ended_taken": take(holding, ctx) == [after_ended.invocation_id]}
     lost = tasks.call_keyed("vandelay", "op0")
     assert tasks.app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
-    holding.heal_holders(ctx, stuck_before=0.0)
+    holding.heal_holders(ctx)
     found["queued_after_one_sweep"] = tasks.app.broker.count_invocations()
-    holding.heal_holders(ctx, stuck_before=0.0)
+    holding.heal_holders(ctx)
     found["lost_taken"] = take(holding, ctx) == [lost.invocation_id]
     return found
 

@@ -12,7 +12,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -503,9 +502,9 @@ def test_a_holder_taken_off_the_queue_by_a_worker_that_died_is_queued_again(
     behind = tasks.call_keyed(acct, "op1")
     assert tasks.app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
     sweeper, ctx = claimer(AtomicClaimer)
-    sweeper.heal_holders(ctx, stuck_before=time.time())
+    sweeper.heal_holders(ctx)
     assert tasks.app.broker.count_invocations() == 0  # on its way to a claim, for all we know
-    sweeper.heal_holders(ctx, stuck_before=time.time())
+    sweeper.heal_holders(ctx)
     (again,) = take(sweeper, ctx)  # seen off the queue twice: queued again
     assert again.invocation_id == lost.invocation_id
     sweeper.set_invocation_status(lost.invocation_id, S.RUNNING, ctx)
@@ -525,7 +524,8 @@ def test_a_holder_left_by_a_process_without_the_claim_or_a_dead_one_moves_on(
     behind = tasks.call_keyed(acct, "op1")
     StockClaimer(tasks.app).set_invocation_status(holder.invocation_id, left_in, holder_ctx)
     sweeper, ctx = claimer(AtomicClaimer)
-    sweeper.heal_holders(ctx, stuck_before=time.time() + 1)  # as if a beat had passed
+    sweeper.heal_holders(ctx)
+    sweeper.heal_holders(ctx)  # a beat later: a KILLED one is stuck only when seen so twice
     (taken,) = take(sweeper, ctx)
     assert taken.invocation_id == (behind if left_in.is_final() else holder).invocation_id
 
@@ -549,10 +549,9 @@ def test_a_worker_that_has_run_nothing_yet_recovers_a_silent_runners_call(
     pynenc 0.4.0 this process was still locked at its deadline."""
     acct = unique()
     holder, orchestrator, holder_ctx = hold_the_key(acct)
-    beats = orchestrator.tables.RUNNER_HEARTBEATS
     with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
-        conn.execute(  # its runner's last beat an hour ago: silent past any window
-            f"UPDATE {beats} SET last_heartbeat = last_heartbeat - 3600 WHERE runner_id = ?",
+        conn.execute(  # its runner's last beat an hour ago (the claim's clock): silent
+            f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?",
             (holder_ctx.runner_id,),
         )
     env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1"}
