@@ -1,0 +1,269 @@
+"""What production brings to the claim: any account id, a skewed clock, a lost store, a fenced
+call, a mixed fleet. Real workers, the real provider, real clocks shifted by faketime.
+"""
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+from pynenc.invocation.status import InvocationStatus as S
+from pynenc.runner.runner_context import RunnerContext
+
+import api_server
+import tasks
+from demo import live, settings
+from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
+from demo.processes import Child, start_child, stop_children, wait_until
+from demo.provider import Provider
+from demo.stack import ROOT
+from helpers import WAIT, account, unique, wait_final
+
+SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
+# The skew (40 s) is past this window: read on a worker's own clock, a live holder looks dead.
+SKEW_WINDOWS = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "30", "DEMO_CALL_TIMEOUT": "2"}
+
+
+def claimed(orchestrator: AtomicClaimSQLiteOrchestrator, ctx: RunnerContext) -> list[str]:
+    return [inv.invocation_id for inv in orchestrator.get_invocations_to_run(2, ctx)]
+
+
+# An account id, as the provider sees it.
+
+
+@pytest.mark.parametrize("bad", ["acme/op2?", "acme/op3#", "acme?x=1", "", "a b", 42, None])
+def test_an_id_the_provider_cannot_take_is_refused_in_one_line(bad: object) -> None:
+    with pytest.raises(ValueError) as refused:
+        settings.path_part(bad)
+    assert "\n" not in str(refused.value) and "the provider takes" in str(refused.value)
+
+
+def test_an_id_the_provider_takes_goes_into_the_path_as_it_is() -> None:
+    assert settings.path_part("acme-2.eu:x_y") == "acme-2.eu:x_y"
+
+
+def test_values_that_are_one_account_to_the_provider_are_one_key(claim_app: Provider) -> None:
+    """42 and "42" are one account in a URL: the claim serialises them as one key. Checked by
+    mutation: with the key's identity taken from pynenc's serialized arguments (json.dumps of
+    them, as before), both invocations were claimed at once and this test fails."""
+    name = str(abs(hash(unique())) % 10**9)
+    as_text, as_number = tasks.call_keyed(name, "op1"), tasks.call_keyed(int(name), "op2")
+    orchestrator = AtomicClaimSQLiteOrchestrator(tasks.app)
+    ctx = RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    assert claimed(orchestrator, ctx) == [as_text.invocation_id]  # the other waits in its line
+    orchestrator.set_invocation_status(as_text.invocation_id, S.RUNNING, ctx)
+    orchestrator.set_invocation_status(as_text.invocation_id, S.SUCCESS, ctx)
+    assert claimed(orchestrator, ctx) == [as_number.invocation_id]
+
+
+def test_a_call_for_an_id_with_a_slash_fails_and_never_reaches_the_provider(
+    provider: Provider, start_worker: Callable[..., Child]
+) -> None:
+    """A real worker with the claim: `acme/op2?` was put into the path unencoded, reached the
+    provider as account `acme`, and overlapped acme's own calls (3 collisions in 4, all
+    SUCCESS). Now the task refuses it before calling. Checked by mutation: with the id put into
+    the path as it is, the provider saw a call for the account and this test fails."""
+    start_worker(SHORT)
+    acct = unique()
+    bad = [tasks.call_keyed(f"{acct}/op2?", "x"), tasks.call_keyed(f"{acct}/op3#", "y")]
+    assert wait_final(*(b.invocation_id for b in bad)) == [S.FAILED, S.FAILED]
+    assert provider.report()["calls"] == 0, provider.report()
+
+
+# A fenced call, and tokens across a lost store.
+
+
+def test_a_fenced_call_fails_instead_of_succeeding(
+    provider: Provider, start_worker: Callable[..., Child]
+) -> None:
+    """After a lost store, tokens began again at 1; the provider fenced every call and pynenc
+    marked each SUCCESS with the result "fenced": 3 of 3 silently not applied. Here the
+    provider's fence is ahead of the claim's token: the call must fail. Checked by mutation:
+    without the task's raise on "fenced", the invocation ended SUCCESS and this test fails."""
+    start_worker(SHORT)
+    acct = unique()
+    with httpx.Client(base_url=provider.base_url) as client:  # a newer claim, elsewhere
+        client.post(
+            f"/call/{acct}/elsewhere", params={"hold": 0, "token": 2**53}
+        ).raise_for_status()
+    provider_before = account(provider, acct)["fenced"]
+    fenced = tasks.call_keyed(acct, "late")
+    assert wait_final(fenced.invocation_id) == [S.FAILED]
+    assert account(provider, acct)["fenced"] == provider_before + 1
+
+
+def test_a_keys_first_token_is_newer_than_any_a_lost_store_issued(claim_app: Provider) -> None:
+    """A store that lost its data (a Redis restarted without persistence, a new database) must
+    not start the tokens again at 1: the provider would fence every call. Checked by mutation:
+    with a key's first token 1, the token after the loss is smaller and this test fails."""
+    acct = unique()
+    orchestrator = AtomicClaimSQLiteOrchestrator(tasks.app)
+    ctx = RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    first = tasks.call_keyed(acct, "op1")
+    assert claimed(orchestrator, ctx) == [first.invocation_id]
+    before = orchestrator.fence_token(first.invocation_id)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.SUCCESS, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(f"DELETE FROM {orchestrator.fence_counters}")  # the store's data, gone
+    second = tasks.call_keyed(acct, "op2")
+    assert claimed(orchestrator, ctx) == [second.invocation_id]
+    after = orchestrator.fence_token(second.invocation_id)
+    assert before is not None and after is not None and after > before
+    assert after <= api_server.MAX_TOKEN  # the provider takes it
+
+
+def test_the_providers_fence_outlives_its_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a restart the provider knew no token and applied token 3 after token 7. Checked by
+    mutation: with the fences not restored at start, the late call is applied (ok)."""
+    monkeypatch.setattr(api_server, "FENCES", tmp_path / "fences.json")
+    monkeypatch.setattr(api_server, "owner", None)
+    with TestClient(api_server.app) as c:
+        c.post("/reset", params={"label": "fence", "hold": 0}).raise_for_status()
+        assert c.post("/call/acme/one", params={"token": 7}).json() == {"outcome": "ok"}
+        monkeypatch.setattr(api_server, "state", api_server.restored())  # a restart
+        assert c.post("/call/acme/two", params={"token": 3}).json() == {"outcome": "fenced"}
+        c.post("/reset", params={"label": "next scenario", "hold": 0}).raise_for_status()
+        monkeypatch.setattr(api_server, "state", api_server.restored())
+        assert c.post("/call/acme/three", params={"token": 3}).json() == {"outcome": "ok"}
+
+
+def test_a_token_past_53_bits_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A 4,300-digit token was taken, and fenced every later call for its account."""
+    monkeypatch.setattr(api_server, "FENCES", tmp_path / "fences.json")
+    monkeypatch.setattr(api_server, "owner", None)
+    with TestClient(api_server.app) as c:
+        c.post("/reset", params={"label": "bound", "hold": 0}).raise_for_status()
+        r = c.post("/call/acme/one", params={"token": "9" * 4300})
+        assert r.status_code == 422, r.text
+        assert c.post("/call/acme/two", params={"token": 2**53}).status_code == 200
+        assert c.post("/call/acme/three", params={"token": 2**53 + 1}).status_code == 422
+
+
+# A skewed clock.
+
+
+def skew_check(env: dict[str, str], redis: bool) -> dict[str, str]:
+    argv = [sys.executable, "tests/skew_check.py"]
+    if redis:
+        argv = ["uv", "run", "--isolated", "--group", "redis", "python", "tests/skew_check.py"]
+    env = {
+        **os.environ,
+        **SKEW_WINDOWS,
+        "DEMO_LOG_LEVEL": "warning",
+        "PYTHONPATH": str(ROOT),
+        **env,
+    }
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def needs_faketime() -> None:
+    if shutil.which("faketime") is None:
+        if os.environ.get("CI"):
+            pytest.fail("faketime is missing in CI: .ci/run should have installed it")
+        pytest.skip("faketime is not installed (apt-get install -y faketime)")
+
+
+def test_a_skewed_clock_takes_no_live_holder_for_dead_on_sqlite(tmp_path: Path) -> None:
+    """A sweep by a worker 40 s ahead, and a holder whose worker is 40 s behind, under faketime:
+    each read its own wall clock, and took a live holder for dead (8 to 18 calls in 100
+    applied twice). Checked by mutation: with host_clock() returning time.time(), the holder
+    was recovered and this test fails; the silent control is recovered either way."""
+    needs_faketime()
+    found = skew_check({"DEMO_DB": str(tmp_path / "skew.db")}, redis=False)
+    assert found == {"ahead": "running", "behind": "running", "silent": "rerouted"}
+
+
+@pytest.mark.e2e
+def test_a_skewed_clock_takes_no_live_holder_for_dead_on_redis(redis_url: str) -> None:
+    """The same on Redis, whose clock is its TIME. Checked by mutation: with Redis TIME replaced
+    by the worker's time.time(), the holder was recovered and this test fails."""
+    needs_faketime()
+    found = skew_check({"DEMO_BACKEND": "redis", "REDIS_URL": redis_url}, redis=True)
+    assert found == {"ahead": "running", "behind": "running", "silent": "rerouted"}
+
+
+# A mixed fleet.
+
+
+def worker_argv() -> list[str]:
+    return [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+
+
+def started_worker(db: str, folder: Path, name: str, env: dict[str, str]) -> Child:
+    """A worker on db, back once it has recorded itself in the fleet (or exited)."""
+    full = {**os.environ, "DEMO_DB": db, "DEMO_LOG_LEVEL": "warning", **env}
+    return start_child(name, worker_argv(), folder / f"{name}.log", full, ROOT)
+
+
+def refused(db: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    full = {**os.environ, "DEMO_DB": db, "DEMO_LOG_LEVEL": "warning", **env}
+    return subprocess.run(
+        worker_argv(), cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
+    )
+
+
+def fleet_size(db: str) -> int:
+    with closing(sqlite3.connect(db)) as conn:
+        tables = [
+            t for (t,) in conn.execute("SELECT name FROM sqlite_master") if t.endswith("fleet")
+        ]
+        return sum(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
+
+
+@pytest.mark.e2e
+def test_a_mixed_fleet_is_refused_in_one_line_naming_both(
+    tmp_path: Path, live_api: Provider
+) -> None:
+    """One worker with the claim and one without on one database gave 2 collisions and 41
+    calls without a token; other windows beside the claim's, 16 calls applied twice. Each is
+    now refused, the worker and enqueue.py alike. Checked by mutation: with join_fleet and
+    fleet_problem returning None, the second worker started and this test fails."""
+    db = str(tmp_path / "fleet.db")
+    first = started_worker(db, tmp_path, "claim", SHORT)
+    try:
+        wait_until(lambda: os.path.exists(db) and fleet_size(db) == 1, WAIT, "its record")
+        cases = {
+            "the claim off": {"DEMO_ATOMIC_CLAIM": "0"},
+            "other windows": {**SHORT, "DEMO_DEAD_AFTER": "15", "DEMO_CALL_TIMEOUT": "10"},
+        }
+        for case, env in cases.items():
+            done = refused(db, tmp_path, env)
+            assert done.returncode == 2, f"{case}: {done.stdout}{done.stderr}"
+            (line,) = done.stderr.strip().splitlines()
+            assert line.startswith("tasks.py: this process runs with atomic claim "), line
+            assert f"pid {first.proc.pid}" in line and "dead after 3s" in line, line
+        port = live_api.base_url.rsplit(":", 1)[1]
+        enqueue = subprocess.run(
+            [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"],
+            cwd=ROOT,
+            env={**os.environ, "DEMO_DB": db, "DEMO_ATOMIC_CLAIM": "0"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert enqueue.returncode == 2, enqueue.stdout + enqueue.stderr
+        assert "atomic claim off" in enqueue.stderr and "atomic claim on" in enqueue.stderr
+        same = started_worker(db, tmp_path, "same", SHORT)  # the same settings: it joins
+        try:
+            wait_until(lambda: fleet_size(db) == 2, WAIT, "the second record")
+            wait_until(lambda: len(live.in_sqlite(db)) == 2, WAIT, "both workers' beats")
+        finally:
+            stop_children([same])
+    finally:
+        stop_children([first])
+    assert fleet_size(db) == 0  # a worker that stops leaves the fleet
