@@ -569,10 +569,10 @@ class AtomicClaim:
     # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
     # runners ask these, and each asked the runner's own wall clock.
 
-    def register_runner_heartbeats(
-        self, runner_ids: list[str], can_run_atomic_service: bool = False
-    ) -> None:
-        super().register_runner_heartbeats(runner_ids, can_run_atomic_service)  # type: ignore[misc]
+    def register_runner_heartbeats(self, runner_ids: list[str], *args: Any, **kwargs: Any) -> None:
+        """pynenc's beat, and the claim's on the store's clock (pynenc 0.4.0 adds the queues
+        a runner consumes: passed on as they come)."""
+        super().register_runner_heartbeats(runner_ids, *args, **kwargs)  # type: ignore[misc]
         self.beat_in_store(list(runner_ids))
 
     def _get_active_runners(
