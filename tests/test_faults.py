@@ -145,6 +145,9 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
     wait_until(lambda: any(w in stalled.tail(200) for w in woke), WAIT, "the stale call to end")
     assert call.result == "ok"
     assert "outlived its claim" in stalled.tail(200)
+    # The stale call ends at the provider a moment after the resume: its worker may have given
+    # up on it (timed out while stopped) before, and the newer call ended first.
+    wait_in_flight(claim_app, acct, 0)
     seen = settled_history(call.invocation_id)
     assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
     assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
@@ -169,6 +172,7 @@ def test_a_killed_holders_call_still_at_the_provider_is_fenced_and_the_rest_fini
         wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "a call after the window")
     assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
     assert first.result == second.result == "ok"
+    wait_in_flight(claim_app, acct, 0)  # the cut call ends at the provider after the resume
     assert account(claim_app, acct) == {"calls": 3, "collisions": 0, "in_flight": 0, "fenced": 1}
     assert ops_called(claim_app, acct) == ["op1", "op1", "op2"]
     assert S.RUNNING_RECOVERY in history(first.invocation_id)
