@@ -1,13 +1,15 @@
 """One call per account when a worker is stopped, stalled or killed mid-call, with the claim on.
 
 Real workers, the real provider; `/pause` holds the holder's call in flight, so each fault lands
-mid-call without timing luck. The windows are short (a call times out after 2 s, a silent runner
+mid-call without timing luck, and a held link (helpers.HeldLink) keeps a call on its way there
+until a newer one has arrived. The windows are short (a call times out after 2 s, a silent runner
 is dead after 3 s) and the provider is resumed as soon as the state to check is reached.
 """
 
 import os
 import signal
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import psutil
 from pynenc.invocation.status import InvocationStatus as S
@@ -17,7 +19,9 @@ from demo.processes import Child, wait_until
 from demo.provider import Provider
 from helpers import (
     WAIT,
+    HeldLink,
     account,
+    calls_for,
     history,
     paused,
     settled_history,
@@ -177,3 +181,41 @@ def test_a_killed_holders_call_still_at_the_provider_is_fenced_and_the_rest_fini
     assert ops_called(claim_app, acct) == ["op1", "op1", "op2"]
     assert S.RUNNING_RECOVERY in history(first.invocation_id)
     assert tasks.app.orchestrator.waiting() == 0
+
+
+def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """The holder's request is held on its way to the provider (a slow network), and the holder
+    is stopped: after the window the other worker recovers the call and sends it with a newer
+    token. The held request then arrives, older than the newest token the provider has seen
+    for the account: it is refused as it arrives (fenced, not applied, not a collision), and
+    the woken holder's outcome is not stored. Checked by mutation: without the late-arrival
+    branch of `Account.arrive` in api_server.py, the late call is counted as a collision and
+    nothing is fenced."""
+    claim_app.reset("fault: late arrival", hold=0.0)
+    acct = unique()
+    with HeldLink(urlsplit(claim_app.base_url).port or 0) as link, paused(claim_app):
+        late = start_worker({**SHORT, "DEMO_API_PORT": str(link.port)})
+        call = tasks.call_keyed(acct, "op1")
+        wait_until(link.held.is_set, WAIT, "the holder's request to be held on its way")
+        assert holder_pid(call.invocation_id) == late.proc.pid
+        stop_between_writes(late)
+        try:
+            start_worker(SHORT)
+            # After the window: the call recovered and sent again, with a newer token.
+            wait_in_flight(claim_app, acct)
+            link.release()
+            wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "the late call")
+        finally:
+            claim_app.resume()
+            os.kill(late.proc.pid, signal.SIGCONT)
+    assert final(call.invocation_id) == [S.SUCCESS]
+    assert call.result == "ok"
+    wait_until(lambda: logged(late, "outlived its claim"), WAIT, "the late holder's outcome")
+    assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    applied, refused = sorted(calls_for(claim_app, acct), key=lambda c: c["start"])
+    assert refused["token"] < applied["token"], (applied, refused)
+    assert refused["fenced"] and not applied["fenced"], (applied, refused)
+    seen = settled_history(call.invocation_id)
+    assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
