@@ -9,6 +9,7 @@ is dead after 3 s) and the provider is resumed as soon as the state to check is 
 import os
 import signal
 from collections.abc import Callable
+from datetime import datetime
 from urllib.parse import urlsplit
 
 import psutil
@@ -34,6 +35,10 @@ from helpers import (
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The deploy case waits for no window: the defaults (a 10 s call timeout, a 15 s window).
 DEPLOY = {"DEMO_ATOMIC_CLAIM": "1"}
+# A worker whose call may stay in flight for the defaults' 10 s, beating as often as SHORT's
+# workers (every 0.75 s), so that a SHORT worker, whose window is 3 s, sees it alive while
+# its loop runs: only its drain can then be longer than that window.
+LONG_CALL = {**DEPLOY, "PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": str(0.75 / 60)}
 # The draining runner's own line (demo/drain.py), for one call. Not "Draining" alone: pynenc's
 # SIGTERM line names the class, DrainingThreadRunner, whichever way the runner then stops.
 DRAINS_ONE = "Draining 1 call(s) before stopping"
@@ -45,6 +50,20 @@ def holder_pid(invocation_id: str) -> int:
     context = tasks.app.state_backend.get_runner_context(record.runner_id)
     assert context is not None, f"no runner context for {record}"
     return context.pid
+
+
+def runner_of(invocation_id: str) -> str:
+    return tasks.app.orchestrator.get_invocation_status_record(invocation_id).runner_id
+
+
+def last_beat(runner_id: str) -> datetime:
+    """The runner's last heartbeat, as pynenc stored it."""
+    (beat,) = [
+        r.last_heartbeat
+        for r in tasks.app.orchestrator.get_active_runners()
+        if r.runner_id == runner_id
+    ]
+    return beat
 
 
 def logged(worker: Child, text: str) -> bool:
@@ -219,3 +238,42 @@ def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
     assert refused["fenced"] and not applied["fenced"], (applied, refused)
     seen = settled_history(call.invocation_id)
     assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
+
+
+def test_a_draining_worker_keeps_beating_so_its_call_is_not_recovered(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """SIGTERM a worker while its call is paused at the provider, beside a worker whose window
+    (3 s) is shorter than the drain: the draining worker's loop has stopped, so only the drain's
+    own heartbeats keep it alive. It beats past the moment it would have been taken for dead,
+    its call ends, and nothing recovered it: the call ran once, with no collision. Checked by
+    mutation: without the heartbeat in DrainingThreadRunner._on_stop, the other worker recovers
+    the call from a dead runner and calls again while the first call is in flight."""
+    claim_app.reset("fault: drain past the window", hold=0.0)
+    acct = unique()
+    draining = start_worker(LONG_CALL)
+    with paused(claim_app):
+        call = tasks.call_keyed(acct, "op1")
+        wait_in_flight(claim_app, acct)
+        assert holder_pid(call.invocation_id) == draining.proc.pid
+        runner = runner_of(call.invocation_id)
+        other = start_worker(SHORT)
+        os.killpg(draining.proc.pid, signal.SIGTERM)
+        wait_until(lambda: logged(draining, DRAINS_ONE), WAIT, "the drain to begin")
+        # The other worker takes it for dead once it has been silent for its window since this
+        # beat (or the loop's last one, earlier): a beat after that is the drain's own.
+        dead_by = last_beat(runner).timestamp() + float(SHORT["DEMO_DEAD_AFTER"])
+        wait_until(
+            lambda: (
+                last_beat(runner).timestamp() > dead_by
+                or S.RUNNING_RECOVERY in history(call.invocation_id)
+            ),
+            WAIT,
+            "the draining worker to beat past the other worker's window",
+        )
+    assert final(call.invocation_id) == [S.SUCCESS]
+    assert call.result == "ok"
+    assert draining.proc.wait(WAIT) == 0
+    assert not logged(other, "recovered from a dead runner")
+    assert S.RUNNING_RECOVERY not in settled_history(call.invocation_id)
+    assert account(claim_app, acct) == {"calls": 1, "collisions": 0, "in_flight": 0, "fenced": 0}
