@@ -2,13 +2,17 @@
 summaries back, looking at processes, and the provider and pynenc's state seen from a test.
 """
 
+import contextlib
 import os
 import re
+import socket
 import sqlite3
 import subprocess
+import threading
 import uuid
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Self
 
 import psutil
 from pynenc.invocation.status import InvocationStatus as S
@@ -182,3 +186,54 @@ def write_lock_held(db_path: str) -> bool:
         return True
     finally:
         probe.close()
+
+
+# --- the network between a worker and the provider ---------------------------------------
+
+
+class HeldLink:
+    """A TCP link to the provider that holds what its clients send until released: a network
+    that delays a worker's call, so the call reaches the provider after one sent later. Point
+    a worker at it with DEMO_API_PORT=str(link.port); `held` is set once a request waits in it.
+    Its port is the system's choice, so it never collides with another session's."""
+
+    def __init__(self, provider_port: int, host: str = "127.0.0.1") -> None:
+        self.upstream = (host, provider_port)
+        self.listener = socket.create_server((host, 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.held, self.released = threading.Event(), threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() that waits on it
+        self.listener.close()
+
+    def release(self) -> None:
+        """What is held goes on to the provider, and what comes next passes at once."""
+        self.released.set()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # the listener closed: the link is done
+            while True:
+                client, _ = self.listener.accept()
+                upstream = socket.create_connection(self.upstream)
+                for source, sink, hold in ((client, upstream, True), (upstream, client, False)):
+                    threading.Thread(
+                        target=self._pump, args=(source, sink, hold), daemon=True
+                    ).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, hold: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if hold and not self.released.is_set():
+                    self.held.set()
+                    self.released.wait()
+                sink.sendall(data)
+        with contextlib.suppress(OSError):  # the other side sees the end: it closes too
+            sink.shutdown(socket.SHUT_WR)
+        source.close()

@@ -1,13 +1,16 @@
 """One call per account when a worker is stopped, stalled or killed mid-call, with the claim on.
 
 Real workers, the real provider; `/pause` holds the holder's call in flight, so each fault lands
-mid-call without timing luck. The windows are short (a call times out after 2 s, a silent runner
+mid-call without timing luck, and a held link (helpers.HeldLink) keeps a call on its way there
+until a newer one has arrived. The windows are short (a call times out after 2 s, a silent runner
 is dead after 3 s) and the provider is resumed as soon as the state to check is reached.
 """
 
 import os
 import signal
 from collections.abc import Callable
+from datetime import datetime
+from urllib.parse import urlsplit
 
 import psutil
 from pynenc.invocation.status import InvocationStatus as S
@@ -17,7 +20,9 @@ from demo.processes import Child, wait_until
 from demo.provider import Provider
 from helpers import (
     WAIT,
+    HeldLink,
     account,
+    calls_for,
     history,
     paused,
     settled_history,
@@ -30,6 +35,13 @@ from helpers import (
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The deploy case waits for no window: the defaults (a 10 s call timeout, a 15 s window).
 DEPLOY = {"DEMO_ATOMIC_CLAIM": "1"}
+# A worker whose call may stay in flight for the defaults' 10 s, beating as often as SHORT's
+# workers (every 0.75 s), so that a SHORT worker, whose window is 3 s, sees it alive while
+# its loop runs: only its drain can then be longer than that window.
+LONG_CALL = {**DEPLOY, "PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": str(0.75 / 60)}
+# The draining runner's own line (demo/drain.py), for one call. Not "Draining" alone: pynenc's
+# SIGTERM line names the class, DrainingThreadRunner, whichever way the runner then stops.
+DRAINS_ONE = "Draining 1 call(s) before stopping"
 
 
 def holder_pid(invocation_id: str) -> int:
@@ -38,6 +50,26 @@ def holder_pid(invocation_id: str) -> int:
     context = tasks.app.state_backend.get_runner_context(record.runner_id)
     assert context is not None, f"no runner context for {record}"
     return context.pid
+
+
+def runner_of(invocation_id: str) -> str:
+    return tasks.app.orchestrator.get_invocation_status_record(invocation_id).runner_id
+
+
+def last_beat(runner_id: str) -> datetime:
+    """The runner's last heartbeat, as pynenc stored it."""
+    (beat,) = [
+        r.last_heartbeat
+        for r in tasks.app.orchestrator.get_active_runners()
+        if r.runner_id == runner_id
+    ]
+    return beat
+
+
+def logged(worker: Child, text: str) -> bool:
+    """Whether the worker's whole log so far holds text."""
+    worker.log.flush()
+    return text in worker.log_path.read_text(errors="replace")
 
 
 def the_one(workers: list[Child], pid: int) -> Child:
@@ -79,7 +111,8 @@ def test_a_deploy_sigterm_drains_the_call_instead_of_handing_it_on(
     """pynenc's ThreadRunner marks the call KILLED and reroutes it before joining its thread, so
     the other worker calls again while the first call is in flight. The draining runner lets
     the call finish first. Checked by mutation: with runner_cls set back to ThreadRunner for
-    the claim, this test fails (op1 called twice, one of them a collision)."""
+    the claim, or with DrainingThreadRunner._on_stop reduced to `super()._on_stop()` (pynenc's
+    stop), this test fails: op1 is called twice."""
     claim_app.reset("fault: deploy", hold=0.0)
     acct = unique()
     first_worker = start_worker(DEPLOY)
@@ -90,11 +123,10 @@ def test_a_deploy_sigterm_drains_the_call_instead_of_handing_it_on(
         second = tasks.call_keyed(acct, "op2")
         assert holder_pid(first.invocation_id) == first_worker.proc.pid
         os.killpg(first_worker.proc.pid, signal.SIGTERM)
-        # The stop has been handled, whichever way the runner handles it, before the call ends.
+        # The stop has been handled, whichever way the runner handles it, before the call ends:
+        # the drain has begun, or pynenc's stop has killed the call.
         wait_until(
-            lambda: (
-                "Draining" in first_worker.tail(200) or S.KILLED in history(first.invocation_id)
-            ),
+            lambda: logged(first_worker, DRAINS_ONE) or S.KILLED in history(first.invocation_id),
             WAIT,
             "the holder to handle its SIGTERM",
         )
@@ -136,6 +168,9 @@ def test_a_stalled_holder_woken_after_the_window_is_fenced(
     wait_until(lambda: any(w in stalled.tail(200) for w in woke), WAIT, "the stale call to end")
     assert call.result == "ok"
     assert "outlived its claim" in stalled.tail(200)
+    # The stale call ends at the provider a moment after the resume: its worker may have given
+    # up on it (timed out while stopped) before, and the newer call ended first.
+    wait_in_flight(claim_app, acct, 0)
     seen = settled_history(call.invocation_id)
     assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
     assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
@@ -160,7 +195,85 @@ def test_a_killed_holders_call_still_at_the_provider_is_fenced_and_the_rest_fini
         wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "a call after the window")
     assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
     assert first.result == second.result == "ok"
+    wait_in_flight(claim_app, acct, 0)  # the cut call ends at the provider after the resume
     assert account(claim_app, acct) == {"calls": 3, "collisions": 0, "in_flight": 0, "fenced": 1}
     assert ops_called(claim_app, acct) == ["op1", "op1", "op2"]
     assert S.RUNNING_RECOVERY in history(first.invocation_id)
     assert tasks.app.orchestrator.waiting() == 0
+
+
+def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """The holder's request is held on its way to the provider (a slow network), and the holder
+    is stopped: after the window the other worker recovers the call and sends it with a newer
+    token. The held request then arrives, older than the newest token the provider has seen
+    for the account: it is refused as it arrives (fenced, not applied, not a collision), and
+    the woken holder's outcome is not stored. Checked by mutation: without the late-arrival
+    branch of `Account.arrive` in api_server.py, the late call is counted as a collision and
+    nothing is fenced."""
+    claim_app.reset("fault: late arrival", hold=0.0)
+    acct = unique()
+    with HeldLink(urlsplit(claim_app.base_url).port or 0) as link, paused(claim_app):
+        late = start_worker({**SHORT, "DEMO_API_PORT": str(link.port)})
+        call = tasks.call_keyed(acct, "op1")
+        wait_until(link.held.is_set, WAIT, "the holder's request to be held on its way")
+        assert holder_pid(call.invocation_id) == late.proc.pid
+        stop_between_writes(late)
+        try:
+            start_worker(SHORT)
+            # After the window: the call recovered and sent again, with a newer token.
+            wait_in_flight(claim_app, acct)
+            link.release()
+            wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "the late call")
+        finally:
+            claim_app.resume()
+            os.kill(late.proc.pid, signal.SIGCONT)
+    assert final(call.invocation_id) == [S.SUCCESS]
+    assert call.result == "ok"
+    wait_until(lambda: logged(late, "outlived its claim"), WAIT, "the late holder's outcome")
+    assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    applied, refused = sorted(calls_for(claim_app, acct), key=lambda c: c["start"])
+    assert refused["token"] < applied["token"], (applied, refused)
+    assert refused["fenced"] and not applied["fenced"], (applied, refused)
+    seen = settled_history(call.invocation_id)
+    assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
+
+
+def test_a_draining_worker_keeps_beating_so_its_call_is_not_recovered(
+    claim_app: Provider, start_worker: Callable
+) -> None:
+    """SIGTERM a worker while its call is paused at the provider, beside a worker whose window
+    (3 s) is shorter than the drain: the draining worker's loop has stopped, so only the drain's
+    own heartbeats keep it alive. It beats past the moment it would have been taken for dead,
+    its call ends, and nothing recovered it: the call ran once, with no collision. Checked by
+    mutation: without the heartbeat in DrainingThreadRunner._on_stop, the other worker recovers
+    the call from a dead runner and calls again while the first call is in flight."""
+    claim_app.reset("fault: drain past the window", hold=0.0)
+    acct = unique()
+    draining = start_worker(LONG_CALL)
+    with paused(claim_app):
+        call = tasks.call_keyed(acct, "op1")
+        wait_in_flight(claim_app, acct)
+        assert holder_pid(call.invocation_id) == draining.proc.pid
+        runner = runner_of(call.invocation_id)
+        other = start_worker(SHORT)
+        os.killpg(draining.proc.pid, signal.SIGTERM)
+        wait_until(lambda: logged(draining, DRAINS_ONE), WAIT, "the drain to begin")
+        # The other worker takes it for dead once it has been silent for its window since this
+        # beat (or the loop's last one, earlier): a beat after that is the drain's own.
+        dead_by = last_beat(runner).timestamp() + float(SHORT["DEMO_DEAD_AFTER"])
+        wait_until(
+            lambda: (
+                last_beat(runner).timestamp() > dead_by
+                or S.RUNNING_RECOVERY in history(call.invocation_id)
+            ),
+            WAIT,
+            "the draining worker to beat past the other worker's window",
+        )
+    assert final(call.invocation_id) == [S.SUCCESS]
+    assert call.result == "ok"
+    assert draining.proc.wait(WAIT) == 0
+    assert not logged(other, "recovered from a dead runner")
+    assert S.RUNNING_RECOVERY not in settled_history(call.invocation_id)
+    assert account(claim_app, acct) == {"calls": 1, "collisions": 0, "in_flight": 0, "fenced": 0}
