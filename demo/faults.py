@@ -8,12 +8,14 @@ so exactly one call is in flight at a time. Each run hits the worker that holds 
 middle of the call, then waits for the four invocations to end, up to a deadline, and counts
 what the provider saw: collisions (two calls applied at once), double calls (one invocation's
 call applied twice, one after the other), calls fenced by their token, invocations that
-failed, and invocations lost (never ended).
+failed, invocations that ended SUCCESS though the provider applied none of their calls
+(unapplied), and invocations lost (never ended). A skewed worker runs under faketime.
 The windows are short so that a run takes seconds: a silent runner is dead after 3 s, a
 call times out after 2 s. docs/faults.md has the tables this printed.
 """
 
 import argparse
+import glob
 import os
 import secrets
 import signal
@@ -22,7 +24,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo import redis_server
@@ -35,6 +37,9 @@ DEAD_AFTER, CALL_TIMEOUT = 3.0, 2.0
 # How long a stalled worker, a paused provider or a cut Redis link lasts: past the window.
 PAST_THE_WINDOW = DEAD_AFTER + 2.0
 DEADLINE = 30.0  # for a run's invocations to end once the fault is over
+# Debian's faketime package: a skewed worker's wall clock, and every clock it reads but the
+# kernel's own files (the claim's SQLite clock, /proc/uptime, is one of those).
+FAKETIME_LIBRARY = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")), "libfaketime.so.1")
 
 
 @dataclass
@@ -43,6 +48,11 @@ class Run:
     victim: Child  # the worker holding a call that the provider is serving
     account: str  # the account of that call
     victim_name: str  # its Redis client name
+    ops: list[str]  # the ops called for it, in order
+    # What a fault may change: the invocations to count, and the provider's calls to skip
+    # (those made before the store was emptied belong to invocations it no longer knows).
+    ids: list[str] = field(default_factory=list)
+    skip_calls: int = 0
 
     def wait(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         """Let `seconds` pass (the fault's length), or less once `until` holds."""
@@ -117,6 +127,29 @@ def redis_cut(run: Run) -> None:
         client.close()
 
 
+def clocks_apart(run: Run) -> None:
+    """The run's two workers, one of them skewed (PAIRS), share the account's calls to the end:
+    each sweeps every beat while the other holds a call. Reading its own clock, either would
+    take the other, beating all along, for dead."""
+    orchestrator = run.stack.tasks.app.orchestrator
+    run.wait(DEADLINE, lambda: len(orchestrator.filter_final(run.ids)) == len(run.ids))
+
+
+def store_emptied(run: Run) -> None:
+    """Redis loses every key mid-call, as a restart without persistence leaves it; the producer
+    sends the account's calls again. Their tokens must be newer than the lost store's: the
+    provider keeps the fence it had."""
+    import redis  # only with --backend redis
+
+    client = redis.Redis.from_url(run.stack.setting("REDIS_URL"))
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    run.skip_calls = len(run.stack.provider.timeline())
+    run.ids = [run.stack.tasks.call_keyed(run.account, op).invocation_id for op in run.ops]
+
+
 FAULTS: dict[str, Callable[[Run], None]] = {
     "deploy (SIGTERM mid-call)": deploy,
     "SIGKILL mid-call": kill,
@@ -125,18 +158,27 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "SIGSTOP past the window, the call still served": stall_while_served,
     "a call served past its timeout": slow_call,
     "Redis connection cut past the window": redis_cut,
+    "one worker's clock 40 s ahead": clocks_apart,
+    "one worker's clock 40 s behind": clocks_apart,
+    "Redis emptied mid-call (no persistence)": store_emptied,
 }
-REDIS_ONLY = {"Redis connection cut past the window"}
+REDIS_ONLY = {"Redis connection cut past the window", "Redis emptied mid-call (no persistence)"}
+# The skewed faults' pairs of workers: one on the host's clock, one shifted (faketime's form).
+PAIRS = {"one worker's clock 40 s ahead": "+40s", "one worker's clock 40 s behind": "-40s"}
 # Each worker's Redis client name, by pid: a cut must find the victim's connections.
 NAMES: dict[int, str] = {}
 
 
-def add_worker(stack: Stack) -> Child:
-    """One more worker, named on Redis so that its connections can be told apart."""
+def add_worker(stack: Stack, skew: str | None = None) -> Child:
+    """One more worker, named on Redis so that its connections can be told apart; its clocks
+    shifted by skew, if given (libfaketime preloaded into the worker itself, so that it stays
+    the process the stack started, signals and all)."""
     name = f"worker-{secrets.token_hex(3)}"
-    env = None
+    env: dict[str, str] = {}
     if stack.setting("DEMO_BACKEND") == "redis":
-        env = {"REDIS_URL": f"{stack.setting('REDIS_URL')}?client_name={name}"}
+        env["REDIS_URL"] = f"{stack.setting('REDIS_URL')}?client_name={name}"
+    if skew:
+        env |= {"LD_PRELOAD": FAKETIME_LIBRARY, "FAKETIME": skew}
     (worker,) = stack.add_workers(1, env)
     NAMES[worker.proc.pid] = name
     return worker
@@ -149,23 +191,27 @@ def one_run(stack: Stack, fault: str, number: int) -> Counter[str]:
     account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
     ids = [tasks.call_keyed(account, op).invocation_id for op in OPS]
     victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
-    FAULTS[fault](Run(stack, victim, account, NAMES.get(victim.proc.pid, "")))
+    run = Run(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
+    FAULTS[fault](run)
     stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
+    ids = run.ids
     ends = time.monotonic() + DEADLINE
     pending = set(ids)
     while pending and time.monotonic() < ends:
         stack.check()
         pending -= set(tasks.app.orchestrator.filter_final(list(pending)))
         time.sleep(0.05)
-    statuses = Counter(tasks.app.orchestrator.get_invocation_status(i).value for i in ids)
-    report = provider.report()
-    applied = Counter((c["account_id"], c["op"]) for c in provider.timeline() if not c["fenced"])
+    status = {i: tasks.app.orchestrator.get_invocation_status(i).value for i in ids}
+    op_of = dict(zip(ids, OPS, strict=True))
+    calls = provider.timeline()[run.skip_calls :]
+    applied = Counter(c["op"] for c in calls if not c["fenced"])
     stack.crashes.clear()
     return Counter(
-        collisions=report["collisions"],
+        collisions=sum(c["collided"] for c in calls),
         double=sum(1 for n in applied.values() if n > 1),
-        fenced=report["fenced"],
-        failed=statuses["failed"],
+        fenced=sum(c["fenced"] for c in calls),
+        failed=sum(s == "failed" for s in status.values()),
+        unapplied=sum(s == "success" and not applied[op_of[i]] for i, s in status.items()),
         lost=len(pending),
     )
 
@@ -217,9 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             for fault in faults:
                 total: Counter[str] = Counter()
                 for number in range(1, args.runs + 1):
+                    if fault in PAIRS:  # a fresh pair, one of them skewed
+                        s.stop(s.workers)
+                        add_worker(s, PAIRS[fault])
                     while len(s.workers) < 2:
                         add_worker(s)
                     total += one_run(s, fault, number)
+                    if fault in PAIRS:
+                        s.stop(s.workers)
                 print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)
         except KeyboardInterrupt:
             print("\nfaults: interrupted; stopping the API and the workers", file=sys.stderr)
@@ -231,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = ("collisions", "double", "fenced", "failed", "lost")
+COLUMNS = ("collisions", "double", "fenced", "failed", "unapplied", "lost")
 
 if __name__ == "__main__":
     sys.exit(main())
