@@ -162,7 +162,9 @@ FAULTS: dict[str, Callable[[Run], None]] = {
     "one worker's clock 40 s behind": clocks_apart,
     "Redis emptied mid-call (no persistence)": store_emptied,
 }
-REDIS_ONLY = {"Redis connection cut past the window", "Redis emptied mid-call (no persistence)"}
+# An emptied store forgets the workers too (their contexts, their beats): fresh ones next run.
+EMPTIES = {"Redis emptied mid-call (no persistence)"}
+REDIS_ONLY = {"Redis connection cut past the window", *EMPTIES}
 # The skewed faults' pairs of workers: one on the host's clock, one shifted (faketime's form).
 PAIRS = {"one worker's clock 40 s ahead": "+40s", "one worker's clock 40 s behind": "-40s"}
 # Each worker's Redis client name, by pid: a cut must find the victim's connections.
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     while len(s.workers) < 2:
                         add_worker(s)
                     total += one_run(s, fault, number)
-                    if fault in PAIRS:
+                    if fault in PAIRS or fault in EMPTIES:  # the next run starts afresh
                         s.stop(s.workers)
                 print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)
         except KeyboardInterrupt:
