@@ -1,0 +1,172 @@
+"""What a run is given is checked before anything starts: the --db file it would delete."""
+
+import hashlib
+import os
+import sqlite3
+import subprocess
+import sys
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+import sample
+from demo.processes import free_port
+from demo.stack import ROOT, TABLE_PREFIX, Refused, fresh_sqlite, not_ours
+from helpers import user_env
+
+SIDE = ("", "-wal", "-shm", "-journal")
+
+
+def files(path: Path) -> dict[str, str]:
+    """The database file and whatever SQLite keeps beside it, by content."""
+    found = {}
+    for suffix in SIDE:
+        if (side := Path(f"{path}{suffix}")).exists():
+            found[suffix] = hashlib.sha256(side.read_bytes()).hexdigest()
+    return found
+
+
+def one_line(stderr: str, *words: str) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert all(word in lines[0] for word in words), lines[0]
+    assert "Traceback" not in stderr
+
+
+def other_database(path: Path, *, left_open: bool) -> None:
+    """Someone else's SQLite database in WAL mode. left_open: as a process killed while it had
+    it open leaves it, its last commit only in the -wal beside it (and a -shm)."""
+    script = (
+        "import os, sqlite3, sys\n"
+        "conn = sqlite3.connect(sys.argv[1])\n"
+        "conn.execute('PRAGMA journal_mode=WAL')\n"
+        "conn.execute('CREATE TABLE invoices (id INTEGER PRIMARY KEY, total REAL)')\n"
+        "conn.execute('INSERT INTO invoices (total) VALUES (12.5)')\n"
+        "conn.commit()\n"
+        "if sys.argv[2] == '1':\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "conn.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(path), "1" if left_open else "0"])
+
+
+def pynenc_database(path: Path, app_id: str = "tasks", *, left_open: bool = False) -> None:
+    """What pynenc 0.3.1 makes of a SQLite file: tasks.py's app with the claim's tables too, or
+    another app's, in a process of its own (pynenc keeps one app per app_id in a process).
+    left_open: killed while a connection was open, its tables only in the -wal so far."""
+    script = (
+        "import os, sqlite3, sys\n"
+        "from pynenc import PynencBuilder\n"
+        "from demo import atomic_claim\n"
+        "held = sqlite3.connect(sys.argv[2])\n"
+        "held.execute('PRAGMA journal_mode=WAL')\n"
+        "held.execute('SELECT count(*) FROM sqlite_master').fetchall()  # it keeps the WAL\n"
+        "if sys.argv[1] == 'tasks':\n"
+        "    import tasks\n"
+        "    app = tasks.app\n"
+        "else:\n"
+        "    builder = PynencBuilder().app_id(sys.argv[1]).sqlite(sys.argv[2])\n"
+        "    app = atomic_claim.install(builder, 'sqlite', 15.0, 10.0).build()\n"
+        "_ = (app.broker, app.orchestrator, app.state_backend, app.trigger)\n"
+        "_ = app.client_data_store\n"
+        "if sys.argv[3] == '1':\n"
+        "    os.kill(os.getpid(), 9)\n"
+    )
+    argv = [sys.executable, "-c", script, app_id, str(path), "1" if left_open else "0"]
+    env = {**os.environ, "DEMO_DB": str(path), "DEMO_ATOMIC_CLAIM": "1"}
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == (-9 if left_open else 0), done.stderr
+
+
+# --- 1. --db: a run deletes only this demo's database ---------------------------------------
+
+
+@pytest.mark.e2e
+def test_sample_refuses_to_delete_a_file_that_is_not_its_database(tmp_path: Path) -> None:
+    """`sample.py --db victim.txt` (a copy of the README) deleted it for a database, exit 0.
+    Now one line naming the file and why, exit 2, nothing started, the file as it was.
+    Checked by making not_ours return None: the test fails (exit 0, victim.txt a database)."""
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes((ROOT / "README.md").read_bytes())
+    before = files(victim)
+    result = subprocess.run(
+        ["uv", "run", "python", "sample.py", "--db", str(victim), "--port", str(free_port())],
+        cwd=ROOT,
+        env=user_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    one_line(result.stderr, "sample.py:", "--db", str(victim), "not a SQLite database")
+    assert files(victim) == before
+    assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
+
+
+@pytest.mark.parametrize("left_open", [False, True], ids=["closed", "left-open-with-wal"])
+def test_a_database_of_something_else_is_refused_and_left_byte_for_byte(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    left_open: bool,
+) -> None:
+    """A SQLite database that is not pynenc's: refused in one line, exit 2, before anything
+    starts; it, its -wal and its -shm stay as they were, none is created.
+    Checked by making not_ours accept any SQLite header: the test fails (exit 0, deleted); and
+    by reading the tables through mode=ro without immutable=1: the test fails (a -wal and a
+    -shm appear beside the closed one, the left-open one's -shm is rewritten)."""
+    db = tmp_path / "billing.db"
+    other_database(db, left_open=left_open)
+    before = files(db)
+    assert ("-wal" in before) is left_open
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path / "logs"))
+    code = sample.main(["--port", str(free_port()), "--db", str(db), "--no-links"])
+    assert code == 2
+    one_line(capsys.readouterr().err, str(db), "'invoices'", "not this demo's")
+    assert files(db) == before
+    assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
+
+
+def test_only_this_demos_pynenc_database_or_an_empty_file_may_be_deleted(tmp_path: Path) -> None:
+    """The tables pynenc 0.3.1 makes for tasks.py's app (the claim's too) are this demo's, in
+    the file or still in its -wal alone; another pynenc app's, or no tables at all, are not.
+    Checked by matching any pynenc-looking prefix instead of TABLE_PREFIX: the test fails
+    (billing_app's database is taken for this demo's); and by not reading the -wal's copy:
+    the test fails (the demo's left-open database is refused)."""
+    ours, left_open, theirs = tmp_path / "ours.db", tmp_path / "left.db", tmp_path / "theirs.db"
+    pynenc_database(ours)
+    pynenc_database(left_open, left_open=True)
+    pynenc_database(theirs, "billing_app")
+    assert not_ours(str(ours)) is None
+    before = files(left_open)
+    assert {"", "-wal", "-shm"} <= before.keys()
+    assert not_ours(str(left_open)) is None
+    assert files(left_open) == before
+    assert TABLE_PREFIX.startswith("concurrency_demo_")
+    assert "not this demo's pynenc ones: 'billing_app_" in (not_ours(str(theirs)) or "")
+
+    (tmp_path / "empty.db").touch()
+    assert not_ours(str(tmp_path / "empty.db")) is None
+    assert not_ours(str(tmp_path / "absent.db")) is None
+    with closing(sqlite3.connect(tmp_path / "no-tables.db")) as conn:
+        conn.execute("PRAGMA user_version = 7")  # a header, no table
+    assert "without this demo's pynenc tables" in (not_ours(str(tmp_path / "no-tables.db")) or "")
+
+
+def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(
+    tmp_path: Path,
+) -> None:
+    """The one function that deletes checks by itself, so no caller can skip the check.
+    Checked by removing refuse_unless_ours from fresh_sqlite: the test fails (notes.txt goes)."""
+    ours = tmp_path / "ours.db"
+    pynenc_database(ours, left_open=True)
+    fresh_sqlite(str(ours))
+    assert files(ours) == {}
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a database\n")
+    with pytest.raises(Refused) as refused:
+        fresh_sqlite(str(notes))
+    assert refused.value.code == 2 and str(notes) in str(refused.value)
+    assert notes.read_text() == "not a database\n"
