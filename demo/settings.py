@@ -54,6 +54,10 @@ def _host(raw: str) -> str:
     try:
         ipaddress.ip_address(raw)
     except ValueError:
+        # Four groups of digits is an IPv4 address to every URL parser (httpx: InvalidURL),
+        # never a name to look up: 256.1.1.1 is a typo, not a host.
+        if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", raw):
+            raise ValueError("expected an IPv4 address: 4 numbers 0-255, no leading 0") from None
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", raw):
             raise ValueError("expected a host name or an IP address") from None
     return raw

@@ -1,4 +1,5 @@
-"""What a run is given is checked before anything starts: the --db file it would delete."""
+"""What a run is given is checked before anything starts: the --db file it would delete, and
+the API's host."""
 
 import hashlib
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import sample
+from demo import settings
 from demo.processes import free_port
 from demo.stack import ROOT, TABLE_PREFIX, Refused, fresh_sqlite, not_ours
 from helpers import user_env
@@ -170,3 +172,48 @@ def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(
         fresh_sqlite(str(notes))
     assert refused.value.code == 2 and str(notes) in str(refused.value)
     assert notes.read_text() == "not a database\n"
+
+
+# --- 2. settings that got through ------------------------------------------------------------
+
+
+def test_a_dotted_quad_that_is_no_ipv4_address_is_refused_and_host_names_still_fit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEMO_API_HOST=256.1.1.1 passed as a host name: sample.py then said "port ... already in
+    use" (exit 1). Now one line naming the variable, exit 2, nothing started.
+    Checked by removing the dotted-quad check from settings._host: the test fails (exit 1,
+    "already in use")."""
+    host = settings.KNOBS["DEMO_API_HOST"].parse
+    for fits in ("127.0.0.1", "localhost", "api.example.com", "my-host", "::1", "10.0.0.255"):
+        assert host(fits) == fits
+    for bad in ("256.1.1.1", "1.2.3.999", "01.2.3.4"):
+        with pytest.raises(ValueError, match="IPv4"):
+            host(bad)
+    monkeypatch.setenv("DEMO_API_HOST", "256.1.1.1")
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path / "logs"))
+    with pytest.raises(SystemExit) as exited:
+        sample.main(["--port", str(free_port()), "--db", str(tmp_path / "demo.db")])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    one_line(err, "sample.py:", "DEMO_API_HOST='256.1.1.1'", "IPv4")
+    assert "already in use" not in err
+    assert not (tmp_path / "logs").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["enqueue.py", "all"], ["-m", "pynenc", "--app", "tasks.app", "runner", "start"]],
+    ids=["enqueue.py", "worker"],
+)
+def test_the_enqueuer_and_a_worker_refuse_the_bad_host_in_one_line(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """Both gave an httpx.InvalidURL traceback. Checked by removing the dotted-quad check from
+    settings._host: the test fails for both (a traceback, not exit 2)."""
+    env = {**user_env(tmp_path), "DEMO_API_HOST": "256.1.1.1", "DEMO_DB": str(tmp_path / "x.db")}
+    result = subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    one_line(result.stderr, "DEMO_API_HOST='256.1.1.1'", "IPv4")
