@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from demo import report, show
+from demo import report, settings, show
 from demo.processes import Child, peak_memory_mib, start_child, stop_children, wait_until
 from demo.scenarios import DEFAULT, Outcome, Shape
 from demo.stack import ROOT, Stack
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bench-accounts",
-        type=int,
+        type=settings.flag_type(settings.whole_number),
         default=SCALED.accounts,
         metavar="N",
         help=f"accounts in --bench's scaled run (default {SCALED.accounts})",

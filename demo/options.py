@@ -11,19 +11,20 @@ from demo.scenarios import Shape
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
+    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
     shape = (
-        ("--accounts", int, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
-        ("--ops", int, len(settings.OPS), "M", "ops per account (default %(default)s)"),
+        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
+        ("--ops", whole, len(settings.OPS), "M", "ops per account (default %(default)s)"),
         (
             "--hold",
-            float,
+            number,
             settings.HOLD_SECONDS,
             "S",
             "seconds the provider holds a call (default %(default)s)",
         ),
         (
             "--backlog",
-            int,
+            whole,
             settings.BACKLOG,
             "N",
             "E's busy account: its calls (default %(default)s)",

@@ -1,5 +1,5 @@
-"""What a run is given is checked before anything starts: the --db file it would delete, and
-the API's host."""
+"""What a run is given is checked before anything starts: the --db file it would delete, the
+API's host, and every number a flag or a DEMO_* variable holds."""
 
 import hashlib
 import os
@@ -217,3 +217,49 @@ def test_the_enqueuer_and_a_worker_refuse_the_bad_host_in_one_line(
     )
     assert result.returncode == 2, result.stdout + result.stderr
     one_line(result.stderr, "DEMO_API_HOST='256.1.1.1'", "IPv4")
+
+
+FULL_WIDTH = [
+    ["--port", "８７６５"],
+    ["--workers", "２"],
+    ["--rounds", "３"],
+    ["--accounts", "３"],
+    ["--ops", "４"],
+    ["--backlog", "２０"],
+    ["--bench-accounts", "３０"],
+    ["--hold", "０.４"],
+    ["--timeout", "６０"],
+]
+
+
+@pytest.mark.parametrize("argv", FULL_WIDTH, ids=[a[0] for a in FULL_WIDTH])
+def test_a_number_in_a_flag_takes_ascii_digits_only(
+    capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """`--port ８７６５` was port 8765: str.isdigit, int() and float() read full-width digits.
+    Checked by putting raw.isdigit() back in settings._port, plain int() in whole_number and
+    plain float() in number: each makes the test fail (--port parsed as 8765; --workers,
+    --rounds, --accounts, --ops, --backlog, --bench-accounts; --hold, --timeout)."""
+    with pytest.raises(SystemExit) as exited:
+        sample.parse_args(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {argv[0]}: {argv[1]!r}: expected" in err, err
+
+
+@pytest.mark.parametrize("name", ["DEMO_API_PORT", "DEMO_TIMEOUT", "DEMO_READY_TIMEOUT"])
+def test_a_number_in_a_variable_takes_ascii_digits_only(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """DEMO_API_PORT=８７６５ was port 8765. Checked by putting raw.isdigit() back in
+    settings._port, and plain float() in number: the test fails (no problem found)."""
+    monkeypatch.setenv(name, "６０")
+    (problem,) = settings.problems()
+    assert problem.startswith(f"{name}='６０': expected"), problem
+    monkeypatch.setenv(name, "60")
+    assert settings.problems() == []
+
+
+def test_ascii_numbers_still_fit() -> None:
+    args = sample.parse_args(["--port", "19100", "--workers", "2", "--hold", "0.4"])
+    assert (args.port, args.workers, args.hold) == (19100, 2, 0.4)
