@@ -82,8 +82,8 @@ def refuse_bad_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--accounts must be 1..500 and --ops 1..100")
     if not 0 <= args.hold <= 30:
         parser.error("--hold must be between 0 and 30 seconds")
-    if not 1 <= args.backlog <= 100_000:
-        parser.error("--backlog must be 1..100000")
+    if not 1 <= args.backlog <= settings.MAX_BACKLOG:
+        parser.error(f"--backlog must be 1..{settings.MAX_BACKLOG}")
 
 
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MAX_THREADS) -> Shape:

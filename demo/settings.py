@@ -203,6 +203,7 @@ REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 # Scenario E: one account with a backlog of calls, then quiet accounts with one call each.
 HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
+MAX_BACKLOG = 100_000
 MAX_THREADS = 8
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
 PROCESSES = 2

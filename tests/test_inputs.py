@@ -1,5 +1,5 @@
 """What a run is given is checked before anything starts: the --db file it would delete, the
-API's host, and every number a flag or a DEMO_* variable holds."""
+API's host, --bench-backlogs, and every number a flag or a DEMO_* variable holds."""
 
 import hashlib
 import os
@@ -263,3 +263,22 @@ def test_a_number_in_a_variable_takes_ascii_digits_only(
 def test_ascii_numbers_still_fit() -> None:
     args = sample.parse_args(["--port", "19100", "--workers", "2", "--hold", "0.4"])
     assert (args.port, args.workers, args.hold) == (19100, 2, 0.4)
+
+
+@pytest.mark.parametrize("backlogs", ["a", "-5", "0", "20,x", "100001"])
+def test_bench_backlogs_are_read_as_the_flags_are_parsed(
+    capsys: pytest.CaptureFixture[str], backlogs: str
+) -> None:
+    """`--bench-backlogs a` failed only after the whole bench, `=-5` printed "0 calls at nan%"
+    and exit 0. Now a usage error, exit 2, before anything runs.
+    Checked by dropping the flag's type= in demo/bench.py: the test fails (parsed, no exit)."""
+    with pytest.raises(SystemExit) as exited:
+        sample.parse_args(["--bench", f"--bench-backlogs={backlogs}"])
+    assert exited.value.code == 2
+    assert f"argument --bench-backlogs: '{backlogs}': expected backlogs" in capsys.readouterr().err
+
+
+def test_bench_backlogs_that_fit_are_numbers() -> None:
+    assert sample.parse_args(["--bench"]).bench_backlogs == [1000, 10000]
+    assert sample.parse_args(["--bench-backlogs", "20"]).bench_backlogs == [20]
+    assert sample.parse_args(["--bench-backlogs", ""]).bench_backlogs == []  # no E runs
