@@ -18,8 +18,9 @@ from demo.stack import FAILURES, Refused, Stack, preflight
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     options.add_shape_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=None, help="repeat the scenarios N times")
-    parser.add_argument("--workers", type=int, default=1, help="runner processes to start")
+    whole = settings.flag_type(settings.whole_number)
+    parser.add_argument("--rounds", type=whole, default=None, help="repeat the scenarios N times")
+    parser.add_argument("--workers", type=whole, default=1, help="runner processes to start")
     settings.add_option(parser, "--db", "DEMO_DB", "SQLite file")
     settings.add_option(
         parser,

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from demo import report, show
+from demo import report, settings, show
 from demo.processes import Child, peak_memory_mib, start_child, stop_children, wait_until
 from demo.scenarios import DEFAULT, Outcome, Shape
 from demo.stack import ROOT, Stack
@@ -30,17 +30,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--bench-accounts",
-        type=int,
+        type=settings.flag_type(settings.whole_number),
         default=SCALED.accounts,
         metavar="N",
         help=f"accounts in --bench's scaled run (default {SCALED.accounts})",
     )
     parser.add_argument(
         "--bench-backlogs",
+        type=settings.flag_type(backlogs),
         default="1000,10000",
         metavar="N,N",
         help="the busy account's backlogs in --bench's scenario E runs (default %(default)s)",
     )
+
+
+def backlogs(raw: str) -> list[int]:
+    """--bench-backlogs, read as it is parsed: a bad one refused before the bench runs, not
+    after. Nothing at all: no E runs."""
+    try:
+        found = [settings.whole_number(n) for n in raw.split(",") if n]
+        if all(1 <= n <= settings.MAX_BACKLOG for n in found):
+            return found
+    except ValueError:
+        pass
+    raise ValueError(f"expected backlogs of 1..{settings.MAX_BACKLOG} calls, comma-separated")
 
 
 def refuse_bad_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -112,10 +125,11 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
     each side in processes of its own (demo/bench_lines.py: B and the first backlog, then one
     per further backlog), its output shown as it comes; then the two sides side by side."""
     found: dict[str, dict[str, object]] = {"without": {}, "with": {}}
-    backlogs = [n for n in args.bench_backlogs.split(",") if n] or [""]
+    # (No backlog: one process per side, for B and scaled B alone.)
+    each = [str(n) for n in args.bench_backlogs] or [""]
     code = 0
     for claim, side in (("0", "without"), ("1", "with")):
-        for n, backlog in enumerate(backlogs):
+        for n, backlog in enumerate(each):
             argv = [sys.executable, "-m", "demo.bench_lines", "--claim", claim]
             argv += ["--no-b"] if n else []
             argv += ["--backlogs", backlog, "--rounds", str(args.rounds or ROUNDS)]

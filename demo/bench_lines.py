@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from demo import redis_server, report, settings, show
-from demo.bench import ROUNDS, SCALED
+from demo.bench import ROUNDS, SCALED, backlogs
 from demo.processes import free_port, stop_on_signals
 from demo.scenarios import SCENARIOS, Outcome, Shape
 from demo.stack import FAILURES, Stack
@@ -57,11 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claim", choices=("0", "1"), required=True)
     parser.add_argument("--no-b", action="store_true", help="only E: no B, no scaled B")
-    parser.add_argument("--backlogs", default="1000", help="E's backlogs, comma-separated")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
-    parser.add_argument("--hold", type=float, default=settings.HOLD_SECONDS, help="B's")
-    parser.add_argument("--accounts", type=int, default=SCALED.accounts, help="scaled B's")
-    parser.add_argument("--workers", type=int, default=1)
+    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
+    parser.add_argument(
+        "--backlogs", type=settings.flag_type(backlogs), default="1000", help="E's, comma-separated"
+    )
+    parser.add_argument("--rounds", type=whole, default=ROUNDS)
+    parser.add_argument("--hold", type=number, default=settings.HOLD_SECONDS, help="B's")
+    parser.add_argument("--accounts", type=whole, default=SCALED.accounts, help="scaled B's")
+    parser.add_argument("--workers", type=whole, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-lines-", ignore_cleanup_errors=True) as tmp:
@@ -84,8 +87,8 @@ def side(args: argparse.Namespace, folder: Path) -> int:
     os.environ.update(env)  # this process enqueues: its app is built like the workers'
     view = show.View(charts=False)
     side = "with the lines (--atomic-claim)" if args.claim == "1" else "without the lines (stock)"
-    backlogs = [int(n) for n in args.backlogs.split(",") if n]
-    part = ", ".join(([] if args.no_b else ["B", "scaled B"]) + [f"E at {n:,}" for n in backlogs])
+    names = ([] if args.no_b else ["B", "scaled B"]) + [f"E at {n:,}" for n in args.backlogs]
+    part = ", ".join(names)
     print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
     article: list[Outcome] = []
     scaled, runs = None, []
@@ -102,7 +105,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                     keyed, size, s.provider, s.tasks, 60, view, "scaled", quiet=True
                 )
                 print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
-            for backlog in backlogs:
+            for backlog in args.backlogs:
                 e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
                 label = f"E, a backlog of {backlog}"
                 runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))

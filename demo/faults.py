@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo import redis_server
+from demo import redis_server, settings
 from demo.processes import Child, free_port, stop_on_signals, wait_until
 from demo.stack import FAILURES, Stack
 
@@ -232,7 +232,12 @@ def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="runs of each fault (default 5)")
+    parser.add_argument(
+        "--runs",
+        type=settings.flag_type(settings.whole_number),
+        default=5,
+        help="runs of each fault (default 5)",
+    )
     parser.add_argument("--stock", action="store_true", help="without the claim: stock pynenc")
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument("--only", choices=list(FAULTS), action="append", help="this fault only")

@@ -11,19 +11,20 @@ from demo.scenarios import Shape
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
+    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
     shape = (
-        ("--accounts", int, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
-        ("--ops", int, len(settings.OPS), "M", "ops per account (default %(default)s)"),
+        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
+        ("--ops", whole, len(settings.OPS), "M", "ops per account (default %(default)s)"),
         (
             "--hold",
-            float,
+            number,
             settings.HOLD_SECONDS,
             "S",
             "seconds the provider holds a call (default %(default)s)",
         ),
         (
             "--backlog",
-            int,
+            whole,
             settings.BACKLOG,
             "N",
             "E's busy account: its calls (default %(default)s)",
@@ -81,8 +82,8 @@ def refuse_bad_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) 
         parser.error("--accounts must be 1..500 and --ops 1..100")
     if not 0 <= args.hold <= 30:
         parser.error("--hold must be between 0 and 30 seconds")
-    if not 1 <= args.backlog <= 100_000:
-        parser.error("--backlog must be 1..100000")
+    if not 1 <= args.backlog <= settings.MAX_BACKLOG:
+        parser.error(f"--backlog must be 1..{settings.MAX_BACKLOG}")
 
 
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MAX_THREADS) -> Shape:

@@ -34,7 +34,7 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
 
     def parse(raw: str) -> float:
         try:
-            seconds = float(raw)
+            seconds = number(raw)
         except ValueError:
             seconds = float("nan")
         if not low < seconds <= high:  # NaN fails both
@@ -44,8 +44,25 @@ def _seconds(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def whole_number(raw: str) -> int:
+    """A whole number in the digits 0-9, a minus allowed so a range check can say what fits.
+
+    int() alone also reads other scripts' digits: full-width "８７６５" would be port 8765.
+    """
+    if not re.fullmatch(r"-?[0-9]+", raw):
+        raise ValueError("expected a whole number, in the digits 0-9")
+    return int(raw)
+
+
+def number(raw: str) -> float:
+    """A number written in ASCII: float() alone also reads other scripts' digits."""
+    if not raw.isascii():
+        raise ValueError("expected a number, in the digits 0-9")
+    return float(raw)
+
+
 def _port(raw: str) -> int:
-    if not raw.isdigit() or not 1 <= int(raw) <= 65535:
+    if not re.fullmatch(r"[0-9]+", raw) or not 1 <= int(raw) <= 65535:
         raise ValueError("expected a port number from 1 to 65535")
     return int(raw)
 
@@ -54,6 +71,10 @@ def _host(raw: str) -> str:
     try:
         ipaddress.ip_address(raw)
     except ValueError:
+        # Four groups of digits is an IPv4 address to every URL parser (httpx: InvalidURL),
+        # never a name to look up: 256.1.1.1 is a typo, not a host.
+        if re.fullmatch(r"[0-9]+(\.[0-9]+){3}", raw):
+            raise ValueError("expected an IPv4 address: 4 numbers 0-255, no leading 0") from None
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", raw):
             raise ValueError("expected a host name or an IP address") from None
     return raw
@@ -146,14 +167,21 @@ def add_option(
     parser: argparse.ArgumentParser, option: str, name: str, help: str, **extra: object
 ) -> None:
     """The flag that sets knob `name`: its default from the environment, the very same rule."""
+    parse = flag_type(KNOBS[name].parse)
+    parser.add_argument(option, type=parse, default=get(name), help=f"{help} (env {name})", **extra)
 
-    def parse(raw: str) -> object:
+
+def flag_type[T](rule: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse type from a rule that raises ValueError: its message becomes the usage
+    error's one line, `argument --port: '８７６５': expected a port number from 1 to 65535`."""
+
+    def parse(raw: str) -> T:
         try:
-            return KNOBS[name].parse(raw)
+            return rule(raw)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
 
-    parser.add_argument(option, type=parse, default=get(name), help=f"{help} (env {name})", **extra)
+    return parse
 
 
 def db_problem(path: str) -> str | None:
@@ -192,6 +220,7 @@ REFRESHES_PER_ACCOUNT = 8
 HOLD_SECONDS = 0.4
 # Scenario E: one account with a backlog of calls, then quiet accounts with one call each.
 HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
+MAX_BACKLOG = 100_000
 MAX_THREADS = 8
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
 PROCESSES = 2

@@ -9,11 +9,15 @@ sample.py runs the demo on one; the tests start their API and workers through on
 """
 
 import functools
+import hashlib
 import importlib
 import shutil
+import sqlite3
 import sys
+import tempfile
 from collections import Counter
 from collections.abc import Mapping
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Self
@@ -39,6 +43,13 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_MARGIN_SECONDS = 3.0
 # What ends a run with exit code 1 and one explanation (Stack.explain).
 FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, httpx.HTTPError, redis_server.NoRedis)
+# A run deletes its SQLite file first, so it deletes only this demo's: pynenc 0.3.1 names every
+# table it creates there (broker, orchestrator, state backend, triggers, client data) after the
+# app, {app_id}_{8 hex of sha256(app_id)}__{component}_... (pynenc.util.sqlite_utils), and the
+# atomic claim's tables share the orchestrator's prefix. tasks.py's app_id is this one.
+APP_ID = "concurrency_demo"
+TABLE_PREFIX = f"{APP_ID}_{hashlib.sha256(APP_ID.encode()).hexdigest()[:8]}__"
+SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class Refused(Exception):
@@ -58,8 +69,8 @@ def preflight(
     windows: tuple[float, float] = (15.0, 10.0),
 ) -> None:
     """Raise Refused, before anything starts, for a busy port (1), a database SQLite cannot
-    create (2), or an atomic claim on a pynenc it was not tested with or with windows
-    (dead-after, call timeout) that would lie (2)."""
+    create or a file that is not this demo's database to delete (2), or an atomic claim on a
+    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2)."""
     if port_in_use(host, port):
         raise Refused(
             f"port {port} on {host} is already in use, maybe by an API left running "
@@ -69,6 +80,8 @@ def preflight(
         )
     if backend == "sqlite" and (why := settings.db_problem(db)):
         raise Refused(f"--db (DEMO_DB) {db!r}: {why}", 2)
+    if backend == "sqlite":
+        refuse_unless_ours(db)
     if claim and not (backend == "redis" and not redis_server.has_plugin()):
         # (Without the plugin, Stack.start says how to get it.)
         try:
@@ -80,9 +93,71 @@ def preflight(
 
 
 def fresh_sqlite(path: str) -> None:
-    """Each run starts from an empty database: no invocation of an earlier run can leak in."""
+    """Each run starts from an empty database: no invocation of an earlier run can leak in.
+    Only this demo's database goes (refuse_unless_ours); any other file stays untouched."""
+    refuse_unless_ours(path)
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(path + suffix).unlink(missing_ok=True)
+
+
+def refuse_unless_ours(path: str) -> None:
+    """Refused (2), naming the file and why, unless a run may delete it (not_ours)."""
+    if why := not_ours(path):
+        raise Refused(
+            f"--db (DEMO_DB) {path!r}: {why}; a run starts by deleting its database, so it takes "
+            "only a new file, an empty one, or one an earlier run made",
+            2,
+        )
+
+
+def not_ours(path: str) -> str | None:
+    """Why the file at path is not one a run may delete, or None: no file, an empty one, or
+    this demo's pynenc database (every table in it named with TABLE_PREFIX).
+
+    Read without a write: the file, and any -wal or -shm beside it, stay byte for byte as they
+    were (a read-only connection would still create or rewrite the -shm).
+    """
+    wal = Path(path + "-wal")
+    try:
+        with open(path, "rb") as db:
+            header = db.read(len(SQLITE_HEADER))
+        in_wal = wal.is_file() and wal.stat().st_size > 0
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        return f"it cannot be read ({exc.strerror})"
+    if not header and not in_wal:
+        return None
+    if header and header != SQLITE_HEADER:
+        return "it is not a SQLite database"
+    try:
+        # The file alone, its WAL unread: immutable=1 writes nothing beside it.
+        tables = _tables(Path(path).resolve().as_uri() + "?mode=ro&immutable=1")
+        if not tables and in_wal:  # a new database whose tables are all in its WAL so far
+            tables = _tables_with_wal(path)
+    except sqlite3.DatabaseError as exc:
+        return f"SQLite cannot read it ({exc})"
+    if not tables:
+        return "it is a SQLite database without this demo's pynenc tables"
+    if others := sorted(t for t in tables if not t.startswith(TABLE_PREFIX)):
+        shown = ", ".join(repr(t) for t in others[:3]) + (" ..." if len(others) > 3 else "")
+        return f"it is a SQLite database with tables that are not this demo's pynenc ones: {shown}"
+    return None
+
+
+def _tables(uri: str) -> set[str]:
+    with closing(sqlite3.connect(uri, uri=True)) as conn:
+        rows = conn.execute("SELECT tbl_name FROM sqlite_master").fetchall()
+    return {name for (name,) in rows if not name.startswith("sqlite_")}  # SQLite's own
+
+
+def _tables_with_wal(path: str) -> set[str]:
+    """The tables with the WAL applied, read from a copy of the two: the originals stay."""
+    with tempfile.TemporaryDirectory(prefix="demo-db-") as folder:
+        copy = Path(folder) / "copy.db"
+        shutil.copyfile(path, copy)
+        shutil.copyfile(path + "-wal", f"{copy}-wal")
+        return _tables(copy.as_uri())
 
 
 class Stack:
@@ -152,6 +227,7 @@ class Stack:
             self.tasks.app.purge()
         else:
             db = self.setting("DEMO_DB")
+            refuse_unless_ours(db)  # before SQLite opens it to look for live workers
             self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
