@@ -32,7 +32,7 @@ app = (
     .build()
 )
 atomic_claim.exit_unless_sound("tasks.py", app, wanted=CLAIM)  # overrides that would make it lie
-runners.announce(app, API_URL)  # a worker says, in one line, what it runs on
+runners.announce(app, API_URL)  # a worker says what it runs on; a mixed fleet is refused
 
 # One client for every call (a fresh one loads TLS certificates each time). A refused
 # connection reached nothing, so it is tried again, 4 times over about 3.5 s; nothing else is.

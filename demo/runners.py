@@ -39,8 +39,9 @@ def config() -> dict[str, object]:
 def announce(app: "Pynenc", api_url: str) -> None:
     """In a worker (`pynenc --app tasks.app runner start`): one line on what it runs on, so
     the four-terminal way's mismatches (another database, port or claim setting) show at
-    once; and its runner's context (pid, host) stored now, not with its first call, so that
-    demo/live.py can tell a live worker from a stopped one by its pid."""
+    once; its runner's context (pid, host) stored now, not with its first call, so that
+    demo/live.py can tell a live worker from a stopped one by its pid; and its claim settings
+    recorded for the fleet, or, when they differ from a live worker's, one line and exit 2."""
     program = os.path.basename(sys.argv[0]) if sys.argv else ""
     if program not in ("pynenc", "__main__.py") or "runner" not in sys.argv[1:]:
         return
