@@ -7,7 +7,7 @@ carries a version: the provider remembers the newest token it has seen for each 
 refuses the effect of any call with an older one. A late call is refused at once; a call still
 in flight when a newer one starts is refused when it ends. Both are counted as *fenced*, on
 their own line, never as collisions and never hidden. The newest tokens are kept in a small
-file beside the logs (DEMO_LOG_DIR/fences.json), so the fence outlives a restart of the
+file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the fence outlives a restart of the
 provider, as a real provider's would; a reset, which starts the next scenario, clears it.
 """
 
@@ -35,7 +35,8 @@ NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PAT
 # A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
 # from the time in microseconds, which stays below it until the year 2255.
 MAX_TOKEN = 2**53
-FENCES = Path(settings.get("DEMO_LOG_DIR")) / "fences.json"
+# One file per port: two providers beside one another keep apart fences.
+FENCES = Path(settings.get("DEMO_LOG_DIR")) / f"fences-{settings.get('DEMO_API_PORT')}.json"
 LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 

@@ -43,7 +43,8 @@ def _hit(account_id: str, op: str) -> str:
     path = f"/call/{settings.path_part(account_id)}/{settings.path_part(op)}"  # or ValueError
     token = atomic_claim.token(app)  # with the claim: its fencing token, which only grows
     r = http.post(path, params={} if token is None else {"token": token})
-    r.raise_for_status()
+    if r.is_error:  # said in words: pynenc cannot store httpx's own error and rebuild it
+        raise RuntimeError(f"{account_id} {op}: the provider answered {r.status_code} {r.text}")
     if (outcome := r.json()["outcome"]) == "fenced":  # an older claim's call: not applied
         raise atomic_claim.Fenced(f"{account_id} {op}: the provider refused token {token}")
     return outcome

@@ -193,7 +193,9 @@ class Holder:
         """Pending or running under a runner that has not beaten since alive_since."""
         if self.record.status not in HELD:
             return False  # queued, or between two statuses: it is not waiting on a runner
-        return self.heartbeat is None or self.heartbeat < alive_since
+        # No beat at all (a store that lost its beats, say): not silent yet. The sweep records
+        # a first beat for it now (silent_runners), and judges it a window later.
+        return self.heartbeat is not None and self.heartbeat < alive_since
 
 
 @dataclass
@@ -281,6 +283,7 @@ def exit_unless_sound(program: str, app: "Pynenc", wanted: bool) -> None:
 # it (or with other windows) beside workers with it takes a key the others think is held.
 FLEET_WINDOW = 75.0  # seconds: pynenc's heartbeat within it, on the reader's wall clock
 FLEET = "claim_fleet"
+FLEET_MEMBER = "_atomic_claim_fleet_member"  # on the app: this process's record, once joined
 
 
 @dataclass(frozen=True)
@@ -424,6 +427,7 @@ def join_fleet(app: "Pynenc", runner_id: str) -> str | None:
     store, pid = _FleetStore(app), os.getpid()
     record = {"settings": fleet_settings(app), "pid": pid, "host": socket.gethostname()}
     store.write(runner_id, json.dumps(record))
+    setattr(app, FLEET_MEMBER, (runner_id, json.dumps(record)))  # rewritten with each beat
 
     def leave() -> None:
         if os.getpid() == pid:  # not in a forked child (ProcessRunner), which inherits this
@@ -487,8 +491,10 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
 
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
-    """The key as pynenc scopes it: per task, then per key argument value (as text)."""
-    return f"{invocation.task.task_id.key}|{key_identity(key)}"
+    """The key's line: its argument values (as text), whichever task calls for them. pynenc
+    scopes KEYS per task, but the provider protects the account: two tasks keyed on one
+    account_id are one account to it, so they wait in one line, and share its tokens."""
+    return key_identity(key)
 
 
 def fence_key(key: dict[str, str]) -> str:
@@ -531,8 +537,13 @@ class AtomicClaim:
         """Each runner's heartbeat, on the store's clock."""
         raise NotImplementedError
 
-    def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:  # pragma: no cover
-        """Those of runner_ids with no heartbeat in the last window seconds of the store's clock."""
+    def silent_runners(
+        self, runner_ids: set[str], window: float, adopt: bool = False
+    ) -> set[str]:  # pragma: no cover - per backend
+        """Those of runner_ids with no heartbeat in the last window seconds of the store's
+        clock. One the store has no beat of is silent, unless adopt: then (the recovery's
+        question: a store that lost its beats, say) it is not taken for dead; its first beat
+        is recorded now, and it is judged a window later."""
         raise NotImplementedError
 
     def pending_too_long(self, window: float) -> list[str]:  # pragma: no cover - per backend
@@ -574,6 +585,8 @@ class AtomicClaim:
         a runner consumes: passed on as they come)."""
         super().register_runner_heartbeats(runner_ids, *args, **kwargs)  # type: ignore[misc]
         self.beat_in_store(list(runner_ids))
+        if (member := getattr(self.app, FLEET_MEMBER, None)) and member[0] in runner_ids:
+            _FleetStore(self.app).write(*member)  # again: a store that lost its data forgets
 
     def _get_active_runners(
         self, timeout_seconds: float, can_run_atomic_service: Any = None
@@ -589,7 +602,7 @@ class AtomicClaim:
                 runners[invocation_id] = self._record_of(invocation_id).runner_id or ""
             except KeyError:
                 continue  # purged meanwhile
-        silent = self.silent_runners(set(runners.values()), timeout_seconds)
+        silent = self.silent_runners(set(runners.values()), timeout_seconds, adopt=True)
         return iter([i for i, runner in runners.items() if runner in silent])
 
     def get_pending_invocations_for_recovery(self) -> Iterator[Any]:
@@ -1032,7 +1045,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         if record.status is not S.RUNNING:
             return False
         beat = self._beat(conn, record.runner_id or "")
-        return beat is None or beat < host_clock() - dead_after
+        return beat is not None and beat < host_clock() - dead_after  # none: see Holder
 
     def _beat(self, conn: Any, runner_id: str) -> float | None:
         """The runner's last heartbeat on this host's clock; None if none in this boot."""
@@ -1049,10 +1062,19 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 [(runner_id, BOOT, now) for runner_id in runner_ids],
             )
 
-    def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:
-        with closing(self._connect()) as conn:
-            since = host_clock() - window
-            return {r for r in runner_ids if (beat := self._beat(conn, r)) is None or beat < since}
+    def silent_runners(self, runner_ids: set[str], window: float, adopt: bool = False) -> set[str]:
+        with closing(self._connect()) as conn, conn:
+            now = host_clock()
+            beats = {r: self._beat(conn, r) for r in runner_ids}
+            unseen = {r for r, beat in beats.items() if beat is None}
+            if adopt:  # a first beat for those the store has none of (in this boot)
+                conn.executemany(
+                    f"INSERT INTO {self.beats} VALUES (?, ?, ?) ON CONFLICT(runner_id) DO UPDATE "
+                    "SET boot = excluded.boot, at = excluded.at WHERE boot != excluded.boot",
+                    [(r, BOOT, now) for r in unseen],
+                )
+            stale = {r for r, beat in beats.items() if beat is not None and beat < now - window}
+            return stale if adopt else stale | unseen
 
     def pending_too_long(self, window: float) -> list[str]:
         with closing(self._connect()) as conn:
@@ -1432,7 +1454,7 @@ if RedisOrchestrator is not None:
                 else:
                     beat = pipe.hget(self._k("beats"), record.runner_id or "")
                     lost = record.status is S.RUNNING and (
-                        beat is None or float(beat) < now - dead_after
+                        beat is not None and float(beat) < now - dead_after  # none: see Holder
                     )
                 if not lost:
                     return []
@@ -1551,13 +1573,22 @@ if RedisOrchestrator is not None:
                 now = _seconds(self.client.time())
                 self.client.hset(self._k("beats"), mapping=dict.fromkeys(runner_ids, now))
 
-        def silent_runners(self, runner_ids: set[str], window: float) -> set[str]:
+        def silent_runners(
+            self, runner_ids: set[str], window: float, adopt: bool = False
+        ) -> set[str]:
             ordered = sorted(runner_ids)
             if not ordered:
                 return set()
-            since = _seconds(self.client.time()) - window
-            beats = self.client.hmget(self._k("beats"), ordered)
-            return {r for r, b in zip(ordered, beats, strict=True) if b is None or float(b) < since}
+            now = _seconds(self.client.time())
+            beats = dict(zip(ordered, self.client.hmget(self._k("beats"), ordered), strict=True))
+            unseen = {r for r, b in beats.items() if b is None}
+            if adopt and unseen:
+                with self.client.pipeline(transaction=False) as pipe:
+                    for runner_id in unseen:
+                        pipe.hsetnx(self._k("beats"), runner_id, now)  # a first beat, see above
+                    pipe.execute()
+            stale = {r for r, b in beats.items() if b is not None and float(b) < now - window}
+            return stale if adopt else stale | unseen
 
         def pending_too_long(self, window: float) -> list[str]:
             pending = sorted(

@@ -206,9 +206,11 @@ def path_part(value: object) -> str:
     """value as one part of the provider's URL path, encoded; ValueError, in one line, for a
     value the provider cannot take. An id is text: 42 is refused, never sent as "42", since the
     claim and pynenc's keys would tell it from "42" while the provider would not."""
-    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value):
+    # "." and ".." would be read as path steps (the client resolves them): never an id.
+    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or not value.strip("."):
         raise ValueError(
-            f"{value!r} is not an id the provider takes: 1-64 characters of A-Za-z0-9_.:-"
+            f"{value!r} is not an id the provider takes: 1-64 characters of A-Za-z0-9_.:-, "
+            "not dots alone"
             + ("" if isinstance(value, str) else f", as text (not {type(value).__name__})")
         )
     return quote(value, safe=":")

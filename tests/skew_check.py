@@ -3,12 +3,14 @@
 Run by tests/test_production.py with the claim on and a 30 s dead-after window (the skew is
 past it), on its own SQLite file or Redis, each skewed process under faketime:
 python tests/skew_check.py   (uv run --isolated --group redis ... for Redis). It prints one
-JSON object: the holder's status after each sweep.
+JSON object: the holder's status after each sweep (and one whose beats the store lost).
 """
 
 import json
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 
 from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
@@ -59,20 +61,26 @@ def main() -> int:
     behind, runner = held("skew-behind")
     under("-40s", BEAT, runner)
     found["behind"] = under(None, SWEEP, behind)
-    # The control: a holder whose runner never beats again is recovered by the same sweep.
-    silent, runner = held("skew-silent")
+    # The store lost the holder's beats (a Redis emptied, say): not dead until a window passes.
+    unbeaten, runner = held("skew-unbeaten")
     orchestrator = tasks.app.orchestrator
     if hasattr(orchestrator, "client"):
-        orchestrator.client.hset(orchestrator._k("beats"), runner, 0)
+        orchestrator.client.hdel(orchestrator._k("beats"), runner)
     else:
-        import sqlite3
-        from contextlib import closing
-
+        with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+            conn.execute(f"DELETE FROM {orchestrator.beats} WHERE runner_id = ?", (runner,))
+    found["unbeaten"] = under(None, SWEEP, unbeaten)
+    # That sweep gave it a first beat; a window later (aged here), it is recovered: the
+    # control, which shows the same sweep does recover a silent holder.
+    if hasattr(orchestrator, "client"):
+        if orchestrator.client.hexists(orchestrator._k("beats"), runner):
+            orchestrator.client.hset(orchestrator._k("beats"), runner, 0)
+    else:
         with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
             conn.execute(
                 f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?", (runner,)
             )
-    found["silent"] = under(None, SWEEP, silent)
+    found["unbeaten, a window later"] = under(None, SWEEP, unbeaten)
     print(json.dumps(found))
     return 0
 

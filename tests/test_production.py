@@ -41,7 +41,9 @@ def claimed(orchestrator: AtomicClaimSQLiteOrchestrator, ctx: RunnerContext) -> 
 # An account id, as the provider sees it.
 
 
-@pytest.mark.parametrize("bad", ["acme/op2?", "acme/op3#", "acme?x=1", "", "a b", 42, None])
+@pytest.mark.parametrize(
+    "bad", ["acme/op2?", "acme/op3#", "acme?x=1", "", "a b", ".", "..", 42, None]
+)
 def test_an_id_the_provider_cannot_take_is_refused_in_one_line(bad: object) -> None:
     with pytest.raises(ValueError) as refused:
         settings.path_part(bad)
@@ -65,6 +67,27 @@ def test_values_that_are_one_account_to_the_provider_are_one_key(claim_app: Prov
     orchestrator.set_invocation_status(as_text.invocation_id, S.RUNNING, ctx)
     orchestrator.set_invocation_status(as_text.invocation_id, S.SUCCESS, ctx)
     assert claimed(orchestrator, ctx) == [as_number.invocation_id]
+
+
+def test_two_tasks_keyed_on_one_account_wait_in_one_line(claim_app: Provider) -> None:
+    """call_keyed, refresh_once and call_keyed_drop are three tasks, but acme is one account to
+    the provider: pynenc scopes KEYS per task, and with a line per task they ran at once and
+    fenced each other (two FAILED, with no fault at all). Checked by mutation: with the task in
+    the line's key, the refresh was claimed beside the holder and this test fails."""
+    acct = unique()
+    holder = tasks.call_keyed(acct, "op1")
+    orchestrator = AtomicClaimSQLiteOrchestrator(tasks.app)
+    ctx = RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    assert claimed(orchestrator, ctx) == [holder.invocation_id]
+    refresh, dropped = tasks.refresh_once(acct), tasks.call_keyed_drop(acct, "op2")
+    assert claimed(orchestrator, ctx) == []  # the refresh waits in acme's line; the drop drops
+    assert tasks.app.orchestrator.get_invocation_status(dropped.invocation_id) is (
+        S.CONCURRENCY_CONTROLLED_FINAL
+    )
+    orchestrator.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
+    orchestrator.set_invocation_status(holder.invocation_id, S.SUCCESS, ctx)
+    assert claimed(orchestrator, ctx) == [refresh.invocation_id]
 
 
 def test_a_call_for_an_id_with_a_slash_fails_and_never_reaches_the_provider(
@@ -184,19 +207,33 @@ def test_a_skewed_clock_takes_no_live_holder_for_dead_on_sqlite(tmp_path: Path) 
     """A sweep by a worker 40 s ahead, and a holder whose worker is 40 s behind, under faketime:
     each read its own wall clock, and took a live holder for dead (8 to 18 calls in 100
     applied twice). Checked by mutation: with host_clock() returning time.time(), the holder
-    was recovered and this test fails; the silent control is recovered either way."""
+    was recovered and this test fails; the control (a window later) is recovered either way.
+    A holder whose beats the store lost is not dead at once, only a window after the sweep
+    gave it a first beat (checked: with a missing beat read as silence and no first beat, it
+    was recovered at once; with no first beat alone, it was never recovered)."""
     needs_faketime()
     found = skew_check({"DEMO_DB": str(tmp_path / "skew.db")}, redis=False)
-    assert found == {"ahead": "running", "behind": "running", "silent": "rerouted"}
+    assert found == {
+        "ahead": "running",
+        "behind": "running",
+        "unbeaten": "running",
+        "unbeaten, a window later": "rerouted",
+    }
 
 
 @pytest.mark.e2e
 def test_a_skewed_clock_takes_no_live_holder_for_dead_on_redis(redis_url: str) -> None:
-    """The same on Redis, whose clock is its TIME. Checked by mutation: with Redis TIME replaced
-    by the worker's time.time(), the holder was recovered and this test fails."""
+    """The same on Redis, whose clock is its TIME; FLUSHALL loses every beat at once. Checked by
+    mutation: with Redis TIME replaced by the worker's time.time(), the holder was recovered
+    and this test fails; so it did with a missing beat read as silence, or with no first beat."""
     needs_faketime()
     found = skew_check({"DEMO_BACKEND": "redis", "REDIS_URL": redis_url}, redis=True)
-    assert found == {"ahead": "running", "behind": "running", "silent": "rerouted"}
+    assert found == {
+        "ahead": "running",
+        "behind": "running",
+        "unbeaten": "running",
+        "unbeaten, a window later": "rerouted",
+    }
 
 
 # A mixed fleet.
