@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Annotated
 
 import fastapi
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from demo import settings
@@ -35,8 +35,9 @@ NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PAT
 # A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
 # from the time in microseconds, which stays below it until the year 2255.
 MAX_TOKEN = 2**53
-# One file per port: two providers beside one another keep apart fences.
-FENCES = Path(settings.get("DEMO_LOG_DIR")) / f"fences-{settings.get('DEMO_API_PORT')}.json"
+# Where the fence is kept: one file per port the provider serves on (two providers beside one
+# another keep theirs apart), known from the first request it serves.
+fences_file: Path | None = None
 LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 
@@ -114,27 +115,32 @@ class Provider:
 
 def save_fences(fences: dict[str, int]) -> None:
     """Write the newest tokens, whole or not at all (a crash mid-write leaves the last ones)."""
-    FENCES.parent.mkdir(parents=True, exist_ok=True)
-    partial = FENCES.with_suffix(".tmp")
+    if fences_file is None:
+        return
+    fences_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = fences_file.with_suffix(".tmp")
     partial.write_text(json.dumps(fences))
-    os.replace(partial, FENCES)
+    os.replace(partial, fences_file)
 
 
-def restored() -> Provider:
-    """The state a (re)started provider begins with: no counts, and the fences it had."""
-    provider = Provider()
+def restore_fences(request: Request) -> None:
+    """At the first request a (re)started provider serves: the fences it had on this port."""
+    global fences_file
+    if fences_file is not None:
+        return
+    port = (request.scope.get("server") or ("", 0))[1]
+    fences_file = Path(settings.get("DEMO_LOG_DIR")) / f"fences-{port}.json"
     try:
-        fences = json.loads(FENCES.read_text())
+        fences = json.loads(fences_file.read_text())
     except (OSError, ValueError):
         fences = {}
     for name, newest in fences.items() if isinstance(fences, dict) else ():
-        if isinstance(newest, int):
-            provider.accounts[name].newest_token = newest
-    return provider
+        if isinstance(newest, int) and state.accounts[name].newest_token is None:
+            state.accounts[name].newest_token = newest
 
 
 app = FastAPI(title="Demo provider")
-state = restored()
+state = Provider()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
 # Set by /pause: calls then stay inside their in-flight window until /resume; by
@@ -151,12 +157,14 @@ class Outcome(BaseModel):
 
 @app.post("/call/{account_id}/{op}")
 async def call(
+    request: Request,
     account_id: NAME,
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
     token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
 ) -> Outcome:
     async with lock:
+        restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
         acc = current.accounts[account_id]
@@ -236,6 +244,7 @@ async def end_run(run_id: str) -> dict[str, bool]:
 
 @app.post("/reset")
 async def reset(
+    request: Request,
     label: Annotated[str, Query(max_length=LABEL_MAX)] = "",
     hold: Annotated[float, Query(ge=0, le=MAX_HOLD_SECONDS)] = HOLD_SECONDS,
     run: Annotated[str | None, Query(max_length=32)] = None,
@@ -248,6 +257,7 @@ async def reset(
             raise HTTPException(409, f"another run uses this provider: {other.describe()}")
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
+        restore_fences(request)
         state = Provider(hold=hold, label=label)
         save_fences({})
     stamp = datetime.now().strftime("%H:%M:%S")

@@ -491,16 +491,14 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
 
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
-    """The key's line: its argument values (as text), whichever task calls for them. pynenc
-    scopes KEYS per task, but the provider protects the account: two tasks keyed on one
-    account_id are one account to it, so they wait in one line, and share its tokens."""
-    return key_identity(key)
-
-
-def fence_key(key: dict[str, str]) -> str:
-    """One token sequence per key value, whichever task claims it: the provider protects the
-    account, not the task."""
-    return key_identity(key)
+    """The key's line, and its sequence of tokens. Under KEYS, its argument values (as text),
+    whichever task calls for them: pynenc scopes KEYS per task, but the provider protects the
+    account, and two tasks keyed on one account_id are one account to it. Under TASK and
+    ARGUMENTS (an empty key, or every argument), the task's own, as pynenc scopes them."""
+    conf = invocation.task.conf
+    if conf.running_concurrency == ConcurrencyControlType.KEYS and key:
+        return key_identity(key)
+    return f"{invocation.task.task_id.key}|{key_identity(key)}"
 
 
 def waits_in_line(invocation: "DistributedInvocation") -> bool:
@@ -817,7 +815,11 @@ class AtomicClaim:
     # then is refused the status.
 
     def _still_holds(self, invocation_id: str, runner_ctx: "RunnerContext") -> bool:
-        record = self._record_of(invocation_id)
+        try:
+            record = self._record_of(invocation_id)
+        except KeyError:  # the store lost it (a Redis emptied): nothing to store it into
+            self.app.logger.warning(f"invocation:{invocation_id} is gone from the store")
+            return False
         if record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id:
             return True
         self.app.logger.warning(
@@ -961,7 +963,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                     if decision.takes_key:
                         conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
                     self._index(conn, invocation)
-                    decision.token = self._issue_token(conn, inv_id, fence_key(key))
+                    decision.token = self._issue_token(conn, inv_id, line)
                 elif decision.verdict is Verdict.PARK:
                     self._park(conn, line, inv_id)
             self._count(conn, "claims")
@@ -1342,7 +1344,7 @@ if RedisOrchestrator is not None:
                 now = _seconds(pipe.time())
                 issued = None
                 if key is not None:
-                    counter = self._k("fence", fence_key(key))
+                    counter = self._k("fence", line or "")
                     pipe.watch(counter)
                     last = pipe.get(counter)
                     issued = first_token(now) if last is None else int(last) + 1
@@ -1364,7 +1366,7 @@ if RedisOrchestrator is not None:
                             pipe.set(self._k("holds", inv_id), line)
                             pipe.sadd(self._k("holders"), inv_id)
                         self._index(pipe, invocation)
-                        pipe.set(self._k("fence", fence_key(key)), issued)
+                        pipe.set(self._k("fence", line), issued)
                         pipe.hset(self._k("fences"), inv_id, issued)
                         pipe.hset(self._k("claimed_at"), inv_id, now)
                         decision.token = issued

@@ -12,17 +12,20 @@ import threading
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
+from pynenc.conf.config_task import ConcurrencyControlType as Mode
 from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import live, settings
+from demo import atomic_claim, live, settings
 from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import Provider
@@ -90,6 +93,29 @@ def test_two_tasks_keyed_on_one_account_wait_in_one_line(claim_app: Provider) ->
     assert claimed(orchestrator, ctx) == [refresh.invocation_id]
 
 
+@pytest.mark.parametrize(
+    ("mode", "key", "shared"),
+    [
+        (Mode.KEYS, {"account_id": '"acme"'}, True),
+        (Mode.TASK, {}, False),
+        (Mode.ARGUMENTS, {"account_id": '"acme"', "op": '"x"'}, False),
+    ],
+)
+def test_only_keys_lines_are_shared_across_tasks(mode: Mode, key: dict, shared: bool) -> None:
+    """Under KEYS a line is the account's, whichever task; under TASK and ARGUMENTS it stays
+    the task's, as pynenc scopes them. Checked by mutation: with every line the key's alone,
+    pynenc's two TASK-mode recovery tasks shared the line "{}" and one dropped the other."""
+
+    def invocation(task_key: str) -> Any:
+        conf = SimpleNamespace(running_concurrency=mode)
+        return SimpleNamespace(
+            task=SimpleNamespace(conf=conf, task_id=SimpleNamespace(key=task_key))
+        )
+
+    one, other = (atomic_claim.line_key(invocation(t), key) for t in ("tasks.a", "tasks.b"))
+    assert (one == other) is shared
+
+
 def test_a_call_for_an_id_with_a_slash_fails_and_never_reaches_the_provider(
     provider: Provider, start_worker: Callable[..., Child]
 ) -> None:
@@ -148,27 +174,36 @@ def test_a_keys_first_token_is_newer_than_any_a_lost_store_issued(claim_app: Pro
     assert after <= api_server.MAX_TOKEN  # the provider takes it
 
 
+def restarted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a restart leaves the provider: no state, and no fence until its first request."""
+    monkeypatch.setattr(api_server, "state", api_server.Provider())
+    monkeypatch.setattr(api_server, "fences_file", None)
+
+
 def test_the_providers_fence_outlives_its_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """After a restart the provider knew no token and applied token 3 after token 7. Checked by
-    mutation: with the fences not restored at start, the late call is applied (ok)."""
-    monkeypatch.setattr(api_server, "FENCES", tmp_path / "fences.json")
+    mutation: with the fences not restored at the first request, the late call is applied."""
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
     monkeypatch.setattr(api_server, "owner", None)
+    restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "fence", "hold": 0}).raise_for_status()
         assert c.post("/call/acme/one", params={"token": 7}).json() == {"outcome": "ok"}
-        monkeypatch.setattr(api_server, "state", api_server.restored())  # a restart
+        restarted(monkeypatch)
         assert c.post("/call/acme/two", params={"token": 3}).json() == {"outcome": "fenced"}
         c.post("/reset", params={"label": "next scenario", "hold": 0}).raise_for_status()
-        monkeypatch.setattr(api_server, "state", api_server.restored())
+        restarted(monkeypatch)
         assert c.post("/call/acme/three", params={"token": 3}).json() == {"outcome": "ok"}
+    assert [p.name for p in tmp_path.iterdir()] == ["fences-80.json"]  # TestClient's port
 
 
 def test_a_token_past_53_bits_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A 4,300-digit token was taken, and fenced every later call for its account."""
-    monkeypatch.setattr(api_server, "FENCES", tmp_path / "fences.json")
+    monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
     monkeypatch.setattr(api_server, "owner", None)
+    restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "bound", "hold": 0}).raise_for_status()
         r = c.post("/call/acme/one", params={"token": "9" * 4300})
