@@ -372,7 +372,8 @@ class _FleetStore:
 
 
 def _alive_here(pid: int) -> bool:
-    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists)."""
+    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists). The
+    demo's live.py asks the same; the claim keeps its own answer, to stand apart from it."""
     if Path("/proc").is_dir():
         try:
             return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
