@@ -29,15 +29,30 @@ tasks.app.orchestrator.register_runner_heartbeats([sys.argv[1]])
 """
 
 
-def under(skew: str | None, program: str, *args: str) -> str:
-    """Run program in a process of its own, its clocks shifted by skew (faketime), if any."""
-    argv = [sys.executable, "-c", program, *args]
-    if skew:
-        argv = ["faketime", "-f", skew, *argv]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    if done.returncode != 0:
-        raise SystemExit(f"{argv}: {done.stderr}")
-    return done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+def under(*runs: tuple[str | None, str, str]) -> list[str]:
+    """Each (skew, program, argument) in a process of its own, all at once, its clocks shifted
+    by skew (faketime), if any; what each printed last."""
+    started = []
+    for skew, program, arg in runs:
+        argv = [sys.executable, "-c", program, arg]
+        if skew:
+            argv = ["faketime", "-f", skew, *argv]
+        started.append(
+            subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    printed = []
+    try:
+        for proc in started:
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise SystemExit(f"{proc.args}: {err}")
+            printed.append(out.strip().splitlines()[-1] if out.strip() else "")
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(60)
+    return printed
 
 
 def held(account: str) -> tuple[str, str]:
@@ -53,26 +68,29 @@ def held(account: str) -> tuple[str, str]:
 
 def main() -> int:
     tasks.app.purge()
-    found = {}
+    orchestrator = tasks.app.orchestrator
+    redis = hasattr(orchestrator, "client")
     # A worker whose clock runs 40 s ahead sweeps: the holder beat just now.
     ahead, _ = held("skew-ahead")
-    found["ahead"] = under("+40s", SWEEP, ahead)
     # The holder's worker runs 40 s behind: its last beat, written just now, is 40 s "old".
-    behind, runner = held("skew-behind")
-    under("-40s", BEAT, runner)
-    found["behind"] = under(None, SWEEP, behind)
+    behind, behind_runner = held("skew-behind")
     # The store lost the holder's beats (a Redis emptied, say): not dead until a window passes.
     unbeaten, runner = held("skew-unbeaten")
-    orchestrator = tasks.app.orchestrator
-    if hasattr(orchestrator, "client"):
+    if redis:
         orchestrator.client.hdel(orchestrator._k("beats"), runner)
     else:
         with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
             conn.execute(f"DELETE FROM {orchestrator.beats} WHERE runner_id = ?", (runner,))
-    found["unbeaten"] = under(None, SWEEP, unbeaten)
-    # That sweep gave it a first beat; a window later (aged here), it is recovered: the
-    # control, which shows the same sweep does recover a silent holder.
-    if hasattr(orchestrator, "client"):
+    found = dict(
+        zip(
+            ("ahead", "", "unbeaten"),
+            under(("+40s", SWEEP, ahead), ("-40s", BEAT, behind_runner), (None, SWEEP, unbeaten)),
+            strict=True,
+        )
+    )
+    # Those sweeps gave the unbeaten one a first beat; a window later (aged here), it is
+    # recovered: the control, which shows the same sweep does recover a silent holder.
+    if redis:
         if orchestrator.client.hexists(orchestrator._k("beats"), runner):
             orchestrator.client.hset(orchestrator._k("beats"), runner, 0)
     else:
@@ -80,7 +98,10 @@ def main() -> int:
             conn.execute(
                 f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?", (runner,)
             )
-    found["unbeaten, a window later"] = under(None, SWEEP, unbeaten)
+    found["behind"], found["unbeaten, a window later"] = under(
+        (None, SWEEP, behind), (None, SWEEP, unbeaten)
+    )
+    del found[""]
     print(json.dumps(found))
     return 0
 

@@ -284,11 +284,22 @@ def started_worker(db: str, folder: Path, name: str, env: dict[str, str]) -> Chi
     return start_child(name, worker_argv(), folder / f"{name}.log", full, ROOT)
 
 
-def refused(db: str, folder: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    full = {**os.environ, "DEMO_DB": db, "DEMO_LOG_LEVEL": "warning", **env}
-    return subprocess.run(
-        worker_argv(), cwd=ROOT, env=full, capture_output=True, text=True, timeout=60
-    )
+def all_at_once(*runs: tuple[list[str], dict[str, str]]) -> list[tuple[int, str, str]]:
+    """Each (argv, env) run from the project's folder, side by side: (exit code, out, err)."""
+    started = [
+        subprocess.Popen(
+            a, cwd=ROOT, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for a, e in runs
+    ]
+    try:
+        finished = [p.communicate(timeout=60) for p in started]
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.kill()
+                p.wait(WAIT)
+    return [(p.returncode, out, err) for p, (out, err) in zip(started, finished, strict=True)]
 
 
 def fleet_size(db: str) -> int:
@@ -315,23 +326,28 @@ def test_a_mixed_fleet_is_refused_in_one_line_naming_both(
             "the claim off": {"DEMO_ATOMIC_CLAIM": "0"},
             "other windows": {**SHORT, "DEMO_DEAD_AFTER": "15", "DEMO_CALL_TIMEOUT": "10"},
         }
-        for case, env in cases.items():
-            done = refused(db, tmp_path, env)
-            assert done.returncode == 2, f"{case}: {done.stdout}{done.stderr}"
-            (line,) = done.stderr.strip().splitlines()
+        port = live_api.base_url.rsplit(":", 1)[1]
+        enqueue = [
+            sys.executable,
+            "enqueue.py",
+            "keyed",
+            "--port",
+            port,
+            "--no-chart",
+            "--no-links",
+        ]
+        base = {**os.environ, "DEMO_DB": db, "DEMO_LOG_LEVEL": "warning"}
+        *workers, (enqueued, e_out, e_err) = all_at_once(
+            *((worker_argv(), {**base, **env}) for env in cases.values()),
+            (enqueue, {**base, "DEMO_ATOMIC_CLAIM": "0"}),
+        )
+        for case, (code, out, err) in zip(cases, workers, strict=True):
+            assert code == 2, f"{case}: {out}{err}"
+            (line,) = err.strip().splitlines()
             assert line.startswith("tasks.py: this process runs with atomic claim "), line
             assert f"pid {first.proc.pid}" in line and "dead after 3s" in line, line
-        port = live_api.base_url.rsplit(":", 1)[1]
-        enqueue = subprocess.run(
-            [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"],
-            cwd=ROOT,
-            env={**os.environ, "DEMO_DB": db, "DEMO_ATOMIC_CLAIM": "0"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert enqueue.returncode == 2, enqueue.stdout + enqueue.stderr
-        assert "atomic claim off" in enqueue.stderr and "atomic claim on" in enqueue.stderr
+        assert enqueued == 2, e_out + e_err
+        assert "atomic claim off" in e_err and "atomic claim on" in e_err
         same = started_worker(db, tmp_path, "same", SHORT)  # the same settings: it joins
         try:
             wait_until(lambda: fleet_size(db) == 2, WAIT, "the second record")
