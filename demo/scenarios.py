@@ -357,6 +357,32 @@ def wait_finished(
         time.sleep(POLL_SECONDS)
 
 
+# pynenc writes an invocation's history entry a moment after its status, stamped then; the
+# monitor draws from the history. A scenario ends once its final entries are in, so that the
+# next one's window (and link) begins after them. Past this many invocations (a query each),
+# the links are left as they come.
+HISTORY_CHECKED_UP_TO = 200
+HISTORY_DEADLINE_SECONDS = 5.0
+
+
+def wait_recorded(ids: list[str], tasks: ModuleType) -> None:
+    """Until each final invocation's history holds its final status, up to a deadline."""
+    if len(ids) > HISTORY_CHECKED_UP_TO:
+        return
+    deadline = time.monotonic() + HISTORY_DEADLINE_SECONDS
+    pending = set(tasks.app.orchestrator.filter_final(list(ids)))
+    while pending:
+        backend = tasks.app.state_backend
+        pending = {
+            i
+            for i in pending
+            if not any(h.status_record.status.is_final() for h in backend.get_history(i))
+        }
+        if not pending or time.monotonic() >= deadline:
+            return
+        time.sleep(POLL_SECONDS)
+
+
 def run(
     scenario: Scenario,
     shape: Shape,
@@ -387,6 +413,7 @@ def run(
     waited = [i for mine in sent.by_account.values() for i in mine[: shape.sample]]
     wait_finished(waited, tasks, timeout, check, progress)
     elapsed = time.monotonic() - started
+    wait_recorded(ids, tasks)
     statuses = {i: tasks.app.orchestrator.get_invocation_status(i) for i in ids}
     report = provider.report()
     timeline = provider.timeline()
