@@ -1044,7 +1044,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     ) -> bool:
         """Still RUNNING under a runner silent for dead_after, or PENDING for max_pending."""
         if record.status is S.PENDING:
-            return invocation_id in self._pending_too_long(conn, max_pending, [invocation_id])
+            return bool(self._pending_too_long(conn, max_pending, invocation_id))
         if record.status is not S.RUNNING:
             return False
         beat = self._beat(conn, record.runner_id or "")
@@ -1083,23 +1083,22 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         with closing(self._connect()) as conn:
             return self._pending_too_long(conn, window)
 
-    def _pending_too_long(
-        self, conn: Any, window: float, only: list[str] | None = None
-    ) -> list[str]:
+    def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
         """PENDING since a claim made more than window seconds ago on this host's clock (or in
-        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp."""
+        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp. only:
+        this invocation alone."""
         rows = conn.execute(
             f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
             f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
-            "ON c.invocation_id = i.invocation_id WHERE i.status = ?",
-            (S.PENDING.value,),
+            "ON c.invocation_id = i.invocation_id WHERE i.status = ? "
+            "AND (? IS NULL OR i.invocation_id = ?)",
+            (S.PENDING.value, only, only),
         ).fetchall()
         since, wall_since = host_clock() - window, time.time() - window
         return [
             invocation_id
             for invocation_id, stamp, boot, at in rows
-            if (only is None or invocation_id in only)
-            and (stamp < wall_since if boot is None else boot != BOOT or at < since)
+            if (stamp < wall_since if boot is None else boot != BOOT or at < since)
         ]
 
     def holders_to_heal(self) -> tuple[list[str], list[str]]:

@@ -279,7 +279,7 @@ def worker_argv() -> list[str]:
 
 
 def started_worker(db: str, folder: Path, name: str, env: dict[str, str]) -> Child:
-    """A worker on db, back once it has recorded itself in the fleet (or exited)."""
+    """A worker on db, started (the test waits for what it needs of it)."""
     full = {**os.environ, "DEMO_DB": db, "DEMO_LOG_LEVEL": "warning", **env}
     return start_child(name, worker_argv(), folder / f"{name}.log", full, ROOT)
 
