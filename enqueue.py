@@ -6,8 +6,9 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 import argparse
 import sys
 
+import keyclaim
 import tasks
-from demo import atomic_claim, live, options, settings, show, terminals
+from demo import live, options, settings, show, terminals
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
 from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp, Interrupted
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     provider = Provider(options.api_url(args))
     try:
         provider.health()
-        if mixed := atomic_claim.fleet_problem(tasks.app):  # its calls would break the claim
+        if mixed := keyclaim.fleet_problem(tasks.app):  # its calls would break the claim
             print(f"enqueue.py: {mixed}", file=sys.stderr)
             return 2
         if not (runners := live.in_app(tasks.app)):

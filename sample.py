@@ -128,7 +128,7 @@ def play(
     else:
         print(report.distribution(outcomes))
         print(report.efficiency(outcomes))
-        if counted := report.claims(stack.tasks.app.orchestrator):
+        if counted := report.claims(stack.tasks.app):
             print(counted)
     if args.bench:
         outcomes += bench.scaled(stack, args.bench_accounts, shape, args.timeout, view)

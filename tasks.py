@@ -7,7 +7,8 @@ import httpx
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
-from demo import atomic_claim, runners, settings
+import keyclaim
+from demo import runners, settings
 
 settings.exit_on_bad_environment("tasks.py")  # a bad DEMO_* variable: one line, exit 2
 API_URL = settings.api_url()
@@ -20,18 +21,21 @@ if BACKEND == "redis":  # pynenc-redis; README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
 else:
     builder = builder.sqlite(settings.get("DEMO_DB"))
-if CLAIM:  # one call per key across workers, and under faults: README "Scale out safely"
-    builder = atomic_claim.install(builder, BACKEND, settings.dead_after(), TIMEOUT)
-app = (
+builder = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
     .runner_tuning(runner_loop_sleep_time_sec=settings.runner_sleep())
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
-    .custom_config(**runners.config())  # DEMO_RUNNER: docs/speed.md, README "Scale out"
-    .build()
 )
-atomic_claim.exit_unless_sound("tasks.py", app, wanted=CLAIM)  # overrides that would make it lie
+builder = runners.select(builder, CLAIM)  # DEMO_RUNNER: docs/speed.md, README "Scale out"
+with runners.refusals("tasks.py"):  # what would make the claim lie: one line, exit 2
+    if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
+        builder = keyclaim.install(
+            builder, BACKEND, settings.dead_after(), TIMEOUT, **runners.for_claim()
+        )
+    app = builder.build()
+    keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
 runners.announce(app, API_URL)  # a worker says what it runs on; a mixed fleet is refused
 
 # One client for every call (a fresh one loads TLS certificates each time). A refused
@@ -41,12 +45,12 @@ http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=httpx.HTTPTrans
 
 def _hit(account_id: str, op: str) -> str:
     path = f"/call/{settings.path_part(account_id)}/{settings.path_part(op)}"  # or ValueError
-    token = atomic_claim.token(app)  # with the claim: its fencing token, which only grows
+    token = keyclaim.token(app)  # with the claim: its fencing token, which only grows
     r = http.post(path, params={} if token is None else {"token": token})
     if r.is_error:  # said in words: pynenc cannot store httpx's own error and rebuild it
         raise RuntimeError(f"{account_id} {op}: the provider answered {r.status_code} {r.text}")
     if (outcome := r.json()["outcome"]) == "fenced":  # an older claim's call: not applied
-        raise atomic_claim.Fenced(f"{account_id} {op}: the provider refused token {token}")
+        raise keyclaim.Fenced(f"{account_id} {op}: the provider refused token {token}")
     return outcome
 
 

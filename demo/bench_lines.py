@@ -109,7 +109,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
                 label = f"E, a backlog of {backlog}"
                 runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
-            if counted := report.claims(s.tasks.app.orchestrator):
+            if counted := report.claims(s.tasks.app):
                 print(counted, flush=True)
         except KeyboardInterrupt:
             return 130

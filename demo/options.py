@@ -51,13 +51,13 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
-    """The atomic claim's flags (demo/atomic_claim.py): on or off, and its two windows."""
+    """The atomic claim's flags (keyclaim): on or off, and its two windows."""
     parser.add_argument(
         "--atomic-claim",
         action="store_true",
         default=settings.get("DEMO_ATOMIC_CLAIM") == "1",
         help="check the key and claim in one atomic step, so one call per account holds across "
-        "workers and under faults (env DEMO_ATOMIC_CLAIM=1; demo/atomic_claim.py)",
+        "workers and under faults (env DEMO_ATOMIC_CLAIM=1; keyclaim/README.md)",
     )
     settings.add_option(
         parser,

@@ -8,9 +8,14 @@ import math
 import statistics
 import time
 from collections import Counter
+from typing import TYPE_CHECKING
 
+import keyclaim
 from demo import settings
 from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
 
 # Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
 # LISTED_AT_MOST of them, and one line for the rest.
@@ -220,12 +225,11 @@ def verdict(outcomes: list[Outcome], crashes: list[str]) -> tuple[str, int]:
     return "\n".join(lines), 0
 
 
-def claims(orchestrator: object) -> str:
+def claims(app: "Pynenc") -> str:
     """The atomic claim's own count: claims made, and the tries a Redis WATCH conflict cost;
     "" without the claim."""
-    if (counts := getattr(orchestrator, "claim_counts", None)) is None:
+    if (found := keyclaim.counts(app)) is None:
         return ""
-    found = counts()
     per = found["retries"] / found["claims"] if found["claims"] else 0.0
     return (
         f"claims: {found['claims']}, tried again after a conflict: {found['retries']} "

@@ -1,39 +1,61 @@
-"""pynenc's runners by the names DEMO_RUNNER takes, and what each changes in the app's config.
+"""pynenc's runners by the names DEMO_RUNNER takes, and how tasks.py selects them.
 
 tasks.py asks this module for its runner settings. It lives apart from demo/settings.py because
-the wake runner imports pynenc, which the API and the scripts' start-up have no use for.
+it imports the claim's library, which the API and the scripts' start-up have no use for.
 """
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
-from demo import atomic_claim, drain, settings, wake_runner
+import keyclaim
+from demo import settings
 
 if TYPE_CHECKING:
-    from pynenc import Pynenc
+    from pynenc import Pynenc, PynencBuilder
 
 # MultiThreadRunner starts PROCESSES ThreadRunner processes of MAX_THREADS threads each;
 # ProcessRunner forks one process per call, MAX_THREADS at a time (its default is one per core).
 BY_NAME: dict[str, dict[str, object]] = {
     "thread": {},
-    "wake": {},  # built by demo/wake_runner.py: see config()
+    "wake": {},  # keyclaim's wake runner: see select()
     "multi-thread": {"runner_cls": "MultiThreadRunner", "max_processes": settings.PROCESSES},
     "process": {"runner_cls": "ProcessRunner", "min_parallel_slots": settings.MAX_THREADS},
 }
+# With the claim, the runners that drain their calls on a stop (keyclaim's); pynenc's others
+# hand them on, and only the fencing token keeps them from being applied twice at once.
+FOR_CLAIM = {"thread": "drain", "wake": "wake"}
 
 
-def config() -> dict[str, object]:
-    """What DEMO_RUNNER changes in the app's configuration: nothing for the article's runner,
-    unless the claim is on, whose workers drain their calls when they stop (demo/drain.py)."""
+def _idle() -> float:
+    return 2 * settings.runner_sleep()  # the same idle cadence as ThreadRunner's two sleeps
+
+
+def select(builder: "PynencBuilder", claim: bool) -> "PynencBuilder":
+    """DEMO_RUNNER's runner: the article's ThreadRunner, keyclaim's wake runner, or one of
+    pynenc's others. With the claim, keyclaim.install selects its draining runner (for_claim)."""
     name = settings.get("DEMO_RUNNER")
-    if name == "wake":
-        # The same idle cadence as ThreadRunner's two sleeps per loop.
-        idle, deadline = 2 * settings.runner_sleep(), settings.drain_deadline()
-        return wake_runner.config(idle=idle, drain_deadline=deadline)
-    if name == "thread" and settings.get("DEMO_ATOMIC_CLAIM") == "1":
-        return drain.config(deadline=settings.drain_deadline())
-    return BY_NAME[name]
+    if name == "wake" and not claim:
+        return keyclaim.use_runner(builder, "wake", settings.drain_deadline(), _idle())
+    return builder.custom_config(**BY_NAME[name])
+
+
+def for_claim() -> dict[str, object]:
+    """keyclaim.install's runner arguments for DEMO_RUNNER."""
+    runner = FOR_CLAIM.get(settings.get("DEMO_RUNNER"))
+    return {"runner": runner, "drain_deadline": settings.drain_deadline(), "idle": _idle()}
+
+
+@contextmanager
+def refusals(program: str) -> Iterator[None]:
+    """The claim's refusal (keyclaim.Refused) as a program's one line, and exit 2."""
+    try:
+        yield
+    except keyclaim.Refused as refused:
+        print(f"{program}: {refused}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def announce(app: "Pynenc", api_url: str) -> None:
@@ -47,9 +69,8 @@ def announce(app: "Pynenc", api_url: str) -> None:
         return
     runner = app.runner  # the instance the command then runs
     app.state_backend.store_runner_context(runner.runner_context)
-    if why := atomic_claim.join_fleet(app, runner.runner_id):  # a mixed fleet: refused
-        print(f"tasks.py: {why}", file=sys.stderr)
-        raise SystemExit(2)
+    with refusals("tasks.py"):  # a mixed fleet
+        keyclaim.join_fleet(app, runner.runner_id)
     backend = settings.get("DEMO_BACKEND")
     state = settings.get("REDIS_URL") if backend == "redis" else settings.get("DEMO_DB")
     claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"

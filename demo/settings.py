@@ -261,7 +261,7 @@ def drain_deadline() -> float:
 def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:
     """Why the claim's dead-after window would take a live call for a dead one, or None.
 
-    (demo/atomic_claim.py checks the same, and the heartbeat, on what pynenc resolved.)
+    (keyclaim checks the same, and the heartbeat, on what pynenc resolved.)
     """
     if dead_after > call_timeout:
         return None

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from demo import live, pynenc_versions, redis_server, settings
+import keyclaim
+from demo import live, redis_server, settings
 from demo.processes import (
     Child,
     ChildDied,
@@ -85,8 +86,8 @@ def preflight(
     if claim and not (backend == "redis" and not redis_server.has_plugin()):
         # (Without the plugin, Stack.start says how to get it.)
         try:
-            pynenc_versions.check("atomic claim", backend)
-        except pynenc_versions.UntestedVersion as exc:
+            keyclaim.check_versions("atomic claim", backend)
+        except keyclaim.UntestedVersion as exc:
             raise Refused(f"--atomic-claim: {exc}", 2) from None
     if claim and (why := settings.claim_window_problem(*windows)):
         raise Refused(f"--atomic-claim: {why}", 2)
@@ -340,7 +341,7 @@ class Stack:
         )
         cwd = self._separate_host(number) if self.hosts else self.cwd
         env = {**self.env, **(env or {})}
-        # A stopping worker may drain its calls (demo/drain.py): wait for that before killing.
+        # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
         drain = float(env.get("DEMO_CALL_TIMEOUT") or settings.get("DEMO_CALL_TIMEOUT"))
         grace = drain + settings.DRAIN_MARGIN_SECONDS + STOP_MARGIN_SECONDS
         child = start_child(f"worker {number}", argv, log, env=env, cwd=cwd, grace=grace)
@@ -366,10 +367,8 @@ class Stack:
             log, port = self.log_dir / "redis.log", urlsplit(url).port
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
-        # The claim's own check, through tasks.py, which installs it: imported from here, it
-        # would bring pynenc into sample.py before its children start.
-        claim = self.tasks.atomic_claim
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := claim.check_redis(url)):
+        # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
+        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
             raise Refused(f"--atomic-claim: {why}", 2)
 
     def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:

@@ -12,17 +12,18 @@ import sqlite3
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus
 
-from demo import atomic_claim, monitor, redis_server
+from demo import monitor, redis_server
 from demo.processes import Child, free_port, stop_children
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
+from keyclaim.config import LONGEST_CALL_KEY
+from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
 
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(
@@ -34,7 +35,7 @@ os.environ.update(
     }
 )
 
-from helpers import processes_mentioning, run_sample  # noqa: E402 - it imports tasks.py: settings first
+from helpers import FinishedRun, processes_mentioning, run_sample  # noqa: E402 - it imports tasks.py: settings first
 from long_runs import LongRuns  # noqa: E402 - the same
 
 READY = 30.0
@@ -103,7 +104,7 @@ def end_leftovers(app: Pynenc) -> None:
             f"WHERE status NOT IN ({', '.join('?' for _ in final)})",
             final,
         )
-        # The claim's holders and lines, once a test has made them (demo/atomic_claim.py).
+        # The claim's holders and lines, once a test has made them (keyclaim).
         prefix = orchestrator.tables.table_prefix
         for table in (f"{prefix}_key_holders", f"{prefix}_key_lines"):
             if exists(conn, table):
@@ -147,18 +148,6 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         stop_children([child])
 
 
-@dataclass(frozen=True)
-class FinishedRun:
-    """One default `uv run python sample.py`, done: what it printed and what it left behind."""
-
-    stdout: str
-    stderr: str
-    returncode: int
-    folder: Path  # its database (demo.db) and logs
-    monitor_port: int  # where its links point
-    leftovers: list[str]  # processes still mentioning its folder once it had exited
-
-
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     """The article's run, once per session, for every test that only reads what it printed:
@@ -189,6 +178,6 @@ def claim_app(provider: Provider, stack: Stack, monkeypatch: pytest.MonkeyPatch)
     process of a deployment with the claim does: a call for a busy account parks at
     registration, and a final status hands the account on."""
     app = stack.tasks.app
-    monkeypatch.setitem(app.config_values, atomic_claim.LONGEST_CALL_KEY, 10.0)
-    monkeypatch.setattr(app, "_orchestrator", atomic_claim.AtomicClaimSQLiteOrchestrator(app))
+    monkeypatch.setitem(app.config_values, LONGEST_CALL_KEY, 10.0)
+    monkeypatch.setattr(app, "_orchestrator", AtomicClaimSQLiteOrchestrator(app))
     return provider

@@ -11,6 +11,7 @@ import subprocess
 import threading
 import uuid
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
@@ -33,6 +34,18 @@ SUMMARY = re.compile(
 def unique(prefix: str = "acct") -> str:
     """An account name no other test uses, so tests never see each other's calls."""
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """One default `uv run python sample.py`, done: what it printed and what it left behind."""
+
+    stdout: str
+    stderr: str
+    returncode: int
+    folder: Path  # its database (demo.db) and logs
+    monitor_port: int  # where its links point
+    leftovers: list[str]  # processes still mentioning its folder once it had exited
 
 
 # --- sample.py as a user runs it -----------------------------------------------------------

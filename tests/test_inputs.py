@@ -60,7 +60,7 @@ def pynenc_database(path: Path, app_id: str = "tasks", *, left_open: bool = Fals
     script = (
         "import os, sqlite3, sys\n"
         "from pynenc import PynencBuilder\n"
-        "from demo import atomic_claim\n"
+        "import keyclaim\n"
         "held = sqlite3.connect(sys.argv[2])\n"
         "held.execute('PRAGMA journal_mode=WAL')\n"
         "held.execute('SELECT count(*) FROM sqlite_master').fetchall()  # it keeps the WAL\n"
@@ -69,7 +69,7 @@ def pynenc_database(path: Path, app_id: str = "tasks", *, left_open: bool = Fals
         "    app = tasks.app\n"
         "else:\n"
         "    builder = PynencBuilder().app_id(sys.argv[1]).sqlite(sys.argv[2])\n"
-        "    app = atomic_claim.install(builder, 'sqlite', 15.0, 10.0).build()\n"
+        "    app = keyclaim.install(builder, 'sqlite', 15.0, 10.0).build()\n"
         "_ = (app.broker, app.orchestrator, app.state_backend, app.trigger)\n"
         "_ = app.client_data_store\n"
         "if sys.argv[3] == '1':\n"

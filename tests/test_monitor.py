@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FinishedRun
 from demo import monitor
 from demo.stack import ROOT
+from helpers import FinishedRun
 
 TASKS = {"A": "call_unsafe", "B": "call_keyed", "C": "call_keyed_drop", "D": "refresh_once"}
 IDS_BY_TASK = (

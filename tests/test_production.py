@@ -25,12 +25,13 @@ from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import atomic_claim, live, settings
-from demo.atomic_claim import AtomicClaimSQLiteOrchestrator
+from demo import live, settings
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import Provider
 from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
+from keyclaim.keys import line_key
+from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The skew (40 s) is past this window: read on a worker's own clock, a live holder looks dead.
@@ -112,7 +113,7 @@ def test_only_keys_lines_are_shared_across_tasks(mode: Mode, key: dict, shared: 
             task=SimpleNamespace(conf=conf, task_id=SimpleNamespace(key=task_key))
         )
 
-    one, other = (atomic_claim.line_key(invocation(t), key) for t in ("tasks.a", "tasks.b"))
+    one, other = (line_key(invocation(t), key) for t in ("tasks.a", "tasks.b"))
     assert (one == other) is shared
 
 

@@ -5,8 +5,7 @@ The longer runs (the benchmark, Redis, several workers) are in tests/test_scale.
 
 import pytest
 
-from conftest import FinishedRun
-from helpers import summaries
+from helpers import FinishedRun, summaries
 
 
 @pytest.mark.e2e

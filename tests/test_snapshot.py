@@ -12,10 +12,9 @@ from xml.etree import ElementTree
 
 import pytest
 
-from conftest import FinishedRun
 from demo import monitor, snapshot
 from demo.stack import ROOT
-from helpers import processes_mentioning
+from helpers import FinishedRun, processes_mentioning
 
 
 @pytest.mark.e2e

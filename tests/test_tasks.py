@@ -65,3 +65,43 @@ def test_the_atomic_claim_is_installed_through_pynencs_configuration(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == orchestrator
+
+
+REFUSALS = {
+    "a heartbeat too slow for the window": {
+        "DEMO_DEAD_AFTER": "3",
+        "DEMO_CALL_TIMEOUT": "2",
+        "PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": "0.5",
+    },
+    "a window shorter than a call": {"DEMO_DEAD_AFTER": "5", "DEMO_CALL_TIMEOUT": "10"},
+    "another orchestrator resolved": {"PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator"},
+}
+
+
+def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(tmp_path: Path) -> None:
+    """What pynenc resolves counts (its environment variables rank above the builder). The
+    workers start side by side, one per override."""
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    started = {}
+    for n, (case, override) in enumerate(REFUSALS.items()):
+        env = {**os.environ, "DEMO_ATOMIC_CLAIM": "1", "DEMO_DB": str(tmp_path / f"{n}.db")}
+        started[case] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env={**env, **override},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    try:
+        ended = {case: (w, *w.communicate(timeout=60)) for case, w in started.items()}
+    finally:
+        for worker in started.values():  # one that did not refuse runs on: stopped here
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(60)
+    for case, (worker, out, err) in ended.items():
+        assert worker.returncode == 2, f"{case}: {out}{err}"
+        assert len(err.strip().splitlines()) == 1, f"{case}: {err}"
+        assert err.startswith("tasks.py: "), f"{case}: {err}"
+        assert "Traceback" not in err and "Starting runner" not in out, case

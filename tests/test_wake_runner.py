@@ -8,11 +8,9 @@ import os
 import signal
 from collections.abc import Callable
 
-import pytest
 from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
-from demo import pynenc_versions
 from demo.processes import wait_until
 from demo.provider import Provider
 from helpers import (
@@ -49,9 +47,3 @@ def test_sigterm_stops_the_wake_runner_and_leaves_nothing_running(
         start_worker(WAKE)
         wait_until(lambda: status_of(call.invocation_id) == S.SUCCESS, WAIT, "the call to finish")
     assert account(live_api, acct)["collisions"] == 0
-
-
-def test_the_wake_runner_refuses_an_untested_pynenc(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pynenc_versions, "version", lambda name: "0.5.0")
-    with pytest.raises(pynenc_versions.UntestedVersion, match="wake runner .*pynenc 0.5.0"):
-        pynenc_versions.check_resolved("SQLiteOrchestrator", "WakeRunner")

@@ -1,11 +1,10 @@
-"""A ThreadRunner that, told to stop, lets its calls finish before it gives their accounts up.
+"""A ThreadRunner that, told to stop, lets its calls finish before it gives their keys up.
 
-Selected through pynenc's configuration by class name (runner_cls="DrainingThreadRunner"):
-
-    builder.custom_config(**drain.config("sqlite", deadline=12.0))
+Selected by class name (runner_cls="DrainingThreadRunner"), by `keyclaim.install` or on its
+own by `keyclaim.use_runner(builder, "drain", drain_deadline=12.0)`.
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version, as demo/atomic_claim.py does. The wake runner drains the same way; pynenc's
+any other version (keyclaim.versions). The wake runner drains the same way; pynenc's
 MultiThreadRunner and ProcessRunner do not (with the claim, the fencing token is what keeps a
 call handed on while it still runs from being applied twice at once).
 
@@ -31,18 +30,11 @@ import time
 
 from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
 
-from demo import pynenc_versions
+from keyclaim import versions
+from keyclaim.config import DEADLINE_KEY, DEFAULT_DEADLINE
 
-DEADLINE_KEY = "drain_deadline_sec"
-DEFAULT_DEADLINE = 12.0
 # How often a draining runner beats when pynenc's interval is longer (its default is 30 s).
 LONGEST_BEAT = 1.0
-
-
-def config(deadline: float) -> dict[str, object]:
-    """What selects the draining runner, and how long it waits for its calls on a stop.
-    (atomic_claim.exit_unless_sound checks the versions, on what pynenc resolved.)"""
-    return {"runner_cls": "DrainingThreadRunner", DEADLINE_KEY: deadline}
 
 
 class DrainingThreadRunner(ThreadRunner):
@@ -50,7 +42,7 @@ class DrainingThreadRunner(ThreadRunner):
 
     def _on_start(self) -> None:
         # However pynenc came to select this class: the same guard as the claim's.
-        pynenc_versions.check_resolved(self.app.conf.orchestrator_cls, type(self).__name__)
+        versions.check_resolved(self.app.conf.orchestrator_cls, type(self).__name__)
         super()._on_start()
         self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
 

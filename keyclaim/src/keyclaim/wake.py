@@ -1,12 +1,11 @@
 """A ThreadRunner that starts its next loop the moment one of its calls ends, not at the next poll.
 
-Selected through pynenc's configuration by class name (runner_cls="WakeRunner"):
-
-    builder.custom_config(**wake_runner.config("sqlite", idle=0.2))
+Selected by class name (runner_cls="WakeRunner"), by `keyclaim.install(..., runner="wake")`
+or on its own by `keyclaim.use_runner(builder, "wake", idle=0.2)`.
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version in one line, as demo/atomic_claim.py does, and works with it. It stops the
-way demo/drain.py does: it lets its calls finish before it gives their accounts up.
+any other version in one line (keyclaim.versions), and works with the claim. It stops the way
+keyclaim.drain's runner does: it lets its calls finish before it gives their keys up.
 
 Why it exists. pynenc's ThreadRunner starts new work once per loop and sleeps
 `runner_loop_sleep_time_sec` twice per loop (in `BaseRunner.run` and at the end of
@@ -31,34 +30,22 @@ from typing import TYPE_CHECKING
 
 from pynenc.runner.thread_runner import ThreadInfo
 
-from demo import drain
+from keyclaim.config import DEFAULT_IDLE, IDLE_KEY
+from keyclaim.drain import DrainingThreadRunner
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from pynenc.invocation.dist_invocation import DistributedInvocation
 
-IDLE_KEY = "wake_runner_idle_sec"
 
-
-def config(idle: float, drain_deadline: float) -> dict[str, object]:
-    """What selects the runner: its class, no base sleep, the idle wait in its place, and how
-    long it drains its calls on a stop. (atomic_claim.exit_unless_sound checks the versions.)"""
-    return {
-        "runner_cls": "WakeRunner",
-        "runner_loop_sleep_time_sec": 0.0,
-        IDLE_KEY: idle,
-        drain.DEADLINE_KEY: drain_deadline,
-    }
-
-
-class WakeRunner(drain.DrainingThreadRunner):
+class WakeRunner(DrainingThreadRunner):
     """pynenc's ThreadRunner, woken by its own finishing calls, draining on a stop."""
 
     def _on_start(self) -> None:
         super()._on_start()
         self.finished = threading.Event()
-        self.idle = float(self.app.config_values.get(IDLE_KEY, 0.2))
+        self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
 
     def runner_loop_iteration(self) -> None:
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""

@@ -1,8 +1,8 @@
-"""The Redis twins of tests/test_claim.py's forced races, and a claim that never gets through.
+"""The Redis twins of test_sqlite_claim.py's forced races, and a claim that never gets through.
 
-Run by tests/test_claim.py, in the environment of the `redis` group, against a private
-redis-server: uv run --isolated --group redis python tests/redis_claim_race.py
-It prints one JSON object with what happened; the test asserts on it.
+Run by test_redis_claim.py in an environment with pynenc-redis, against a private redis-server:
+python redis_race.py REDIS_URL. It prints one JSON object with what happened; the test asserts
+on it.
 """
 
 import json
@@ -12,12 +12,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import claimapp
 from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
 from pynenc_redis.orchestrator import RedisOrchestrator
 
-import tasks
-from demo.atomic_claim import AtomicClaimRedisOrchestrator, Decision, Holder
+from keyclaim.decision import Decision, Holder
+from keyclaim.redis_claim import AtomicClaimRedisOrchestrator
+
+URL = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
+app = claimapp.build("keyclaim_redis_race", redis_url=URL)
+tasks = claimapp.bound(app, "http://127.0.0.1:9")  # nothing here runs a call
 
 WAIT = 30.0
 
@@ -55,7 +60,7 @@ class Contended(Claimer):
 
     def decide(self, invocation: Any, *args: Any) -> Decision:
         status_key = self.key.invocation_to_status(invocation.invocation_id)
-        other = type(self.client).from_url(tasks.settings.get("REDIS_URL"))
+        other = type(self.client).from_url(URL)
         other.set(status_key, other.get(status_key))
         other.close()
         return super().decide(invocation, *args)
@@ -81,7 +86,6 @@ class PausingProducer(AtomicClaimRedisOrchestrator):
 @contextmanager
 def registering_with(orchestrator: Any) -> Iterator[None]:
     """Calls made in the block are registered by this orchestrator."""
-    app = tasks.app
     kept, app._orchestrator = app._orchestrator, orchestrator
     try:
         yield
@@ -90,7 +94,7 @@ def registering_with(orchestrator: Any) -> Iterator[None]:
 
 
 def claimer[T: AtomicClaimRedisOrchestrator](cls: type[T], **extra: Any) -> tuple[T, RunnerContext]:
-    orchestrator = cls(tasks.app, **extra)
+    orchestrator = cls(app, **extra)
     ctx = RunnerContext(runner_cls="ThreadRunner")
     orchestrator.register_runner_heartbeats([ctx.runner_id])
     return orchestrator, ctx
@@ -102,8 +106,8 @@ def take(orchestrator: AtomicClaimRedisOrchestrator, ctx: RunnerContext) -> list
 
 def race() -> dict[str, Any]:
     """Claimer 1 reads the key under WATCH and stops; claimer 2 claims; claimer 1 goes on."""
-    tasks.app.purge()
-    with registering_with(RedisOrchestrator(tasks.app)):  # both on the queue, to race for
+    app.purge()
+    with registering_with(RedisOrchestrator(app)):  # both on the queue, to race for
         first, second = tasks.call_keyed("acme", "op1"), tasks.call_keyed("acme", "op2")
     (one, ctx1), (two, ctx2) = claimer(Claimer, pause=True), claimer(Claimer)
     taken: dict[str, list[str]] = {}
@@ -115,7 +119,7 @@ def race() -> dict[str, Any]:
     finally:
         one.go.set()
         thread.join(WAIT)
-    status = tasks.app.orchestrator.get_invocation_status
+    status = app.orchestrator.get_invocation_status
     return {
         "one": taken.get("one"),
         "two": taken["two"],
@@ -128,12 +132,12 @@ def race() -> dict[str, Any]:
 def park_and_hand_over() -> dict[str, Any]:
     """A producer reads the key's holder and stops; the holder finishes (and, the line being
     empty, frees the key); then the producer goes on. Its call must not be left in a line."""
-    tasks.app.purge()
+    app.purge()
     holding, ctx = claimer(Claimer)
     holder = tasks.call_keyed("initech", "op0")
     assert take(holding, ctx) == [holder.invocation_id]
     holding.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
-    producer = PausingProducer(tasks.app)
+    producer = PausingProducer(app)
     made: dict[str, Any] = {}
 
     def register() -> None:
@@ -151,8 +155,8 @@ def park_and_hand_over() -> dict[str, Any]:
     late = made["late"].invocation_id
     return {
         "producer_reads": producer.reads,
-        "status": tasks.app.orchestrator.get_invocation_status(late).value,
-        "queued": tasks.app.broker.count_invocations(),
+        "status": app.orchestrator.get_invocation_status(late).value,
+        "queued": app.broker.count_invocations(),
         "waiting": holding.waiting(),
         "taken": take(holding, ctx) == [late],
     }
@@ -160,7 +164,7 @@ def park_and_hand_over() -> dict[str, Any]:
 
 def contention() -> dict[str, Any]:
     """A claim whose watched keys change on every try gives up and requeues its invocation."""
-    tasks.app.purge()
+    app.purge()
     call = tasks.call_keyed("globex", "op1")
     contended, ctx = claimer(Contended)
     taken = take(contended, ctx)
@@ -168,8 +172,8 @@ def contention() -> dict[str, Any]:
         "taken": taken,
         "tries": contended.tries,
         "pauses": contended.pauses,
-        "status": tasks.app.orchestrator.get_invocation_status(call.invocation_id).value,
-        "queued": tasks.app.broker.count_invocations(),
+        "status": app.orchestrator.get_invocation_status(call.invocation_id).value,
+        "queued": app.broker.count_invocations(),
         "counts": contended.claim_counts(),
     }
 
@@ -177,19 +181,19 @@ def contention() -> dict[str, Any]:
 def stale_and_lost_holders() -> dict[str, Any]:
     """Holders that cannot pass their key on by themselves: one ended by a process without the
     claim, one taken off the queue by a worker that died before claiming it."""
-    tasks.app.purge()
+    app.purge()
     holding, ctx = claimer(Claimer)
     ended = tasks.call_keyed("umbrella", "op0")
     assert take(holding, ctx) == [ended.invocation_id]
-    stock = RedisOrchestrator(tasks.app)
+    stock = RedisOrchestrator(app)
     stock.set_invocation_status(ended.invocation_id, S.RUNNING, ctx)
     stock.set_invocation_status(ended.invocation_id, S.SUCCESS, ctx)  # no hand-over
     after_ended = tasks.call_keyed("umbrella", "op1")  # registers past the stale holder
     found: dict[str, Any] = {"after_ended_taken": take(holding, ctx) == [after_ended.invocation_id]}
     lost = tasks.call_keyed("vandelay", "op0")
-    assert tasks.app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
+    assert app.broker.retrieve_invocation() == lost.invocation_id  # ...and it died
     holding.heal_holders(ctx)
-    found["queued_after_one_sweep"] = tasks.app.broker.count_invocations()
+    found["queued_after_one_sweep"] = app.broker.count_invocations()
     holding.heal_holders(ctx)
     found["lost_taken"] = take(holding, ctx) == [lost.invocation_id]
     return found

@@ -1,0 +1,155 @@
+"""What `install` writes into pynenc's configuration, and the check on what pynenc resolved.
+
+pynenc ranks its environment variables (PYNENC__...) and `[tool.pynenc]` above the builder, so
+the claim is judged on the configuration pynenc resolved, not on what the builder asked for:
+- the library's classes on a pynenc they were not tested with are refused;
+- a class install selected that pynenc does not resolve (an override) is refused;
+- windows that would let the claim take a live holder for dead are refused.
+
+Written against pynenc 0.3.1 and 0.4.0 (their `PynencBuilder.custom_config` and the class
+names pynenc resolves). Retired with the classes it selects, once pynenc has them.
+"""
+
+from typing import TYPE_CHECKING
+
+from keyclaim import versions
+from keyclaim.errors import Refused
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc, PynencBuilder
+
+ORCHESTRATORS = {"sqlite": "AtomicClaimSQLiteOrchestrator", "redis": "AtomicClaimRedisOrchestrator"}
+RUNNERS = {"drain": "DrainingThreadRunner", "wake": "WakeRunner"}
+# Keys of the library's own in pynenc's configuration (pynenc keeps keys it does not know).
+LONGEST_CALL_KEY = "atomic_claim_longest_call_sec"  # the longest a call stays in flight
+DEADLINE_KEY = "drain_deadline_sec"  # how long a stopping runner waits for its calls
+IDLE_KEY = "wake_runner_idle_sec"  # how long the wake runner waits when nothing finishes
+SELECTED = "keyclaim_selects_"  # + orchestrator_cls / runner_cls: what install selected
+BEATS_PER_WINDOW = 4  # what install() asks for
+FEWEST_BEATS = 3  # what the check accepts: one lost beat must not look like a death
+DEFAULT_DEADLINE = 12.0
+DEFAULT_IDLE = 0.2
+
+
+def runner_config(
+    runner: str, drain_deadline: float = DEFAULT_DEADLINE, idle: float = DEFAULT_IDLE
+) -> dict[str, object]:
+    """The configuration that selects one of the library's runners: "drain" (pynenc's
+    ThreadRunner, stopping by draining its calls) or "wake" (the same, and woken by its own
+    finishing calls instead of polling; its base sleep moves into the wait)."""
+    if runner not in RUNNERS:
+        raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
+    config: dict[str, object] = {"runner_cls": RUNNERS[runner], DEADLINE_KEY: drain_deadline}
+    if runner == "wake":
+        config.update({"runner_loop_sleep_time_sec": 0.0, IDLE_KEY: idle})
+    return config
+
+
+def use_runner(
+    builder: "PynencBuilder",
+    runner: str,
+    drain_deadline: float = DEFAULT_DEADLINE,
+    idle: float = DEFAULT_IDLE,
+) -> "PynencBuilder":
+    """Select one of the library's runners, with or without the claim. Call it after the
+    builder's own runner choice (`.thread_runner()` selects pynenc's ThreadRunner)."""
+    from keyclaim import drain, wake  # noqa: F401 - pynenc finds the classes by name
+
+    config = runner_config(runner, drain_deadline, idle)
+    return builder.custom_config(**config, **{SELECTED + "runner_cls": config["runner_cls"]})
+
+
+def install(
+    builder: "PynencBuilder",
+    backend: str,
+    dead_after: float,
+    longest_call: float,
+    runner: str | None = "drain",
+    drain_deadline: float = DEFAULT_DEADLINE,
+    idle: float = DEFAULT_IDLE,
+) -> "PynencBuilder":
+    """Switch the claim on: its orchestrator for backend ("sqlite" or "redis"), a dead-runner
+    window of dead_after seconds, beats four times in it, and a runner that drains its calls
+    on a stop ("drain", or "wake"; None keeps the builder's runner, whose stop then hands calls
+    on while they may still run, and only the fencing token keeps them from being applied).
+
+    longest_call is the longest a call can stay in flight (the task's timeout): the window must
+    be longer. Call it after .sqlite() or .redis() and after the builder's runner choice.
+    Versions and windows are checked again once pynenc has resolved its configuration, wherever
+    it builds the classes: `check(app)` says so before anything runs.
+    """
+    versions.check("atomic claim", backend)
+    if why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call):
+        raise Refused(f"atomic claim: {why}")
+    if backend == "redis":
+        from keyclaim import redis_claim  # noqa: F401 - pynenc finds the class by name
+    else:
+        from keyclaim import sqlite_claim  # noqa: F401 - the same
+    builder = builder.custom_config(
+        orchestrator_cls=ORCHESTRATORS[backend],
+        runner_considered_dead_after_minutes=dead_after / 60,
+        # A runner writes its heartbeat when it checks the atomic services.
+        atomic_service_check_interval_minutes=dead_after / BEATS_PER_WINDOW / 60,
+        **{LONGEST_CALL_KEY: longest_call, SELECTED + "orchestrator_cls": ORCHESTRATORS[backend]},
+    )
+    return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
+
+
+def window_problem(dead_after: float, beat_every: float, longest_call: float | None) -> str | None:
+    """Why these windows would let the claim lie, in one line; None when they are sound."""
+    if longest_call is None:
+        return (
+            "the longest a call can stay in flight is not configured: select the claim with "
+            "keyclaim.install(builder, backend, dead_after, longest_call)"
+        )
+    if dead_after <= longest_call:
+        return (
+            f"a runner silent for {dead_after:g}s is taken for dead, but a call may stay in "
+            f"flight for {longest_call:g}s (the task's timeout): the dead-after window must "
+            "be longer, or the timeout shorter"
+        )
+    if beat_every * FEWEST_BEATS > dead_after:
+        return (
+            f"runners beat every {beat_every:g}s (atomic_service_check_interval_minutes), "
+            f"fewer than {FEWEST_BEATS} times in the {dead_after:g}s dead-after window: a live "
+            "runner would be taken for dead (is PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES "
+            "or [tool.pynenc] overriding it?)"
+        )
+    return None
+
+
+def windows(app: "Pynenc") -> tuple[float, float, float | None]:
+    """The resolved dead-after window, beat interval and longest call, in seconds."""
+    longest = (app.config_values or {}).get(LONGEST_CALL_KEY)
+    return (
+        app.conf.runner_considered_dead_after_minutes * 60,
+        app.conf.atomic_service_check_interval_minutes * 60,
+        None if longest is None else float(longest),
+    )
+
+
+def resolved_problem(app: "Pynenc") -> str | None:
+    """window_problem for the configuration pynenc resolved, overrides included."""
+    return window_problem(*windows(app))
+
+
+def check(app: "Pynenc") -> None:
+    """Raise Refused (UntestedVersion for versions), in one line, for what the resolved
+    configuration would make lie. Cheap: it builds nothing."""
+    conf, asked = app.conf, app.config_values or {}
+    versions.check_resolved(conf.orchestrator_cls, conf.runner_cls)
+    for name in ("orchestrator_cls", "runner_cls"):
+        selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
+        if selected and resolved != selected:
+            raise Refused(
+                f"the atomic claim selects {name}={selected!r}, but pynenc's configuration "
+                f"resolves {resolved!r} (PYNENC__{name.upper()}, [tool.pynenc], or a builder "
+                "call after keyclaim.install): remove that override"
+            )
+    if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
+        raise Refused(f"atomic claim: {why}")
+
+
+def is_on(app: "Pynenc") -> bool:
+    """Whether pynenc resolved one of the claim's orchestrators."""
+    return app.conf.orchestrator_cls in ORCHESTRATORS.values()

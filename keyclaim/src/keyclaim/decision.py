@@ -1,0 +1,105 @@
+"""What one claim decides, given what it read atomically: no store, no clock, no I/O.
+
+Each backend reads the invocation's status and its key's holder inside one step, asks `decide`,
+and writes the decision in the same step. Written against pynenc 0.3.1 and 0.4.0's statuses
+and transitions; retired with keyclaim.orchestrator, whose upstream change it is part of.
+"""
+
+import enum
+from dataclasses import dataclass, field
+
+from pynenc.invocation.status import (
+    InvocationStatus,
+    InvocationStatusRecord,
+    status_record_transition,
+)
+
+S = InvocationStatus
+HELD = (S.PENDING, S.RUNNING)
+# A holder in one of these moves no further by itself: it ended, or a process died between two
+# of pynenc's writes (KILLED then REROUTED; a recovery status then REROUTED).
+UNMOVING = frozenset({*S.get_final_statuses(), S.KILLED, S.RUNNING_RECOVERY, S.PENDING_RECOVERY})
+
+
+class Verdict(enum.Enum):
+    RUN = "claimed: now PENDING, the key's holder"
+    PARK = "key busy: waits at the end of its line, off the queue"
+    DROP = "key busy: CONCURRENCY_CONTROLLED_FINAL"
+    LEAVE = "key busy: left as it is (the blocking path reads it from elsewhere)"
+    REQUEUE = "not decided (Redis kept changing under it): back to the queue unchanged"
+    SKIP = "not available for run (another runner has it, or it is final)"
+
+
+@dataclass
+class Holder:
+    """The invocation holding a key: its status, and when its runner last beat (on the store's
+    clock; None when it never beat in this boot)."""
+
+    invocation_id: str
+    record: InvocationStatusRecord
+    heartbeat: float | None
+
+    def silent_since(self, alive_since: float) -> bool:
+        """Pending or running under a runner that has not beaten since alive_since."""
+        if self.record.status not in HELD:
+            return False  # queued, or between two statuses: it is not waiting on a runner
+        # No beat at all (a store that lost its beats, say): not silent yet. The sweep records
+        # a first beat for it now, and judges it a window later.
+        return self.heartbeat is not None and self.heartbeat < alive_since
+
+
+@dataclass
+class Decision:
+    verdict: Verdict
+    # Status records to write in the same step, in order: (invocation id, record).
+    writes: list[tuple[str, InvocationStatusRecord]] = field(default_factory=list)
+    # A silent holder, recovered: it keeps the key and is queued again in the same step.
+    recovered: str | None = None
+    takes_key: bool = False  # the key had no holder: this invocation becomes it
+    token: int | None = None  # with RUN on a key: the fencing token issued
+
+
+def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationStatusRecord]:
+    """pynenc's recovery of a PENDING or RUNNING invocation whose runner went silent: through
+    PENDING_RECOVERY or RUNNING_RECOVERY to REROUTED, in one step, to be queued again."""
+    via = S.RUNNING_RECOVERY if record.status is S.RUNNING else S.PENDING_RECOVERY
+    recovering = status_record_transition(record, via, runner_id)
+    return [recovering, status_record_transition(recovering, S.REROUTED, runner_id)]
+
+
+def decide(
+    invocation_id: str,
+    current: InvocationStatusRecord,
+    holder: Holder | None,
+    runner_id: str,
+    alive_since: float,
+    waits: bool,
+    busy: Verdict = Verdict.PARK,
+) -> Decision:
+    """What to write, given the invocation's status and its key's holder, read atomically.
+
+    holder: None when the key is free or the task has no running control.
+    alive_since: on the store's clock, the oldest heartbeat of a live runner.
+    waits: a blocked call of this task waits in its line (reroute) rather than being dropped.
+    busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
+    """
+    if not current.status.is_available_for_run():
+        return Decision(Verdict.SKIP)
+    if holder is None or holder.invocation_id == invocation_id:
+        new = status_record_transition(current, S.PENDING, runner_id)
+        return Decision(Verdict.RUN, [(invocation_id, new)], takes_key=not holder)
+    decision = Decision(busy)
+    if holder.silent_since(alive_since):
+        # Its runner stopped beating: recover it as pynenc's recovery does. It keeps the key
+        # and is queued again: it never finished, and it came first.
+        decision.writes += [(holder.invocation_id, r) for r in recovery(holder.record, runner_id)]
+        decision.recovered = holder.invocation_id
+    if busy is Verdict.LEAVE:
+        return decision
+    if not waits and current.status.can_transition_to(S.CONCURRENCY_CONTROLLED_FINAL):
+        dropped = status_record_transition(current, S.CONCURRENCY_CONTROLLED_FINAL, runner_id)
+        decision.verdict = Verdict.DROP
+        decision.writes.append((invocation_id, dropped))
+    # Otherwise it waits: a rerouting task's call, and a drop pynenc forbids (a REROUTED or
+    # RETRY invocation can only become PENDING) waits too, rather than going round again.
+    return decision

@@ -1,0 +1,188 @@
+"""The fleet: every worker on one store must run the claim with the same settings.
+
+One worker without the claim (or with other windows) beside workers with it takes a key the
+others think is held. Each worker records its claim settings in the app's own store as it
+starts (`join_fleet`); a worker or producer whose settings differ from a live one's is refused
+in one line naming both (`fleet_problem`). Live: on this host, a pynenc process with that pid;
+elsewhere, a pynenc heartbeat within FLEET_WINDOW seconds.
+
+Written against pynenc 0.3.1 and 0.4.0, which record no runner's configuration. The upstream
+change that retires it: the runner registry keeps each runner's concurrency settings, and a
+runner or producer whose settings differ from a live runner's is refused at start.
+"""
+
+import atexit
+import json
+import os
+import socket
+import sqlite3
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from keyclaim import config
+from keyclaim.errors import Refused
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
+
+FLEET_WINDOW = 75.0  # seconds: pynenc's heartbeat within it, on the reader's wall clock
+TABLE = "claim_fleet"  # SQLite: under the app's table prefix; Redis: a hash under its key prefix
+MEMBER = "_keyclaim_fleet_member"  # on the app: this process's record, once joined
+
+
+@dataclass(frozen=True)
+class Member:
+    """A worker on the store, as it recorded itself when it started."""
+
+    runner_id: str
+    settings: dict[str, str]
+    pid: int
+    host: str
+
+    def __str__(self) -> str:
+        return (
+            f"runner {self.runner_id[:8]} (pid {self.pid} on {self.host}: {_shown(self.settings)})"
+        )
+
+
+def fleet_settings(app: "Pynenc") -> dict[str, str]:
+    """What every worker and producer on one store must agree on: the claim, and its windows."""
+    if not config.is_on(app):
+        return {"atomic claim": "off"}
+    dead_after, beat_every, longest = config.windows(app)
+    return {
+        "atomic claim": "on",
+        "dead after": f"{dead_after:g}s",
+        "beat every": f"{beat_every:g}s",
+        "longest call": "?" if longest is None else f"{longest:g}s",
+    }
+
+
+def _shown(settings: dict[str, str]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in settings.items())
+
+
+class FleetStore:
+    """The fleet's records, in the app's own store, read and written whether or not this
+    process runs the claim (a process without it must be told, too)."""
+
+    def __init__(self, app: "Pynenc") -> None:
+        self.app, self.orchestrator = app, app.orchestrator
+        self.redis = hasattr(self.orchestrator, "client")
+
+    def _sqlite(self) -> tuple[sqlite3.Connection, str]:
+        table = f"{self.orchestrator.tables.table_prefix}_{TABLE}"
+        conn = sqlite3.connect(self.orchestrator.sqlite_db_path, timeout=30.0)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {table} (runner_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+        )
+        return conn, table
+
+    def _hash(self) -> str:
+        return self.orchestrator.key.prefix + TABLE
+
+    def records(self) -> dict[str, str]:
+        if self.redis:
+            raw = self.orchestrator.client.hgetall(self._hash())
+            return {k.decode(): v.decode() for k, v in raw.items()}
+        conn, table = self._sqlite()
+        with closing(conn):
+            return dict(conn.execute(f"SELECT runner_id, record FROM {table}").fetchall())
+
+    def write(self, runner_id: str, record: str) -> None:
+        if self.redis:
+            self.orchestrator.client.hset(self._hash(), runner_id, record)
+            return
+        conn, table = self._sqlite()
+        with closing(conn), conn:
+            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (runner_id, record))
+
+    def remove(self, runner_id: str) -> None:
+        if self.redis:
+            self.orchestrator.client.hdel(self._hash(), runner_id)
+            return
+        conn, table = self._sqlite()
+        with closing(conn), conn:
+            conn.execute(f"DELETE FROM {table} WHERE runner_id = ?", (runner_id,))
+
+    def beating(self) -> set[str]:
+        """The runners with a pynenc heartbeat in the fleet window. pynenc's own list, on the
+        reader's wall clock: a start-up check, generous enough for any skew under it."""
+        orchestrator = self.orchestrator
+        active = getattr(orchestrator, "stock_active_runners", None)
+        found = active(FLEET_WINDOW) if active else orchestrator._get_active_runners(FLEET_WINDOW)
+        return {r.runner_id for r in found}
+
+
+def alive_here(pid: int) -> bool:
+    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists)."""
+    if Path("/proc").is_dir():
+        try:
+            return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
+    """The live workers on the app's store (but `besides`), as they recorded themselves: on
+    this host, a pynenc process still there (beating yet or not); elsewhere, a recent beat."""
+    store, here = FleetStore(app), socket.gethostname()
+    records, members = store.records(), []
+    beating = (
+        store.beating() if any(json.loads(r)["host"] != here for r in records.values()) else set()
+    )
+    for runner_id, raw in records.items():
+        record = json.loads(raw)
+        member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
+        if runner_id == besides:
+            continue
+        if alive_here(member.pid) if member.host == here else runner_id in beating:
+            members.append(member)
+    return members
+
+
+def fleet_problem(app: "Pynenc", besides: str | None = None) -> str | None:
+    """Why this process must not join the workers live on its store, in one line, naming both
+    sides; None when every one of them runs with its settings."""
+    mine = fleet_settings(app)
+    for member in fleet(app, besides):
+        if member.settings != mine:
+            return (
+                f"this process runs with {_shown(mine)}, but a live worker on the same store "
+                f"runs with other settings: {member}. Every worker and producer on one store "
+                "must agree: give them all the same settings, or stop those workers first"
+            )
+    return None
+
+
+def join_fleet(app: "Pynenc", runner_id: str) -> None:
+    """A worker's start: raise Refused (the one line) on a fleet it does not agree with; else
+    record its settings, for the next ones to check, until this process ends."""
+    if why := fleet_problem(app, besides=runner_id):
+        raise Refused(why)
+    store, pid = FleetStore(app), os.getpid()
+    record = {"settings": fleet_settings(app), "pid": pid, "host": socket.gethostname()}
+    store.write(runner_id, json.dumps(record))
+    setattr(app, MEMBER, (runner_id, json.dumps(record)))  # written again with each beat
+
+    def leave() -> None:
+        if os.getpid() == pid:  # not in a forked child (ProcessRunner), which inherits this
+            with suppress(Exception):  # the store may be gone first: then so is the record
+                store.remove(runner_id)
+
+    atexit.register(leave)
+
+
+def beat(app: "Pynenc", runner_ids: list[str]) -> None:
+    """With a runner's beat: its record again (a store that lost its data forgets it)."""
+    if (member := getattr(app, MEMBER, None)) and member[0] in runner_ids:
+        FleetStore(app).write(*member)

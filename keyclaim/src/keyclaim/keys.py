@@ -1,0 +1,52 @@
+"""Which line a call waits in: its key, as the provider sees it.
+
+Written against pynenc 0.3.1 and 0.4.0, whose KEYS control is scoped per task and tells 42 from
+"42". The upstream change that retires it: a concurrency key scoped by its values across tasks
+(an option of the task, say `key_scope="values"`), compared as text.
+"""
+
+import json
+from typing import TYPE_CHECKING
+
+from pynenc.conf.config_task import ConcurrencyControlType
+
+if TYPE_CHECKING:
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+
+
+def key_identity(key: dict[str, str]) -> str:
+    """The key as the provider sees it: each argument as text. pynenc serializes 42 and "42"
+    apart, but in a URL, a header or a column they are one account, so they are one key here."""
+
+    def text(serialized: str) -> str:
+        try:
+            value = json.loads(serialized)
+        except ValueError:
+            return serialized
+        return value if isinstance(value, str) else serialized
+
+    return json.dumps({arg: text(value) for arg, value in key.items()}, sort_keys=True)
+
+
+def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
+    """The key's serialized arguments; None when the task has no running control."""
+    mode = invocation.task.conf.running_concurrency
+    if mode == ConcurrencyControlType.DISABLED:
+        return None
+    return invocation.call.serialized_args_for_concurrency_control(mode) or {}
+
+
+def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
+    """The key's line, and its sequence of tokens. Under KEYS, its argument values (as text),
+    whichever task calls for them: pynenc scopes KEYS per task, but the provider protects the
+    account, and two tasks keyed on one account_id are one account to it. Under TASK and
+    ARGUMENTS (an empty key, or every argument), the task's own, as pynenc scopes them."""
+    conf = invocation.task.conf
+    if conf.running_concurrency == ConcurrencyControlType.KEYS and key:
+        return key_identity(key)
+    return f"{invocation.task.task_id.key}|{key_identity(key)}"
+
+
+def waits_in_line(invocation: "DistributedInvocation") -> bool:
+    """Blocked calls of this task wait (reroute); the others are dropped when claimed."""
+    return bool(invocation.task.conf.reroute_on_concurrency_control)

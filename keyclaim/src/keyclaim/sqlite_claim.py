@@ -1,0 +1,427 @@
+"""The claim on SQLite: every step is one `BEGIN IMMEDIATE` transaction (one writer at a time).
+
+Selected by class name (orchestrator_cls="AtomicClaimSQLiteOrchestrator"): keyclaim.install.
+Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). Its tables sit under the
+app's pynenc table prefix, so pynenc's purge clears them too. SQLite has no clock of its own,
+and its workers share one host: liveness is read on the host's clock since boot
+(keyclaim.clock), a key's first token on this process's wall clock (the one thing it is used
+for).
+
+The upstream change that retires it: the same steps in `SQLiteOrchestrator` itself, with the
+hand-over inside `_atomic_status_transition` (the repo's docs/upstream.md).
+"""
+
+import sqlite3
+import time
+from contextlib import closing
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pynenc.invocation.status import (
+    InvocationStatus,
+    InvocationStatusRecord,
+    status_record_transition,
+)
+from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
+
+from keyclaim.clock import BOOT, first_token, host_clock
+from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, recovery
+from keyclaim.keys import key_arguments, line_key, waits_in_line
+from keyclaim.orchestrator import AtomicClaim
+
+if TYPE_CHECKING:
+    from pynenc.identifiers.invocation_id import InvocationId
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+
+S = InvocationStatus
+
+
+class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
+    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time)."""
+
+    BACKEND = "sqlite"
+
+    def _init_tables(self) -> None:
+        super()._init_tables()
+        p = self.tables.table_prefix  # pynenc's purge clears every table under it
+        self.holders, self.lines = f"{p}_key_holders", f"{p}_key_lines"
+        self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
+        self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
+        with closing(self._connect()) as conn, conn:
+            for table, columns in (
+                (self.holders, "line_key TEXT PRIMARY KEY, invocation_id TEXT NOT NULL UNIQUE"),
+                (
+                    self.lines,
+                    "seq INTEGER PRIMARY KEY AUTOINCREMENT, line_key TEXT NOT NULL, "
+                    "invocation_id TEXT NOT NULL UNIQUE",
+                ),
+                (self.fence_counters, "fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL"),
+                # Each claim: its token, and when it was made (the host's clock, in its boot).
+                (
+                    self.claimed,
+                    "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, "
+                    "at REAL NOT NULL",
+                ),
+                (self.claim_stats, "name TEXT PRIMARY KEY, value INTEGER NOT NULL"),
+                (self.beats, "runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL"),
+            ):
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {self.lines}_order ON {self.lines}(line_key, seq)"
+            )
+            queue = self.app.broker.tables.QUEUE
+            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
+        # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
+        self._queue_by_name = "queue_name" in columns
+
+    def _connect(self) -> sqlite3.Connection:
+        """A connection for one step. pynenc's own opener sets the journal mode again on every
+        connection, which waits on the database's locks; the file keeps its mode (WAL).
+
+        pynenc builds its broker and state backend on first use, and writes as it builds them
+        (0.4.0: the app's info). First used inside a step, that write would wait on the step's
+        own write lock for SQLite's 30 s busy timeout: both are built before the step begins.
+        """
+        _ = (self.app.broker, self.app.state_backend)  # built here, outside any step
+        conn = sqlite3.connect(self.sqlite_db_path, timeout=30.0, check_same_thread=False)
+        conn.execute("PRAGMA synchronous=NORMAL")  # as pynenc's: WAL stays consistent
+        return conn
+
+    def _begin(self, conn: Any) -> None:
+        """Take the database's write lock: every other step waits here until we commit."""
+        conn.execute("BEGIN IMMEDIATE")
+
+    def claim_in_store(
+        self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
+    ) -> Decision:
+        inv_id = invocation.invocation_id
+        key = key_arguments(invocation)
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            alive_since = host_clock() - dead_after
+            current = self._status(conn, inv_id)
+            if current is None:
+                conn.rollback()
+                return Decision(Verdict.SKIP)
+            line = None if key is None else line_key(invocation, key)
+            holder = None if line is None else self._holder(conn, line)
+            decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
+            for invocation_id, record in decision.writes:
+                self._write_status(conn, invocation_id, record)
+            if decision.recovered:
+                self._queue(conn, decision.recovered)
+            if key is not None and line is not None:
+                if decision.verdict is Verdict.RUN:
+                    if decision.takes_key:
+                        conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
+                    self._index(conn, invocation)
+                    decision.token = self._issue_token(conn, inv_id, line)
+                elif decision.verdict is Verdict.PARK:
+                    self._park(conn, line, inv_id)
+            self._count(conn, "claims")
+            self._count(conn, f"claims of {invocation.task.task_id.key}")
+            conn.commit()
+        return decision
+
+    def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
+        key = key_arguments(invocation)
+        assert key is not None
+        line, inv_id = line_key(invocation, key), invocation.invocation_id
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            self._index(conn, invocation)  # before it is queued: every claimer can see it
+            holder = self._holder(conn, line) if waits_in_line(invocation) else None
+            queued = self.admits(invocation, holder)
+            if not waits_in_line(invocation):
+                self._queue(conn, inv_id)
+            elif queued:
+                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
+                self._queue(conn, inv_id)
+            else:
+                self._park(conn, line, inv_id)
+            conn.commit()
+        return queued
+
+    def _park(self, conn: Any, line: str, invocation_id: str) -> None:
+        """At the end of its key's line (once: it may already wait there)."""
+        conn.execute(
+            f"INSERT OR IGNORE INTO {self.lines} (line_key, invocation_id) VALUES (?, ?)",
+            (line, invocation_id),
+        )
+
+    def _atomic_status_transition(
+        self, invocation_id: "InvocationId", status: InvocationStatus, runner_id: str | None = None
+    ) -> InvocationStatusRecord:
+        """pynenc's transition (read, validate, write under BEGIN IMMEDIATE), and in the same
+        transaction, on a final status: the key goes to the head of its line."""
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            current = self._status(conn, invocation_id)
+            if current is None:
+                raise KeyError(f"Invocation ID {invocation_id} not found")
+            new = status_record_transition(current, status, runner_id)
+            self._write_status(conn, invocation_id, new)
+            if new.status.is_final():
+                self._release(conn, invocation_id)
+            conn.commit()
+        return new
+
+    def recover_in_store(
+        self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
+    ) -> list[InvocationStatusRecord]:
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            record = self._status(conn, invocation_id)
+            lost = record is not None and self._lost(
+                conn, invocation_id, record, dead_after, max_pending
+            )
+            if record is None or not lost:
+                conn.rollback()
+                return []
+            records = recovery(record, runner_id)
+            for each in records:
+                self._write_status(conn, invocation_id, each)
+            self._queue(conn, invocation_id)
+            conn.commit()
+        return records
+
+    def _lost(
+        self,
+        conn: Any,
+        invocation_id: str,
+        record: InvocationStatusRecord,
+        dead_after: float,
+        max_pending: float,
+    ) -> bool:
+        """Still RUNNING under a runner silent for dead_after, or PENDING for max_pending."""
+        if record.status is S.PENDING:
+            return bool(self._pending_too_long(conn, max_pending, invocation_id))
+        if record.status is not S.RUNNING:
+            return False
+        beat = self._beat(conn, record.runner_id or "")
+        return beat is not None and beat < host_clock() - dead_after  # none: see Holder
+
+    def _beat(self, conn: Any, runner_id: str) -> float | None:
+        """The runner's last heartbeat on this host's clock; None if none in this boot."""
+        row = conn.execute(
+            f"SELECT at FROM {self.beats} WHERE runner_id = ? AND boot = ?", (runner_id, BOOT)
+        ).fetchone()
+        return None if row is None else float(row[0])
+
+    def beat_in_store(self, runner_ids: list[str]) -> None:
+        now = host_clock()
+        with closing(self._connect()) as conn, conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO {self.beats} VALUES (?, ?, ?)",
+                [(runner_id, BOOT, now) for runner_id in runner_ids],
+            )
+
+    def silent_runners(self, runner_ids: set[str], window: float, adopt: bool = False) -> set[str]:
+        with closing(self._connect()) as conn, conn:
+            now = host_clock()
+            beats = {r: self._beat(conn, r) for r in runner_ids}
+            unseen = {r for r, beat in beats.items() if beat is None}
+            if adopt:  # a first beat for those the store has none of (in this boot)
+                conn.executemany(
+                    f"INSERT INTO {self.beats} VALUES (?, ?, ?) ON CONFLICT(runner_id) DO UPDATE "
+                    "SET boot = excluded.boot, at = excluded.at WHERE boot != excluded.boot",
+                    [(r, BOOT, now) for r in unseen],
+                )
+            stale = {r for r, beat in beats.items() if beat is not None and beat < now - window}
+            return stale if adopt else stale | unseen
+
+    def pending_too_long(self, window: float) -> list[str]:
+        with closing(self._connect()) as conn:
+            return self._pending_too_long(conn, window)
+
+    def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
+        """PENDING since a claim made more than window seconds ago on this host's clock (or in
+        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp. only:
+        this invocation alone."""
+        rows = conn.execute(
+            f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
+            f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
+            "ON c.invocation_id = i.invocation_id WHERE i.status = ? "
+            "AND (? IS NULL OR i.invocation_id = ?)",
+            (S.PENDING.value, only, only),
+        ).fetchall()
+        since, wall_since = host_clock() - window, time.time() - window
+        return [
+            invocation_id
+            for invocation_id, stamp, boot, at in rows
+            if (stamp < wall_since if boot is None else boot != BOOT or at < since)
+        ]
+
+    def holders_to_heal(self) -> tuple[list[str], list[str]]:
+        queue = self.app.broker.tables.QUEUE
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                f"SELECT h.invocation_id, i.status, EXISTS (SELECT 1 FROM {queue} q "
+                f"WHERE q.invocation_id = h.invocation_id) FROM {self.holders} h "
+                f"LEFT JOIN {self.tables.INVOCATIONS} i ON i.invocation_id = h.invocation_id"
+            ).fetchall()
+        ended_or_stuck = [i for i, status, _ in rows if status is None or S(status) in UNMOVING]
+        unqueued = [
+            i
+            for i, status, queued in rows
+            if status and S(status).is_available_for_run() and not queued
+        ]
+        return ended_or_stuck, unqueued
+
+    def heal_in_store(
+        self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
+    ) -> list[InvocationStatusRecord]:
+        with closing(self._connect()) as conn, conn:
+            self._begin(conn)
+            holds = conn.execute(
+                f"SELECT 1 FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+            record = self._status(conn, invocation_id)
+            written: list[InvocationStatusRecord] = []
+            if holds is None:
+                pass  # healed meanwhile
+            elif record is None or record.status.is_final():
+                self._release(conn, invocation_id)
+            elif record.status in UNMOVING and stuck:
+                written = [status_record_transition(record, S.REROUTED, runner_id)]
+                self._write_status(conn, invocation_id, written[0])
+                self._queue(conn, invocation_id)
+            elif (
+                requeue
+                and record.status.is_available_for_run()
+                and not self._queued(conn, invocation_id)
+            ):
+                self._queue(conn, invocation_id)
+            conn.commit()
+        return written
+
+    def _queued(self, conn: Any, invocation_id: str) -> bool:
+        queue = self.app.broker.tables.QUEUE
+        found = conn.execute(f"SELECT 1 FROM {queue} WHERE invocation_id = ?", (invocation_id,))
+        return found.fetchone() is not None
+
+    def _release(self, conn: Any, invocation_id: str) -> None:
+        """A final invocation lets go of its key, or of its place in a line."""
+        row = conn.execute(
+            f"SELECT line_key FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+        ).fetchone()
+        if row is None:
+            conn.execute(f"DELETE FROM {self.lines} WHERE invocation_id = ?", (invocation_id,))
+            return
+        head = conn.execute(
+            f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
+            (row[0],),
+        ).fetchone()
+        if head is None:
+            conn.execute(f"DELETE FROM {self.holders} WHERE line_key = ?", (row[0],))
+            return
+        conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
+        conn.execute(
+            f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ?", (head[1], row[0])
+        )
+        self._queue(conn, head[1])
+
+    def _holder(self, conn: Any, line: str) -> Holder | None:
+        """The key's holder; one that ended without letting go (a process without the claim
+        finished it) hands the key on first."""
+        row = conn.execute(
+            f"SELECT invocation_id FROM {self.holders} WHERE line_key = ?", (line,)
+        ).fetchone()
+        if row is None:
+            return None
+        record = self._status(conn, row[0])
+        if record is None or record.status.is_final():
+            self._release(conn, row[0])
+            return self._holder(conn, line)
+        return Holder(row[0], record, self._beat(conn, record.runner_id or ""))
+
+    def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
+        row = conn.execute(
+            f"SELECT status, status_runner_id, status_timestamp FROM {self.tables.INVOCATIONS} "
+            "WHERE invocation_id = ?",
+            (invocation_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return InvocationStatusRecord(S(row[0]), row[1], datetime.fromtimestamp(row[2], tz=UTC))
+
+    def _write_status(self, conn: Any, invocation_id: str, record: InvocationStatusRecord) -> None:
+        conn.execute(
+            f"UPDATE {self.tables.INVOCATIONS} SET status = ?, status_runner_id = ?, "
+            "status_timestamp = ? WHERE invocation_id = ?",
+            (record.status.value, record.runner_id, record.timestamp.timestamp(), invocation_id),
+        )
+
+    def _index(self, conn: Any, invocation: "DistributedInvocation") -> None:
+        for arg, value in invocation.call.serialized_arguments.items():
+            conn.execute(
+                f"INSERT OR REPLACE INTO {self.tables.INVOCATION_ARGS} "
+                "(invocation_id, arg_key, arg_value) VALUES (?, ?, ?)",
+                (invocation.invocation_id, arg, value),
+            )
+
+    def _queue(self, conn: Any, invocation_id: str) -> None:
+        """pynenc's SQLite broker's own insert, inside our transaction."""
+        queue = self.app.broker.tables.QUEUE
+        if self._queue_by_name:
+            task = self.app.state_backend.get_invocation(invocation_id).task
+            conn.execute(
+                f"INSERT INTO {queue} (invocation_id, queue_name, priority, created_at) "
+                "VALUES (?, ?, ?, julianday('now'))",
+                (invocation_id, task.broker_queue, task.broker_priority),
+            )
+        else:
+            conn.execute(
+                f"INSERT INTO {queue} (invocation_id, created_at) VALUES (?, julianday('now'))",
+                (invocation_id,),
+            )
+
+    def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
+        """The key's next fencing token, written with the claim itself, and when it was made.
+        A key's first token is the time (first_token); SQLite has no clock of its own, so on
+        SQLite that is this process's wall clock, used for nothing else."""
+        (issued,) = conn.execute(
+            f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
+            "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",
+            (key, first_token(time.time())),
+        ).fetchone()
+        conn.execute(
+            f"INSERT OR REPLACE INTO {self.claimed} VALUES (?, ?, ?, ?)",
+            (invocation_id, issued, BOOT, host_clock()),
+        )
+        return int(issued)
+
+    def _count(self, conn: Any, name: str, by: int = 1) -> None:
+        conn.execute(
+            f"INSERT INTO {self.claim_stats} VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
+
+    def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
+        with closing(self._connect()) as conn:
+            if (record := self._status(conn, invocation_id)) is None:
+                raise KeyError(f"Invocation ID {invocation_id} not found")
+            return record
+
+    def fence_token(self, invocation_id: str) -> int | None:
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                f"SELECT token FROM {self.claimed} WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    def claim_counts(self, task: str | None = None) -> dict[str, int]:
+        """Claims made so far (of one task's invocations, given its key); a SQLite claim waits
+        for the write lock, so it never retries."""
+        name = "claims" if task is None else f"claims of {task}"
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                f"SELECT value FROM {self.claim_stats} WHERE name = ?", (name,)
+            ).fetchone()
+        return {"claims": int(row[0]) if row else 0, "retries": 0}
+
+    def waiting(self) -> int:
+        """Calls parked in a line right now, all keys together."""
+        with closing(self._connect()) as conn:
+            return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])

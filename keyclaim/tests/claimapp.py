@@ -1,0 +1,111 @@
+"""The claim's test app: a pynenc app on SQLite or Redis, its tasks calling tests/provider.py.
+
+A worker runs it as a user's would: `pynenc --app claimapp.app runner start`, with the test's
+database (or Redis), app id and provider in its environment (`environment`). In the test
+process, each test builds an app of its own (`build`) and binds the tasks to it (`bound`).
+"""
+
+import json
+import os
+import urllib.request
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+from pynenc import PynencBuilder
+from pynenc.conf.config_task import ConcurrencyControlType as Mode
+
+import keyclaim
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
+
+TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop")
+
+
+def build(
+    app_id: str,
+    db: str = "",
+    redis_url: str = "",
+    claim: bool = True,
+    dead_after: float = 15.0,
+    longest_call: float = 10.0,
+    runner: str | None = "drain",
+) -> "Pynenc":
+    builder = PynencBuilder().app_id(app_id)
+    builder = builder.redis(url=redis_url) if redis_url else builder.sqlite(db)
+    builder = builder.thread_runner(min_threads=1, max_threads=4).logging_stream("stdout")
+    builder = builder.runner_tuning(runner_loop_sleep_time_sec=0.05).max_pending_seconds(3.0)
+    if claim:
+        backend = "redis" if redis_url else "sqlite"
+        builder = keyclaim.install(builder, backend, dead_after, longest_call, runner=runner)
+    return builder.build()
+
+
+def environment(app_id: str, provider_url: str, db: str = "", redis_url: str = "", **windows: str):
+    """What a worker process needs in its environment to build the same app."""
+    return {
+        "KEYCLAIM_TEST_APP_ID": app_id,
+        "KEYCLAIM_TEST_DB": db,
+        "KEYCLAIM_TEST_REDIS": redis_url,
+        "KEYCLAIM_TEST_PROVIDER": provider_url,
+        **{f"KEYCLAIM_TEST_{name.upper()}": value for name, value in windows.items()},
+    }
+
+
+def _from_environment() -> "Pynenc":
+    env = os.environ.get
+    return build(
+        env("KEYCLAIM_TEST_APP_ID", "keyclaim_tests"),
+        env("KEYCLAIM_TEST_DB", ""),
+        env("KEYCLAIM_TEST_REDIS", ""),
+        claim=env("KEYCLAIM_TEST_CLAIM", "1") == "1",
+        dead_after=float(env("KEYCLAIM_TEST_DEAD_AFTER", "15")),
+        longest_call=float(env("KEYCLAIM_TEST_LONGEST_CALL", "10")),
+    )
+
+
+# In a worker: the app its environment names. In the test process, the test's own (bound()).
+app = _from_environment() if os.environ.get("KEYCLAIM_TEST_APP_ID") else build("keyclaim_tests")
+provider_url = os.environ.get("KEYCLAIM_TEST_PROVIDER", "http://127.0.0.1:9")
+
+
+def _call(account_id: str, op: str) -> str:
+    token = keyclaim.token(app)  # the claim's fencing token, for the provider to check
+    url = f"{provider_url}/call/{account_id}/{op}" + ("" if token is None else f"?token={token}")
+    timeout = float(os.environ.get("KEYCLAIM_TEST_LONGEST_CALL", "10"))
+    with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout) as r:
+        outcome = json.load(r)["outcome"]
+    if outcome == "fenced":
+        raise keyclaim.Fenced(f"{account_id} {op}: refused token {token}")
+    return outcome
+
+
+@app.task
+def call_unsafe(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_keyed(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=False,
+)
+def call_keyed_drop(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+def bound(test_app: "Pynenc", url: str) -> SimpleNamespace:
+    """The tasks, bound to a test's own app, calling its provider (the test process runs one
+    test at a time: the module's app and provider are the test's meanwhile)."""
+    global app, provider_url
+    app, provider_url = test_app, url
+    return SimpleNamespace(**{name: test_app.get_task(globals()[name].task_id) for name in TASKS})

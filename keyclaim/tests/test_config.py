@@ -1,0 +1,116 @@
+"""One call switches the claim on, and what pynenc resolves is checked: overrides, windows and
+versions are refused in one line, with the library's own exceptions."""
+
+from pathlib import Path
+
+import claimapp
+import pytest
+from claimkit import unique
+from pynenc import PynencBuilder
+
+import keyclaim
+from keyclaim import versions
+
+LIBRARY = Path(keyclaim.__file__).parent
+
+
+def built(tmp_path: Path, **install: object) -> object:
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
+    builder = builder.thread_runner(min_threads=1, max_threads=2)
+    return keyclaim.install(builder, "sqlite", 15.0, 10.0, **install).build()
+
+
+@pytest.mark.parametrize(
+    "runner, runner_cls", [("drain", "DrainingThreadRunner"), ("wake", "WakeRunner")]
+)
+def test_install_selects_the_orchestrator_a_draining_runner_and_the_windows(
+    tmp_path: Path, runner: str, runner_cls: str
+) -> None:
+    app = built(tmp_path, runner=runner)
+    keyclaim.check(app)
+    assert app.conf.orchestrator_cls == "AtomicClaimSQLiteOrchestrator"
+    assert app.conf.runner_cls == runner_cls
+    assert app.conf.runner_considered_dead_after_minutes * 60 == pytest.approx(15.0)
+    assert app.conf.atomic_service_check_interval_minutes * 60 == pytest.approx(15.0 / 4)
+    assert type(app.runner).__name__ == runner_cls  # pynenc finds the class by its name
+
+
+def test_without_a_runner_install_keeps_the_builders(tmp_path: Path) -> None:
+    app = built(tmp_path, runner=None)
+    keyclaim.check(app)
+    assert app.conf.runner_cls == "ThreadRunner"
+
+
+OVERRIDES = {
+    "another orchestrator": {"PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator"},
+    "another runner": {"PYNENC__RUNNER_CLS": "ThreadRunner"},
+    "a heartbeat too slow": {"PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": "0.5"},
+    "a window shorter than a call": {"PYNENC__RUNNER_CONSIDERED_DEAD_AFTER_MINUTES": "0.1"},
+}
+
+
+@pytest.mark.parametrize("override", OVERRIDES.values(), ids=OVERRIDES.keys())
+def test_an_override_that_would_make_the_claim_lie_is_refused_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: dict[str, str]
+) -> None:
+    """pynenc's environment variables rank above the builder: the check reads what pynenc
+    resolved. Checked by mutation: with check() comparing what the builder asked for instead,
+    the first two pass unrefused."""
+    for name, value in override.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(keyclaim.Refused) as refused:
+        keyclaim.check(built(tmp_path))
+    assert "\n" not in str(refused.value)
+
+
+def test_a_runner_chosen_after_install_is_refused(tmp_path: Path) -> None:
+    """The builder's .thread_runner() after install would select pynenc's ThreadRunner, which
+    hands calls on while they run when it is stopped."""
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
+    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0).thread_runner(max_threads=2)
+    with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
+        keyclaim.check(builder.build())
+
+
+def test_install_refuses_windows_that_would_take_a_live_call_for_dead(tmp_path: Path) -> None:
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
+    with pytest.raises(keyclaim.Refused, match="dead-after window must be longer"):
+        keyclaim.install(builder, "sqlite", dead_after=5.0, longest_call=10.0)
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda tmp: keyclaim.install(PynencBuilder().sqlite(str(tmp / "c.db")), "sqlite", 15, 10),
+        lambda tmp: claimapp.app.orchestrator.__class__(claimapp.app),
+        lambda tmp: versions.check_resolved("SQLiteOrchestrator", "WakeRunner"),
+        lambda tmp: versions.check_resolved("SQLiteOrchestrator", "DrainingThreadRunner"),
+    ],
+    ids=["install", "the orchestrator, as pynenc builds it", "wake runner", "draining runner"],
+)
+def test_an_untested_pynenc_is_refused_wherever_the_claim_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: object
+) -> None:
+    monkeypatch.setattr(versions, "version", lambda name: "0.5.0")
+    with pytest.raises(keyclaim.UntestedVersion) as refused:
+        build(tmp_path)
+    message = str(refused.value)
+    assert "\n" not in message and "pynenc 0.3.1" in message and "pynenc 0.5.0" in message
+
+
+def test_the_library_never_exits_and_names_no_program_of_its_own() -> None:
+    """Its refusals are exceptions a program turns into its own words."""
+    for source in LIBRARY.glob("*.py"):
+        text = source.read_text()
+        assert "SystemExit" not in text and "sys.exit" not in text, source.name
+        assert "DEMO_" not in text, source.name
+
+
+def test_importing_the_library_imports_no_pynenc_until_it_is_used() -> None:
+    import subprocess
+    import sys
+
+    probe = "import sys, keyclaim; keyclaim.check_versions('atomic claim', 'sqlite');"
+    probe += "print('pynenc' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert found.stdout.strip() == "False", found.stderr

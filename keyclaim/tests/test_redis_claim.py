@@ -1,0 +1,90 @@
+"""The claim on Redis: the forced races of test_sqlite_claim.py, where a claimer is not blocked
+but its EXEC fails and it tries again on fresh data.
+
+pynenc imports every installed backend plugin at start, so pynenc-redis stays out of the
+environment the other tests run in: the races run in a script of their own, in an environment
+that has it (uv's, made for it, unless this one already has the plugin).
+"""
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from claimkit import HERE
+
+from keyclaim.versions import TESTED
+
+# keyclaim.redis_claim's bounds, read without importing it (it needs the plugin).
+BACKOFF_SECONDS = (0.001, 0.05)
+LIBRARY = HERE.parent
+
+
+def with_redis_plugin() -> list[str]:
+    """A python that has pynenc-redis: this one, or one uv builds with the tested versions."""
+    if importlib.util.find_spec("pynenc_redis") is not None:
+        return [sys.executable]
+    if shutil.which("uv") is None:
+        pytest.skip("pynenc-redis is not installed and uv is not there to add it")
+    ((pynenc, plugin),) = TESTED["redis"]
+    return [
+        *("uv", "run", "--isolated", "--no-project", "--with-editable", str(LIBRARY)),
+        *("--with", f"pynenc=={pynenc}", "--with", f"pynenc-redis=={plugin}"),
+        "python",
+    ]
+
+
+@pytest.mark.e2e
+def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> None:
+    """redis_race.py forces the same interleaving on Redis, where a claimer is not
+    blocked but its EXEC fails and it tries again on fresh data. Checked by mutation: with only
+    the invocation's own status watched (the key's holder and token counter left out of WATCH),
+    claimer 1's EXEC went through and both claimers were granted; with the holder's key and
+    status left out of the producer's WATCH, its call was parked in a line with no holder,
+    never to run; without the pause between tries, `pauses` is empty."""
+    result = subprocess.run(
+        [*with_redis_plugin(), "redis_race.py", redis_url],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+
+    race = found["race"]
+    first, second = race["ids"]
+    assert (race["one"], race["two"]) == ([], [second])
+    assert race["statuses"] == ["registered", "pending"]  # the loser waits in the key's line
+    assert race["tries_one"] == 2  # its first EXEC failed: claimer 2's claim changed a watched key
+
+    # A producer parks while the holder finishes: its EXEC fails, it reads again, and its call
+    # takes the freed key instead of waiting in a line nobody will hand on.
+    park = found["park"]
+    assert park["producer_reads"] == 2
+    assert (park["status"], park["queued"], park["waiting"], park["taken"]) == (
+        "registered",
+        1,
+        0,
+        True,
+    )
+
+    # A claim whose watched keys change on every try gives up, and its invocation is not lost;
+    # between tries it pauses, longer each time (up to a bound), with some jitter.
+    stuck = found["contention"]
+    assert (stuck["taken"], stuck["tries"], stuck["status"]) == ([], 5, "registered")
+    assert stuck["queued"] == 1
+    assert stuck["counts"] == {"claims": 1, "retries": 5}
+    first, longest = BACKOFF_SECONDS
+    bounds = [min(longest, first * 2**n) for n in range(5)]
+    assert all(b / 2 <= p <= b for p, b in zip(stuck["pauses"], bounds, strict=True))
+
+    # A holder ended without a hand-over is let go by the next registration for its key; one a
+    # dead worker took off the queue is queued again by the sweep, on its second sighting.
+    assert found["healing"] == {
+        "after_ended_taken": True,
+        "queued_after_one_sweep": 0,
+        "lost_taken": True,
+    }
