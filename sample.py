@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             code = 130  # the first stop signal; which one it was is kept (below)
         except FAILURES as exc:
+            if refusal := getattr(exc, "refusal", ""):  # a child noticed a bad setting first
+                print(refusal, file=sys.stderr)
+                return 2
             print(f"sample.py: {stack.explain(exc)}", file=sys.stderr)
             code = 1
         if signum := stop_signal():

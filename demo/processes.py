@@ -24,8 +24,18 @@ class DeadlineExceeded(Exception):
     """A wait ran out of time; the message says what it was waiting for."""
 
 
+# A program that refuses its settings says so in one line, "program.py: why", and exits 2.
+REFUSED_EXIT = 2
+REFUSAL = re.compile(r"[\w.]+\.py: \S.*")
+
+
 class ChildDied(Exception):
-    """A child process exited while we still needed it."""
+    """A child process exited while we still needed it. refusal: its own one line, when it
+    exited refusing its settings (the same line the parent would print, had it noticed first)."""
+
+    def __init__(self, message: str, refusal: str = "") -> None:
+        super().__init__(message)
+        self.refusal = refusal
 
 
 @dataclass
@@ -57,8 +67,15 @@ class Child:
         if (code := self.proc.poll()) is not None:
             raise ChildDied(
                 f"{self.name} (pid {self.proc.pid}) exited with code {code}. "
-                f"Last lines of {self.log_path}:\n{self.tail()}"
+                f"Last lines of {self.log_path}:\n{self.tail()}",
+                self.refusal() if code == REFUSED_EXIT else "",
             )
+
+    def refusal(self) -> str:
+        """The one line it refused its settings with, if its log ends with one."""
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        return lines[-1] if lines and REFUSAL.fullmatch(lines[-1]) else ""
 
 
 def die_with_parent() -> None:

@@ -15,7 +15,7 @@ import pytest
 import enqueue
 import sample
 from demo import options, settings
-from demo.processes import Child, free_port
+from demo.processes import Child, ChildDied, free_port
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from helpers import processes_mentioning, user_env
@@ -214,3 +214,22 @@ def test_a_forty_account_summary_stays_short_and_names_who_collided(
     assert len(summary) <= 15, out
     assert re.search(r"^   X acct\d{3}\s+calls=2  collisions=1$", out, re.M), out
     assert "more accounts like these" in out
+
+
+def test_a_worker_that_refuses_a_setting_first_gives_the_run_its_one_line(tmp_path: Path) -> None:
+    """Whichever process notices a bad setting first, the run ends with that process's one
+    line and exit 2. Here only the worker can notice: this test process built tasks.py
+    without the claim, so the stack's own import refuses nothing. Checked by mutation: with
+    Child.check_alive passing no refusal on, the run ended in "worker 1 (pid ...) exited
+    with code 2" and exit 1 (sample.py's FAILURES), and this test fails."""
+    env = {
+        "DEMO_API_PORT": str(free_port()),
+        "DEMO_DB": str(tmp_path / "demo.db"),
+        "DEMO_ATOMIC_CLAIM": "1",
+        "PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator",
+    }
+    stack = Stack(env, tmp_path / "logs", ready_timeout=60, cwd=ROOT)
+    with stack, pytest.raises(ChildDied) as died:
+        stack.start(workers=1)
+    assert died.value.refusal.startswith("tasks.py: the atomic claim selects orchestrator_cls")
+    assert "\n" not in died.value.refusal
