@@ -18,7 +18,7 @@ import pytest
 from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus
 
-from demo import monitor, redis_server
+from demo import live, monitor, redis_server
 from demo.processes import Child, free_port, stop_children
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
@@ -91,6 +91,10 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
     yield live_api
     live_api.resume()
     end_leftovers(stack.tasks.app)
+    # A heartbeat with no runner context is no worker this session started: demo/live.py
+    # would count it as a live worker for 75 s, in whichever test comes next.
+    stray = [runner for runner in live.in_app(stack.tasks.app) if runner.pid is None]
+    assert not stray, f"the test left heartbeats that no worker sent: {stray}"
 
 
 def end_leftovers(app: Pynenc) -> None:
