@@ -14,6 +14,10 @@ from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
 from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp, Interrupted
 
 
+def say(line: str) -> None:
+    print(f"enqueue.py: {line}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("enqueue.py")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -40,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         if mixed := keyclaim.fleet_problem(tasks.app):  # its calls would break the claim
             print(f"enqueue.py: {mixed}", file=sys.stderr)
             return 2
-        if not (runners := live.in_app(tasks.app)):
+        if not (runners := live.awaited(tasks.app, say)):
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
             print(f"enqueue.py: {terminals.no_worker()}", file=sys.stderr)
             return NO_WORKER_EXIT

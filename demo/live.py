@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import psutil
+
+from demo import settings
+
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
@@ -121,6 +125,49 @@ def described(runners: list[Runner]) -> str:
     first = min(runners, key=lambda r: (r.pid is None, r.beat_ago))
     more = f" and {len(runners) - 1} more" if len(runners) > 1 else ""
     return f"{first}{more}"
+
+
+# How long enqueue.py waits for a worker that is still starting (importing, building its app).
+STARTING_WITHIN = 20.0
+
+
+def _state_of(env: dict[str, str], cwd: str) -> str:
+    """The state store a demo process with this environment uses: its Redis, or its file."""
+    if env.get("DEMO_BACKEND", settings.DEFAULTS["DEMO_BACKEND"]) == "redis":
+        return env.get("REDIS_URL", settings.DEFAULTS["REDIS_URL"])
+    return str(Path(cwd, env.get("DEMO_DB", settings.DEFAULTS["DEMO_DB"])).resolve())
+
+
+def starting() -> list[int]:
+    """The pids of `pynenc ... runner start` processes on this host, on this process's state,
+    that have not beaten yet (the four-terminal way, typed quickly: a worker still importing)."""
+    mine, found = _state_of(dict(os.environ), os.getcwd()), []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        words = proc.info["cmdline"] or []
+        if proc.pid == os.getpid() or "runner" not in words or "start" not in words:
+            continue
+        if not any("pynenc" in word for word in words):
+            continue
+        try:
+            if _state_of(proc.environ(), proc.cwd()) == mine:
+                found.append(proc.pid)
+        except psutil.Error:  # gone, or another user's: not one of ours
+            continue
+    return found
+
+
+def awaited(app: "Pynenc", say: Callable[[str], None]) -> list[Runner]:
+    """The live runners; none yet but a worker starting: said in one line, then waited for,
+    up to STARTING_WITHIN seconds, or until that worker is gone."""
+    if (runners := in_app(app)) or not (pids := starting()):
+        return runners
+    say(f"a worker is starting (pid {pids[0]}): waiting up to {STARTING_WITHIN:g}s for it")
+    deadline = time.monotonic() + STARTING_WITHIN
+    while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in pids):
+        if runners := in_app(app):
+            return runners
+        time.sleep(0.2)
+    return in_app(app)
 
 
 class NoWorkerLeft(Exception):

@@ -281,6 +281,45 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert invocations_in(str(db)) == 0  # nothing left to run inside the next run
 
 
+@pytest.mark.e2e
+def test_enqueue_typed_while_the_worker_still_starts_waits_for_it(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """The four terminals typed quickly: the worker is still importing when enqueue.py looks.
+    It says so in one line and waits, then runs. The worker is held (SIGSTOP) until that line
+    is out, so it cannot beat first. Checked by mutation: with live.awaited reduced to
+    in_app, enqueue.py refused at once ("no worker is running", exit 3) and this test fails."""
+    db = str(tmp_path / "starting.db")
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    env = {**os.environ, "DEMO_DB": db}
+    worker = start_child("w", argv, tmp_path / "w.log", env, ROOT)
+    port = provider.base_url.rsplit(":", 1)[1]
+    try:
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        enqueuing = subprocess.Popen(
+            [sys.executable, "enqueue.py", "unsafe", "--port", port, "--no-chart", "--no-links"],
+            cwd=ROOT,
+            env={**env, "NO_COLOR": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            said = enqueuing.stderr.readline()  # its first line; it waits meanwhile
+            os.kill(worker.proc.pid, signal.SIGCONT)
+            out, err = enqueuing.communicate(timeout=DEADLINE)
+        finally:
+            if enqueuing.poll() is None:
+                enqueuing.kill()
+                enqueuing.wait(DEADLINE)
+    finally:
+        os.kill(worker.proc.pid, signal.SIGCONT)
+        stop_children([worker])
+    assert said.startswith(f"enqueue.py: a worker is starting (pid {worker.proc.pid}"), said + err
+    assert enqueuing.returncode == 0, said + out + err
+    assert "12 enqueued -> 12 calls" in out, out
+
+
 def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     start_worker: Callable[..., Child],
 ) -> None:
