@@ -1,17 +1,20 @@
 """One call switches the claim on, and what pynenc resolves is checked: overrides, windows and
 versions are refused in one line, with the library's own exceptions."""
 
+import tomllib
 from pathlib import Path
 
 import claimapp
 import pytest
 from claimkit import unique
+from packaging.requirements import Requirement
 from pynenc import PynencBuilder
 
 import keyclaim
 from keyclaim import versions
 
 LIBRARY = Path(keyclaim.__file__).parent
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"  # the library's own
 
 
 def built(tmp_path: Path, **install: object) -> object:
@@ -114,3 +117,17 @@ def test_importing_the_library_imports_no_pynenc_until_it_is_used() -> None:
     probe += "print('pynenc' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert found.stdout.strip() == "False", found.stderr
+
+
+def test_the_redis_extra_installs_only_a_pair_the_claim_was_tested_with() -> None:
+    """`pip install pynenc-keyclaim[redis]` into a fresh environment must resolve to versions
+    keyclaim.versions accepts on Redis. With pynenc-redis pinned alone, pip took the newest
+    pynenc the base range allows (0.4.0), which the claim then refused as untested."""
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    pins = {}
+    for spec in extras["redis"]:
+        requirement = Requirement(spec)
+        (pin,) = requirement.specifier
+        assert pin.operator == "==", spec
+        pins[requirement.name] = pin.version
+    assert (pins.get("pynenc"), pins.get("pynenc-redis")) in versions.TESTED["redis"], pins
