@@ -358,14 +358,29 @@ def test_a_retry_on_a_busy_key_waits_in_line_without_spinning(claim: Claim) -> N
 
 class PausingProducer(AtomicClaimSQLiteOrchestrator):
     """Registers through the claim; when given a Pausing, it stops when it decides whether to
-    queue or park a call, after reading the key's holder, inside its transaction."""
+    queue or park a call, after reading the key's holder, inside its transaction.
+    `at_park`: the BEGINs and COMMITs of its step so far, each time it parks a call."""
 
     pausing: Pausing | None = None
+
+    def __init__(self, app: object) -> None:
+        super().__init__(app)
+        self.at_park: list[list[str]] = []
 
     def admits(self, *args: object) -> bool:
         if self.pausing:
             self.pausing.pause()
         return super().admits(*args)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = super()._connect()
+        self.statements: list[str] = []
+        conn.set_trace_callback(self.statements.append)
+        return conn
+
+    def _park(self, *args: object) -> None:
+        self.at_park.append([s for s in self.statements if s.startswith(("BEGIN", "COMMIT"))])
+        super()._park(*args)
 
 
 class ObservedFinisher(AtomicClaimSQLiteOrchestrator):
@@ -388,7 +403,10 @@ def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_strande
     """The producer reads "busy" and is held inside its transaction; the holder's final status
     must wait for the park, then hand the key to the parked call. Checked by mutation: with
     the producer's read and its park in two transactions, the holder ends first, frees the key
-    with an empty line, and the call is parked behind nobody, never to run: this test fails."""
+    with an empty line, and the call is parked behind nobody, never to run: this test fails.
+    With the split just before or just after the decision instead, the pause falls inside one
+    of the two transactions and the holder cannot end in between; the park is then seen in a
+    second transaction, and this test fails too."""
     acct = unique()
     holder, _, holder_ctx = hold_the_key(claim, acct)
     producer = PausingProducer(claim.app)
@@ -415,6 +433,7 @@ def test_a_call_parked_as_its_holder_finishes_takes_the_key_and_is_never_strande
         registering.join(WAIT)
         finishing.join(WAIT)
     late = made["late"]
+    assert producer.at_park == [["BEGIN IMMEDIATE"]], "the read and the park were split"
     assert claim.status(holder.invocation_id) == S.SUCCESS
     assert (claim.app.broker.count_invocations(), producer.waiting()) == (1, 0)
     claiming, ctx = claimer(claim.app, AtomicClaimer)
