@@ -57,8 +57,10 @@ def test_an_override_that_would_make_the_claim_lie_is_refused_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: dict[str, str]
 ) -> None:
     """pynenc's environment variables rank above the builder: the check reads what pynenc
-    resolved. Checked by mutation: with check() comparing what the builder asked for instead,
-    the first two pass unrefused."""
+    resolved. Checked by mutation: with check() reading the builder's orchestrator_cls and
+    runner_cls in place of the resolved ones, the first two pass unrefused. (With the builder's
+    classes in place of the SELECTED markers instead, these are still refused: that mutation is
+    caught by test_a_runner_chosen_after_install_is_refused.)"""
     for name, value in override.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(keyclaim.Refused) as refused:
@@ -68,7 +70,9 @@ def test_an_override_that_would_make_the_claim_lie_is_refused_in_one_line(
 
 def test_a_runner_chosen_after_install_is_refused(tmp_path: Path) -> None:
     """The builder's .thread_runner() after install would select pynenc's ThreadRunner, which
-    hands calls on while they run when it is stopped."""
+    hands calls on while they run when it is stopped. Checked by mutation: with check()
+    comparing the builder's runner_cls to the resolved one instead of install's SELECTED
+    marker, both say ThreadRunner and this passes unrefused."""
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
     builder = keyclaim.install(builder, "sqlite", 15.0, 10.0).thread_runner(max_threads=2)
     with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
