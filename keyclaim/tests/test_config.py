@@ -79,6 +79,17 @@ def test_a_runner_chosen_after_install_is_refused(tmp_path: Path) -> None:
         keyclaim.check(builder.build())
 
 
+def test_the_draining_runner_selected_after_the_wake_runner_is_refused(tmp_path: Path) -> None:
+    """The wake runner sets pynenc's loop sleep to 0 (its wait takes that time); the draining
+    runner selected after it kept the 0 and polled the store without a pause, a core busy
+    while idle. Checked by mutation: without that check, this passes unrefused."""
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
+    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0, runner="wake")
+    builder = keyclaim.use_runner(builder, "drain")
+    with pytest.raises(keyclaim.Refused, match="without a pause"):
+        keyclaim.check(builder.build())
+
+
 def test_install_refuses_windows_that_would_take_a_live_call_for_dead(tmp_path: Path) -> None:
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
     with pytest.raises(keyclaim.Refused, match="dead-after window must be longer"):

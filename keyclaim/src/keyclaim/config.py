@@ -146,6 +146,12 @@ def check(app: "Pynenc") -> None:
                 f"resolves {resolved!r} (PYNENC__{name.upper()}, [tool.pynenc], or a builder "
                 "call after keyclaim.install): remove that override"
             )
+    drains = asked.get(SELECTED + "runner_cls") == RUNNERS["drain"]
+    if drains and asked.get("runner_loop_sleep_time_sec") == 0:
+        raise Refused(
+            "the draining runner was selected after the wake runner, whose loop sleep of 0 it "
+            "keeps: it would poll the store without a pause. Select one runner, once"
+        )
     if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
         raise Refused(f"atomic claim: {why}")
 
