@@ -85,7 +85,7 @@ class Account:
 
 
 @dataclass
-class Run:
+class Owner:
     """The run that owns the provider: only its resets count until it ends or goes stale."""
 
     run_id: str
@@ -100,7 +100,7 @@ class Run:
 
 
 @dataclass
-class Provider:
+class ProviderState:
     """Everything the provider remembers since the last reset."""
 
     hold: float = HOLD_SECONDS
@@ -140,18 +140,18 @@ def restore_fences(request: Request) -> None:
 
 
 app = FastAPI(title="Demo provider")
-state = Provider()
+state = ProviderState()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
 # Set by /pause: calls then stay inside their in-flight window until /resume; by
 # /pause?account_id=..., only that account's calls do.
 paused = False
 paused_accounts: set[str] = set()
-owner: Run | None = None
+owner: Owner | None = None
 PAUSE_POLL_SECONDS = 0.01
 
 
-class Outcome(BaseModel):
+class CallAnswer(BaseModel):
     outcome: str
 
 
@@ -162,7 +162,7 @@ async def call(
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
     token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
-) -> Outcome:
+) -> CallAnswer:
     async with lock:
         restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
@@ -178,7 +178,7 @@ async def call(
     print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
     if record.fenced:  # refused before it started: nothing is held
         record.end = record.start
-        return Outcome(outcome="fenced")
+        return CallAnswer(outcome="fenced")
     try:
         await asyncio.sleep(seconds)
         # A paused provider keeps the call in flight, up to a deadline: it never hangs.
@@ -191,8 +191,8 @@ async def call(
             record.end = time.monotonic() - current.started
     if record.fenced:  # a newer claim started while this one was in flight: not applied
         print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-        return Outcome(outcome="fenced")
-    return Outcome(outcome="collision" if record.collided else "ok")
+        return CallAnswer(outcome="fenced")
+    return CallAnswer(outcome="collision" if record.collided else "ok")
 
 
 def _mark(record: Call) -> str:
@@ -209,7 +209,7 @@ async def call_malformed(malformed: str) -> dict[str, str]:
     return {"detail": CALL_SHAPE}
 
 
-def _owned_by_another(run_id: str | None) -> Run | None:
+def _owned_by_another(run_id: str | None) -> Owner | None:
     """The live run that owns the provider, unless it is run_id's."""
     if owner is None or owner.expires < time.monotonic() or owner.run_id == run_id:
         return None
@@ -228,7 +228,7 @@ async def begin_run(
         if other := _owned_by_another(None):
             raise HTTPException(409, f"another run uses this provider: {other.describe()}")
         began = datetime.now().strftime("%H:%M:%S")
-        owner = Run(secrets.token_hex(8), label, began, lease, time.monotonic() + lease)
+        owner = Owner(secrets.token_hex(8), label, began, lease, time.monotonic() + lease)
         return {"run": owner.run_id}
 
 
@@ -258,7 +258,7 @@ async def reset(
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
         restore_fences(request)
-        state = Provider(hold=hold, label=label)
+        state = ProviderState(hold=hold, label=label)
         save_fences({})
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)

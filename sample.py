@@ -12,7 +12,7 @@ from pathlib import Path
 from demo import bench, options, report, settings, show
 from demo.processes import stop_on_signals, stop_signal
 from demo.scenarios import DEFAULT, SCENARIOS, Outcome
-from demo.stack import FAILURES, Refused, Stack, preflight
+from demo.stack import FAILURES, RunRefused, Stack, preflight
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                         code = bench.lines(args, stack.log_dir) or code
                     else:
                         code, _ = play(args, stack, view, args.runner)
-        except Refused as refused:
+        except RunRefused as refused:
             print(f"sample.py: {refused}", file=sys.stderr)
             return refused.code
         except KeyboardInterrupt:

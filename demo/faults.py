@@ -1,7 +1,7 @@
 """Faults, measured: what a deploy, a killed or stalled worker, a call longer than its timeout
 and a dropped Redis connection do to one call per account, with the claim on or off.
 
-Run it: uv run python -m demo.faults        (--runs N, --stock, --backend redis, --only NAME)
+FaultRun it: uv run python -m demo.faults        (--runs N, --stock, --backend redis, --only NAME)
 
 Two workers run four calls for one account with call_keyed (the provider serves each for 1 s),
 so exactly one call is in flight at a time. Each run hits the worker that holds it, in the
@@ -43,7 +43,7 @@ FAKETIME_LIBRARY = next(iter(glob.glob("/usr/lib/*/faketime/libfaketime.so.1")),
 
 
 @dataclass
-class Run:
+class FaultRun:
     stack: Stack
     victim: Child  # the worker holding a call that the provider is serving
     account: str  # the account of that call
@@ -66,26 +66,26 @@ class Run:
         self.wait(PAST_THE_WINDOW + 5, lambda: report()["accounts"][self.account]["calls"] >= 2)
 
 
-def deploy(run: Run) -> None:
+def deploy(run: FaultRun) -> None:
     """SIGTERM, and the new version starts, as a deploy does."""
     os.killpg(run.victim.proc.pid, signal.SIGTERM)
     add_worker(run.stack)
 
 
-def kill(run: Run) -> None:
+def kill(run: FaultRun) -> None:
     os.killpg(run.victim.proc.pid, signal.SIGKILL)
     run.victim.proc.wait(DEADLINE)
     add_worker(run.stack)
 
 
-def kill_while_served(run: Run) -> None:
+def kill_while_served(run: FaultRun) -> None:
     """The provider goes on serving the cut call until the account's next call arrives."""
     with run.stack.provider.paused(run.account):
         kill(run)
         run.successor()
 
 
-def stall(run: Run) -> None:
+def stall(run: FaultRun) -> None:
     os.kill(run.victim.proc.pid, signal.SIGSTOP)
     try:
         run.wait(PAST_THE_WINDOW)
@@ -93,7 +93,7 @@ def stall(run: Run) -> None:
         os.kill(run.victim.proc.pid, signal.SIGCONT)
 
 
-def stall_while_served(run: Run) -> None:
+def stall_while_served(run: FaultRun) -> None:
     os.kill(run.victim.proc.pid, signal.SIGSTOP)
     try:
         with run.stack.provider.paused(run.account):
@@ -102,13 +102,13 @@ def stall_while_served(run: Run) -> None:
         os.kill(run.victim.proc.pid, signal.SIGCONT)
 
 
-def slow_call(run: Run) -> None:
+def slow_call(run: FaultRun) -> None:
     """The provider serves the call past its timeout, until the account's next call."""
     with run.stack.provider.paused(run.account):
         run.successor()
 
 
-def redis_cut(run: Run) -> None:
+def redis_cut(run: FaultRun) -> None:
     """The victim's connections to Redis are cut, again and again, past the window."""
     import redis  # only with --backend redis, under `uv run --isolated --group redis`
 
@@ -127,7 +127,7 @@ def redis_cut(run: Run) -> None:
         client.close()
 
 
-def clocks_apart(run: Run) -> None:
+def clocks_apart(run: FaultRun) -> None:
     """The run's two workers, one of them skewed (PAIRS), share the account's calls to the end:
     each sweeps every beat while the other holds a call. Reading its own clock, either would
     take the other, beating all along, for dead."""
@@ -135,7 +135,7 @@ def clocks_apart(run: Run) -> None:
     run.wait(DEADLINE, lambda: len(orchestrator.filter_final(run.ids)) == len(run.ids))
 
 
-def store_emptied(run: Run) -> None:
+def store_emptied(run: FaultRun) -> None:
     """Redis loses every key mid-call, as a restart without persistence leaves it; the producer
     sends the account's calls again. Their tokens must be newer than the lost store's: the
     provider keeps the fence it had."""
@@ -150,7 +150,7 @@ def store_emptied(run: Run) -> None:
     run.ids = [run.stack.tasks.call_keyed(run.account, op).invocation_id for op in run.ops]
 
 
-FAULTS: dict[str, Callable[[Run], None]] = {
+FAULTS: dict[str, Callable[[FaultRun], None]] = {
     "deploy (SIGTERM mid-call)": deploy,
     "SIGKILL mid-call": kill,
     "SIGKILL mid-call, the call still served": kill_while_served,
@@ -193,7 +193,7 @@ def one_run(stack: Stack, fault: str, number: int) -> Counter[str]:
     account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
     ids = [tasks.call_keyed(account, op).invocation_id for op in OPS]
     victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
-    run = Run(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
+    run = FaultRun(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
     FAULTS[fault](run)
     stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
     ids = run.ids

@@ -53,7 +53,7 @@ TABLE_PREFIX = f"{APP_ID}_{hashlib.sha256(APP_ID.encode()).hexdigest()[:8]}__"
 SQLITE_HEADER = b"SQLite format 3\x00"
 
 
-class Refused(Exception):
+class RunRefused(Exception):
     """The demo cannot run with these settings here: what to say, and the exit code to end with."""
 
     def __init__(self, message: str, code: int) -> None:
@@ -69,18 +69,18 @@ def preflight(
     claim: bool,
     windows: tuple[float, float] = (15.0, 10.0),
 ) -> None:
-    """Raise Refused, before anything starts, for a busy port (1), a database SQLite cannot
+    """Raise RunRefused, before anything starts, for a busy port (1), a database SQLite cannot
     create or a file that is not this demo's database to delete (2), or an atomic claim on a
     pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2)."""
     if port_in_use(host, port):
-        raise Refused(
+        raise RunRefused(
             f"port {port} on {host} is already in use, maybe by an API left running "
             f"in another terminal.\nStop that process, or choose another port: "
             f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
             1,
         )
     if backend == "sqlite" and (why := settings.db_problem(db)):
-        raise Refused(f"--db (DEMO_DB) {db!r}: {why}", 2)
+        raise RunRefused(f"--db (DEMO_DB) {db!r}: {why}", 2)
     if backend == "sqlite":
         refuse_unless_ours(db)
     if claim and not (backend == "redis" and not redis_server.has_plugin()):
@@ -88,9 +88,9 @@ def preflight(
         try:
             keyclaim.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
-            raise Refused(f"--atomic-claim: {exc}", 2) from None
+            raise RunRefused(f"--atomic-claim: {exc}", 2) from None
     if claim and (why := settings.claim_window_problem(*windows)):
-        raise Refused(f"--atomic-claim: {why}", 2)
+        raise RunRefused(f"--atomic-claim: {why}", 2)
 
 
 def fresh_sqlite(path: str) -> None:
@@ -102,9 +102,9 @@ def fresh_sqlite(path: str) -> None:
 
 
 def refuse_unless_ours(path: str) -> None:
-    """Refused (2), naming the file and why, unless a run may delete it (not_ours)."""
+    """RunRefused (2), naming the file and why, unless a run may delete it (not_ours)."""
     if why := not_ours(path):
-        raise Refused(
+        raise RunRefused(
             f"--db (DEMO_DB) {path!r}: {why}; a run starts by deleting its database, so it takes "
             "only a new file, an empty one, or one an earlier run made",
             2,
@@ -245,7 +245,7 @@ class Stack:
         """A run starts from empty state; never by deleting the state of a session still
         running (the four-terminal way's worker, another sample.py)."""
         if runners:
-            raise Refused(
+            raise RunRefused(
                 f"{store} is in use by a running worker ({live.described(runners)}): stop that "
                 f"session's workers first, or give this run state of its own: "
                 f"uv run python sample.py {instead}",
@@ -369,7 +369,7 @@ class Stack:
             self.started.append(child)
         # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
         if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
-            raise Refused(f"--atomic-claim: {why}", 2)
+            raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""

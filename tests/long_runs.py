@@ -58,7 +58,7 @@ STOP_GRACE = 15.0  # sample.py stops its own children on SIGTERM
 
 
 @dataclass(frozen=True)
-class Run:
+class LongRun:
     result: subprocess.CompletedProcess
     folder: Path  # its logs, and its database when on SQLite
     redis_url: str = ""  # the Redis named by REDIS_URL, if any
@@ -75,7 +75,7 @@ class LongRuns:
 
     def __init__(self, folder_for: Callable[[str], Path]) -> None:
         self.slots = threading.Semaphore(AT_ONCE)
-        self.jobs: dict[str, Future[Run]] = {}
+        self.jobs: dict[str, Future[LongRun]] = {}
         self.procs: list[subprocess.Popen] = []
         self.servers: list[Child] = []
         self.stopping = False
@@ -101,7 +101,7 @@ class LongRuns:
                 target=self._job, args=(job, folder, args, redis, env), daemon=True
             ).start()
 
-    def _job(self, job: Future[Run], *run: object) -> None:
+    def _job(self, job: Future[LongRun], *run: object) -> None:
         with self.slots:
             if not job.set_running_or_notify_cancel():
                 return  # cancelled by stop() before its turn
@@ -110,7 +110,7 @@ class LongRuns:
             except BaseException as exc:
                 job.set_exception(exc)
 
-    def _run(self, folder: Path, args: tuple[str, ...], redis: str | None, env: dict) -> Run:
+    def _run(self, folder: Path, args: tuple[str, ...], redis: str | None, env: dict) -> LongRun:
         url = env.get("REDIS_URL", "") if redis == "url" else ""
         argv = ["uv", "run", *(WITH_REDIS if redis else ()), "python", "sample.py"]
         argv += ["--port", str(free_port()), "--db", str(folder / "demo.db"), *args]
@@ -137,9 +137,9 @@ class LongRuns:
         result = subprocess.CompletedProcess(
             argv, proc.returncode, out.read_text(), err.read_text()
         )
-        return Run(result, folder, url)
+        return LongRun(result, folder, url)
 
-    def results(self) -> dict[str, Run]:
+    def results(self) -> dict[str, LongRun]:
         return {name: job.result(DEADLINE * len(RUNS)) for name, job in self.jobs.items()}
 
     @staticmethod

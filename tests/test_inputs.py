@@ -14,7 +14,7 @@ import pytest
 import sample
 from demo import settings
 from demo.processes import free_port
-from demo.stack import ROOT, TABLE_PREFIX, Refused, fresh_sqlite, not_ours
+from demo.stack import ROOT, TABLE_PREFIX, RunRefused, fresh_sqlite, not_ours
 from helpers import user_env
 
 SIDE = ("", "-wal", "-shm", "-journal")
@@ -168,7 +168,7 @@ def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(
 
     notes = tmp_path / "notes.txt"
     notes.write_text("not a database\n")
-    with pytest.raises(Refused) as refused:
+    with pytest.raises(RunRefused) as refused:
         fresh_sqlite(str(notes))
     assert refused.value.code == 2 and str(notes) in str(refused.value)
     assert notes.read_text() == "not a database\n"

@@ -177,7 +177,7 @@ def test_a_keys_first_token_is_newer_than_any_a_lost_store_issued(claim_app: Pro
 
 def restarted(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a restart leaves the provider: no state, and no fence until its first request."""
-    monkeypatch.setattr(api_server, "state", api_server.Provider())
+    monkeypatch.setattr(api_server, "state", api_server.ProviderState())
     monkeypatch.setattr(api_server, "fences_file", None)
 
 

@@ -16,16 +16,16 @@ from demo import redis_server
 from demo.processes import stop_children
 from demo.stack import ROOT
 from helpers import processes_mentioning, run_sample, summaries
-from long_runs import WITH_REDIS, LongRuns, Run
+from long_runs import WITH_REDIS, LongRun, LongRuns
 
 
 @pytest.fixture(scope="module")
-def runs(long_runs: LongRuns | None) -> dict[str, Run]:
+def runs(long_runs: LongRuns | None) -> dict[str, LongRun]:
     assert long_runs is not None, "conftest.py starts the long runs for the tests that read them"
     return long_runs.results()
 
 
-def the_run(runs: dict[str, Run], name: str) -> Run:
+def the_run(runs: dict[str, LongRun], name: str) -> LongRun:
     if name not in runs:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
@@ -41,7 +41,7 @@ def redis_keys(url: str) -> int:
 
 
 @pytest.mark.e2e
-def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
+def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     """The benchmark is a command, not a timed test: check that it reports, not how fast."""
     result = runs["bench"].result
     out = result.stdout
@@ -82,7 +82,7 @@ def test_bench_prints_its_figures(runs: dict[str, Run]) -> None:
 
 
 @pytest.mark.e2e
-def test_redis_backend_with_one_worker_keeps_the_key_guarantees(runs: dict[str, Run]) -> None:
+def test_redis_backend_with_one_worker_keeps_the_key_guarantees(runs: dict[str, LongRun]) -> None:
     """On the wake runner, so the same run shows that runner keeps its promises on Redis."""
     run = the_run(runs, "redis, one worker")
     result = run.result
@@ -106,7 +106,9 @@ def test_redis_backend_without_the_plugin_says_how_to_get_it(tmp_path: Path) -> 
 
 
 @pytest.mark.e2e
-def test_several_workers_finish_with_a_report_whatever_pynenc_does(runs: dict[str, Run]) -> None:
+def test_several_workers_finish_with_a_report_whatever_pynenc_does(
+    runs: dict[str, LongRun],
+) -> None:
     """Per-key control races across runner processes in pynenc 0.3.1 (see README).
 
     Whether this run shows a collision, a crashed runner or nothing, it must end within
@@ -122,7 +124,7 @@ def test_several_workers_finish_with_a_report_whatever_pynenc_does(runs: dict[st
 
 
 @pytest.mark.e2e
-def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, Run]) -> None:
+def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, LongRun]) -> None:
     """The claim closes the race: with it, several workers must keep every promise, always."""
     run = runs["three workers, claim"]
     out = run.result.stdout
@@ -134,7 +136,7 @@ def test_atomic_claim_keeps_every_guarantee_with_three_workers(runs: dict[str, R
 
 
 @pytest.mark.e2e
-def test_atomic_claim_on_redis_with_workers_on_separate_hosts(runs: dict[str, Run]) -> None:
+def test_atomic_claim_on_redis_with_workers_on_separate_hosts(runs: dict[str, LongRun]) -> None:
     """On a Redis of sample.py's own: it starts one when REDIS_URL is not set, and stops it."""
     run = the_run(runs, "redis, claim, hosts")
     out = run.result.stdout

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import claimapp
-from provider import Provider
+from provider import Judge
 from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus as S
 
@@ -44,7 +44,7 @@ class Claim:
 
     app: Pynenc
     tasks: SimpleNamespace
-    provider: Provider
+    provider: Judge
     db: str = ""
     redis_url: str = ""
 
@@ -78,7 +78,7 @@ class Claim:
         )
 
 
-def new_claim(tmp_path: Path, provider: Provider, redis_url: str = "", **build: Any) -> Claim:
+def new_claim(tmp_path: Path, provider: Judge, redis_url: str = "", **build: Any) -> Claim:
     app_id = f"keyclaim_{uuid.uuid4().hex[:10]}"
     db = "" if redis_url else str(tmp_path / f"{app_id}.db")
     app = claimapp.build(app_id, db, redis_url, **build)

@@ -14,17 +14,17 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # claimapp, claimkit, provider
 
 from claimkit import WAIT, Claim, Workers, new_claim, wait_until
-from provider import Provider
+from provider import Judge
 
 
 @pytest.fixture
-def provider() -> Iterator[Provider]:
-    with Provider() as running:
+def provider() -> Iterator[Judge]:
+    with Judge() as running:
         yield running
 
 
 @pytest.fixture
-def claim(tmp_path: Path, provider: Provider) -> Claim:
+def claim(tmp_path: Path, provider: Judge) -> Claim:
     """An app of the test's own on SQLite, with the claim installed."""
     return new_claim(tmp_path, provider)
 

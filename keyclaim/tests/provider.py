@@ -22,7 +22,7 @@ DEADLINE = 30.0  # the longest a paused call is held: a test that forgets to res
 
 
 @dataclass
-class Call:
+class Served:
     key: str
     op: str
     token: int | None
@@ -33,10 +33,10 @@ class Call:
 
 @dataclass
 class Key:
-    calls: list[Call] = field(default_factory=list)
+    calls: list[Served] = field(default_factory=list)
     newest: int | None = None
 
-    def arrive(self, call: Call) -> None:
+    def arrive(self, call: Served) -> None:
         if call.token is not None:
             if self.newest is not None and call.token < self.newest:
                 call.fenced = True  # late: a newer claim of this key came first
@@ -49,11 +49,11 @@ class Key:
             call.collided = any(not other.fenced for other in self.live())
         self.calls.append(call)
 
-    def live(self) -> list[Call]:
+    def live(self) -> list[Served]:
         return [c for c in self.calls if not c.ended]
 
 
-class Provider:
+class Judge:
     """The provider's state, and the server that feeds it."""
 
     def __init__(self) -> None:
@@ -68,7 +68,7 @@ class Provider:
                 _, _, key, op = parts.path.split("/", 3)
                 token = parse_qs(parts.query).get("token")
                 outcome = provider.serve(
-                    Call(unquote(key), unquote(op), int(token[0]) if token else None)
+                    Served(unquote(key), unquote(op), int(token[0]) if token else None)
                 )
                 body = json.dumps({"outcome": outcome}).encode()
                 self.send_response(200)
@@ -95,7 +95,7 @@ class Provider:
         self.server.server_close()
         self.thread.join(DEADLINE)
 
-    def serve(self, call: Call) -> str:
+    def serve(self, call: Served) -> str:
         with self.lock:
             self.keys[call.key].arrive(call)
             self.lock.notify_all()

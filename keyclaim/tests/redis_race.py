@@ -66,7 +66,7 @@ class Contended(Claimer):
         return super().decide(invocation, *args)
 
 
-class PausingProducer(AtomicClaimRedisOrchestrator):
+class RedisPausingProducer(AtomicClaimRedisOrchestrator):
     """Registers through the claim; stops when it first decides to queue or park a call,
     after its watched read of the key's holder."""
 
@@ -137,7 +137,7 @@ def park_and_hand_over() -> dict[str, Any]:
     holder = tasks.call_keyed("initech", "op0")
     assert take(holding, ctx) == [holder.invocation_id]
     holding.set_invocation_status(holder.invocation_id, S.RUNNING, ctx)
-    producer = PausingProducer(app)
+    producer = RedisPausingProducer(app)
     made: dict[str, Any] = {}
 
     def register() -> None:
