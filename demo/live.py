@@ -42,19 +42,13 @@ class Runner:
 
 
 def _runs_pynenc(pid: int) -> bool:
-    """Whether the process is a pynenc one (on Linux); elsewhere, whether it exists at all."""
-    if Path("/proc").is_dir():
-        try:
-            return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return False
+    """Whether the process is a pynenc one; one we may not read counts as one."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+        return any("pynenc" in word for word in psutil.Process(pid).cmdline())
+    except psutil.AccessDenied:
         return True
-    return True
+    except psutil.Error:  # gone
+        return False
 
 
 def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> list[Runner]:
@@ -146,7 +140,7 @@ def starting() -> list[int]:
         words = proc.info["cmdline"] or []
         if proc.pid == os.getpid() or "runner" not in words or "start" not in words:
             continue
-        if not any("pynenc" in word for word in words):
+        if not _runs_pynenc(proc.pid):
             continue
         try:
             if _state_of(proc.environ(), proc.cwd()) == mine:
