@@ -1,5 +1,6 @@
-"""One call switches the claim on, and what pynenc resolves is checked: overrides, windows and
-versions are refused in one line, with the library's own exceptions."""
+"""One call switches the claim on, and what pynenc resolves is checked.
+
+Overrides, windows and versions are refused in one line, with the library's own exceptions."""
 
 import tomllib
 from pathlib import Path
@@ -12,6 +13,7 @@ from pynenc import PynencBuilder
 
 import keyclaim
 from keyclaim import versions
+from keyclaim.drain import DrainingThreadRunner
 
 LIBRARY = Path(keyclaim.__file__).parent
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"  # the library's own
@@ -146,3 +148,21 @@ def test_the_redis_extra_installs_only_a_pair_the_claim_was_tested_with() -> Non
         assert pin.operator == "==", spec
         pins[requirement.name] = pin.version
     assert (pins.get("pynenc"), pins.get("pynenc-redis")) in versions.TESTED["redis"], pins
+
+
+def test_a_subclass_of_the_selected_runner_keeps_the_claim_and_another_runner_does_not(
+    tmp_path: Path,
+) -> None:
+    """A runner derived from the draining runner drains too: it is accepted where install
+    selected the draining runner; pynenc's ThreadRunner in its place is refused. Checked by
+    mutation: with check() comparing names only (resolved != selected), the subclass was
+    refused."""
+
+    class SubclassedDrainingRunner(DrainingThreadRunner):
+        """A user's own draining runner."""
+
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
+    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0)
+    keyclaim.check(builder.custom_config(runner_cls="SubclassedDrainingRunner").build())
+    with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
+        keyclaim.check(builder.custom_config(runner_cls="ThreadRunner").build())

@@ -137,10 +137,13 @@ def check(app: "Pynenc") -> None:
     """Raise Refused (UntestedVersion for versions), in one line, for what the resolved
     configuration would make lie. Cheap: it builds nothing."""
     conf, asked = app.conf, app.config_values or {}
-    versions.check_resolved(conf.orchestrator_cls, conf.runner_cls)
+    lineage = {
+        name: _lineage(name, getattr(conf, name)) for name in ("orchestrator_cls", "runner_cls")
+    }
+    versions.check_resolved(*lineage["orchestrator_cls"], *lineage["runner_cls"])
     for name in ("orchestrator_cls", "runner_cls"):
         selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
-        if selected and resolved != selected:
+        if selected and selected not in lineage[name]:  # a subclass of it keeps what it does
             raise Refused(
                 f"the atomic claim selects {name}={selected!r}, but pynenc's configuration "
                 f"resolves {resolved!r} (PYNENC__{name.upper()}, [tool.pynenc], or a builder "
@@ -154,6 +157,19 @@ def check(app: "Pynenc") -> None:
         )
     if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
         raise Refused(f"atomic claim: {why}")
+
+
+def _lineage(kind: str, name: str) -> list[str]:
+    """The class pynenc resolves by this name, and the names of the classes it derives from."""
+    from pynenc.orchestrator.base_orchestrator import BaseOrchestrator
+    from pynenc.runner.base_runner import BaseRunner
+    from pynenc.util.subclasses import get_subclass
+
+    try:
+        found = get_subclass(BaseRunner if kind == "runner_cls" else BaseOrchestrator, name)
+    except ValueError:  # pynenc itself refuses an unknown name as it builds the class
+        return [name]
+    return [cls.__name__ for cls in found.__mro__]
 
 
 def is_on(app: "Pynenc") -> bool:

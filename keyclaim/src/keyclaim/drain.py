@@ -42,7 +42,8 @@ class DrainingThreadRunner(ThreadRunner):
 
     def _on_start(self) -> None:
         # However pynenc came to select this class: the same guard as the claim's.
-        versions.check_resolved(self.app.conf.orchestrator_cls, type(self).__name__)
+        classes = [cls.__name__ for cls in type(self).__mro__]  # a subclass's too
+        versions.check_resolved(self.app.conf.orchestrator_cls, *classes)
         super()._on_start()
         self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
 

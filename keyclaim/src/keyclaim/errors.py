@@ -1,9 +1,12 @@
 """What the claim raises. Each message is one line, meant to be shown as it is."""
 
 
-class Refused(Exception):
+class Refused(ValueError):
     """The claim would not hold with this configuration (a window, an override, a mixed fleet,
-    a store that cannot run it). Nothing was started; the message says what to change."""
+    a store that cannot run it). Nothing was started; the message says what to change.
+
+    A ValueError: raised as tasks.py is imported, `pynenc --app ... runner start` reports it in
+    one line ("Failed to load application: ...") and exits 1, with no traceback."""
 
 
 class UntestedVersion(Refused):

@@ -48,11 +48,12 @@ def check(what: str, backend: str) -> None:
     raise UntestedVersion(f"{what} ({backend}): tested with {tested}; this environment has {have}")
 
 
-def check_resolved(orchestrator_cls: str, runner_cls: str) -> None:
+def check_resolved(orchestrator_cls: str, *classes: str) -> None:
     """Raise UntestedVersion unless each of the library's classes that pynenc resolved, however
-    it was selected (the builder, PYNENC__..., [tool.pynenc]), was tested with these versions."""
+    it was selected (the builder, PYNENC__..., [tool.pynenc]), was tested with these versions.
+    classes: the resolved classes' names, and those of the classes they derive from."""
     backend = "redis" if "Redis" in orchestrator_cls else "sqlite"
-    for name in (orchestrator_cls, runner_cls):
+    for name in (orchestrator_cls, *classes):
         if name in CLASSES:
             what, fixed = CLASSES[name]
             check(what, fixed or backend)
