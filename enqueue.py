@@ -4,13 +4,15 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 """
 
 import argparse
+import importlib
 import sys
+from types import ModuleType
 
 import keyclaim
-import tasks
 from demo import live, options, settings, show, terminals
+from demo.outcome import Outcome
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
-from demo.scenarios import DEFAULT, SCENARIOS, Outcome, Scenario, Shape
+from demo.scenarios import DEFAULT, SCENARIOS, Scenario, Shape
 from demo.terminals import BUSY_EXIT, NO_WORKER_EXIT, GaveUp, Interrupted
 
 
@@ -18,9 +20,8 @@ def say(line: str) -> None:
     print(f"enqueue.py: {line}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings.exit_on_bad_environment("enqueue.py")
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="enqueue.py", description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=[*SCENARIOS, "all"])
     options.add_shape_arguments(parser)
     parser.add_argument(
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="refused: the claim is read from DEMO_ATOMIC_CLAIM=1, set in every terminal",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings.exit_on_bad_environment("enqueue.py")
+    parser = build_parser()
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
     if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":
@@ -36,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
             "that enqueues or runs: set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'"
         )
 
+    try:  # this process's app, built from the same settings as the workers'
+        tasks = importlib.import_module("tasks")
+    except (settings.BadSetting, keyclaim.Refused) as refused:
+        print(f"enqueue.py: {refused}", file=sys.stderr)
+        return 2
     chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)
     provider = Provider(options.api_url(args))
@@ -60,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"--- {shape.workers} workers live ({threads} threads): the floors count them"
                 )
-            outcomes = play(chosen, shape, provider, args.timeout, view)
+            outcomes = play(tasks, chosen, shape, provider, args.timeout, view)
     except GaveUp as gave_up:
         print(f"enqueue.py: {gave_up}", file=sys.stderr)
         return NO_WORKER_EXIT
@@ -77,7 +89,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def play(
-    chosen: list[Scenario], shape: Shape, provider: Provider, timeout: float, view: show.View
+    tasks: ModuleType,
+    chosen: list[Scenario],
+    shape: Shape,
+    provider: Provider,
+    timeout: float,
+    view: show.View,
 ) -> list[Outcome]:
     """Each scenario in turn, shown as it ends; it stops at one that left work unfinished."""
     outcomes = []

@@ -1,22 +1,24 @@
 """The whole demo in one command: start the API and a worker, run all four scenarios, stop both.
 
-Run it: uv run python sample.py        (--help for rounds, workers, Redis and the benchmark)
+Run it: uv run python sample.py        (--help for rounds, workers and Redis)
 """
 
 import argparse
 import os
 import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 
-from demo import bench, options, report, settings, show
+import keyclaim
+from demo import options, report, settings, show
+from demo.outcome import Outcome
 from demo.processes import stop_on_signals, stop_signal
-from demo.scenarios import DEFAULT, SCENARIOS, Outcome
+from demo.scenarios import DEFAULT, SCENARIOS
 from demo.stack import FAILURES, RunRefused, Stack, preflight
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sample.py", description=description)
     options.add_shape_arguments(parser)
     whole = settings.flag_type(settings.whole_number)
     parser.add_argument("--rounds", type=whole, default=None, help="repeat the scenarios N times")
@@ -48,7 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--noisy", action="store_true", help="also run E: one busy account beside quiet ones"
     )
-    bench.add_arguments(parser)
     settings.add_option(
         parser,
         "--ready-timeout",
@@ -56,20 +57,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "deadline for the API and the workers to come up",
         metavar="S",
     )
-    args = parser.parse_args(argv)
-    options.refuse_bad_shape(parser, args)
+    return parser
+
+
+def parse_args(
+    argv: list[str] | None, parsing: argparse.ArgumentParser | None = None
+) -> argparse.Namespace:
+    parsing = parsing or build_parser()
+    args = parsing.parse_args(argv)
+    options.refuse_bad_shape(parsing, args)
     if args.rounds is not None and not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
-        parser.error("--rounds must be 1..1000 and --workers 1..16")
-    bench.refuse_bad_arguments(parser, args)
+        parsing.error("--rounds must be 1..1000 and --workers 1..16")
     if args.hosts and args.backend != "redis":
-        parser.error("--hosts needs --backend redis: separate machines share no SQLite file")
+        parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    began = time.monotonic()
     settings.exit_on_bad_environment("sample.py")
     args = parse_args(argv)
+    return run(args, lambda stack, view: play(args, stack, view, args.runner)[0])
+
+
+def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> int:
+    """body(stack, view) on a stack started from the flags, stopped on every way out; its exit
+    code, or the one a refusal, a failure or a stop signal ends the run with."""
     # A private Redis stops with this run, and with it everything the monitor would show.
     private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
     env = options.environment(args)
@@ -94,19 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                 # Its own API, owned for the whole run (it stops with it): an enqueue.py
                 # pointed at it is refused instead of resetting the counts under it.
                 with stack.provider.owned("sample.py", lease=3600):
-                    if args.bench:
-                        code = bench.run(stack, lambda r: play(args, stack, view, r), began)
-                        code = bench.lines(args, stack.log_dir) or code
-                    else:
-                        code, _ = play(args, stack, view, args.runner)
+                    code = body(stack, view)
         except RunRefused as refused:
             print(f"sample.py: {refused}", file=sys.stderr)
             return refused.code
+        except (settings.BadSetting, keyclaim.Refused) as refused:  # tasks.py's, as it is built
+            print(f"sample.py: {refused}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             code = 130  # the first stop signal; which one it was is kept (below)
         except FAILURES as exc:
             if refusal := getattr(exc, "refusal", ""):  # a child noticed a bad setting first
-                print(refusal, file=sys.stderr)
+                print(f"sample.py: {refusal}", file=sys.stderr)
                 return 2
             print(f"sample.py: {stack.explain(exc)}", file=sys.stderr)
             code = 1
@@ -117,24 +128,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def play(
-    args: argparse.Namespace, stack: Stack, view: show.View, runner: str
+    args: argparse.Namespace, stack: Stack, view: show.View, runner: str, quiet: bool = False
 ) -> tuple[int, list[Outcome]]:
-    """The scenarios on `runner` workers: the rounds, their tables, the verdict."""
+    """The scenarios on `runner` workers: the rounds, their tables, the verdict. quiet: each
+    scenario shown only where it broke a promise (the benchmark's)."""
     shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker(runner))
     if setup := options.setup_line(args, runner):
         print(setup)
-    rounds = args.rounds or (bench.ROUNDS if args.bench else 1)
+    rounds = args.rounds or 1
     chosen = [*DEFAULT, SCENARIOS["noisy"]] if args.noisy else DEFAULT
-    outcomes = show.rounds(stack, shape, rounds, args.timeout, view, args.bench, chosen)
-    if rounds == 1 and not args.bench:
+    outcomes = show.rounds(stack, shape, rounds, args.timeout, view, quiet, chosen)
+    if rounds == 1 and not quiet:
         print(f"\n--- the provider's call log ---\n{stack.api_log()}")
     else:
         print(report.distribution(outcomes))
         print(report.efficiency(outcomes))
         if counted := report.claims(stack.tasks.app):
             print(counted)
-    if args.bench:
-        outcomes += bench.scaled(stack, args.bench_accounts, shape, args.timeout, view)
     text, code = report.verdict(outcomes, stack.crashes)
     print(text)
     if ending := view.ending(outcomes):

@@ -10,7 +10,7 @@ from pynenc.conf.config_task import ConcurrencyControlType as Mode
 import keyclaim
 from demo import runners, settings
 
-settings.exit_on_bad_environment("tasks.py")  # a bad DEMO_* variable: one line, exit 2
+settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
 TIMEOUT = settings.call_timeout()  # the longest a call stays in flight
 
@@ -28,15 +28,13 @@ builder = (
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
 )
-builder = runners.select(builder, CLAIM)  # DEMO_RUNNER: docs/speed.md, README "Scale out"
-with runners.refusals("tasks.py"):  # what would make the claim lie: one line, exit 2
-    if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
-        builder = keyclaim.install(
-            builder, BACKEND, settings.dead_after(), TIMEOUT, **runners.for_claim()
-        )
-    app = builder.build()
-    keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
-runners.announce(app, API_URL)  # a worker says what it runs on; a mixed fleet is refused
+if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
+    builder = keyclaim.install(
+        builder, BACKEND, settings.dead_after(), TIMEOUT, **runners.for_claim()
+    )
+# DEMO_RUNNER's runner, which says what it runs on as it starts: demo/runners.py
+app = runners.select(builder, CLAIM).build()
+keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
 
 # One client for every call (a fresh one loads TLS certificates each time). A refused
 # connection reached nothing, so it is tried again, 4 times over about 3.5 s; nothing else is.

@@ -1,4 +1,6 @@
-"""Everything that serves the article's four files, one module per job: the settings and the
-flags, the stack of child processes, the scenarios and how a run is shown and judged, the
-benchmark, and the classes installed through pynenc's configuration. README "The files".
+"""What sample.py and enqueue.py run on: the harness of the article's four files.
+
+One module per job: the settings and the flags, the stack of child processes, the workers,
+the scenarios, how a run goes, is judged and is shown. README "The files". The claim is a
+package of its own (keyclaim/); the tools that measure the demo live beside it (tools/).
 """

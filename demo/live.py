@@ -111,7 +111,7 @@ def in_app(app: "Pynenc") -> list[Runner]:
 def calling(runners: list[Runner]) -> int:
     """How many of them run calls: a MultiThreadRunner only supervises its ThreadRunner
     processes, which beat on their own."""
-    return sum(1 for r in runners if r.cls != "MultiThreadRunner")
+    return sum(1 for r in runners if r.cls not in ("MultiThreadRunner", "MultiThreadWorker"))
 
 
 def described(runners: list[Runner]) -> str:

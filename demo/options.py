@@ -1,5 +1,7 @@
-"""The flags enqueue.py and sample.py share, and the one place sample.py's flags become the
-environment its children (and its own copy of the app) are built from.
+"""The flags enqueue.py and sample.py share, and where sample.py's flags become settings.
+
+sample.py's flags become the environment its children (and its own copy of the app) are
+built from, here and nowhere else.
 """
 
 import argparse

@@ -24,14 +24,16 @@ class DeadlineExceeded(Exception):
     """A wait ran out of time; the message says what it was waiting for."""
 
 
-# A program that refuses its settings says so in one line, "program.py: why", and exits 2.
-REFUSED_EXIT = 2
-REFUSAL = re.compile(r"[\w.]+\.py: \S.*")
+# A program that refuses its settings says so in one line and exits: "program.py: why" and 2,
+# or, for the app pynenc's command line could not build (tasks.py raised a ValueError as it was
+# imported), pynenc's own "ERROR: Failed to load application: why" and 1.
+REFUSED_EXITS = (1, 2)
+REFUSAL = re.compile(r"(?:[\w.]+\.py|ERROR: Failed to load application): (?P<why>\S.*)")
 
 
 class ChildDied(Exception):
-    """A child process exited while we still needed it. refusal: its own one line, when it
-    exited refusing its settings (the same line the parent would print, had it noticed first)."""
+    """A child process exited while we still needed it. refusal: why, in its own one line, when
+    it exited refusing its settings (what the parent would say, had it noticed first)."""
 
     def __init__(self, message: str, refusal: str = "") -> None:
         super().__init__(message)
@@ -68,14 +70,15 @@ class Child:
             raise ChildDied(
                 f"{self.name} (pid {self.proc.pid}) exited with code {code}. "
                 f"Last lines of {self.log_path}:\n{self.tail()}",
-                self.refusal() if code == REFUSED_EXIT else "",
+                self.refusal() if code in REFUSED_EXITS else "",
             )
 
     def refusal(self) -> str:
-        """The one line it refused its settings with, if its log ends with one."""
+        """Why it refused its settings, if its log ends with the one line that says so."""
         self.log.flush()
         lines = self.log_path.read_text(errors="replace").strip().splitlines()
-        return lines[-1] if lines and REFUSAL.fullmatch(lines[-1]) else ""
+        found = REFUSAL.fullmatch(lines[-1]) if lines else None
+        return found["why"] if found else ""
 
 
 def die_with_parent() -> None:
@@ -175,18 +178,6 @@ def wait_until[T](
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"gave up after {timeout:g}s waiting for {what}")
         time.sleep(interval)
-
-
-def peak_memory_mib(pid: int) -> float:
-    """The process's peak resident memory so far (Linux VmHWM), or 0 where unknown."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -1,10 +1,11 @@
-"""What a run prints: a scenario's summary, one line per round, the distribution over rounds,
-the efficiency against the floor, runner against runner, and the verdict.
+"""What a run prints: the summaries, the rounds and the verdict, as text.
+
+A scenario's summary, one line per round, the distribution over rounds, the efficiency
+against the floor, and the verdict.
 
 Every function returns text and prints nothing.
 """
 
-import math
 import statistics
 import time
 from collections import Counter
@@ -12,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import keyclaim
 from demo import settings
-from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
+from demo.outcome import Outcome
+from demo.scenarios import DEFAULT, Scenario
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -44,8 +46,8 @@ def summary(outcome: Outcome) -> str:
         lines += [f"    {why}" for why in o.late[:LISTED_AT_MOST]]
         if len(o.late) > LISTED_AT_MOST:
             lines.append(f"    ... and {len(o.late) - LISTED_AT_MOST} more")
-    if o.lanes:
-        lines += o.lanes.lines()
+    if o.neighbours:
+        lines += o.neighbours.lines()
     if o.abandoned:
         lines.append(f"  ({o.abandoned} calls of the backlog left unrun: only a sample is timed)")
     lines += [f"  GUARANTEE BROKEN: {p}" for p in o.broken()]
@@ -174,37 +176,6 @@ def efficiency(outcomes: list[Outcome]) -> str:
             f"{scenario.letter}. {scenario.key:<8}{median:>8.2f}s{floor:>8.2f}s"
             f"{floor / median:>12.0%}{len(mine):>6}"
         )
-    return "\n".join(lines)
-
-
-def compare(by_runner: dict[str, list[Outcome]]) -> str:
-    """Median elapsed and efficiency per scenario and shape, runner against runner."""
-    names = list(by_runner)
-    first, last = names[0], names[-1]
-
-    def medians(outcomes: list[Outcome]) -> dict[tuple[Scenario, Shape], tuple[float, float]]:
-        grouped: dict[tuple[Scenario, Shape], list[Outcome]] = {}
-        for o in outcomes:
-            grouped.setdefault((o.scenario, o.shape), []).append(o)
-        return {
-            key: (statistics.median(o.elapsed for o in group), group[0].floor)
-            for key, group in grouped.items()
-        }
-
-    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
-    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
-    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
-    for key in table[first]:
-        scenario, shape = key
-        label = f"{scenario.letter}. {scenario.key}"
-        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
-            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
-        cells = []
-        for name in names:
-            median, floor = table[name].get(key, (math.nan, math.nan))
-            cells.append(f"{median:.2f}s ({floor / median:.0%})")
-        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
-        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
     return "\n".join(lines)
 
 

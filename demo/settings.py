@@ -13,7 +13,6 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -149,18 +148,30 @@ def problems() -> list[str]:
     return found
 
 
+class BadSetting(ValueError):
+    """An environment variable whose value does not fit, or a backend whose plugin is missing:
+    one line. A ValueError, so pynenc's `--app` loader reports it as tasks.py is imported in
+    one line ("Failed to load application: ...") and exit 1."""
+
+
+def check_environment() -> None:
+    """Raise BadSetting for the first bad variable, naming what would fit."""
+    if found := problems():
+        raise BadSetting(found[0])
+    if get("DEMO_BACKEND") == "redis" and importlib.util.find_spec("pynenc_redis") is None:
+        raise BadSetting(
+            "DEMO_BACKEND=redis needs the pynenc-redis plugin, in the optional `redis` group: "
+            "run it with uv run --isolated --group redis ..."
+        )
+
+
 def exit_on_bad_environment(program: str) -> None:
     """Before anything starts: one line on stderr for the first bad variable, and exit 2."""
-    if found := problems():
-        print(f"{program}: {found[0]}", file=sys.stderr)
-        raise SystemExit(2)
-    if get("DEMO_BACKEND") == "redis" and importlib.util.find_spec("pynenc_redis") is None:
-        print(
-            f"{program}: DEMO_BACKEND=redis needs the pynenc-redis plugin, in the optional "
-            "`redis` group: run it with uv run --isolated --group redis ...",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    try:
+        check_environment()
+    except BadSetting as bad:
+        print(f"{program}: {bad}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def add_option(
@@ -182,19 +193,6 @@ def flag_type[T](rule: Callable[[str], T]) -> Callable[[str], T]:
             raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
 
     return parse
-
-
-def db_problem(path: str) -> str | None:
-    """Why SQLite could not create or open the database at path, or None."""
-    db = Path(path)
-    if db.is_dir():
-        return f"{path} is a folder, not a database file"
-    folder = db.parent if str(db.parent) else Path(".")
-    if not folder.is_dir():
-        return f"its folder {folder} does not exist"
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return f"its folder {folder} is not writable"
-    return None
 
 
 # What the provider takes as an account id or an op, in its URL path (api_server.py); tasks.py

@@ -1,15 +1,17 @@
-"""Run scenarios and show them: a progress line while each runs, then its summary, its link into
-the monitor and its lane chart. enqueue.py and sample.py show every scenario this way.
+"""Run scenarios and show each as it ends: enqueue.py and sample.py show them this way.
+
+A progress line while one runs, then its summary, its link into the monitor and its chart.
 """
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import ModuleType
 
-from demo import lanes, progress, report, scenarios, settings
+from demo import lanes, progress, report, run, settings
 from demo.monitor import timeline_url
+from demo.outcome import Outcome
 from demo.provider import Provider
-from demo.scenarios import DEFAULT, Outcome, Scenario, Shape
+from demo.scenarios import DEFAULT, Scenario, Shape
 from demo.stack import Stack
 
 
@@ -60,7 +62,7 @@ def scenario(
     its monitor link and its lane chart, as the view says; quiet: only if it broke a promise.
     """
     with progress.line(label, provider) as tick:
-        outcome = scenarios.run(scenario, shape, provider, tasks, timeout, check, tick)
+        outcome = run.scenario(scenario, shape, provider, tasks, timeout, check, tick)
     if not quiet or outcome.broken():
         print(report.summary(outcome), flush=True)
         if link := view.link(*outcome.window):

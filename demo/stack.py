@@ -1,5 +1,7 @@
-"""The demo's stack: the API and the workers (and a private Redis), started on the environment
-they are given, checked on every poll, and stopped together whatever happens.
+"""The demo's stack: the API and the workers (and a private Redis), started and stopped together.
+
+They start on the environment they are given, are checked on every poll, and stop together
+whatever happens.
 
 sample.py runs the demo on one; the tests start their API and workers through one too:
 
@@ -9,15 +11,11 @@ sample.py runs the demo on one; the tests start their API and workers through on
 """
 
 import functools
-import hashlib
 import importlib
 import shutil
-import sqlite3
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Mapping
-from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Self
@@ -26,7 +24,7 @@ from urllib.parse import urlsplit
 import httpx
 
 import keyclaim
-from demo import live, redis_server, settings
+from demo import database, live, redis_server, settings
 from demo.processes import (
     Child,
     ChildDied,
@@ -44,13 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 STOP_MARGIN_SECONDS = 3.0
 # What ends a run with exit code 1 and one explanation (Stack.explain).
 FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, httpx.HTTPError, redis_server.NoRedis)
-# A run deletes its SQLite file first, so it deletes only this demo's: pynenc 0.3.1 names every
-# table it creates there (broker, orchestrator, state backend, triggers, client data) after the
-# app, {app_id}_{8 hex of sha256(app_id)}__{component}_... (pynenc.util.sqlite_utils), and the
-# atomic claim's tables share the orchestrator's prefix. tasks.py's app_id is this one.
-APP_ID = "concurrency_demo"
-TABLE_PREFIX = f"{APP_ID}_{hashlib.sha256(APP_ID.encode()).hexdigest()[:8]}__"
-SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class RunRefused(Exception):
@@ -79,7 +70,7 @@ def preflight(
             f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
             1,
         )
-    if backend == "sqlite" and (why := settings.db_problem(db)):
+    if backend == "sqlite" and (why := database.problem(db)):
         raise RunRefused(f"--db (DEMO_DB) {db!r}: {why}", 2)
     if backend == "sqlite":
         refuse_unless_ours(db)
@@ -97,68 +88,17 @@ def fresh_sqlite(path: str) -> None:
     """Each run starts from an empty database: no invocation of an earlier run can leak in.
     Only this demo's database goes (refuse_unless_ours); any other file stays untouched."""
     refuse_unless_ours(path)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        Path(path + suffix).unlink(missing_ok=True)
+    database.delete(path)
 
 
 def refuse_unless_ours(path: str) -> None:
     """RunRefused (2), naming the file and why, unless a run may delete it (not_ours)."""
-    if why := not_ours(path):
+    if why := database.not_ours(path):
         raise RunRefused(
             f"--db (DEMO_DB) {path!r}: {why}; a run starts by deleting its database, so it takes "
             "only a new file, an empty one, or one an earlier run made",
             2,
         )
-
-
-def not_ours(path: str) -> str | None:
-    """Why the file at path is not one a run may delete, or None: no file, an empty one, or
-    this demo's pynenc database (every table in it named with TABLE_PREFIX).
-
-    Read without a write: the file, and any -wal or -shm beside it, stay byte for byte as they
-    were (a read-only connection would still create or rewrite the -shm).
-    """
-    wal = Path(path + "-wal")
-    try:
-        with open(path, "rb") as db:
-            header = db.read(len(SQLITE_HEADER))
-        in_wal = wal.is_file() and wal.stat().st_size > 0
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        return f"it cannot be read ({exc.strerror})"
-    if not header and not in_wal:
-        return None
-    if header and header != SQLITE_HEADER:
-        return "it is not a SQLite database"
-    try:
-        # The file alone, its WAL unread: immutable=1 writes nothing beside it.
-        tables = _tables(Path(path).resolve().as_uri() + "?mode=ro&immutable=1")
-        if not tables and in_wal:  # a new database whose tables are all in its WAL so far
-            tables = _tables_with_wal(path)
-    except sqlite3.DatabaseError as exc:
-        return f"SQLite cannot read it ({exc})"
-    if not tables:
-        return "it is a SQLite database without this demo's pynenc tables"
-    if others := sorted(t for t in tables if not t.startswith(TABLE_PREFIX)):
-        shown = ", ".join(repr(t) for t in others[:3]) + (" ..." if len(others) > 3 else "")
-        return f"it is a SQLite database with tables that are not this demo's pynenc ones: {shown}"
-    return None
-
-
-def _tables(uri: str) -> set[str]:
-    with closing(sqlite3.connect(uri, uri=True)) as conn:
-        rows = conn.execute("SELECT tbl_name FROM sqlite_master").fetchall()
-    return {name for (name,) in rows if not name.startswith("sqlite_")}  # SQLite's own
-
-
-def _tables_with_wal(path: str) -> set[str]:
-    """The tables with the WAL applied, read from a copy of the two: the originals stay."""
-    with tempfile.TemporaryDirectory(prefix="demo-db-") as folder:
-        copy = Path(folder) / "copy.db"
-        shutil.copyfile(path, copy)
-        shutil.copyfile(path + "-wal", f"{copy}-wal")
-        return _tables(copy.as_uri())
 
 
 class Stack:
@@ -387,9 +327,18 @@ class Stack:
 
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
-        # A runner counts as up once it has written its first heartbeat to the orchestrator.
+        # A worker counts as up once its runner has written its first heartbeat to the
+        # orchestrator, under the pid it stored as it started (demo/runners.py).
+        pids = {child.proc.pid for child in fresh}
+
+        def up() -> bool:
+            beating = self.runner_ids() - earlier
+            state = self.tasks.app.state_backend
+            contexts = [state.get_runner_context(runner_id) for runner_id in beating]
+            return pids <= {context.pid for context in contexts if context is not None}
+
         wait_until(
-            lambda: len(self.runner_ids() - earlier) >= len(fresh),
+            up,
             self.ready_timeout,
             f"{len(fresh)} worker(s) to register as active runners",
             check=all_alive,

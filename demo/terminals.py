@@ -1,6 +1,7 @@
-"""What enqueue.py says when the four terminals do not line up: no worker on its state,
-every worker gone mid-run, the workers calling another API; and what a run that gives up
-leaves behind.
+"""What enqueue.py says when the four terminals do not line up, in one line each.
+
+No worker on its state, every worker gone mid-run, the workers calling another API; and what
+a run that gives up leaves behind.
 """
 
 from collections import Counter
@@ -58,7 +59,7 @@ def elsewhere(url: str) -> str:
     port = url.rsplit(":", 1)[1]
     return (
         f"the provider at {url} saw none of these calls, yet they ended: the workers call "
-        f"another address. A worker's first line says which; start it with DEMO_API_PORT={port}"
+        f"another address. A worker's 'worker:' line says which; start it with DEMO_API_PORT={port}"
     )
 
 

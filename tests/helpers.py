@@ -1,5 +1,7 @@
-"""What the tests share besides fixtures: running sample.py as a user types it and reading its
-summaries back, looking at processes, and the provider and pynenc's state seen from a test.
+"""What the tests share besides fixtures: sample.py as a user types it, processes, the state.
+
+Running sample.py and reading its summaries back, looking at processes, and the provider and
+pynenc's state seen from a test.
 """
 
 import contextlib

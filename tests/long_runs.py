@@ -1,4 +1,6 @@
-"""The long sample.py runs that tests/test_scale.py reads: the benchmark, Redis, several workers.
+"""The long runs that tests/test_scale.py reads, started in the background as the session begins.
+
+The benchmark (tools/bench.py), and sample.py on Redis and with several workers.
 
 They start as the session begins, when a selected test reads them (conftest.py's `long_runs`),
 and run two at a time beside the other tests, which mostly wait on the provider: by the time
@@ -34,7 +36,7 @@ RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
     # The smallest bench that prints every figure: one round at a short hold, and a scaled
     # run of 6 accounts.
     "bench": (
-        ("--bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6")
+        ("-m", "tools.bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6")
         + ("--bench-backlogs", "20"),
         None,
     ),
@@ -112,7 +114,9 @@ class LongRuns:
 
     def _run(self, folder: Path, args: tuple[str, ...], redis: str | None, env: dict) -> LongRun:
         url = env.get("REDIS_URL", "") if redis == "url" else ""
-        argv = ["uv", "run", *(WITH_REDIS if redis else ()), "python", "sample.py"]
+        # sample.py, or a tool: ("-m", "tools.bench", ...) runs python -m tools.bench
+        program, args = (args[:2], args[2:]) if args[0] == "-m" else (("sample.py",), args)
+        argv = ["uv", "run", *(WITH_REDIS if redis else ()), "python", *program]
         argv += ["--port", str(free_port()), "--db", str(folder / "demo.db"), *args]
         out, err = folder / "stdout.txt", folder / "stderr.txt"
         with out.open("w") as stdout, err.open("w") as stderr:

@@ -1,6 +1,9 @@
-"""What a run is given is checked before anything starts: the --db file it would delete, the
-API's host, --bench-backlogs, and every number a flag or a DEMO_* variable holds."""
+"""What a run is given is checked before anything starts.
 
+The --db file it would delete, the API's host, --bench-backlogs, and every number a flag or a
+DEMO_* variable holds."""
+
+import argparse
 import hashlib
 import os
 import sqlite3
@@ -13,9 +16,17 @@ import pytest
 
 import sample
 from demo import settings
+from demo.database import TABLE_PREFIX, not_ours
 from demo.processes import free_port
-from demo.stack import ROOT, TABLE_PREFIX, RunRefused, fresh_sqlite, not_ours
+from demo.stack import ROOT, RunRefused, fresh_sqlite
 from helpers import user_env
+from tools import bench
+
+
+def bench_args(argv: list[str]) -> argparse.Namespace:
+    """The benchmark's flags as tools/bench.py parses them: sample.py's, and its own."""
+    return sample.parse_args(argv, bench.build_parser())
+
 
 SIDE = ("", "-wal", "-shm", "-journal")
 
@@ -209,13 +220,14 @@ def test_a_dotted_quad_that_is_no_ipv4_address_is_refused_and_host_names_still_f
 def test_the_enqueuer_and_a_worker_refuse_the_bad_host_in_one_line(
     tmp_path: Path, argv: list[str]
 ) -> None:
-    """Both gave an httpx.InvalidURL traceback. Checked by removing the dotted-quad check from
-    settings._host: the test fails for both (a traceback, not exit 2)."""
+    """Both gave an httpx.InvalidURL traceback. Now enqueue.py says so in one line, exit 2; a
+    worker in pynenc's one line for an app it cannot build, exit 1. Checked by removing the
+    dotted-quad check from settings._host: the test fails for both (a traceback)."""
     env = {**user_env(tmp_path), "DEMO_API_HOST": "256.1.1.1", "DEMO_DB": str(tmp_path / "x.db")}
     result = subprocess.run(
         [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == (1 if "pynenc" in argv else 2), result.stdout + result.stderr
     one_line(result.stderr, "DEMO_API_HOST='256.1.1.1'", "IPv4")
 
 
@@ -241,7 +253,7 @@ def test_a_number_in_a_flag_takes_ascii_digits_only(
     plain float() in number: each makes the test fail (--port parsed as 8765; --workers,
     --rounds, --accounts, --ops, --backlog, --bench-accounts; --hold, --timeout)."""
     with pytest.raises(SystemExit) as exited:
-        sample.parse_args(argv)
+        (bench_args if argv[0].startswith("--bench") else sample.parse_args)(argv)
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {argv[0]}: {argv[1]!r}: expected" in err, err
@@ -271,15 +283,16 @@ def test_bench_backlogs_are_read_as_the_flags_are_parsed(
 ) -> None:
     """`--bench-backlogs a` failed only after the whole bench, `=-5` printed "0 calls at nan%"
     and exit 0. Now a usage error, exit 2, before anything runs.
-    Checked by dropping the flag's type= in demo/bench.py: the test fails (parsed, no exit)."""
+    Checked by dropping the flag's type= in tools/bench.py: the test fails (parsed, no exit)."""
     with pytest.raises(SystemExit) as exited:
-        sample.parse_args(["--bench", f"--bench-backlogs={backlogs}"])
+        bench_args([f"--bench-backlogs={backlogs}"])
     assert exited.value.code == 2
     assert f"argument --bench-backlogs: '{backlogs}': expected backlogs" in capsys.readouterr().err
 
 
 def test_bench_backlogs_that_fit_are_numbers() -> None:
-    assert sample.parse_args(["--bench"]).bench_backlogs == [1000]  # the long one on request
-    assert sample.parse_args(["--bench-backlogs", "1000,10000"]).bench_backlogs == [1000, 10000]
-    assert sample.parse_args(["--bench-backlogs", "20"]).bench_backlogs == [20]
-    assert sample.parse_args(["--bench-backlogs", ""]).bench_backlogs == []  # no E runs
+    assert bench_args([]).bench_backlogs == [1000]  # the long one on request
+    assert bench_args(["--bench-backlogs", "1000,10000"]).bench_backlogs == [1000, 10000]
+    assert bench_args(["--bench-backlogs", "20"]).bench_backlogs == [20]
+    assert bench_args(["--bench-backlogs", ""]).bench_backlogs == []  # no E runs
+    assert bench_args([]).rounds == bench.ROUNDS

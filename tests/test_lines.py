@@ -1,5 +1,6 @@
-"""Account lines, with real workers: a blocked call waits in its account's line, in order, and
-the key passes to the next call on every way out. Counts and order, never durations."""
+"""Account lines, with real workers: a blocked call waits in its account's line, in order.
+
+The key passes to the next call on every way out. Counts and order, never durations."""
 
 from collections.abc import Iterator
 
@@ -8,7 +9,7 @@ from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
-from demo import scenarios, settings
+from demo import run, settings
 from demo.processes import wait_until
 from demo.provider import Provider
 from demo.scenarios import SCENARIOS, Shape
@@ -98,13 +99,13 @@ def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(
     claim_app: Provider, stack: Stack
 ) -> None:
     """Scenario E with the lines: every call made once, the busy account's in enqueue order,
-    3 status writes per call and no REROUTED. (Stock rerouting, in --bench: 24.5 writes, 10.7
+    3 status writes per call and no REROUTED. (Stock rerouting, in the bench: 24.5 writes, 10.7
     of them REROUTED, out of order.)"""
     shape = Shape(hold=0.02, backlog=12)
-    outcome = scenarios.run(SCENARIOS["noisy"], shape, claim_app, stack.tasks, WAIT)
+    outcome = run.scenario(SCENARIOS["noisy"], shape, claim_app, stack.tasks, WAIT)
     assert outcome.broken() == []
     assert (outcome.calls, outcome.collisions) == (12 + settings.QUIET_ACCOUNTS, 0)
-    lanes = outcome.lanes
-    assert lanes is not None and len(lanes.quiet_waits) == settings.QUIET_ACCOUNTS
-    assert (lanes.hot_calls, lanes.hot_out_of_place) == (12, 0)
-    assert (lanes.writes, lanes.reroutes) == (3.0, 0.0)
+    figures = outcome.neighbours
+    assert figures is not None and len(figures.quiet_waits) == settings.QUIET_ACCOUNTS
+    assert (figures.hot_calls, figures.hot_out_of_place) == (12, 0)
+    assert (figures.writes, figures.reroutes) == (3.0, 0.0)

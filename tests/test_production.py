@@ -1,5 +1,6 @@
-"""What production brings to the claim: any account id, a skewed clock, a lost store, a fenced
-call, a mixed fleet. Real workers, the real provider, real clocks shifted by faketime.
+"""What production brings to the claim, with real workers, the real provider and faketime.
+
+Any account id, a skewed clock, a lost store, a fenced call, a mixed fleet.
 """
 
 import json

@@ -112,6 +112,13 @@ def sample_py(*args: str) -> list[str]:
     return [sys.executable, "sample.py", "--port", str(free_port()), *args]
 
 
+def worker_line(worker: Child) -> str:
+    """The line a worker says what it runs on with, as its runner starts (demo/runners.py)."""
+    said = [line for line in worker.log_path.read_text().splitlines() if line.startswith("worker:")]
+    assert len(said) == 1, worker.tail()
+    return said[0]
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "sig, code, moment",
@@ -434,7 +441,7 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
     assert "12 enqueued -> 12 calls, 9 collisions" in out and "(floor 0.10s, " in out, out
     url = provider.base_url
     said = f"worker: sqlite {db}, ThreadRunner, atomic claim off, calling the API at {url}"
-    assert [w.log_path.read_text().splitlines()[0] for w in workers] == [said] * 3
+    assert [worker_line(w) for w in workers] == [said] * 3
 
 
 @pytest.mark.e2e
@@ -451,8 +458,8 @@ def test_a_worker_calling_another_address_is_named_as_the_cause(
     assert said in result.stdout, result.stdout
     port = provider.base_url.rsplit(":", 1)[1]
     assert f"start it with DEMO_API_PORT={port}" in result.stdout
-    first = worker.log_path.read_text().splitlines()[0]
-    assert first.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), first
+    said = worker_line(worker)
+    assert said.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), said
 
 
 @pytest.mark.e2e

@@ -1,4 +1,4 @@
-"""sample.py end to end, as a user runs it: exit code, four summaries, the provider's log.
+"""The demo end to end, as a user runs sample.py: exit code, four summaries, the provider's log.
 
 The longer runs (the benchmark, Redis, several workers) are in tests/test_scale.py.
 """

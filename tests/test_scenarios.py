@@ -5,8 +5,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from demo import report, scenarios, settings
-from demo.scenarios import SCENARIOS, Outcome, Scenario, Shape
+from demo import neighbours, report, run, scenarios, settings
+from demo.outcome import Outcome
+from demo.scenarios import SCENARIOS, Scenario, Shape
+
+pytestmark = pytest.mark.unit  # no process, no network
 
 DEFAULT = Shape()
 
@@ -169,7 +172,7 @@ def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
     up; the next makes invocation 2, and the last 4 merge into that one."""
     tasks = Registry(merged_after=3)
     tasks.refresh_once = tasks
-    sent = scenarios.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
+    sent = run.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
     assert sent.ids == ["acme-1", "acme-2"]
     assert sent.late == ["acme: new invocation, the earlier one was already running"]
 
@@ -177,7 +180,7 @@ def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
 def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     shape = Shape(ops=2)
     task = SyncTwice()
-    sent = scenarios.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
+    sent = run.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
     assert (len(sent.ids), sent.late) == (6, [])
     assert task.sent[:2] == [{"account_id": "acme", "op": "sync"}] * 2
     # Keyed: one account's two calls run in a row, so the floor is two holds.
@@ -231,7 +234,7 @@ def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
 
 
 def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> None:
-    lanes = scenarios.Lanes(
+    lanes = neighbours.Neighbours(
         quiet_waits=[0.1, 0.2, 0.4],
         hot_calls=20,
         hot_floor=0.9,
@@ -244,7 +247,7 @@ def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> 
         "  hot account: 20 calls at 90% of its floor, in enqueue order",
         "  status writes per finished call: 3.0 (0.0 of them REROUTED)",
     ]
-    shuffled = scenarios.Lanes([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
+    shuffled = neighbours.Neighbours([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
     assert "17 of them out of enqueue order" in shuffled[1]
 
 

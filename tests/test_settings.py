@@ -47,8 +47,8 @@ def run(argv: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
     )
 
 
-def refused(code: int | str | None, stderr: str, *words: str) -> None:
-    assert code == 2, stderr
+def refused(code: int | str | None, stderr: str, *words: str, exit: int = 2) -> None:
+    assert code == exit, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert all(word in lines[0] for word in words), lines[0]
@@ -97,8 +97,14 @@ def test_a_database_path_that_cannot_be_created_is_refused_first(
     ids=["enqueue.py", "worker"],
 )
 def test_the_enqueuer_and_a_worker_check_the_same_rules(tmp_path: Path, argv: list[str]) -> None:
+    """enqueue.py says it in its own line, exit 2; a worker in pynenc's one line for an app it
+    cannot build (tasks.py raised settings.BadSetting, a ValueError), exit 1."""
     result = run(argv, tmp_path, DEMO_LOG_LEVEL="loud", DEMO_DB=str(tmp_path / "x.db"))
-    refused(result.returncode, result.stderr, "DEMO_LOG_LEVEL='loud'", "debug, info")
+    worker = "pynenc" in argv
+    words = ("DEMO_LOG_LEVEL='loud'", "debug, info")
+    refused(result.returncode, result.stderr, *words, exit=1 if worker else 2)
+    first = "ERROR: Failed to load application: " if worker else "enqueue.py: "
+    assert result.stderr.startswith(first), result.stderr
 
 
 def test_a_flag_follows_the_same_rule_as_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
@@ -231,5 +237,5 @@ def test_a_worker_that_refuses_a_setting_first_gives_the_run_its_one_line(tmp_pa
     stack = Stack(env, tmp_path / "logs", ready_timeout=60, cwd=ROOT)
     with stack, pytest.raises(ChildDied) as died:
         stack.start(workers=1)
-    assert died.value.refusal.startswith("tasks.py: the atomic claim selects orchestrator_cls")
+    assert died.value.refusal.startswith("the atomic claim selects orchestrator_cls")
     assert "\n" not in died.value.refusal

@@ -1,6 +1,6 @@
 """The README's picture is regenerable: the script draws a real run through the real monitor.
 
-The run is the session's default sample.py run, made as demo/snapshot.py makes its own (a
+The run is the session's default sample.py run, made as tools/snapshot.py makes its own (a
 private database, NO_COLOR, links to a monitor on a free port); the rest of the script runs
 as it is, a real `pynenc monitor` included.
 """
@@ -12,9 +12,10 @@ from xml.etree import ElementTree
 
 import pytest
 
-from demo import monitor, snapshot
+from demo import monitor
 from demo.stack import ROOT
 from helpers import FinishedRun, processes_mentioning
+from tools import snapshot
 
 
 @pytest.mark.e2e

@@ -1,15 +1,19 @@
 """The four tasks carry exactly the article's concurrency options, on the article's app."""
 
 import os
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
+from pynenc.runner import ThreadRunner
 from pynenc.util.import_app import find_app_instance
 
 import tasks
+from demo import live, runners
 from demo.stack import ROOT
 
 DISABLED, KEYS = Mode.DISABLED, Mode.KEYS
@@ -39,10 +43,62 @@ def test_app_is_built_as_the_article_says() -> None:
     conf = tasks.app.conf
     assert tasks.app.app_id == "concurrency_demo"
     assert type(tasks.app.orchestrator).__name__ == "SQLiteOrchestrator"
-    assert type(tasks.app.runner).__name__ == "ThreadRunner"
+    # pynenc's ThreadRunner, saying as it starts what it runs on (demo/runners.py)
+    assert type(tasks.app.runner).__bases__ == (runners.Announced, ThreadRunner)
     assert tasks.app.runner.conf.min_threads == 1
     assert tasks.app.runner.conf.max_threads == 8
     assert conf.max_pending_seconds == 3.0
+
+
+IMPORT_AS_A_WORKER = """
+import sys
+sys.argv = ["pynenc", "--app", "tasks.app", "runner", "start"]  # as a worker imports it
+try:
+    import tasks
+except ValueError as refused:  # settings.BadSetting, keyclaim.Refused
+    print(f"refused: {refused}")
+else:
+    print(f"built: {tasks.app.app_id}")
+"""
+
+
+@pytest.mark.parametrize("port", ["8765", "abc"])
+def test_importing_tasks_builds_the_app_and_does_nothing_else(port: str, tmp_path: Path) -> None:
+    """Imported as a worker imports it: no line of its own, no exit, no runner context or
+    fleet record stored; a bad setting is a ValueError for the importer to word. The worker's
+    line, context and fleet record come with its runner's start (demo/runners.py). Checked by
+    mutation: with the earlier import-time announce back in tasks.py, the good case printed
+    the worker's line and stored a context, and the bad one exited 2."""
+    db = tmp_path / "import.db"
+    env = {**os.environ, "DEMO_DB": str(db), "DEMO_API_PORT": port}
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_AS_A_WORKER],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    if port == "abc":
+        assert (
+            done.stdout == "refused: DEMO_API_PORT='abc': expected a port number from 1 to 65535\n"
+        )
+    else:
+        assert done.stdout == "built: concurrency_demo\n", done.stdout
+    assert done.stderr == ""
+    assert live.in_sqlite(str(db)) == []
+    if db.exists():
+        with closing(sqlite3.connect(db)) as conn:
+            tables = [
+                n for (n,) in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+            ]
+            stored = sum(
+                conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in tables
+                if t.endswith(("runner_contexts", "claim_fleet"))
+            )
+        assert stored == 0
 
 
 def test_the_monitor_finds_exactly_this_app(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -100,8 +156,8 @@ def test_a_worker_refuses_a_claim_its_configuration_would_make_lie(tmp_path: Pat
             if worker.poll() is None:
                 worker.kill()
                 worker.wait(60)
-    for case, (worker, out, err) in ended.items():
-        assert worker.returncode == 2, f"{case}: {out}{err}"
+    for case, (worker, out, err) in ended.items():  # pynenc's one line for an app it cannot build
+        assert worker.returncode == 1, f"{case}: {out}{err}"
         assert len(err.strip().splitlines()) == 1, f"{case}: {err}"
-        assert err.startswith("tasks.py: "), f"{case}: {err}"
+        assert err.startswith("ERROR: Failed to load application: "), f"{case}: {err}"
         assert "Traceback" not in err and "Starting runner" not in out, case

@@ -1,5 +1,6 @@
-"""The claim on Redis: the forced races of test_sqlite_claim.py, where a claimer is not blocked
-but its EXEC fails and it tries again on fresh data.
+"""The claim on Redis: the forced races of test_sqlite_claim.py, each with one winner.
+
+There a claimer is not blocked: its EXEC fails and it tries again on fresh data.
 
 pynenc imports every installed backend plugin at start, so pynenc-redis stays out of the
 environment the other tests run in: the races run in a script of their own, in an environment

@@ -1,5 +1,7 @@
-"""One call per key across pynenc workers, processes and hosts, with a line per key for the calls
-that must wait, fencing tokens for the calls that outlive their claim, and a draining stop.
+"""One call per key across pynenc workers, processes and hosts.
+
+With a line per key for the calls that must wait, fencing tokens for the calls that outlive
+their claim, and a draining stop.
 
     builder = PynencBuilder().app_id("my_app").sqlite("my.db").thread_runner(max_threads=8)
     app = keyclaim.install(builder, "sqlite", dead_after=15.0, longest_call=10.0).build()

@@ -1,20 +1,28 @@
-"""sample.py --bench: the same rounds and a scaled run on pynenc's ThreadRunner, then on fresh
+"""The benchmark: the scenarios on pynenc's ThreadRunner and on the wake runner, side by side.
+
+It runs the article's rounds and a scaled run on ThreadRunner workers, then the same on fresh
 workers of the wake runner; both side by side, then where the whole run's time went; then B,
 scaled B and E (a busy account beside quiet ones) without the account lines and with them.
+
+Run it: uv run python -m tools.bench     (--rounds N, and sample.py's flags; --help)
 
 It prints figures and asserts nothing: docs/speed.md says what they were here.
 """
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from demo import report, settings, show
-from demo.processes import Child, peak_memory_mib, start_child, stop_children, wait_until
-from demo.scenarios import DEFAULT, Outcome, Shape
+import sample
+from demo import options, report, settings, show
+from demo.outcome import Outcome
+from demo.processes import Child, start_child, stop_children, wait_until
+from demo.scenarios import DEFAULT, Scenario, Shape
 from demo.stack import ROOT, Stack
 
 ROUNDS = 5
@@ -22,18 +30,36 @@ SCALED = Shape(accounts=30, ops=4, hold=0.1)
 RUNNERS = ("thread", "wake")
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """sample.py's flags, and the bench's own."""
+    parser = sample.build_parser(__doc__.splitlines()[0])
+    parser.prog = "python -m tools.bench"
+    add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings.exit_on_bad_environment("tools/bench.py")
+    parser = build_parser()
+    args = sample.parse_args(argv, parser)
+    refuse_bad_arguments(parser, args)
+    began = time.monotonic()
+
+    def bench(stack: Stack, view: show.View) -> int:
+        code = run(stack, lambda runner: play(args, stack, view, runner), began)
+        return lines(args, stack.log_dir) or code
+
+    return sample.run(args, bench)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--bench",
-        action="store_true",
-        help=f"benchmark: {ROUNDS} rounds (or --rounds), then a scaled run; print figures",
-    )
+    parser.set_defaults(rounds=ROUNDS)
     parser.add_argument(
         "--bench-accounts",
         type=settings.flag_type(settings.whole_number),
         default=SCALED.accounts,
         metavar="N",
-        help=f"accounts in --bench's scaled run (default {SCALED.accounts})",
+        help=f"accounts in the scaled run (default {SCALED.accounts})",
     )
     parser.add_argument(
         "--bench-backlogs",
@@ -42,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         # the long one is asked for: --bench-backlogs 1000,10000 (docs/speed.md's figures).
         default="1000",
         metavar="N,N",
-        help="the busy account's backlogs in --bench's scenario E runs (default %(default)s)",
+        help="the busy account's backlogs in scenario E's runs (default %(default)s)",
     )
 
 
@@ -62,8 +88,20 @@ def refuse_bad_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
     """Usage and exit 2 for a benchmark that cannot run as asked."""
     if not 1 <= args.bench_accounts <= 500:
         parser.error("--bench-accounts must be 1..500")
-    if args.bench and args.runner != "thread":
-        parser.error("--bench runs both the thread and the wake runner by itself: drop --runner")
+    if args.runner != "thread":
+        parser.error("the bench runs both the thread and the wake runner by itself: drop --runner")
+
+
+def play(
+    args: argparse.Namespace, stack: Stack, view: show.View, runner: str
+) -> tuple[int, list[Outcome]]:
+    """sample.py's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
+    code, outcomes = sample.play(args, stack, view, runner, quiet=True)
+    shape = options.shape(args, args.workers, settings.slots_per_worker(runner))
+    big = scaled(stack, args.bench_accounts, shape, args.timeout, view)
+    text, scaled_code = report.verdict(big, stack.crashes)
+    print(text)
+    return code or scaled_code, outcomes + big
 
 
 def scaled(
@@ -103,7 +141,7 @@ def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: f
         print(f"\n##### {runner} runner #####")
         runner_code, results[runner] = play(runner)
         code = code or runner_code
-    print(report.compare(results))
+    print(compare(results))
     done = time.monotonic()
     memory = [peak_memory_mib(w.proc.pid) for w in stack.workers]
     stack.stop()
@@ -132,9 +170,9 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
     code = 0
     for claim, side in (("0", "without"), ("1", "with")):
         for n, backlog in enumerate(each):
-            argv = [sys.executable, "-m", "demo.bench_lines", "--claim", claim]
+            argv = [sys.executable, "-m", "tools.bench_lines", "--claim", claim]
             argv += ["--no-b"] if n else []
-            argv += ["--backlogs", backlog, "--rounds", str(args.rounds or ROUNDS)]
+            argv += ["--backlogs", backlog, "--rounds", str(args.rounds)]
             argv += ["--hold", str(args.hold)]
             argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
             argv += ["--backend", args.backend]
@@ -203,3 +241,50 @@ def compare_lines(without: dict[str, object], with_: dict[str, object]) -> str:
 
 def _yes(value: object) -> str:
     return "yes" if value else "no"
+
+
+def compare(by_runner: dict[str, list[Outcome]]) -> str:
+    """Median elapsed and efficiency per scenario and shape, runner against runner."""
+    names = list(by_runner)
+    first, last = names[0], names[-1]
+
+    def medians(outcomes: list[Outcome]) -> dict[tuple[Scenario, Shape], tuple[float, float]]:
+        grouped: dict[tuple[Scenario, Shape], list[Outcome]] = {}
+        for o in outcomes:
+            grouped.setdefault((o.scenario, o.shape), []).append(o)
+        return {
+            key: (statistics.median(o.elapsed for o in group), group[0].floor)
+            for key, group in grouped.items()
+        }
+
+    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
+    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
+    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
+    for key in table[first]:
+        scenario, shape = key
+        label = f"{scenario.letter}. {scenario.key}"
+        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
+            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
+        cells = []
+        for name in names:
+            median, floor = table[name].get(key, (math.nan, math.nan))
+            cells.append(f"{median:.2f}s ({floor / median:.0%})")
+        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
+        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
+    return "\n".join(lines)
+
+
+def peak_memory_mib(pid: int) -> float:
+    """The process's peak resident memory so far (Linux VmHWM), or 0 where unknown."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

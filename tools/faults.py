@@ -1,7 +1,9 @@
-"""Faults, measured: what a deploy, a killed or stalled worker, a call longer than its timeout
-and a dropped Redis connection do to one call per account, with the claim on or off.
+"""Faults, measured: what each fault does to one call per account, with the claim on or off.
 
-FaultRun it: uv run python -m demo.faults        (--runs N, --stock, --backend redis, --only NAME)
+The faults: a deploy, a killed or stalled worker, a call longer than its timeout and a
+dropped Redis connection.
+
+Run it: uv run python -m tools.faults        (--runs N, --stock, --backend redis, --only NAME)
 
 Two workers run four calls for one account with call_keyed (the provider serves each for 1 s),
 so exactly one call is in flight at a time. Each run hits the worker that holds it, in the

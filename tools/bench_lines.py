@@ -1,12 +1,12 @@
-"""One side of --bench's account-lines comparison: B, scaled B and E, in a process of its own.
+"""One side of the bench's account-lines comparison: B, scaled B and E, in a process of its own.
 
-Run by sample.py --bench without the lines (stock pynenc) and with them (the atomic claim),
+Run by tools/bench.py without the lines (stock pynenc) and with them (the atomic claim),
 each on fresh state and fresh wake-runner workers: every process of a deployment with the
 claim installs it, the one that enqueues too, so the two sides cannot share a process. A
 sampled E run leaves the rest of its backlog queued, which would run ahead of the next one's,
 so each E backlog after the first gets a process of its own (--no-b). By hand:
 
-    uv run python -m demo.bench_lines --claim 1 --backlogs 1000
+    uv run python -m tools.bench_lines --claim 1 --backlogs 1000
 
 It prints its figures as it goes, then one line `figures: {json}` for sample.py to compare.
 """
@@ -22,10 +22,11 @@ import tempfile
 from pathlib import Path
 
 from demo import redis_server, report, settings, show
-from demo.bench import ROUNDS, SCALED, backlogs
+from demo.outcome import Outcome
 from demo.processes import free_port, stop_on_signals
-from demo.scenarios import SCENARIOS, Outcome, Shape
+from demo.scenarios import SCENARIOS, Shape
 from demo.stack import FAILURES, Stack
+from tools.bench import ROUNDS, SCALED, backlogs
 
 E_HOLD = 0.1  # as the scaled run's
 E_SAMPLE = 50  # calls of the busy account timed, after which its backlog is left unrun
@@ -35,20 +36,20 @@ E_TIMEOUT = 600.0
 def figures(
     article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome]
 ) -> dict[str, object]:
-    """Median elapsed and floor of B and of scaled B, and each E run's lanes, to compare."""
+    """Median elapsed and floor of B and of scaled B, and each E run's figures, to compare."""
     found: dict[str, object] = {}
     if article and scaled is not None:
         found["B"] = [statistics.median(o.elapsed for o in article), article[0].floor]
         found["B scaled"] = [scaled.elapsed, scaled.floor]
     for o in noisy:
-        assert o.lanes is not None
-        waits = [w for w in o.lanes.quiet_waits if not math.isnan(w)]
+        assert o.neighbours is not None
+        waits = [w for w in o.neighbours.quiet_waits if not math.isnan(w)]
         found[f"E {o.shape.backlog}"] = {
             "quiet_longest": max(waits) if len(waits) == settings.QUIET_ACCOUNTS else None,
-            "hot_floor": o.lanes.hot_floor,
-            "in_order": o.lanes.hot_out_of_place == 0,
-            "writes": o.lanes.writes,
-            "reroutes": o.lanes.reroutes,
+            "hot_floor": o.neighbours.hot_floor,
+            "in_order": o.neighbours.hot_out_of_place == 0,
+            "writes": o.neighbours.writes,
+            "reroutes": o.neighbours.reroutes,
         }
     return found
 

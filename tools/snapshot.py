@@ -1,6 +1,6 @@
 """Regenerate the README's picture: one default run, as pynenc's monitor draws it and as lanes.
 
-Run it: uv run python -m demo.snapshot     (writes docs/timeline.svg and the README's lane block)
+Run it: uv run python -m tools.snapshot     (writes docs/timeline.svg and the README's lane block)
 
 It runs sample.py on a private database, opens the whole-run link in a real `pynenc monitor`,
 keeps the SVG the monitor renders on its server (it carries its own styles, so it reads the
