@@ -1,5 +1,7 @@
-"""Shared fixtures: a real API and real workers on a private port and database, a real Redis,
-and one finished default run of sample.py that several tests read.
+"""Shared fixtures: a real API, real workers, a real Redis, and one finished run of sample.py.
+
+The API and workers run on a private port and database; several tests read the one default
+run of sample.py.
 
 The session's settings go into the environment first: tasks.py, which the test modules
 import, builds its app from them.
@@ -39,6 +41,14 @@ from helpers import FinishedRun, processes_mentioning, run_sample  # noqa: E402 
 from long_runs import LongRuns  # noqa: E402 - the same
 
 READY = 30.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers: unit (a module marked so: no process, no network), e2e (a test marked so),
+    integration (every other: real processes and stores, each test with its own state)."""
+    for item in items:
+        if not (item.get_closest_marker("unit") or item.get_closest_marker("e2e")):
+            item.add_marker(pytest.mark.integration)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

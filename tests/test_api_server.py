@@ -10,6 +10,8 @@ from fastapi.testclient import TestClient
 import api_server
 from demo.processes import wait_until
 
+pytestmark = pytest.mark.unit  # no process, no network
+
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:

@@ -4,6 +4,8 @@ import pytest
 
 from demo import lanes
 
+pytestmark = pytest.mark.unit  # no process, no network
+
 
 def call(account: str, start: float, end: float, collided: bool = False) -> dict:
     return {"account_id": account, "op": "op", "start": start, "end": end, "collided": collided}

@@ -1,5 +1,6 @@
-"""The claim's own fixtures: a provider, an app with its own id and database, real workers,
-and a private redis-server. Nothing of the sample is used."""
+"""The claim's own fixtures, which use nothing of the sample.
+
+A provider, an app with its own id and database, real workers, and a private redis-server."""
 
 import os
 import shutil
@@ -15,6 +16,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # claimapp, claimkit, 
 
 from claimkit import WAIT, Claim, Workers, new_claim, wait_until
 from provider import Judge
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tiers: unit (a module marked so: no process, no network), e2e (a test marked so),
+    integration (every other: real processes and stores, each test with its own state)."""
+    for item in items:
+        if not (item.get_closest_marker("unit") or item.get_closest_marker("e2e")):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

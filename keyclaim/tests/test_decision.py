@@ -11,6 +11,8 @@ from keyclaim.config import window_problem
 from keyclaim.decision import Holder, Verdict, decide
 from keyclaim.keys import key_identity
 
+pytestmark = pytest.mark.unit  # no process, no network
+
 NOW = 1000.0  # on the store's clock
 WINDOW = 15.0
 
