@@ -12,6 +12,7 @@ from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import psutil
+import pytest
 from pynenc.invocation.status import InvocationStatus as S
 
 import tasks
@@ -29,6 +30,8 @@ from helpers import (
     wait_in_flight,
     write_lock_held,
 )
+
+pytestmark = pytest.mark.slow  # real workers, held links and short windows
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 

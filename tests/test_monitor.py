@@ -14,6 +14,8 @@ from demo import monitor
 from demo.stack import ROOT
 from helpers import FinishedRun, summaries
 
+pytestmark = pytest.mark.slow  # a real `pynenc monitor`
+
 TASKS = {"A": "call_unsafe", "B": "call_keyed", "C": "call_keyed_drop", "D": "refresh_once"}
 IDS_BY_TASK = (
     "import json, tasks; ids = tasks.app.orchestrator.get_task_invocation_ids; "

@@ -240,6 +240,7 @@ def needs_faketime() -> None:
         pytest.skip("faketime is not installed (apt-get install -y faketime)")
 
 
+@pytest.mark.slow
 def test_a_skewed_clock_takes_no_live_holder_for_dead_on_sqlite(tmp_path: Path) -> None:
     """A sweep by a worker 40 s ahead, and a holder whose worker is 40 s behind, under faketime:
     each read its own wall clock, and took a live holder for dead (8 to 18 calls in 100
@@ -258,6 +259,7 @@ def test_a_skewed_clock_takes_no_live_holder_for_dead_on_sqlite(tmp_path: Path) 
     }
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_skewed_clock_takes_no_live_holder_for_dead_on_redis(redis_url: str) -> None:
     """The same on Redis, whose clock is its TIME; FLUSHALL loses every beat at once. Checked by
@@ -312,6 +314,7 @@ def fleet_size(db: str) -> int:
         return sum(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_mixed_fleet_is_refused_in_one_line_naming_both(
     tmp_path: Path, live_api: Provider

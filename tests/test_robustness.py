@@ -119,6 +119,7 @@ def worker_line(worker: Child) -> str:
     return said[0]
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "sig, code, moment",
@@ -156,6 +157,7 @@ def test_a_signal_stops_the_demo_and_every_child(
         assert process_state(pid) in (None, "Z"), f"{cmdline(pid)} (pid {pid}) outlived sample.py"
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_ctrl_c_twice_to_the_process_group_stops_cleanly(tmp_path: Path) -> None:
     """Ctrl-C in a terminal signals the command's whole process group: `uv run` and the demo,
@@ -197,6 +199,7 @@ def running(proc: psutil.Process) -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 @pytest.mark.parametrize("name, marker", [("worker 1", "runner start"), ("API", "uvicorn")])
 def test_a_child_that_dies_mid_run_is_reported_at_once(
@@ -400,6 +403,7 @@ def enqueue_on(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
     tmp_path: Path, provider: Provider
@@ -444,6 +448,7 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
     assert [worker_line(w) for w in workers] == [said] * 3
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_worker_calling_another_address_is_named_as_the_cause(
     tmp_path: Path, provider: Provider
@@ -462,6 +467,7 @@ def test_a_worker_calling_another_address_is_named_as_the_cause(
     assert said.endswith(f"calling the API at http://127.0.0.1:{elsewhere}"), said
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancelled(
     tmp_path: Path, provider: Provider
@@ -494,6 +500,7 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
     assert invocations_in(db, "registered") == 0
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
     tmp_path: Path, provider: Provider

@@ -18,6 +18,8 @@ from demo.stack import ROOT
 from helpers import processes_mentioning, run_sample, summaries
 from long_runs import WITH_REDIS, LongRun, LongRuns
 
+pytestmark = pytest.mark.slow  # the long runs: the bench, Redis, several workers
+
 
 @pytest.fixture(scope="module")
 def runs(long_runs: LongRuns | None) -> dict[str, LongRun]:

@@ -17,6 +17,8 @@ from demo.stack import ROOT
 from helpers import FinishedRun, processes_mentioning
 from tools import snapshot
 
+pytestmark = pytest.mark.slow  # a real `pynenc monitor`
+
 
 @pytest.mark.e2e
 def test_the_snapshot_script_draws_all_four_scenarios(

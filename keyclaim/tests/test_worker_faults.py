@@ -11,8 +11,11 @@ import signal
 from datetime import datetime
 
 import psutil
+import pytest
 from claimkit import WAIT, Claim, Worker, Workers, unique, wait_until, write_lock_held
 from pynenc.invocation.status import InvocationStatus as S
+
+pytestmark = pytest.mark.slow  # real workers stopped, killed and paused
 
 SHORT = {"dead_after": "3", "longest_call": "2"}
 # A drain long enough to see it beat (every second) before the call's 5 s are up.
