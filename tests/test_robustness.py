@@ -508,12 +508,22 @@ def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
     """Ctrl-C while B's first calls are in flight: one line, no traceback, exit 130, and the
     calls no worker had picked up end unrun. What it could not end would run inside the next
     run: the next run names it instead of starting. Checked by mutation: without the check
-    for an earlier run's leftovers, the next run started."""
+    for an earlier run's leftovers, the next run started.
+
+    The Ctrl-C lands while the worker still sorts B's other calls: the worker goes on. Checked
+    by mutation: ending REGISTERED ones where they are, not off the queue, stopped the worker
+    (its write after enqueue.py's failed) or made enqueue.py's fail: 2 runs in 15 failed.
+
+    The worker's calls outlast the test (a call timeout of DEADLINE, not the default 10 s):
+    the paused provider holds each up to 30 s, one per account at a time, so B's leftovers are
+    there for 2 minutes. With 10 s they had all failed (4 waves) before the next run looked on
+    a loaded machine: it started, and its own calls timed out one wave after another."""
     db = str(tmp_path / "ctrl-c.db")
     port = provider.base_url.rsplit(":", 1)[1]
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
     env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
-    with workers_on(db, tmp_path), provider.paused():
+    calls_outlast = {"DEMO_CALL_TIMEOUT": f"{DEADLINE:g}"}
+    with workers_on(db, tmp_path, **calls_outlast) as (worker,), provider.paused():
         run = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -532,6 +542,7 @@ def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
             if run.poll() is None:
                 run.kill()
                 run.wait(DEADLINE)
+        assert worker.proc.poll() is None, worker.log_path.read_text()[-3000:]
     assert refused.returncode == enqueue.BUSY_EXIT, refused.stdout + refused.stderr
     assert refused.stdout == ""
     (left,) = refused.stderr.strip().splitlines()
