@@ -7,6 +7,10 @@ four-terminal way's mismatches (another database, port or claim setting) show at
 context (pid, host) stored then, not with its first call, so that demo/live.py tells a live
 worker from a stopped one by its pid; and its claim settings recorded for the fleet, or, when
 they differ from a live worker's, one line and exit 2.
+
+Written against pynenc 0.3.1 and 0.4.0, whose runners call `_on_start` as they start (CI runs
+the workers on both). Retired when pynenc stores a runner's context as it starts, and offers
+a hook there: the line and the fleet record would move into it.
 """
 
 import sys

@@ -20,12 +20,13 @@ import pytest
 from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus
 
-from demo import live, monitor, redis_server
+from demo import live, redis_server
 from demo.processes import Child, free_port, stop_children
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from keyclaim.config import LONGEST_CALL_KEY
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+from tools import monitor
 
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(

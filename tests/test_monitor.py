@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from demo import monitor
 from demo.stack import ROOT
 from helpers import FinishedRun, summaries
+from tools import monitor
 
 pytestmark = pytest.mark.slow  # a real `pynenc monitor`
 

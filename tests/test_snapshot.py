@@ -12,10 +12,9 @@ from xml.etree import ElementTree
 
 import pytest
 
-from demo import monitor
 from demo.stack import ROOT
 from helpers import FinishedRun, processes_mentioning
-from tools import snapshot
+from tools import monitor, snapshot
 
 pytestmark = pytest.mark.slow  # a real `pynenc monitor`
 

@@ -19,8 +19,8 @@ from xml.etree import ElementTree
 
 import httpx
 
-from demo import monitor
 from demo.processes import free_port, stop_children
+from tools import monitor
 
 ROOT = monitor.ROOT
 BEGIN, END = "<!-- snapshot:begin -->", "<!-- snapshot:end -->"
