@@ -226,7 +226,7 @@ def test_e_sends_one_accounts_backlog_then_one_call_for_each_quiet_account() -> 
 def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
     assert NOISY not in scenarios.DEFAULT and NOISY.keyed
     assert Shape(backlog=20).floor(NOISY) == pytest.approx(20 * Shape().hold)
-    # --bench times a sample of a long backlog: the floor is the sample's.
+    # The bench times a sample of a long backlog: the floor is the sample's.
     assert Shape(backlog=10_000, sample=50, hold=0.1).floor(NOISY) == pytest.approx(5.0)
     # The article's run names its own keyed scenarios in the totals, not E.
     totals = report.distribution([outcome("keyed")]).splitlines()[-1]

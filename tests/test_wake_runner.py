@@ -1,7 +1,7 @@
 """The wake runner: pynenc's ThreadRunner, started again the moment one of its calls ends.
 
 With the claim and three workers it runs in tests/test_scale.py; on Redis there too, and on
-one SQLite worker in the --bench test.
+one SQLite worker in the bench test.
 """
 
 import os
