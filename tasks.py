@@ -35,6 +35,7 @@ if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.
 # DEMO_RUNNER's runner, which says what it runs on as it starts: demo/runners.py
 app = runners.select(builder, CLAIM).build()
 keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
+runners.check(app)  # and a runner of demo/runners.py's, which joins the fleet as it starts
 
 # One client for every call (a fresh one loads TLS certificates each time). A refused
 # connection reached nothing, so it is tried again, 4 times over about 3.5 s; nothing else is.

@@ -14,6 +14,7 @@ a hook there: the line and the fleet record would move into it.
 """
 
 import sys
+from typing import TYPE_CHECKING
 
 from pynenc import PynencBuilder
 from pynenc.runner import BaseRunner, MultiThreadRunner, ProcessRunner, ThreadRunner
@@ -22,6 +23,9 @@ import keyclaim
 from demo import settings
 from keyclaim.drain import DrainingThreadRunner
 from keyclaim.wake import WakeRunner
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
 
 
 class Announced(BaseRunner):
@@ -98,3 +102,23 @@ def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
         builder = keyclaim.use_runner(builder, "wake", settings.drain_deadline(), _idle())
     plain, claiming, extra = WORKERS[name]
     return builder.custom_config(runner_cls=(claiming if claim else plain).__name__, **extra)
+
+
+def check(app: "Pynenc") -> None:
+    """Raise settings.BadSetting, in one line, when pynenc resolves a runner that is not one of
+    these (PYNENC__RUNNER_CLS, [tool.pynenc]): it would neither say what it runs on, nor store
+    its pid as it starts, nor join the fleet, so a claim-off worker would run unrefused beside
+    claim workers, and sample.py would wait for it in vain. An unknown name pynenc refuses."""
+    from pynenc.util.subclasses import get_subclass
+
+    resolved = app.conf.runner_cls
+    try:
+        found = get_subclass(BaseRunner, resolved)
+    except ValueError:
+        return
+    if not issubclass(found, Announced):
+        raise settings.BadSetting(
+            f"pynenc's configuration resolves runner_cls={resolved!r} (PYNENC__RUNNER_CLS or "
+            "[tool.pynenc]), a runner that would not say what it runs on nor join the fleet: "
+            f"remove that override and pick one with DEMO_RUNNER ({', '.join(WORKERS)})"
+        )

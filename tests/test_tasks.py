@@ -131,6 +131,10 @@ REFUSALS = {
     },
     "a window shorter than a call": {"DEMO_DEAD_AFTER": "5", "DEMO_CALL_TIMEOUT": "10"},
     "another orchestrator resolved": {"PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator"},
+    # Not the claim's own check: without the claim, a stock runner resolved in place of the
+    # demo's would join no fleet and run unrefused beside claim workers (demo/runners.check).
+    # Checked by mutation: without runners.check(app) in tasks.py, this worker started.
+    "a stock runner, claim off": {"DEMO_ATOMIC_CLAIM": "0", "PYNENC__RUNNER_CLS": "ThreadRunner"},
 }
 
 
