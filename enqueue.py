@@ -5,6 +5,7 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 
 import argparse
 import importlib
+import os
 import sys
 from types import ModuleType
 
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
+    # The API it calls is the one its workers must call: the hints name it (demo/terminals.py).
+    os.environ.update(DEMO_API_HOST=args.host, DEMO_API_PORT=str(args.port))
     if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":
         parser.error(
             "--atomic-claim: tasks.py reads the claim from the environment, in every process "

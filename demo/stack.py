@@ -311,6 +311,16 @@ class Stack:
         if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
+    def workers_up(self, fresh: list[Child], earlier: frozenset[str]) -> bool:
+        """Whether each fresh worker's runner has written its first heartbeat, under the pid
+        it stored as it started (demo/runners.py): another runner's beat, on a store this
+        process shares with others (a test's), is not one of ours coming up."""
+        beating = self.runner_ids() - earlier
+        state = self.tasks.app.state_backend
+        contexts = [state.get_runner_context(runner_id) for runner_id in beating]
+        pids = {context.pid for context in contexts if context is not None}
+        return {child.proc.pid for child in fresh} <= pids
+
     def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""
         token = self.env.get("DEMO_API_INSTANCE", "")
@@ -327,18 +337,8 @@ class Stack:
 
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
-        # A worker counts as up once its runner has written its first heartbeat to the
-        # orchestrator, under the pid it stored as it started (demo/runners.py).
-        pids = {child.proc.pid for child in fresh}
-
-        def up() -> bool:
-            beating = self.runner_ids() - earlier
-            state = self.tasks.app.state_backend
-            contexts = [state.get_runner_context(runner_id) for runner_id in beating]
-            return pids <= {context.pid for context in contexts if context is not None}
-
         wait_until(
-            up,
+            lambda: self.workers_up(fresh, earlier),
             self.ready_timeout,
             f"{len(fresh)} worker(s) to register as active runners",
             check=all_alive,

@@ -22,16 +22,25 @@ class Interrupted(Exception):
     """Ctrl-C mid-run: what it left behind."""
 
 
+# What a worker must share with this terminal to run its calls as this run expects.
+SHARED = ("DEMO_API_HOST", "DEMO_API_PORT", "DEMO_ATOMIC_CLAIM", "DEMO_DEAD_AFTER")
+SHARED += ("DEMO_CALL_TIMEOUT", "DEMO_RUNNER")
+
+
 def state_and_start() -> tuple[str, str]:
-    """Where the workers should be, and the command that starts one there."""
+    """Where the workers should be, and the command that starts one there: with this
+    terminal's settings that differ from the defaults, so that it runs as this one expects."""
     runner = "pynenc --app tasks.app runner start"
+    named = [f"{n}={settings.get(n)}" for n in SHARED if settings.get(n) != settings.DEFAULTS[n]]
     if settings.get("DEMO_BACKEND") == "redis":
         url = settings.get("REDIS_URL")
-        start = f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis {runner}"
-        return f"the Redis at {url}", start
+        named = ["DEMO_BACKEND=redis", f"REDIS_URL={url}", *named]
+        return f"the Redis at {url}", " ".join(
+            [*named, f"uv run --isolated --group redis {runner}"]
+        )
     db = settings.get("DEMO_DB")
-    named = "" if db == settings.DEFAULTS["DEMO_DB"] else f"DEMO_DB={db} "
-    return db, f"{named}uv run {runner}"
+    named = ([] if db == settings.DEFAULTS["DEMO_DB"] else [f"DEMO_DB={db}"]) + named
+    return db, " ".join([*named, f"uv run {runner}"])
 
 
 def no_worker() -> str:

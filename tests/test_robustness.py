@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import IO
 import psutil
 import pytest
 from pynenc.invocation.status import InvocationStatus
+from pynenc.runner.runner_context import RunnerContext
 
 import enqueue
 import sample
@@ -34,7 +36,7 @@ from demo.processes import (
     wait_until,
 )
 from demo.provider import Provider
-from demo.stack import ROOT
+from demo.stack import ROOT, Stack
 from helpers import children_of, cmdline, process_state, unique, user_env, wait_final
 
 DEADLINE = 60.0
@@ -270,10 +272,13 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
 ) -> None:
     """No worker on its state: one line, its own exit code, no verdict (nothing ran), and
     nothing enqueued to run inside a later run. Checked by mutation: without the check,
-    enqueue.py waited for its deadline and this test fails."""
+    enqueue.py waited for its deadline and this test fails. The command it names starts a
+    worker as this terminal's run expects: its database, the API it calls (--port) and the
+    claim's settings; with the port and claim left out, a user following it got a worker that
+    called another port without the claim."""
     port = live_api.base_url.rsplit(":", 1)[1]
     db = tmp_path / "enqueue.db"
-    env = {**os.environ, "DEMO_DB": str(db), "NO_COLOR": "1"}
+    env = {**os.environ, "DEMO_DB": str(db), "NO_COLOR": "1", "DEMO_DEAD_AFTER": "20"}
     result = subprocess.run(
         [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart"],
         cwd=ROOT,
@@ -286,7 +291,8 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"enqueue.py: no worker is running on {db} "), line
-    assert f"DEMO_DB={db} uv run pynenc --app tasks.app runner start" in line
+    start = f"DEMO_DB={db} DEMO_API_PORT={port} DEMO_DEAD_AFTER=20 uv run pynenc --app tasks.app"
+    assert f"{start} runner start" in line, line
     assert "GUARANTEE BROKEN" not in result.stdout + result.stderr
     assert invocations_in(str(db)) == 0  # nothing left to run inside the next run
 
@@ -622,3 +628,35 @@ def test_only_the_first_stop_signal_raises_and_none_cuts_a_teardown_short() -> N
     with stop_on_signals(), held_signals():
         signal.raise_signal(signal.SIGTERM)  # inside a teardown: kept, not raised
         assert stop_signal() == signal.SIGTERM
+
+
+def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Path) -> None:
+    """The stack counts a worker up once a runner beats under the worker's pid. Another
+    runner beating on the store this process reads (the session's, shared by the tests) is
+    not one of ours: counted, a worker that refused its settings looked up. Checked by
+    mutation: with any new beating runner counted (len(beating) >= len(fresh)), the first
+    assertion fails."""
+    app = tasks.app
+    other = RunnerContext(runner_cls="ThreadRunner", runner_id=f"other-{uuid.uuid4()}")
+    app.state_backend.store_runner_context(other)  # this process: no pynenc worker, never live
+    app.orchestrator.register_runner_heartbeats([other.runner_id])
+    stack = Stack({}, tmp_path / "logs", cwd=ROOT)
+    with stack:
+        idle = [sys.executable, "-c", "import time; time.sleep(60)"]
+        worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
+        assert not stack.workers_up([worker], frozenset())
+        mine = RunnerContext(runner_cls="ThreadWorker", pid=worker.proc.pid)
+        app.state_backend.store_runner_context(mine)
+        app.orchestrator.register_runner_heartbeats([mine.runner_id])
+        assert stack.workers_up([worker], frozenset())
+
+
+def test_a_worker_stores_its_pid_as_it_starts_not_with_its_first_call(tmp_path: Path) -> None:
+    """As its first heartbeat lands, a worker's runner context (its pid) is already stored, so
+    that a live worker is told from a stopped one by its pid from the start. Checked by
+    mutation: without the store in Announced._on_start, the first beat came with no context
+    (pynenc stores one seconds later) and this test fails."""
+    db = str(tmp_path / "pid.db")
+    with workers_on(db, tmp_path) as (worker,):
+        (runner,) = live.in_sqlite(db)
+    assert runner.pid == worker.proc.pid, runner

@@ -241,8 +241,20 @@ def main(argv: list[str] | None = None) -> int:
         help="runs of each fault (default 5)",
     )
     parser.add_argument("--stock", action="store_true", help="without the claim: stock pynenc")
-    parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
-    parser.add_argument("--only", choices=list(FAULTS), action="append", help="this fault only")
+    parser.add_argument(
+        "--backend",
+        choices=("sqlite", "redis"),
+        default="sqlite",
+        help="where pynenc keeps its state (redis: under uv run --isolated --group redis)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=list(FAULTS),
+        action="append",
+        metavar="FAULT",
+        help="this fault only, named as in docs/faults.md's table (repeat for more): "
+        + "; ".join(FAULTS),
+    )
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="faults-"))
     env = {
