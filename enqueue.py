@@ -5,7 +5,6 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 
 import argparse
 import importlib
-import os
 import sys
 from types import ModuleType
 
@@ -39,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options.refuse_bad_shape(parser, args)
     # The API it calls is the one its workers must call: the hints name it (demo/terminals.py).
-    os.environ.update(DEMO_API_HOST=args.host, DEMO_API_PORT=str(args.port))
+    api = {"DEMO_API_HOST": args.host, "DEMO_API_PORT": str(args.port)}
     if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":
         parser.error(
             "--atomic-claim: tasks.py reads the claim from the environment, in every process "
@@ -61,13 +60,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not (runners := live.awaited(tasks.app, say)):
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
-            print(f"enqueue.py: {terminals.no_worker()}", file=sys.stderr)
+            print(f"enqueue.py: {terminals.no_worker(api)}", file=sys.stderr)
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
         shape = options.shape(args, workers=max(1, live.calling(runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
-            if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values())):
+            if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values()), api):
                 print(f"enqueue.py: {earlier}", file=sys.stderr)
                 return BUSY_EXIT
             if shape.workers > 1:
@@ -75,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"--- {shape.workers} workers live ({threads} threads): the floors count them"
                 )
-            outcomes = play(tasks, chosen, shape, provider, args.timeout, view)
+            outcomes = play(tasks, chosen, shape, provider, args.timeout, view, api)
     except GaveUp as gave_up:
         print(f"enqueue.py: {gave_up}", file=sys.stderr)
         return NO_WORKER_EXIT
@@ -98,6 +97,7 @@ def play(
     provider: Provider,
     timeout: float,
     view: show.View,
+    api: dict[str, str],
 ) -> list[Outcome]:
     """Each scenario in turn, shown as it ends; it stops at one that left work unfinished."""
     outcomes = []
@@ -108,7 +108,7 @@ def play(
         try:
             o = show.scenario(scenario, shape, provider, tasks, timeout, view, label, check)
         except live.NoWorkerLeft:
-            raise GaveUp(terminals.no_worker_left(tasks, scenario)) from None
+            raise GaveUp(terminals.no_worker_left(tasks, scenario, api)) from None
         except KeyboardInterrupt:
             raise Interrupted(terminals.cancel_unpicked(tasks, scenario)) from None
         outcomes.append(o)

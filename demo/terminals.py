@@ -5,6 +5,7 @@ a run that gives up leaves behind (found and ended by demo/leftovers.py).
 """
 
 from collections import Counter
+from collections.abc import Mapping
 from types import ModuleType
 
 from demo import leftovers, live, settings
@@ -27,11 +28,13 @@ SHARED = ("DEMO_API_HOST", "DEMO_API_PORT", "DEMO_ATOMIC_CLAIM", "DEMO_DEAD_AFTE
 SHARED += ("DEMO_CALL_TIMEOUT", "DEMO_RUNNER")
 
 
-def state_and_start() -> tuple[str, str]:
+def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
     """Where the workers should be, and the command that starts one there: with this
-    terminal's settings that differ from the defaults, so that it runs as this one expects."""
+    terminal's settings that differ from the defaults (api: the API's address, as its flags
+    say), so that it runs as this one expects."""
     runner = "pynenc --app tasks.app runner start"
-    named = [f"{n}={settings.get(n)}" for n in SHARED if settings.get(n) != settings.DEFAULTS[n]]
+    value = {n: api.get(n) or settings.get(n) for n in SHARED}
+    named = [f"{n}={value[n]}" for n in SHARED if value[n] != settings.DEFAULTS[n]]
     if settings.get("DEMO_BACKEND") == "redis":
         url = settings.get("REDIS_URL")
         named = ["DEMO_BACKEND=redis", f"REDIS_URL={url}", *named]
@@ -43,8 +46,8 @@ def state_and_start() -> tuple[str, str]:
     return db, " ".join([*named, f"uv run {runner}"])
 
 
-def no_worker() -> str:
-    where, start = state_and_start()
+def no_worker(api: Mapping[str, str]) -> str:
+    where, start = state_and_start(api)
     return (
         f"no worker is running on {where} (none beat in the last {live.ALIVE_WITHIN:g}s from "
         f"a process still running), so nothing was enqueued; start one in another terminal: "
@@ -52,8 +55,8 @@ def no_worker() -> str:
     )
 
 
-def no_worker_left(tasks: ModuleType, scenario: Scenario) -> str:
-    where, start = state_and_start()
+def no_worker_left(tasks: ModuleType, scenario: Scenario, api: Mapping[str, str]) -> str:
+    where, start = state_and_start(api)
     return (
         f"every worker on {where} stopped mid-run; "
         f"{cancel_unpicked(tasks, scenario, workers_left=False)}; "
@@ -74,13 +77,15 @@ def listed(counts: Counter[str]) -> str:
     return ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
-def earlier_run_left(tasks: ModuleType, scenarios: list[Scenario]) -> str | None:
+def earlier_run_left(
+    tasks: ModuleType, scenarios: list[Scenario], api: Mapping[str, str]
+) -> str | None:
     """Invocations an earlier run left unfinished would run inside this one, and their calls
     would count as its own: what to say instead of starting."""
     left = leftovers.unfinished(tasks, {s.task for s in scenarios}, leftovers.UNFINISHED)
     if not left:
         return None
-    where, _ = state_and_start()
+    where, _ = state_and_start(api)
     return (
         f"{left.total()} invocations of an earlier run are still unfinished on {where} "
         f"({listed(left)}); they would run inside this one. Wait until the workers have run "
