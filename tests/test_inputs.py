@@ -141,6 +141,7 @@ def test_a_database_of_something_else_is_refused_and_left_byte_for_byte(
     assert not (tmp_path / "logs").exists(), "nothing may start before the refusal"
 
 
+@pytest.mark.slow  # four pynenc databases, each built in a process of its own
 def test_only_this_demos_pynenc_database_or_an_empty_file_may_be_deleted(tmp_path: Path) -> None:
     """The tables pynenc 0.3.1 makes for tasks.py's app (the claim's too) are this demo's, in
     the file or still in its -wal alone; another pynenc app's, or no tables at all, are not.

@@ -200,6 +200,7 @@ def worker(stack: Stack) -> Iterator[Child]:
         stack.stop([started])
 
 
+@pytest.mark.slow
 @pytest.mark.e2e
 def test_a_scaled_run_shows_progress_on_a_terminal(provider: Provider, worker: Child) -> None:
     seen = in_a_terminal([*SCALED_A, "--accounts", "30", "--no-links"])
@@ -207,6 +208,7 @@ def test_a_scaled_run_shows_progress_on_a_terminal(provider: Provider, worker: C
     assert "\x1b[2K" in seen or "\r" in seen, "the progress line should update in place"
 
 
+@pytest.mark.slow
 def test_a_forty_account_summary_stays_short_and_names_who_collided(
     provider: Provider, worker: Child, capsys: pytest.CaptureFixture[str]
 ) -> None:
