@@ -169,7 +169,7 @@ class NoWorkerLeft(Exception):
 
 
 def watching(app: "Pynenc", every: float = 2.0) -> Callable[[], None]:
-    """A check for scenarios.run: raises NoWorkerLeft once no live runner is left, looked at
+    """A check for run.scenario: raises NoWorkerLeft once no live runner is left, looked at
     every `every` seconds, instead of waiting out the deadline for work nobody will run."""
     next_look = time.monotonic() + every
 

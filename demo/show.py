@@ -56,7 +56,7 @@ def scenario(
     check: Callable[[], None] | None = None,
     quiet: bool = False,
 ) -> Outcome:
-    """Run one scenario (scenarios.run) and show it; return its outcome.
+    """Run one scenario (run.scenario) and show it; return its outcome.
 
     On a terminal a progress line named `label` stands in while it runs. Then its summary,
     its monitor link and its lane chart, as the view says; quiet: only if it broke a promise.
