@@ -18,6 +18,7 @@ from typing import IO
 
 import psutil
 import pytest
+from pynenc import PynencBuilder
 from pynenc.invocation.status import InvocationStatus
 from pynenc.runner.runner_context import RunnerContext
 
@@ -635,12 +636,16 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
     runner beating on the store this process reads (the session's, shared by the tests) is
     not one of ours: counted, a worker that refused its settings looked up. Checked by
     mutation: with any new beating runner counted (len(beating) >= len(fresh)), the first
-    assertion fails."""
-    app = tasks.app
+    assertion fails. The beats go to an app and database of the test's own: written to the
+    session's, they outlived the test (a stack started later deleted that file under them)."""
+    app = PynencBuilder().app_id(f"up-{uuid.uuid4().hex[:8]}").sqlite(str(tmp_path / "up.db"))
+    app = app.build()
     other = RunnerContext(runner_cls="ThreadRunner", runner_id=f"other-{uuid.uuid4()}")
     app.state_backend.store_runner_context(other)  # this process: no pynenc worker, never live
     app.orchestrator.register_runner_heartbeats([other.runner_id])
     stack = Stack({}, tmp_path / "logs", cwd=ROOT)
+    stack.tasks = ModuleType("tasks")  # the stack reads this app, not tasks.py's
+    stack.tasks.app = app
     with stack:
         idle = [sys.executable, "-c", "import time; time.sleep(60)"]
         worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
