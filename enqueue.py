@@ -4,6 +4,7 @@ Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or no
 """
 
 import argparse
+import functools
 import importlib
 import sys
 from types import ModuleType
@@ -55,15 +56,25 @@ def main(argv: list[str] | None = None) -> int:
     provider = Provider(options.api_url(args))
     try:
         provider.health()
-        if mixed := keyclaim.fleet_problem(tasks.app):  # its calls would break the claim
-            print(f"enqueue.py: {mixed}", file=sys.stderr)
+        # A worker still starting is waited for: it joins the fleet before its first beat.
+        mixed = functools.partial(keyclaim.fleet_problem, tasks.app)
+        try:
+            found = live.awaited(tasks.app, say, refused=mixed)
+        except KeyboardInterrupt:
+            print(
+                "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
+                file=sys.stderr,
+            )
+            return 130
+        if why := mixed():  # its calls would break the claim
+            print(f"enqueue.py: {why}", file=sys.stderr)
             return 2
-        if not (runners := live.awaited(tasks.app, say)):
+        if not found.runners:
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
-            print(f"enqueue.py: {terminals.no_worker(api)}", file=sys.stderr)
+            print(f"enqueue.py: {terminals.no_worker(api, found.why_none)}", file=sys.stderr)
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
-        shape = options.shape(args, workers=max(1, live.calling(runners)))
+        shape = options.shape(args, workers=max(1, live.calling(found.runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
             if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values()), api):

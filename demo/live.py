@@ -134,9 +134,11 @@ def _state_of(env: dict[str, str], cwd: str) -> str:
 
 def starting() -> list[int]:
     """The pids of `pynenc ... runner start` processes on this host, on this process's state,
-    that have not beaten yet (the four-terminal way, typed quickly: a worker still importing)."""
-    mine, found = _state_of(dict(os.environ), os.getcwd()), []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    that have not beaten yet (the four-terminal way, typed quickly: a worker still importing).
+    The worker itself, not the `uv run` that started it: a match whose child matches is left out.
+    """
+    mine, found = _state_of(dict(os.environ), os.getcwd()), {}
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         words = proc.info["cmdline"] or []
         if proc.pid == os.getpid() or "runner" not in words or "start" not in words:
             continue
@@ -144,24 +146,46 @@ def starting() -> list[int]:
             continue
         try:
             if _state_of(proc.environ(), proc.cwd()) == mine:
-                found.append(proc.pid)
+                found[proc.pid] = proc.info["ppid"]
         except psutil.Error:  # gone, or another user's: not one of ours
             continue
-    return found
+    return [pid for pid in found if pid not in found.values()]
 
 
-def awaited(app: "Pynenc", say: Callable[[str], None]) -> list[Runner]:
+def _running(pid: int) -> bool:
+    """Whether the process still runs: one that ended but is not reaped yet (a zombie) has not."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+@dataclass
+class Awaited:
+    """What enqueue.py found on its state: the live runners, or why there are none yet."""
+
+    runners: list[Runner]
+    why_none: str = ""  # for a worker it saw starting: still starting, or gone
+
+
+def awaited(app: "Pynenc", say: Callable[[str], None], refused: Callable[[], object]) -> Awaited:
     """The live runners; none yet but a worker starting: said in one line, then waited for,
-    up to STARTING_WITHIN seconds, or until that worker is gone."""
+    up to STARTING_WITHIN seconds, until that worker is gone, or until refused() (a fleet
+    that refuses this process) says something."""
     if (runners := in_app(app)) or not (pids := starting()):
-        return runners
+        return Awaited(runners)
     say(f"a worker is starting (pid {pids[0]}): waiting up to {STARTING_WITHIN:g}s for it")
     deadline = time.monotonic() + STARTING_WITHIN
-    while time.monotonic() < deadline and any(psutil.pid_exists(pid) for pid in pids):
-        if runners := in_app(app):
-            return runners
+    while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        if (runners := in_app(app)) or refused():
+            return Awaited(runners)
         time.sleep(0.2)
-    return in_app(app)
+    if runners := in_app(app):
+        return Awaited(runners)
+    worker = f"the worker that was starting (pid {pids[0]})"
+    if any(_running(pid) for pid in pids):
+        return Awaited([], f"{worker} has not beaten after {STARTING_WITHIN:g}s")
+    return Awaited([], f"{worker} exited: its terminal says why")
 
 
 class NoWorkerLeft(Exception):

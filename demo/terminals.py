@@ -46,12 +46,13 @@ def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
     return db, " ".join([*named, f"uv run {runner}"])
 
 
-def no_worker(api: Mapping[str, str]) -> str:
+def no_worker(api: Mapping[str, str], why: str = "") -> str:
+    """why: what became of a worker seen starting (live.Awaited)."""
     where, start = state_and_start(api)
+    why = why or f"none beat in the last {live.ALIVE_WITHIN:g}s from a process still running"
     return (
-        f"no worker is running on {where} (none beat in the last {live.ALIVE_WITHIN:g}s from "
-        f"a process still running), so nothing was enqueued; start one in another terminal: "
-        f"{start}"
+        f"no worker is running on {where} ({why}), so nothing was enqueued; start one in "
+        f"another terminal: {start}"
     )
 
 

@@ -337,6 +337,102 @@ def test_enqueue_typed_while_the_worker_still_starts_waits_for_it(
     assert "12 enqueued -> 12 calls" in out, out
 
 
+def enqueue_beside_a_held_worker(
+    tmp_path: Path,
+    provider: Provider,
+    worker_env: dict[str, str],
+    act: Callable[[Child, subprocess.Popen], object],
+) -> tuple[str, subprocess.CompletedProcess]:
+    """enqueue.py typed while a worker still starts: the worker is held (SIGSTOP) until
+    enqueue.py's first line is out, then act(worker, enqueuing) lets it go on, ends it, or
+    interrupts enqueue.py. That first line, and how enqueue.py ended."""
+    db = str(tmp_path / "starting.db")
+    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+    env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
+    worker = start_child("w", argv, tmp_path / "w.log", {**env, **worker_env}, ROOT)
+    port = provider.base_url.rsplit(":", 1)[1]
+    argv = [sys.executable, "enqueue.py", "unsafe", "--port", port, "--no-chart", "--no-links"]
+    try:
+        os.kill(worker.proc.pid, signal.SIGSTOP)
+        enqueuing = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            said = enqueuing.stderr.readline()  # its first line; it waits meanwhile
+            act(worker, enqueuing)
+            out, err = enqueuing.communicate(timeout=DEADLINE)
+        finally:
+            if enqueuing.poll() is None:
+                enqueuing.kill()
+                enqueuing.wait(DEADLINE)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.proc.pid, signal.SIGCONT)
+        stop_children([worker])
+    return said, subprocess.CompletedProcess(argv, enqueuing.returncode, out, err)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("worker_claim, enqueue_claim", [("1", "0"), ("0", "1")])
+def test_enqueue_typed_beside_a_starting_worker_of_another_claim_setting_is_refused(
+    tmp_path: Path,
+    provider: Provider,
+    monkeypatch: pytest.MonkeyPatch,
+    worker_claim: str,
+    enqueue_claim: str,
+) -> None:
+    """A worker still starting has joined no fleet yet: enqueue.py checks the fleet once it has
+    waited, and while it waits. Checked by mutation: with the fleet checked only before the
+    wait (as it was), a claim-off enqueue.py ran its calls on a claim-on worker (exit 0), and
+    a claim-on one waited 20 s for a claim-off worker it cannot see, then said no worker runs
+    (exit 3); this test fails both ways."""
+    monkeypatch.setenv("DEMO_ATOMIC_CLAIM", enqueue_claim)
+    said, ended = enqueue_beside_a_held_worker(
+        tmp_path,
+        provider,
+        {"DEMO_ATOMIC_CLAIM": worker_claim},
+        lambda worker, _: os.kill(worker.proc.pid, signal.SIGCONT),
+    )
+    assert said.startswith("enqueue.py: a worker is starting"), said + ended.stderr
+    assert ended.returncode == 2, said + ended.stdout + ended.stderr
+    assert "a live worker on the same store runs with other settings" in ended.stderr
+    assert provider.report()["calls"] == 0
+
+
+@pytest.mark.e2e
+def test_a_worker_that_exits_while_starting_is_named_as_gone(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """A worker that dies before its first beat: enqueue.py says that worker exited, not
+    merely that none runs. Checked by mutation: with Awaited's reason left out, the line named
+    no exited worker and this test fails."""
+    said, ended = enqueue_beside_a_held_worker(
+        tmp_path, provider, {}, lambda worker, _: os.killpg(worker.proc.pid, signal.SIGKILL)
+    )
+    assert said.startswith("enqueue.py: a worker is starting"), said + ended.stderr
+    assert ended.returncode == 3, said + ended.stdout + ended.stderr
+    assert "that was starting (pid" in ended.stderr and "exited" in ended.stderr, ended.stderr
+    assert provider.report()["calls"] == 0
+
+
+@pytest.mark.e2e
+def test_ctrl_c_while_enqueue_waits_for_a_worker_is_one_line(
+    tmp_path: Path, provider: Provider
+) -> None:
+    """Ctrl-C while enqueue.py waits for a starting worker: one line, exit 130, nothing
+    enqueued. Checked by mutation: without the except around the wait, a KeyboardInterrupt
+    traceback from demo/live.py, and this test fails."""
+    said, ended = enqueue_beside_a_held_worker(
+        tmp_path, provider, {}, lambda _, enqueuing: enqueuing.send_signal(signal.SIGINT)
+    )
+    assert said.startswith("enqueue.py: a worker is starting"), said + ended.stderr
+    assert ended.returncode == 130, said + ended.stdout + ended.stderr
+    assert ended.stderr.strip().splitlines() == [
+        "enqueue.py: interrupted while waiting for a worker; nothing was enqueued"
+    ], ended.stderr
+    assert provider.report()["calls"] == 0
+
+
 def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     start_worker: Callable[..., Child],
 ) -> None:
