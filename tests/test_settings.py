@@ -241,3 +241,24 @@ def test_a_worker_that_refuses_a_setting_first_gives_the_run_its_one_line(tmp_pa
         stack.start(workers=1)
     assert died.value.refusal.startswith("the atomic claim selects orchestrator_cls")
     assert "\n" not in died.value.refusal
+
+
+def test_sample_ends_with_the_workers_one_line_when_only_the_worker_notices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sample.py's own run, with a bad override only its worker can notice: this test process
+    built tasks.py without the claim, so the run's own import refuses nothing, and the worker,
+    started with the claim, refuses the override first. Checked by mutation: with sample.run's
+    refusal branch removed, the run ended in "worker 1 (pid ...) exited with code 1" and exit 1,
+    and this test fails."""
+    monkeypatch.setenv("PYNENC__ORCHESTRATOR_CLS", "SQLiteOrchestrator")
+    argv = ["--port", str(free_port()), "--db", str(tmp_path / "demo.db"), "--atomic-claim"]
+    args = sample.parse_args([*argv, "--ready-timeout", "60"])
+    saved = dict(os.environ)  # sample.run writes the run's settings into this process's
+    try:
+        code = sample.run(args, lambda stack, view: 0)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    err = capsys.readouterr().err
+    refused(code, err, "sample.py: the atomic claim selects orchestrator_cls")
