@@ -42,7 +42,7 @@ def test_a_busy_key_parks_a_waiting_call_and_drops_the_others(
     waits: bool, verdict: Verdict
 ) -> None:
     decision = decide("me", record(S.REGISTERED, None), holder(), "r2", NOW - WINDOW, waits)
-    assert decision.verdict is verdict and decision.recovered is None
+    assert decision.verdict is verdict and decision.recovered == []
     dropped = [r.status for _, r in decision.writes]
     assert dropped == ([] if waits else [S.CONCURRENCY_CONTROLLED_FINAL])
 
@@ -56,7 +56,7 @@ def test_a_call_pynenc_forbids_to_drop_waits_instead() -> None:
 def test_a_silent_holder_is_recovered_and_keeps_its_key() -> None:
     silent = holder(beat=NOW - WINDOW - 1)
     decision = decide("me", record(S.REGISTERED, None), silent, "r2", NOW - WINDOW, waits=True)
-    assert decision.verdict is Verdict.PARK and decision.recovered == "held"
+    assert decision.verdict is Verdict.PARK and decision.recovered == ["held"]
     assert [(i, r.status) for i, r in decision.writes] == [
         ("held", S.RUNNING_RECOVERY),
         ("held", S.REROUTED),
@@ -66,13 +66,13 @@ def test_a_silent_holder_is_recovered_and_keeps_its_key() -> None:
 @pytest.mark.parametrize("beat", [None, NOW - 1], ids=["never beat", "beating"])
 def test_a_holder_with_no_beat_or_a_recent_one_is_not_taken_for_dead(beat: float | None) -> None:
     decision = decide("me", record(S.REGISTERED, None), holder(beat=beat), "r2", NOW - WINDOW, True)
-    assert decision.recovered is None and decision.writes == []
+    assert decision.recovered == [] and decision.writes == []
 
 
 def test_a_queued_holder_is_never_silent() -> None:
     """Between two statuses it waits on no runner: its runner's beat says nothing of it."""
     decision = decide("me", record(S.REGISTERED, None), holder(S.REROUTED, 0.0), "r2", NOW, True)
-    assert decision.recovered is None
+    assert decision.recovered == []
 
 
 def test_the_blocking_path_leaves_a_busy_keys_call_as_it_is() -> None:
