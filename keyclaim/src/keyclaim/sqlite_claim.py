@@ -24,8 +24,8 @@ from pynenc.invocation.status import (
 )
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 
-from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim import limits
+from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
 from keyclaim.limits import Limit
@@ -169,9 +169,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 self._queue(conn, inv_id)
             elif queued:
                 slot = free_slot(holders, limits.of(invocation).slots)
-                conn.execute(
-                    f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, inv_id)
-                )
+                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, inv_id))
                 self._queue(conn, inv_id)
             else:
                 self._park(conn, line, inv_id)
