@@ -104,3 +104,37 @@ def test_windows_that_would_take_a_live_runner_for_dead_are_named(
     why = window_problem(dead_after, beat_every, longest)
     assert (why is None) is sound
     assert why is None or "\n" not in why
+
+
+def slotted(invocation_id: str, slot: int, beat: float | None = NOW) -> Holder:
+    return Holder(invocation_id, record(S.RUNNING), beat, slot)
+
+
+def test_with_two_slots_a_second_call_takes_the_free_slot_and_a_third_waits() -> None:
+    one = [slotted("a", 0)]
+    second = decide("me", record(S.REGISTERED, None), one, "r2", NOW - WINDOW, True, slots=2)
+    assert (second.verdict, second.takes_key, second.slot) == (Verdict.RUN, True, 1)
+    two = [slotted("a", 0), slotted("b", 1)]
+    third = decide("me", record(S.REGISTERED, None), two, "r2", NOW - WINDOW, True, slots=2)
+    assert third.verdict is Verdict.PARK and third.writes == []
+    # The slot a holder frees is the one the next call takes: slot 0 here.
+    after = decide("me", record(S.REGISTERED, None), [slotted("b", 1)], "r2", 0.0, True, slots=2)
+    assert after.slot == 0
+
+
+def test_a_spent_rate_holds_the_slot_and_waits_until_the_window_frees() -> None:
+    waits = decide(
+        "me", record(S.REGISTERED, None), None, "r2", NOW - WINDOW, True, free_at=NOW + 0.5
+    )
+    assert (waits.verdict, waits.takes_key, waits.due, waits.writes) == (
+        Verdict.WAIT,
+        True,
+        NOW + 0.5,
+        [],
+    )
+
+
+def test_every_silent_holder_of_a_full_key_is_recovered_and_keeps_its_slot() -> None:
+    silent = [slotted("a", 0, NOW - 2 * WINDOW), slotted("b", 1, NOW - 2 * WINDOW)]
+    decision = decide("me", record(S.REGISTERED, None), silent, "r2", NOW - WINDOW, True, slots=2)
+    assert decision.verdict is Verdict.PARK and decision.recovered == ["a", "b"]

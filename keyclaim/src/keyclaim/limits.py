@@ -5,7 +5,7 @@
     def charge(account_id: str, amount: int) -> str: ...
 
 pynenc's `app.task` refuses options it does not know, so the declaration is the library's own,
-kept per app and task. The claim's orchestrator reads it at every claim; a task that declares
+kept per task (by its module and name, as pynenc finds it again in any process). The claim's orchestrator reads it at every claim; a task that declares
 nothing keeps one call per key and no rate. Every process that builds the app must declare the
 same (the fleet check compares them).
 
@@ -55,8 +55,8 @@ class Limit:
 
 
 ONE = Limit()
-# (app_id, task key) -> its limit; filled as tasks.py (or any app module) is imported.
-_DECLARED: dict[tuple[str, str], Limit] = {}
+# task key -> its limit; filled as tasks.py (or any app module) is imported.
+_DECLARED: dict[str, Limit] = {}
 
 
 def problem(slots: int, rate: int | None, per: float, grace: float) -> str | None:
@@ -97,7 +97,7 @@ def limit(
                 f"keyclaim.limit: {task.task_id.key} has no running_concurrency, so no key to "
                 "count calls by: declare running_concurrency=KEYS with its key_arguments"
             )
-        _DECLARED[(task.app.app_id, task.task_id.key)] = declared
+        _DECLARED[task.task_id.key] = declared
         return task
 
     return declare if task is None else declare(task)
@@ -105,9 +105,9 @@ def limit(
 
 def of(invocation: "DistributedInvocation") -> Limit:
     """The limit of the invocation's task: one in flight and no rate, unless declared."""
-    return _DECLARED.get((invocation.app.app_id, invocation.task.task_id.key), ONE)
+    return _DECLARED.get(invocation.task.task_id.key, ONE)
 
 
-def declared(app_id: str) -> dict[str, Limit]:
-    """Every task's declared limit in this app, by task key (the fleet compares them)."""
-    return {task: lim for (app, task), lim in sorted(_DECLARED.items()) if app == app_id}
+def declared() -> dict[str, Limit]:
+    """Every task's declared limit in this process, by task key (the fleet compares them)."""
+    return dict(sorted(_DECLARED.items()))

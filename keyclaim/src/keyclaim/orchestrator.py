@@ -84,7 +84,7 @@ class AtomicClaim(ClaimStore):
         # process releases every due call (release_due). A process that dies before it does
         # leaves them to any worker's sweep.
         self._due_at: float | None = None
-        self._on_due: list[Callable[[], None]] = []
+        self._on_queued: list[Callable[[], None]] = []
 
     # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
     # runners ask these, and each asked the runner's own wall clock.
@@ -302,9 +302,14 @@ class AtomicClaim(ClaimStore):
         """Seconds until this process must release a waiting call; None: none is waiting."""
         return None if self._due_at is None else max(0.0, self._due_at - time.monotonic())
 
-    def on_due(self, wake: Callable[[], None]) -> None:
-        """Call wake() whenever release_due put calls back on the queue (the wake runner's)."""
-        self._on_due.append(wake)
+    def on_queued(self, wake: Callable[[], None]) -> None:
+        """Call wake() whenever this process put a key's next call on the queue: a hand-over
+        at a call's end, or a release at a due time (the wake runner's loop wakes)."""
+        self._on_queued.append(wake)
+
+    def wake_now(self) -> None:
+        for wake in self._on_queued:
+            wake()
 
     def release_due(self) -> list[str]:
         """In one step: every call whose rate window has freed goes back on the queue."""
@@ -313,8 +318,7 @@ class AtomicClaim(ClaimStore):
         if next_in is not None:
             self._wake_in(next_in)
         if released:
-            for wake in self._on_due:
-                wake()
+            self.wake_now()
         return released
 
     def decide(

@@ -231,6 +231,8 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
         new, failed = self._transaction(step, self.key.invocation_to_status(invocation_id))
         if new is None:
             raise StatusContention(f"invocation:{invocation_id} changed on all {failed} tries")
+        if new.status.is_final():  # a next call of the key may be on the queue now
+            self.wake_now()
         return new
 
     def recover_in_store(

@@ -195,9 +195,10 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 raise KeyError(f"Invocation ID {invocation_id} not found")
             new = status_record_transition(current, status, runner_id)
             self._write_status(conn, invocation_id, new)
-            if new.status.is_final():
-                self._release(conn, invocation_id)
+            handed = self._release(conn, invocation_id) if new.status.is_final() else None
             conn.commit()
+        if handed:  # the next call of the key is on the queue: this process's runner may go
+            self.wake_now()
         return new
 
     def recover_in_store(
@@ -336,16 +337,16 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         found = conn.execute(f"SELECT 1 FROM {queue} WHERE invocation_id = ?", (invocation_id,))
         return found.fetchone() is not None
 
-    def _release(self, conn: Any, invocation_id: str) -> None:
-        """A final invocation lets go of its slot (the head of its line takes it), or of its
-        place in a line."""
+    def _release(self, conn: Any, invocation_id: str) -> str | None:
+        """A final invocation lets go of its slot (the head of its line takes it, and is
+        returned), or of its place in a line."""
         conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
         row = conn.execute(
             f"SELECT line_key, slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
         ).fetchone()
         if row is None:
             conn.execute(f"DELETE FROM {self.lines} WHERE invocation_id = ?", (invocation_id,))
-            return
+            return None
         line, slot = row
         head = conn.execute(
             f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
@@ -353,13 +354,14 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         ).fetchone()
         if head is None:
             conn.execute(f"DELETE FROM {self.holders} WHERE invocation_id = ?", (invocation_id,))
-            return
+            return None
         conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
         conn.execute(
             f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ? AND slot = ?",
             (head[1], line, slot),
         )
         self._queue(conn, head[1])
+        return str(head[1])
 
     def _holders(self, conn: Any, line: str) -> list[Holder]:
         """The key's holders, one per slot taken; one that ended without letting go (a process

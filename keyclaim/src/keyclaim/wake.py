@@ -48,8 +48,9 @@ class WakeRunner(DrainingThreadRunner):
         self.finished = threading.Event()
         self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
         # With the claim: a call waiting for its key's rate wakes this loop at its time.
-        if on_due := getattr(self.app.orchestrator, "on_due", None):
-            on_due(self.finished.set)
+        # And a call of a key handed on as another ends wakes it as the status is written.
+        if on_queued := getattr(self.app.orchestrator, "on_queued", None):
+            on_queued(self.finished.set)
 
     def runner_loop_iteration(self) -> None:
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
