@@ -5,9 +5,10 @@
     def charge(account_id: str, amount: int) -> str: ...
 
 pynenc's `app.task` refuses options it does not know, so the declaration is the library's own,
-kept per task (by its module and name, as pynenc finds it again in any process). The claim's orchestrator reads it at every claim; a task that declares
-nothing keeps one call per key and no rate. Every process that builds the app must declare the
-same (the fleet check compares them).
+kept per task (by its module and name, as pynenc finds it again in any process). The claim's
+orchestrator reads it at every claim; a task that declares nothing keeps one call per key and
+no rate. Every process that builds the app must declare the same (the fleet check compares
+them).
 
 The rate is a sliding window on the store's clock: a call is admitted if fewer than `rate`
 calls of its key were admitted in the last `per + grace` seconds. It allows a burst of `rate`
