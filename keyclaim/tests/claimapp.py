@@ -19,7 +19,7 @@ import keyclaim
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two")
+TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two", "call_rated")
 
 
 def build(
@@ -111,6 +111,16 @@ def call_keyed_drop(account_id: str, op: str) -> str:
     reroute_on_concurrency_control=True,
 )
 def call_two(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@keyclaim.limit(slots=2, rate=1, per=4.0)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_rated(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 

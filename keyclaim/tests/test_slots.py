@@ -8,7 +8,7 @@ calls in flight, its tokens compared per slot.
 import signal
 
 import pytest
-from claimkit import WAIT, Claim, Workers, unique
+from claimkit import WAIT, Claim, Workers, unique, wait_until
 from pynenc.invocation.status import InvocationStatus as S
 
 pytestmark = pytest.mark.slow  # real workers killed
@@ -58,4 +58,32 @@ def test_a_killed_slot_holder_comes_back_after_the_window_and_its_cut_call_is_fe
     assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
     assert claim.provider.keys[acct].peak == 2
     assert S.RUNNING_RECOVERY in claim.history(first.invocation_id)
+    assert claim.app.orchestrator.waiting() == 0
+
+
+def test_a_call_waiting_for_its_rate_is_released_when_the_worker_that_parked_it_died(
+    claim: Claim, workers: Workers
+) -> None:
+    """One call per 4 s per key (claimapp's call_rated): the second call waits for the window,
+    off the queue, its release due in the process that saw it wait. SIGKILL that process: the
+    other worker's sweep releases it once due, and it runs; nothing stays waiting.
+
+    Checked by mutation: without the sweep's release (`release_due` left out of
+    `recover_silent_runners`), the second call stayed registered past the deadline and this
+    test failed."""
+    acct = unique()
+    started = [workers.start(**SHORT), workers.start(**SHORT)]
+    first = claim.tasks.call_rated(acct, "op1")
+    assert claim.final(first.invocation_id) == [S.SUCCESS]
+    second = claim.tasks.call_rated(acct, "op2")
+    waited = wait_until(
+        lambda: next((w for w in started if w.logged("for its key's rate window")), None),
+        WAIT,
+        "a worker to see the second call wait for its rate",
+    )
+    waited.signal(signal.SIGKILL)
+    waited.proc.wait(WAIT)
+    assert claim.final(second.invocation_id) == [S.SUCCESS]
+    assert claim.provider.ops(acct) == ["op1", "op2"]
+    assert claim.provider.counts(acct)["collisions"] == 0
     assert claim.app.orchestrator.waiting() == 0
