@@ -41,7 +41,12 @@ class Shape:
         if self.sample:
             each = Counter({account: min(n, self.sample) for account, n in each.items()})
         if scenario.limited:
-            order = [p["account_id"] for p in self.payloads(scenario)]
+            order, taken = [], Counter()
+            for payload in self.payloads(scenario):  # with a sample: each account's first ones
+                account = payload["account_id"]
+                if self.sample is None or taken[account] < self.sample:
+                    order.append(account)
+                    taken[account] += 1
             return limited_floor(order, scenario, self.hold, self.threads * self.workers)
         waves = math.ceil(sum(each.values()) / (self.threads * self.workers))
         return (max(max(each.values()), waves) if scenario.keyed else waves) * self.hold
