@@ -71,7 +71,9 @@ def limited_ops(shape: Shape) -> list[dict[str, str]]:
 def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: int) -> float:
     """F's and G's floor: the provider's quota played out with no overhead at all. Calls go
     in enqueue order, each the moment a thread, its account's slot and its account's rate (at
-    most `rate` starts in any `per` seconds, as the provider counts) allow it."""
+    most `rate` starts in any `per` seconds, as the provider counts) allow it. At the article's
+    size it is the least time possible; with more accounts than threads, a dispatcher taking
+    calls out of enqueue order could pack the threads tighter."""
     eps = 1e-9
     pending, running, starts = list(order), [], {a: [] for a in order}
     t, last_end = 0.0, 0.0
