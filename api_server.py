@@ -127,7 +127,8 @@ class Account:
         record.collided = len(applied) >= quota.slots
         self.collisions += int(record.collided)
         self.live.append(record)
-        self.started.append(record)
+        if quota.rate is not None:
+            self.started.append(record)
         self.peak_in_flight = max(self.peak_in_flight, len(applied) + 1)
 
 
