@@ -10,8 +10,8 @@ calls run in no particular order. A drop on a REROUTED invocation is refused
 (`InvocationStatusTransitionError`) and ends the runner loop.
 
 What it does. Each key has at most one *holder*: the one invocation that may be on the queue,
-pending or running. A call for a busy key waits in the key's *line*, in arrival order, off the
-queue:
+pending or running (or up to N, one per slot, when its task declares so: keyclaim.limits). A
+call for a busy key waits in the key's *line*, in arrival order, off the queue:
 - registering a call either makes it the holder and queues it, or parks it at the end of its
   line (tasks that drop blocked calls are queued as usual, to be dropped when claimed);
 - claiming a call reads its status and the key's holder, and in the same step writes PENDING
@@ -19,7 +19,9 @@ queue:
 - the holder's final status (success, failure, a drop) hands the key to the head of its line
   and queues it, in the same step as the status write.
 A parked call keeps its status (REGISTERED, for a new one), so `registration_concurrency` still
-merges duplicates into it. No lock or service outside pynenc's own store.
+merges duplicates into it. A declared rate is admitted in the claim's step too: a call whose
+key's window is spent keeps its slot, off the queue, until its due time. No lock or service
+outside pynenc's own store.
 
 Faults. A holder whose runner has sent no heartbeat for the dead-after window is recovered
 through pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key
