@@ -2,13 +2,21 @@
 
 Run it: uv run uvicorn api_server:app --port 8765
 
+Each reset may give every account a quota instead (`?slots=N&rate=R&per=S`): a call that
+arrives while N calls of its account are in flight is a collision (N = 1: the article's), and
+one that arrives when R calls of its account started in the last S seconds is *throttled*: a
+real API's 429, refused at once and not applied, on its own line.
+
 A call may carry a fencing token (`?token=N`), as a real provider's conditional request
 carries a version: the provider remembers the newest token it has seen for each account and
 refuses the effect of any call with an older one. A late call is refused at once; a call still
 in flight when a newer one starts is refused when it ends. Both are counted as *fenced*, on
-their own line, never as collisions and never hidden. The newest tokens are kept in a small
-file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the fence outlives a restart of the
-provider, as a real provider's would; a reset, which starts the next scenario, clears it.
+their own line, never as collisions and never hidden, and a fenced call counts against neither
+quota. With N calls per account, tokens are compared per slot (`&slot=k`, 0 by default): a
+newer claim of slot 1 fences only older calls of slot 1, never slot 0's call in flight. The
+newest tokens are kept in a small file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the
+fence outlives a restart of the provider, as a real provider's would; a reset, which starts the
+next scenario, clears it.
 """
 
 import asyncio
@@ -35,6 +43,7 @@ NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PAT
 # A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
 # from the time in microseconds, which stays below it until the year 2255.
 MAX_TOKEN = 2**53
+MAX_SLOTS = 1000  # calls per account in flight, and slot numbers: more is a mistake
 # Where the fence is kept: one file per port the provider serves on (two providers beside one
 # another keep theirs apart), known from the first request it serves.
 fences_file: Path | None = None
@@ -50,8 +59,20 @@ class Call:
     end: float | None = None
     collided: bool = False
     token: int | None = None
-    # Refused by its fencing token: a newer token for the account came first, or meanwhile.
+    slot: int = 0  # which of the account's slots its token belongs to
+    # Refused by its fencing token: a newer token for its slot came first, or meanwhile.
     fenced: bool = False
+    # Refused as beyond the account's rate (a 429): not applied, not in flight.
+    throttled: bool = False
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What each account may do, given at a reset: `slots` in flight, `rate` per `per` s."""
+
+    slots: int = 1
+    rate: int | None = None
+    per: float = 1.0
 
 
 @dataclass
@@ -59,29 +80,56 @@ class Account:
     calls: int = 0
     collisions: int = 0
     fenced: int = 0
-    newest_token: int | None = None
+    throttled: int = 0
+    peak_in_flight: int = 0  # the most calls applied at once (fenced ones not counted)
+    newest: dict[int, int] = field(default_factory=dict)  # the newest token seen, per slot
     live: list[Call] = field(default_factory=list)
+    started: list[Call] = field(default_factory=list)  # calls let in, for the rate's window
 
     @property
     def in_flight(self) -> int:
         return len(self.live)
 
-    def arrive(self, record: Call) -> None:
-        """Count a call as it arrives: fenced if its token is stale, a collision if it overlaps."""
+    @property
+    def newest_token(self) -> int | None:
+        """Slot 0's newest token: with one call per account, the account's."""
+        return self.newest.get(0)
+
+    def arrive(self, record: Call, quota: Quota) -> None:
+        """Count a call as it arrives: fenced if its token is stale for its slot, throttled if
+        the rate is spent, a collision if the account already has its quota in flight."""
         self.calls += 1
         if record.token is not None:
-            if self.newest_token is not None and record.token < self.newest_token:
-                record.fenced = True  # late: a newer claim of this account came first
+            newest = self.newest.get(record.slot)
+            if newest is not None and record.token < newest:
+                record.fenced = True  # late: a newer claim of this slot came first
                 self.fenced += 1
                 return
-            self.newest_token = record.token
-            for older in self.live:  # a newer claim starts: older calls in flight lose
-                if older.token is not None and older.token < record.token and not older.fenced:
+            self.newest[record.slot] = record.token
+            for older in self.live:  # a newer claim of the slot starts: its older calls lose
+                if (
+                    older.slot == record.slot
+                    and older.token is not None
+                    and older.token < record.token
+                    and not older.fenced
+                ):
                     older.fenced = True
                     self.fenced += 1
-        record.collided = any(not other.fenced for other in self.live)
+        if quota.rate is not None:
+            since = record.start - quota.per
+            recent = [c for c in self.started if not c.fenced and c.start > since]
+            if len(recent) >= quota.rate:
+                record.throttled = True
+                self.throttled += 1
+                return
+            self.started = recent
+        applied = [other for other in self.live if not other.fenced]
+        record.collided = len(applied) >= quota.slots
         self.collisions += int(record.collided)
         self.live.append(record)
+        if quota.rate is not None:
+            self.started.append(record)
+        self.peak_in_flight = max(self.peak_in_flight, len(applied) + 1)
 
 
 @dataclass
@@ -105,12 +153,19 @@ class ProviderState:
 
     hold: float = HOLD_SECONDS
     label: str = ""
+    quota: Quota = field(default_factory=Quota)
     started: float = field(default_factory=time.monotonic)
     accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
     calls: list[Call] = field(default_factory=list)
 
     def fences(self) -> dict[str, int]:
-        return {n: a.newest_token for n, a in self.accounts.items() if a.newest_token is not None}
+        """The newest token per account and slot: slot 0 under the account's name, as with one
+        call per account; slot k under "name#k" (no name holds a '#')."""
+        return {
+            name if slot == 0 else f"{name}#{slot}": token
+            for name, a in self.accounts.items()
+            for slot, token in a.newest.items()
+        }
 
 
 def save_fences(fences: dict[str, int]) -> None:
@@ -134,9 +189,11 @@ def restore_fences(request: Request) -> None:
         fences = json.loads(fences_file.read_text())
     except (OSError, ValueError):
         fences = {}
-    for name, newest in fences.items() if isinstance(fences, dict) else ():
-        if isinstance(newest, int) and state.accounts[name].newest_token is None:
-            state.accounts[name].newest_token = newest
+    for kept, newest in fences.items() if isinstance(fences, dict) else ():
+        name, _, slot = kept.partition("#")
+        slot_no = int(slot) if slot.isdigit() else 0
+        if isinstance(newest, int) and slot_no not in state.accounts[name].newest:
+            state.accounts[name].newest[slot_no] = newest
 
 
 app = FastAPI(title="Demo provider")
@@ -162,23 +219,25 @@ async def call(
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
     token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
+    slot: Annotated[int, Query(ge=0, le=MAX_SLOTS)] = 0,
 ) -> CallAnswer:
     async with lock:
         restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
         acc = current.accounts[account_id]
-        record = Call(account_id, op, time.monotonic() - current.started, token=token)
-        newest = acc.newest_token
-        acc.arrive(record)
-        if acc.newest_token != newest and current is state:
+        start = time.monotonic() - current.started
+        record = Call(account_id, op, start, token=token, slot=slot)
+        newest = dict(acc.newest)
+        acc.arrive(record, current.quota)
+        if acc.newest != newest and current is state:
             save_fences(current.fences())
         current.calls.append(record)
         seconds = current.hold if hold is None else hold
     print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-    if record.fenced:  # refused before it started: nothing is held
+    if record.fenced or record.throttled:  # refused before it started: nothing is held
         record.end = record.start
-        return CallAnswer(outcome="fenced")
+        return CallAnswer(outcome="fenced" if record.fenced else "throttled")
     try:
         await asyncio.sleep(seconds)
         # A paused provider keeps the call in flight, up to a deadline: it never hangs.
@@ -196,11 +255,15 @@ async def call(
 
 
 def _mark(record: Call) -> str:
+    if record.throttled:
+        return "THROTTLED"
     return "FENCED   " if record.fenced else "COLLISION" if record.collided else "ok       "
 
 
 def _token_note(record: Call) -> str:
-    return "" if record.token is None else f" (token {record.token})"
+    if record.token is None:
+        return ""
+    return f" (token {record.token}" + (f", slot {record.slot})" if record.slot else ")")
 
 
 @app.post("/call/{malformed:path}", status_code=422)
@@ -248,8 +311,12 @@ async def reset(
     label: Annotated[str, Query(max_length=LABEL_MAX)] = "",
     hold: Annotated[float, Query(ge=0, le=MAX_HOLD_SECONDS)] = HOLD_SECONDS,
     run: Annotated[str | None, Query(max_length=32)] = None,
+    slots: Annotated[int, Query(ge=1, le=MAX_SLOTS)] = 1,
+    rate: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    per: Annotated[float, Query(gt=0, le=86_400)] = 1.0,
 ) -> dict[str, object]:
-    """Start a new scenario: forget every count and set its default hold. Refused while
+    """Start a new scenario: forget every count, set its default hold and every account's
+    quota (slots in flight; rate calls per `per` seconds, none by default). Refused while
     another run owns the provider: its counts would be wiped under it."""
     global state
     async with lock:
@@ -258,11 +325,11 @@ async def reset(
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
         restore_fences(request)
-        state = ProviderState(hold=hold, label=label)
+        state = ProviderState(hold=hold, label=label, quota=Quota(slots, rate, per))
         save_fences({})
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)
-    return {"label": label, "hold": hold}
+    return {"label": label, "hold": hold, "slots": slots, "rate": rate, "per": per}
 
 
 @app.get("/report")
@@ -270,17 +337,21 @@ async def report() -> dict[str, object]:
     async with lock:
         per_account = {
             name: {"calls": a.calls, "collisions": a.collisions, "in_flight": a.in_flight}
-            | {"fenced": a.fenced}
+            | {"fenced": a.fenced, "throttled": a.throttled, "peak_in_flight": a.peak_in_flight}
             for name, a in sorted(state.accounts.items())
         }
+        quota = state.quota
     return {
         "label": state.label,
         "hold": state.hold,
+        "quota": {"slots": quota.slots, "rate": quota.rate, "per": quota.per},
         "accounts": per_account,
         "calls": sum(a["calls"] for a in per_account.values()),
         "collisions": sum(a["collisions"] for a in per_account.values()),
         "fenced": sum(a["fenced"] for a in per_account.values()),
+        "throttled": sum(a["throttled"] for a in per_account.values()),
         "in_flight": sum(a["in_flight"] for a in per_account.values()),
+        "peak_in_flight": max((a["peak_in_flight"] for a in per_account.values()), default=0),
     }
 
 
@@ -290,7 +361,8 @@ async def timeline() -> dict[str, object]:
     async with lock:
         calls = [
             {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
-            | {"collided": c.collided, "fenced": c.fenced, "token": c.token}
+            | {"collided": c.collided, "fenced": c.fenced, "token": c.token, "slot": c.slot}
+            | {"throttled": c.throttled}
             for c in state.calls
         ]
     return {"label": state.label, "hold": state.hold, "calls": calls}

@@ -1,6 +1,7 @@
 """Enqueue one scenario, or all four, against a running API and worker; print what happened.
 
-Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or noisy, not in all)
+Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or noisy, slots,
+rate: not in all; slots and rate with DEMO_ATOMIC_CLAIM=1)
 """
 
 import argparse
@@ -52,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"enqueue.py: {refused}", file=sys.stderr)
         return 2
     chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
+    if any(s.limited for s in chosen) and settings.get("DEMO_ATOMIC_CLAIM") != "1":
+        print(
+            f"enqueue.py: {args.scenario} needs the claim, which enforces its limit per account "
+            "(keyclaim.limit): set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'",
+            file=sys.stderr,
+        )
+        return 2
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)
     provider = Provider(options.api_url(args))
     try:

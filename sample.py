@@ -13,7 +13,7 @@ import keyclaim
 from demo import options, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import stop_on_signals, stop_signal
-from demo.scenarios import DEFAULT, SCENARIOS
+from demo.scenarios import DEFAULT, LIMITED, SCENARIOS
 from demo.stack import FAILURES, RunRefused, Stack, preflight
 
 
@@ -50,6 +50,12 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     parser.add_argument(
         "--noisy", action="store_true", help="also run E: one busy account beside quiet ones"
     )
+    parser.add_argument(
+        "--limits",
+        action="store_true",
+        help=f"also run F (up to {settings.SLOTS} calls in flight per account) and G (at most "
+        f"{settings.RATE} calls a second per account): with --atomic-claim, which enforces them",
+    )
     settings.add_option(
         parser,
         "--ready-timeout",
@@ -70,6 +76,8 @@ def parse_args(
         parsing.error("--rounds must be 1..1000 and --workers 1..16")
     if args.hosts and args.backend != "redis":
         parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
+    if getattr(args, "limits", False) and not args.atomic_claim:
+        parsing.error("--limits needs --atomic-claim: N per account and a rate are the claim's")
     return args
 
 
@@ -137,6 +145,8 @@ def play(
         print(setup)
     rounds = args.rounds or 1
     chosen = [*DEFAULT, SCENARIOS["noisy"]] if args.noisy else DEFAULT
+    if args.limits:
+        chosen = [*chosen, *LIMITED]
     outcomes = show.rounds(stack, shape, rounds, args.timeout, view, quiet, chosen)
     if rounds == 1 and not quiet:
         print(f"\n--- the provider's call log ---\n{stack.api_log()}")

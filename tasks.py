@@ -1,4 +1,4 @@
-"""The pynenc app and its four tasks: the whole idea on one screen.
+"""The pynenc app and its tasks: the whole idea on one screen.
 
 Run a worker: uv run pynenc --app tasks.app runner start
 """
@@ -45,11 +45,16 @@ http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=httpx.HTTPTrans
 def _hit(account_id: str, op: str) -> str:
     path = f"/call/{settings.path_part(account_id)}/{settings.path_part(op)}"  # or ValueError
     token = keyclaim.token(app)  # with the claim: its fencing token, which only grows
-    r = http.post(path, params={} if token is None else {"token": token})
+    fence = {} if token is None else {"token": token}
+    if slot := keyclaim.slot(app):  # N per account: the token is its slot's (0 unless sent)
+        fence["slot"] = slot
+    r = http.post(path, params=fence)
     if r.is_error:  # said in words: pynenc cannot store httpx's own error and rebuild it
         raise RuntimeError(f"{account_id} {op}: the provider answered {r.status_code} {r.text}")
     if (outcome := r.json()["outcome"]) == "fenced":  # an older claim's call: not applied
         raise keyclaim.Fenced(f"{account_id} {op}: the provider refused token {token}")
+    if outcome == "throttled":  # beyond the account's rate: a 429, not applied
+        raise RuntimeError(f"{account_id} {op}: the provider throttled it")
     return outcome
 
 
@@ -84,3 +89,25 @@ def call_keyed_drop(account_id: str, op: str) -> str:
 )
 def refresh_once(account_id: str) -> str:
     return _hit(account_id, "refresh")
+
+
+# Beyond the article (sample.py --limits, with the claim): up to 2 calls per account at once,
+# and 5 calls a second: keyclaim/README.md. pynenc's app.task takes no such option.
+@keyclaim.limit(slots=settings.SLOTS)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_slots(account_id: str, op: str) -> str:
+    return _hit(account_id, op)
+
+
+@keyclaim.limit(slots=settings.SLOTS, rate=settings.RATE, per=settings.RATE_PER)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_rated(account_id: str, op: str) -> str:
+    return _hit(account_id, op)

@@ -20,8 +20,8 @@ class Neighbours:
     """How one busy account treated the others (scenario E), from the provider's clock.
 
     quiet_waits: each quiet account's wait, from its enqueue to its call's start, in seconds.
-    hot_floor: the busy account's calls x the hold, over the time they took (1.0: back to
-    back). hot_out_of_place: its calls that did not start in enqueue order. writes: status
+    hot_floor: the busy account's calls x the hold / its slots, over the time they took (1.0:
+    back to back). hot_out_of_place: its calls that did not start in enqueue order. writes: status
     writes per finished invocation after REGISTERED (a call needs 3: PENDING, RUNNING, the
     end); reroutes: REROUTED writes per finished invocation.
     """
@@ -75,7 +75,10 @@ def measure(
     return Neighbours(
         quiet_waits=waits or [math.nan],
         hot_calls=len(hot_calls),
-        hot_floor=len(hot_calls) * outcome.shape.hold / span if span else math.nan,
+        # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.
+        hot_floor=len(hot_calls) * outcome.shape.hold / outcome.scenario.slots / span
+        if span
+        else math.nan,
         hot_out_of_place=out_of_place,
         writes=(len(statuses) - len(histories)) / max(1, len(histories)),
         reroutes=statuses.count("rerouted") / max(1, len(histories)),

@@ -34,6 +34,8 @@ class Outcome:
     unfinished: dict[str, str] = field(default_factory=dict)
     # Calls the provider refused by their fencing token: they reached it, and were not applied.
     fenced: int = 0
+    # Calls the provider refused as beyond the account's rate (a 429): not applied either.
+    throttled: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
     neighbours: Neighbours | None = None  # E's figures
@@ -56,8 +58,13 @@ class Outcome:
 
     @property
     def applied(self) -> int:
-        """Calls the provider applied: every call but the fenced ones."""
-        return self.calls - self.fenced
+        """Calls the provider applied: every call but the fenced and the throttled ones."""
+        return self.calls - self.fenced - self.throttled
+
+    @property
+    def peak_in_flight(self) -> int:
+        """The most calls of one account the provider had in flight at once (F, G)."""
+        return max((a.get("peak_in_flight", 0) for a in self.per_account.values()), default=0)
 
     @property
     def extra_calls(self) -> int:
@@ -76,7 +83,10 @@ class Outcome:
         if self.failed:
             problems.append(f"{self.failed} invocations failed")
         if s.keyed and self.collisions:
-            problems.append(f"{self.collisions} collisions under running_concurrency=KEYS")
+            beyond = f" (beyond {s.slots} in flight)" if s.slots > 1 else ""
+            problems.append(f"{self.collisions} collisions{beyond} under running_concurrency=KEYS")
+        if self.throttled:
+            problems.append(f"{self.throttled} calls throttled: beyond the account's rate")
         # What counts is what the provider applied: a fenced call reached it and was refused.
         applied = self.applied
         if s.every_call_runs and not self.abandoned and applied != self.enqueued:

@@ -48,10 +48,11 @@ class Provider:
         r.raise_for_status()
         return r.json()
 
-    def reset(self, label: str, hold: float) -> None:
-        """Start a new scenario: forget every count, and hold each call this long."""
+    def reset(self, label: str, hold: float, **quota: object) -> None:
+        """Start a new scenario: forget every count, and hold each call this long. quota:
+        each account's, if not one call in flight (slots=N, rate=R, per=S)."""
         run = {} if self.run_id is None else {"run": self.run_id}
-        self._request("POST", "/reset", label=label, hold=hold, **run)
+        self._request("POST", "/reset", label=label, hold=hold, **run, **quota)
 
     @contextlib.contextmanager
     def owned(self, label: str, lease: float) -> Iterator[None]:

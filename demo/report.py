@@ -38,6 +38,8 @@ def summary(outcome: Outcome) -> str:
     parts.append(f"{o.collisions} collisions")
     if o.fenced:
         parts.append(f"{o.fenced} fenced")
+    if o.scenario.limited:  # F, G: the provider's judgement of each account's quota
+        parts.append(f"{o.throttled} throttled, peak {o.peak_in_flight} in flight")
     head = f"  {o.enqueued} enqueued -> {', '.join(parts)}, {o.elapsed:.2f}s"
     head += f" (floor {o.floor:.2f}s, {o.floor / o.elapsed:.0%})"
     lines = ["", f"=== {o.scenario.heading} ===", head, *_account_lines(o)]
@@ -74,9 +76,13 @@ def keys_hint(o: Outcome) -> str | None:
 def _account_lines(outcome: Outcome) -> list[str]:
     """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
 
+    limited = outcome.scenario.limited
+
     def line(name: str, acc: dict[str, int]) -> str:
-        mark = " X" if acc["collisions"] else "OK"
+        mark = " X" if acc["collisions"] or acc.get("throttled") else "OK"
         fenced = f"  fenced={acc['fenced']}" if acc.get("fenced") else ""
+        if limited:
+            fenced += f"  throttled={acc.get('throttled', 0)}  peak={acc.get('peak_in_flight', 0)}"
         return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{fenced}"
 
     accounts = outcome.per_account.items()
@@ -115,6 +121,8 @@ def one_line(outcomes: list[Outcome]) -> str:
         text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
         if o.fenced:
             text += f" fenced={o.fenced}"
+        if o.scenario.limited:
+            text += f" throttled={o.throttled} peak={o.peak_in_flight}"
         if o.late:
             text += f" late={len(o.late)}"
         if o.unfinished:
@@ -136,12 +144,17 @@ def _value(outcome: Outcome, column: str) -> int:
 def distribution(outcomes: list[Outcome]) -> str:
     """Per scenario and measure: min / typical (median) / max over the rounds."""
     rounds = max(Counter(o.scenario for o in outcomes).values())
-    header = f"{'scenario':<10}" + "".join(f"{c.replace('_calls', ''):>14}" for c in COLUMNS)
+    columns = COLUMNS
+    if any(o.scenario.limited for o in outcomes):  # F, G: their quota's own columns
+        columns = (*COLUMNS, "throttled", "peak_in_flight")
+    header = f"{'scenario':<10}" + "".join(
+        f"{c.replace('_calls', '').replace('_in_flight', ''):>14}" for c in columns
+    )
     lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
     for scenario in _scenarios(outcomes):
         mine = [o for o in outcomes if o.scenario is scenario]
         cells = []
-        for column in COLUMNS:
+        for column in columns:
             values = [_value(o, column) for o in mine]
             cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
         broken = sum(1 for o in mine if o.broken())
@@ -161,6 +174,11 @@ def distribution(outcomes: list[Outcome]) -> str:
         f"{sum(len(o.late) for o in outcomes)} late, "
         f"{sum(len(o.unfinished) for o in outcomes)} never finished"
         + (f", {fenced} fenced" if (fenced := sum(o.fenced for o in outcomes)) else "")
+        + (
+            f", {sum(o.throttled for o in outcomes)} throttled"
+            if any(o.scenario.limited for o in outcomes)
+            else ""
+        )
     )
     return "\n".join(lines)
 

@@ -127,7 +127,11 @@ def scenario(
     # This process only enqueues and watches: its own INFO lines would bury the summaries.
     tasks.app.logger.setLevel(logging.WARNING)
     payloads = shape.payloads(scenario)
-    provider.reset(scenario.heading, shape.hold)
+    quota = {"slots": scenario.slots, "rate": scenario.rate, "per": scenario.per}
+    if scenario.limited:  # F and G: the provider judges each account by its task's limit
+        provider.reset(scenario.heading, shape.hold, **{k: v for k, v in quota.items() if v})
+    else:
+        provider.reset(scenario.heading, shape.hold)
     started, began = time.monotonic(), time.time()
     sent = enqueue(scenario, shape, tasks, since=started)
     ids = sent.ids
@@ -154,6 +158,7 @@ def scenario(
         calls=report["calls"],
         collisions=report["collisions"],
         fenced=report["fenced"],
+        throttled=report.get("throttled", 0),
         per_account=dict(report["accounts"]),
         elapsed=elapsed,
         timeline=timeline,

@@ -40,6 +40,14 @@ class Shape:
         each = scenario.ideal_calls(self)
         if self.sample:
             each = Counter({account: min(n, self.sample) for account, n in each.items()})
+        if scenario.limited:
+            order, taken = [], Counter()
+            for payload in self.payloads(scenario):  # with a sample: each account's first ones
+                account = payload["account_id"]
+                if self.sample is None or taken[account] < self.sample:
+                    order.append(account)
+                    taken[account] += 1
+            return limited_floor(order, scenario, self.hold, self.threads * self.workers)
         waves = math.ceil(sum(each.values()) / (self.threads * self.workers))
         return (max(max(each.values()), waves) if scenario.keyed else waves) * self.hold
 
@@ -50,6 +58,47 @@ def every_op(shape: Shape) -> list[dict[str, str]]:
     return [
         {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
     ]
+
+
+def limited_ops(shape: Shape) -> list[dict[str, str]]:
+    """F and G: account by account, as the article does, twice the ops (8 by default)."""
+    ops = settings.op_names(shape.ops * settings.LIMITED_OPS_FACTOR)
+    return [
+        {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
+    ]
+
+
+def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: int) -> float:
+    """F's and G's floor: the provider's quota played out with no overhead at all. Calls go
+    in enqueue order, each the moment a thread, its account's slot and its account's rate (at
+    most `rate` starts in any `per` seconds, as the provider counts) allow it. At the article's
+    size it is the least time possible; with more accounts than threads, a dispatcher taking
+    calls out of enqueue order could pack the threads tighter."""
+    eps = 1e-9
+    pending, running, starts = list(order), [], {a: [] for a in order}
+    t, last_end = 0.0, 0.0
+    while pending:
+        running = [(end, a) for end, a in running if end > t + eps]
+        waiting = []
+        for account in pending:
+            busy = sum(1 for _, a in running if a == account)
+            recent = [x for x in starts[account] if x > t - scenario.per + eps]
+            rated = scenario.rate is not None and len(recent) >= scenario.rate
+            if len(running) < threads and busy < scenario.slots and not rated:
+                running.append((t + hold, account))
+                starts[account].append(t)
+                last_end = max(last_end, t + hold)
+            else:
+                waiting.append(account)
+        pending = waiting
+        events = [end for end, _ in running]
+        for account in set(pending) if scenario.rate is not None else ():
+            recent = sorted(x for x in starts[account] if x > t - scenario.per + eps)
+            if len(recent) >= scenario.rate:
+                events.append(recent[len(recent) - scenario.rate] + scenario.per)
+        if pending:
+            t = min(e for e in events if e > t + eps)
+    return last_end
 
 
 def refresh_bursts(shape: Shape) -> list[dict[str, str]]:
@@ -90,10 +139,20 @@ class Scenario:
     opt_in: bool = False
     # Figures of its own, from the run: E's (demo/neighbours.py).
     measure: bool = False
+    # Each account's quota at the provider, as its task declares it (keyclaim.limit): up to
+    # `slots` calls in flight, and at most `rate` per `per` seconds (None: no rate).
+    slots: int = 1
+    rate: int | None = None
+    per: float = 1.0
 
     @property
     def heading(self) -> str:
         return f"{self.letter}. {self.key} — {self.title}"
+
+    @property
+    def limited(self) -> bool:
+        """Beyond one call per account (F, G): its figures add peak in flight and throttled."""
+        return self.slots > 1 or self.rate is not None
 
     @property
     def every_call_runs(self) -> bool:
@@ -140,7 +199,32 @@ SCENARIOS: dict[str, Scenario] = {
             opt_in=True,
             measure=True,
         ),
+        Scenario(
+            "slots",
+            "F",
+            f"up to {settings.SLOTS} in flight per account (keyclaim.limit)",
+            "call_slots",
+            sends=limited_ops,
+            keyed=True,
+            opt_in=True,
+            slots=settings.SLOTS,
+        ),
+        Scenario(
+            "rate",
+            "G",
+            f"at most {settings.RATE} calls per {settings.RATE_PER:g}s per account, "
+            f"{settings.SLOTS} in flight",
+            "call_rated",
+            sends=limited_ops,
+            keyed=True,
+            opt_in=True,
+            slots=settings.SLOTS,
+            rate=settings.RATE,
+            per=settings.RATE_PER,
+        ),
     )
 }
 # What runs unless a scenario is asked for by name: the article's four.
 DEFAULT = [s for s in SCENARIOS.values() if not s.opt_in]
+# Beyond the article, with the claim (sample.py --limits, enqueue.py limits).
+LIMITED = [s for s in SCENARIOS.values() if s.limited]

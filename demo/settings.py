@@ -222,6 +222,10 @@ HOLD_SECONDS = 0.4
 HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
 MAX_BACKLOG = 100_000
 MAX_THREADS = 8
+# Scenarios F and G (sample.py --limits): each account's quota at the provider, as tasks.py
+# declares it (keyclaim.limit): up to SLOTS calls in flight; G also at most RATE per RATE_PER s.
+SLOTS, RATE, RATE_PER = 2, 5, 1.0
+LIMITED_OPS_FACTOR = 2  # F and G send twice the ops per account: 8 by default
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
 PROCESSES = 2
 

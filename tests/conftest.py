@@ -129,7 +129,7 @@ def end_leftovers(app: Pynenc) -> None:
         )
         # The claim's holders and lines, once a test has made them (keyclaim).
         prefix = orchestrator.tables.table_prefix
-        for table in (f"{prefix}_key_holders", f"{prefix}_key_lines"):
+        for table in (f"{prefix}_key_slots", f"{prefix}_key_lines", f"{prefix}_key_dues"):
             if exists(conn, table):
                 conn.execute(f"DELETE FROM {table}")
     app.broker.purge()

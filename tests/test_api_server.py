@@ -38,7 +38,14 @@ def test_concurrent_calls_for_one_account_collide(client: TestClient) -> None:
     outcomes = asyncio.run(_concurrent([("acme", f"op{i}") for i in range(5)], hold=0.2))
     assert sorted(outcomes) == ["collision"] * 4 + ["ok"]
     report = client.get("/report").json()
-    assert report["accounts"]["acme"] == {"calls": 5, "collisions": 4, "in_flight": 0, "fenced": 0}
+    assert report["accounts"]["acme"] == {
+        "calls": 5,
+        "collisions": 4,
+        "in_flight": 0,
+        "fenced": 0,
+        "throttled": 0,
+        "peak_in_flight": 5,
+    }
     assert (report["calls"], report["collisions"]) == (5, 4)
 
 
@@ -59,7 +66,7 @@ def test_sequential_calls_for_one_account_do_not_collide(client: TestClient) -> 
 def test_reset_clears_counts_and_sets_the_hold(client: TestClient) -> None:
     client.post("/call/acme/op", params={"hold": 0})
     r = client.post("/reset", params={"label": "B. keyed", "hold": 0.1})
-    assert r.json() == {"label": "B. keyed", "hold": 0.1}
+    assert r.json() == {"label": "B. keyed", "hold": 0.1, "slots": 1, "rate": None, "per": 1.0}
     report = client.get("/report").json()
     assert (report["label"], report["hold"], report["calls"], report["accounts"]) == (
         "B. keyed",
@@ -161,7 +168,14 @@ def _fenced_pair(first_token: int | None, second_token: int | None) -> list[str]
 def test_a_newer_token_fences_the_call_still_in_flight(client: TestClient) -> None:
     assert _fenced_pair(1, 2) == ["fenced", "ok"]
     report = client.get("/report").json()
-    assert report["accounts"]["acme"] == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    assert report["accounts"]["acme"] == {
+        "calls": 2,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 1,
+        "throttled": 0,
+        "peak_in_flight": 1,
+    }
     calls = client.get("/timeline").json()["calls"]
     assert [(c["token"], c["fenced"], c["collided"]) for c in calls] == [
         (1, True, False),
@@ -227,3 +241,72 @@ def test_a_run_that_ends_frees_the_provider_at_once(client: TestClient) -> None:
     assert client.delete(f"/runs/{run}").json() == {"ended": True}
     assert client.post("/reset", params={"label": "anyone"}).status_code == 200
     assert begin(client, "the next run").status_code == 200
+
+
+def _in_flight_calls(calls: list[dict[str, object]]) -> list[str]:
+    """Each call starts while the earlier ones are still held (the provider paused); then all
+    are let go. Their outcomes, in order."""
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            await c.post("/pause")
+            tasks = []
+            for n, params in enumerate(calls, 1):
+                path = f"/call/acme/op{n}"
+                tasks.append(asyncio.create_task(c.post(path, params={"hold": 0} | params)))
+                while len((await c.get("/timeline")).json()["calls"]) < n:
+                    await asyncio.sleep(0.01)
+            await c.post("/resume")
+            return [(await t).json()["outcome"] for t in tasks]
+
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_with_two_slots_a_third_call_in_flight_is_the_collision(client: TestClient) -> None:
+    client.post("/reset", params={"label": "F", "hold": 0, "slots": 2})
+    assert _in_flight_calls([{}, {}, {}]) == ["ok", "ok", "collision"]
+    acme = client.get("/report").json()["accounts"]["acme"]
+    assert (acme["collisions"], acme["peak_in_flight"]) == (1, 3)
+
+
+def test_a_token_fences_only_older_calls_of_its_own_slot(client: TestClient) -> None:
+    """Slot 1's newer token leaves slot 0's call in flight applied; slot 0's newer token fences
+    slot 0's older call. Checked by mutation: with tokens compared across slots (one newest
+    token per account), slot 1's claim fenced slot 0's call and this test failed."""
+    client.post("/reset", params={"label": "F", "hold": 0, "slots": 2})
+    assert _in_flight_calls([{"token": 10, "slot": 0}, {"token": 20, "slot": 1}]) == ["ok", "ok"]
+    assert _in_flight_calls([{"token": 11, "slot": 0}, {"token": 12, "slot": 0}]) == [
+        "fenced",
+        "ok",
+    ]
+    acme = client.get("/report").json()["accounts"]["acme"]
+    assert (acme["fenced"], acme["collisions"], acme["peak_in_flight"]) == (1, 0, 2)
+    # A late call with slot 1's older token is refused at once, and counts against no quota.
+    late = client.post("/call/acme/late", params={"hold": 0, "token": 19, "slot": 1})
+    assert late.json() == {"outcome": "fenced"}
+
+
+def test_a_call_beyond_the_rate_is_throttled_and_not_applied(client: TestClient) -> None:
+    client.post("/reset", params={"label": "G", "hold": 0, "slots": 9, "rate": 3, "per": 60})
+    outcomes = [client.post(f"/call/acme/op{n}", params={"hold": 0}).json() for n in range(5)]
+    assert [o["outcome"] for o in outcomes] == ["ok", "ok", "ok", "throttled", "throttled"]
+    report = client.get("/report").json()
+    assert (report["throttled"], report["collisions"], report["quota"]["rate"]) == (2, 0, 3)
+    # Another account has a window of its own.
+    assert client.post("/call/globex/op", params={"hold": 0}).json()["outcome"] == "ok"
+
+
+def test_the_rate_window_slides_on_the_providers_clock(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At most `rate` calls in any `per` seconds: the fourth is refused until the first call's
+    start is more than `per` ago."""
+    now = [1000.0]
+    monkeypatch.setattr(api_server.time, "monotonic", lambda: now[0])
+    client.post("/reset", params={"label": "G", "hold": 0, "rate": 3, "per": 1.0, "slots": 9})
+    answers = []
+    for at in (0.0, 0.1, 0.2, 0.9, 1.0, 1.05, 1.15):
+        now[0] = 1000.0 + at
+        answers.append(client.post("/call/acme/op", params={"hold": 0}).json()["outcome"])
+    assert answers == ["ok", "ok", "ok", "throttled", "ok", "throttled", "ok"]

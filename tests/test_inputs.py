@@ -297,3 +297,16 @@ def test_bench_backlogs_that_fit_are_numbers() -> None:
     assert bench_args(["--bench-backlogs", "20"]).bench_backlogs == [20]
     assert bench_args(["--bench-backlogs", ""]).bench_backlogs == []  # no E runs
     assert bench_args([]).rounds == bench.ROUNDS
+
+
+def test_f_and_g_need_the_claim_that_enforces_them(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """sample.py --limits without --atomic-claim would run F and G on stock pynenc, which has
+    no N per key and no rate: refused in one line, before anything starts."""
+    monkeypatch.delenv("DEMO_ATOMIC_CLAIM", raising=False)
+    with pytest.raises(SystemExit) as refused:
+        sample.parse_args(["--limits"])
+    assert refused.value.code == 2
+    assert "--limits needs --atomic-claim" in capsys.readouterr().err
+    assert sample.parse_args(["--limits", "--atomic-claim"]).limits

@@ -52,6 +52,14 @@ def test_scaled_shapes_add_numbered_accounts_and_ops() -> None:
         ("dedupe", DEFAULT, 0.4),
         ("keyed", Shape(accounts=30, ops=4, hold=0.1), 1.5),  # 120 calls on 8 threads: 15 waves
         ("keyed", Shape(accounts=30, ops=4, hold=0.1, workers=3), 0.5),
+        # F: 8 ops per account, two at a time: four pairs in a row.
+        ("slots", DEFAULT, 1.6),
+        # G: two at a time too, and at most 5 starts in any second: the 6th waits for the
+        # first's start + 1 s (1.0 instead of 0.8), the 7th and 8th for a free slot.
+        ("rate", DEFAULT, 1.8),
+        # 30 accounts on 8 threads, in enqueue order: four accounts' pairs at a time, 7.5
+        # rounds of 0.4 s (a packing out of order could reach 240 x 0.1 s / 8 = 3.0 s).
+        ("slots", Shape(accounts=30, ops=4, hold=0.1), 3.2),
     ],
 )
 def test_floor(key: str, shape: Shape, floor: float) -> None:
@@ -281,3 +289,11 @@ def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
         outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
     )
     assert "  OK 29 more accounts: calls=4, collisions=0" in text
+
+
+def test_f_and_g_are_opt_in_and_judged_by_their_quota() -> None:
+    slots, rate = SCENARIOS["slots"], SCENARIOS["rate"]
+    assert slots not in scenarios.DEFAULT and rate not in scenarios.DEFAULT
+    assert [slots, rate] == scenarios.LIMITED
+    assert (slots.slots, slots.rate, rate.slots, rate.rate, rate.per) == (2, None, 2, 5, 1.0)
+    assert len(DEFAULT.payloads(slots)) == 24  # 3 accounts x 8 ops

@@ -12,6 +12,7 @@ It prints its figures as it goes, then one line `figures: {json}` for sample.py 
 """
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -67,7 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accounts", type=whole, default=SCALED.accounts, help="scaled B's")
     parser.add_argument("--workers", type=whole, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
+    parser.add_argument(
+        "--slots",
+        action="store_true",
+        help=f"E on tasks.py's call_slots (up to {settings.SLOTS} in flight per account; "
+        "with --claim 1): the quiet accounts' wait beside a busy account at its limit",
+    )
     args = parser.parse_args(argv)
+    if args.slots and args.claim != "1":
+        parser.error("--slots needs --claim 1: N per account is the claim's")
     with tempfile.TemporaryDirectory(prefix="bench-lines-", ignore_cleanup_errors=True) as tmp:
         return side(args, Path(tmp))
 
@@ -97,6 +106,11 @@ def side(args: argparse.Namespace, folder: Path) -> int:
         try:
             s.start(args.workers)
             keyed, noisy = SCENARIOS["keyed"], SCENARIOS["noisy"]
+            if args.slots:  # the busy account at its limit of N in flight, not 1
+                title = f"{noisy.title}, up to {settings.SLOTS} in flight per account"
+                noisy = dataclasses.replace(
+                    noisy, task="call_slots", slots=settings.SLOTS, title=title
+                )
             if not args.no_b:
                 shape = Shape(hold=args.hold, workers=args.workers)
                 article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])

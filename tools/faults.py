@@ -3,10 +3,12 @@
 The faults: a deploy, a killed or stalled worker, a call longer than its timeout and a
 dropped Redis connection.
 
-Run it: uv run python -m tools.faults        (--runs N, --stock, --backend redis, --only NAME)
+Run it: uv run python -m tools.faults        (--runs N, --stock, --backend redis, --only NAME,
+--slots)
 
 Two workers run four calls for one account with call_keyed (the provider serves each for 1 s),
-so exactly one call is in flight at a time. Each run hits the worker that holds it, in the
+so exactly one call is in flight at a time (with --slots: call_slots, up to two at a time, and
+the provider judges the account by two). Each run hits the worker that holds it, in the
 middle of the call, then waits for the four invocations to end, up to a deadline, and counts
 what the provider saw: collisions (two calls applied at once), double calls (one invocation's
 call applied twice, one after the other), calls fenced by their token, invocations that
@@ -55,6 +57,7 @@ class FaultRun:
     # (those made before the store was emptied belong to invocations it no longer knows).
     ids: list[str] = field(default_factory=list)
     skip_calls: int = 0
+    slots: int = 1  # the account's calls in flight at once: its next call is the one after
 
     def wait(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         """Let `seconds` pass (the fault's length), or less once `until` holds."""
@@ -63,9 +66,12 @@ class FaultRun:
 
     def successor(self) -> None:
         """Until the provider sees the account's next call (its turn came, or the cut call ran
-        again), past the window at most."""
+        again), past the window at most; with N slots, the one after the N in flight."""
         report = self.stack.provider.report
-        self.wait(PAST_THE_WINDOW + 5, lambda: report()["accounts"][self.account]["calls"] >= 2)
+        self.wait(
+            PAST_THE_WINDOW + 5,
+            lambda: report()["accounts"][self.account]["calls"] >= self.slots + 1,
+        )
 
 
 def deploy(run: FaultRun) -> None:
@@ -188,14 +194,18 @@ def add_worker(stack: Stack, skew: str | None = None) -> Child:
     return worker
 
 
-def one_run(stack: Stack, fault: str, number: int) -> Counter[str]:
-    """One run of one fault; what it cost, counted."""
+def one_run(stack: Stack, fault: str, number: int, slots: int = 1) -> Counter[str]:
+    """One run of one fault; what it cost, counted. slots: call_slots's calls instead, up to
+    that many in flight per account (the provider judges by as many)."""
     provider, tasks = stack.provider, stack.tasks
-    provider.reset(f"fault: {fault}, run {number}", hold=HOLD)
+    quota = {"slots": slots} if slots > 1 else {}
+    provider.reset(f"fault: {fault}, run {number}", HOLD, **quota)
     account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
-    ids = [tasks.call_keyed(account, op).invocation_id for op in OPS]
+    task = tasks.call_slots if slots > 1 else tasks.call_keyed
+    ids = [task(account, op).invocation_id for op in OPS]
     victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
     run = FaultRun(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
+    run.slots = slots
     FAULTS[fault](run)
     stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
     ids = run.ids
@@ -255,7 +265,15 @@ def main(argv: list[str] | None = None) -> int:
         help="this fault only, named as in docs/faults.md's table (repeat for more): "
         + "; ".join(FAULTS),
     )
+    parser.add_argument(
+        "--slots",
+        action="store_true",
+        help=f"with the claim: call_slots, up to {settings.SLOTS} calls in flight per account",
+    )
     args = parser.parse_args(argv)
+    if args.slots and args.stock:
+        parser.error("--slots needs the claim: stock pynenc has no N per account")
+    slots = settings.SLOTS if args.slots else 1
     folder = Path(tempfile.mkdtemp(prefix="faults-"))
     env = {
         "DEMO_API_PORT": str(free_port()),
@@ -273,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
     claim = "off (stock pynenc)" if args.stock else "on"
     print(
-        f"--- {args.backend}, 2 workers, atomic claim {claim}; the provider serves a call "
+        f"--- {args.backend}, 2 workers, atomic claim {claim}, {slots} in flight per account; "
+        "the provider serves a call "
         f"{HOLD:g}s, a call times out after {CALL_TIMEOUT:g}s, a runner silent {DEAD_AFTER:g}s "
         f"is dead; {args.runs} run(s) of each fault"
     )
@@ -289,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
                         add_worker(s, PAIRS[fault])
                     while len(s.workers) < 2:
                         add_worker(s)
-                    total += one_run(s, fault, number)
+                    total += one_run(s, fault, number, slots)
                     if fault in PAIRS or fault in EMPTIES:  # the next run starts afresh
                         s.stop(s.workers)
                 print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)

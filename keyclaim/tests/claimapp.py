@@ -19,7 +19,7 @@ import keyclaim
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop")
+TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two", "call_rated")
 
 
 def build(
@@ -71,7 +71,8 @@ provider_url = os.environ.get("KEYCLAIM_TEST_PROVIDER", "http://127.0.0.1:9")
 
 def _call(account_id: str, op: str) -> str:
     token = keyclaim.token(app)  # the claim's fencing token, for the provider to check
-    url = f"{provider_url}/call/{account_id}/{op}" + ("" if token is None else f"?token={token}")
+    fence = "" if token is None else f"?token={token}&slot={keyclaim.slot(app) or 0}"
+    url = f"{provider_url}/call/{account_id}/{op}{fence}"
     timeout = float(os.environ.get("KEYCLAIM_TEST_LONGEST_CALL", "10"))
     with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout) as r:
         outcome = json.load(r)["outcome"]
@@ -100,6 +101,26 @@ def call_keyed(account_id: str, op: str) -> str:
     reroute_on_concurrency_control=False,
 )
 def call_keyed_drop(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@keyclaim.limit(slots=2)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_two(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@keyclaim.limit(slots=2, rate=1, per=4.0)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_rated(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 

@@ -1,9 +1,10 @@
 """A small provider for the claim's own tests: the judge of one call per key.
 
-`POST /call/<key>/<op>?token=N` holds the call in flight (until released, when paused) and
-counts, per key, the calls that arrive, the collisions (a call arriving while another of the
-key's calls is in flight and not fenced) and the fenced calls (a token older than the newest
-the key has seen: refused on arrival, or, still in flight, overtaken by a newer one). It runs
+`POST /call/<key>/<op>?token=N&slot=k` holds the call in flight (until released, when paused)
+and counts, per key, the calls that arrive, the collisions (a call arriving while the key's
+quota of calls, `slots`, one unless set, is in flight and not fenced) and the fenced calls (a
+token older than the newest its slot of the key has seen: refused on arrival, or, still in
+flight, overtaken by a newer one of the same slot). It runs
 on a loopback port in a thread of the test process, so tests read its counts directly.
 """
 
@@ -26,6 +27,7 @@ class Served:
     key: str
     op: str
     token: int | None
+    slot: int = 0
     fenced: bool = False
     collided: bool = False
     ended: bool = False
@@ -34,19 +36,24 @@ class Served:
 @dataclass
 class Key:
     calls: list[Served] = field(default_factory=list)
-    newest: int | None = None
+    newest: dict[int, int] = field(default_factory=dict)  # per slot
+    slots: int = 1  # calls the key may have in flight
+    peak: int = 0  # the most unfenced calls in flight at once
 
     def arrive(self, call: Served) -> None:
         if call.token is not None:
-            if self.newest is not None and call.token < self.newest:
-                call.fenced = True  # late: a newer claim of this key came first
+            newest = self.newest.get(call.slot)
+            if newest is not None and call.token < newest:
+                call.fenced = True  # late: a newer claim of this slot came first
             else:
-                self.newest = call.token
-                for older in self.live():  # a newer claim starts: older calls in flight lose
-                    if older.token is not None and older.token < call.token:
-                        older.fenced = True
+                self.newest[call.slot] = call.token
+                for older in self.live():  # a newer claim of the slot: its older calls lose
+                    if older.slot == call.slot and older.token is not None:
+                        older.fenced = older.fenced or older.token < call.token
         if not call.fenced:
-            call.collided = any(not other.fenced for other in self.live())
+            applied = [other for other in self.live() if not other.fenced]
+            call.collided = len(applied) >= self.slots
+            self.peak = max(self.peak, len(applied) + 1)
         self.calls.append(call)
 
     def live(self) -> list[Served]:
@@ -66,9 +73,10 @@ class Judge:
             def do_POST(self) -> None:
                 parts = urlsplit(self.path)
                 _, _, key, op = parts.path.split("/", 3)
-                token = parse_qs(parts.query).get("token")
+                query = parse_qs(parts.query)
+                token, slot = query.get("token"), int(query.get("slot", ["0"])[0])
                 outcome = provider.serve(
-                    Served(unquote(key), unquote(op), int(token[0]) if token else None)
+                    Served(unquote(key), unquote(op), int(token[0]) if token else None, slot)
                 )
                 body = json.dumps({"outcome": outcome}).encode()
                 self.send_response(200)

@@ -75,7 +75,7 @@ class RedisPausingProducer(AtomicClaimRedisOrchestrator):
         self.reads = 0
         self.checked, self.go = threading.Event(), threading.Event()
 
-    def admits(self, invocation: Any, holder: Holder | None) -> bool:
+    def admits(self, invocation: Any, holder: list[Holder]) -> bool:
         self.reads += 1
         if self.reads == 1:
             self.checked.set()

@@ -166,3 +166,23 @@ def test_a_subclass_of_the_selected_runner_keeps_the_claim_and_another_runner_do
     keyclaim.check(builder.custom_config(runner_cls="SubclassedDrainingRunner").build())
     with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
         keyclaim.check(builder.custom_config(runner_cls="ThreadRunner").build())
+
+
+def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_by_the_fleet(
+    tmp_path: Path,
+) -> None:
+    """claimapp declares call_two (2 in flight) and call_rated (1 per 4 s): every process
+    that imports it declares the same, and the fleet's settings name them, so a worker with
+    another limit than the producer's is refused as another window is."""
+    from keyclaim import fleet, limits
+
+    declared = limits.declared()
+    assert declared["claimapp.call_two"] == limits.Limit(slots=2)
+    assert declared["claimapp.call_rated"].rate == 1
+    shown = fleet.fleet_settings(built(tmp_path))["limits"]
+    assert "claimapp.call_two 2 in flight" in shown
+    for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}):
+        with pytest.raises(keyclaim.Refused, match="keyclaim.limit"):
+            keyclaim.limit(claimapp.call_keyed, **bad)
+    with pytest.raises(keyclaim.Refused, match="no running_concurrency"):
+        keyclaim.limit(claimapp.call_unsafe, slots=2)

@@ -42,7 +42,7 @@ def test_a_busy_key_parks_a_waiting_call_and_drops_the_others(
     waits: bool, verdict: Verdict
 ) -> None:
     decision = decide("me", record(S.REGISTERED, None), holder(), "r2", NOW - WINDOW, waits)
-    assert decision.verdict is verdict and decision.recovered is None
+    assert decision.verdict is verdict and decision.recovered == []
     dropped = [r.status for _, r in decision.writes]
     assert dropped == ([] if waits else [S.CONCURRENCY_CONTROLLED_FINAL])
 
@@ -56,7 +56,7 @@ def test_a_call_pynenc_forbids_to_drop_waits_instead() -> None:
 def test_a_silent_holder_is_recovered_and_keeps_its_key() -> None:
     silent = holder(beat=NOW - WINDOW - 1)
     decision = decide("me", record(S.REGISTERED, None), silent, "r2", NOW - WINDOW, waits=True)
-    assert decision.verdict is Verdict.PARK and decision.recovered == "held"
+    assert decision.verdict is Verdict.PARK and decision.recovered == ["held"]
     assert [(i, r.status) for i, r in decision.writes] == [
         ("held", S.RUNNING_RECOVERY),
         ("held", S.REROUTED),
@@ -66,13 +66,13 @@ def test_a_silent_holder_is_recovered_and_keeps_its_key() -> None:
 @pytest.mark.parametrize("beat", [None, NOW - 1], ids=["never beat", "beating"])
 def test_a_holder_with_no_beat_or_a_recent_one_is_not_taken_for_dead(beat: float | None) -> None:
     decision = decide("me", record(S.REGISTERED, None), holder(beat=beat), "r2", NOW - WINDOW, True)
-    assert decision.recovered is None and decision.writes == []
+    assert decision.recovered == [] and decision.writes == []
 
 
 def test_a_queued_holder_is_never_silent() -> None:
     """Between two statuses it waits on no runner: its runner's beat says nothing of it."""
     decision = decide("me", record(S.REGISTERED, None), holder(S.REROUTED, 0.0), "r2", NOW, True)
-    assert decision.recovered is None
+    assert decision.recovered == []
 
 
 def test_the_blocking_path_leaves_a_busy_keys_call_as_it_is() -> None:
@@ -104,3 +104,37 @@ def test_windows_that_would_take_a_live_runner_for_dead_are_named(
     why = window_problem(dead_after, beat_every, longest)
     assert (why is None) is sound
     assert why is None or "\n" not in why
+
+
+def slotted(invocation_id: str, slot: int, beat: float | None = NOW) -> Holder:
+    return Holder(invocation_id, record(S.RUNNING), beat, slot)
+
+
+def test_with_two_slots_a_second_call_takes_the_free_slot_and_a_third_waits() -> None:
+    one = [slotted("a", 0)]
+    second = decide("me", record(S.REGISTERED, None), one, "r2", NOW - WINDOW, True, slots=2)
+    assert (second.verdict, second.takes_key, second.slot) == (Verdict.RUN, True, 1)
+    two = [slotted("a", 0), slotted("b", 1)]
+    third = decide("me", record(S.REGISTERED, None), two, "r2", NOW - WINDOW, True, slots=2)
+    assert third.verdict is Verdict.PARK and third.writes == []
+    # The slot a holder frees is the one the next call takes: slot 0 here.
+    after = decide("me", record(S.REGISTERED, None), [slotted("b", 1)], "r2", 0.0, True, slots=2)
+    assert after.slot == 0
+
+
+def test_a_spent_rate_holds_the_slot_and_waits_until_the_window_frees() -> None:
+    waits = decide(
+        "me", record(S.REGISTERED, None), None, "r2", NOW - WINDOW, True, free_at=NOW + 0.5
+    )
+    assert (waits.verdict, waits.takes_key, waits.due, waits.writes) == (
+        Verdict.WAIT,
+        True,
+        NOW + 0.5,
+        [],
+    )
+
+
+def test_every_silent_holder_of_a_full_key_is_recovered_and_keeps_its_slot() -> None:
+    silent = [slotted("a", 0, NOW - 2 * WINDOW), slotted("b", 1, NOW - 2 * WINDOW)]
+    decision = decide("me", record(S.REGISTERED, None), silent, "r2", NOW - WINDOW, True, slots=2)
+    assert decision.verdict is Verdict.PARK and decision.recovered == ["a", "b"]

@@ -584,3 +584,24 @@ def test_the_claim_refuses_an_untested_pynenc_wherever_it_is_built(
     message = str(refused.value)
     assert "\n" not in message
     assert "pynenc 0.3.1" in message and "pynenc 9.9.9" in message
+
+
+def test_two_claimers_racing_for_a_keys_last_slot_let_exactly_one_in(claim: Claim) -> None:
+    """A key of two slots (claimapp's call_two) with one holder already: two claimers race for
+    its last slot. Checked by mutation: with the holders counted in one transaction and the
+    slot taken in a second (`claim_in_store` committing after `_holders`, then a new BEGIN
+    IMMEDIATE), claimer 1 read and wrote in two transactions (`check and write split`), room
+    for claimer 2 to count the same free slot: this test failed."""
+    acct = unique()
+    with stock_registration(claim):
+        calls = [claim.tasks.call_two(acct, f"op{n}") for n in range(3)]
+    plain, ctx = claimer(claim.app, AtomicClaimer)
+    (holder,) = take(plain, ctx)
+    assert holder.invocation_id == calls[0].invocation_id
+    got_one, got_two, _, _ = race(claim.app, AtomicClaimer)
+    # Claimer 1 took the last slot; claimer 2 saw the key full and parked its call.
+    assert len(got_one) == 1 and got_two == []
+    assert claim.status(got_one[0].invocation_id) == S.PENDING
+    (loser,) = [c for c in calls[1:] if c.invocation_id != got_one[0].invocation_id]
+    assert claim.status(loser.invocation_id) == S.REGISTERED
+    assert claim.app.orchestrator.waiting() == 1

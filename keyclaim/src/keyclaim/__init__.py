@@ -1,4 +1,4 @@
-"""One call per key across pynenc workers, processes and hosts.
+"""One call per key (or up to N, at a rate) across pynenc workers, processes and hosts.
 
 With a line per key for the calls that must wait, fencing tokens for the calls that outlive
 their claim, and a draining stop.
@@ -21,7 +21,8 @@ from keyclaim.errors import Fenced, Refused, UntestedVersion
 if TYPE_CHECKING:  # the same names, for readers and type checkers
     from keyclaim.config import check, install, use_runner
     from keyclaim.fleet import fleet_problem, join_fleet
-    from keyclaim.orchestrator import counts, token, waiting
+    from keyclaim.limits import limit
+    from keyclaim.orchestrator import counts, slot, token, waiting
     from keyclaim.redis_claim import redis_problem
     from keyclaim.versions import check as check_versions
 
@@ -30,6 +31,8 @@ _WHERE = {
     "use_runner": ("keyclaim.config", "use_runner"),
     "check": ("keyclaim.config", "check"),
     "token": ("keyclaim.orchestrator", "token"),
+    "slot": ("keyclaim.orchestrator", "slot"),
+    "limit": ("keyclaim.limits", "limit"),
     "counts": ("keyclaim.orchestrator", "counts"),
     "waiting": ("keyclaim.orchestrator", "waiting"),
     "fleet_problem": ("keyclaim.fleet", "fleet_problem"),
@@ -48,7 +51,9 @@ __all__ = [
     "fleet_problem",
     "install",
     "join_fleet",
+    "limit",
     "redis_problem",
+    "slot",
     "token",
     "use_runner",
     "waiting",

@@ -27,6 +27,7 @@ class Verdict(enum.Enum):
     DROP = "key busy: CONCURRENCY_CONTROLLED_FINAL"
     LEAVE = "key busy: left as it is (the blocking path reads it from elsewhere)"
     REQUEUE = "not decided (Redis kept changing under it): back to the queue unchanged"
+    WAIT = "its key's rate is spent: holds its slot, off the queue, until the window frees"
     SKIP = "not available for run (another runner has it, or it is final)"
 
 
@@ -38,6 +39,7 @@ class Holder:
     invocation_id: str
     record: InvocationStatusRecord
     heartbeat: float | None
+    slot: int = 0  # which of the key's slots it holds (0 with one slot)
 
     def silent_since(self, alive_since: float) -> bool:
         """Pending or running under a runner that has not beaten since alive_since."""
@@ -53,10 +55,13 @@ class Decision:
     verdict: Verdict
     # Status records to write in the same step, in order: (invocation id, record).
     writes: list[tuple[str, InvocationStatusRecord]] = field(default_factory=list)
-    # A silent holder, recovered: it keeps the key and is queued again in the same step.
-    recovered: str | None = None
-    takes_key: bool = False  # the key had no holder: this invocation becomes it
-    token: int | None = None  # with RUN on a key: the fencing token issued
+    # Silent holders, recovered: each keeps its slot and is queued again in the same step.
+    recovered: list[str] = field(default_factory=list)
+    takes_key: bool = False  # a slot of the key was free: this invocation holds it now
+    slot: int = 0  # with RUN or WAIT: the slot it holds
+    token: int | None = None  # with RUN on a key: the fencing token issued (per slot)
+    due: float | None = None  # with WAIT: when the key's rate window frees (store's clock)
+    due_in: float | None = None  # the same, in seconds from the step (any process's clock)
 
 
 def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationStatusRecord]:
@@ -67,33 +72,51 @@ def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationS
     return [recovering, status_record_transition(recovering, S.REROUTED, runner_id)]
 
 
+def free_slot(holders: list[Holder], slots: int) -> int:
+    """The lowest slot of the key no holder has."""
+    taken = {h.slot for h in holders}
+    return next(slot for slot in range(slots + len(taken)) if slot not in taken)
+
+
 def decide(
     invocation_id: str,
     current: InvocationStatusRecord,
-    holder: Holder | None,
+    holder: Holder | list[Holder] | None,
     runner_id: str,
     alive_since: float,
     waits: bool,
     busy: Verdict = Verdict.PARK,
+    slots: int = 1,
+    free_at: float | None = None,
 ) -> Decision:
-    """What to write, given the invocation's status and its key's holder, read atomically.
+    """What to write, given the invocation's status and its key's holders, read atomically.
 
-    holder: None when the key is free or the task has no running control.
+    holder: the key's holders (one Holder, or a list); None when the key is free or the task
+    has no running control.
     alive_since: on the store's clock, the oldest heartbeat of a live runner.
     waits: a blocked call of this task waits in its line (reroute) rather than being dropped.
     busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
+    slots: how many holders the key may have (the task's keyclaim.limit; 1: one call per key).
+    free_at: None when the key's rate admits a call now; else when its window frees.
     """
     if not current.status.is_available_for_run():
         return Decision(Verdict.SKIP)
-    if holder is None or holder.invocation_id == invocation_id:
+    holders = [] if holder is None else holder if isinstance(holder, list) else [holder]
+    mine = next((h for h in holders if h.invocation_id == invocation_id), None)
+    if mine is not None or len(holders) < slots:
+        slot = mine.slot if mine is not None else free_slot(holders, slots)
+        if free_at is not None:  # a slot, but not the rate: it holds the slot and waits
+            return Decision(Verdict.WAIT, takes_key=mine is None, slot=slot, due=free_at)
         new = status_record_transition(current, S.PENDING, runner_id)
-        return Decision(Verdict.RUN, [(invocation_id, new)], takes_key=not holder)
+        return Decision(Verdict.RUN, [(invocation_id, new)], takes_key=mine is None, slot=slot)
     decision = Decision(busy)
-    if holder.silent_since(alive_since):
-        # Its runner stopped beating: recover it as pynenc's recovery does. It keeps the key
+    for each in holders:
+        if not each.silent_since(alive_since):
+            continue
+        # Its runner stopped beating: recover it as pynenc's recovery does. It keeps its slot
         # and is queued again: it never finished, and it came first.
-        decision.writes += [(holder.invocation_id, r) for r in recovery(holder.record, runner_id)]
-        decision.recovered = holder.invocation_id
+        decision.writes += [(each.invocation_id, r) for r in recovery(each.record, runner_id)]
+        decision.recovered.append(each.invocation_id)
     if busy is Verdict.LEAVE:
         return decision
     if not waits and current.status.can_transition_to(S.CONCURRENCY_CONTROLLED_FINAL):

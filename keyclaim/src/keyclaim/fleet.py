@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from keyclaim import config
+from keyclaim import config, limits
 from keyclaim.errors import Refused
 
 if TYPE_CHECKING:
@@ -48,16 +48,20 @@ class Member:
 
 
 def fleet_settings(app: "Pynenc") -> dict[str, str]:
-    """What every worker and producer on one store must agree on: the claim, and its windows."""
+    """What every worker and producer on one store must agree on: the claim, its windows, and
+    the limits its tasks declare (keyclaim.limit)."""
     if not config.is_on(app):
         return {"atomic claim": "off"}
     dead_after, beat_every, longest = config.windows(app)
-    return {
+    found = {
         "atomic claim": "on",
         "dead after": f"{dead_after:g}s",
         "beat every": f"{beat_every:g}s",
         "longest call": "?" if longest is None else f"{longest:g}s",
     }
+    if declared := limits.declared():  # keyclaim.limit: N per key and rates, per task
+        found["limits"] = "; ".join(f"{task} {lim.describe()}" for task, lim in declared.items())
+    return found
 
 
 def _shown(settings: dict[str, str]) -> str:

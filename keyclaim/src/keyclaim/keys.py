@@ -47,6 +47,14 @@ def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
     return f"{invocation.task.task_id.key}|{key_identity(key)}"
 
 
+def fence_key(line: str, slot: int) -> str:
+    """Which sequence of fencing tokens a slot's claims draw from: the key's own for slot 0 (one
+    call per key: today's tokens, unchanged), the key and its slot for the others. A token is
+    compared only with tokens of its own slot: a newer claim of slot 1 says nothing about the
+    call still holding slot 0."""
+    return line if slot == 0 else f"{line}#{slot}"
+
+
 def waits_in_line(invocation: "DistributedInvocation") -> bool:
     """Blocked calls of this task wait (reroute); the others are dropped when claimed."""
     return bool(invocation.task.conf.reroute_on_concurrency_control)

@@ -10,8 +10,8 @@ calls run in no particular order. A drop on a REROUTED invocation is refused
 (`InvocationStatusTransitionError`) and ends the runner loop.
 
 What it does. Each key has at most one *holder*: the one invocation that may be on the queue,
-pending or running. A call for a busy key waits in the key's *line*, in arrival order, off the
-queue:
+pending or running (or up to N, one per slot, when its task declares so: keyclaim.limits). A
+call for a busy key waits in the key's *line*, in arrival order, off the queue:
 - registering a call either makes it the holder and queues it, or parks it at the end of its
   line (tasks that drop blocked calls are queued as usual, to be dropped when claimed);
 - claiming a call reads its status and the key's holder, and in the same step writes PENDING
@@ -19,7 +19,9 @@ queue:
 - the holder's final status (success, failure, a drop) hands the key to the head of its line
   and queues it, in the same step as the status write.
 A parked call keeps its status (REGISTERED, for a new one), so `registration_concurrency` still
-merges duplicates into it. No lock or service outside pynenc's own store.
+merges duplicates into it. A declared rate is admitted in the claim's step too: a call whose
+key's window is spent keeps its slot, off the queue, until its due time. No lock or service
+outside pynenc's own store.
 
 Faults. A holder whose runner has sent no heartbeat for the dead-after window is recovered
 through pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from pynenc import context
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import config, decision, fleet, versions
+from keyclaim import config, decision, fleet, limits, versions
 from keyclaim.clock import EVER
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
@@ -56,7 +58,10 @@ if TYPE_CHECKING:
 
 # The claim hands its token to the runner on the invocation it yields (another process asks the
 # store for it).
-TOKEN_ATTRIBUTE = "fence_token"
+TOKEN_ATTRIBUTE, SLOT_ATTRIBUTE = "fence_token", "fence_slot"
+# A due time is looked at this much after it: the store's clock (SQLite: /proc/uptime, to the
+# hundredth) must have passed it when the waiting call is released.
+DUE_MARGIN = 0.01
 S = InvocationStatus
 
 
@@ -77,6 +82,11 @@ class AtomicClaim(ClaimStore):
         self._next_sweep = 0.0
         self._unqueued_seen: set[str] = set()
         self._stuck_seen: set[str] = set()
+        # When (time.monotonic()) a call this process saw wait for its rate may go: then this
+        # process releases every due call (release_due). A process that dies before it does
+        # leaves them to any worker's sweep.
+        self._due_at: float | None = None
+        self._on_queued: list[Callable[[], None]] = []
 
     # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
     # runners ask these, and each asked the runner's own wall clock.
@@ -116,10 +126,11 @@ class AtomicClaim(ClaimStore):
         """The invocation's status record (a backend may read it more cheaply than pynenc)."""
         return self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
 
-    def admits(self, invocation: "DistributedInvocation", holder: Holder | None) -> bool:
-        """Queue a new call (True) or park it (False), given its key's holder, read atomically:
-        a call that waits when blocked is queued only when its key has no holder."""
-        return not waits_in_line(invocation) or holder is None
+    def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
+        """Queue a new call (True) or park it (False), given its key's holders, read atomically:
+        a call that waits when blocked is queued only when its key has a free slot (the line is
+        then empty: a slot that frees goes to the head of the line in the same step)."""
+        return not waits_in_line(invocation) or len(holders) < limits.of(invocation).slots
 
     # The producer: park at registration.
 
@@ -147,6 +158,8 @@ class AtomicClaim(ClaimStore):
         self, max_num_invocations: int, runner_ctx: "RunnerContext", *args: Any, **kwargs: Any
     ) -> Iterator["DistributedInvocation"]:
         self.recover_silent_runners(runner_ctx)
+        if self._due_at is not None and time.monotonic() >= self._due_at:
+            self.release_due()
         yield from super().get_invocations_to_run(  # type: ignore[misc]
             max_num_invocations, runner_ctx, *args, **kwargs
         )
@@ -170,6 +183,7 @@ class AtomicClaim(ClaimStore):
             *self.get_running_invocations_for_recovery(),  # type: ignore[attr-defined]
             *self.get_pending_invocations_for_recovery(),  # type: ignore[attr-defined]
         ]
+        self.release_due()  # calls whose rate window freed, whoever was to release them
         for invocation_id in lost:
             records = self.recover_in_store(
                 invocation_id, runner_ctx.runner_id, dead_after, max_pending
@@ -263,27 +277,75 @@ class AtomicClaim(ClaimStore):
         decision = self.claim_in_store(invocation, runner_ctx.runner_id, dead_after, busy)
         for invocation_id, record in decision.writes:
             self._record(invocation_id, record, runner_ctx)
-        if decision.recovered:
-            self.app.logger.warning(f"invocation:{decision.recovered} recovered from a dead runner")
+        for recovered in decision.recovered:
+            self.app.logger.warning(f"invocation:{recovered} recovered from a dead runner")
         if decision.verdict is Verdict.PARK:
             self.app.logger.info(f"invocation:{invocation.invocation_id} waits in its key's line")
+        if decision.verdict is Verdict.WAIT and decision.due_in is not None:
+            self.app.logger.info(
+                f"invocation:{invocation.invocation_id} waits {decision.due_in:.3f}s for its "
+                "key's rate window"
+            )
+            self._wake_in(decision.due_in)
         if decision.token is not None:
             setattr(invocation, TOKEN_ATTRIBUTE, decision.token)
+            setattr(invocation, SLOT_ATTRIBUTE, decision.slot)
         return decision.verdict
+
+    # A call that waits for its rate: off the queue, holding its slot, until its due time.
+    # Nothing polls for it: the process that saw it wait releases it at its time (the wake
+    # runner's loop waits exactly that long), and any worker's sweep does if that one died.
+
+    def _wake_in(self, seconds: float) -> None:
+        at = time.monotonic() + max(0.0, seconds) + DUE_MARGIN
+        self._due_at = at if self._due_at is None else min(self._due_at, at)
+
+    def until_due(self) -> float | None:
+        """Seconds until this process must release a waiting call; None: none is waiting."""
+        return None if self._due_at is None else max(0.0, self._due_at - time.monotonic())
+
+    def on_queued(self, wake: Callable[[], None]) -> None:
+        """Call wake() whenever this process put a key's next call on the queue: a hand-over
+        at a call's end, or a release at a due time (the wake runner's loop wakes)."""
+        self._on_queued.append(wake)
+
+    def wake_now(self) -> None:
+        for wake in self._on_queued:
+            wake()
+
+    def release_due(self) -> list[str]:
+        """In one step: every call whose rate window has freed goes back on the queue."""
+        self._due_at = None
+        released, next_in = self.release_due_in_store()
+        if next_in is not None:
+            self._wake_in(next_in)
+        if released:
+            self.wake_now()
+        return released
 
     def decide(
         self,
         invocation: "DistributedInvocation",
         current: InvocationStatusRecord,
-        holder: Holder | None,
+        holder: Holder | list[Holder] | None,
         runner_id: str,
         alive_since: float,
         busy: Verdict = Verdict.PARK,
+        free_at: float | None = None,
     ) -> Decision:
-        """keyclaim.decision.decide, for this invocation (a seam the race tests pause at)."""
-        waits = waits_in_line(invocation)
+        """keyclaim.decision.decide, for this invocation and its task's keyclaim.limit (a seam
+        the race tests pause at)."""
+        waits, slots = waits_in_line(invocation), limits.of(invocation).slots
         return decision.decide(
-            invocation.invocation_id, current, holder, runner_id, alive_since, waits, busy
+            invocation.invocation_id,
+            current,
+            holder,
+            runner_id,
+            alive_since,
+            waits,
+            busy,
+            slots,
+            free_at,
         )
 
     def is_authorize_to_run_by_concurrency_control(self, invocation: Any) -> bool:
@@ -373,6 +435,18 @@ def token(app: "Pynenc") -> int | None:
     if (issued := getattr(invocation, TOKEN_ATTRIBUTE, None)) is not None:
         return issued  # handed over with the claim, in this process
     lookup = getattr(app.orchestrator, "fence_token", None)
+    return lookup(invocation.invocation_id) if lookup else None
+
+
+def slot(app: "Pynenc") -> int | None:
+    """The slot of its key the invocation running in this thread holds (0 with one slot; its
+    fencing token is compared only with its slot's); None without the claim."""
+    invocation = context.get_dist_invocation_context(app.app_id)
+    if invocation is None:
+        return None
+    if (held := getattr(invocation, SLOT_ATTRIBUTE, None)) is not None:
+        return held
+    lookup = getattr(app.orchestrator, "fence_slot", None)
     return lookup(invocation.invocation_id) if lookup else None
 
 

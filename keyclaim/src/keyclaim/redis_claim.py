@@ -27,13 +27,16 @@ from pynenc_redis.orchestrator import RedisOrchestrator
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from keyclaim import limits
 from keyclaim.clock import first_token
-from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, recovery
-from keyclaim.keys import key_arguments, line_key, waits_in_line
+from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, free_slot, recovery
+from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
 from keyclaim.orchestrator import AtomicClaim
 
 if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
+
+    from keyclaim.limits import Limit
 
 S = InvocationStatus
 # A claim whose watched keys keep changing is tried this often, with growing pauses.
@@ -65,8 +68,9 @@ def _seconds(redis_time: tuple[int, int]) -> float:
 
 
 class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
-    """Redis: every step WATCHes what it reads (the invocation's status, the key's holder
-    and line, the holder's status, the key's token counter), then writes in MULTI/EXEC.
+    """Redis: every step WATCHes what it reads (the invocation's status, the key's holders
+    and line, the holders' statuses, its rate window, the slot's token counter), then writes
+    in MULTI/EXEC.
 
     A concurrent write to any of them fails the EXEC, and the whole read-decide-write is
     tried again on fresh data: the check and the write are one step. The tries are bounded
@@ -117,40 +121,51 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
         key = key_arguments(invocation)
         line = None if key is None else line_key(invocation, key)
 
+        limit = limits.of(invocation)
+
         def step(pipe: Pipeline) -> Decision:
             current = self._read_status(pipe, inv_id)
             if current is None:
                 return Decision(Verdict.SKIP)
-            holder = None if line is None else self._holder(pipe, line)
+            holders = [] if line is None else self._holders(pipe, line)
             now = _seconds(pipe.time())
+            free_at = None if line is None else self._rate_free_at(pipe, line, limit, now)
+            alive_since = now - dead_after
+            decision = self.decide(
+                invocation, current, holders, runner_id, alive_since, busy, free_at
+            )
             issued = None
-            if key is not None:
-                counter = self._k("fence", line or "")
+            if line is not None and decision.verdict is Verdict.RUN:
+                counter = self._k("fence", fence_key(line, decision.slot))
                 pipe.watch(counter)
                 last = pipe.get(counter)
                 issued = first_token(now) if last is None else int(last) + 1
-            alive_since = now - dead_after
-            decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
             pipe.multi()
             previous = {inv_id: current.status}
-            if holder:
-                previous[holder.invocation_id] = holder.record.status
+            previous.update({h.invocation_id: h.record.status for h in holders})
             for invocation_id, record in decision.writes:
                 self._write_status(pipe, invocation_id, previous[invocation_id], record)
                 previous[invocation_id] = record.status
-            if decision.recovered:
-                pipe.rpush(self.app.broker.key.default_queue(), decision.recovered)
+            for recovered in decision.recovered:
+                pipe.rpush(self.app.broker.key.default_queue(), recovered)
             if key is not None and line is not None:
+                if decision.verdict in (Verdict.RUN, Verdict.WAIT) and decision.takes_key:
+                    self._hold(pipe, line, decision.slot, inv_id)
                 if decision.verdict is Verdict.RUN:
-                    if decision.takes_key:
-                        pipe.set(self._k("holder", line), inv_id)
-                        pipe.set(self._k("holds", inv_id), line)
-                        pipe.sadd(self._k("holders"), inv_id)
                     self._index(pipe, invocation)
-                    pipe.set(self._k("fence", line), issued)
+                    pipe.set(self._k("fence", fence_key(line, decision.slot)), issued)
                     pipe.hset(self._k("fences"), inv_id, issued)
                     pipe.hset(self._k("claimed_at"), inv_id, now)
+                    pipe.zrem(self._k("dues"), inv_id)
+                    if limit.rate is not None:
+                        admitted = self._k("admitted", line)
+                        pipe.zremrangebyscore(admitted, "-inf", now - limit.window)
+                        pipe.zadd(admitted, {f"{inv_id}@{now}": now})
+                        pipe.expire(admitted, int(limit.window) + 60)
                     decision.token = issued
+                elif decision.verdict is Verdict.WAIT and decision.due is not None:
+                    pipe.zadd(self._k("dues"), {inv_id: decision.due})
+                    decision.due_in = decision.due - now
                 elif decision.verdict is Verdict.PARK:
                     pipe.rpush(self._k("line", line), inv_id)
                     pipe.set(self._k("parked", inv_id), line)
@@ -176,14 +191,13 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
         line, inv_id = line_key(invocation, key), invocation.invocation_id
 
         def step(pipe: Pipeline) -> bool:
-            holder = self._holder(pipe, line) if waits_in_line(invocation) else None
-            queued = self.admits(invocation, holder)
+            holders = self._holders(pipe, line) if waits_in_line(invocation) else []
+            queued = self.admits(invocation, holders)
             pipe.multi()
             self._index(pipe, invocation)
             if queued and waits_in_line(invocation):
-                pipe.set(self._k("holder", line), inv_id)
-                pipe.set(self._k("holds", inv_id), line)
-                pipe.sadd(self._k("holders"), inv_id)
+                slot = free_slot(holders, limits.of(invocation).slots)
+                self._hold(pipe, line, slot, inv_id)
             if queued:
                 pipe.rpush(self.app.broker.key.default_queue(), inv_id)
             else:
@@ -217,6 +231,8 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
         new, failed = self._transaction(step, self.key.invocation_to_status(invocation_id))
         if new is None:
             raise StatusContention(f"invocation:{invocation_id} changed on all {failed} tries")
+        if new.status.is_final():  # a next call of the key may be on the queue now
+            self.wake_now()
         return new
 
     def recover_in_store(
@@ -257,13 +273,16 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
             for invocation_id in ids:
                 pipe.get(self.key.invocation_to_status(invocation_id))
                 pipe.lpos(self.app.broker.key.default_queue(), invocation_id)
+                pipe.zscore(self._k("dues"), invocation_id)
             found = pipe.execute()
         ended_or_stuck, unqueued = [], []
-        for invocation_id, raw, position in zip(ids, found[::2], found[1::2], strict=True):
+        rows = zip(ids, found[::3], found[1::3], found[2::3], strict=True)
+        for invocation_id, raw, position, due in rows:
             status = InvocationStatusRecord.from_json(json.loads(raw)).status if raw else None
             if status is None or status in UNMOVING:
                 ended_or_stuck.append(invocation_id)
-            elif status.is_available_for_run() and position is None:
+            elif status.is_available_for_run() and position is None and due is None:
+                # (One with a due time waits for its rate window, off the queue on purpose.)
                 unqueued.append(invocation_id)
         return ended_or_stuck, unqueued
 
@@ -298,56 +317,111 @@ class AtomicClaimRedisOrchestrator(AtomicClaim, RedisOrchestrator):
         healed, _ = self._transaction(step, self.key.invocation_to_status(invocation_id))
         return healed or []
 
+    def _hold(self, pipe: Pipeline, line: str, slot: int, invocation_id: str) -> None:
+        """Write (inside MULTI) that the invocation holds this slot of the key."""
+        pipe.hset(self._k("slots", line), str(slot), invocation_id)
+        pipe.set(self._k("holds", invocation_id), line)
+        pipe.set(self._k("slot", invocation_id), slot)
+        pipe.sadd(self._k("holders"), invocation_id)
+
     def _plan_release(self, pipe: Pipeline, invocation_id: str) -> list[Callable[[Pipeline], Any]]:
-        """Read (watched) what a final invocation lets go of; return the writes to do so."""
+        """Read (watched) what a final invocation lets go of; return the writes to do so: its
+        slot goes to the head of its line, or its place in a line is given up."""
         holds, parked = self._k("holds", invocation_id), self._k("parked", invocation_id)
-        pipe.watch(holds, parked)
+        slot_key, dues = self._k("slot", invocation_id), self._k("dues")
+        pipe.watch(holds, parked, slot_key)
         if (line := pipe.get(holds)) is None:
             if (waiting_in := pipe.get(parked)) is None:
-                return []
+                return [lambda p: p.zrem(dues, invocation_id)]
             waiting = self._k("line", waiting_in.decode())
             return [lambda p: p.lrem(waiting, 1, invocation_id), lambda p: p.delete(parked)]
         line = line.decode()
-        holder, queue = self._k("holder", line), self._k("line", line)
-        pipe.watch(holder, queue)
+        slot = (pipe.get(slot_key) or b"0").decode()
+        slots, queue = self._k("slots", line), self._k("line", line)
+        pipe.watch(slots, queue)
         holders = self._k("holders")
         writes: list[Callable[[Pipeline], Any]] = [
-            lambda p: p.delete(holds),
+            lambda p: p.delete(holds, slot_key),
             lambda p: p.srem(holders, invocation_id),
+            lambda p: p.zrem(dues, invocation_id),
         ]
         head = pipe.lindex(queue, 0)
         if head is None:
-            return [*writes, lambda p: p.delete(holder)]
+            return [*writes, lambda p: p.hdel(slots, slot)]
         head = head.decode()
         return [
             *writes,
             lambda p: p.lpop(queue),
             lambda p: p.delete(self._k("parked", head)),
-            lambda p: p.set(holder, head),
-            lambda p: p.set(self._k("holds", head), line),
-            lambda p: p.sadd(holders, head),
+            lambda p: self._hold(p, line, int(slot), head),
             lambda p: p.rpush(self.app.broker.key.default_queue(), head),
         ]
 
-    def _holder(self, pipe: Pipeline, line: str) -> Holder | None:
-        """The key's holder, watched along with its status; a final one is let go first."""
-        holder_key = self._k("holder", line)
-        pipe.watch(holder_key, self._k("line", line))
-        if (found := pipe.get(holder_key)) is None:
+    def _holders(self, pipe: Pipeline, line: str) -> list[Holder]:
+        """The key's holders, one per slot taken, watched along with their statuses; a final
+        one lets go of its slot first."""
+        slots_key = self._k("slots", line)
+        pipe.watch(slots_key, self._k("line", line))
+        taken = sorted((int(k), v.decode()) for k, v in pipe.hgetall(slots_key).items())
+        holders = []
+        for slot, holder_id in taken:
+            pipe.watch(self.key.invocation_to_status(holder_id))
+            record = self._read_status(pipe, holder_id)
+            if record is None or record.status.is_final():
+                # Ended without letting go: free the slot here, and let the next claim see it.
+                writes = self._plan_release(pipe, holder_id)  # it WATCHes: before MULTI
+                pipe.multi()
+                for write in writes:
+                    write(pipe)
+                pipe.execute()
+                raise WatchError("a stale holder was released: read again")
+            beat = pipe.hget(self._k("beats"), record.runner_id or "")
+            holders.append(Holder(holder_id, record, float(beat) if beat else None, slot))
+        return holders
+
+    def _rate_free_at(self, pipe: Pipeline, line: str, limit: "Limit", now: float) -> float | None:
+        """None when the key's rate admits a call now; else when its window frees (Redis
+        TIME). The window is watched: two claims cannot both take its last place."""
+        if limit.rate is None:
             return None
-        holder_id = found.decode()
-        pipe.watch(self.key.invocation_to_status(holder_id))
-        record = self._read_status(pipe, holder_id)
-        if record is None or record.status.is_final():
-            # Ended without letting go: free the key here, and let the next claim see it.
-            writes = self._plan_release(pipe, holder_id)  # it WATCHes: before MULTI
-            pipe.multi()
-            for write in writes:
-                write(pipe)
-            pipe.execute()
-            raise WatchError("a stale holder was released: read again")
-        beat = pipe.hget(self._k("beats"), record.runner_id or "")
-        return Holder(holder_id, record, float(beat) if beat else None)
+        admitted = self._k("admitted", line)
+        pipe.watch(admitted)
+        since = f"({now - limit.window}"  # exclusive: as SQLite's at > now - window
+        times = [t for _, t in pipe.zrangebyscore(admitted, since, "+inf", withscores=True)]
+        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
+
+    def release_due_in_store(self) -> tuple[list[str], float | None]:
+        dues, queue = self._k("dues"), self.app.broker.key.default_queue()
+        if not self.client.zcard(dues):
+            return [], None
+        now = _seconds(self.client.time())
+        released = []
+        for raw in self.client.zrangebyscore(dues, "-inf", now):
+            invocation_id = raw.decode()
+
+            def step(pipe: Pipeline, invocation_id: str = invocation_id) -> bool:
+                pipe.watch(self._k("holds", invocation_id), dues)
+                if pipe.zscore(dues, invocation_id) is None:
+                    return False  # released meanwhile
+                record = self._read_status(pipe, invocation_id)
+                holds = pipe.get(self._k("holds", invocation_id)) is not None
+                available = record is not None and record.status.is_available_for_run()
+                requeue = holds and available and pipe.lpos(queue, invocation_id) is None
+                pipe.multi()
+                pipe.zrem(dues, invocation_id)
+                if requeue:
+                    pipe.rpush(queue, invocation_id)
+                return requeue
+
+            status_key = self.key.invocation_to_status(invocation_id)
+            if self._transaction(step, status_key)[0]:
+                released.append(invocation_id)
+        first = self.client.zrange(dues, 0, 0, withscores=True)
+        return released, max(0.0, first[0][1] - now) if first else None
+
+    def fence_slot(self, invocation_id: str) -> int | None:
+        found = self.client.get(self._k("slot", invocation_id))
+        return None if found is None else int(found)
 
     def beat_in_store(self, runner_ids: list[str]) -> None:
         if runner_ids:

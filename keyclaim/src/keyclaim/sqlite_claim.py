@@ -24,9 +24,11 @@ from pynenc.invocation.status import (
 )
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 
+from keyclaim import limits
 from keyclaim.clock import BOOT, first_token, host_clock
-from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, recovery
-from keyclaim.keys import key_arguments, line_key, waits_in_line
+from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, free_slot, recovery
+from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
+from keyclaim.limits import Limit
 from keyclaim.orchestrator import AtomicClaim
 
 if TYPE_CHECKING:
@@ -44,12 +46,25 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     def _init_tables(self) -> None:
         super()._init_tables()
         p = self.tables.table_prefix  # pynenc's purge clears every table under it
-        self.holders, self.lines = f"{p}_key_holders", f"{p}_key_lines"
+        # A key's holders, one per slot (keyclaim.limit: up to N), its rate's admissions, and
+        # the holders waiting for their rate window to free (keyclaim/README.md, "N per key").
+        self.holders, self.lines = f"{p}_key_slots", f"{p}_key_lines"
+        self.admitted, self.dues = f"{p}_key_admitted", f"{p}_key_dues"
         self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
         self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
         with closing(self._connect()) as conn, conn:
             for table, columns in (
-                (self.holders, "line_key TEXT PRIMARY KEY, invocation_id TEXT NOT NULL UNIQUE"),
+                (
+                    self.holders,
+                    "line_key TEXT NOT NULL, slot INTEGER NOT NULL, "
+                    "invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot)",
+                ),
+                (self.admitted, "line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL"),
+                (
+                    self.dues,
+                    "invocation_id TEXT PRIMARY KEY, line_key TEXT NOT NULL, boot TEXT NOT NULL, "
+                    "due REAL NOT NULL",
+                ),
                 (
                     self.lines,
                     "seq INTEGER PRIMARY KEY AUTOINCREMENT, line_key TEXT NOT NULL, "
@@ -68,6 +83,9 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
             conn.execute(
                 f"CREATE INDEX IF NOT EXISTS {self.lines}_order ON {self.lines}(line_key, seq)"
+            )
+            conn.execute(
+                f"CREATE INDEX IF NOT EXISTS {self.admitted}_at ON {self.admitted}(line_key, at)"
             )
             queue = self.app.broker.tables.QUEUE
             columns = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
@@ -104,18 +122,33 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 conn.rollback()
                 return Decision(Verdict.SKIP)
             line = None if key is None else line_key(invocation, key)
-            holder = None if line is None else self._holder(conn, line)
-            decision = self.decide(invocation, current, holder, runner_id, alive_since, busy)
+            holders = [] if line is None else self._holders(conn, line)
+            limit, now = limits.of(invocation), host_clock()
+            free_at = None if line is None else self._rate_free_at(conn, line, limit, now)
+            decision = self.decide(
+                invocation, current, holders, runner_id, alive_since, busy, free_at
+            )
             for invocation_id, record in decision.writes:
                 self._write_status(conn, invocation_id, record)
-            if decision.recovered:
-                self._queue(conn, decision.recovered)
+            for recovered in decision.recovered:
+                self._queue(conn, recovered)
             if key is not None and line is not None:
+                if decision.verdict in (Verdict.RUN, Verdict.WAIT) and decision.takes_key:
+                    conn.execute(
+                        f"INSERT INTO {self.holders} VALUES (?, ?, ?)",
+                        (line, decision.slot, inv_id),
+                    )
                 if decision.verdict is Verdict.RUN:
-                    if decision.takes_key:
-                        conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
                     self._index(conn, invocation)
-                    decision.token = self._issue_token(conn, inv_id, line)
+                    fence = fence_key(line, decision.slot)
+                    decision.token = self._issue_token(conn, inv_id, fence)
+                    self._admit(conn, inv_id, line, limit, now)
+                elif decision.verdict is Verdict.WAIT and decision.due is not None:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO {self.dues} VALUES (?, ?, ?, ?)",
+                        (inv_id, line, BOOT, decision.due),
+                    )
+                    decision.due_in = decision.due - now
                 elif decision.verdict is Verdict.PARK:
                     self._park(conn, line, inv_id)
             self._count(conn, "claims")
@@ -130,12 +163,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         with closing(self._connect()) as conn, conn:
             self._begin(conn)
             self._index(conn, invocation)  # before it is queued: every claimer can see it
-            holder = self._holder(conn, line) if waits_in_line(invocation) else None
-            queued = self.admits(invocation, holder)
+            holders = self._holders(conn, line) if waits_in_line(invocation) else []
+            queued = self.admits(invocation, holders)
             if not waits_in_line(invocation):
                 self._queue(conn, inv_id)
             elif queued:
-                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?)", (line, inv_id))
+                slot = free_slot(holders, limits.of(invocation).slots)
+                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, inv_id))
                 self._queue(conn, inv_id)
             else:
                 self._park(conn, line, inv_id)
@@ -161,9 +195,10 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
                 raise KeyError(f"Invocation ID {invocation_id} not found")
             new = status_record_transition(current, status, runner_id)
             self._write_status(conn, invocation_id, new)
-            if new.status.is_final():
-                self._release(conn, invocation_id)
+            handed = self._release(conn, invocation_id) if new.status.is_final() else None
             conn.commit()
+        if handed:  # the next call of the key is on the queue: this process's runner may go
+            self.wake_now()
         return new
 
     def recover_in_store(
@@ -258,7 +293,9 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             rows = conn.execute(
                 f"SELECT h.invocation_id, i.status, EXISTS (SELECT 1 FROM {queue} q "
                 f"WHERE q.invocation_id = h.invocation_id) FROM {self.holders} h "
-                f"LEFT JOIN {self.tables.INVOCATIONS} i ON i.invocation_id = h.invocation_id"
+                f"LEFT JOIN {self.tables.INVOCATIONS} i ON i.invocation_id = h.invocation_id "
+                # One waiting for its rate window is off the queue on purpose (its due time).
+                f"WHERE h.invocation_id NOT IN (SELECT invocation_id FROM {self.dues})"
             ).fetchall()
         ended_or_stuck = [i for i, status, _ in rows if status is None or S(status) in UNMOVING]
         unqueued = [
@@ -300,40 +337,103 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         found = conn.execute(f"SELECT 1 FROM {queue} WHERE invocation_id = ?", (invocation_id,))
         return found.fetchone() is not None
 
-    def _release(self, conn: Any, invocation_id: str) -> None:
-        """A final invocation lets go of its key, or of its place in a line."""
+    def _release(self, conn: Any, invocation_id: str) -> str | None:
+        """A final invocation lets go of its slot (the head of its line takes it, and is
+        returned), or of its place in a line."""
+        conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
         row = conn.execute(
-            f"SELECT line_key FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+            f"SELECT line_key, slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
         ).fetchone()
         if row is None:
             conn.execute(f"DELETE FROM {self.lines} WHERE invocation_id = ?", (invocation_id,))
-            return
+            return None
+        line, slot = row
         head = conn.execute(
             f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
-            (row[0],),
+            (line,),
         ).fetchone()
         if head is None:
-            conn.execute(f"DELETE FROM {self.holders} WHERE line_key = ?", (row[0],))
-            return
+            conn.execute(f"DELETE FROM {self.holders} WHERE invocation_id = ?", (invocation_id,))
+            return None
         conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
         conn.execute(
-            f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ?", (head[1], row[0])
+            f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ? AND slot = ?",
+            (head[1], line, slot),
         )
         self._queue(conn, head[1])
+        return str(head[1])
 
-    def _holder(self, conn: Any, line: str) -> Holder | None:
-        """The key's holder; one that ended without letting go (a process without the claim
-        finished it) hands the key on first."""
-        row = conn.execute(
-            f"SELECT invocation_id FROM {self.holders} WHERE line_key = ?", (line,)
-        ).fetchone()
-        if row is None:
+    def _holders(self, conn: Any, line: str) -> list[Holder]:
+        """The key's holders, one per slot taken; one that ended without letting go (a process
+        without the claim finished it) hands its slot on first."""
+        rows = conn.execute(
+            f"SELECT invocation_id, slot FROM {self.holders} WHERE line_key = ? ORDER BY slot",
+            (line,),
+        ).fetchall()
+        holders = []
+        for invocation_id, slot in rows:
+            record = self._status(conn, invocation_id)
+            if record is None or record.status.is_final():
+                self._release(conn, invocation_id)
+                return self._holders(conn, line)
+            beat = self._beat(conn, record.runner_id or "")
+            holders.append(Holder(invocation_id, record, beat, int(slot)))
+        return holders
+
+    def _rate_free_at(self, conn: Any, line: str, limit: Limit, now: float) -> float | None:
+        """None when the key's rate admits a call now; else when its window frees (this host's
+        clock). Admissions of an earlier boot are forgotten (see keyclaim/README.md)."""
+        if limit.rate is None:
             return None
-        record = self._status(conn, row[0])
-        if record is None or record.status.is_final():
-            self._release(conn, row[0])
-            return self._holder(conn, line)
-        return Holder(row[0], record, self._beat(conn, record.runner_id or ""))
+        times = [
+            at
+            for (at,) in conn.execute(
+                f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
+                "ORDER BY at",
+                (line, BOOT, now - limit.window),
+            ).fetchall()
+        ]
+        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
+
+    def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
+        """A call admitted: counted in its key's rate window (older admissions pruned), and no
+        longer waiting for it."""
+        conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
+        if limit.rate is None:
+            return
+        conn.execute(
+            f"DELETE FROM {self.admitted} WHERE line_key = ? AND (boot != ? OR at <= ?)",
+            (line, BOOT, now - limit.window),
+        )
+        conn.execute(f"INSERT INTO {self.admitted} VALUES (?, ?, ?)", (line, BOOT, now))
+
+    def release_due_in_store(self) -> tuple[list[str], float | None]:
+        with closing(self._connect()) as conn, conn:
+            # A read first, without the write lock: most sweeps find nothing waiting.
+            (first,) = conn.execute(f"SELECT MIN(due) FROM {self.dues}").fetchone()
+            if first is None:
+                return [], None
+            self._begin(conn)
+            now = host_clock()
+            due = conn.execute(
+                f"SELECT invocation_id FROM {self.dues} WHERE boot != ? OR due <= ?", (BOOT, now)
+            ).fetchall()
+            released = []
+            for (invocation_id,) in due:
+                conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
+                record = self._status(conn, invocation_id)
+                holds = conn.execute(
+                    f"SELECT 1 FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+                ).fetchone()
+                available = record is not None and record.status.is_available_for_run()
+                if holds and available and not self._queued(conn, invocation_id):
+                    self._queue(conn, invocation_id)
+                    released.append(invocation_id)
+            (first,) = conn.execute(
+                f"SELECT MIN(due) FROM {self.dues} WHERE boot = ?", (BOOT,)
+            ).fetchone()
+            conn.commit()
+        return released, None if first is None else max(0.0, first - now)
 
     def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
         row = conn.execute(
@@ -403,6 +503,13 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             if (record := self._status(conn, invocation_id)) is None:
                 raise KeyError(f"Invocation ID {invocation_id} not found")
             return record
+
+    def fence_slot(self, invocation_id: str) -> int | None:
+        with closing(self._connect()) as conn:
+            row = conn.execute(
+                f"SELECT slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def fence_token(self, invocation_id: str) -> int | None:
         with closing(self._connect()) as conn:

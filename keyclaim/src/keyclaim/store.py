@@ -22,8 +22,9 @@ class ClaimStore(ABC):
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        """In one step: read the invocation and its key's holder (silent for dead_after seconds:
-        recovered), decide, write, and issue the key's next fencing token."""
+        """In one step: read the invocation, its key's holders (silent for dead_after seconds:
+        recovered) and its rate window, decide, write, and issue the slot's next fencing
+        token."""
 
     @abstractmethod
     def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
@@ -63,6 +64,15 @@ class ClaimStore(ABC):
     @abstractmethod
     def pending_too_long(self, window: float) -> list[str]:
         """PENDING invocations claimed more than window seconds ago."""
+
+    @abstractmethod
+    def release_due_in_store(self) -> tuple[list[str], float | None]:
+        """In one step: each call waiting for its rate whose due time has passed (store's
+        clock) goes back on the queue. Returns those, and the seconds until the next is due."""
+
+    @abstractmethod
+    def fence_slot(self, invocation_id: str) -> int | None:
+        """The slot of its key the invocation holds."""
 
     @abstractmethod
     def fence_token(self, invocation_id: str) -> int | None:

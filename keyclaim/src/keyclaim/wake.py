@@ -17,7 +17,8 @@ only merges into invocations not yet picked up, merges less (the article's scena
 What it does. It keeps the same idle cadence (two sleeps) while nothing finishes, so a burst
 of enqueues still collapses as before, but it waits on an event that every finishing call
 sets: the loop runs again the moment a slot or an account frees up. The base loop's own sleep
-is set to zero and its length moves into the wait.
+is set to zero and its length moves into the wait. A call waiting for its key's rate
+(keyclaim.limit) ends the wait at its due time, not at the next poll.
 
 The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
 `ThreadRunner.runner_loop_iteration` wait on a `threading.Event` set by each invocation's
@@ -46,6 +47,10 @@ class WakeRunner(DrainingThreadRunner):
         super()._on_start()
         self.finished = threading.Event()
         self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
+        # With the claim: a call waiting for its key's rate wakes this loop at its time.
+        # And a call of a key handed on as another ends wakes it as the status is written.
+        if on_queued := getattr(self.app.orchestrator, "on_queued", None):
+            on_queued(self.finished.set)
 
     def runner_loop_iteration(self) -> None:
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
@@ -62,7 +67,8 @@ class WakeRunner(DrainingThreadRunner):
                 )
                 continue
             self.threads[invocation.invocation_id] = ThreadInfo(thread, invocation)
-        self.finished.wait(self.idle)
+        due = getattr(self.app.orchestrator, "until_due", lambda: None)()
+        self.finished.wait(self.idle if due is None else min(self.idle, due))
 
     def _run(self, invocation: "DistributedInvocation") -> None:
         try:

@@ -1,0 +1,114 @@
+"""What a task declares beyond one call per key: up to N calls per key at once, and a rate.
+
+    @keyclaim.limit(slots=2, rate=100, per=60.0)  # above @app.task, in every process
+    @app.task(running_concurrency=Mode.KEYS, key_arguments=("account_id",), ...)
+    def charge(account_id: str, amount: int) -> str: ...
+
+pynenc's `app.task` refuses options it does not know, so the declaration is the library's own,
+kept per task (by its module and name, as pynenc finds it again in any process). The claim's
+orchestrator reads it at every claim; a task that declares nothing keeps one call per key and
+no rate. Every process that builds the app must declare the same (the fleet check compares
+them).
+
+The rate is a sliding window on the store's clock: a call is admitted if fewer than `rate`
+calls of its key were admitted in the last `per + grace` seconds. It allows a burst of `rate`
+at once, and never more than `rate` in any window of `per` seconds, which is what a provider
+counting "R per period" on its own clock judges. `grace` covers the spread of the delay between
+a claim and the call's arrival at the provider: admitted `per` seconds apart on the store's
+clock, two calls could arrive less than `per` apart.
+
+Written against pynenc 0.3.1 and 0.4.0, which have neither. The upstream change that retires it:
+task options `running_slots=N` and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, overload
+
+from keyclaim.errors import Refused
+
+if TYPE_CHECKING:
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+
+# Seconds added to each window: what the delay from claim to the provider may vary by.
+DEFAULT_GRACE = 0.1
+
+
+@dataclass(frozen=True)
+class Limit:
+    """Up to `slots` calls per key in flight; at most `rate` per `per` seconds (None: no rate)."""
+
+    slots: int = 1
+    rate: int | None = None
+    per: float = 1.0
+    grace: float = DEFAULT_GRACE
+
+    @property
+    def window(self) -> float:
+        """The window the store counts admissions in: the period and its grace."""
+        return self.per + self.grace
+
+    def describe(self) -> str:
+        text = f"{self.slots} in flight"
+        if self.rate is not None:
+            text += f", {self.rate} per {self.per:g}s (+{self.grace:g}s)"
+        return text
+
+
+ONE = Limit()
+# task key -> its limit; filled as tasks.py (or any app module) is imported.
+_DECLARED: dict[str, Limit] = {}
+
+
+def problem(slots: int, rate: int | None, per: float, grace: float) -> str | None:
+    """Why a declaration cannot be enforced, in one line; None when it can."""
+    if not isinstance(slots, int) or slots < 1:
+        return f"slots={slots!r}: a whole number of calls, at least 1"
+    if rate is not None and (not isinstance(rate, int) or rate < 1):
+        return f"rate={rate!r}: a whole number of calls per period, at least 1"
+    if not per > 0 or not grace >= 0:
+        return f"per={per!r}, grace={grace!r}: the period must be positive, the grace not negative"
+    return None
+
+
+@overload
+def limit(task: None = None, **kwargs: Any) -> Callable[[Any], Any]: ...
+@overload
+def limit(task: Any, **kwargs: Any) -> Any: ...
+def limit(
+    task: Any = None,
+    *,
+    slots: int = 1,
+    rate: int | None = None,
+    per: float = 1.0,
+    grace: float = DEFAULT_GRACE,
+) -> Any:
+    """Declare a task's limit per key: `keyclaim.limit(task, slots=2)`, or as a decorator
+    above `@app.task`. Refused (one line) for numbers it cannot enforce, or a task without a
+    running control (no key to count by)."""
+    if why := problem(slots, rate, per, grace):
+        raise Refused(f"keyclaim.limit: {why}")
+    declared = Limit(slots, rate, float(per), float(grace))
+
+    def declare(task: Any) -> Any:
+        from pynenc.conf.config_task import ConcurrencyControlType
+
+        if task.conf.running_concurrency == ConcurrencyControlType.DISABLED:
+            raise Refused(
+                f"keyclaim.limit: {task.task_id.key} has no running_concurrency, so no key to "
+                "count calls by: declare running_concurrency=KEYS with its key_arguments"
+            )
+        _DECLARED[task.task_id.key] = declared
+        return task
+
+    return declare if task is None else declare(task)
+
+
+def of(invocation: "DistributedInvocation") -> Limit:
+    """The limit of the invocation's task: one in flight and no rate, unless declared."""
+    return _DECLARED.get(invocation.task.task_id.key, ONE)
+
+
+def declared() -> dict[str, Limit]:
+    """Every task's declared limit in this process, by task key (the fleet compares them)."""
+    return dict(sorted(_DECLARED.items()))

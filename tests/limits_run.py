@@ -1,0 +1,74 @@
+"""F and G alone, on workers sample.py starts, printing each run's counts as one JSON line.
+
+Run it: uv run python tests/limits_run.py slots,rate --atomic-claim --workers 3   (sample.py's
+flags after the scenarios; tests/test_limits.py runs it, on SQLite and on Redis)
+"""
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import sample
+from demo import options, run, settings
+from demo.scenarios import SCENARIOS
+from demo.show import View
+from demo.stack import Stack
+
+
+def recounted(timeline: list[dict]) -> dict[str, int]:
+    """Each account's most calls applied at once, recounted from the timeline's starts and
+    ends (a call ending as another starts is not an overlap, as the provider counts)."""
+    peaks: dict[str, int] = {}
+    for call in timeline:
+        if call["fenced"] or call["throttled"]:
+            continue
+        at, name = call["start"], call["account_id"]
+        live = [
+            c
+            for c in timeline
+            if c["account_id"] == name
+            and not (c["fenced"] or c["throttled"])
+            and c["start"] <= at < c["end"]
+        ]
+        peaks[name] = max(peaks.get(name, 0), len(live))
+    return peaks
+
+
+def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
+    """Each scenario, `--rounds` times: one JSON line per run, the provider's counts."""
+    shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker("thread"))
+    for _ in range(args.rounds or 1):
+        for key in keys:
+            o = run.scenario(SCENARIOS[key], shape, stack.provider, stack.tasks, args.timeout)
+            found = {
+                "scenario": key,
+                "enqueued": o.enqueued,
+                "applied": o.applied,
+                "collisions": o.collisions,
+                "throttled": o.throttled,
+                "fenced": o.fenced,
+                "unfinished": len(o.unfinished),
+                "failed": o.failed,
+                "peaks": {name: a["peak_in_flight"] for name, a in o.per_account.items()},
+                "recounted": recounted(o.timeline),
+                "broken": o.broken(),
+            }
+            print(json.dumps(found), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    keys, rest = argv[0].split(","), argv[1:]
+    args = sample.parse_args(rest)
+
+    def body(stack: Stack, view: View) -> int:
+        counts(args, keys, stack)
+        return 0
+
+    return sample.run(args, body)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
