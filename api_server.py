@@ -9,6 +9,15 @@ in flight when a newer one starts is refused when it ends. Both are counted as *
 their own line, never as collisions and never hidden. The newest tokens are kept in a small
 file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the fence outlives a restart of the
 provider, as a real provider's would; a reset, which starts the next scenario, clears it.
+
+A call may also carry an `Idempotency-Key` header, as Stripe's API takes one, with the IETF
+httpapi draft's semantics: the first call with a key is applied and its outcome stored; a later
+one with the same key, account and op is not applied again but answered from the store
+(*replayed*); one that arrives while the first is still in flight gets 409 (a *conflict*, not
+applied); the same key with another account or op gets 422. The token is judged first: a call
+it refuses is fenced, never replayed, and a fenced call stores no outcome and lets go of its
+key, so the key's next call is applied. A reset forgets the keys. A call without a key is
+counted as before.
 """
 
 import asyncio
@@ -23,7 +32,7 @@ from pathlib import Path
 from typing import Annotated
 
 import fastapi
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from demo import settings
@@ -32,6 +41,10 @@ from demo.settings import HOLD_SECONDS, NAME_PATTERN
 MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.
 NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+# The header a call names its effect by (the task sends its invocation id); any visible ASCII.
+IDEMPOTENCY_KEY = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[!-~]+$")
+]
 # A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
 # from the time in microseconds, which stays below it until the year 2255.
 MAX_TOKEN = 2**53
@@ -52,6 +65,23 @@ class Call:
     token: int | None = None
     # Refused by its fencing token: a newer token for the account came first, or meanwhile.
     fenced: bool = False
+    key: str | None = None  # its Idempotency-Key, if it sent one
+    replayed: bool = False  # its key's call had been applied: answered from the store
+    conflict: bool = False  # its key's first call was still in flight: 409, not applied
+
+    @property
+    def applied(self) -> bool:
+        return not (self.fenced or self.replayed or self.conflict)
+
+
+@dataclass
+class Keyed:
+    """One Idempotency-Key: what it was first sent for, and its call's fate so far."""
+
+    account_id: str
+    op: str
+    holder: Call | None = None  # the call applying it now
+    outcome: str | None = None  # once that call was applied: what a repeat gets back
 
 
 @dataclass
@@ -59,6 +89,8 @@ class Account:
     calls: int = 0
     collisions: int = 0
     fenced: int = 0
+    replayed: int = 0
+    conflicts: int = 0
     newest_token: int | None = None
     live: list[Call] = field(default_factory=list)
 
@@ -66,8 +98,9 @@ class Account:
     def in_flight(self) -> int:
         return len(self.live)
 
-    def arrive(self, record: Call) -> None:
-        """Count a call as it arrives: fenced if its token is stale, a collision if it overlaps."""
+    def arrive(self, record: Call, keyed: Keyed | None = None) -> None:
+        """Count a call as it arrives: fenced if its token is stale, then replayed or a conflict
+        if its key's call was applied or is in flight, else a collision if it overlaps."""
         self.calls += 1
         if record.token is not None:
             if self.newest_token is not None and record.token < self.newest_token:
@@ -79,6 +112,16 @@ class Account:
                 if older.token is not None and older.token < record.token and not older.fenced:
                     older.fenced = True
                     self.fenced += 1
+        if keyed is not None:
+            if keyed.outcome is not None:  # applied once already: answered from the store
+                record.replayed = True
+                self.replayed += 1
+                return
+            if keyed.holder is not None and not keyed.holder.fenced:  # still in flight
+                record.conflict = True
+                self.conflicts += 1
+                return
+            keyed.holder = record  # the first, or the first since its holder was fenced
         record.collided = any(not other.fenced for other in self.live)
         self.collisions += int(record.collided)
         self.live.append(record)
@@ -108,6 +151,20 @@ class ProviderState:
     started: float = field(default_factory=time.monotonic)
     accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
     calls: list[Call] = field(default_factory=list)
+    keys: dict[str, Keyed] = field(default_factory=dict)
+
+    def keyed(self, key: str | None, account_id: str, op: str) -> Keyed | None:
+        """The key's record, made at its first call; 422 if it was first sent for another call."""
+        if key is None:
+            return None
+        keyed = self.keys.setdefault(key, Keyed(account_id, op))
+        if (keyed.account_id, keyed.op) != (account_id, op):
+            raise HTTPException(
+                422,
+                f"Idempotency-Key {key!r} was first sent with {keyed.account_id}/{keyed.op}, "
+                f"not {account_id}/{op}",
+            )
+        return keyed
 
     def fences(self) -> dict[str, int]:
         return {n: a.newest_token for n, a in self.accounts.items() if a.newest_token is not None}
@@ -162,23 +219,27 @@ async def call(
     op: NAME,
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
     token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
+    key: IDEMPOTENCY_KEY = None,
 ) -> CallAnswer:
     async with lock:
         restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
+        keyed = current.keyed(key, account_id, op)  # or 422
         acc = current.accounts[account_id]
-        record = Call(account_id, op, time.monotonic() - current.started, token=token)
+        record = Call(account_id, op, time.monotonic() - current.started, token=token, key=key)
         newest = acc.newest_token
-        acc.arrive(record)
+        acc.arrive(record, keyed)
         if acc.newest_token != newest and current is state:
             save_fences(current.fences())
         current.calls.append(record)
         seconds = current.hold if hold is None else hold
     print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-    if record.fenced:  # refused before it started: nothing is held
+    if not record.applied:  # refused or answered before it started: nothing is held
         record.end = record.start
-        return CallAnswer(outcome="fenced")
+        if record.conflict:
+            raise HTTPException(409, f"Idempotency-Key {key!r}: its first call is in flight")
+        return CallAnswer(outcome=keyed.outcome if record.replayed and keyed else "fenced")
     try:
         await asyncio.sleep(seconds)
         # A paused provider keeps the call in flight, up to a deadline: it never hangs.
@@ -189,14 +250,19 @@ async def call(
         async with lock:
             acc.live.remove(record)
             record.end = time.monotonic() - current.started
+            outcome = "fenced" if record.fenced else "collision" if record.collided else "ok"
+            if keyed is not None and keyed.holder is record:
+                # A fenced call was not applied: it stores nothing, and its key is free again.
+                keyed.holder, keyed.outcome = None, None if record.fenced else outcome
     if record.fenced:  # a newer claim started while this one was in flight: not applied
         print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-        return CallAnswer(outcome="fenced")
-    return CallAnswer(outcome="collision" if record.collided else "ok")
+    return CallAnswer(outcome=outcome)
 
 
 def _mark(record: Call) -> str:
-    return "FENCED   " if record.fenced else "COLLISION" if record.collided else "ok       "
+    if record.fenced or record.replayed or record.conflict:
+        return "FENCED   " if record.fenced else "REPLAYED " if record.replayed else "CONFLICT "
+    return "COLLISION" if record.collided else "ok       "
 
 
 def _token_note(record: Call) -> str:
@@ -270,27 +336,23 @@ async def report() -> dict[str, object]:
     async with lock:
         per_account = {
             name: {"calls": a.calls, "collisions": a.collisions, "in_flight": a.in_flight}
-            | {"fenced": a.fenced}
+            | {"fenced": a.fenced, "replayed": a.replayed, "conflicts": a.conflicts}
             for name, a in sorted(state.accounts.items())
         }
-    return {
-        "label": state.label,
-        "hold": state.hold,
-        "accounts": per_account,
-        "calls": sum(a["calls"] for a in per_account.values()),
-        "collisions": sum(a["collisions"] for a in per_account.values()),
-        "fenced": sum(a["fenced"] for a in per_account.values()),
-        "in_flight": sum(a["in_flight"] for a in per_account.values()),
-    }
+    counts = ("calls", "collisions", "fenced", "replayed", "conflicts", "in_flight")
+    totals = {name: sum(a[name] for a in per_account.values()) for name in counts}
+    return {"label": state.label, "hold": state.hold, "accounts": per_account} | totals
 
 
 @app.get("/timeline")
 async def timeline() -> dict[str, object]:
-    """Every call since the last reset: seconds from the reset to its start and end."""
+    """Every call since the last reset: seconds from the reset to its start and end, and its
+    fate: applied (collided or not), fenced, replayed or a conflict (409), one of them."""
     async with lock:
         calls = [
             {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
-            | {"collided": c.collided, "fenced": c.fenced, "token": c.token}
+            | {"collided": c.collided, "fenced": c.fenced, "token": c.token, "key": c.key}
+            | {"replayed": c.replayed, "conflict": c.conflict}
             for c in state.calls
         ]
     return {"label": state.label, "hold": state.hold, "calls": calls}

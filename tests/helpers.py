@@ -150,7 +150,8 @@ def paused(provider: Provider) -> AbstractContextManager[None]:
 
 def account(provider: Provider, name: str) -> dict[str, int]:
     return provider.report()["accounts"].get(
-        name, {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0}
+        name,
+        {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0, "conflicts": 0},
     )
 
 

@@ -104,7 +104,14 @@ def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
     assert final(call.invocation_id) == [S.SUCCESS]
     assert call.result == "ok"
     wait_until(lambda: logged(late, "outlived its claim"), WAIT, "the late holder's outcome")
-    assert account(claim_app, acct) == {"calls": 2, "collisions": 0, "in_flight": 0, "fenced": 1}
+    assert account(claim_app, acct) == {
+        "calls": 2,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 1,
+        "replayed": 0,
+        "conflicts": 0,
+    }
     applied, refused = sorted(calls_for(claim_app, acct), key=lambda c: c["start"])
     assert refused["token"] < applied["token"], (applied, refused)
     assert refused["fenced"] and not applied["fenced"], (applied, refused)

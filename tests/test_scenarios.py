@@ -270,13 +270,23 @@ def test_a_keys_collision_with_several_workers_points_to_the_claim(
 
 def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
     names = settings.account_names(30)
-    fine = {n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0} for n in names}
+    fine = {
+        n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0, "conflicts": 0}
+        for n in names
+    }
     shape = Shape(accounts=30)
     text = report.summary(
         outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
     )
     assert "  OK all 30 accounts: calls=4, collisions=0" in text
-    fine[names[7]] = {"calls": 4, "collisions": 1, "in_flight": 0, "fenced": 0}
+    fine[names[7]] = {
+        "calls": 4,
+        "collisions": 1,
+        "in_flight": 0,
+        "fenced": 0,
+        "replayed": 0,
+        "conflicts": 0,
+    }
     text = report.summary(
         outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
     )
