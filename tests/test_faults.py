@@ -117,3 +117,67 @@ def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
     assert refused["fenced"] and not applied["fenced"], (applied, refused)
     seen = settled_history(call.invocation_id)
     assert seen.count(S.SUCCESS) == 1 and S.RUNNING_RECOVERY in seen, seen
+
+
+def applied_per_op(provider: Provider, acct: str) -> dict[str, int]:
+    """How many calls the provider applied for each op: not fenced, replayed or refused (409)."""
+    applied: dict[str, int] = {}
+    for c in calls_for(provider, acct):
+        applied[c["op"]] = applied.get(c["op"], 0) + (
+            not (c["fenced"] or c["replayed"] or c["conflict"])
+        )
+    return applied
+
+
+def kill_holder(worker: Child) -> None:
+    os.killpg(worker.proc.pid, signal.SIGKILL)
+    worker.proc.wait(WAIT)
+
+
+@pytest.mark.parametrize("fault", ["SIGKILL mid-call", "SIGSTOP past the window"])
+def test_a_cut_call_that_was_applied_is_replayed_when_its_invocation_runs_again(
+    claim_app: Provider, start_worker: Callable, fault: str
+) -> None:
+    """The holder is killed, or stopped past the window, mid-call; the provider then finishes
+    the cut call, applied. After the window the other worker recovers the invocation and calls
+    again, with a newer token and the same Idempotency-Key, the invocation's id: the provider
+    answers from its store, and applies nothing. Each op is applied exactly once, the recovered
+    call is replayed (not fenced: the same invocation, not an older claim), and the account's
+    next call runs after it. Checked by mutation: with the key dropped from tasks.py's `_hit`,
+    op1 was applied twice, nothing was replayed, and this test failed."""
+    acct = unique()
+    holder = start_worker(SHORT)
+    with paused(claim_app):
+        first = tasks.call_keyed(acct, "op1")
+        wait_in_flight(claim_app, acct)
+        start_worker(SHORT)
+        second = tasks.call_keyed(acct, "op2")
+        assert holder_pid(first.invocation_id) == holder.proc.pid
+        if fault == "SIGKILL mid-call":
+            kill_holder(holder)
+        else:
+            stop_between_writes(holder)
+    try:
+        # The cut call ends, applied, before the window runs out; then the invocation runs again.
+        wait_in_flight(claim_app, acct, 0)
+        assert account(claim_app, acct)["calls"] == 1
+        assert final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
+    finally:
+        if holder.proc.poll() is None:
+            os.kill(holder.proc.pid, signal.SIGCONT)
+    assert first.result == second.result == "ok"
+    assert applied_per_op(claim_app, acct) == {"op1": 1, "op2": 1}
+    counts = account(claim_app, acct)
+    assert (counts["replayed"], counts["fenced"], counts["conflicts"]) == (1, 0, 0), counts
+    assert counts["collisions"] == 0, counts
+    calls = calls_for(claim_app, acct)
+    assert [(c["op"], c["replayed"]) for c in calls] == [
+        ("op1", False),
+        ("op1", True),
+        ("op2", False),
+    ]
+    assert calls[0]["key"] == calls[1]["key"] == first.invocation_id
+    assert calls[1]["token"] > calls[0]["token"]  # the recovered claim's, newer
+    assert S.RUNNING_RECOVERY in settled_history(first.invocation_id)
+    if fault == "SIGSTOP past the window":
+        wait_until(lambda: logged(holder, "outlived its claim"), WAIT, "the woken holder's outcome")
