@@ -21,7 +21,7 @@ class Outcome:
     enqueued: int
     invocations: int
     statuses: Counter[str]
-    calls: int  # every call that reached the provider, fenced ones included
+    calls: int  # every call that reached the provider, fenced, replayed and 409 ones included
     collisions: int
     per_account: dict[str, dict[str, int]]
     elapsed: float
@@ -34,6 +34,10 @@ class Outcome:
     unfinished: dict[str, str] = field(default_factory=dict)
     # Calls the provider refused by their fencing token: they reached it, and were not applied.
     fenced: int = 0
+    # Calls answered from the provider's store for their Idempotency-Key (the same invocation's
+    # call applied before), and refused with 409 while that call was in flight: not applied.
+    replayed: int = 0
+    conflicts: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
     neighbours: Neighbours | None = None  # E's figures
@@ -56,8 +60,8 @@ class Outcome:
 
     @property
     def applied(self) -> int:
-        """Calls the provider applied: every call but the fenced ones."""
-        return self.calls - self.fenced
+        """Calls the provider applied: every call but the fenced, replayed and 409 ones."""
+        return self.calls - self.fenced - self.replayed - self.conflicts
 
     @property
     def extra_calls(self) -> int:
@@ -77,7 +81,8 @@ class Outcome:
             problems.append(f"{self.failed} invocations failed")
         if s.keyed and self.collisions:
             problems.append(f"{self.collisions} collisions under running_concurrency=KEYS")
-        # What counts is what the provider applied: a fenced call reached it and was refused.
+        # What counts is what the provider applied: a fenced call reached it and was refused,
+        # a replayed one was answered from its store.
         applied = self.applied
         if s.every_call_runs and not self.abandoned and applied != self.enqueued:
             problems.append(f"{applied} calls for {self.enqueued} enqueued")

@@ -38,6 +38,10 @@ def summary(outcome: Outcome) -> str:
     parts.append(f"{o.collisions} collisions")
     if o.fenced:
         parts.append(f"{o.fenced} fenced")
+    if o.replayed:
+        parts.append(f"{o.replayed} replayed")
+    if o.conflicts:
+        parts.append(f"{o.conflicts} refused with 409")
     head = f"  {o.enqueued} enqueued -> {', '.join(parts)}, {o.elapsed:.2f}s"
     head += f" (floor {o.floor:.2f}s, {o.floor / o.elapsed:.0%})"
     lines = ["", f"=== {o.scenario.heading} ===", head, *_account_lines(o)]
@@ -76,8 +80,9 @@ def _account_lines(outcome: Outcome) -> list[str]:
 
     def line(name: str, acc: dict[str, int]) -> str:
         mark = " X" if acc["collisions"] else "OK"
-        fenced = f"  fenced={acc['fenced']}" if acc.get("fenced") else ""
-        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{fenced}"
+        marks = (("fenced", "fenced"), ("replayed", "replayed"), ("conflicts", "409"))
+        rest = "".join(f"  {label}={acc[count]}" for count, label in marks if acc.get(count))
+        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{rest}"
 
     accounts = outcome.per_account.items()
     if len(outcome.per_account) <= ACCOUNTS_LISTED:
@@ -115,6 +120,8 @@ def one_line(outcomes: list[Outcome]) -> str:
         text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
         if o.fenced:
             text += f" fenced={o.fenced}"
+        if o.replayed or o.conflicts:
+            text += f" replayed={o.replayed} 409={o.conflicts}"
         if o.late:
             text += f" late={len(o.late)}"
         if o.unfinished:

@@ -154,6 +154,8 @@ def scenario(
         calls=report["calls"],
         collisions=report["collisions"],
         fenced=report["fenced"],
+        replayed=report["replayed"],
+        conflicts=report["conflicts"],
         per_account=dict(report["accounts"]),
         elapsed=elapsed,
         timeline=timeline,

@@ -86,6 +86,16 @@ def test_b_breaks_on_a_collision_or_a_missing_call() -> None:
     assert outcome("keyed", calls=11).broken()
 
 
+def test_a_replayed_or_409_call_is_not_an_applied_one() -> None:
+    """A call answered from the provider's store, or refused with 409, reached it and was not
+    applied: twelve applied and one replayed keep B's promise, and the summary says both."""
+    again = outcome("keyed", calls=14, replayed=1, conflicts=1)
+    assert (again.applied, again.broken()) == (12, [])
+    assert outcome("keyed", calls=13, replayed=0).broken() == ["13 calls for 12 enqueued"]
+    head = report.summary(again).splitlines()[2]
+    assert head.startswith("  12 enqueued -> 14 calls, 0 collisions, 1 replayed, 1 refused with")
+
+
 def test_c_counts_dropped_as_dropped_not_as_errors() -> None:
     dropped = Counter(success=3, concurrency_controlled_final=9)
     ok = outcome("drop", calls=3, statuses=dropped)
