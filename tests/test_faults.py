@@ -1,14 +1,19 @@
-"""The sample's provider fences a call that arrives late, with the claim on and real workers.
+"""The sample's provider fences a late call and replays a repeated one, with real workers.
 
 The claim's own fault tests (a deploy's SIGTERM, SIGSTOP, SIGKILL, the drain's beats) live
-beside it, in keyclaim/tests/test_worker_faults.py; this one is the provider's side: a held link
-(helpers.HeldLink) keeps a worker's call on its way until a newer one has arrived. The windows
-are short (a call times out after 2 s, a silent runner is dead after 3 s).
+beside it, in keyclaim/tests/test_worker_faults.py; these are the provider's side: a held link
+(helpers.HeldLink) keeps a worker's call on its way until a newer one has arrived, and a call
+cut by a fault and applied is answered from the provider's store for its Idempotency-Key when
+its invocation runs again. The windows are short (a call times out after 2 s, a silent runner
+is dead after 3 s).
 """
 
 import os
+import shutil
 import signal
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
@@ -18,6 +23,7 @@ from pynenc.invocation.status import InvocationStatus as S
 import tasks
 from demo.processes import Child, wait_until
 from demo.provider import Provider
+from demo.stack import ROOT
 from helpers import (
     WAIT,
     HeldLink,
@@ -30,6 +36,7 @@ from helpers import (
     wait_in_flight,
     write_lock_held,
 )
+from long_runs import WITH_REDIS
 
 pytestmark = pytest.mark.slow  # real workers, held links and short windows
 
@@ -181,3 +188,47 @@ def test_a_cut_call_that_was_applied_is_replayed_when_its_invocation_runs_again(
     assert S.RUNNING_RECOVERY in settled_history(first.invocation_id)
     if fault == "SIGSTOP past the window":
         wait_until(lambda: logged(holder, "outlived its claim"), WAIT, "the woken holder's outcome")
+
+
+HARNESS_FAULTS = ("SIGKILL mid-call", "SIGSTOP past the window")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
+    backend: str, tmp_path: Path
+) -> None:
+    """`python -m tools.faults`, as docs/faults.md runs it, one run of each fault that used to
+    apply a call twice: with the claim, on SQLite and on Redis (a private redis-server), each
+    op is applied exactly once (no double, no unapplied, none failed or lost), and the
+    recovered call is replayed. Checked by mutation: with the key dropped from tasks.py's
+    `_hit`, the SQLite rows read double 1, replayed 0, and this test failed."""
+    if backend == "redis" and shutil.which("redis-server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    argv = ["uv", "run", *(WITH_REDIS if backend == "redis" else ()), "python", "-m"]
+    argv += ["tools.faults", "--backend", backend, "--runs", "1"]
+    for fault in HARNESS_FAULTS:
+        argv += ["--only", fault]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "REDIS_URL"))}
+    env["DEMO_LOG_DIR"] = str(tmp_path / "logs")
+    if env.get("VIRTUAL_ENV") != str(ROOT / ".venv"):
+        env.pop("VIRTUAL_ENV", None)
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("fault "))
+    columns = header[len("fault") :].split()
+    for fault in HARNESS_FAULTS:
+        (row,) = [line for line in lines if line.startswith(f"{fault}  ")]
+        figures = dict(zip(columns, map(int, row[len(fault) :].split()), strict=True))
+        assert figures == {
+            "collisions": 0,
+            "double": 0,
+            "fenced": 0,
+            "replayed": 1,
+            "409": 0,
+            "failed": 0,
+            "unapplied": 0,
+            "lost": 0,
+        }, (fault, result.stdout)
