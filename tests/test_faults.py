@@ -201,7 +201,7 @@ def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
     apply a call twice: with the claim, on SQLite and on Redis (a private redis-server), each
     op is applied exactly once (no double, no unapplied, none failed or lost), and the
     recovered call is replayed. Checked by mutation: with the key dropped from tasks.py's
-    `_hit`, the SQLite rows read double 1, replayed 0, and this test failed."""
+    `_hit`, the rows read double 1, replayed 0, on SQLite and on Redis, and this test failed."""
     if backend == "redis" and shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
