@@ -161,6 +161,8 @@ def test_keys_serialize_one_account_and_run_different_accounts_in_parallel(
             "collisions": 0,
             "in_flight": 1,
             "fenced": 0,
+            "replayed": 0,
+            "conflicts": 0,
         }
 
     assert wait_final(a1.invocation_id, a2.invocation_id, g1.invocation_id) == [S.SUCCESS] * 3
