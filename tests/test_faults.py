@@ -193,6 +193,7 @@ def test_a_cut_call_that_was_applied_is_replayed_when_its_invocation_runs_again(
 HARNESS_FAULTS = ("SIGKILL mid-call", "SIGSTOP past the window")
 
 
+@pytest.mark.e2e  # the harness as docs/faults.md runs it: uv run, in the project's environment
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
 def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
     backend: str, tmp_path: Path
