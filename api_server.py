@@ -17,6 +17,15 @@ newer claim of slot 1 fences only older calls of slot 1, never slot 0's call in 
 newest tokens are kept in a small file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the
 fence outlives a restart of the provider, as a real provider's would; a reset, which starts the
 next scenario, clears it.
+
+A call may also carry an `Idempotency-Key` header, as Stripe's API takes one, with the IETF
+httpapi draft's semantics: the first call with a key is applied and its outcome stored; a later
+one with the same key, account and op is not applied again but answered from the store
+(*replayed*); one that arrives while the first is still in flight gets 409 (a *conflict*, not
+applied); the same key with another account or op gets 422. The token is judged first: a call
+it refuses is fenced, never replayed, and a fenced call stores no outcome and lets go of its
+key, so the key's next call is applied. A replayed call or a 409 counts against neither quota.
+A reset forgets the keys. A call without a key is counted as before.
 """
 
 import asyncio
@@ -31,7 +40,7 @@ from pathlib import Path
 from typing import Annotated
 
 import fastapi
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from demo import settings
@@ -40,6 +49,10 @@ from demo.settings import HOLD_SECONDS, NAME_PATTERN
 MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.
 NAME = Annotated[str, fastapi.Path(min_length=1, max_length=64, pattern=NAME_PATTERN)]
+# The header a call names its effect by (the task sends its invocation id); any visible ASCII.
+IDEMPOTENCY_KEY = Annotated[
+    str | None, Header(alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[!-~]+$")
+]
 # A token is a 53-bit integer (a JSON number any client reads exactly). The claim's tokens start
 # from the time in microseconds, which stays below it until the year 2255.
 MAX_TOKEN = 2**53
@@ -64,6 +77,23 @@ class Call:
     fenced: bool = False
     # Refused as beyond the account's rate (a 429): not applied, not in flight.
     throttled: bool = False
+    key: str | None = None  # its Idempotency-Key, if it sent one
+    replayed: bool = False  # its key's call had been applied: answered from the store
+    conflict: bool = False  # its key's first call was still in flight: 409, not applied
+
+    @property
+    def applied(self) -> bool:
+        return not (self.fenced or self.throttled or self.replayed or self.conflict)
+
+
+@dataclass
+class Keyed:
+    """One Idempotency-Key: what it was first sent for, and its call's fate so far."""
+
+    account_id: str
+    op: str
+    holder: Call | None = None  # the call applying it now
+    outcome: str | None = None  # once that call was applied: what a repeat gets back
 
 
 @dataclass(frozen=True)
@@ -81,6 +111,8 @@ class Account:
     collisions: int = 0
     fenced: int = 0
     throttled: int = 0
+    replayed: int = 0
+    conflicts: int = 0
     peak_in_flight: int = 0  # the most calls applied at once (fenced ones not counted)
     newest: dict[int, int] = field(default_factory=dict)  # the newest token seen, per slot
     live: list[Call] = field(default_factory=list)
@@ -95,9 +127,10 @@ class Account:
         """Slot 0's newest token: with one call per account, the account's."""
         return self.newest.get(0)
 
-    def arrive(self, record: Call, quota: Quota) -> None:
-        """Count a call as it arrives: fenced if its token is stale for its slot, throttled if
-        the rate is spent, a collision if the account already has its quota in flight."""
+    def arrive(self, record: Call, quota: Quota, keyed: Keyed | None = None) -> None:
+        """Count a call as it arrives: fenced if its token is stale for its slot; replayed or a
+        conflict if its key's call was applied or is in flight; throttled if the rate is spent;
+        a collision if the account already has its quota in flight."""
         self.calls += 1
         if record.token is not None:
             newest = self.newest.get(record.slot)
@@ -115,6 +148,15 @@ class Account:
                 ):
                     older.fenced = True
                     self.fenced += 1
+        if keyed is not None:
+            if keyed.outcome is not None:  # applied once already: answered from the store
+                record.replayed = True
+                self.replayed += 1
+                return
+            if keyed.holder is not None and not keyed.holder.fenced:  # still in flight
+                record.conflict = True
+                self.conflicts += 1
+                return
         if quota.rate is not None:
             since = record.start - quota.per
             recent = [c for c in self.started if not c.fenced and c.start > since]
@@ -123,6 +165,8 @@ class Account:
                 self.throttled += 1
                 return
             self.started = recent
+        if keyed is not None:
+            keyed.holder = record  # the first, or the first since its holder was fenced
         applied = [other for other in self.live if not other.fenced]
         record.collided = len(applied) >= quota.slots
         self.collisions += int(record.collided)
@@ -157,6 +201,20 @@ class ProviderState:
     started: float = field(default_factory=time.monotonic)
     accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
     calls: list[Call] = field(default_factory=list)
+    keys: dict[str, Keyed] = field(default_factory=dict)
+
+    def keyed(self, key: str | None, account_id: str, op: str) -> Keyed | None:
+        """The key's record, made at its first call; 422 if it was first sent for another call."""
+        if key is None:
+            return None
+        keyed = self.keys.setdefault(key, Keyed(account_id, op))
+        if (keyed.account_id, keyed.op) != (account_id, op):
+            raise HTTPException(
+                422,
+                f"Idempotency-Key {key!r} was first sent with {keyed.account_id}/{keyed.op}, "
+                f"not {account_id}/{op}",
+            )
+        return keyed
 
     def fences(self) -> dict[str, int]:
         """The newest token per account and slot: slot 0 under the account's name, as with one
@@ -220,23 +278,29 @@ async def call(
     hold: Annotated[float | None, Query(ge=0, le=MAX_HOLD_SECONDS)] = None,
     token: Annotated[int | None, Query(ge=0, le=MAX_TOKEN)] = None,
     slot: Annotated[int, Query(ge=0, le=MAX_SLOTS)] = 0,
+    key: IDEMPOTENCY_KEY = None,
 ) -> CallAnswer:
     async with lock:
         restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
+        keyed = current.keyed(key, account_id, op)  # or 422
         acc = current.accounts[account_id]
         start = time.monotonic() - current.started
-        record = Call(account_id, op, start, token=token, slot=slot)
+        record = Call(account_id, op, start, token=token, slot=slot, key=key)
         newest = dict(acc.newest)
-        acc.arrive(record, current.quota)
+        acc.arrive(record, current.quota, keyed)
         if acc.newest != newest and current is state:
             save_fences(current.fences())
         current.calls.append(record)
         seconds = current.hold if hold is None else hold
     print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-    if record.fenced or record.throttled:  # refused before it started: nothing is held
+    if not record.applied:  # refused or answered before it started: nothing is held
         record.end = record.start
+        if record.conflict:
+            raise HTTPException(409, f"Idempotency-Key {key!r}: its first call is in flight")
+        if record.replayed and keyed is not None:
+            return CallAnswer(outcome=keyed.outcome or "")
         return CallAnswer(outcome="fenced" if record.fenced else "throttled")
     try:
         await asyncio.sleep(seconds)
@@ -248,16 +312,21 @@ async def call(
         async with lock:
             acc.live.remove(record)
             record.end = time.monotonic() - current.started
+            outcome = "fenced" if record.fenced else "collision" if record.collided else "ok"
+            if keyed is not None and keyed.holder is record:
+                # A fenced call was not applied: it stores nothing, and its key is free again.
+                keyed.holder, keyed.outcome = None, None if record.fenced else outcome
     if record.fenced:  # a newer claim started while this one was in flight: not applied
         print(f"  [{_mark(record)}] {account_id:<8} {op}{_token_note(record)}", flush=True)
-        return CallAnswer(outcome="fenced")
-    return CallAnswer(outcome="collision" if record.collided else "ok")
+    return CallAnswer(outcome=outcome)
 
 
 def _mark(record: Call) -> str:
-    if record.throttled:
-        return "THROTTLED"
-    return "FENCED   " if record.fenced else "COLLISION" if record.collided else "ok       "
+    if not record.applied:
+        marks = ("FENCED   ", "THROTTLED", "REPLAYED ", "CONFLICT ")
+        flags = (record.fenced, record.throttled, record.replayed, record.conflict)
+        return next(mark for mark, flag in zip(marks, flags, strict=True) if flag)
+    return "COLLISION" if record.collided else "ok       "
 
 
 def _token_note(record: Call) -> str:
@@ -338,6 +407,7 @@ async def report() -> dict[str, object]:
         per_account = {
             name: {"calls": a.calls, "collisions": a.collisions, "in_flight": a.in_flight}
             | {"fenced": a.fenced, "throttled": a.throttled, "peak_in_flight": a.peak_in_flight}
+            | {"replayed": a.replayed, "conflicts": a.conflicts}
             for name, a in sorted(state.accounts.items())
         }
         quota = state.quota
@@ -350,6 +420,8 @@ async def report() -> dict[str, object]:
         "collisions": sum(a["collisions"] for a in per_account.values()),
         "fenced": sum(a["fenced"] for a in per_account.values()),
         "throttled": sum(a["throttled"] for a in per_account.values()),
+        "replayed": sum(a["replayed"] for a in per_account.values()),
+        "conflicts": sum(a["conflicts"] for a in per_account.values()),
         "in_flight": sum(a["in_flight"] for a in per_account.values()),
         "peak_in_flight": max((a["peak_in_flight"] for a in per_account.values()), default=0),
     }
@@ -362,7 +434,8 @@ async def timeline() -> dict[str, object]:
         calls = [
             {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
             | {"collided": c.collided, "fenced": c.fenced, "token": c.token, "slot": c.slot}
-            | {"throttled": c.throttled}
+            | {"throttled": c.throttled, "key": c.key, "replayed": c.replayed}
+            | {"conflict": c.conflict}
             for c in state.calls
         ]
     return {"label": state.label, "hold": state.hold, "calls": calls}

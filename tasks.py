@@ -4,11 +4,11 @@ Run a worker: uv run pynenc --app tasks.app runner start
 """
 
 import httpx
-from pynenc import PynencBuilder
+from pynenc import PynencBuilder, context
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
 import keyclaim
-from demo import runners, settings
+from demo import provider, runners, settings
 
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
@@ -37,9 +37,9 @@ app = runners.select(builder, CLAIM).build()
 keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
 runners.check(app)  # and a runner of demo/runners.py's, which joins the fleet as it starts
 
-# One client for every call (a fresh one loads TLS certificates each time). A refused
-# connection reached nothing, so it is tried again, 4 times over about 3.5 s; nothing else is.
-http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=httpx.HTTPTransport(retries=4))
+# One client for every call (a fresh one loads TLS certificates each time). A call names its
+# invocation (not the attempt) in an Idempotency-Key: run again, it is replayed, not reapplied.
+http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=provider.CallTransport(TIMEOUT))
 
 
 def _hit(account_id: str, op: str) -> str:
@@ -48,7 +48,8 @@ def _hit(account_id: str, op: str) -> str:
     fence = {} if token is None else {"token": token}
     if slot := keyclaim.slot(app):  # N per account: the token is its slot's (0 unless sent)
         fence["slot"] = slot
-    r = http.post(path, params=fence)
+    key = {"Idempotency-Key": context.get_dist_invocation_context(app.app_id).invocation_id}
+    r = http.post(path, params=fence, headers=key)
     if r.is_error:  # said in words: pynenc cannot store httpx's own error and rebuild it
         raise RuntimeError(f"{account_id} {op}: the provider answered {r.status_code} {r.text}")
     if (outcome := r.json()["outcome"]) == "fenced":  # an older claim's call: not applied

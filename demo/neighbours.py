@@ -58,7 +58,11 @@ def measure(
 ) -> Neighbours:
     """Scenario E's figures: what the quiet accounts waited, how the busy one ran."""
     hot = settings.HOT_ACCOUNT
-    calls = [c for c in outcome.timeline if not c.get("fenced") and c["end"] is not None]
+    calls = [
+        c
+        for c in outcome.timeline
+        if not (c.get("fenced") or c.get("replayed") or c.get("conflict")) and c["end"] is not None
+    ]
     first_start: dict[str, float] = {}
     for call in sorted(calls, key=lambda c: c["start"]):
         first_start.setdefault(call["account_id"], call["start"])

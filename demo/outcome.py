@@ -21,7 +21,7 @@ class Outcome:
     enqueued: int
     invocations: int
     statuses: Counter[str]
-    calls: int  # every call that reached the provider, fenced ones included
+    calls: int  # every call that reached the provider, fenced, replayed and 409 ones included
     collisions: int
     per_account: dict[str, dict[str, int]]
     elapsed: float
@@ -36,6 +36,10 @@ class Outcome:
     fenced: int = 0
     # Calls the provider refused as beyond the account's rate (a 429): not applied either.
     throttled: int = 0
+    # Calls answered from the provider's store for their Idempotency-Key (the same invocation's
+    # call applied before), and refused with 409 while that call was in flight: not applied.
+    replayed: int = 0
+    conflicts: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
     neighbours: Neighbours | None = None  # E's figures
@@ -58,8 +62,9 @@ class Outcome:
 
     @property
     def applied(self) -> int:
-        """Calls the provider applied: every call but the fenced and the throttled ones."""
-        return self.calls - self.fenced - self.throttled
+        """Calls the provider applied: every call but the fenced, throttled, replayed and 409
+        ones."""
+        return self.calls - self.fenced - self.throttled - self.replayed - self.conflicts
 
     @property
     def peak_in_flight(self) -> int:
@@ -87,7 +92,8 @@ class Outcome:
             problems.append(f"{self.collisions} collisions{beyond} under running_concurrency=KEYS")
         if self.throttled:
             problems.append(f"{self.throttled} calls throttled: beyond the account's rate")
-        # What counts is what the provider applied: a fenced call reached it and was refused.
+        # What counts is what the provider applied: a fenced call reached it and was refused,
+        # a replayed one was answered from its store.
         applied = self.applied
         if s.every_call_runs and not self.abandoned and applied != self.enqueued:
             problems.append(f"{applied} calls for {self.enqueued} enqueued")

@@ -40,6 +40,10 @@ def summary(outcome: Outcome) -> str:
         parts.append(f"{o.fenced} fenced")
     if o.scenario.limited:  # F, G: the provider's judgement of each account's quota
         parts.append(f"{o.throttled} throttled, peak {o.peak_in_flight} in flight")
+    if o.replayed:
+        parts.append(f"{o.replayed} replayed")
+    if o.conflicts:
+        parts.append(f"{o.conflicts} refused with 409")
     head = f"  {o.enqueued} enqueued -> {', '.join(parts)}, {o.elapsed:.2f}s"
     head += f" (floor {o.floor:.2f}s, {o.floor / o.elapsed:.0%})"
     lines = ["", f"=== {o.scenario.heading} ===", head, *_account_lines(o)]
@@ -80,10 +84,11 @@ def _account_lines(outcome: Outcome) -> list[str]:
 
     def line(name: str, acc: dict[str, int]) -> str:
         mark = " X" if acc["collisions"] or acc.get("throttled") else "OK"
-        fenced = f"  fenced={acc['fenced']}" if acc.get("fenced") else ""
+        marks = (("fenced", "fenced"), ("replayed", "replayed"), ("conflicts", "409"))
+        rest = "".join(f"  {label}={acc[count]}" for count, label in marks if acc.get(count))
         if limited:
-            fenced += f"  throttled={acc.get('throttled', 0)}  peak={acc.get('peak_in_flight', 0)}"
-        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{fenced}"
+            rest += f"  throttled={acc.get('throttled', 0)}  peak={acc.get('peak_in_flight', 0)}"
+        return f"  {mark} {name:<8} calls={acc['calls']}  collisions={acc['collisions']}{rest}"
 
     accounts = outcome.per_account.items()
     if len(outcome.per_account) <= ACCOUNTS_LISTED:
@@ -123,6 +128,8 @@ def one_line(outcomes: list[Outcome]) -> str:
             text += f" fenced={o.fenced}"
         if o.scenario.limited:
             text += f" throttled={o.throttled} peak={o.peak_in_flight}"
+        if o.replayed or o.conflicts:
+            text += f" replayed={o.replayed} 409={o.conflicts}"
         if o.late:
             text += f" late={len(o.late)}"
         if o.unfinished:

@@ -149,12 +149,14 @@ def paused(provider: Provider) -> AbstractContextManager[None]:
 
 
 def account(provider: Provider, name: str) -> dict[str, int]:
-    """The account's counts under one call in flight: calls, collisions, in flight, fenced.
-    No test that reads them sets a rate, so none of its calls may have been throttled."""
+    """The account's counts under one call in flight: calls, collisions, in flight, fenced,
+    replayed, 409s. No test that reads them sets a rate, so none of its calls may have been
+    throttled."""
+    empty = {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0}
     found = provider.report()["accounts"].get(name, {"throttled": 0})
     assert found.pop("throttled") == 0, f"{name}: throttled without a rate"
     found.pop("peak_in_flight", None)
-    return found or {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0}
+    return found or {**empty, "conflicts": 0}
 
 
 def calls_for(provider: Provider, name: str) -> list[dict]:

@@ -45,6 +45,8 @@ def test_concurrent_calls_for_one_account_collide(client: TestClient) -> None:
         "fenced": 0,
         "throttled": 0,
         "peak_in_flight": 5,
+        "replayed": 0,
+        "conflicts": 0,
     }
     assert (report["calls"], report["collisions"]) == (5, 4)
 
@@ -175,6 +177,8 @@ def test_a_newer_token_fences_the_call_still_in_flight(client: TestClient) -> No
         "fenced": 1,
         "throttled": 0,
         "peak_in_flight": 1,
+        "replayed": 0,
+        "conflicts": 0,
     }
     calls = client.get("/timeline").json()["calls"]
     assert [(c["token"], c["fenced"], c["collided"]) for c in calls] == [
@@ -310,3 +314,219 @@ def test_the_rate_window_slides_on_the_providers_clock(
         now[0] = 1000.0 + at
         answers.append(client.post("/call/acme/op", params={"hold": 0}).json()["outcome"])
     assert answers == ["ok", "ok", "ok", "throttled", "ok", "throttled", "ok"]
+
+
+# --- Idempotency-Key: the IETF httpapi draft's semantics ----------------------------------
+
+
+def keyed_call(
+    client: TestClient, key: str, account_id: str = "acme", op: str = "charge", **params: object
+) -> httpx.Response:
+    return client.post(
+        f"/call/{account_id}/{op}", params={"hold": 0} | params, headers={"Idempotency-Key": key}
+    )
+
+
+def fates(client: TestClient) -> list[tuple[str, str | None, bool, bool, bool]]:
+    """Each call's op, key and marks (fenced, replayed, conflict), from the timeline."""
+    return [
+        (c["op"], c["key"], c["fenced"], c["replayed"], c["conflict"])
+        for c in client.get("/timeline").json()["calls"]
+    ]
+
+
+def test_the_same_key_twice_is_applied_once_and_replayed_once_with_the_same_outcome(
+    client: TestClient,
+) -> None:
+    first, repeat = keyed_call(client, "inv-1"), keyed_call(client, "inv-1")
+    assert first.status_code == repeat.status_code == 200, (first.text, repeat.text)
+    assert first.json() == repeat.json() == {"outcome": "ok"}
+    report = client.get("/report").json()
+    assert report["accounts"]["acme"] == {
+        "calls": 2,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 0,
+        "throttled": 0,
+        "peak_in_flight": 1,
+        "replayed": 1,
+        "conflicts": 0,
+    }
+    assert (report["replayed"], report["conflicts"]) == (1, 0)
+    assert fates(client) == [
+        ("charge", "inv-1", False, False, False),
+        ("charge", "inv-1", False, True, False),
+    ]
+
+
+def test_a_replay_returns_the_stored_outcome_even_a_collision(client: TestClient) -> None:
+    """The store keeps what the first call answered, whatever it was."""
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            first = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0.2}))
+            while (await c.get("/report")).json()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
+            second = await c.post(
+                "/call/acme/two", params={"hold": 0}, headers={"Idempotency-Key": "k2"}
+            )
+            await first
+            again = await c.post(
+                "/call/acme/two", params={"hold": 0}, headers={"Idempotency-Key": "k2"}
+            )
+            return [second.json()["outcome"], again.json()["outcome"]]
+
+    assert asyncio.run(asyncio.wait_for(scenario(), timeout=10)) == ["collision", "collision"]
+    report = client.get("/report").json()
+    assert (report["calls"], report["collisions"], report["replayed"]) == (3, 1, 1)
+
+
+def _while_in_flight(first: dict[str, object], second: dict[str, object]) -> list[httpx.Response]:
+    """Two calls for acme, the second arriving while the provider holds the first (paused)."""
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+
+            async def report() -> dict:
+                return (await c.get("/report")).json()
+
+            before = (await report())["calls"]
+            await c.post("/pause", params={"account_id": "acme"})
+            try:
+                held = asyncio.create_task(c.post("/call/acme/charge", **first))
+                while (await report())["in_flight"] < 1:
+                    await asyncio.sleep(0.01)
+                answer = asyncio.create_task(c.post("/call/acme/charge", **second))
+                while (await report())["calls"] < before + 2:
+                    await asyncio.sleep(0.01)
+            finally:
+                await c.post("/resume")
+            return [await held, await answer]
+
+    return asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+
+
+def test_the_same_key_while_the_first_is_in_flight_gets_409_and_is_not_applied(
+    client: TestClient,
+) -> None:
+    key = {"headers": {"Idempotency-Key": "inv-2"}, "params": {"hold": 0}}
+    held, refused = _while_in_flight(key, key)
+    assert refused.status_code == 409, refused.text
+    assert "in flight" in refused.json()["detail"]
+    assert held.json() == {"outcome": "ok"}  # the first: applied, and no collision
+    report = client.get("/report").json()
+    assert report["accounts"]["acme"] == {
+        "calls": 2,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 0,
+        "throttled": 0,
+        "peak_in_flight": 1,
+        "replayed": 0,
+        "conflicts": 1,
+    }
+    assert fates(client) == [
+        ("charge", "inv-2", False, False, False),
+        ("charge", "inv-2", False, False, True),
+    ]
+    # Once the first has ended, the key is answered from the store.
+    assert keyed_call(client, "inv-2").json() == {"outcome": "ok"}
+    assert client.get("/report").json()["replayed"] == 1
+
+
+def test_the_same_key_for_another_op_or_account_gets_422_and_is_not_counted(
+    client: TestClient,
+) -> None:
+    assert keyed_call(client, "inv-3").status_code == 200
+    for account_id, op in (("acme", "refund"), ("globex", "charge")):
+        r = keyed_call(client, "inv-3", account_id, op)
+        assert r.status_code == 422, r.text
+        assert "first sent with acme/charge" in r.json()["detail"], r.text
+    report = client.get("/report").json()
+    assert (report["calls"], report["replayed"], report["conflicts"]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("key", ["", "a b", "é", "x" * 256])
+def test_a_malformed_key_is_rejected_with_422(client: TestClient, key: str) -> None:
+    r = client.post("/call/acme/op", params={"hold": 0}, headers={"Idempotency-Key": key.encode()})
+    assert r.status_code == 422, r.text
+    assert client.get("/report").json()["calls"] == 0
+
+
+def test_without_a_key_every_call_is_applied_as_before(client: TestClient) -> None:
+    """Two calls for the same account and op, no key: both applied, nothing replayed."""
+    for _ in range(2):
+        assert client.post("/call/acme/charge", params={"hold": 0}).json() == {"outcome": "ok"}
+    assert _while_in_flight({"params": {"hold": 0}}, {"params": {"hold": 0}})[1].json() == {
+        "outcome": "collision"
+    }
+    report = client.get("/report").json()
+    assert (report["calls"], report["collisions"]) == (4, 1)
+    assert (report["fenced"], report["replayed"], report["conflicts"]) == (0, 0, 0)
+    assert {c["key"] for c in client.get("/timeline").json()["calls"]} == {None}
+
+
+def test_a_reset_forgets_the_keys(client: TestClient) -> None:
+    assert keyed_call(client, "inv-4").status_code == 200
+    client.post("/reset", params={"label": "next", "hold": 0.05})
+    assert keyed_call(client, "inv-4", "globex", "refund").json() == {"outcome": "ok"}
+    assert keyed_call(client, "inv-4", "globex", "refund").json() == {"outcome": "ok"}
+    report = client.get("/report").json()
+    assert (report["calls"], report["replayed"]) == (2, 1)
+
+
+def test_a_newer_claim_of_the_same_key_fences_the_call_in_flight_and_is_applied(
+    client: TestClient,
+) -> None:
+    """Fencing and idempotency stay apart. The same invocation's call, recovered with a newer
+    token while its cut call is still in flight, fences that call and is applied itself (the
+    key passes to it), instead of a 409 behind a call that will not be applied. A late call
+    with the oldest token is fenced, not replayed; the counts never mix. Checked by mutation:
+    with the key judged before the token (a fenced holder still holding its key), the
+    recovered call got 409 and this test failed."""
+    held, recovered = _while_in_flight(
+        {"headers": {"Idempotency-Key": "inv-5"}, "params": {"hold": 0, "token": 1}},
+        {"headers": {"Idempotency-Key": "inv-5"}, "params": {"hold": 0, "token": 2}},
+    )
+    assert held.json() == {"outcome": "fenced"}
+    assert recovered.json() == {"outcome": "ok"}
+    late = keyed_call(client, "inv-5", token=1)
+    assert late.json() == {"outcome": "fenced"}
+    again = keyed_call(client, "inv-5", token=2)
+    assert again.json() == {"outcome": "ok"}
+    report = client.get("/report").json()
+    assert report["accounts"]["acme"] == {
+        "calls": 4,
+        "collisions": 0,
+        "in_flight": 0,
+        "fenced": 2,
+        "throttled": 0,
+        "peak_in_flight": 1,
+        "replayed": 1,
+        "conflicts": 0,
+    }
+    assert fates(client) == [
+        ("charge", "inv-5", True, False, False),
+        ("charge", "inv-5", False, False, False),
+        ("charge", "inv-5", True, False, False),
+        ("charge", "inv-5", False, True, False),
+    ]
+
+
+def test_a_key_whose_holder_was_fenced_and_ended_is_applied_by_its_next_call(
+    client: TestClient,
+) -> None:
+    """Another invocation's newer token fences the key's call; once it has ended, the key's
+    next call (the same invocation again, with a newer token still) is applied, not replayed.
+    Checked by mutation: with the fenced call's outcome stored at its end, the next call was
+    answered "fenced" from the store, never applied, and this test failed."""
+    held, other = _while_in_flight(
+        {"headers": {"Idempotency-Key": "inv-6"}, "params": {"hold": 0, "token": 1}},
+        {"headers": {"Idempotency-Key": "inv-7"}, "params": {"hold": 0, "token": 2}},
+    )
+    assert (held.json(), other.json()) == ({"outcome": "fenced"}, {"outcome": "ok"})
+    assert keyed_call(client, "inv-6", token=3).json() == {"outcome": "ok"}
+    report = client.get("/report").json()
+    assert (report["calls"], report["fenced"], report["replayed"]) == (3, 1, 0)

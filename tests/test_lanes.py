@@ -94,3 +94,13 @@ def test_a_fenced_call_is_drawn_as_fenced_and_the_legend_says_so() -> None:
     assert "~" in acme[0] and "X" not in "".join(acme)
     assert "fenced (refused by its token)" in chart
     assert "fenced" not in lanes.render([call("acme", 0.0, 0.4)], colour=False, width=40)
+
+
+def test_a_replayed_call_or_a_409_draws_no_bar() -> None:
+    """Both were answered at once and applied nowhere: only the call the provider held shows.
+    Checked by mutation: drawing every finished call, the 409 stacked a second row."""
+    replayed = call("acme", 0.5, 0.5) | {"replayed": True, "conflict": False}
+    refused = call("acme", 0.2, 0.2) | {"replayed": False, "conflict": True}
+    chart = lanes.render([call("acme", 0.0, 0.4), replayed, refused], colour=False, width=40)
+    assert len(rows_of(chart, "acme")) == 1
+    assert rows_of(chart, "acme")[0].count("[") == 1

@@ -28,7 +28,7 @@ import api_server
 import tasks
 from demo import live, settings
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
-from demo.provider import Provider
+from demo.provider import CallTransport, Provider
 from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
@@ -385,3 +385,57 @@ def test_a_refused_connection_is_tried_again_until_the_provider_is_back() -> Non
         server.should_exit = True
         if thread.is_alive():
             thread.join(WAIT)
+
+
+# A 409 for the call's own Idempotency-Key.
+
+
+def test_a_409_for_the_calls_own_key_is_sent_again_until_it_is_answered_from_the_store() -> None:
+    """The same invocation's call arrives while its first run's call is still served (stock
+    pynenc requeues a deploy's call before its thread ends): the provider answers 409, and
+    nothing was applied. The task's client sends it again until the first call has ended, and
+    gets back what that call did, replayed: one call applied, the answer a success. With less
+    patience than the first call lasts, the 409 is what comes back, and the task fails on it.
+    Checked by mutation: with CallTransport returning the first 409, the second call came back
+    409 at once and this test failed."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(api_server.app, host="127.0.0.1", port=port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=WAIT) as control:
+            wait_until(lambda: server.started, WAIT, "the provider to start")
+            control.post("/reset", params={"label": "409", "hold": 0}).raise_for_status()
+            acct, key = unique(), {"Idempotency-Key": f"inv-{unique()}"}
+
+            def report() -> dict:
+                return control.get("/report").json()
+
+            control.post("/pause", params={"account_id": acct}).raise_for_status()
+            answers: dict[str, httpx.Response] = {}
+
+            def send(name: str, client: httpx.Client) -> None:
+                answers[name] = client.post(f"{base}/call/{acct}/charge", headers=key)
+
+            first = threading.Thread(target=send, args=("first", tasks.http))
+            first.start()
+            wait_until(lambda: report()["in_flight"] == 1, WAIT, "the first call in flight")
+            impatient = httpx.Client(transport=CallTransport(patience=0.0), timeout=WAIT)
+            with impatient:
+                send("impatient", impatient)
+            again = threading.Thread(target=send, args=("again", tasks.http))
+            again.start()
+            wait_until(lambda: report()["conflicts"] >= 3, WAIT, "the call sent again on 409")
+            control.post("/resume").raise_for_status()
+            for sender in (first, again):
+                sender.join(WAIT)
+            final = report()
+    finally:
+        server.should_exit = True
+        thread.join(WAIT)
+    assert answers["impatient"].status_code == 409, answers["impatient"].text
+    assert answers["first"].json() == answers["again"].json() == {"outcome": "ok"}
+    assert (final["replayed"], final["fenced"], final["collisions"]) == (1, 0, 0)
+    # Applied once: every call but the 409s and the replay.
+    assert final["calls"] - final["conflicts"] - final["replayed"] == 1, final

@@ -94,6 +94,16 @@ def test_b_breaks_on_a_collision_or_a_missing_call() -> None:
     assert outcome("keyed", calls=11).broken()
 
 
+def test_a_replayed_or_409_call_is_not_an_applied_one() -> None:
+    """A call answered from the provider's store, or refused with 409, reached it and was not
+    applied: twelve applied and one replayed keep B's promise, and the summary says both."""
+    again = outcome("keyed", calls=14, replayed=1, conflicts=1)
+    assert (again.applied, again.broken()) == (12, [])
+    assert outcome("keyed", calls=13, replayed=0).broken() == ["13 calls for 12 enqueued"]
+    head = report.summary(again).splitlines()[2]
+    assert head.startswith("  12 enqueued -> 14 calls, 0 collisions, 1 replayed, 1 refused with")
+
+
 def test_c_counts_dropped_as_dropped_not_as_errors() -> None:
     dropped = Counter(success=3, concurrency_controlled_final=9)
     ok = outcome("drop", calls=3, statuses=dropped)
@@ -278,13 +288,23 @@ def test_a_keys_collision_with_several_workers_points_to_the_claim(
 
 def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
     names = settings.account_names(30)
-    fine = {n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0} for n in names}
+    fine = {
+        n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0, "conflicts": 0}
+        for n in names
+    }
     shape = Shape(accounts=30)
     text = report.summary(
         outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
     )
     assert "  OK all 30 accounts: calls=4, collisions=0" in text
-    fine[names[7]] = {"calls": 4, "collisions": 1, "in_flight": 0, "fenced": 0}
+    fine[names[7]] = {
+        "calls": 4,
+        "collisions": 1,
+        "in_flight": 0,
+        "fenced": 0,
+        "replayed": 0,
+        "conflicts": 0,
+    }
     text = report.summary(
         outcome("keyed", shape=shape, enqueued=120, invocations=120, calls=120, per_account=fine)
     )

@@ -11,9 +11,11 @@ so exactly one call is in flight at a time (with --slots: call_slots, up to two 
 the provider judges the account by two). Each run hits the worker that holds it, in the
 middle of the call, then waits for the four invocations to end, up to a deadline, and counts
 what the provider saw: collisions (two calls applied at once), double calls (one invocation's
-call applied twice, one after the other), calls fenced by their token, invocations that
-failed, invocations that ended SUCCESS though the provider applied none of their calls
-(unapplied), and invocations lost (never ended). A skewed worker runs under faketime.
+call applied twice, one after the other), calls fenced by their token, calls answered from the
+provider's store for their Idempotency-Key (replayed) and refused with 409 while the key's
+first call was in flight (409), invocations that failed, invocations that ended SUCCESS though
+the provider applied none of their calls (unapplied), and invocations lost (never ended). A
+skewed worker runs under faketime.
 The windows are short so that a run takes seconds: a silent runner is dead after 3 s, a
 call times out after 2 s. docs/faults.md has the tables this printed.
 """
@@ -218,12 +220,14 @@ def one_run(stack: Stack, fault: str, number: int, slots: int = 1) -> Counter[st
     status = {i: tasks.app.orchestrator.get_invocation_status(i).value for i in ids}
     op_of = dict(zip(ids, OPS, strict=True))
     calls = provider.timeline()[run.skip_calls :]
-    applied = Counter(c["op"] for c in calls if not c["fenced"])
+    applied = Counter(c["op"] for c in calls if not (c["fenced"] or c["replayed"] or c["conflict"]))
     stack.crashes.clear()
     return Counter(
         collisions=sum(c["collided"] for c in calls),
         double=sum(1 for n in applied.values() if n > 1),
         fenced=sum(c["fenced"] for c in calls),
+        replayed=sum(c["replayed"] for c in calls),
+        **{"409": sum(c["conflict"] for c in calls)},
         failed=sum(s == "failed" for s in status.values()),
         unapplied=sum(s == "success" and not applied[op_of[i]] for i, s in status.items()),
         lost=len(pending),
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = ("collisions", "double", "fenced", "failed", "unapplied", "lost")
+COLUMNS = ("collisions", "double", "fenced", "replayed", "409", "failed", "unapplied", "lost")
 
 if __name__ == "__main__":
     sys.exit(main())
