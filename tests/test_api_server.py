@@ -530,3 +530,21 @@ def test_a_key_whose_holder_was_fenced_and_ended_is_applied_by_its_next_call(
     assert keyed_call(client, "inv-6", token=3).json() == {"outcome": "ok"}
     report = client.get("/report").json()
     assert (report["calls"], report["fenced"], report["replayed"]) == (3, 1, 0)
+
+
+def test_a_replayed_call_spends_no_rate_and_a_throttled_one_holds_no_key(
+    client: TestClient,
+) -> None:
+    """The provider judges the key before the rate: a repeat of an applied call is answered
+    from the store even with the rate spent, and a call throttled before it was applied leaves
+    its key free, so its next try is applied once the rate allows. Checked by mutation: with
+    the rate judged before the key, the repeat was throttled (not replayed) and this test
+    failed."""
+    client.post("/reset", params={"label": "G", "hold": 0, "slots": 9, "rate": 1, "per": 60})
+    assert keyed_call(client, "inv-1").json() == {"outcome": "ok"}
+    assert keyed_call(client, "inv-1").json() == {"outcome": "ok"}  # replayed, rate spent
+    assert keyed_call(client, "inv-2").json() == {"outcome": "throttled"}
+    throttled = api_server.state.keys["inv-2"]
+    assert (throttled.holder, throttled.outcome) == (None, None)
+    report = client.get("/report").json()
+    assert (report["calls"], report["replayed"], report["throttled"]) == (3, 1, 1)
