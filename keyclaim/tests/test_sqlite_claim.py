@@ -605,3 +605,44 @@ def test_two_claimers_racing_for_a_keys_last_slot_let_exactly_one_in(claim: Clai
     (loser,) = [c for c in calls[1:] if c.invocation_id != got_one[0].invocation_id]
     assert claim.status(loser.invocation_id) == S.REGISTERED
     assert claim.app.orchestrator.waiting() == 1
+
+
+class RateWatcher(AtomicClaimer):
+    """The atomic claim, noting for each read of a key's rate window whether it ran inside the
+    step's write transaction."""
+
+    def __init__(self, app: object) -> None:
+        super().__init__(app)
+        self.rate_read_in_transaction: list[bool] = []
+
+    def _rate_free_at(self, conn: sqlite3.Connection, *args: object) -> float | None:
+        self.rate_read_in_transaction.append(conn.in_transaction)
+        return super()._rate_free_at(conn, *args)
+
+
+def test_two_claimers_racing_for_a_keys_last_call_of_its_rate_let_exactly_one_in(
+    claim: Claim,
+) -> None:
+    """A key of two slots at one call per 4 s (claimapp's call_rated), its rate unspent: two
+    claimers race for it. One call runs; the other takes the second slot and waits for the
+    window, off the queue; each read of the window ran inside its step's BEGIN IMMEDIATE.
+    Checked by mutation: with the window read before the step's BEGIN IMMEDIATE (on a
+    connection of its own), two workers could both read it free and both admit a call; the
+    race here serializes them at the queue first, so the read's place is what failed."""
+    acct = unique()
+    with stock_registration(claim):
+        calls = [claim.tasks.call_rated(acct, f"op{n}") for n in range(2)]
+    watchers: list[RateWatcher] = []
+
+    class Watched(RateWatcher):
+        def __init__(self, app: object) -> None:
+            super().__init__(app)
+            watchers.append(self)
+
+    got_one, got_two, _, _ = race(claim.app, Watched)
+    assert len(got_one) == 1 and got_two == []
+    assert claim.status(got_one[0].invocation_id) == S.PENDING
+    (waiter,) = [c for c in calls if c.invocation_id != got_one[0].invocation_id]
+    assert claim.status(waiter.invocation_id) != S.PENDING
+    reads = [read for watcher in watchers for read in watcher.rate_read_in_transaction]
+    assert reads and all(reads), reads
