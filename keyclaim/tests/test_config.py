@@ -181,8 +181,11 @@ def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_b
     assert declared["claimapp.call_rated"].rate == 1
     shown = fleet.fleet_settings(built(tmp_path))["limits"]
     assert "claimapp.call_two 2 in flight" in shown
-    for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}):
+    for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}, {"slots": True}, {"rate": True}):
         with pytest.raises(keyclaim.Refused, match="keyclaim.limit"):
             keyclaim.limit(claimapp.call_keyed, **bad)
     with pytest.raises(keyclaim.Refused, match="no running_concurrency"):
         keyclaim.limit(claimapp.call_unsafe, slots=2)
+    # Below @app.task, it would be given the plain function: said in one line.
+    with pytest.raises(keyclaim.Refused, match="put @keyclaim.limit above @app.task"):
+        keyclaim.limit(slots=2)(lambda account_id: account_id)

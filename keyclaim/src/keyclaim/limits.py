@@ -62,9 +62,9 @@ _DECLARED: dict[str, Limit] = {}
 
 def problem(slots: int, rate: int | None, per: float, grace: float) -> str | None:
     """Why a declaration cannot be enforced, in one line; None when it can."""
-    if not isinstance(slots, int) or slots < 1:
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
         return f"slots={slots!r}: a whole number of calls, at least 1"
-    if rate is not None and (not isinstance(rate, int) or rate < 1):
+    if rate is not None and (not isinstance(rate, int) or isinstance(rate, bool) or rate < 1):
         return f"rate={rate!r}: a whole number of calls per period, at least 1"
     if not per > 0 or not grace >= 0:
         return f"per={per!r}, grace={grace!r}: the period must be positive, the grace not negative"
@@ -93,6 +93,11 @@ def limit(
     def declare(task: Any) -> Any:
         from pynenc.conf.config_task import ConcurrencyControlType
 
+        if not hasattr(task, "task_id"):  # a plain function: the decorators in the other order
+            raise Refused(
+                f"keyclaim.limit: {getattr(task, '__name__', task)!r} is not a pynenc task: "
+                "put @keyclaim.limit above @app.task"
+            )
         if task.conf.running_concurrency == ConcurrencyControlType.DISABLED:
             raise Refused(
                 f"keyclaim.limit: {task.task_id.key} has no running_concurrency, so no key to "
