@@ -2,30 +2,14 @@
 
 Run it: uv run uvicorn api_server:app --port 8765
 
-Each reset may give every account a quota instead (`?slots=N&rate=R&per=S`): a call that
-arrives while N calls of its account are in flight is a collision (N = 1: the article's), and
-one that arrives when R calls of its account started in the last S seconds is *throttled*: a
-real API's 429, refused at once and not applied, on its own line.
-
-A call may carry a fencing token (`?token=N`), as a real provider's conditional request
-carries a version: the provider remembers the newest token it has seen for each account and
-refuses the effect of any call with an older one. A late call is refused at once; a call still
-in flight when a newer one starts is refused when it ends. Both are counted as *fenced*, on
-their own line, never as collisions and never hidden, and a fenced call counts against neither
-quota. With N calls per account, tokens are compared per slot (`&slot=k`, 0 by default): a
-newer claim of slot 1 fences only older calls of slot 1, never slot 0's call in flight. The
-newest tokens are kept in a small file beside the logs (DEMO_LOG_DIR/fences-PORT.json), so the
-fence outlives a restart of the provider, as a real provider's would; a reset, which starts the
-next scenario, clears it.
-
-A call may also carry an `Idempotency-Key` header, as Stripe's API takes one, with the IETF
-httpapi draft's semantics: the first call with a key is applied and its outcome stored; a later
-one with the same key, account and op is not applied again but answered from the store
-(*replayed*); one that arrives while the first is still in flight gets 409 (a *conflict*, not
-applied); the same key with another account or op gets 422. The token is judged first: a call
-it refuses is fenced, never replayed, and a fenced call stores no outcome and lets go of its
-key, so the key's next call is applied. A replayed call or a 409 counts against neither quota.
-A reset forgets the keys. A call without a key is counted as before.
+Beyond the article, a reset may give every account a quota (`?slots=N&rate=R&per=S`), and a
+call may carry a fencing token (`?token=T&slot=K`, as a conditional request carries a version)
+and an `Idempotency-Key` header (the IETF httpapi draft's: a repeat is replayed from the store,
+409 while its first call is in flight, 422 for another call). demo/ledger.py judges each call:
+applied, or fenced, replayed, refused with 409, throttled (a 429), each counted on its own line
+and none counted against a quota. The newest tokens are kept beside the logs
+(DEMO_LOG_DIR/fences-PORT.json), so the fence outlives a restart, as a real provider's would;
+a reset, which starts the next scenario, clears them and forgets the keys.
 """
 
 import asyncio
@@ -33,8 +17,6 @@ import json
 import os
 import secrets
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -44,6 +26,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
 from demo import settings
+from demo.ledger import Call, KeyReused, Owner, ProviderState, Quota
 from demo.settings import HOLD_SECONDS, NAME_PATTERN
 
 MAX_HOLD_SECONDS = 30.0
@@ -62,168 +45,6 @@ MAX_SLOTS = 1000  # calls per account in flight, and slot numbers: more is a mis
 fences_file: Path | None = None
 LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
-
-
-@dataclass
-class Call:
-    account_id: str
-    op: str
-    start: float
-    end: float | None = None
-    collided: bool = False
-    token: int | None = None
-    slot: int = 0  # which of the account's slots its token belongs to
-    # Refused by its fencing token: a newer token for its slot came first, or meanwhile.
-    fenced: bool = False
-    # Refused as beyond the account's rate (a 429): not applied, not in flight.
-    throttled: bool = False
-    key: str | None = None  # its Idempotency-Key, if it sent one
-    replayed: bool = False  # its key's call had been applied: answered from the store
-    conflict: bool = False  # its key's first call was still in flight: 409, not applied
-
-    @property
-    def applied(self) -> bool:
-        return not (self.fenced or self.throttled or self.replayed or self.conflict)
-
-
-@dataclass
-class Keyed:
-    """One Idempotency-Key: what it was first sent for, and its call's fate so far."""
-
-    account_id: str
-    op: str
-    holder: Call | None = None  # the call applying it now
-    outcome: str | None = None  # once that call was applied: what a repeat gets back
-
-
-@dataclass(frozen=True)
-class Quota:
-    """What each account may do, given at a reset: `slots` in flight, `rate` per `per` s."""
-
-    slots: int = 1
-    rate: int | None = None
-    per: float = 1.0
-
-
-@dataclass
-class Account:
-    calls: int = 0
-    collisions: int = 0
-    fenced: int = 0
-    throttled: int = 0
-    replayed: int = 0
-    conflicts: int = 0
-    peak_in_flight: int = 0  # the most calls applied at once (fenced ones not counted)
-    newest: dict[int, int] = field(default_factory=dict)  # the newest token seen, per slot
-    live: list[Call] = field(default_factory=list)
-    started: list[Call] = field(default_factory=list)  # calls let in, for the rate's window
-
-    @property
-    def in_flight(self) -> int:
-        return len(self.live)
-
-    @property
-    def newest_token(self) -> int | None:
-        """Slot 0's newest token: with one call per account, the account's."""
-        return self.newest.get(0)
-
-    def arrive(self, record: Call, quota: Quota, keyed: Keyed | None = None) -> None:
-        """Count a call as it arrives: fenced if its token is stale for its slot; replayed or a
-        conflict if its key's call was applied or is in flight; throttled if the rate is spent;
-        a collision if the account already has its quota in flight."""
-        self.calls += 1
-        if record.token is not None:
-            newest = self.newest.get(record.slot)
-            if newest is not None and record.token < newest:
-                record.fenced = True  # late: a newer claim of this slot came first
-                self.fenced += 1
-                return
-            self.newest[record.slot] = record.token
-            for older in self.live:  # a newer claim of the slot starts: its older calls lose
-                if (
-                    older.slot == record.slot
-                    and older.token is not None
-                    and older.token < record.token
-                    and not older.fenced
-                ):
-                    older.fenced = True
-                    self.fenced += 1
-        if keyed is not None:
-            if keyed.outcome is not None:  # applied once already: answered from the store
-                record.replayed = True
-                self.replayed += 1
-                return
-            if keyed.holder is not None and not keyed.holder.fenced:  # still in flight
-                record.conflict = True
-                self.conflicts += 1
-                return
-        if quota.rate is not None:
-            since = record.start - quota.per
-            recent = [c for c in self.started if not c.fenced and c.start > since]
-            if len(recent) >= quota.rate:
-                record.throttled = True
-                self.throttled += 1
-                return
-            self.started = recent
-        if keyed is not None:
-            keyed.holder = record  # the first, or the first since its holder was fenced
-        applied = [other for other in self.live if not other.fenced]
-        record.collided = len(applied) >= quota.slots
-        self.collisions += int(record.collided)
-        self.live.append(record)
-        if quota.rate is not None:
-            self.started.append(record)
-        self.peak_in_flight = max(self.peak_in_flight, len(applied) + 1)
-
-
-@dataclass
-class Owner:
-    """The run that owns the provider: only its resets count until it ends or goes stale."""
-
-    run_id: str
-    label: str
-    began: str  # wall clock, for the person refused
-    lease: float  # seconds each of its resets keeps the provider for it
-    expires: float  # time.monotonic(): past it, a crashed run no longer holds the provider
-
-    def describe(self) -> str:
-        left = max(0.0, self.expires - time.monotonic())
-        return f"{self.label!r}, started at {self.began} (stale in {left:.0f}s if it has died)"
-
-
-@dataclass
-class ProviderState:
-    """Everything the provider remembers since the last reset."""
-
-    hold: float = HOLD_SECONDS
-    label: str = ""
-    quota: Quota = field(default_factory=Quota)
-    started: float = field(default_factory=time.monotonic)
-    accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
-    calls: list[Call] = field(default_factory=list)
-    keys: dict[str, Keyed] = field(default_factory=dict)
-
-    def keyed(self, key: str | None, account_id: str, op: str) -> Keyed | None:
-        """The key's record, made at its first call; 422 if it was first sent for another call."""
-        if key is None:
-            return None
-        keyed = self.keys.setdefault(key, Keyed(account_id, op))
-        if (keyed.account_id, keyed.op) != (account_id, op):
-            raise HTTPException(
-                422,
-                f"Idempotency-Key {key!r} was first sent with {keyed.account_id}/{keyed.op}, "
-                f"not {account_id}/{op}",
-            )
-        return keyed
-
-    def fences(self) -> dict[str, int]:
-        """The newest token per account and slot: slot 0 under the account's name, as with one
-        call per account; slot k under "name#k" (no name holds a '#')."""
-        return {
-            name if slot == 0 else f"{name}#{slot}": token
-            for name, a in self.accounts.items()
-            for slot, token in a.newest.items()
-        }
 
 
 def save_fences(fences: dict[str, int]) -> None:
@@ -284,7 +105,10 @@ async def call(
         restore_fences(request)
         # The scenario this call belongs to, even if a /reset comes while it is in flight.
         current = state
-        keyed = current.keyed(key, account_id, op)  # or 422
+        try:
+            keyed = current.keyed(key, account_id, op)
+        except KeyReused as reused:
+            raise HTTPException(422, str(reused)) from None
         acc = current.accounts[account_id]
         start = time.monotonic() - current.started
         record = Call(account_id, op, start, token=token, slot=slot, key=key)
