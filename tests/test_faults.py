@@ -201,8 +201,8 @@ def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
 ) -> None:
     """`python -m tools.faults`, as docs/faults.md runs it, one run of each fault that used to
     apply a call twice: with the claim, on SQLite and on Redis (a private redis-server), each
-    op is applied exactly once (no double, no unapplied, none failed or lost), and the
-    recovered call is replayed. Checked by mutation: with the key dropped from tasks.py's
+    op is applied exactly once (no double, no unapplied, none failed or lost), and the cut
+    call is replayed or fenced. Checked by mutation: with the key dropped from tasks.py's
     `_hit`, the rows read double 1, replayed 0, on SQLite and on Redis, and this test failed."""
     if backend == "redis" and shutil.which("redis-server") is None:
         if os.environ.get("CI"):
@@ -224,11 +224,13 @@ def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
     for fault in HARNESS_FAULTS:
         (row,) = [line for line in lines if line.startswith(f"{fault}  ")]
         figures = dict(zip(columns, map(int, row[len(fault) :].split()), strict=True))
+        # The cut call was applied and its repeat replayed, or, still in flight when the
+        # recovered claim's call came (a loaded machine), fenced and the repeat applied.
+        cut = figures.pop("replayed") + figures.pop("fenced")
+        assert cut >= 1, (fault, result.stdout)
         assert figures == {
             "collisions": 0,
             "double": 0,
-            "fenced": 0,
-            "replayed": 1,
             "409": 0,
             "failed": 0,
             "unapplied": 0,

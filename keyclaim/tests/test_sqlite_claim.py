@@ -646,3 +646,35 @@ def test_two_claimers_racing_for_a_keys_last_call_of_its_rate_let_exactly_one_in
     assert claim.status(waiter.invocation_id) != S.PENDING
     reads = [read for watcher in watchers for read in watcher.rate_read_in_transaction]
     assert reads and all(reads), reads
+
+
+def test_a_runner_taken_for_dead_that_runs_its_call_again_stores_only_the_later_outcome(
+    claim: Claim,
+) -> None:
+    """A live runner taken for dead (a late beat) takes its own recovered invocation back, with
+    a newer token, while its first attempt's call is still out; that attempt's outcome (fenced
+    at the provider, so it raised) then comes back under the same runner. Only the attempt
+    running now may end the invocation. Checked by mutation: with `_still_holds` comparing the
+    runner alone, the cut attempt's failure was stored (FAILED), the applied attempt's success
+    was refused, and this test failed."""
+    acct = unique()
+    call = claim.tasks.call_keyed(acct, "op0")
+    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
+    (first,) = take(orchestrator, ctx)
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(  # its runner's last beat an hour ago (the claim's clock): silent
+            f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?",
+            (ctx.runner_id,),
+        )
+    bystander, bystander_ctx = claimer(claim.app, AtomicClaimer)
+    bystander.recover_silent_runners(bystander_ctx)
+    assert claim.status(call.invocation_id) == S.REROUTED
+    (second,) = take(orchestrator, ctx)  # the same runner, live after all, takes it back
+    assert second.invocation_id == call.invocation_id
+    assert orchestrator.fence_token(call.invocation_id) > first.fence_token
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    orchestrator.set_invocation_exception(first, RuntimeError("fenced by a newer claim"), ctx)
+    assert claim.status(call.invocation_id) == S.RUNNING
+    orchestrator.set_invocation_result(second, "ok", ctx)
+    assert claim.status(call.invocation_id) == S.SUCCESS

@@ -357,24 +357,37 @@ class AtomicClaim(ClaimStore):
     # its call was recovered and run again) must not be stored: pynenc stores it first, and only
     # then is refused the status.
 
-    def _still_holds(self, invocation_id: str, runner_ctx: "RunnerContext") -> bool:
+    def _still_holds(
+        self, invocation_id: str, runner_ctx: "RunnerContext", attempt: object = None
+    ) -> bool:
+        """Whether the outcome of this attempt may be stored: the invocation is RUNNING under
+        this runner and, when the attempt carries the token its claim issued, under that
+        claim. A runner taken for dead may take its own recovered invocation back: the cut
+        attempt's outcome then comes under the same runner, and only the token tells it from
+        the attempt running now."""
         try:
             record = self._record_of(invocation_id)
         except KeyError:  # the store lost it (a Redis emptied): nothing to store it into
             self.app.logger.warning(f"invocation:{invocation_id} is gone from the store")
             return False
-        if record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id:
+        issued = getattr(attempt, TOKEN_ATTRIBUTE, None)
+        newest = None if issued is None else self.fence_token(invocation_id)
+        if (
+            record.status is S.RUNNING
+            and record.runner_id == runner_ctx.runner_id
+            and newest in (None, issued)
+        ):
             return True
         self.app.logger.warning(
             f"invocation:{invocation_id} outlived its claim (now {record.status.value}, "
-            f"runner {record.runner_id}): its outcome is not stored"
+            f"runner {record.runner_id}, token {newest}): its outcome is not stored"
         )
         return False
 
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx):
+        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
             super().set_invocation_result(invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
@@ -383,7 +396,7 @@ class AtomicClaim(ClaimStore):
         exception: Exception,
         runner_ctx: "RunnerContext",
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx):
+        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
             super().set_invocation_exception(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_retry(
@@ -391,7 +404,7 @@ class AtomicClaim(ClaimStore):
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
         invocation_id = getattr(invocation, "invocation_id", invocation)
-        if self._still_holds(invocation_id, runner_ctx):
+        if self._still_holds(invocation_id, runner_ctx, invocation):
             super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _record(
