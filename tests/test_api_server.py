@@ -548,3 +548,35 @@ def test_a_replayed_call_spends_no_rate_and_a_throttled_one_holds_no_key(
     assert (throttled.holder, throttled.outcome) == (None, None)
     report = client.get("/report").json()
     assert (report["calls"], report["replayed"], report["throttled"]) == (3, 1, 1)
+
+
+def test_a_fenced_call_that_ends_after_its_keys_new_holder_leaves_the_stored_outcome(
+    client: TestClient,
+) -> None:
+    """The cut call (token 1) is still held when the recovered one (token 2, the same key)
+    arrives, fences it, is applied and ends; the cut call ends after it. Its end must not touch
+    the key it no longer holds: a repeat is replayed, never applied again. The order is fixed
+    by the holds (0.3 s against none), not by timing luck. Checked by mutation: without the
+    `keyed.holder is record` guard, the cut call's end wiped the stored outcome, the repeat
+    was applied a second time, and this test failed."""
+
+    async def scenario() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=api_server.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            headers = {"Idempotency-Key": "inv-8"}
+            cut = asyncio.create_task(
+                c.post("/call/acme/charge", params={"hold": 0.3, "token": 1}, headers=headers)
+            )
+            while (await c.get("/report")).json()["in_flight"] < 1:
+                await asyncio.sleep(0.01)
+            recovered = await c.post(
+                "/call/acme/charge", params={"hold": 0, "token": 2}, headers=headers
+            )
+            return [recovered, await cut]
+
+    recovered, cut = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert (recovered.json(), cut.json()) == ({"outcome": "ok"}, {"outcome": "fenced"})
+    assert keyed_call(client, "inv-8", token=2).json() == {"outcome": "ok"}
+    calls = client.get("/timeline").json()["calls"]
+    assert [c["fenced"] or c["replayed"] for c in calls] == [True, False, True]
+    assert client.get("/report").json()["replayed"] == 1
