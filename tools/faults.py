@@ -89,10 +89,14 @@ def kill(run: FaultRun) -> None:
 
 
 def kill_while_served(run: FaultRun) -> None:
-    """The provider goes on serving the cut call until the account's next call arrives."""
+    """The provider goes on serving the cut call until the account's next call arrives; the
+    victim's replacement starts after that: booted under the pause, it held the next call
+    past its own timeout on a loaded machine, a failure the harness made."""
     with run.stack.provider.paused(run.account):
-        kill(run)
+        os.killpg(run.victim.proc.pid, signal.SIGKILL)
+        run.victim.proc.wait(DEADLINE)
         run.successor()
+    add_worker(run.stack)
 
 
 def stall(run: FaultRun) -> None:
