@@ -19,19 +19,20 @@ SHORT = {"dead_after": "3", "longest_call": "2"}
 def test_a_killed_slot_holder_comes_back_after_the_window_and_its_cut_call_is_fenced(
     claim: Claim, workers: Workers
 ) -> None:
-    """Three calls for a key of two slots: two in flight, the third in line. SIGKILL the worker
-    holding the first mid-call: after the dead-after window, its call runs again on its own
-    slot with that slot's next token, which fences the cut call still at the provider, and
-    never the other slot's call in flight; then the third runs, and nothing waits or is stuck.
+    """Three calls for a key of two slots: two in flight on one worker, the third in line.
+    SIGKILL that worker mid-call: after the dead-after window, each cut call runs again on its
+    own slot with that slot's next token, which fences its own cut call still at the provider
+    and never the other slot's new call; then the third runs, and nothing waits or is stuck.
+    Both calls are on the worker killed: a call held on the other worker past the window would
+    outlive its 2 s timeout, a failure the test would have made.
 
-    Checked by mutation: with every call sent as slot 0 (`keyclaim.slot` answering 0), the
-    second slot's newer token fenced the first slot's valid call, a call failed as Fenced, and
-    this test failed. (One sequence of tokens per key instead of per slot, keys.fence_key
-    answering the key for every slot, passed: tokens still grow within each slot. What keeps
-    one slot's claim from fencing another's call is that the provider compares them per slot.)"""
+    Checked by mutation: with every call sent as slot 0 (`keyclaim.slot` answering 0), one
+    slot's newer token fenced the other slot's valid call, a call failed as Fenced, and this
+    test failed. (One sequence of tokens per key instead of per slot, keys.fence_key answering
+    the key for every slot, passed: tokens still grow within each slot. What keeps one slot's
+    claim from fencing another's call is that the provider compares them per slot.)"""
     acct = unique()
     claim.provider.keys[acct].slots = 2
-    workers.start(**SHORT)
     workers.start(**SHORT)
     with claim.provider.paused():
         first = claim.tasks.call_two(acct, "op1")
@@ -39,22 +40,18 @@ def test_a_killed_slot_holder_comes_back_after_the_window_and_its_cut_call_is_fe
         claim.provider.wait_in_flight(acct, 2)
         third = claim.tasks.call_two(acct, "op3")
         killed = workers.holding(first.invocation_id)
-        cut = 2 if workers.holding(second.invocation_id) is killed else 1
+        assert workers.holding(second.invocation_id) is killed
+        workers.start(**SHORT)  # the one that recovers them: none of its calls is held
         killed.signal(signal.SIGKILL)
         killed.proc.wait(WAIT)
-        # After the window: the cut call(s) sent again, while the provider still holds them.
+        # After the window: the cut calls sent again, while the provider still holds them.
         claim.provider.wait_for(
-            "the cut calls sent again", lambda: len(claim.provider.keys[acct].calls) == 2 + cut
+            "the cut calls sent again", lambda: len(claim.provider.keys[acct].calls) == 4
         )
     ids = (first.invocation_id, second.invocation_id, third.invocation_id)
     assert claim.final(*ids) == [S.SUCCESS, S.SUCCESS, S.SUCCESS]
     claim.provider.wait_in_flight(acct, 0)
-    assert claim.provider.counts(acct) == {
-        "calls": 3 + cut,
-        "applied": 3,
-        "collisions": 0,
-        "fenced": cut,
-    }
+    assert claim.provider.counts(acct) == {"calls": 5, "applied": 3, "collisions": 0, "fenced": 2}
     assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
     assert claim.provider.keys[acct].peak == 2
     assert S.RUNNING_RECOVERY in claim.history(first.invocation_id)
