@@ -152,11 +152,16 @@ def account(provider: Provider, name: str) -> dict[str, int]:
     """The account's counts under one call in flight: calls, collisions, in flight, fenced,
     replayed, 409s. No test that reads them sets a rate, so none of its calls may have been
     throttled."""
-    empty = {"calls": 0, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0}
     found = provider.report()["accounts"].get(name, {"throttled": 0})
     assert found.pop("throttled") == 0, f"{name}: throttled without a rate"
     found.pop("peak_in_flight", None)
-    return found or {**empty, "conflicts": 0}
+    return found or counts()
+
+
+def counts(**changed: int) -> dict[str, int]:
+    """An account's counts as account() reads them: every one 0 but those given."""
+    names = ("calls", "collisions", "in_flight", "fenced", "replayed", "conflicts")
+    return dict.fromkeys(names, 0) | changed
 
 
 def calls_for(provider: Provider, name: str) -> list[dict]:

@@ -306,35 +306,16 @@ def test_enqueue_typed_while_the_worker_still_starts_waits_for_it(
     It says so in one line and waits, then runs. The worker is held (SIGSTOP) until that line
     is out, so it cannot beat first. Checked by mutation: with live.awaited reduced to
     in_app, enqueue.py refused at once ("no worker is running", exit 3) and this test fails."""
-    db = str(tmp_path / "starting.db")
-    argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
-    env = {**os.environ, "DEMO_DB": db}
-    worker = start_child("w", argv, tmp_path / "w.log", env, ROOT)
-    port = provider.base_url.rsplit(":", 1)[1]
-    try:
-        os.kill(worker.proc.pid, signal.SIGSTOP)
-        enqueuing = subprocess.Popen(
-            [sys.executable, "enqueue.py", "unsafe", "--port", port, "--no-chart", "--no-links"],
-            cwd=ROOT,
-            env={**env, "NO_COLOR": "1"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            said = enqueuing.stderr.readline()  # its first line; it waits meanwhile
-            os.kill(worker.proc.pid, signal.SIGCONT)
-            out, err = enqueuing.communicate(timeout=DEADLINE)
-        finally:
-            if enqueuing.poll() is None:
-                enqueuing.kill()
-                enqueuing.wait(DEADLINE)
-    finally:
+    pid: list[int] = []
+
+    def go_on(worker: Child, _: subprocess.Popen) -> None:
+        pid.append(worker.proc.pid)
         os.kill(worker.proc.pid, signal.SIGCONT)
-        stop_children([worker])
-    assert said.startswith(f"enqueue.py: a worker is starting (pid {worker.proc.pid}"), said + err
-    assert enqueuing.returncode == 0, said + out + err
-    assert "12 enqueued -> 12 calls" in out, out
+
+    said, ended = enqueue_beside_a_held_worker(tmp_path, provider, {}, go_on)
+    assert said.startswith(f"enqueue.py: a worker is starting (pid {pid[0]}"), said + ended.stderr
+    assert ended.returncode == 0, said + ended.stdout + ended.stderr
+    assert "12 enqueued -> 12 calls" in ended.stdout, ended.stdout
 
 
 def enqueue_beside_a_held_worker(

@@ -19,6 +19,7 @@ from helpers import (
     WAIT,
     account,
     calls_for,
+    counts,
     history,
     paused,
     status_of,
@@ -60,14 +61,7 @@ def test_late_duplicates_are_new_invocations_that_run_one_after_another(
         assert late.invocation_id != first.invocation_id
         # The running guard holds it back while the first is in flight.
         wait_until(lambda: S.REROUTED in history(late.invocation_id), WAIT, "a reroute")
-        assert account(provider, acct) == {
-            "calls": 1,
-            "collisions": 0,
-            "in_flight": 1,
-            "fenced": 0,
-            "replayed": 0,
-            "conflicts": 0,
-        }
+        assert account(provider, acct) == counts(calls=1, in_flight=1)
 
         # Once rerouted, the queued duplicate is no longer REGISTERED either: the next
         # event makes yet another invocation. Duplicates pile up, one per reroute.
@@ -78,14 +72,7 @@ def test_late_duplicates_are_new_invocations_that_run_one_after_another(
 
     ids = (first.invocation_id, late.invocation_id, third.invocation_id)
     assert wait_final(*ids) == [S.SUCCESS] * 3
-    assert account(provider, acct) == {
-        "calls": 3,
-        "collisions": 0,
-        "in_flight": 0,
-        "fenced": 0,
-        "replayed": 0,
-        "conflicts": 0,
-    }
+    assert account(provider, acct) == counts(calls=3)
     calls = sorted(calls_for(provider, acct), key=lambda c: c["start"])
     assert all(b["start"] >= a["end"] for a, b in itertools.pairwise(calls))
 
@@ -123,14 +110,7 @@ def test_reroute_sends_a_blocked_invocation_back_until_its_key_is_free(
         assert status_of(blocked.invocation_id) != S.RUNNING
 
     assert wait_final(first.invocation_id, blocked.invocation_id) == [S.SUCCESS, S.SUCCESS]
-    assert account(provider, acct) == {
-        "calls": 2,
-        "collisions": 0,
-        "in_flight": 0,
-        "fenced": 0,
-        "replayed": 0,
-        "conflicts": 0,
-    }
+    assert account(provider, acct) == counts(calls=2)
     assert [c["op"] for c in calls_for(provider, acct)] == ["fetch_profile", "list_invoices"]
 
 
@@ -148,32 +128,11 @@ def test_keys_serialize_one_account_and_run_different_accounts_in_parallel(
         wait_until(lambda: S.REROUTED in history(a2.invocation_id), WAIT, "a reroute")
 
         # Both accounts are in flight at once; the second acme call is not.
-        assert account(provider, acme) == {
-            "calls": 1,
-            "collisions": 0,
-            "in_flight": 1,
-            "fenced": 0,
-            "replayed": 0,
-            "conflicts": 0,
-        }
-        assert account(provider, globex) == {
-            "calls": 1,
-            "collisions": 0,
-            "in_flight": 1,
-            "fenced": 0,
-            "replayed": 0,
-            "conflicts": 0,
-        }
+        assert account(provider, acme) == counts(calls=1, in_flight=1)
+        assert account(provider, globex) == counts(calls=1, in_flight=1)
 
     assert wait_final(a1.invocation_id, a2.invocation_id, g1.invocation_id) == [S.SUCCESS] * 3
-    assert account(provider, acme) == {
-        "calls": 2,
-        "collisions": 0,
-        "in_flight": 0,
-        "fenced": 0,
-        "replayed": 0,
-        "conflicts": 0,
-    }
+    assert account(provider, acme) == counts(calls=2)
     assert account(provider, globex)["collisions"] == 0
 
 
@@ -188,14 +147,7 @@ def test_without_control_the_same_account_runs_twice_at_once(
         second = tasks.call_unsafe(acct, "list_invoices")
         wait_in_flight(provider, acct, 2)
     assert wait_final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
-    assert account(provider, acct) == {
-        "calls": 2,
-        "collisions": 1,
-        "in_flight": 0,
-        "fenced": 0,
-        "replayed": 0,
-        "conflicts": 0,
-    }
+    assert account(provider, acct) == counts(calls=2, collisions=1)
 
 
 def test_batch_enqueue_skips_the_key_guard(provider: Provider, start_worker: Callable) -> None:
@@ -217,11 +169,4 @@ def test_batch_enqueue_skips_the_key_guard(provider: Provider, start_worker: Cal
         wait_in_flight(provider, acct, 2)
     ids = [inv.invocation_id for inv in group.invocations]
     assert wait_final(*ids) == [S.SUCCESS, S.SUCCESS]
-    assert account(provider, acct) == {
-        "calls": 2,
-        "collisions": 1,
-        "in_flight": 0,
-        "fenced": 0,
-        "replayed": 0,
-        "conflicts": 0,
-    }
+    assert account(provider, acct) == counts(calls=2, collisions=1)
