@@ -19,8 +19,10 @@ BACKEND, CLAIM = settings.get("DEMO_BACKEND"), settings.get("DEMO_ATOMIC_CLAIM")
 builder = PynencBuilder().app_id("concurrency_demo")
 if BACKEND == "redis":  # pynenc-redis; README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
-else:
+else:  # pynenc's SQLite classes, each connection opened once: docs/speed.md
     builder = builder.sqlite(settings.get("DEMO_DB"))
+    if settings.get("DEMO_SQLITE_CONNECTIONS") == "kept":
+        builder = keyclaim.keep_connections(builder)
 builder = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
     .runner_tuning(runner_loop_sleep_time_sec=settings.runner_sleep())

@@ -91,7 +91,12 @@ def _idle() -> float:
 def for_claim() -> dict[str, object]:
     """keyclaim.install's runner arguments for DEMO_RUNNER."""
     runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
-    return {"runner": runner, "drain_deadline": settings.drain_deadline(), "idle": _idle()}
+    return {
+        "runner": runner,
+        "drain_deadline": settings.drain_deadline(),
+        "idle": _idle(),
+        "connections": settings.get("DEMO_SQLITE_CONNECTIONS"),
+    }
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:

@@ -130,6 +130,9 @@ KNOBS: dict[str, Knob] = {
     # Which runner a worker is: the article's "thread", "wake" (docs/speed.md),
     # or pynenc's "multi-thread" or "process" (docs/scale-out.md); demo/runners.py.
     "DEMO_RUNNER": Knob("thread", _choice(*RUNNER_NAMES)),
+    # How pynenc's SQLite classes get a connection: "kept" (keyclaim.keep_connections) or
+    # "pynenc", one opened for every operation, to measure the difference (docs/speed.md).
+    "DEMO_SQLITE_CONNECTIONS": Knob("kept", _choice("kept", "pynenc")),
     # "1": sample.py starts each worker from its own copy of the project (--hosts).
     "DEMO_HOSTS": Knob("0", _choice("0", "1")),
 }

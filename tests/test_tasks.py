@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
+from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner import ThreadRunner
 from pynenc.util.import_app import find_app_instance
 
@@ -42,7 +43,9 @@ def test_task_concurrency_options(
 def test_app_is_built_as_the_article_says() -> None:
     conf = tasks.app.conf
     assert tasks.app.app_id == "concurrency_demo"
-    assert type(tasks.app.orchestrator).__name__ == "SQLiteOrchestrator"
+    # pynenc's SQLite classes, each connection opened once (keyclaim.keep_connections)
+    assert isinstance(tasks.app.orchestrator, SQLiteOrchestrator)
+    assert type(tasks.app.orchestrator).__name__ == "KeptSQLiteOrchestrator"
     # pynenc's ThreadRunner, saying as it starts what it runs on (demo/runners.py)
     assert type(tasks.app.runner).__bases__ == (runners.Announced, ThreadRunner)
     assert tasks.app.runner.conf.min_threads == 1
@@ -107,20 +110,39 @@ def test_the_monitor_finds_exactly_this_app(monkeypatch: pytest.MonkeyPatch) -> 
     assert find_app_instance(None).app_id == "concurrency_demo"
 
 
+KEPT = "KeptSQLiteBroker KeptSQLiteStateBackend QuietSQLiteTrigger"
+STOCK = "SQLiteBroker SQLiteStateBackend SQLiteTrigger"
+
+
 @pytest.mark.parametrize(
-    "claim, orchestrator", [("0", "SQLiteOrchestrator"), ("1", "AtomicClaimSQLiteOrchestrator")]
+    "claim, connections, classes",
+    [
+        ("0", "kept", f"KeptSQLiteOrchestrator {KEPT}"),
+        ("0", "pynenc", f"SQLiteOrchestrator {STOCK}"),
+        ("1", "kept", f"AtomicClaimSQLiteOrchestrator {KEPT}"),
+        ("1", "pynenc", f"AtomicClaimSQLiteOrchestrator {STOCK}"),
+    ],
 )
-def test_the_atomic_claim_is_installed_through_pynencs_configuration(
-    claim: str, orchestrator: str, tmp_path: Path
+def test_the_claim_and_kept_connections_are_installed_through_pynencs_configuration(
+    claim: str, connections: str, classes: str, tmp_path: Path
 ) -> None:
-    """DEMO_ATOMIC_CLAIM=1 selects the claiming orchestrator by its class name, nothing else."""
-    probe = "import tasks; print(type(tasks.app.orchestrator).__name__)"
-    env = {**os.environ, "DEMO_ATOMIC_CLAIM": claim, "DEMO_DB": str(tmp_path / "t.db")}
+    """DEMO_ATOMIC_CLAIM=1 selects the claiming orchestrator by its class name, and
+    DEMO_SQLITE_CONNECTIONS pynenc's SQLite classes with kept connections or pynenc's own."""
+    probe = (
+        "import tasks; a = tasks.app; "
+        "print(*(type(c).__name__ for c in (a.orchestrator, a.broker, a.state_backend, a.trigger)))"
+    )
+    env = {
+        **os.environ,
+        "DEMO_ATOMIC_CLAIM": claim,
+        "DEMO_SQLITE_CONNECTIONS": connections,
+        "DEMO_DB": str(tmp_path / "t.db"),
+    }
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == orchestrator
+    assert result.stdout.strip() == classes
 
 
 REFUSALS = {

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from keyclaim.errors import Fenced, Refused, UntestedVersion
 
 if TYPE_CHECKING:  # the same names, for readers and type checkers
-    from keyclaim.config import check, install, use_runner
+    from keyclaim.config import check, install, keep_connections, use_runner
     from keyclaim.fleet import fleet_problem, join_fleet
     from keyclaim.limits import limit
     from keyclaim.orchestrator import counts, slot, token, waiting
@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the same names, for readers and type checkers
 _WHERE = {
     "install": ("keyclaim.config", "install"),
     "use_runner": ("keyclaim.config", "use_runner"),
+    "keep_connections": ("keyclaim.config", "keep_connections"),
     "check": ("keyclaim.config", "check"),
     "token": ("keyclaim.orchestrator", "token"),
     "slot": ("keyclaim.orchestrator", "slot"),
@@ -51,6 +52,7 @@ __all__ = [
     "fleet_problem",
     "install",
     "join_fleet",
+    "keep_connections",
     "limit",
     "redis_problem",
     "slot",

@@ -20,6 +20,15 @@ if TYPE_CHECKING:
 
 ORCHESTRATORS = {"sqlite": "AtomicClaimSQLiteOrchestrator", "redis": "AtomicClaimRedisOrchestrator"}
 RUNNERS = {"drain": "DrainingThreadRunner", "wake": "WakeRunner"}
+# pynenc's SQLite classes, with kept connections (keyclaim.connections, keyclaim.quiet).
+KEPT = {
+    "broker_cls": "KeptSQLiteBroker",
+    "state_backend_cls": "KeptSQLiteStateBackend",
+    "trigger_cls": "QuietSQLiteTrigger",
+}
+KEPT_ORCHESTRATOR = "KeptSQLiteOrchestrator"
+STOCK_SQLITE = {"SQLiteOrchestrator", KEPT_ORCHESTRATOR}
+KEEP_KEY = "keep_sqlite_connections"  # False: the claim opens connections as pynenc does
 # Keys of the library's own in pynenc's configuration (pynenc keeps keys it does not know).
 LONGEST_CALL_KEY = "atomic_claim_longest_call_sec"  # the longest a call stays in flight
 DEADLINE_KEY = "drain_deadline_sec"  # how long a stopping runner waits for its calls
@@ -59,6 +68,27 @@ def use_runner(
     return builder.custom_config(**config, **{SELECTED + "runner_cls": config["runner_cls"]})
 
 
+def keep_connections(builder: "PynencBuilder") -> "PynencBuilder":
+    """Select pynenc's SQLite classes with kept connections (one per thread at a time, each
+    opened once, the journal mode set once per file), and no trigger lookups while no task is
+    a trigger's source. Call it after .sqlite(); with or without the claim, before or after
+    install. Checked by `check(app)` like the claim."""
+    from keyclaim import connections, quiet  # noqa: F401 - pynenc finds the classes by name
+
+    versions.check("kept connections", "sqlite")
+    orchestrator = builder._config.get("orchestrator_cls")
+    if orchestrator not in STOCK_SQLITE | {ORCHESTRATORS["sqlite"]}:
+        raise Refused(
+            f"kept connections are pynenc's SQLite classes; this builder selects "
+            f"orchestrator_cls={orchestrator!r}: call it after .sqlite()"
+        )
+    config: dict[str, object] = {**KEPT, KEEP_KEY: True}
+    if orchestrator in STOCK_SQLITE:  # the claim's own orchestrator keeps them already
+        config["orchestrator_cls"] = KEPT_ORCHESTRATOR
+    selected = {SELECTED + name: value for name, value in config.items() if name != KEEP_KEY}
+    return builder.custom_config(**config, **selected)
+
+
 def install(
     builder: "PynencBuilder",
     backend: str,
@@ -67,6 +97,7 @@ def install(
     runner: str | None = "drain",
     drain_deadline: float = DEFAULT_DEADLINE,
     idle: float = DEFAULT_IDLE,
+    connections: str = "kept",
 ) -> "PynencBuilder":
     """Switch the claim on: its orchestrator for backend ("sqlite" or "redis"), a dead-runner
     window of dead_after seconds, beats four times in it, and a runner that drains its calls
@@ -77,8 +108,13 @@ def install(
     be longer. Call it after .sqlite() or .redis() and after the builder's runner choice.
     Versions and windows are checked again once pynenc has resolved its configuration, wherever
     it builds the classes: `check(app)` says so before anything runs.
+
+    On SQLite, connections="kept" also selects `keep_connections`; "pynenc" opens one for
+    every operation, as pynenc does (kept for measuring the difference: docs/speed.md).
     """
     versions.check("atomic claim", backend)
+    if connections not in ("kept", "pynenc"):
+        raise ValueError(f"connections {connections!r}: 'kept' or 'pynenc'")
     if why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call):
         raise Refused(f"atomic claim: {why}")
     if backend == "redis":
@@ -92,6 +128,11 @@ def install(
         atomic_service_check_interval_minutes=dead_after / BEATS_PER_WINDOW / 60,
         **{LONGEST_CALL_KEY: longest_call, SELECTED + "orchestrator_cls": ORCHESTRATORS[backend]},
     )
+    if backend == "sqlite":
+        if connections == "kept":
+            builder = keep_connections(builder)
+        else:
+            builder = builder.custom_config(**{KEEP_KEY: False})
     return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
 
 
@@ -137,11 +178,9 @@ def check(app: "Pynenc") -> None:
     """Raise Refused (UntestedVersion for versions), in one line, for what the resolved
     configuration would make lie. Cheap: it builds nothing."""
     conf, asked = app.conf, app.config_values or {}
-    lineage = {
-        name: _lineage(name, getattr(conf, name)) for name in ("orchestrator_cls", "runner_cls")
-    }
-    versions.check_resolved(*lineage["orchestrator_cls"], *lineage["runner_cls"])
-    for name in ("orchestrator_cls", "runner_cls"):
+    lineage = {name: _lineage(name, getattr(conf, name)) for name in BASES}
+    versions.check_resolved(*lineage["orchestrator_cls"], *sum(list(lineage.values()), []))
+    for name in BASES:
         selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
         if selected and selected not in lineage[name]:  # a subclass of it keeps what it does
             raise Refused(
@@ -159,14 +198,25 @@ def check(app: "Pynenc") -> None:
         raise Refused(f"atomic claim: {why}")
 
 
+# The classes the library selects, by configuration key: where pynenc finds them by name.
+BASES = {
+    "orchestrator_cls": "pynenc.orchestrator.base_orchestrator:BaseOrchestrator",
+    "runner_cls": "pynenc.runner.base_runner:BaseRunner",
+    "broker_cls": "pynenc.broker.base_broker:BaseBroker",
+    "state_backend_cls": "pynenc.state_backend.base_state_backend:BaseStateBackend",
+    "trigger_cls": "pynenc.trigger.base_trigger:BaseTrigger",
+}
+
+
 def _lineage(kind: str, name: str) -> list[str]:
     """The class pynenc resolves by this name, and the names of the classes it derives from."""
-    from pynenc.orchestrator.base_orchestrator import BaseOrchestrator
-    from pynenc.runner.base_runner import BaseRunner
+    from importlib import import_module
+
     from pynenc.util.subclasses import get_subclass
 
+    module, base = BASES[kind].split(":")
     try:
-        found = get_subclass(BaseRunner if kind == "runner_cls" else BaseOrchestrator, name)
+        found = get_subclass(getattr(import_module(module), base), name)
     except ValueError:  # pynenc itself refuses an unknown name as it builds the class
         return [name]
     return [cls.__name__ for cls in found.__mro__]

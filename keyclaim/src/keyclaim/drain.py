@@ -26,6 +26,7 @@ The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
 the invocations whose thread has ended without a final status.
 """
 
+import sys
 import time
 
 from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
@@ -74,6 +75,8 @@ class DrainingThreadRunner(ThreadRunner):
                 f"{self.drain_deadline:g}s ({ids}): they stay RUNNING under this runner and are "
                 "recovered once it has been silent for the dead-after window"
             )
+        if kept := sys.modules.get("keyclaim.connections"):
+            kept.close()  # the free ones; a drained-past call's is closed as it ends
 
     def _running(self) -> list[ThreadInfo]:
         return [info for info in self.threads.values() if info.thread.is_alive()]

@@ -11,9 +11,7 @@ The upstream change that retires it: the same steps in `SQLiteOrchestrator` itse
 hand-over inside `_atomic_status_transition` (the repo's docs/upstream.md).
 """
 
-import sqlite3
 import time
-from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -22,9 +20,8 @@ from pynenc.invocation.status import (
     InvocationStatusRecord,
     status_record_transition,
 )
-from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 
-from keyclaim import limits
+from keyclaim import connections, limits
 from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
@@ -38,7 +35,7 @@ if TYPE_CHECKING:
 S = InvocationStatus
 
 
-class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
+class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestrator):
     """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time)."""
 
     BACKEND = "sqlite"
@@ -52,7 +49,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         self.admitted, self.dues = f"{p}_key_admitted", f"{p}_key_dues"
         self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
         self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             for table, columns in (
                 (
                     self.holders,
@@ -92,18 +89,17 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
         self._queue_by_name = "queue_name" in columns
 
-    def _connect(self) -> sqlite3.Connection:
-        """A connection for one step. pynenc's own opener sets the journal mode again on every
-        connection, which waits on the database's locks; the file keeps its mode (WAL).
+    def _connect(self) -> connections.KeptConnection:
+        """A connection for one step, its transaction committed (or rolled back) as the block
+        ends: kept (keyclaim.connections), or opened for the step (keep_sqlite_connections
+        False), without pynenc's journal-mode pragma, which waits on the database's locks.
 
         pynenc builds its broker and state backend on first use, and writes as it builds them
         (0.4.0: the app's info). First used inside a step, that write would wait on the step's
         own write lock for SQLite's 30 s busy timeout: both are built before the step begins.
         """
         _ = (self.app.broker, self.app.state_backend)  # built here, outside any step
-        conn = sqlite3.connect(self.sqlite_db_path, timeout=30.0, check_same_thread=False)
-        conn.execute("PRAGMA synchronous=NORMAL")  # as pynenc's: WAL stays consistent
-        return conn
+        return connections.POOL.take(self.sqlite_db_path)
 
     def _begin(self, conn: Any) -> None:
         """Take the database's write lock: every other step waits here until we commit."""
@@ -114,7 +110,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     ) -> Decision:
         inv_id = invocation.invocation_id
         key = key_arguments(invocation)
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             self._begin(conn)
             alive_since = host_clock() - dead_after
             current = self._status(conn, inv_id)
@@ -160,7 +156,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         key = key_arguments(invocation)
         assert key is not None
         line, inv_id = line_key(invocation, key), invocation.invocation_id
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             self._begin(conn)
             self._index(conn, invocation)  # before it is queued: every claimer can see it
             holders = self._holders(conn, line) if waits_in_line(invocation) else []
@@ -188,7 +184,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     ) -> InvocationStatusRecord:
         """pynenc's transition (read, validate, write under BEGIN IMMEDIATE), and in the same
         transaction, on a final status: the key goes to the head of its line."""
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             self._begin(conn)
             current = self._status(conn, invocation_id)
             if current is None:
@@ -204,7 +200,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
     ) -> list[InvocationStatusRecord]:
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             self._begin(conn)
             record = self._status(conn, invocation_id)
             lost = record is not None and self._lost(
@@ -245,14 +241,14 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
 
     def beat_in_store(self, runner_ids: list[str]) -> None:
         now = host_clock()
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             conn.executemany(
                 f"INSERT OR REPLACE INTO {self.beats} VALUES (?, ?, ?)",
                 [(runner_id, BOOT, now) for runner_id in runner_ids],
             )
 
     def silent_runners(self, runner_ids: set[str], window: float, adopt: bool = False) -> set[str]:
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             now = host_clock()
             beats = {r: self._beat(conn, r) for r in runner_ids}
             unseen = {r for r, beat in beats.items() if beat is None}
@@ -266,7 +262,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
             return stale if adopt else stale | unseen
 
     def pending_too_long(self, window: float) -> list[str]:
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             return self._pending_too_long(conn, window)
 
     def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
@@ -289,7 +285,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
 
     def holders_to_heal(self) -> tuple[list[str], list[str]]:
         queue = self.app.broker.tables.QUEUE
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             rows = conn.execute(
                 f"SELECT h.invocation_id, i.status, EXISTS (SELECT 1 FROM {queue} q "
                 f"WHERE q.invocation_id = h.invocation_id) FROM {self.holders} h "
@@ -308,7 +304,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
     def heal_in_store(
         self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
     ) -> list[InvocationStatusRecord]:
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             self._begin(conn)
             holds = conn.execute(
                 f"SELECT 1 FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
@@ -408,7 +404,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         conn.execute(f"INSERT INTO {self.admitted} VALUES (?, ?, ?)", (line, BOOT, now))
 
     def release_due_in_store(self) -> tuple[list[str], float | None]:
-        with closing(self._connect()) as conn, conn:
+        with self._connect() as conn:
             # A read first, without the write lock: most sweeps find nothing waiting.
             (first,) = conn.execute(f"SELECT MIN(due) FROM {self.dues}").fetchone()
             if first is None:
@@ -499,20 +495,20 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         )
 
     def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             if (record := self._status(conn, invocation_id)) is None:
                 raise KeyError(f"Invocation ID {invocation_id} not found")
             return record
 
     def fence_slot(self, invocation_id: str) -> int | None:
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 f"SELECT slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
             ).fetchone()
         return None if row is None else int(row[0])
 
     def fence_token(self, invocation_id: str) -> int | None:
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 f"SELECT token FROM {self.claimed} WHERE invocation_id = ?", (invocation_id,)
             ).fetchone()
@@ -522,7 +518,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
         """Claims made so far (of one task's invocations, given its key); a SQLite claim waits
         for the write lock, so it never retries."""
         name = "claims" if task is None else f"claims of {task}"
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             row = conn.execute(
                 f"SELECT value FROM {self.claim_stats} WHERE name = ?", (name,)
             ).fetchone()
@@ -530,5 +526,5 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, SQLiteOrchestrator):
 
     def waiting(self) -> int:
         """Calls parked in a line right now, all keys together."""
-        with closing(self._connect()) as conn:
+        with self._connect() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])

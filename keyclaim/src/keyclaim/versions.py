@@ -22,6 +22,10 @@ CLASSES: dict[str, tuple[str, str | None]] = {
     "AtomicClaimRedisOrchestrator": ("atomic claim", "redis"),
     "DrainingThreadRunner": ("draining runner", None),
     "WakeRunner": ("wake runner", None),
+    "KeptSQLiteOrchestrator": ("kept connections", "sqlite"),
+    "KeptSQLiteBroker": ("kept connections", "sqlite"),
+    "KeptSQLiteStateBackend": ("kept connections", "sqlite"),
+    "KeptSQLiteTrigger": ("kept connections", "sqlite"),
 }
 
 

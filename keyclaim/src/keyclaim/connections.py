@@ -1,0 +1,303 @@
+"""Kept SQLite connections: pynenc's SQLite classes, each connection opened once and reused.
+
+pynenc opens a new connection for every operation of its SQLite orchestrator, broker, state
+backend and trigger (`pynenc.util.sqlite_utils.create_sqlite_connection`), and runs
+`PRAGMA journal_mode=WAL` on each, which waits on the database's locks. The classes here are
+pynenc's own, and their methods are pynenc's own code: the one difference is where a `with
+sqlite_conn(path) as conn:` block gets its connection. It takes one from this process's pool
+for that database file, which only its thread uses until the block ends, and gives it back:
+- the journal mode is set once per database file (the file keeps it), by the first connection;
+- a file replaced under the same path (a fresh demo database) gets new connections;
+- a forked child (pynenc's ProcessRunner) never uses its parent's connections: it leaves them
+  alone, unclosed, and opens its own;
+- `close()` closes them (the library's runners call it as they stop), and so does the exit.
+
+Selected by class name (`keyclaim.keep_connections(builder)`, and `keyclaim.install` on SQLite).
+Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
+modules open their connections through the module-level name `sqlite_conn`; anything else
+refuses to build. The upstream change that retires it: each SQLite component takes its
+connection from one overridable method, kept per thread, with the journal mode set when the
+tables are created (the repo's docs/upstream.md, section 6).
+"""
+
+import atexit
+import os
+import sqlite3
+import sys
+import threading
+from collections.abc import Callable
+from functools import cached_property
+from types import CodeType, FunctionType
+from typing import Any
+
+from pynenc.broker.sqlite_broker import SQLiteBroker
+from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
+from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
+from pynenc.trigger.sqlite_trigger import SQLiteTrigger
+from pynenc.util.sqlite_utils import SQLiteConnection, create_sqlite_connection
+
+from keyclaim import versions
+from keyclaim.config import KEEP_KEY
+from keyclaim.errors import UntestedVersion
+
+OPENER = "sqlite_conn"  # the name pynenc's SQLite modules open their connections by
+KEEP = 8  # free connections kept per database file; more are closed as they come back
+
+
+class KeptConnection(SQLiteConnection):
+    """pynenc's connection wrapper (its retries on a locked database included), given back to
+    its pool when its `with` block ends instead of being dropped."""
+
+    def __init__(self, conn: sqlite3.Connection, pool: "Pool", path: str, file: object) -> None:
+        super().__init__(conn)
+        self.pool, self.path, self.file, self.closed = pool, path, file, False
+        self.generation = pool.generation  # closed on its way back after a pool's close()
+
+    def __exit__(self, exc_type: type | None, exc_val: Any, exc_tb: Any) -> None:
+        try:
+            super().__exit__(exc_type, exc_val, exc_tb)  # commit, or roll back on an error
+        finally:
+            self.pool.give(self)
+
+    def close(self) -> None:
+        self.closed = True
+        self._conn.close()
+
+
+class Pool:
+    """This process's kept connections, per database file. A connection is used by one thread
+    at a time: taken for one block, given back as it ends. A block opened inside another (the
+    same thread, the same file) takes a second connection, as pynenc's own code would."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.free: dict[str, list[KeptConnection]] = {}
+        self.journaled: set[object] = set()  # files whose journal mode this process has set
+        self.pid = os.getpid()
+        self.generation = 0  # how many times close() was called
+        self.keeping = True  # False: one connection per block, opened as pynenc opens them
+        self.opened = self.taken = self.journal_set = 0  # what the tests and the bench read
+        self.left_to_parent: list[object] = []  # a forked child's inherited connections
+
+    def take(self, path: str) -> KeptConnection:
+        if not self.keeping:
+            raw = create_sqlite_connection(path)._conn  # every pragma, every time
+            return KeptConnection(raw, self, path, None)  # closed as its block ends
+        if self.pid != os.getpid():
+            self.after_fork()
+        file = _identity(path)
+        stale: list[KeptConnection] = []
+        with self.lock:
+            self.taken += 1
+            free = self.free.get(path, [])
+            while free:
+                conn = free.pop()
+                if conn.file == file:
+                    return conn
+                stale.append(conn)  # the path names another file now
+        for conn in stale:
+            conn.close()
+        return self.open(path)
+
+    def open(self, path: str) -> KeptConnection:
+        raw = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+        file = _identity(path)
+        if file is None or file not in self.journaled:
+            raw.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
+            with self.lock:
+                self.journal_set += 1
+                if file is not None:
+                    self.journaled.add(file)
+        for pragma in ("synchronous=NORMAL", "cache_size=10000", "temp_store=MEMORY"):
+            raw.execute(f"PRAGMA {pragma}")  # per connection, as pynenc sets them
+        raw.execute("PRAGMA busy_timeout=30000")
+        with self.lock:
+            self.opened += 1
+        return KeptConnection(raw, self, path, file)
+
+    def give(self, conn: KeptConnection) -> None:
+        if conn.closed or conn.pool is not self or self.pid != os.getpid():
+            return  # closed in its block, or a parent's connection in a forked child
+        if conn.in_transaction:  # a commit that failed: never hand on an open transaction
+            conn.rollback()
+        with self.lock:
+            free = self.free.setdefault(conn.path, [])
+            fresh = conn.generation == self.generation and conn.file is not None
+            keep = fresh and len(free) < KEEP
+            if keep:
+                free.append(conn)
+        if not keep:
+            conn.close()
+
+    def close(self) -> None:
+        """Close every free connection; one in use is closed as its block ends. Connections
+        taken after this are opened again: closing is for a stop, not a switch."""
+        with self.lock:
+            free = [conn for conns in self.free.values() for conn in conns]
+            self.free.clear()
+            self.generation += 1
+        for conn in free:
+            conn.close()
+
+    def after_fork(self) -> None:
+        """In a forked child: the parent's connections stay open and unused (closing one here
+        could checkpoint or unlock the parent's database), and the child opens its own."""
+        self.left_to_parent.append(self.free)
+        self.lock, self.free, self.pid = threading.Lock(), {}, os.getpid()
+
+
+def _identity(path: str) -> object:
+    """The file a path names now (device and inode), or None when there is none yet."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+POOL = Pool()
+os.register_at_fork(after_in_child=POOL.after_fork)
+atexit.register(POOL.close)
+
+
+def kept_connection(sqlite_db_path: Any) -> KeptConnection:
+    """What pynenc's `sqlite_conn(path)` becomes in the kept classes."""
+    return POOL.take(str(sqlite_db_path))
+
+
+def close() -> None:
+    """Close this process's kept connections (a runner's stop calls it)."""
+    POOL.close()
+
+
+def _opens(code: CodeType, openers: set[str]) -> bool:
+    """Whether this code, or code nested in it, calls one of openers by its global name."""
+    return not openers.isdisjoint(code.co_names) or any(
+        isinstance(const, CodeType) and _opens(const, openers) for const in code.co_consts
+    )
+
+
+def _copy(function: FunctionType, namespace: dict[str, Any]) -> FunctionType:
+    """The same function (pynenc's code), looking its global names up in namespace."""
+    copy = FunctionType(
+        function.__code__, namespace, function.__name__, function.__defaults__, function.__closure__
+    )
+    copy.__kwdefaults__, copy.__qualname__ = function.__kwdefaults__, function.__qualname__
+    copy.__doc__, copy.__module__ = function.__doc__, function.__module__
+    copy.__dict__.update(function.__dict__)
+    return copy
+
+
+_MODULES: dict[str, tuple[dict[str, Any], set[str]]] = {}
+
+
+def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
+    """For one of pynenc's modules that opens connections: its namespace with the opener kept
+    (and its own functions that open, copied into it), and the names that open. None for any
+    other module."""
+    module = sys.modules[name]
+    if not name.startswith("pynenc.") or OPENER not in vars(module):
+        return None
+    if vars(module)[OPENER] is not create_sqlite_connection:
+        raise UntestedVersion(
+            f"kept connections: {name}.{OPENER} is not pynenc's opener; tested with pynenc "
+            + " or ".join(sorted(pynenc for pynenc, _ in versions.TESTED["sqlite"]))
+        )
+    if name not in _MODULES:
+        namespace, openers = dict(vars(module)), {OPENER}
+        own = {
+            key: value
+            for key, value in vars(module).items()
+            if isinstance(value, FunctionType) and value.__module__ == name
+        }
+        while found := {key for key, f in own.items() if _opens(f.__code__, openers)} - openers:
+            openers |= found  # a function that calls one that opens, opens too
+        namespace[OPENER] = kept_connection
+        namespace.update({key: _copy(own[key], namespace) for key in openers - {OPENER}})
+        _MODULES[name] = (namespace, openers)
+    return _MODULES[name]
+
+
+def _function(attribute: Any) -> tuple[FunctionType, Callable[[FunctionType], Any]] | None:
+    """The function behind a class attribute, and how to wrap a copy of it the same way."""
+    if isinstance(attribute, FunctionType):
+        return attribute, lambda f: f
+    if isinstance(attribute, (staticmethod, classmethod)):
+        return attribute.__func__, type(attribute)
+    if isinstance(attribute, cached_property):
+        return attribute.func, cached_property
+    if isinstance(attribute, property) and attribute.fget and not attribute.fset:
+        return attribute.fget, lambda f: property(f, doc=attribute.__doc__)
+    return None
+
+
+def relink(cls: type) -> type:
+    """Give cls, a subclass of one of pynenc's SQLite classes, copies of every method it
+    inherits from pynenc's SQLite modules that opens a connection, opening it here instead."""
+    kept = 0
+    for name in dir(cls):
+        owner = next(base for base in cls.__mro__ if name in vars(base))
+        module = None if owner is cls else _module(owner.__module__)
+        found = module and _function(vars(owner)[name])
+        if not found or not _opens(found[0].__code__, module[1]):
+            continue  # cls's own, not pynenc's SQLite code, or it opens nothing
+        copy = found[1](_copy(found[0], module[0]))
+        setattr(cls, name, copy)
+        if isinstance(copy, cached_property):
+            copy.__set_name__(cls, name)
+        kept += 1
+    if not kept:
+        raise UntestedVersion(f"kept connections: {cls.__name__} opens no connection to keep")
+    return cls
+
+
+def opens_own_connections(cls: type) -> list[str]:
+    """The methods of cls that still open connections pynenc's way (for the tests: none)."""
+    left = []
+    for name in dir(cls):
+        owner = next(base for base in cls.__mro__ if name in vars(base))
+        found = _function(vars(owner)[name])
+        module = found and _module(found[0].__module__)
+        opens = module and _opens(found[0].__code__, module[1])
+        if opens and found[0].__globals__.get(OPENER) is not kept_connection:
+            left.append(name)
+    return left
+
+
+class KeptSQLiteOrchestrator(SQLiteOrchestrator):
+    """pynenc's SQLite orchestrator, with kept connections."""
+
+    def __init__(self, app: Any) -> None:
+        versions.check("kept connections", "sqlite")
+        # The claim's orchestrator derives from this one: keyclaim.install(connections="pynenc")
+        # has it open a connection for every block, as pynenc does, to measure the difference.
+        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, True))
+        super().__init__(app)
+
+
+class KeptSQLiteBroker(SQLiteBroker):
+    """pynenc's SQLite broker, with kept connections."""
+
+    def __init__(self, app: Any) -> None:
+        versions.check("kept connections", "sqlite")
+        super().__init__(app)
+
+
+class KeptSQLiteStateBackend(SQLiteStateBackend):
+    """pynenc's SQLite state backend, with kept connections."""
+
+    def __init__(self, app: Any) -> None:
+        versions.check("kept connections", "sqlite")
+        super().__init__(app)
+
+
+class KeptSQLiteTrigger(SQLiteTrigger):
+    """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""
+
+    def __init__(self, app: Any) -> None:
+        versions.check("kept connections", "sqlite")
+        super().__init__(app)
+
+
+for _cls in (KeptSQLiteOrchestrator, KeptSQLiteBroker, KeptSQLiteStateBackend, KeptSQLiteTrigger):
+    relink(_cls)

@@ -1,0 +1,69 @@
+"""No trigger lookups for an app whose tasks are no trigger's source.
+
+On every status change, result and failure, pynenc's trigger reads the invocation back from the
+state backend and asks the store for the conditions sourced from its task: two reads through
+SQLite for each, even in an app that declares no trigger. QuietSQLiteTrigger answers "none"
+without reading, for as long as no condition is sourced from any task:
+- one this process registered (pynenc registers a task's declared triggers as its runner
+  starts), or declared and not registered yet, switches the lookups on at once;
+- one that another process registered is found in the store, read at most once a `RECHECK`
+  (1 s); once found, the lookups stay on. A status change in the second before it is found is
+  not reported: this is the one difference from pynenc's own trigger, and it concerns only a
+  trigger registered by another program's code, sourced from this one's tasks.
+
+Selected by class name (trigger_cls="QuietSQLiteTrigger": `keyclaim.keep_connections`). Written
+and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). The upstream change that retires
+it: `BaseTrigger.report_tasks_status` asks for the task's conditions before it reads the
+invocation, from an index kept in memory and refreshed when a condition is registered (the
+repo's docs/upstream.md, section 6).
+"""
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from keyclaim.connections import KeptSQLiteTrigger, kept_connection
+
+if TYPE_CHECKING:
+    from pynenc.identifiers.invocation_id import InvocationId
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+    from pynenc.invocation.status import InvocationStatus
+
+RECHECK = 1.0  # seconds between reads of the store while no condition is sourced from a task
+
+
+class QuietSQLiteTrigger(KeptSQLiteTrigger):
+    """pynenc's SQLite trigger with kept connections, and no lookups while no condition is
+    sourced from any task."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self.sourced, self.read_at, self.reads = False, float("-inf"), 0
+
+    def any_sourced(self) -> bool:
+        """Whether some condition is sourced from some task: once true, it stays true."""
+        if self.sourced:
+            return True
+        if any(self._source_task_conditions.values()) or self.app._deferred_trigger_tasks:
+            self.sourced = True  # declared by this process's code
+        elif time.monotonic() - self.read_at >= RECHECK:
+            self.read_at, self.reads = time.monotonic(), self.reads + 1
+            table = self.tables.SOURCE_TASK_CONDITIONS
+            with kept_connection(self.sqlite_db_path) as conn:
+                self.sourced = conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None
+        return self.sourced
+
+    def report_tasks_status(
+        self, invocation_ids: list["InvocationId"], status: "InvocationStatus | None" = None
+    ) -> None:
+        if self.any_sourced():
+            super().report_tasks_status(invocation_ids, status)
+
+    def report_invocation_result(self, invocation: "DistributedInvocation", result: Any) -> None:
+        if self.any_sourced():
+            super().report_invocation_result(invocation, result)
+
+    def report_invocation_failure(
+        self, invocation: "DistributedInvocation", exception: Exception
+    ) -> None:
+        if self.any_sourced():
+            super().report_invocation_failure(invocation, exception)
