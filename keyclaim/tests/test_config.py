@@ -51,7 +51,36 @@ OVERRIDES = {
     "another runner": {"PYNENC__RUNNER_CLS": "ThreadRunner"},
     "a heartbeat too slow": {"PYNENC__ATOMIC_SERVICE_CHECK_INTERVAL_MINUTES": "0.5"},
     "a window shorter than a call": {"PYNENC__RUNNER_CONSIDERED_DEAD_AFTER_MINUTES": "0.1"},
+    "pynenc's own trigger": {"PYNENC__TRIGGER_CLS": "SQLiteTrigger"},
+    "pynenc's own broker": {"PYNENC__BROKER_CLS": "SQLiteBroker"},
 }
+
+
+@pytest.mark.parametrize("order", ["keep, then install", "install, then keep"])
+def test_kept_connections_go_with_the_claim_in_either_order(tmp_path: Path, order: str) -> None:
+    builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "k.db"))
+    builder = builder.thread_runner(min_threads=1, max_threads=2)
+    if order.startswith("keep"):
+        builder = keyclaim.keep_connections(builder)
+    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0)
+    if order.startswith("install"):
+        builder = keyclaim.keep_connections(builder)
+    app = builder.build()
+    keyclaim.check(app)
+    names = [type(c).__name__ for c in (app.orchestrator, app.broker, app.trigger)]
+    assert names == ["AtomicClaimSQLiteOrchestrator", "KeptSQLiteBroker", "QuietSQLiteTrigger"]
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_kept_connections_are_refused_on_another_backend(backend: str) -> None:
+    builder = PynencBuilder().app_id(unique("keyclaim"))
+    if backend == "memory":
+        builder = builder.memory()
+    else:
+        builder = builder.custom_config(orchestrator_cls="RedisOrchestrator")
+    with pytest.raises(keyclaim.Refused) as refused:
+        keyclaim.keep_connections(builder)
+    assert "\n" not in str(refused.value) and "SQLite" in str(refused.value)
 
 
 @pytest.mark.parametrize("override", OVERRIDES.values(), ids=OVERRIDES.keys())
@@ -105,8 +134,17 @@ def test_install_refuses_windows_that_would_take_a_live_call_for_dead(tmp_path: 
         lambda tmp: claimapp.app.orchestrator.__class__(claimapp.app),
         lambda tmp: versions.check_resolved("SQLiteOrchestrator", "WakeRunner"),
         lambda tmp: versions.check_resolved("SQLiteOrchestrator", "DrainingThreadRunner"),
+        lambda tmp: keyclaim.keep_connections(PynencBuilder().sqlite(str(tmp / "k.db"))),
+        lambda tmp: versions.check_resolved("SQLiteOrchestrator", "KeptSQLiteBroker"),
     ],
-    ids=["install", "the orchestrator, as pynenc builds it", "wake runner", "draining runner"],
+    ids=[
+        "install",
+        "the orchestrator, as pynenc builds it",
+        "wake runner",
+        "draining runner",
+        "kept connections",
+        "a kept class, as pynenc builds it",
+    ],
 )
 def test_an_untested_pynenc_is_refused_wherever_the_claim_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, build: object

@@ -5,11 +5,13 @@ state backend and asks the store for the conditions sourced from its task: two r
 SQLite for each, even in an app that declares no trigger. QuietSQLiteTrigger answers "none"
 without reading, for as long as no condition is sourced from any task:
 - one this process registered (pynenc registers a task's declared triggers as its runner
-  starts), or declared and not registered yet, switches the lookups on at once;
-- one that another process registered is found in the store, read at most once a `RECHECK`
-  (1 s); once found, the lookups stay on. A status change in the second before it is found is
-  not reported: this is the one difference from pynenc's own trigger, and it concerns only a
-  trigger registered by another program's code, sourced from this one's tasks.
+  starts) switches the lookups on at once;
+- one that another process registered (a runner, for a producer) is found in the store, read
+  at most once a `RECHECK` (1 s); once found, the lookups stay on. A status change in the
+  second before it is found is not reported: the one difference from pynenc's own trigger.
+  A declared trigger that no runner has registered yet is in no store: pynenc's own trigger
+  finds nothing for it either.
+pynenc's own cron triggers (its recovery services) are sourced from no task: they do not count.
 
 Selected by class name (trigger_cls="QuietSQLiteTrigger": `keyclaim.keep_connections`). Written
 and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). The upstream change that retires
@@ -43,8 +45,8 @@ class QuietSQLiteTrigger(KeptSQLiteTrigger):
         """Whether some condition is sourced from some task: once true, it stays true."""
         if self.sourced:
             return True
-        if any(self._source_task_conditions.values()) or self.app._deferred_trigger_tasks:
-            self.sourced = True  # declared by this process's code
+        if any(self._source_task_conditions.values()):
+            self.sourced = True  # registered by this process (a runner, as it starts)
         elif time.monotonic() - self.read_at >= RECHECK:
             self.read_at, self.reads = time.monotonic(), self.reads + 1
             table = self.tables.SOURCE_TASK_CONDITIONS

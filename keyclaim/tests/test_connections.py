@@ -1,0 +1,273 @@
+"""Kept SQLite connections, and the trigger that skips lookups no task needs.
+
+Each connection is opened once, used by one block at a time, never across a fork; no trigger
+lookups while no task is a trigger's source, and a real worker still fires an app's trigger."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from claimkit import HERE, WAIT, wait_until
+from pynenc import PynencBuilder
+from pynenc.broker.sqlite_broker import SQLiteBroker
+from pynenc.invocation.status import InvocationStatus as S
+from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
+from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
+from pynenc.trigger.sqlite_trigger import SQLiteTrigger
+
+import keyclaim
+from keyclaim import connections
+from keyclaim.connections import POOL, kept_connection
+from keyclaim.quiet import QuietSQLiteTrigger
+from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+
+KEPT = (
+    connections.KeptSQLiteOrchestrator,
+    connections.KeptSQLiteBroker,
+    connections.KeptSQLiteStateBackend,
+    QuietSQLiteTrigger,
+    AtomicClaimSQLiteOrchestrator,
+)
+
+
+class CountingTrigger(QuietSQLiteTrigger):
+    """The quiet trigger, counting the lookups it lets through to pynenc's."""
+
+    lookups = 0
+
+    def get_conditions_sourced_from_task(self, task_id, context_type=None):  # type: ignore[no-untyped-def]
+        CountingTrigger.lookups += 1
+        return super().get_conditions_sourced_from_task(task_id, context_type)
+
+
+class CountingStockTrigger(SQLiteTrigger):
+    """pynenc's own trigger, counted the same way."""
+
+    lookups = 0
+
+    def get_conditions_sourced_from_task(self, task_id, context_type=None):  # type: ignore[no-untyped-def]
+        CountingStockTrigger.lookups += 1
+        return super().get_conditions_sourced_from_task(task_id, context_type)
+
+
+def add(n: int) -> int:
+    """A task's function, made a task of each test's own app (pynenc wants module level)."""
+    return n
+
+
+def build(db: Path, trigger: str | None = None):  # type: ignore[no-untyped-def]
+    builder = PynencBuilder().app_id(f"kept_{uuid.uuid4().hex[:8]}").sqlite(str(db))
+    builder = keyclaim.keep_connections(builder.thread_runner(max_threads=2))
+    return builder.custom_config(trigger_cls=trigger).build() if trigger else builder.build()
+
+
+def write_table(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+
+
+def rows(path: Path) -> int:
+    with closing(sqlite3.connect(path)) as conn:
+        return conn.execute("SELECT count(*) FROM t").fetchone()[0]
+
+
+def test_every_method_that_opens_a_connection_takes_a_kept_one() -> None:
+    """Every method the kept classes inherit from pynenc's SQLite modules that opens a
+    connection (directly, or through a module function that does) opens it from the pool;
+    pynenc's own classes are what this check finds, so it can fail."""
+    for cls in KEPT:
+        assert connections.opens_own_connections(cls) == [], cls.__name__
+    for cls in (SQLiteOrchestrator, SQLiteBroker, SQLiteStateBackend, SQLiteTrigger):
+        assert len(connections.opens_own_connections(cls)) >= 3, cls.__name__
+
+
+def test_an_app_opens_each_connection_once_and_sets_the_journal_once(tmp_path: Path) -> None:
+    """Thirty invocations registered, routed and read back in one thread: hundreds of blocks
+    on a handful of connections, and the journal mode set once for the file. Checked by
+    mutation: with give() closing each connection instead of keeping it, every block opened
+    its own and this failed."""
+    app = build(tmp_path / "kept.db")
+    opened, taken, journal = POOL.opened, POOL.taken, POOL.journal_set
+    task = app.task(add)
+    ids = [task(n).invocation_id for n in range(30)]
+    assert {app.orchestrator.get_invocation_status(i) for i in ids} <= {S.REGISTERED, S.PENDING}
+    assert POOL.taken - taken >= 90
+    assert POOL.opened - opened <= 3
+    assert POOL.journal_set - journal == 1
+
+
+def test_a_block_commits_as_it_ends_and_rolls_back_on_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "blocks.db"
+    write_table(path)
+    with kept_connection(path) as conn:
+        conn.execute("INSERT INTO t VALUES (1)")
+    assert rows(path) == 1  # seen from another connection: committed
+    with pytest.raises(RuntimeError), kept_connection(path) as conn:
+        conn.execute("INSERT INTO t VALUES (2)")
+        raise RuntimeError("the block fails")
+    assert rows(path) == 1
+    with kept_connection(path) as again:
+        assert again is conn  # given back, with no transaction left open
+        assert not again.in_transaction
+
+
+def test_a_block_inside_another_gets_its_own_connection(tmp_path: Path) -> None:
+    """The inner block's end commits nothing of the outer block's transaction. Checked by
+    mutation: handing the inner block the connection in use made its end commit the outer
+    block's row, and this failed."""
+    path = tmp_path / "nested.db"
+    write_table(path)
+    with kept_connection(path):
+        pass  # one free connection in the pool
+    with pytest.raises(RuntimeError), kept_connection(path) as outer:
+        outer.execute("INSERT INTO t VALUES (1)")
+        with kept_connection(path) as inner:
+            assert inner is not outer
+            inner.execute("SELECT count(*) FROM t").fetchone()
+        assert outer.in_transaction
+        raise RuntimeError("the outer block fails")
+    assert rows(path) == 0
+
+
+def test_a_database_file_replaced_under_its_path_gets_new_connections(tmp_path: Path) -> None:
+    """A fresh database at the same path (sample.py starts each run from one): the pool's
+    connections to the old file are dropped, the new file's journal is set, and writes land
+    in the new file, not in the unlinked one."""
+    path = tmp_path / "replaced.db"
+    write_table(path)
+    with kept_connection(path) as first:
+        first.execute("INSERT INTO t VALUES (1)")
+    for leftover in path.parent.glob("replaced.db*"):
+        leftover.unlink()
+    write_table(path)
+    journal = POOL.journal_set
+    with kept_connection(path) as second:
+        assert second is not first
+        second.execute("INSERT INTO t VALUES (2)")
+    assert POOL.journal_set - journal == 1
+    assert rows(path) == 1
+
+
+def test_a_forked_child_never_uses_its_parents_connections(tmp_path: Path) -> None:
+    """The child opens its own, and leaves the parent's open: after the child has written and
+    exited, the parent's kept connection still works and sees the child's row. Checked by
+    mutation: without the pool's reset after a fork, the child took the parent's connection
+    and this failed."""
+    path = tmp_path / "forked.db"
+    write_table(path)
+    with kept_connection(path) as parents:
+        parents.execute("INSERT INTO t VALUES (1)")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, write, and leave without running the parent's exits
+        try:
+            with kept_connection(path) as childs:
+                same = childs is parents or childs._conn is parents._conn
+                childs.execute("INSERT INTO t VALUES (2)")
+            os.write(writer, b"same" if same else b"own")
+        finally:
+            os._exit(0)
+    os.close(writer)
+    ends = time.monotonic() + WAIT
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0):
+        if time.monotonic() > ends:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the forked child did not exit")
+        time.sleep(0.02)
+    assert os.waitstatus_to_exitcode(done[1]) == 0
+    assert os.read(reader, 16) == b"own"
+    os.close(reader)
+    with kept_connection(path) as again:
+        assert again is parents
+        assert again.execute("SELECT count(*) FROM t").fetchone()[0] == 2
+
+
+def test_close_closes_the_free_connections_and_each_in_use_one_as_its_block_ends(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "closed.db"
+    write_table(path)
+    with kept_connection(path) as free:
+        pass
+    with kept_connection(path) as busy:
+        assert busy is free
+        with kept_connection(path) as other:
+            pass  # given back: free now
+        connections.close()
+        assert busy.execute("SELECT count(*) FROM t").fetchone()[0] == 0  # still in use
+    for conn in (free, other):
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn._conn.execute("SELECT 1")
+    with kept_connection(path) as fresh:
+        assert fresh is not free and fresh is not other
+
+
+def test_an_app_without_triggers_looks_none_up(tmp_path: Path) -> None:
+    """Registering and routing twenty invocations reports forty status changes: pynenc's own
+    trigger looks up each one's conditions; the quiet one, none. Checked by mutation: with
+    any_sourced always true, the quiet trigger looked up as many and this failed."""
+
+    def reported(trigger: str) -> int:
+        app = build(tmp_path / f"{trigger}.db", trigger)
+        task = app.task(add)
+        for n in range(20):
+            task(n)
+        return type(app.trigger).lookups
+
+    assert reported("CountingStockTrigger") >= 20
+    assert reported("CountingTrigger") == 0
+
+
+def test_an_app_with_a_trigger_still_fires_it(tmp_path: Path) -> None:
+    """A real worker runs triggerapp.app (follow runs after each lead that succeeds), on the
+    kept classes and the quiet trigger: follow runs, and this process, which registered no
+    trigger, finds the worker's in the store. Checked by mutation: with any_sourced always
+    false, follow never ran and this failed."""
+    env = {
+        **os.environ,
+        "KEYCLAIM_TEST_DB": str(tmp_path / "triggers.db"),
+        "KEYCLAIM_TEST_APP_ID": f"triggers_{uuid.uuid4().hex[:8]}",
+        "PYTHONUNBUFFERED": "1",
+    }
+    os.environ.update({k: env[k] for k in ("KEYCLAIM_TEST_DB", "KEYCLAIM_TEST_APP_ID")})
+    sys.modules.pop("triggerapp", None)
+    import triggerapp  # built on this test's database and app id
+
+    log = (tmp_path / "worker.log").open("w")
+    argv = [sys.executable, "-m", "pynenc", "--app", "triggerapp.app", "runner", "start"]
+    worker = subprocess.Popen(
+        argv, cwd=HERE, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        app = triggerapp.app
+        assert type(app.trigger) is QuietSQLiteTrigger
+        wait_until(app.trigger.any_sourced, WAIT, "the worker's trigger in the store")
+        triggerapp.lead(1)
+
+        def followed() -> list[str]:
+            found = app.orchestrator.get_existing_invocations(task=triggerapp.follow)
+            ids = [str(i) for i in found]
+            done = [i for i in ids if app.orchestrator.get_invocation_status(i) == S.SUCCESS]
+            return done
+
+        assert len(wait_until(followed, WAIT, "follow to run after lead")) == 1
+    finally:
+        for key in ("KEYCLAIM_TEST_DB", "KEYCLAIM_TEST_APP_ID"):
+            os.environ.pop(key, None)
+        sys.modules.pop("triggerapp", None)
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait(WAIT)
+        log.close()
