@@ -78,11 +78,15 @@ def rows(path: Path) -> int:
         return conn.execute("SELECT count(*) FROM t").fetchone()[0]
 
 
-def test_every_method_that_opens_a_connection_takes_a_kept_one() -> None:
+def test_every_method_that_opens_a_connection_takes_a_kept_one(tmp_path: Path) -> None:
     """Every method the kept classes inherit from pynenc's SQLite modules that opens a
-    connection (directly, or through a module function that does) opens it from the pool;
-    pynenc's own classes are what this check finds, so it can fail."""
-    for cls in KEPT:
+    connection (directly, or through a module function or a helper class that does, such as
+    the orchestrator's blocking control) opens it from the pool; pynenc's own classes are what
+    this check finds, so it can fail. Checked by mutation: with the helper classes left as
+    pynenc's, the blocking control opened its own and this failed."""
+    app = build(tmp_path / "classes.db")
+    parts = (app.orchestrator, app.orchestrator.blocking_control, app.broker, app.state_backend)
+    for cls in (*KEPT, *(type(part) for part in parts)):
         assert connections.opens_own_connections(cls) == [], cls.__name__
     for cls in (SQLiteOrchestrator, SQLiteBroker, SQLiteStateBackend, SQLiteTrigger):
         assert len(connections.opens_own_connections(cls)) >= 3, cls.__name__

@@ -191,10 +191,14 @@ def _copy(function: FunctionType, namespace: dict[str, Any]) -> FunctionType:
 _MODULES: dict[str, tuple[dict[str, Any], set[str]]] = {}
 
 
+# pynenc's SQLite classes the library subclasses by name (below, and keyclaim.quiet).
+SUBCLASSED = {"SQLiteOrchestrator", "SQLiteBroker", "SQLiteStateBackend", "SQLiteTrigger"}
+
+
 def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
-    """For one of pynenc's modules that opens connections: its namespace with the opener kept
-    (and its own functions that open, copied into it), and the names that open. None for any
-    other module."""
+    """For one of pynenc's modules that opens connections: its namespace with the opener kept,
+    its own functions and helper classes that open (SQLiteBlockingControl) kept in it too, and
+    the names that open. None for any other module."""
     module = sys.modules[name]
     if not name.startswith("pynenc.") or OPENER not in vars(module):
         return None
@@ -205,16 +209,25 @@ def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
         )
     if name not in _MODULES:
         namespace, openers = dict(vars(module)), {OPENER}
-        own = {
-            key: value
-            for key, value in vars(module).items()
-            if isinstance(value, FunctionType) and value.__module__ == name
+        own = {k: v for k, v in vars(module).items() if getattr(v, "__module__", "") == name}
+        functions = {k: [v] for k, v in own.items() if isinstance(v, FunctionType)}
+        helpers = {
+            key: [f[0] for a in vars(cls).values() if (f := _function(a))]
+            for key, cls in own.items()
+            if isinstance(cls, type) and key not in SUBCLASSED
         }
-        while found := {key for key, f in own.items() if _opens(f.__code__, openers)} - openers:
-            openers |= found  # a function that calls one that opens, opens too
+        code = {**functions, **helpers}
+        while True:  # what calls (or builds) what opens, opens too
+            found = {k for k, fs in code.items() if any(_opens(f.__code__, openers) for f in fs)}
+            if found <= openers:
+                break
+            openers |= found
         namespace[OPENER] = kept_connection
-        namespace.update({key: _copy(own[key], namespace) for key in openers - {OPENER}})
         _MODULES[name] = (namespace, openers)
+        for key in openers & functions.keys():
+            namespace[key] = _copy(own[key], namespace)
+        for key in openers & helpers.keys():
+            namespace[key] = relinked(own[key], "Kept")
     return _MODULES[name]
 
 
@@ -251,6 +264,12 @@ def relink(cls: type) -> type:
     return cls
 
 
+def relinked(base: type, prefix: str = "Relinked") -> type:
+    """A subclass of base (named apart: pynenc finds classes by name), relinked."""
+    doc = f"pynenc's {base.__name__}, its methods opening kept connections."
+    return relink(type(prefix + base.__name__, (base,), {"__module__": __name__, "__doc__": doc}))
+
+
 def opens_own_connections(cls: type) -> list[str]:
     """The methods of cls that still open connections pynenc's way (for the tests: none)."""
     left = []
@@ -264,7 +283,7 @@ def opens_own_connections(cls: type) -> list[str]:
     return left
 
 
-class KeptSQLiteOrchestrator(SQLiteOrchestrator):
+class KeptSQLiteOrchestrator(relinked(SQLiteOrchestrator)):
     """pynenc's SQLite orchestrator, with kept connections."""
 
     def __init__(self, app: Any) -> None:
@@ -275,7 +294,7 @@ class KeptSQLiteOrchestrator(SQLiteOrchestrator):
         super().__init__(app)
 
 
-class KeptSQLiteBroker(SQLiteBroker):
+class KeptSQLiteBroker(relinked(SQLiteBroker)):
     """pynenc's SQLite broker, with kept connections."""
 
     def __init__(self, app: Any) -> None:
@@ -283,7 +302,7 @@ class KeptSQLiteBroker(SQLiteBroker):
         super().__init__(app)
 
 
-class KeptSQLiteStateBackend(SQLiteStateBackend):
+class KeptSQLiteStateBackend(relinked(SQLiteStateBackend)):
     """pynenc's SQLite state backend, with kept connections."""
 
     def __init__(self, app: Any) -> None:
@@ -291,13 +310,9 @@ class KeptSQLiteStateBackend(SQLiteStateBackend):
         super().__init__(app)
 
 
-class KeptSQLiteTrigger(SQLiteTrigger):
+class KeptSQLiteTrigger(relinked(SQLiteTrigger)):
     """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""
 
     def __init__(self, app: Any) -> None:
         versions.check("kept connections", "sqlite")
         super().__init__(app)
-
-
-for _cls in (KeptSQLiteOrchestrator, KeptSQLiteBroker, KeptSQLiteStateBackend, KeptSQLiteTrigger):
-    relink(_cls)
