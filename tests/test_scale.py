@@ -51,9 +51,9 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     # The same rounds and scaled run, first on pynenc's ThreadRunner, then on the wake runner.
     assert out.index("##### thread runner #####") < out.index("##### wake runner #####")
     assert out.count("=== scaled run: 6 accounts x 4 ops, hold 0.1s ===") == 2
-    # 4: the rounds and the scaled run on each runner; 4 more: B and scaled B on each side of
-    # the lines comparison.
-    assert out.count("scenario      median    floor  efficiency  runs") == 8
+    # 4: the rounds and the scaled run on each runner; 6 more: B (with F and G on the claim's
+    # sides) and scaled B on each side of the last comparison.
+    assert out.count("scenario      median    floor  efficiency  runs") == 10
     assert "(wake runner)" in out
     # Each runner's rounds end in a distribution: min / typical / max per scenario and measure.
     assert out.count("=== 1 rounds: min / typical / max ===") == 2
@@ -72,14 +72,18 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     assert all(line.count("%") == 2 for line in rows)
     assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
     assert "worker peak memory:" in out and "MiB" in out
-    # B, scaled B and E without the account lines (stock pynenc) and with them (the claim).
-    table = out.split("=== without the account lines (stock) vs with them (--atomic-claim)")[1]
+    # B, scaled B and E on stock pynenc, on the claim with pynenc's SQLite connections and on
+    # the claim with kept ones; F and G on the claim's sides.
+    table = out.split("=== stock pynenc vs the claim (account lines) on pynenc's SQLite")[1]
     rows = {line[:40].strip(): line[40:].split() for line in table.splitlines()[2:]}
-    assert len(rows["B. keyed"]) == len(rows["B. keyed, scaled"]) == 4  # 2 x "1.23s (45%)"
+    assert len(rows["B. keyed"]) == len(rows["B. keyed, scaled"]) == 6  # 3 x "1.23s (45%)"
+    assert rows["F. slots"][0] == rows["G. rate"][0] == "-"  # limits are the claim's
+    assert len(rows["F. slots"]) == len(rows["G. rate"]) == 5
     # With the lines, the busy account's calls run in order, 3 status writes each, no reroute.
-    assert rows["E, 20 backlog: in enqueue order"][1] == "yes"
-    assert rows["E, 20 backlog: status writes per call"][1] == "3.0"
-    assert rows["E, 20 backlog: REROUTED per call"][1] == "0.0"
+    for side in (1, 2):
+        assert rows["E, 20 backlog: in enqueue order"][side] == "yes"
+        assert rows["E, 20 backlog: status writes per call"][side] == "3.0"
+        assert rows["E, 20 backlog: REROUTED per call"][side] == "0.0"
     assert "E, 20 backlog: quiet wait, longest" in rows
 
 

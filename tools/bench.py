@@ -2,7 +2,8 @@
 
 It runs the article's rounds and a scaled run on ThreadRunner workers, then the same on fresh
 workers of the wake runner; both side by side, then where the whole run's time went; then B,
-scaled B and E (a busy account beside quiet ones) without the account lines and with them.
+scaled B and E (a busy account beside quiet ones), F and G on stock pynenc, on the claim with
+pynenc's SQLite connections, and on the claim with kept ones (keyclaim.keep_connections).
 
 Run it: uv run python -m tools.bench     (--rounds N, and sample.py's flags; --help)
 
@@ -160,23 +161,33 @@ def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: f
 LINES_DEADLINE = 3600.0
 
 
+# The sides of the last comparison: (name, --claim, --connections).
+SIDES = (
+    ("stock pynenc", "0", "pynenc"),
+    ("claim, pynenc's", "1", "pynenc"),
+    ("claim, kept", "1", "kept"),
+)
+
+
 def lines(args: argparse.Namespace, log_dir: Path) -> int:
-    """B, scaled B and E without the account lines (stock pynenc) and with them (the claim),
-    each side in processes of its own (demo/bench_lines.py: B and the first backlog, then one
-    per further backlog), its output shown as it comes; then the two sides side by side."""
-    found: dict[str, dict[str, object]] = {"without": {}, "with": {}}
+    """B, scaled B and E on stock pynenc (no account lines, pynenc's SQLite connections), on
+    the claim with pynenc's connections, and on the claim with kept ones (F and G too), each
+    side in processes of its own (tools/bench_lines.py: the first backlog with B, then one per
+    further backlog), its output shown as it comes; then the sides side by side."""
+    found: dict[str, dict[str, object]] = {name: {} for name, _, _ in SIDES}
     # (No backlog: one process per side, for B and scaled B alone.)
     each = [str(n) for n in args.bench_backlogs] or [""]
     code = 0
-    for claim, side in (("0", "without"), ("1", "with")):
+    for side, claim, connections in SIDES:
         for n, backlog in enumerate(each):
             argv = [sys.executable, "-m", "tools.bench_lines", "--claim", claim]
-            argv += ["--no-b"] if n else []
+            argv += ["--no-b"] if n else (["--limits"] if claim == "1" else [])
             argv += ["--backlogs", backlog, "--rounds", str(args.rounds)]
-            argv += ["--hold", str(args.hold)]
+            argv += ["--hold", str(args.hold), "--connections", connections]
             argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
             argv += ["--backend", args.backend]
-            name = f"bench-{side}-lines" + (f"-{backlog}" if n else "")
+            name = f"bench-{side.replace(' ', '-').replace(',', '').replace(chr(39), '')}"
+            name += f"-{backlog}" if n else ""
             child = start_child(name, argv, log_dir / f"{name}.log", cwd=ROOT)
             try:
                 lines_out = _follow(child)
@@ -187,7 +198,7 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
                 if line.startswith("figures: "):
                     found[side].update(json.loads(line.removeprefix("figures: ")))
     if all("B" in side for side in found.values()):
-        print(compare_lines(found["without"], found["with"]))
+        print(compare_lines(found))
     return code
 
 
@@ -211,32 +222,46 @@ def _follow(child: Child) -> list[str]:
     return child.log_path.read_text(errors="replace").splitlines()
 
 
-def compare_lines(without: dict[str, object], with_: dict[str, object]) -> str:
-    """The two sides of the lines comparison, figure against figure."""
+def compare_lines(sides: dict[str, dict[str, object]]) -> str:
+    """The comparison's sides, figure against figure."""
 
     def elapsed(side: dict[str, object], key: str) -> str:
+        if key not in side:
+            return "-"
         median, floor = side[key]  # type: ignore[misc]
         return f"{median:.2f}s ({floor / median:.0%})"
 
     def seconds(value: object) -> str:
         return "did not start" if value is None else f"{value:.2f}s"
 
-    rows = [("B. keyed", elapsed(without, "B"), elapsed(with_, "B"))]
-    rows.append(("B. keyed, scaled", elapsed(without, "B scaled"), elapsed(with_, "B scaled")))
-    for key in [k for k in with_ if k.startswith("E ")]:
-        a, b = without.get(key, {}), with_[key]
-        assert isinstance(a, dict) and isinstance(b, dict)
+    rows = [
+        (f"{letter}. {name}", *(elapsed(side, key) for side in sides.values()))
+        for letter, name, key in (
+            ("B", "keyed", "B"),
+            ("B", "keyed, scaled", "B scaled"),
+            ("F", "slots", "F"),
+            ("G", "rate", "G"),
+        )
+    ]
+    last = list(sides.values())[-1]
+    for key in [k for k in last if k.startswith("E ")]:
+        runs = [side.get(key, {}) for side in sides.values()]
+        assert all(isinstance(x, dict) for x in runs)
         name = f"E, {int(key.split()[1]):,} backlog:"
         rows += [
-            (f"{name} quiet wait, longest", *(seconds(x.get("quiet_longest")) for x in (a, b))),
-            (f"{name} busy account vs floor", *(f"{x.get('hot_floor', 0):.0%}" for x in (a, b))),
-            (f"{name} in enqueue order", *(_yes(x.get("in_order")) for x in (a, b))),
-            (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in (a, b))),
-            (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in (a, b))),
+            (f"{name} quiet wait, longest", *(seconds(x.get("quiet_longest")) for x in runs)),
+            (f"{name} busy account vs floor", *(f"{x.get('hot_floor', 0):.0%}" for x in runs)),
+            (f"{name} in enqueue order", *(_yes(x.get("in_order")) for x in runs)),
+            (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in runs)),
+            (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in runs)),
         ]
-    head = f"{'':<40}{'without lines':>18}{'with lines':>18}"
-    title = "=== without the account lines (stock) vs with them (--atomic-claim), wake runner ==="
-    return "\n".join(["", title, head, *(f"{n:<40}{a:>18}{b:>18}" for n, a, b in rows)])
+    head = f"{'':<40}" + "".join(f"{name:>17}" for name in sides)
+    title = (
+        "=== stock pynenc vs the claim (account lines) on pynenc's SQLite connections vs the "
+        "claim on kept ones, wake runner ==="
+    )
+    body = [f"{row[0]:<40}" + "".join(f"{cell:>17}" for cell in row[1:]) for row in rows]
+    return "\n".join(["", title, head, *body])
 
 
 def _yes(value: object) -> str:

@@ -1,12 +1,13 @@
-"""One side of the bench's account-lines comparison: B, scaled B and E, in a process of its own.
+"""One side of the bench's comparison: B, scaled B, E (and F, G), in a process of its own.
 
-Run by tools/bench.py without the lines (stock pynenc) and with them (the atomic claim),
-each on fresh state and fresh wake-runner workers: every process of a deployment with the
-claim installs it, the one that enqueues too, so the two sides cannot share a process. A
+Run by tools/bench.py for stock pynenc (no lines, pynenc's SQLite connections), the atomic
+claim on pynenc's connections, and the claim on kept ones (keyclaim.keep_connections), each on
+fresh state and fresh wake-runner workers: every process of a deployment installs the same
+classes, the one that enqueues too, so the sides cannot share a process. A
 sampled E run leaves the rest of its backlog queued, which would run ahead of the next one's,
 so each E backlog after the first gets a process of its own (--no-b). By hand:
 
-    uv run python -m tools.bench_lines --claim 1 --backlogs 1000
+    uv run python -m tools.bench_lines --claim 1 --backlogs 1000 --limits
 
 It prints its figures as it goes, then one line `figures: {json}` for sample.py to compare.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 from demo import redis_server, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import free_port, stop_on_signals
-from demo.scenarios import SCENARIOS, Shape
+from demo.scenarios import LIMITED, SCENARIOS, Shape
 from demo.stack import FAILURES, Stack
 from tools.bench import ROUNDS, SCALED, backlogs
 
@@ -37,10 +38,12 @@ E_TIMEOUT = 600.0
 def figures(
     article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome]
 ) -> dict[str, object]:
-    """Median elapsed and floor of B and of scaled B, and each E run's figures, to compare."""
+    """Median elapsed and floor of B (and F, G) and of scaled B, and each E run's figures."""
     found: dict[str, object] = {}
-    if article and scaled is not None:
-        found["B"] = [statistics.median(o.elapsed for o in article), article[0].floor]
+    for letter in sorted({o.scenario.letter for o in article}):
+        mine = [o for o in article if o.scenario.letter == letter]
+        found[letter] = [statistics.median(o.elapsed for o in mine), mine[0].floor]
+    if scaled is not None:
         found["B scaled"] = [scaled.elapsed, scaled.floor]
     for o in noisy:
         assert o.neighbours is not None
@@ -69,14 +72,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=whole, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
     parser.add_argument(
+        "--connections",
+        choices=("kept", "pynenc"),
+        default="kept",
+        help="SQLite's connections: kept (keyclaim.keep_connections) or pynenc's own",
+    )
+    parser.add_argument("--limits", action="store_true", help="F and G too (with --claim 1)")
+    parser.add_argument(
         "--slots",
         action="store_true",
         help=f"E on tasks.py's call_slots (up to {settings.SLOTS} in flight per account; "
         "with --claim 1): the quiet accounts' wait beside a busy account at its limit",
     )
     args = parser.parse_args(argv)
-    if args.slots and args.claim != "1":
-        parser.error("--slots needs --claim 1: N per account is the claim's")
+    if (args.slots or args.limits) and args.claim != "1":
+        parser.error("--slots and --limits need --claim 1: N per account is the claim's")
     with tempfile.TemporaryDirectory(prefix="bench-lines-", ignore_cleanup_errors=True) as tmp:
         return side(args, Path(tmp))
 
@@ -91,13 +101,16 @@ def side(args: argparse.Namespace, folder: Path) -> int:
         "DEMO_ATOMIC_CLAIM": args.claim,
         "DEMO_RUNNER": "wake",
         "DEMO_LOG_LEVEL": "warning",
+        "DEMO_SQLITE_CONNECTIONS": args.connections,
     }
     if args.backend == "redis":
         env["REDIS_URL"] = redis_server.private_url()
     os.environ.update(env)  # this process enqueues: its app is built like the workers'
     view = show.View(charts=False)
-    side = "with the lines (--atomic-claim)" if args.claim == "1" else "without the lines (stock)"
+    side = "with the lines (--atomic-claim)" if args.claim == "1" else "without the lines"
+    side += f", {args.connections}'s SQLite connections".replace("kept's", "kept")
     names = ([] if args.no_b else ["B", "scaled B"]) + [f"E at {n:,}" for n in args.backlogs]
+    names += ["F", "G"] if args.limits and not args.no_b else []
     part = ", ".join(names)
     print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
     article: list[Outcome] = []
@@ -113,7 +126,8 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 )
             if not args.no_b:
                 shape = Shape(hold=args.hold, workers=args.workers)
-                article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])
+                chosen = [keyed, *(LIMITED if args.limits else [])]
+                article = show.rounds(s, shape, args.rounds, 60, view, True, chosen)
                 print(report.efficiency(article))
                 size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
                 scaled = show.scenario(
