@@ -84,17 +84,12 @@ WORKERS: dict[str, tuple[type[Announced], type[Announced], dict[str, object]]] =
 CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner, by DEMO_RUNNER
 
 
-def _idle() -> float:
-    return 2 * settings.runner_sleep()  # the same idle cadence as ThreadRunner's two sleeps
-
-
 def for_claim() -> dict[str, object]:
     """keyclaim.install's runner arguments for DEMO_RUNNER."""
     runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
     return {
         "runner": runner,
         "drain_deadline": settings.drain_deadline(),
-        "idle": _idle(),
         "connections": settings.get("DEMO_SQLITE_CONNECTIONS"),
     }
 
@@ -104,7 +99,7 @@ def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
     pynenc's others. Called after keyclaim.install, whose runner it derives from."""
     name = settings.get("DEMO_RUNNER")
     if name == "wake" and not claim:
-        builder = keyclaim.use_runner(builder, "wake", settings.drain_deadline(), _idle())
+        builder = keyclaim.use_runner(builder, "wake", settings.drain_deadline())
     plain, claiming, extra = WORKERS[name]
     return builder.custom_config(runner_cls=(claiming if claim else plain).__name__, **extra)
 

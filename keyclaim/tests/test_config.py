@@ -227,3 +227,18 @@ def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_b
     # Below @app.task, it would be given the plain function: said in one line.
     with pytest.raises(keyclaim.Refused, match="put @keyclaim.limit above @app.task"):
         keyclaim.limit(slots=2)(lambda account_id: account_id)
+
+
+def test_a_wake_runners_idle_wait_grows_with_the_fleet(tmp_path: Path) -> None:
+    """While nothing finishes, each of N live runners waits N x idle: the fleet looks at the
+    queue about as often as one runner would (the article's D keeps collapsing with several
+    workers). Checked by mutation: without the fleet's count, the wait stayed at idle and this
+    failed."""
+    app = built(tmp_path, runner="wake", idle=0.04)
+    runner = app.runner
+    runner._on_start()
+    assert runner.idle_wait() == pytest.approx(0.04)  # no live runner yet: this one alone
+    app.orchestrator.register_runner_heartbeats([unique("runner") for _ in range(3)], True)
+    assert runner.idle_wait() == pytest.approx(0.04)  # counted every 2 s, not on each loop
+    runner.counted_at = float("-inf")
+    assert runner.idle_wait() == pytest.approx(0.12)

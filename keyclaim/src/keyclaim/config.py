@@ -32,12 +32,12 @@ KEEP_KEY = "keep_sqlite_connections"  # False: the claim opens connections as py
 # Keys of the library's own in pynenc's configuration (pynenc keeps keys it does not know).
 LONGEST_CALL_KEY = "atomic_claim_longest_call_sec"  # the longest a call stays in flight
 DEADLINE_KEY = "drain_deadline_sec"  # how long a stopping runner waits for its calls
-IDLE_KEY = "wake_runner_idle_sec"  # how long the wake runner waits when nothing finishes
+IDLE_KEY = "wake_runner_idle_sec"  # how often the wake runners' fleet looks for new work
 SELECTED = "keyclaim_selects_"  # + orchestrator_cls / runner_cls: what install selected
 BEATS_PER_WINDOW = 4  # what install() asks for
 FEWEST_BEATS = 3  # what the check accepts: one lost beat must not look like a death
 DEFAULT_DEADLINE = 12.0
-DEFAULT_IDLE = 0.2
+DEFAULT_IDLE = 0.1  # shorter picks a burst up mid-way under load: keyclaim.wake
 
 
 def runner_config(
