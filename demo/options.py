@@ -115,7 +115,6 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "DEMO_DEAD_AFTER": str(args.dead_after),
         "DEMO_CALL_TIMEOUT": str(args.call_timeout),
         "DEMO_RUNNER": args.runner,
-        "DEMO_HOSTS": "1" if args.hosts else "0",
         # Readiness checks that the API answering is this run's, never a stale one.
         "DEMO_API_INSTANCE": secrets.token_hex(8),
     }
@@ -125,11 +124,11 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def setup_line(args: argparse.Namespace, runner: str) -> str | None:
-    """One line on what runs the scenarios, unless it is the article's one ThreadRunner."""
-    if not (args.workers > 1 or args.atomic_claim or args.hosts or runner != "thread"):
+def setup_line(args: argparse.Namespace, runner: str, where: str = "") -> str | None:
+    """One line on what runs the scenarios (`where`: tools/stress.py's hosts), unless it is the
+    article's one ThreadRunner."""
+    if not (args.workers > 1 or args.atomic_claim or where or runner != "thread"):
         return None
     claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
-    where = ", each from its own copy of the project" if args.hosts else ""
     kind = "" if runner == "thread" else f" ({runner} runner)"
     return f"--- {args.backend}, {args.workers} worker(s){kind}{where}; atomic claim {claim}"

@@ -130,8 +130,6 @@ KNOBS: dict[str, Knob] = {
     # Which runner a worker is: the article's "thread", "wake" (docs/speed.md),
     # or pynenc's "multi-thread" or "process" (docs/scale-out.md); demo/runners.py.
     "DEMO_RUNNER": Knob("thread", _choice(*RUNNER_NAMES)),
-    # "1": sample.py starts each worker from its own copy of the project (--hosts).
-    "DEMO_HOSTS": Knob("0", _choice("0", "1")),
 }
 DEFAULTS: dict[str, str] = {name: knob.default for name, knob in KNOBS.items()}
 

@@ -11,8 +11,7 @@ from demo import lanes, progress, report, run, settings
 from demo.monitor import timeline_url
 from demo.outcome import Outcome
 from demo.provider import Provider
-from demo.scenarios import DEFAULT, Scenario, Shape
-from demo.stack import Stack
+from demo.scenarios import Scenario, Shape
 
 
 @dataclass(frozen=True)
@@ -70,52 +69,6 @@ def scenario(
         if view.charts:
             print(lanes.render(outcome.timeline), flush=True)
     return outcome
-
-
-def rounds(
-    stack: Stack,
-    shape: Shape,
-    rounds: int,
-    timeout: float,
-    view: View,
-    quiet: bool = False,
-    chosen: list[Scenario] = DEFAULT,
-) -> list[Outcome]:
-    """The chosen scenarios (the article's four), in order, `rounds` times, on the stack's
-    API and workers.
-
-    Each is shown as scenario() shows it: in the first round, and in any round where it broke a
-    promise (quiet: only there). After each of several rounds, one line sums the round up. A
-    worker or the API that dies stops it at once (stack.check), unless a dead worker is
-    replaced; every scenario runs to the end otherwise, whatever it found. It returns every
-    outcome, in the order run; the verdict is the caller's.
-    """
-    outcomes: list[Outcome] = []
-    for round_no in range(1, rounds + 1):
-        this_round = []
-        for each in chosen:
-            stack.where = f"round {round_no}, {each.letter}. {each.key}"
-            label = f"{each.letter}. {each.key}"
-            if rounds > 1:
-                label = f"round {round_no}/{rounds}, {label}"
-            quiet_now = quiet or round_no > 1
-            this_round.append(
-                scenario(
-                    each,
-                    shape,
-                    stack.provider,
-                    stack.tasks,
-                    timeout,
-                    view,
-                    label,
-                    stack.check,
-                    quiet_now,
-                )
-            )
-        outcomes += this_round
-        if rounds > 1:
-            print(f"round {round_no}/{rounds}: {report.one_line(this_round)}", flush=True)
-    return outcomes
 
 
 def monitor_command(env: Mapping[str, str]) -> str:

@@ -12,7 +12,6 @@ sample.py runs the demo on one; the tests start their API and workers through on
 
 import functools
 import importlib
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Mapping
@@ -105,7 +104,6 @@ class Stack:
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
     env: the settings the children are built from (demo/options.py), on top of this process's.
-    hosts: start each worker from its own copy of the project, as on a machine of its own.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
     """
 
@@ -115,13 +113,12 @@ class Stack:
         log_dir: Path,
         *,
         ready_timeout: float = 30.0,
-        hosts: bool = False,
         private_redis: bool = False,
         cwd: Path | None = None,
     ) -> None:
         self.env = dict(env)
         self.log_dir, self.ready_timeout, self.cwd = log_dir, ready_timeout, cwd
-        self.hosts, self.private_redis = hosts, private_redis
+        self.private_redis = private_redis
         self.started: list[Child] = []  # every child ever started: all are stopped at the end
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
@@ -279,7 +276,7 @@ class Stack:
         log = self.log_dir / (
             f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
         )
-        cwd = self._separate_host(number) if self.hosts else self.cwd
+        cwd = self.worker_cwd(number)
         env = {**self.env, **(env or {})}
         # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
         drain = float(env.get("DEMO_CALL_TIMEOUT") or settings.get("DEMO_CALL_TIMEOUT"))
@@ -289,14 +286,9 @@ class Stack:
         self.workers.append(child)
         return child
 
-    def _separate_host(self, number: int) -> Path:
-        """A copy of the project for worker `number`, as if it ran on a machine of its own."""
-        host = (self.log_dir / "hosts" / f"host-{number}").resolve()
-        shutil.rmtree(host, ignore_errors=True)
-        host.mkdir(parents=True)
-        shutil.copy2(ROOT / "tasks.py", host / "tasks.py")
-        shutil.copytree(ROOT / "demo", host / "demo", ignore=shutil.ignore_patterns("__pycache__"))
-        return host
+    def worker_cwd(self, number: int) -> Path | None:
+        """Where worker `number` starts (tools/stress.py --hosts: a copy of the project)."""
+        return self.cwd
 
     def _redis(self) -> None:
         """The Redis this run keeps its state in: a private one if asked, usable by the claim."""

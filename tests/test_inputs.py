@@ -254,7 +254,7 @@ def test_a_number_in_a_flag_takes_ascii_digits_only(
     plain float() in number: each makes the test fail (--port parsed as 8765; --workers,
     --rounds, --accounts, --ops, --backlog, --bench-accounts; --hold, --timeout)."""
     with pytest.raises(SystemExit) as exited:
-        (bench_args if argv[0].startswith("--bench") else sample.parse_args)(argv)
+        (bench_args if argv[0].startswith(("--bench", "--rounds")) else sample.parse_args)(argv)
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {argv[0]}: {argv[1]!r}: expected" in err, err

@@ -39,6 +39,7 @@ from demo.processes import (
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from helpers import children_of, cmdline, process_state, unique, user_env, wait_final
+from tools import stress
 
 DEADLINE = 60.0
 
@@ -139,7 +140,7 @@ def test_a_signal_stops_the_demo_and_every_child(
 ) -> None:
     """Exit 128 + the signal's number, as a shell reports a command it stopped: 130 for
     Ctrl-C, 143 for SIGTERM."""
-    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
+    run = Running(sample_py("--hold", "2"), tmp_path)
     try:
         if moment == "mid-run":
             run.wait_for_line("=== A. ")
@@ -172,8 +173,8 @@ def test_ctrl_c_twice_to_the_process_group_stops_cleanly(tmp_path: Path) -> None
     and the design before this test (every signal raises, teardown outside the try: it
     failed every time here, as soon as the last Ctrl-C lands in the teardown).
     """
-    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port()), "--rounds", "50"]
-    run = Running([*argv, "--hold", "0.1"], tmp_path, new_session=True)
+    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port()), "--hold", "2"]
+    run = Running(argv, tmp_path, new_session=True)
     try:
         run.wait_for_line("=== A. ")
         tree = psutil.Process(run.proc.pid).children(recursive=True)
@@ -208,7 +209,7 @@ def running(proc: psutil.Process) -> bool:
 def test_a_child_that_dies_mid_run_is_reported_at_once(
     tmp_path: Path, name: str, marker: str
 ) -> None:
-    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
+    run = Running(sample_py("--hold", "2"), tmp_path)
     try:
         run.wait_for_line("=== A. ")
         kids = children_of(run.proc.pid)
@@ -669,8 +670,8 @@ def test_sample_never_deletes_a_database_a_running_worker_uses(
 
 @pytest.mark.parametrize(
     "script, args",
-    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (sample, ["--rounds", "0"])],
-    ids=["enqueue.py", "sample.py", "sample.py --rounds 0"],
+    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (stress, ["--rounds", "0"])],
+    ids=["enqueue.py", "sample.py", "tools.stress --rounds 0"],
 )
 def test_unknown_input_prints_usage_and_exits_2(
     script: ModuleType, args: list[str], capsys: pytest.CaptureFixture[str]

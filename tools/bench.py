@@ -18,12 +18,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import sample
 from demo import options, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import Child, start_child, stop_children, wait_until
 from demo.scenarios import DEFAULT, Scenario, Shape
 from demo.stack import ROOT, Stack
+from tools import stress as sample
 
 ROUNDS = 5
 SCALED = Shape(accounts=30, ops=4, hold=0.1)

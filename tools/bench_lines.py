@@ -27,6 +27,7 @@ from demo.outcome import Outcome
 from demo.processes import free_port, stop_on_signals
 from demo.scenarios import SCENARIOS, Shape
 from demo.stack import FAILURES, Stack
+from tools import stress
 from tools.bench import ROUNDS, SCALED, backlogs
 
 E_HOLD = 0.1  # as the scaled run's
@@ -113,7 +114,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 )
             if not args.no_b:
                 shape = Shape(hold=args.hold, workers=args.workers)
-                article = show.rounds(s, shape, args.rounds, 60, view, True, [keyed])
+                article = stress.rounds(s, shape, args.rounds, 60, view, True, [keyed])
                 print(report.efficiency(article))
                 size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
                 scaled = show.scenario(
@@ -124,7 +125,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
                 label = f"E, a backlog of {backlog}"
                 runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
-            if counted := report.claims(s.tasks.app):
+            if counted := stress.claims(s.tasks.app):
                 print(counted, flush=True)
         except KeyboardInterrupt:
             return 130
