@@ -13,6 +13,7 @@ a reset, which starts the next scenario, clears them and forgets the keys.
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -235,18 +236,13 @@ async def report() -> dict[str, object]:
             for name, a in sorted(state.accounts.items())
         }
         quota = state.quota
+    counts = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts", "in_flight")
     return {
         "label": state.label,
         "hold": state.hold,
-        "quota": {"slots": quota.slots, "rate": quota.rate, "per": quota.per},
+        "quota": dataclasses.asdict(quota),
         "accounts": per_account,
-        "calls": sum(a["calls"] for a in per_account.values()),
-        "collisions": sum(a["collisions"] for a in per_account.values()),
-        "fenced": sum(a["fenced"] for a in per_account.values()),
-        "throttled": sum(a["throttled"] for a in per_account.values()),
-        "replayed": sum(a["replayed"] for a in per_account.values()),
-        "conflicts": sum(a["conflicts"] for a in per_account.values()),
-        "in_flight": sum(a["in_flight"] for a in per_account.values()),
+        **{count: sum(a[count] for a in per_account.values()) for count in counts},
         "peak_in_flight": max((a["peak_in_flight"] for a in per_account.values()), default=0),
     }
 
@@ -255,13 +251,7 @@ async def report() -> dict[str, object]:
 async def timeline() -> dict[str, object]:
     """Every call since the last reset: seconds from the reset to its start and end."""
     async with lock:
-        calls = [
-            {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
-            | {"collided": c.collided, "fenced": c.fenced, "token": c.token, "slot": c.slot}
-            | {"throttled": c.throttled, "key": c.key, "replayed": c.replayed}
-            | {"conflict": c.conflict}
-            for c in state.calls
-        ]
+        calls = [dataclasses.asdict(c) for c in state.calls]
     return {"label": state.label, "hold": state.hold, "calls": calls}
 
 

@@ -77,11 +77,6 @@ class Account:
     def in_flight(self) -> int:
         return len(self.live)
 
-    @property
-    def newest_token(self) -> int | None:
-        """Slot 0's newest token: with one call per account, the account's."""
-        return self.newest.get(0)
-
     def arrive(self, record: Call, quota: Quota, keyed: Keyed | None = None) -> None:
         """Count a call as it arrives: fenced if its token is stale for its slot; replayed or a
         conflict if its key's call was applied or is in flight; throttled if the rate is spent;

@@ -85,7 +85,9 @@ CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner,
 
 
 def _idle() -> float:
-    return 2 * settings.runner_sleep()  # the same idle cadence as ThreadRunner's two sleeps
+    return 2 * settings.seconds(
+        "DEMO_RUNNER_SLEEP"
+    )  # the same idle cadence as ThreadRunner's two sleeps
 
 
 def for_claim() -> dict[str, object]:

@@ -232,21 +232,9 @@ def get(name: str) -> str:
     return os.environ.get(name, DEFAULTS[name])
 
 
-def value(name: str) -> object:
-    """The knob's value, parsed by its own rule."""
-    return KNOBS[name].parse(get(name))
-
-
-def dead_after() -> float:
-    return float(value("DEMO_DEAD_AFTER"))  # type: ignore[arg-type]
-
-
-def runner_sleep() -> float:
-    return float(value("DEMO_RUNNER_SLEEP"))  # type: ignore[arg-type]
-
-
-def call_timeout() -> float:
-    return float(value("DEMO_CALL_TIMEOUT"))  # type: ignore[arg-type]
+def seconds(name: str) -> float:
+    """A knob in seconds (DEMO_CALL_TIMEOUT, ...), parsed by its own rule."""
+    return float(KNOBS[name].parse(get(name)))  # type: ignore[arg-type]
 
 
 # A stopping worker waits this much longer than a call can take: its final status writes.
@@ -255,7 +243,7 @@ DRAIN_MARGIN_SECONDS = 2.0
 
 def drain_deadline() -> float:
     """How long a stopping worker lets its calls finish before it exits holding them."""
-    return call_timeout() + DRAIN_MARGIN_SECONDS
+    return seconds("DEMO_CALL_TIMEOUT") + DRAIN_MARGIN_SECONDS
 
 
 def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:

@@ -197,17 +197,6 @@ class Stack:
         self._wait_ready(fresh, earlier)
         return fresh
 
-    def replace_workers(self, **changes: str) -> None:
-        """Stop the live workers and start as many fresh ones with `changes` in their
-        environment (--bench: the next runner), on the same API and state. Their crash list
-        starts empty."""
-        earlier, count = self.runner_ids(), len(self.workers)
-        self.stop(self.workers)
-        self.env.update(changes)
-        self.crashes = []
-        fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
-        self._wait_ready(fresh, earlier)
-
     def check(self) -> None:
         """Called on every poll: the API must live; a worker that dies is reported at once.
 

@@ -100,7 +100,7 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
     live_api.reset("test", hold=0.0)
     stack.tasks.app.broker.purge()
     yield live_api
-    live_api.resume()
+    live_api.request("POST", "/resume")
     end_leftovers(stack.tasks.app)
 
 

@@ -38,7 +38,7 @@ from demo.processes import (
 )
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
-from helpers import children_of, cmdline, process_state, unique, user_env, wait_final
+from helpers import children_of, cmdline, paused, process_state, unique, user_env, wait_final
 from tools import stress
 
 DEADLINE = 60.0
@@ -513,7 +513,7 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
             text=True,
         )
         try:
-            with provider.paused():  # the first run's calls stay in flight meanwhile
+            with paused(provider):  # the first run's calls stay in flight meanwhile
                 wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first calls")
                 second = enqueue_on(db, provider, "drop")
             out, err = first.communicate(timeout=DEADLINE)
@@ -565,7 +565,7 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
     port = provider.base_url.rsplit(":", 1)[1]
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
     env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
-    with workers_on(db, tmp_path) as (worker,), provider.paused():
+    with workers_on(db, tmp_path) as (worker,), paused(provider):
         run = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -608,7 +608,7 @@ def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
     env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
     calls_outlast = {"DEMO_CALL_TIMEOUT": f"{DEADLINE:g}"}
-    with workers_on(db, tmp_path, **calls_outlast) as (worker,), provider.paused():
+    with workers_on(db, tmp_path, **calls_outlast) as (worker,), paused(provider):
         run = subprocess.Popen(
             argv,
             cwd=ROOT,

@@ -21,6 +21,7 @@ call times out after 2 s. docs/faults.md has the tables this printed.
 """
 
 import argparse
+import contextlib
 import glob
 import os
 import secrets
@@ -29,12 +30,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo import redis_server, settings
 from demo.processes import Child, free_port, stop_on_signals, wait_until
+from demo.provider import Provider
 from demo.stack import FAILURES, Stack
 
 OPS = ("op1", "op2", "op3", "op4")
@@ -82,6 +84,17 @@ def deploy(run: FaultRun) -> None:
     add_worker(run.stack)
 
 
+@contextlib.contextmanager
+def paused(provider: Provider, account_id: str | None = None) -> Iterator[None]:
+    """Calls (or only this account's) stay in flight inside the block, however long their hold,
+    and end once it is left, whatever happens (api_server.py's /pause and /resume)."""
+    provider.request("POST", "/pause", **({} if account_id is None else {"account_id": account_id}))
+    try:
+        yield
+    finally:
+        provider.request("POST", "/resume")
+
+
 def kill(run: FaultRun) -> None:
     os.killpg(run.victim.proc.pid, signal.SIGKILL)
     run.victim.proc.wait(DEADLINE)
@@ -92,7 +105,7 @@ def kill_while_served(run: FaultRun) -> None:
     """The provider goes on serving the cut call until the account's next call arrives; the
     victim's replacement starts after that: booted under the pause, it held the next call
     past its own timeout on a loaded machine, a failure the harness made."""
-    with run.stack.provider.paused(run.account):
+    with paused(run.stack.provider, run.account):
         os.killpg(run.victim.proc.pid, signal.SIGKILL)
         run.victim.proc.wait(DEADLINE)
         run.successor()
@@ -110,7 +123,7 @@ def stall(run: FaultRun) -> None:
 def stall_while_served(run: FaultRun) -> None:
     os.kill(run.victim.proc.pid, signal.SIGSTOP)
     try:
-        with run.stack.provider.paused(run.account):
+        with paused(run.stack.provider, run.account):
             run.successor()
     finally:
         os.kill(run.victim.proc.pid, signal.SIGCONT)
@@ -118,7 +131,7 @@ def stall_while_served(run: FaultRun) -> None:
 
 def slow_call(run: FaultRun) -> None:
     """The provider serves the call past its timeout, until the account's next call."""
-    with run.stack.provider.paused(run.account):
+    with paused(run.stack.provider, run.account):
         run.successor()
 
 

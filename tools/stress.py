@@ -65,7 +65,22 @@ def main(argv: list[str] | None = None) -> int:
     return run(args, lambda stack, view: play(args, stack, view, args.runner)[0])
 
 
-class SeparateHosts(Stack):
+class Rounds(Stack):
+    """sample.py's stack, whose workers the bench replaces with another runner's."""
+
+    def replace_workers(self, **changes: str) -> None:
+        """Stop the live workers and start as many fresh ones with `changes` in their
+        environment (tools/bench.py: the next runner), on the same API and state. Their crash list
+        starts empty."""
+        earlier, count = self.runner_ids(), len(self.workers)
+        self.stop(self.workers)
+        self.env.update(changes)
+        self.crashes = []
+        fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
+        self._wait_ready(fresh, earlier)
+
+
+class SeparateHosts(Rounds):
     """A stack whose workers each start from a copy of the project, as on machines of their own."""
 
     def worker_cwd(self, number: int) -> Path:
@@ -79,7 +94,7 @@ class SeparateHosts(Stack):
 
 def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> int:
     """sample.run, on separate hosts with --hosts."""
-    return sample.run(args, body, SeparateHosts if args.hosts else Stack)
+    return sample.run(args, body, SeparateHosts if args.hosts else Rounds)
 
 
 def play(
