@@ -89,12 +89,11 @@ def run(
     env = options.environment(args)
     log_dir = Path(settings.get("DEMO_LOG_DIR"))
     stack = make(env, log_dir, ready_timeout=args.ready_timeout, private_redis=private_redis)
-    command = None if private_redis else show.monitor_command(env)
+    command = None if private_redis else settings.command("pynenc monitor", env)
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
         try:
-            windows = (args.dead_after, args.call_timeout)
-            preflight(args.host, args.port, args.backend, args.db, args.atomic_claim, windows)
+            preflight(args)
             # The one place this process's settings change: the stack then imports tasks.py,
             # which builds this process's app from them as the children build theirs.
             os.environ.update(env)

@@ -17,6 +17,8 @@ from demo.provider import Provider
 from demo.scenarios import Scenario, Shape
 
 POLL_SECONDS = 0.02
+# The provider's counts of a scenario, as its report and an Outcome both name them.
+COUNTS = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts")
 
 
 @dataclass
@@ -155,12 +157,7 @@ def scenario(
         enqueued=len(payloads),
         invocations=len(ids),
         statuses=Counter(s.value for s in statuses.values()),
-        calls=report["calls"],
-        collisions=report["collisions"],
-        fenced=report["fenced"],
-        throttled=report["throttled"],
-        replayed=report["replayed"],
-        conflicts=report["conflicts"],
+        **{count: report[count] for count in COUNTS},
         per_account=dict(report["accounts"]),
         elapsed=elapsed,
         timeline=timeline,

@@ -52,20 +52,17 @@ class Shape:
         return (max(max(each.values()), waves) if scenario.keyed else waves) * self.hold
 
 
-def every_op(shape: Shape) -> list[dict[str, str]]:
+def every_op(shape: Shape, factor: int = 1) -> list[dict[str, str]]:
     """Account by account, as the article does: every op for acme, then for globex, ..."""
-    ops = settings.op_names(shape.ops)
+    ops = settings.op_names(shape.ops * factor)
     return [
         {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
     ]
 
 
 def limited_ops(shape: Shape) -> list[dict[str, str]]:
-    """F and G: account by account, as the article does, twice the ops (8 by default)."""
-    ops = settings.op_names(shape.ops * settings.LIMITED_OPS_FACTOR)
-    return [
-        {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
-    ]
+    """F and G: the same, twice the ops (8 by default)."""
+    return every_op(shape, settings.LIMITED_OPS_FACTOR)
 
 
 def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: int) -> float:

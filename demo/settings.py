@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -263,6 +263,19 @@ def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:
 def slots_per_worker(runner: str) -> int:
     """How many calls one worker of this runner runs at once, for the floor."""
     return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)
+
+
+def command(program: str, env: Mapping[str, str], shared: tuple[str, ...] = ()) -> str:
+    """The line that runs `program` (a worker, the monitor) on the state env names, on top of
+    this process's settings, with each of `shared` that is not its default."""
+    value = {n: env.get(n) or get(n) for n in ("DEMO_BACKEND", "REDIS_URL", "DEMO_DB", *shared)}
+    if value["DEMO_BACKEND"] == "redis":
+        named = ["DEMO_BACKEND=redis", f"REDIS_URL={value['REDIS_URL']}"]
+        uv = "uv run --isolated --group redis"
+    else:
+        named, uv, shared = [], "uv run", ("DEMO_DB", *shared)
+    named += [f"{n}={value[n]}" for n in shared if value[n] != DEFAULTS[n]]
+    return " ".join([*named, uv, program])
 
 
 def api_url() -> str:

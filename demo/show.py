@@ -3,11 +3,11 @@
 A progress line while one runs, then its summary, its link into the monitor and its chart.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from demo import lanes, progress, report, run, settings
+from demo import lanes, progress, report, run
 from demo.monitor import timeline_url
 from demo.outcome import Outcome
 from demo.provider import Provider
@@ -69,15 +69,3 @@ def scenario(
         if view.charts:
             print(lanes.render(outcome.timeline), flush=True)
     return outcome
-
-
-def monitor_command(env: Mapping[str, str]) -> str:
-    """How to open the monitor on a run's state, which stays where sample.py left it."""
-    command = "uv run pynenc monitor"
-    if env.get("DEMO_BACKEND") == "redis":
-        url = env["REDIS_URL"]
-        return f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis pynenc monitor"
-    db = env.get("DEMO_DB", settings.DEFAULTS["DEMO_DB"])
-    if db != settings.DEFAULTS["DEMO_DB"]:
-        command = f"DEMO_DB={db} {command}"
-    return command

@@ -10,6 +10,7 @@ sample.py runs the demo on one; the tests start their API and workers through on
         ...                             # stack.tasks is this process's tasks.py
 """
 
+import argparse
 import functools
 import importlib
 import sys
@@ -51,17 +52,12 @@ class RunRefused(Exception):
         self.code = code
 
 
-def preflight(
-    host: str,
-    port: int,
-    backend: str,
-    db: str,
-    claim: bool,
-    windows: tuple[float, float] = (15.0, 10.0),
-) -> None:
+def preflight(args: argparse.Namespace) -> None:
     """Raise RunRefused, before anything starts, for a busy port (1), a database SQLite cannot
     create or a file that is not this demo's database to delete (2), or an atomic claim on a
-    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2)."""
+    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2):
+    sample.py's flags, args."""
+    host, port, backend, db, claim = args.host, args.port, args.backend, args.db, args.atomic_claim
     if port_in_use(host, port):
         raise RunRefused(
             f"port {port} on {host} is already in use, maybe by an API left running "
@@ -79,7 +75,7 @@ def preflight(
             keyclaim.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
-    if claim and (why := settings.claim_window_problem(*windows)):
+    if claim and (why := settings.claim_window_problem(args.dead_after, args.call_timeout)):
         raise RunRefused(f"--atomic-claim: {why}", 2)
 
 

@@ -32,18 +32,10 @@ def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
     """Where the workers should be, and the command that starts one there: with this
     terminal's settings that differ from the defaults (api: the API's address, as its flags
     say), so that it runs as this one expects."""
-    runner = "pynenc --app tasks.app runner start"
-    value = {n: api.get(n) or settings.get(n) for n in SHARED}
-    named = [f"{n}={value[n]}" for n in SHARED if value[n] != settings.DEFAULTS[n]]
+    start = settings.command("pynenc --app tasks.app runner start", api, SHARED)
     if settings.get("DEMO_BACKEND") == "redis":
-        url = settings.get("REDIS_URL")
-        named = ["DEMO_BACKEND=redis", f"REDIS_URL={url}", *named]
-        return f"the Redis at {url}", " ".join(
-            [*named, f"uv run --isolated --group redis {runner}"]
-        )
-    db = settings.get("DEMO_DB")
-    named = ([] if db == settings.DEFAULTS["DEMO_DB"] else [f"DEMO_DB={db}"]) + named
-    return db, " ".join([*named, f"uv run {runner}"])
+        return f"the Redis at {settings.get('REDIS_URL')}", start
+    return settings.get("DEMO_DB"), start
 
 
 def no_worker(api: Mapping[str, str], why: str = "") -> str:
