@@ -170,8 +170,8 @@ class Stack:
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
         fresh = [self._spawn_worker() for _ in range(workers)]
-        # The children boot while this process imports tasks.py (runner_ids) and polls.
-        self._wait_ready(fresh, earlier=frozenset())
+        # The children boot while this process imports tasks.py (workers_up) and polls.
+        self._wait_ready(fresh)
 
     @staticmethod
     def _refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
@@ -188,9 +188,8 @@ class Stack:
     def add_workers(self, count: int = 1, env: Mapping[str, str] | None = None) -> list[Child]:
         """`count` more workers, with `env` on top of the stack's; back once each has sent its
         first heartbeat (runners alive before do not count)."""
-        earlier = self.runner_ids()
         fresh = [self._spawn_worker(env=env) for _ in range(count)]
-        self._wait_ready(fresh, earlier)
+        self._wait_ready(fresh)
         return fresh
 
     def check(self) -> None:
@@ -231,10 +230,6 @@ class Stack:
         assert self.api is not None, "the API was never started"
         self.api.log.flush()
         return self.api.log_path.read_text(errors="replace").strip()
-
-    def runner_ids(self) -> frozenset[str]:
-        """The runners with a live heartbeat in pynenc's orchestrator."""
-        return frozenset(r.runner_id for r in self.tasks.app.orchestrator.get_active_runners())
 
     def stop(self, children: list[Child] | None = None) -> None:
         """Stop these children (by default every one started); a stop signal waits meanwhile."""
@@ -288,17 +283,17 @@ class Stack:
         if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
-    def workers_up(self, fresh: list[Child], earlier: frozenset[str]) -> bool:
+    def workers_up(self, fresh: list[Child]) -> bool:
         """Whether each fresh worker's runner has written its first heartbeat, under the pid
         it stored as it started (demo/runners.py): another runner's beat, on a store this
         process shares with others (a test's), is not one of ours coming up."""
-        beating = self.runner_ids() - earlier
-        state = self.tasks.app.state_backend
-        contexts = [state.get_runner_context(runner_id) for runner_id in beating]
+        app = self.tasks.app
+        beating = app.orchestrator.get_active_runners()
+        contexts = [app.state_backend.get_runner_context(r.runner_id) for r in beating]
         pids = {context.pid for context in contexts if context is not None}
         return {child.proc.pid for child in fresh} <= pids
 
-    def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:
+    def _wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""
         token = self.env.get("DEMO_API_INSTANCE", "")
 
@@ -315,7 +310,7 @@ class Stack:
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
         wait_until(
-            lambda: self.workers_up(fresh, earlier),
+            lambda: self.workers_up(fresh),
             self.ready_timeout,
             f"{len(fresh)} worker(s) to register as active runners",
             check=all_alive,

@@ -727,11 +727,11 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
     with stack:
         idle = [sys.executable, "-c", "import time; time.sleep(60)"]
         worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
-        assert not stack.workers_up([worker], frozenset())
+        assert not stack.workers_up([worker])
         mine = RunnerContext(runner_cls="ThreadWorker", pid=worker.proc.pid)
         app.state_backend.store_runner_context(mine)
         app.orchestrator.register_runner_heartbeats([mine.runner_id])
-        assert stack.workers_up([worker], frozenset())
+        assert stack.workers_up([worker])
 
 
 def test_a_worker_stores_its_pid_as_it_starts_not_with_its_first_call(tmp_path: Path) -> None:

@@ -72,12 +72,12 @@ class Rounds(Stack):
         """Stop the live workers and start as many fresh ones with `changes` in their
         environment (tools/bench.py: the next runner), on the same API and state. Their crash list
         starts empty."""
-        earlier, count = self.runner_ids(), len(self.workers)
+        count = len(self.workers)
         self.stop(self.workers)
         self.env.update(changes)
         self.crashes = []
         fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
-        self._wait_ready(fresh, earlier)
+        self._wait_ready(fresh)
 
 
 class SeparateHosts(Rounds):
