@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         # A worker still starting is waited for: it joins the fleet before its first beat.
         mixed = functools.partial(keyclaim.fleet_problem, tasks.app)
         try:
-            found = live.awaited(tasks.app, say, refused=mixed)
+            runners, why_none = live.awaited(tasks.app, say, refused=mixed)
         except KeyboardInterrupt:
             print(
                 "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
@@ -77,12 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         if why := mixed():  # its calls would break the claim
             print(f"enqueue.py: {why}", file=sys.stderr)
             return 2
-        if not found.runners:
+        if not runners:
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
-            print(f"enqueue.py: {terminals.no_worker(api, found.why_none)}", file=sys.stderr)
+            print(f"enqueue.py: {terminals.no_worker(api, why_none)}", file=sys.stderr)
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
-        shape = options.shape(args, workers=max(1, live.calling(found.runners)))
+        shape = options.shape(args, workers=max(1, live.calling(runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
             if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values()), api):

@@ -160,32 +160,27 @@ def _running(pid: int) -> bool:
         return False
 
 
-@dataclass
-class Awaited:
-    """What enqueue.py found on its state: the live runners, or why there are none yet."""
-
-    runners: list[Runner]
-    why_none: str = ""  # for a worker it saw starting: still starting, or gone
-
-
-def awaited(app: "Pynenc", say: Callable[[str], None], refused: Callable[[], object]) -> Awaited:
-    """The live runners; none yet but a worker starting: said in one line, then waited for,
-    up to STARTING_WITHIN seconds, until that worker is gone, or until refused() (a fleet
-    that refuses this process) says something."""
+def awaited(
+    app: "Pynenc", say: Callable[[str], None], refused: Callable[[], object]
+) -> tuple[list[Runner], str]:
+    """The live runners, and why there are none (for a worker seen starting: still starting, or
+    gone). None yet but a worker starting: said in one line, then waited for, up to
+    STARTING_WITHIN seconds, until that worker is gone, or until refused() (a fleet that
+    refuses this process) says something."""
     if (runners := in_app(app)) or not (pids := starting()):
-        return Awaited(runners)
+        return runners, ""
     say(f"a worker is starting (pid {pids[0]}): waiting up to {STARTING_WITHIN:g}s for it")
     deadline = time.monotonic() + STARTING_WITHIN
     while time.monotonic() < deadline and any(_running(pid) for pid in pids):
         if (runners := in_app(app)) or refused():
-            return Awaited(runners)
+            return runners, ""
         time.sleep(0.2)
     if runners := in_app(app):
-        return Awaited(runners)
+        return runners, ""
     worker = f"the worker that was starting (pid {pids[0]})"
     if any(_running(pid) for pid in pids):
-        return Awaited([], f"{worker} has not beaten after {STARTING_WITHIN:g}s")
-    return Awaited([], f"{worker} exited: its terminal says why")
+        return [], f"{worker} has not beaten after {STARTING_WITHIN:g}s"
+    return [], f"{worker} exited: its terminal says why"
 
 
 class NoWorkerLeft(Exception):

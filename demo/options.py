@@ -14,25 +14,13 @@ from demo.scenarios import Shape
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
     whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
-    shape = (
-        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
-        ("--ops", whole, len(settings.OPS), "M", "ops per account (default %(default)s)"),
-        (
-            "--hold",
-            number,
-            settings.HOLD_SECONDS,
-            "S",
-            "seconds the provider holds a call (default %(default)s)",
-        ),
-        (
-            "--backlog",
-            whole,
-            settings.BACKLOG,
-            "N",
-            "E's busy account: its calls (default %(default)s)",
-        ),
-    )
-    for flag, kind, default, metavar, help in shape:
+    for flag, kind, default, metavar, what in (
+        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts"),
+        ("--ops", whole, len(settings.OPS), "M", "ops per account"),
+        ("--hold", number, settings.HOLD_SECONDS, "S", "seconds the provider holds a call"),
+        ("--backlog", whole, settings.BACKLOG, "N", "E's busy account: its calls"),
+    ):
+        help = f"{what} (default %(default)s)"
         parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
     settings.add_option(
         parser,

@@ -118,7 +118,6 @@ class Stack:
         self.started: list[Child] = []  # every child ever started: all are stopped at the end
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
-        self.replace_dead = False
         self.crashes: list[str] = []
         self.where = ""  # what the run is doing, for a crash report
         self._lives: Counter[int] = Counter()
@@ -148,9 +147,7 @@ class Stack:
 
     def start(self, workers: int) -> None:
         """Fresh state, then the API and `workers` workers, booting side by side; back once the
-        API answers with this run's token and every worker has sent its first heartbeat.
-        With several workers, one that dies later is replaced (see check)."""
-        self.replace_dead = workers > 1
+        API answers with this run's token and every worker has sent its first heartbeat."""
         if self.setting("DEMO_BACKEND") == "redis":
             self._redis()
             # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
@@ -193,12 +190,9 @@ class Stack:
         return fresh
 
     def check(self) -> None:
-        """Called on every poll: the API must live; a worker that dies is reported at once.
-
-        With one worker, nothing is left to run the work and the run stops. With several, a
-        stress run measures N workers, so the dead one is replaced, as a supervisor would, and
-        the crash goes into the report.
-        """
+        """Called on every poll: the API must live; a worker that dies is reported at once, and
+        its crash goes into the report (replaced: tools/stress.py). With none left, the run
+        stops."""
         raise_if_stopping()
         if self.api is not None:
             self.api.check_alive()
@@ -210,10 +204,12 @@ class Stack:
                 print(f"\n{exc}", flush=True)
             error = worker.last_error() or f"exit code {worker.proc.returncode}"
             self.crashes.append(f"{worker.name} died during {self.where}: {error}")
-            if self.replace_dead:
-                self._spawn_worker(_number(worker))
+            self.replace(worker)
         if not self.workers:
             raise ChildDied("no worker is left to run the work")
+
+    def replace(self, dead: Child) -> None:
+        """What becomes of a dead worker: nothing here; the rounds start another."""
 
     def explain(self, exc: Exception) -> str:
         """A request that failed because a child died is best explained by the death."""
@@ -315,7 +311,3 @@ class Stack:
             f"{len(fresh)} worker(s) to register as active runners",
             check=all_alive,
         )
-
-
-def _number(worker: Child) -> int:
-    return int(worker.name.split()[-1])

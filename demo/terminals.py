@@ -39,7 +39,7 @@ def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
 
 
 def no_worker(api: Mapping[str, str], why: str = "") -> str:
-    """why: what became of a worker seen starting (live.Awaited)."""
+    """why: what became of a worker seen starting (live.awaited)."""
     where, start = state_and_start(api)
     why = why or f"none beat in the last {live.ALIVE_WITHIN:g}s from a process still running"
     return (

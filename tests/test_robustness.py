@@ -386,7 +386,7 @@ def test_a_worker_that_exits_while_starting_is_named_as_gone(
     tmp_path: Path, provider: Provider
 ) -> None:
     """A worker that dies before its first beat: enqueue.py says that worker exited, not
-    merely that none runs. Checked by mutation: with Awaited's reason left out, the line named
+    merely that none runs. Checked by mutation: with awaited's reason left out, the line named
     no exited worker and this test fails."""
     said, ended = enqueue_beside_a_held_worker(
         tmp_path, provider, {}, lambda worker, _: os.killpg(worker.proc.pid, signal.SIGKILL)

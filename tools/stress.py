@@ -22,6 +22,7 @@ import keyclaim
 import sample
 from demo import options, report, settings, show
 from demo.outcome import Outcome
+from demo.processes import Child
 from demo.scenarios import DEFAULT, Scenario, Shape
 from demo.stack import ROOT, Stack
 
@@ -66,7 +67,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class Rounds(Stack):
-    """sample.py's stack, whose workers the bench replaces with another runner's."""
+    """sample.py's stack, for the rounds: a worker that dies is replaced, as a supervisor would,
+    since the rounds measure N workers; the bench replaces them all with another runner's."""
+
+    several = False
+
+    def start(self, workers: int) -> None:
+        self.several = workers > 1  # one worker's death leaves nothing to measure: the run stops
+        super().start(workers)
+
+    def replace(self, dead: Child) -> None:
+        if self.several:
+            self._spawn_worker(int(dead.name.split()[-1]))
 
     def replace_workers(self, **changes: str) -> None:
         """Stop the live workers and start as many fresh ones with `changes` in their
