@@ -83,10 +83,6 @@ def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MA
     )
 
 
-def api_url(args: argparse.Namespace) -> str:
-    return f"http://{args.host}:{args.port}"
-
-
 def environment(args: argparse.Namespace) -> dict[str, str]:
     """What sample.py's API, workers and own app are built from: its flags, as the variables
     api_server.py and tasks.py read (demo/settings.py), and two values this run alone knows.

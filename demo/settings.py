@@ -278,18 +278,14 @@ def command(program: str, env: Mapping[str, str], shared: tuple[str, ...] = ()) 
     return " ".join([*named, uv, program])
 
 
-def api_url() -> str:
-    return f"http://{get('DEMO_API_HOST')}:{get('DEMO_API_PORT')}"
+def api_url(host: str | None = None, port: int | str | None = None) -> str:
+    return f"http://{host or get('DEMO_API_HOST')}:{port or get('DEMO_API_PORT')}"
 
 
 def account_names(count: int) -> list[str]:
     """The article's three accounts, then numbered ones when more are asked for."""
-    names = list(ACCOUNTS[:count])
-    names += [f"acct{i:03d}" for i in range(len(names), count)]
-    return names
+    return [*ACCOUNTS[:count], *(f"acct{i:03d}" for i in range(len(ACCOUNTS), count))]
 
 
 def op_names(count: int) -> list[str]:
-    names = list(OPS[:count])
-    names += [f"op{i:02d}" for i in range(len(names), count)]
-    return names
+    return [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]

@@ -143,7 +143,8 @@ class Stack:
 
     @functools.cached_property
     def provider(self) -> Provider:
-        return Provider(f"http://{self.setting('DEMO_API_HOST')}:{self.setting('DEMO_API_PORT')}")
+        host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
+        return Provider(settings.api_url(host, port))
 
     def start(self, workers: int) -> None:
         """Fresh state, then the API and `workers` workers, booting side by side; back once the
