@@ -107,9 +107,13 @@ def unfinished_hint(unfinished: dict[str, str]) -> str:
             f"no runner picked the work up ({len(unfinished)} invocations still registered). "
             "Start one with: uv run pynenc --app tasks.app runner start"
         )
-    counts = Counter(unfinished.values())
-    shown = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    shown = listed(Counter(unfinished.values()))
     return f"{len(unfinished)} invocations did not finish in time: {shown}"
+
+
+def listed(counts: Counter[str]) -> str:
+    """Statuses by count, the most common first: "3 running, 1 pending"."""
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
 def efficiency(outcomes: list[Outcome]) -> str:

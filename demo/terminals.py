@@ -4,11 +4,10 @@ No worker on its state, every worker gone mid-run, the workers calling another A
 a run that gives up leaves behind (found and ended by demo/leftovers.py).
 """
 
-from collections import Counter
 from collections.abc import Mapping
 from types import ModuleType
 
-from demo import leftovers, live, settings
+from demo import leftovers, live, report, settings
 from demo.scenarios import Scenario
 
 NO_WORKER_EXIT = 3  # enqueue.py's exit code when no worker runs, or none is left
@@ -66,10 +65,6 @@ def elsewhere(url: str) -> str:
     )
 
 
-def listed(counts: Counter[str]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
-
-
 def earlier_run_left(
     tasks: ModuleType, scenarios: list[Scenario], api: Mapping[str, str]
 ) -> str | None:
@@ -81,7 +76,7 @@ def earlier_run_left(
     where, _ = state_and_start(api)
     return (
         f"{left.total()} invocations of an earlier run are still unfinished on {where} "
-        f"({listed(left)}); they would run inside this one. Wait until the workers have run "
+        f"({report.listed(left)}); they would run inside this one. Wait until the workers have run "
         "them, or give this run a state of its own (DEMO_DB=other.db, and a worker on it)"
     )
 
@@ -92,5 +87,5 @@ def cancel_unpicked(tasks: ModuleType, scenario: Scenario, workers_left: bool = 
     cancelled = leftovers.cancel(tasks, scenario.task, workers_left)
     said = f"{cancelled} invocations no worker had picked up are cancelled (never to run)"
     if left := leftovers.unfinished(tasks, {scenario.task}, leftovers.UNFINISHED):
-        said += f"; left as they are: {listed(left)}"
+        said += f"; left as they are: {report.listed(left)}"
     return said
