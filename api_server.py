@@ -166,11 +166,10 @@ async def call_malformed(malformed: str) -> dict[str, str]:
     return {"detail": CALL_SHAPE}
 
 
-def _owned_by_another(run_id: str | None) -> Owner | None:
-    """The live run that owns the provider, unless it is run_id's."""
-    if owner is None or owner.expires < time.monotonic() or owner.run_id == run_id:
-        return None
-    return owner
+def _refuse_unless_free_for(run_id: str | None) -> None:
+    """A 409 while another live run (not run_id's) owns the provider."""
+    if owner is not None and owner.expires >= time.monotonic() and owner.run_id != run_id:
+        raise HTTPException(409, f"another run uses this provider: {owner.describe()}")
 
 
 @app.post("/runs")
@@ -182,8 +181,7 @@ async def begin_run(
     `lease` seconds after its last reset (a crashed run)."""
     global owner
     async with lock:
-        if other := _owned_by_another(None):
-            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        _refuse_unless_free_for(None)
         began = datetime.now().strftime("%H:%M:%S")
         owner = Owner(secrets.token_hex(8), label, began, lease, time.monotonic() + lease)
         return {"run": owner.run_id}
@@ -214,8 +212,7 @@ async def reset(
     another run owns the provider: its counts would be wiped under it."""
     global state
     async with lock:
-        if other := _owned_by_another(run):
-            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        _refuse_unless_free_for(run)
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
         restore_fences(request)

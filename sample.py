@@ -103,12 +103,9 @@ def run(
                 # pointed at it is refused instead of resetting the counts under it.
                 with stack.provider.owned("sample.py", lease=3600):
                     code = body(stack, view)
-        except RunRefused as refused:
+        except (RunRefused, settings.BadSetting, keyclaim.Refused) as refused:  # or tasks.py's
             print(f"sample.py: {refused}", file=sys.stderr)
-            return refused.code
-        except (settings.BadSetting, keyclaim.Refused) as refused:  # tasks.py's, as it is built
-            print(f"sample.py: {refused}", file=sys.stderr)
-            return 2
+            return getattr(refused, "code", 2)
         except KeyboardInterrupt:
             code = 130  # the first stop signal; which one it was is kept (below)
         except FAILURES as exc:

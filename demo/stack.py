@@ -284,11 +284,7 @@ class Stack:
         """Whether each fresh worker's runner has written its first heartbeat, under the pid
         it stored as it started (demo/runners.py): another runner's beat, on a store this
         process shares with others (a test's), is not one of ours coming up."""
-        app = self.tasks.app
-        beating = app.orchestrator.get_active_runners()
-        contexts = [app.state_backend.get_runner_context(r.runner_id) for r in beating]
-        pids = {context.pid for context in contexts if context is not None}
-        return {child.proc.pid for child in fresh} <= pids
+        return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.tasks.app)}
 
     def _wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""

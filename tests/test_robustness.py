@@ -725,7 +725,8 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
     stack.tasks = ModuleType("tasks")  # the stack reads this app, not tasks.py's
     stack.tasks.app = app
     with stack:
-        idle = [sys.executable, "-c", "import time; time.sleep(60)"]
+        # Named like a worker ("pynenc" in its command line), as live.in_app looks for.
+        idle = [sys.executable, "-c", "import time; time.sleep(60)", "pynenc"]
         worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
         assert not stack.workers_up([worker])
         mine = RunnerContext(runner_cls="ThreadWorker", pid=worker.proc.pid)
