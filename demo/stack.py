@@ -167,9 +167,9 @@ class Stack:
         # Warnings only: the log then holds just the provider's call lines.
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
-        fresh = [self._spawn_worker() for _ in range(workers)]
+        fresh = [self.spawn_worker() for _ in range(workers)]
         # The children boot while this process imports tasks.py (workers_up) and polls.
-        self._wait_ready(fresh)
+        self.wait_ready(fresh)
 
     @staticmethod
     def _refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
@@ -182,13 +182,6 @@ class Stack:
                 f"uv run python sample.py {instead}",
                 1,
             )
-
-    def add_workers(self, count: int = 1, env: Mapping[str, str] | None = None) -> list[Child]:
-        """`count` more workers, with `env` on top of the stack's; back once each has sent its
-        first heartbeat (runners alive before do not count)."""
-        fresh = [self._spawn_worker(env=env) for _ in range(count)]
-        self._wait_ready(fresh)
-        return fresh
 
     def check(self) -> None:
         """Called on every poll: the API must live; a worker that dies is reported at once, and
@@ -242,7 +235,7 @@ class Stack:
         self.started.append(child)
         return child
 
-    def _spawn_worker(
+    def spawn_worker(
         self, number: int | None = None, env: Mapping[str, str] | None = None
     ) -> Child:
         """Worker `number` (the next new one by default); a restart keeps the earlier log."""
@@ -286,7 +279,7 @@ class Stack:
         process shares with others (a test's), is not one of ours coming up."""
         return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.tasks.app)}
 
-    def _wait_ready(self, fresh: list[Child]) -> None:
+    def wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""
         token = self.env.get("DEMO_API_INSTANCE", "")
 

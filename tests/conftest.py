@@ -26,7 +26,7 @@ from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from keyclaim.config import LONGEST_CALL_KEY
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
-from tools import monitor
+from tools import faults, monitor
 
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(
@@ -147,7 +147,7 @@ def start_worker(stack: Stack) -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
     def start(env: dict[str, str] | None = None) -> Child:
-        (worker,) = stack.add_workers(1, env)
+        (worker,) = faults.add_workers(stack, 1, env)
         started.append(worker)
         return worker
 

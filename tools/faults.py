@@ -198,6 +198,14 @@ PAIRS = {"one worker's clock 40 s ahead": "+40s", "one worker's clock 40 s behin
 NAMES: dict[int, str] = {}
 
 
+def add_workers(stack: Stack, count: int = 1, env: dict[str, str] | None = None) -> list[Child]:
+    """`count` more workers on the stack, with `env` on top of its own; back once each has sent
+    its first heartbeat."""
+    fresh = [stack.spawn_worker(env=env) for _ in range(count)]
+    stack.wait_ready(fresh)
+    return fresh
+
+
 def add_worker(stack: Stack, skew: str | None = None) -> Child:
     """One more worker, named on Redis so that its connections can be told apart; its clocks
     shifted by skew, if given (libfaketime preloaded into the worker itself, so that it stays
@@ -208,7 +216,7 @@ def add_worker(stack: Stack, skew: str | None = None) -> Child:
         env["REDIS_URL"] = f"{stack.setting('REDIS_URL')}?client_name={name}"
     if skew:
         env |= {"LD_PRELOAD": FAKETIME_LIBRARY, "FAKETIME": skew}
-    (worker,) = stack.add_workers(1, env)
+    (worker,) = add_workers(stack, 1, env)
     NAMES[worker.proc.pid] = name
     return worker
 

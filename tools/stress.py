@@ -78,7 +78,7 @@ class Rounds(Stack):
 
     def replace(self, dead: Child) -> None:
         if self.several:
-            self._spawn_worker(int(dead.name.split()[-1]))
+            self.spawn_worker(int(dead.name.split()[-1]))
 
     def replace_workers(self, **changes: str) -> None:
         """Stop the live workers and start as many fresh ones with `changes` in their
@@ -88,8 +88,8 @@ class Rounds(Stack):
         self.stop(self.workers)
         self.env.update(changes)
         self.crashes = []
-        fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
-        self._wait_ready(fresh)
+        fresh = [self.spawn_worker(number) for number in range(1, count + 1)]
+        self.wait_ready(fresh)
 
 
 class SeparateHosts(Rounds):
