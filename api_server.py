@@ -48,7 +48,7 @@ LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 
 
-def save_fences(fences: dict[str, int]) -> None:
+def save_fences(fences: list[tuple[str, int, int]]) -> None:
     """Write the newest tokens, whole or not at all (a crash mid-write leaves the last ones)."""
     if fences_file is None:
         return
@@ -66,14 +66,11 @@ def restore_fences(request: Request) -> None:
     port = (request.scope.get("server") or ("", 0))[1]
     fences_file = Path(settings.get("DEMO_LOG_DIR")) / f"fences-{port}.json"
     try:
-        fences = json.loads(fences_file.read_text())
-    except (OSError, ValueError):
-        fences = {}
-    for kept, newest in fences.items() if isinstance(fences, dict) else ():
-        name, _, slot = kept.partition("#")
-        slot_no = int(slot) if slot.isdigit() else 0
-        if isinstance(newest, int) and slot_no not in state.accounts[name].newest:
-            state.accounts[name].newest[slot_no] = newest
+        fences = [(str(n), int(s), int(t)) for n, s, t in json.loads(fences_file.read_text())]
+    except (OSError, ValueError, TypeError):  # none kept, or not as save_fences writes them
+        fences = []
+    for name, slot, newest in fences:
+        state.accounts[name].newest.setdefault(slot, newest)
 
 
 app = FastAPI(title="Demo provider")
@@ -217,7 +214,7 @@ async def reset(
             owner.expires = time.monotonic() + owner.lease
         restore_fences(request)
         state = ProviderState(hold=hold, label=label, quota=Quota(slots, rate, per))
-        save_fences({})
+        save_fences([])
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)
     return {"label": label, "hold": hold, "slots": slots, "rate": rate, "per": per}

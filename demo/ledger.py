@@ -166,11 +166,8 @@ class ProviderState:
             )
         return keyed
 
-    def fences(self) -> dict[str, int]:
-        """The newest token per account and slot: slot 0 under the account's name, as with one
-        call per account; slot k under "name#k" (no name holds a '#')."""
-        return {
-            name if slot == 0 else f"{name}#{slot}": token
-            for name, a in self.accounts.items()
-            for slot, token in a.newest.items()
-        }
+    def fences(self) -> list[tuple[str, int, int]]:
+        """The newest token of each account's slots: (account, slot, token)."""
+        return [
+            (n, slot, token) for n, a in self.accounts.items() for slot, token in a.newest.items()
+        ]

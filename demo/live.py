@@ -139,10 +139,9 @@ def starting() -> list[int]:
     """
     mine, found = _state_of(dict(os.environ), os.getcwd()), {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        words = proc.info["cmdline"] or []
-        if proc.pid == os.getpid() or "runner" not in words or "start" not in words:
-            continue
-        if not _runs_pynenc(proc.pid):
+        words = proc.info["cmdline"] or []  # none for a process we may not read
+        pynenc = any("pynenc" in word for word in words)
+        if proc.pid == os.getpid() or not {"runner", "start"} <= set(words) or not pynenc:
             continue
         try:
             if _state_of(proc.environ(), proc.cwd()) == mine:

@@ -11,6 +11,7 @@ sample.py runs the demo on one; the tests start their API and workers through on
 """
 
 import argparse
+import contextlib
 import functools
 import importlib
 import sys
@@ -18,7 +19,6 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -96,7 +96,7 @@ def refuse_unless_ours(path: str) -> None:
         )
 
 
-class Stack:
+class Stack(contextlib.AbstractContextManager):
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
     env: the settings the children are built from (demo/options.py), on top of this process's.
@@ -121,9 +121,6 @@ class Stack:
         self.crashes: list[str] = []
         self.where = ""  # what the run is doing, for a crash report
         self._lives: Counter[int] = Counter()
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
