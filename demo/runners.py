@@ -85,9 +85,8 @@ CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner,
 
 
 def _idle() -> float:
-    return 2 * settings.seconds(
-        "DEMO_RUNNER_SLEEP"
-    )  # the same idle cadence as ThreadRunner's two sleeps
+    """The same idle cadence as ThreadRunner's two sleeps."""
+    return 2 * settings.seconds("DEMO_RUNNER_SLEEP")
 
 
 def for_claim() -> dict[str, object]:
