@@ -77,10 +77,9 @@ app = FastAPI(title="Demo provider")
 state = ProviderState()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
-# Set by /pause: calls then stay inside their in-flight window until /resume; by
-# /pause?account_id=..., only that account's calls do.
-paused = False
-paused_accounts: set[str] = set()
+# The accounts whose calls stay in flight past their hold (None: every account's): none here;
+# tools/held.py's /pause lets tests and the fault harness choose when a call ends.
+held: set[str | None] = set()
 owner: Owner | None = None
 PAUSE_POLL_SECONDS = 0.01
 
@@ -126,9 +125,9 @@ async def call(
         return CallAnswer(outcome="fenced" if record.fenced else "throttled")
     try:
         await asyncio.sleep(seconds)
-        # A paused provider keeps the call in flight, up to a deadline: it never hangs.
+        # A held call stays in flight, up to a deadline: it never hangs.
         deadline = time.monotonic() + MAX_HOLD_SECONDS
-        while (paused or account_id in paused_accounts) and time.monotonic() < deadline:
+        while held & {None, account_id} and time.monotonic() < deadline:
             await asyncio.sleep(PAUSE_POLL_SECONDS)
     finally:
         async with lock:
@@ -247,26 +246,6 @@ async def timeline() -> dict[str, object]:
     async with lock:
         calls = [dataclasses.asdict(c) for c in state.calls]
     return {"label": state.label, "hold": state.hold, "calls": calls}
-
-
-@app.post("/pause")
-async def pause(account_id: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, bool]:
-    """Hold every call in flight (or only this account's) until /resume: lets tests and the
-    fault harness choose when a call ends."""
-    global paused
-    if account_id is None:
-        paused = True
-    else:
-        paused_accounts.add(account_id)
-    return {"paused": True}
-
-
-@app.post("/resume")
-async def resume() -> dict[str, bool]:
-    global paused
-    paused = False
-    paused_accounts.clear()
-    return {"paused": False}
 
 
 @app.get("/health")

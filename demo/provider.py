@@ -1,7 +1,7 @@
 """The stand-in provider (api_server.py), seen from outside: the demo's oracle, over HTTP.
 
-Scenarios reset it and read its counts (the fault harness and the tests also pause it through
-request: tools/faults.py). The tasks' own calls go through CallTransport.
+Scenarios reset it and read its counts (the fault harness and the tests also pause it, served
+by tools/held.py, through request: tools/faults.py). The tasks' own calls go through CallTransport.
 """
 
 import contextlib

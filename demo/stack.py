@@ -101,6 +101,7 @@ class Stack(contextlib.AbstractContextManager):
 
     env: the settings the children are built from (demo/options.py), on top of this process's.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
+    api: the provider's ASGI app (the tests': tools/held.py, whose calls they hold in flight).
     """
 
     def __init__(
@@ -111,10 +112,11 @@ class Stack(contextlib.AbstractContextManager):
         ready_timeout: float = 30.0,
         private_redis: bool = False,
         cwd: Path | None = None,
+        api: str = "api_server:app",
     ) -> None:
         self.env = dict(env)
         self.log_dir, self.ready_timeout, self.cwd = log_dir, ready_timeout, cwd
-        self.private_redis = private_redis
+        self.private_redis, self.api_app = private_redis, api
         self.started: list[Child] = []  # every child ever started: all are stopped at the end
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
@@ -160,7 +162,7 @@ class Stack(contextlib.AbstractContextManager):
             self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
-        argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", port]
+        argv = [sys.executable, "-m", "uvicorn", self.api_app, "--host", host, "--port", port]
         # Warnings only: the log then holds just the provider's call lines.
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)

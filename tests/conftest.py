@@ -83,7 +83,7 @@ def long_runs(
 def stack() -> Iterator[Stack]:
     """The provider as a real uvicorn process on a free loopback port; no worker yet."""
     env = {"DEMO_API_PORT": os.environ["DEMO_API_PORT"], "DEMO_API_INSTANCE": secrets.token_hex(8)}
-    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT) as running:
+    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT, api=faults.HELD) as running:
         running.start(workers=0)
         yield running
 

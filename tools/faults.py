@@ -84,6 +84,9 @@ def deploy(run: FaultRun) -> None:
     add_worker(run.stack)
 
 
+HELD = "tools.held:app"  # the provider, whose calls paused() holds in flight
+
+
 @contextlib.contextmanager
 def paused(provider: Provider, account_id: str | None = None) -> Iterator[None]:
     """Calls (or only this account's) stay in flight inside the block, however long their hold,
@@ -326,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         f"is dead; {args.runs} run(s) of each fault"
     )
     print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
-    with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
+    redis = args.backend == "redis"
+    with stop_on_signals(), Stack(env, folder / "logs", private_redis=redis, api=HELD) as s:
         try:
             s.start(workers=0)
             for fault in faults:
