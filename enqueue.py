@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("enqueue.py")
     parser = build_parser()
     args = parser.parse_args(argv)
-    options.refuse_bad_shape(parser, args)
     # The API it calls is the one its workers must call: the hints name it (demo/terminals.py).
     api = {"DEMO_API_HOST": args.host, "DEMO_API_PORT": str(args.port)}
     if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":

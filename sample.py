@@ -20,8 +20,8 @@ from demo.stack import FAILURES, RunRefused, Stack, preflight
 def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sample.py", description=description)
     options.add_shape_arguments(parser)
-    whole = settings.flag_type(settings.whole_number)
-    parser.add_argument("--workers", type=whole, default=1, help="runner processes to start")
+    workers = settings.within(settings.whole_number, 1, 16)
+    parser.add_argument("--workers", type=workers, default=1, help="runner processes to start")
     settings.add_option(parser, "--db", "DEMO_DB", "SQLite file")
     settings.add_option(
         parser,
@@ -63,9 +63,6 @@ def parse_args(
 ) -> argparse.Namespace:
     parsing = parsing or build_parser()
     args = parsing.parse_args(argv)
-    options.refuse_bad_shape(parsing, args)
-    if not 1 <= args.workers <= 16:
-        parsing.error("--workers must be 1..16")
     if args.limits and not args.atomic_claim:
         parsing.error("--limits needs --atomic-claim: N per account and a rate are the claim's")
     return args

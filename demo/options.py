@@ -13,12 +13,13 @@ from demo.scenarios import Shape
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
-    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
+    whole, within = settings.whole_number, settings.within
+    hold, backlog = within(settings.number, 0, 30), within(whole, 1, settings.MAX_BACKLOG)
     for flag, kind, default, metavar, what in (
-        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts"),
-        ("--ops", whole, len(settings.OPS), "M", "ops per account"),
-        ("--hold", number, settings.HOLD_SECONDS, "S", "seconds the provider holds a call"),
-        ("--backlog", whole, settings.BACKLOG, "N", "E's busy account: its calls"),
+        ("--accounts", within(whole, 1, 500), len(settings.ACCOUNTS), "N", "accounts"),
+        ("--ops", within(whole, 1, 100), len(settings.OPS), "M", "ops per account"),
+        ("--hold", hold, settings.HOLD_SECONDS, "S", "seconds the provider holds a call"),
+        ("--backlog", backlog, settings.BACKLOG, "N", "E's busy account: its calls"),
     ):
         help = f"{what} (default %(default)s)"
         parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
@@ -64,16 +65,6 @@ def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
         "stopping thread or wake worker drains its calls; --dead-after must be longer",
         metavar="S",
     )
-
-
-def refuse_bad_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage and exit 2 for a shape out of range."""
-    if not 1 <= args.accounts <= 500 or not 1 <= args.ops <= 100:
-        parser.error("--accounts must be 1..500 and --ops 1..100")
-    if not 0 <= args.hold <= 30:
-        parser.error("--hold must be between 0 and 30 seconds")
-    if not 1 <= args.backlog <= settings.MAX_BACKLOG:
-        parser.error(f"--backlog must be 1..{settings.MAX_BACKLOG}")
 
 
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MAX_THREADS) -> Shape:

@@ -60,6 +60,17 @@ def number(raw: str) -> float:
     return float(raw)
 
 
+def within[T: (int, float)](rule: Callable[[str], T], low: T, high: T) -> Callable[[str], T]:
+    """A flag's rule (whole_number, number) with its range: what fits, said when it does not."""
+
+    def parse(raw: str) -> T:
+        if not low <= (value := rule(raw)) <= high:  # NaN fails both
+            raise ValueError(f"expected {low:g} to {high:g}")
+        return value
+
+    return flag_type(parse)
+
+
 def _port(raw: str) -> int:
     if not re.fullmatch(r"[0-9]+", raw) or not 1 <= int(raw) <= 65535:
         raise ValueError("expected a port number from 1 to 65535")

@@ -37,8 +37,8 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     """sample.py's flags, and the rounds' own."""
     parser = sample.build_parser(description)
     parser.prog = "python -m tools.stress"
-    whole = settings.flag_type(settings.whole_number)
-    parser.add_argument("--rounds", type=whole, default=1, help="repeat the scenarios N times")
+    rounds = settings.within(settings.whole_number, 1, 1000)
+    parser.add_argument("--rounds", type=rounds, default=1, help="repeat the scenarios N times")
     parser.add_argument(
         "--hosts",
         action="store_true",
@@ -53,8 +53,6 @@ def parse_args(
 ) -> argparse.Namespace:
     parsing = parsing or build_parser()
     args = sample.parse_args(argv, parsing)
-    if not 1 <= args.rounds <= 1000:
-        parsing.error("--rounds must be 1..1000")
     if args.hosts and args.backend != "redis":
         parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
     return args
