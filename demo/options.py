@@ -75,12 +75,8 @@ def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MA
 
 
 def environment(args: argparse.Namespace) -> dict[str, str]:
-    """What sample.py's API, workers and own app are built from: its flags, as the variables
-    api_server.py and tasks.py read (demo/settings.py), and two values this run alone knows.
-
-    The one place settings reach the children. sample.py also puts them in its own
-    environment before it imports tasks.py, so all of them build the same app.
-    """
+    """What sample.py's API, workers and own app are built from (the module's one place): its
+    flags, as the variables api_server.py and tasks.py read, and two values this run alone knows."""
     env = {
         "DEMO_API_HOST": args.host,
         "DEMO_API_PORT": str(args.port),

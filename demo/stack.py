@@ -132,12 +132,8 @@ class Stack(contextlib.AbstractContextManager):
 
     @functools.cached_property
     def tasks(self) -> ModuleType:
-        """tasks.py in this process, imported on first use.
-
-        tasks.py builds its app from the environment as it is imported, as the article's does,
-        so a script imports it only once its environment holds the run's settings. sample.py
-        puts them there (demo/options.py) before its stack starts; this is where it is imported.
-        """
+        """tasks.py in this process, imported on first use: it builds its app from the
+        environment as it is imported, so only once that holds the run's settings (sample.py)."""
         return importlib.import_module("tasks")
 
     @functools.cached_property
