@@ -257,20 +257,6 @@ def drain_deadline() -> float:
     return seconds("DEMO_CALL_TIMEOUT") + DRAIN_MARGIN_SECONDS
 
 
-def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:
-    """Why the claim's dead-after window would take a live call for a dead one, or None.
-
-    (keyclaim checks the same, and the heartbeat, on what pynenc resolved.)
-    """
-    if dead_after > call_timeout:
-        return None
-    return (
-        f"--dead-after (DEMO_DEAD_AFTER) {dead_after:g}s is not longer than a call can stay in "
-        f"flight, --call-timeout (DEMO_CALL_TIMEOUT) {call_timeout:g}s: a runner still waiting "
-        "on its call would be taken for dead"
-    )
-
-
 def slots_per_worker(runner: str) -> int:
     """How many calls one worker of this runner runs at once, for the floor."""
     return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)

@@ -36,6 +36,7 @@ from demo.processes import (
     wait_until,
 )
 from demo.provider import Provider, ProviderUnreachable
+from keyclaim.config import BEATS_PER_WINDOW, window_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 # A worker told to stop gets this much longer than its drain deadline before it is killed.
@@ -75,8 +76,10 @@ def preflight(args: argparse.Namespace) -> None:
             keyclaim.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
-    if claim and (why := settings.claim_window_problem(args.dead_after, args.call_timeout)):
-        raise RunRefused(f"--atomic-claim: {why}", 2)
+    # The claim's own check of its windows, with the beat keyclaim.install asks for.
+    dead_after, longest = args.dead_after, args.call_timeout
+    if claim and (why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest)):
+        raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
 
 
 def fresh_sqlite(path: str) -> None:
