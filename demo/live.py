@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from demo import settings
+from keyclaim.fleet import alive_here  # whether the pid still runs pynenc
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -41,16 +42,6 @@ class Runner:
         return f"{self.cls} pid {self.pid} on {self.host}, last heartbeat {self.beat_ago:.0f}s ago"
 
 
-def _runs_pynenc(pid: int) -> bool:
-    """Whether the process is a pynenc one; one we may not read counts as one."""
-    try:
-        return any("pynenc" in word for word in psutil.Process(pid).cmdline())
-    except psutil.AccessDenied:
-        return True
-    except psutil.Error:  # gone
-        return False
-
-
 def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> list[Runner]:
     """The runners among (class, pid, host, last beat) that are still there. The demo's
     workers store their context (pid, host) as they start (demo/runners.py); for a runner
@@ -58,7 +49,7 @@ def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> 
     here, now = socket.gethostname(), time.time()
     found = []
     for cls, pid, host, beat in beats:
-        if now - beat > ALIVE_WITHIN or (pid and host == here and not _runs_pynenc(pid)):
+        if now - beat > ALIVE_WITHIN or (pid and host == here and not alive_here(pid)):
             continue
         found.append(Runner(cls, pid, host, now - beat))
     return found
