@@ -13,6 +13,7 @@ a reset, which starts the next scenario, clears them and forgets the keys.
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import secrets
@@ -47,7 +48,7 @@ LABEL_MAX = 200
 CALL_SHAPE = "expected POST /call/{account_id}/{op}: both 1-64 characters of A-Za-z0-9_.:-"
 
 
-def save_fences(fences: dict[str, int]) -> None:
+def save_fences(fences: list[tuple[str, int, int]]) -> None:
     """Write the newest tokens, whole or not at all (a crash mid-write leaves the last ones)."""
     if fences_file is None:
         return
@@ -65,24 +66,20 @@ def restore_fences(request: Request) -> None:
     port = (request.scope.get("server") or ("", 0))[1]
     fences_file = Path(settings.get("DEMO_LOG_DIR")) / f"fences-{port}.json"
     try:
-        fences = json.loads(fences_file.read_text())
-    except (OSError, ValueError):
-        fences = {}
-    for kept, newest in fences.items() if isinstance(fences, dict) else ():
-        name, _, slot = kept.partition("#")
-        slot_no = int(slot) if slot.isdigit() else 0
-        if isinstance(newest, int) and slot_no not in state.accounts[name].newest:
-            state.accounts[name].newest[slot_no] = newest
+        fences = [(str(n), int(s), int(t)) for n, s, t in json.loads(fences_file.read_text())]
+    except (OSError, ValueError, TypeError):  # none kept, or not as save_fences writes them
+        fences = []
+    for name, slot, newest in fences:
+        state.accounts[name].newest.setdefault(slot, newest)
 
 
 app = FastAPI(title="Demo provider")
 state = ProviderState()
 # One lock around every read-modify-write of the counters: requests are truly concurrent.
 lock = asyncio.Lock()
-# Set by /pause: calls then stay inside their in-flight window until /resume; by
-# /pause?account_id=..., only that account's calls do.
-paused = False
-paused_accounts: set[str] = set()
+# The accounts whose calls stay in flight past their hold (None: every account's): none here;
+# tools/held.py's /pause lets tests and the fault harness choose when a call ends.
+held: set[str | None] = set()
 owner: Owner | None = None
 PAUSE_POLL_SECONDS = 0.01
 
@@ -128,9 +125,9 @@ async def call(
         return CallAnswer(outcome="fenced" if record.fenced else "throttled")
     try:
         await asyncio.sleep(seconds)
-        # A paused provider keeps the call in flight, up to a deadline: it never hangs.
+        # A held call stays in flight, up to a deadline: it never hangs.
         deadline = time.monotonic() + MAX_HOLD_SECONDS
-        while (paused or account_id in paused_accounts) and time.monotonic() < deadline:
+        while held & {None, account_id} and time.monotonic() < deadline:
             await asyncio.sleep(PAUSE_POLL_SECONDS)
     finally:
         async with lock:
@@ -165,11 +162,10 @@ async def call_malformed(malformed: str) -> dict[str, str]:
     return {"detail": CALL_SHAPE}
 
 
-def _owned_by_another(run_id: str | None) -> Owner | None:
-    """The live run that owns the provider, unless it is run_id's."""
-    if owner is None or owner.expires < time.monotonic() or owner.run_id == run_id:
-        return None
-    return owner
+def _refuse_unless_free_for(run_id: str | None) -> None:
+    """A 409 while another live run (not run_id's) owns the provider."""
+    if owner is not None and owner.expires >= time.monotonic() and owner.run_id != run_id:
+        raise HTTPException(409, f"another run uses this provider: {owner.describe()}")
 
 
 @app.post("/runs")
@@ -181,8 +177,7 @@ async def begin_run(
     `lease` seconds after its last reset (a crashed run)."""
     global owner
     async with lock:
-        if other := _owned_by_another(None):
-            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        _refuse_unless_free_for(None)
         began = datetime.now().strftime("%H:%M:%S")
         owner = Owner(secrets.token_hex(8), label, began, lease, time.monotonic() + lease)
         return {"run": owner.run_id}
@@ -213,13 +208,12 @@ async def reset(
     another run owns the provider: its counts would be wiped under it."""
     global state
     async with lock:
-        if other := _owned_by_another(run):
-            raise HTTPException(409, f"another run uses this provider: {other.describe()}")
+        _refuse_unless_free_for(run)
         if owner is not None and owner.run_id == run:
             owner.expires = time.monotonic() + owner.lease
         restore_fences(request)
         state = ProviderState(hold=hold, label=label, quota=Quota(slots, rate, per))
-        save_fences({})
+        save_fences([])
     stamp = datetime.now().strftime("%H:%M:%S")
     print(f"\n--- reset @ {stamp} {label} ---", flush=True)
     return {"label": label, "hold": hold, "slots": slots, "rate": rate, "per": per}
@@ -235,18 +229,13 @@ async def report() -> dict[str, object]:
             for name, a in sorted(state.accounts.items())
         }
         quota = state.quota
+    counts = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts", "in_flight")
     return {
         "label": state.label,
         "hold": state.hold,
-        "quota": {"slots": quota.slots, "rate": quota.rate, "per": quota.per},
+        "quota": dataclasses.asdict(quota),
         "accounts": per_account,
-        "calls": sum(a["calls"] for a in per_account.values()),
-        "collisions": sum(a["collisions"] for a in per_account.values()),
-        "fenced": sum(a["fenced"] for a in per_account.values()),
-        "throttled": sum(a["throttled"] for a in per_account.values()),
-        "replayed": sum(a["replayed"] for a in per_account.values()),
-        "conflicts": sum(a["conflicts"] for a in per_account.values()),
-        "in_flight": sum(a["in_flight"] for a in per_account.values()),
+        **{count: sum(a[count] for a in per_account.values()) for count in counts},
         "peak_in_flight": max((a["peak_in_flight"] for a in per_account.values()), default=0),
     }
 
@@ -255,34 +244,8 @@ async def report() -> dict[str, object]:
 async def timeline() -> dict[str, object]:
     """Every call since the last reset: seconds from the reset to its start and end."""
     async with lock:
-        calls = [
-            {"account_id": c.account_id, "op": c.op, "start": c.start, "end": c.end}
-            | {"collided": c.collided, "fenced": c.fenced, "token": c.token, "slot": c.slot}
-            | {"throttled": c.throttled, "key": c.key, "replayed": c.replayed}
-            | {"conflict": c.conflict}
-            for c in state.calls
-        ]
+        calls = [dataclasses.asdict(c) for c in state.calls]
     return {"label": state.label, "hold": state.hold, "calls": calls}
-
-
-@app.post("/pause")
-async def pause(account_id: Annotated[str | None, Query(max_length=64)] = None) -> dict[str, bool]:
-    """Hold every call in flight (or only this account's) until /resume: lets tests and the
-    fault harness choose when a call ends."""
-    global paused
-    if account_id is None:
-        paused = True
-    else:
-        paused_accounts.add(account_id)
-    return {"paused": True}
-
-
-@app.post("/resume")
-async def resume() -> dict[str, bool]:
-    global paused
-    paused = False
-    paused_accounts.clear()
-    return {"paused": False}
 
 
 @app.get("/health")

@@ -38,7 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("enqueue.py")
     parser = build_parser()
     args = parser.parse_args(argv)
-    options.refuse_bad_shape(parser, args)
     # The API it calls is the one its workers must call: the hints name it (demo/terminals.py).
     api = {"DEMO_API_HOST": args.host, "DEMO_API_PORT": str(args.port)}
     if args.atomic_claim and settings.get("DEMO_ATOMIC_CLAIM") != "1":
@@ -50,24 +49,23 @@ def main(argv: list[str] | None = None) -> int:
     try:  # this process's app, built from the same settings as the workers'
         tasks = importlib.import_module("tasks")
     except (settings.BadSetting, keyclaim.Refused) as refused:
-        print(f"enqueue.py: {refused}", file=sys.stderr)
+        say(str(refused))
         return 2
     chosen = DEFAULT if args.scenario == "all" else [SCENARIOS[args.scenario]]
     if any(s.limited for s in chosen) and settings.get("DEMO_ATOMIC_CLAIM") != "1":
-        print(
-            f"enqueue.py: {args.scenario} needs the claim, which enforces its limit per account "
-            "(keyclaim.limit): set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'",
-            file=sys.stderr,
+        say(
+            f"{args.scenario} needs the claim, which enforces its limit per account "
+            "(keyclaim.limit): set DEMO_ATOMIC_CLAIM=1 in this terminal and the workers'"
         )
         return 2
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url)
-    provider = Provider(options.api_url(args))
+    provider = Provider(settings.api_url(args.host, args.port))
     try:
         provider.health()
         # A worker still starting is waited for: it joins the fleet before its first beat.
         mixed = functools.partial(keyclaim.fleet_problem, tasks.app)
         try:
-            found = live.awaited(tasks.app, say, refused=mixed)
+            runners, why_none = live.awaited(tasks.app, say, refused=mixed)
         except KeyboardInterrupt:
             print(
                 "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
@@ -75,18 +73,18 @@ def main(argv: list[str] | None = None) -> int:
             )
             return 130
         if why := mixed():  # its calls would break the claim
-            print(f"enqueue.py: {why}", file=sys.stderr)
+            say(why)
             return 2
-        if not found.runners:
+        if not runners:
             # Nothing would run what is enqueued: say so now, and leave nothing behind.
-            print(f"enqueue.py: {terminals.no_worker(api, found.why_none)}", file=sys.stderr)
+            say(terminals.no_worker(api, why_none))
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
-        shape = options.shape(args, workers=max(1, live.calling(found.runners)))
+        shape = options.shape(args, workers=max(1, live.calling(runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
             if earlier := terminals.earlier_run_left(tasks, list(SCENARIOS.values()), api):
-                print(f"enqueue.py: {earlier}", file=sys.stderr)
+                say(earlier)
                 return BUSY_EXIT
             if shape.workers > 1:
                 threads = shape.workers * shape.threads
@@ -94,18 +92,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"--- {shape.workers} workers live ({threads} threads): the floors count them"
                 )
             outcomes = play(tasks, chosen, shape, provider, args.timeout, view, api)
-    except GaveUp as gave_up:
-        print(f"enqueue.py: {gave_up}", file=sys.stderr)
-        return NO_WORKER_EXIT
     except Interrupted as left:
         print(f"\nenqueue.py: interrupted; {left}", file=sys.stderr)
         return 130
-    except ProviderBusy as exc:
-        print(f"enqueue.py: {exc}", file=sys.stderr)
-        return BUSY_EXIT
-    except (ProviderUnreachable, live.StateUnreachable) as exc:  # the API, or a Redis
-        print(f"enqueue.py: {exc}", file=sys.stderr)
-        return 1
+    except (GaveUp, ProviderBusy, ProviderUnreachable, live.StateUnreachable) as exc:
+        say(str(exc))  # no worker left; another run; no API, or no Redis
+        return {GaveUp: NO_WORKER_EXIT, ProviderBusy: BUSY_EXIT}.get(type(exc), 1)
     return 1 if any(o.broken() for o in outcomes) else 0
 
 

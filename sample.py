@@ -1,6 +1,6 @@
 """The whole demo in one command: start the API and a worker, run all four scenarios, stop both.
 
-Run it: uv run python sample.py        (--help for rounds, workers and Redis)
+Run it: uv run python sample.py     (--help for workers and Redis; rounds: python -m tools.stress)
 """
 
 import argparse
@@ -13,16 +13,15 @@ import keyclaim
 from demo import options, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import stop_on_signals, stop_signal
-from demo.scenarios import DEFAULT, LIMITED, SCENARIOS
+from demo.scenarios import DEFAULT, LIMITED, SCENARIOS, Scenario
 from demo.stack import FAILURES, RunRefused, Stack, preflight
 
 
 def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sample.py", description=description)
     options.add_shape_arguments(parser)
-    whole = settings.flag_type(settings.whole_number)
-    parser.add_argument("--rounds", type=whole, default=None, help="repeat the scenarios N times")
-    parser.add_argument("--workers", type=whole, default=1, help="runner processes to start")
+    workers = settings.within(settings.whole_number, 1, 16)
+    parser.add_argument("--workers", type=workers, default=1, help="runner processes to start")
     settings.add_option(parser, "--db", "DEMO_DB", "SQLite file")
     settings.add_option(
         parser,
@@ -39,13 +38,6 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
         help="which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
         f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
         "processes) or ProcessRunner",
-    )
-    parser.add_argument(
-        "--hosts",
-        action="store_true",
-        default=settings.get("DEMO_HOSTS") == "1",
-        help="with --backend redis: start each worker from its own copy of the project, "
-        "sharing only REDIS_URL and the API's address, as on separate machines (env DEMO_HOSTS=1)",
     )
     parser.add_argument(
         "--noisy", action="store_true", help="also run E: one busy account beside quiet ones"
@@ -71,12 +63,7 @@ def parse_args(
 ) -> argparse.Namespace:
     parsing = parsing or build_parser()
     args = parsing.parse_args(argv)
-    options.refuse_bad_shape(parsing, args)
-    if args.rounds is not None and not 1 <= args.rounds <= 1000 or not 1 <= args.workers <= 16:
-        parsing.error("--rounds must be 1..1000 and --workers 1..16")
-    if args.hosts and args.backend != "redis":
-        parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
-    if getattr(args, "limits", False) and not args.atomic_claim:
+    if args.limits and not args.atomic_claim:
         parsing.error("--limits needs --atomic-claim: N per account and a rate are the claim's")
     return args
 
@@ -84,28 +71,26 @@ def parse_args(
 def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("sample.py")
     args = parse_args(argv)
-    return run(args, lambda stack, view: play(args, stack, view, args.runner)[0])
+    return run(args, lambda stack, view: play(args, stack, view, args.runner))
 
 
-def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> int:
-    """body(stack, view) on a stack started from the flags, stopped on every way out; its exit
-    code, or the one a refusal, a failure or a stop signal ends the run with."""
+def run(
+    args: argparse.Namespace,
+    body: Callable[[Stack, show.View], int],
+    make: Callable[..., Stack] = Stack,
+) -> int:
+    """body(stack, view) on a stack started from the flags (made by `make`), stopped on every
+    way out; its exit code, or the one a refusal, a failure or a stop signal ends the run with."""
     # A private Redis stops with this run, and with it everything the monitor would show.
     private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
     env = options.environment(args)
-    stack = Stack(
-        env,
-        Path(settings.get("DEMO_LOG_DIR")),
-        ready_timeout=args.ready_timeout,
-        hosts=args.hosts,
-        private_redis=private_redis,
-    )
-    command = None if private_redis else show.monitor_command(env)
+    log_dir = Path(settings.get("DEMO_LOG_DIR"))
+    stack = make(env, log_dir, ready_timeout=args.ready_timeout, private_redis=private_redis)
+    command = None if private_redis else settings.command("pynenc monitor", env)
     view = show.View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
         try:
-            windows = (args.dead_after, args.call_timeout)
-            preflight(args.host, args.port, args.backend, args.db, args.atomic_claim, windows)
+            preflight(args)
             # The one place this process's settings change: the stack then imports tasks.py,
             # which builds this process's app from them as the children build theirs.
             os.environ.update(env)
@@ -115,12 +100,9 @@ def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> in
                 # pointed at it is refused instead of resetting the counts under it.
                 with stack.provider.owned("sample.py", lease=3600):
                     code = body(stack, view)
-        except RunRefused as refused:
+        except (RunRefused, settings.BadSetting, keyclaim.Refused) as refused:  # or tasks.py's
             print(f"sample.py: {refused}", file=sys.stderr)
-            return refused.code
-        except (settings.BadSetting, keyclaim.Refused) as refused:  # tasks.py's, as it is built
-            print(f"sample.py: {refused}", file=sys.stderr)
-            return 2
+            return getattr(refused, "code", 2)
         except KeyboardInterrupt:
             code = 130  # the first stop signal; which one it was is kept (below)
         except FAILURES as exc:
@@ -135,31 +117,36 @@ def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> in
     return code
 
 
-def play(
-    args: argparse.Namespace, stack: Stack, view: show.View, runner: str, quiet: bool = False
-) -> tuple[int, list[Outcome]]:
-    """The scenarios on `runner` workers: the rounds, their tables, the verdict. quiet: each
-    scenario shown only where it broke a promise (the benchmark's)."""
+def chosen(args: argparse.Namespace) -> list[Scenario]:
+    """The article's four; then E with --noisy, F and G with --limits."""
+    noisy = [SCENARIOS["noisy"]] if args.noisy else []
+    return [*DEFAULT, *noisy, *(LIMITED if args.limits else [])]
+
+
+def play(args: argparse.Namespace, stack: Stack, view: show.View, runner: str) -> int:
+    """The scenarios on `runner` workers, each shown as it ends; the provider's log, the verdict."""
     shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker(runner))
     if setup := options.setup_line(args, runner):
         print(setup)
-    rounds = args.rounds or 1
-    chosen = [*DEFAULT, SCENARIOS["noisy"]] if args.noisy else DEFAULT
-    if args.limits:
-        chosen = [*chosen, *LIMITED]
-    outcomes = show.rounds(stack, shape, rounds, args.timeout, view, quiet, chosen)
-    if rounds == 1 and not quiet:
-        print(f"\n--- the provider's call log ---\n{stack.api_log()}")
-    else:
-        print(report.distribution(outcomes))
-        print(report.efficiency(outcomes))
-        if counted := report.claims(stack.tasks.app):
-            print(counted)
+    outcomes = []
+    for each in chosen(args):
+        stack.where = label = f"{each.letter}. {each.key}"
+        outcomes.append(
+            show.scenario(
+                each, shape, stack.provider, stack.tasks, args.timeout, view, label, stack.check
+            )
+        )
+    print(f"\n--- the provider's call log ---\n{stack.api_log()}")
+    return verdict(outcomes, stack, view)
+
+
+def verdict(outcomes: list[Outcome], stack: Stack, view: show.View) -> int:
+    """The verdict's lines and the monitor's, printed; the exit code."""
     text, code = report.verdict(outcomes, stack.crashes)
     print(text)
     if ending := view.ending(outcomes):
         print(ending)
-    return code, outcomes
+    return code
 
 
 if __name__ == "__main__":

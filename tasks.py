@@ -12,7 +12,7 @@ from demo import provider, runners, settings
 
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
-TIMEOUT = settings.call_timeout()  # the longest a call stays in flight
+TIMEOUT = settings.seconds("DEMO_CALL_TIMEOUT")  # the longest a call stays in flight
 
 BACKEND, CLAIM = settings.get("DEMO_BACKEND"), settings.get("DEMO_ATOMIC_CLAIM") == "1"
 
@@ -25,14 +25,14 @@ else:  # pynenc's SQLite classes, each connection opened once: docs/speed.md
         builder = keyclaim.keep_connections(builder)
 builder = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
-    .runner_tuning(runner_loop_sleep_time_sec=settings.runner_sleep())
+    .runner_tuning(runner_loop_sleep_time_sec=settings.seconds("DEMO_RUNNER_SLEEP"))
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
 )
 if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
     builder = keyclaim.install(
-        builder, BACKEND, settings.dead_after(), TIMEOUT, **runners.for_claim()
+        builder, BACKEND, settings.seconds("DEMO_DEAD_AFTER"), TIMEOUT, **runners.for_claim()
     )
 # DEMO_RUNNER's runner, which says what it runs on as it starts: demo/runners.py
 app = runners.select(builder, CLAIM).build()

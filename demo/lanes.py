@@ -96,16 +96,10 @@ def render(calls: Sequence[dict], colour: bool | None = None, width: int | None 
         for depth, row in enumerate(_stack(acc_calls)):
             name = account if depth == 0 else ""
             lines.append(Text.assemble(f"  {name:<{label}} |", _row(row, span, width), "|"))
-    hidden = list(by_account.items())[MAX_ACCOUNTS_DRAWN:]
-    if hidden:
-        lanes = [len(_stack(c)) for _, c in hidden]
-        busiest = max(lanes)
-        lines.append(
-            Text(
-                f"  ... {len(hidden)} more accounts, {sum(len(c) for _, c in hidden)} calls; "
-                f"most calls in flight at once on one of them: {busiest}"
-            )
-        )
+    if hidden := list(by_account.values())[MAX_ACCOUNTS_DRAWN:]:
+        busiest, count = max(len(_stack(c)) for c in hidden), sum(len(c) for c in hidden)
+        more = f"  ... {len(hidden)} more accounts, {count} calls; "
+        lines.append(Text(f"{more}most calls in flight at once on one of them: {busiest}"))
     lines.append(Text(_axis(span, width, indent=label + 3)))
     legend = f"  {OK_BAR * 3} call   {COLLISION_BAR * 3} collision   stacked rows = overlap"
     if any(c.get("fenced") for c in finished):

@@ -77,11 +77,6 @@ class Account:
     def in_flight(self) -> int:
         return len(self.live)
 
-    @property
-    def newest_token(self) -> int | None:
-        """Slot 0's newest token: with one call per account, the account's."""
-        return self.newest.get(0)
-
     def arrive(self, record: Call, quota: Quota, keyed: Keyed | None = None) -> None:
         """Count a call as it arrives: fenced if its token is stale for its slot; replayed or a
         conflict if its key's call was applied or is in flight; throttled if the rate is spent;
@@ -171,11 +166,8 @@ class ProviderState:
             )
         return keyed
 
-    def fences(self) -> dict[str, int]:
-        """The newest token per account and slot: slot 0 under the account's name, as with one
-        call per account; slot k under "name#k" (no name holds a '#')."""
-        return {
-            name if slot == 0 else f"{name}#{slot}": token
-            for name, a in self.accounts.items()
-            for slot, token in a.newest.items()
-        }
+    def fences(self) -> list[tuple[str, int, int]]:
+        """The newest token of each account's slots: (account, slot, token)."""
+        return [
+            (n, slot, token) for n, a in self.accounts.items() for slot, token in a.newest.items()
+        ]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from demo import settings
+from keyclaim.fleet import alive_here  # whether the pid still runs pynenc
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -41,16 +42,6 @@ class Runner:
         return f"{self.cls} pid {self.pid} on {self.host}, last heartbeat {self.beat_ago:.0f}s ago"
 
 
-def _runs_pynenc(pid: int) -> bool:
-    """Whether the process is a pynenc one; one we may not read counts as one."""
-    try:
-        return any("pynenc" in word for word in psutil.Process(pid).cmdline())
-    except psutil.AccessDenied:
-        return True
-    except psutil.Error:  # gone
-        return False
-
-
 def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> list[Runner]:
     """The runners among (class, pid, host, last beat) that are still there. The demo's
     workers store their context (pid, host) as they start (demo/runners.py); for a runner
@@ -58,7 +49,7 @@ def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> 
     here, now = socket.gethostname(), time.time()
     found = []
     for cls, pid, host, beat in beats:
-        if now - beat > ALIVE_WITHIN or (pid and host == here and not _runs_pynenc(pid)):
+        if now - beat > ALIVE_WITHIN or (pid and host == here and not alive_here(pid)):
             continue
         found.append(Runner(cls, pid, host, now - beat))
     return found
@@ -139,10 +130,9 @@ def starting() -> list[int]:
     """
     mine, found = _state_of(dict(os.environ), os.getcwd()), {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
-        words = proc.info["cmdline"] or []
-        if proc.pid == os.getpid() or "runner" not in words or "start" not in words:
-            continue
-        if not _runs_pynenc(proc.pid):
+        words = proc.info["cmdline"] or []  # none for a process we may not read
+        pynenc = any("pynenc" in word for word in words)
+        if proc.pid == os.getpid() or not {"runner", "start"} <= set(words) or not pynenc:
             continue
         try:
             if _state_of(proc.environ(), proc.cwd()) == mine:
@@ -160,32 +150,27 @@ def _running(pid: int) -> bool:
         return False
 
 
-@dataclass
-class Awaited:
-    """What enqueue.py found on its state: the live runners, or why there are none yet."""
-
-    runners: list[Runner]
-    why_none: str = ""  # for a worker it saw starting: still starting, or gone
-
-
-def awaited(app: "Pynenc", say: Callable[[str], None], refused: Callable[[], object]) -> Awaited:
-    """The live runners; none yet but a worker starting: said in one line, then waited for,
-    up to STARTING_WITHIN seconds, until that worker is gone, or until refused() (a fleet
-    that refuses this process) says something."""
+def awaited(
+    app: "Pynenc", say: Callable[[str], None], refused: Callable[[], object]
+) -> tuple[list[Runner], str]:
+    """The live runners, and why there are none (for a worker seen starting: still starting, or
+    gone). None yet but a worker starting: said in one line, then waited for, up to
+    STARTING_WITHIN seconds, until that worker is gone, or until refused() (a fleet that
+    refuses this process) says something."""
     if (runners := in_app(app)) or not (pids := starting()):
-        return Awaited(runners)
+        return runners, ""
     say(f"a worker is starting (pid {pids[0]}): waiting up to {STARTING_WITHIN:g}s for it")
     deadline = time.monotonic() + STARTING_WITHIN
     while time.monotonic() < deadline and any(_running(pid) for pid in pids):
         if (runners := in_app(app)) or refused():
-            return Awaited(runners)
+            return runners, ""
         time.sleep(0.2)
     if runners := in_app(app):
-        return Awaited(runners)
+        return runners, ""
     worker = f"the worker that was starting (pid {pids[0]})"
     if any(_running(pid) for pid in pids):
-        return Awaited([], f"{worker} has not beaten after {STARTING_WITHIN:g}s")
-    return Awaited([], f"{worker} exited: its terminal says why")
+        return [], f"{worker} has not beaten after {STARTING_WITHIN:g}s"
+    return [], f"{worker} exited: its terminal says why"
 
 
 class NoWorkerLeft(Exception):

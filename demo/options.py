@@ -13,26 +13,15 @@ from demo.scenarios import Shape
 
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The knobs enqueue.py and sample.py share; the defaults reproduce the article."""
-    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
-    shape = (
-        ("--accounts", whole, len(settings.ACCOUNTS), "N", "accounts (default %(default)s)"),
-        ("--ops", whole, len(settings.OPS), "M", "ops per account (default %(default)s)"),
-        (
-            "--hold",
-            number,
-            settings.HOLD_SECONDS,
-            "S",
-            "seconds the provider holds a call (default %(default)s)",
-        ),
-        (
-            "--backlog",
-            whole,
-            settings.BACKLOG,
-            "N",
-            "E's busy account: its calls (default %(default)s)",
-        ),
-    )
-    for flag, kind, default, metavar, help in shape:
+    whole, within = settings.whole_number, settings.within
+    hold, backlog = within(settings.number, 0, 30), within(whole, 1, settings.MAX_BACKLOG)
+    for flag, kind, default, metavar, what in (
+        ("--accounts", within(whole, 1, 500), len(settings.ACCOUNTS), "N", "accounts"),
+        ("--ops", within(whole, 1, 100), len(settings.OPS), "M", "ops per account"),
+        ("--hold", hold, settings.HOLD_SECONDS, "S", "seconds the provider holds a call"),
+        ("--backlog", backlog, settings.BACKLOG, "N", "E's busy account: its calls"),
+    ):
+        help = f"{what} (default %(default)s)"
         parser.add_argument(flag, type=kind, default=default, metavar=metavar, help=help)
     settings.add_option(
         parser,
@@ -78,16 +67,6 @@ def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def refuse_bad_shape(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage and exit 2 for a shape out of range."""
-    if not 1 <= args.accounts <= 500 or not 1 <= args.ops <= 100:
-        parser.error("--accounts must be 1..500 and --ops 1..100")
-    if not 0 <= args.hold <= 30:
-        parser.error("--hold must be between 0 and 30 seconds")
-    if not 1 <= args.backlog <= settings.MAX_BACKLOG:
-        parser.error(f"--backlog must be 1..{settings.MAX_BACKLOG}")
-
-
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MAX_THREADS) -> Shape:
     """The size of a run, from the shape flags; workers and threads for its floor."""
     return Shape(
@@ -95,17 +74,9 @@ def shape(args: argparse.Namespace, workers: int = 1, threads: int = settings.MA
     )
 
 
-def api_url(args: argparse.Namespace) -> str:
-    return f"http://{args.host}:{args.port}"
-
-
 def environment(args: argparse.Namespace) -> dict[str, str]:
-    """What sample.py's API, workers and own app are built from: its flags, as the variables
-    api_server.py and tasks.py read (demo/settings.py), and two values this run alone knows.
-
-    The one place settings reach the children. sample.py also puts them in its own
-    environment before it imports tasks.py, so all of them build the same app.
-    """
+    """What sample.py's API, workers and own app are built from (the module's one place): its
+    flags, as the variables api_server.py and tasks.py read, and two values this run alone knows."""
     env = {
         "DEMO_API_HOST": args.host,
         "DEMO_API_PORT": str(args.port),
@@ -115,7 +86,6 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
         "DEMO_DEAD_AFTER": str(args.dead_after),
         "DEMO_CALL_TIMEOUT": str(args.call_timeout),
         "DEMO_RUNNER": args.runner,
-        "DEMO_HOSTS": "1" if args.hosts else "0",
         # Readiness checks that the API answering is this run's, never a stale one.
         "DEMO_API_INSTANCE": secrets.token_hex(8),
     }
@@ -125,11 +95,11 @@ def environment(args: argparse.Namespace) -> dict[str, str]:
     return env
 
 
-def setup_line(args: argparse.Namespace, runner: str) -> str | None:
-    """One line on what runs the scenarios, unless it is the article's one ThreadRunner."""
-    if not (args.workers > 1 or args.atomic_claim or args.hosts or runner != "thread"):
+def setup_line(args: argparse.Namespace, runner: str, where: str = "") -> str | None:
+    """One line on what runs the scenarios (`where`: tools/stress.py's hosts), unless it is the
+    article's one ThreadRunner."""
+    if not (args.workers > 1 or args.atomic_claim or where or runner != "thread"):
         return None
     claim = f"on, dead after {args.dead_after:g}s" if args.atomic_claim else "off"
-    where = ", each from its own copy of the project" if args.hosts else ""
     kind = "" if runner == "thread" else f" ({runner} runner)"
     return f"--- {args.backend}, {args.workers} worker(s){kind}{where}; atomic claim {claim}"

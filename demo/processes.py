@@ -51,19 +51,20 @@ class Child:
     # Once stopped, the PID may belong to someone else: never signal it again.
     stopped: bool = False
 
-    def tail(self, lines: int = 20) -> str:
+    def lines(self) -> list[str]:
+        """Its log so far."""
         self.log.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(f"    {line}" for line in text[-lines:])
+        return self.log_path.read_text(errors="replace").strip().splitlines()
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(f"    {line}" for line in self.lines()[-lines:])
 
     def last_error(self) -> str:
         """The last line of the log that names an exception, if any."""
-        self.log.flush()
-        lines = self.log_path.read_text(errors="replace").splitlines()
-        found = (
-            line.strip() for line in reversed(lines) if re.search(r"\w(Error|Exception)\b", line)
+        errors = (
+            line for line in reversed(self.lines()) if re.search(r"\w(Error|Exception)\b", line)
         )
-        return next(found, "")
+        return next(errors, "").strip()
 
     def check_alive(self) -> None:
         if (code := self.proc.poll()) is not None:
@@ -75,8 +76,7 @@ class Child:
 
     def refusal(self) -> str:
         """Why it refused its settings, if its log ends with the one line that says so."""
-        self.log.flush()
-        lines = self.log_path.read_text(errors="replace").strip().splitlines()
+        lines = self.lines()
         found = REFUSAL.fullmatch(lines[-1]) if lines else None
         return found["why"] if found else ""
 

@@ -1,7 +1,7 @@
 """The stand-in provider (api_server.py), seen from outside: the demo's oracle, over HTTP.
 
-Scenarios reset it and read its counts; tests also pause it, so that a call stays in flight
-until they let it end. The tasks' own calls go through CallTransport.
+Scenarios reset it and read its counts (the fault harness and the tests also pause it, served
+by tools/held.py, through request: tools/faults.py). The tasks' own calls go through CallTransport.
 """
 
 import contextlib
@@ -23,14 +23,14 @@ class ProviderBusy(ConnectionError):
 
 
 class Provider:
-    """The provider's HTTP client: reset, report, timeline, health, pause and resume."""
+    """The provider's HTTP client: reset, report, timeline and health."""
 
     def __init__(self, base_url: str | None = None) -> None:
         self.base_url = base_url or settings.api_url()
         self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
         self.run_id: str | None = None  # while this client's run owns the provider
 
-    def _request(self, method: str, path: str, **params: object) -> dict:
+    def request(self, method: str, path: str, **params: object) -> dict:
         try:
             r = self.http.request(method, path, params=params or None)
         except httpx.TransportError as exc:
@@ -53,49 +53,29 @@ class Provider:
         """Start a new scenario: forget every count, and hold each call this long. quota:
         each account's, if not one call in flight (slots=N, rate=R, per=S)."""
         run = {} if self.run_id is None else {"run": self.run_id}
-        self._request("POST", "/reset", label=label, hold=hold, **run, **quota)
+        self.request("POST", "/reset", label=label, hold=hold, **run, **quota)
 
     @contextlib.contextmanager
     def owned(self, label: str, lease: float) -> Iterator[None]:
         """Inside, this client's run owns the provider: another run's reset is refused, and
         this one's is refused while another run owns it (ProviderBusy). Each reset keeps it
         for `lease` more seconds, so a run that died lets go of it by then."""
-        self.run_id = self._request("POST", "/runs", label=label, lease=lease)["run"]
+        self.run_id = self.request("POST", "/runs", label=label, lease=lease)["run"]
         try:
             yield
         finally:
             run_id, self.run_id = self.run_id, None
             with contextlib.suppress(httpx.HTTPError, ConnectionError):
-                self._request("DELETE", f"/runs/{run_id}")
+                self.request("DELETE", f"/runs/{run_id}")
 
     def report(self) -> dict:
-        return self._request("GET", "/report")
+        return self.request("GET", "/report")
 
     def timeline(self) -> list[dict[str, object]]:
-        return self._request("GET", "/timeline")["calls"]
+        return self.request("GET", "/timeline")["calls"]
 
     def health(self) -> dict:
-        return self._request("GET", "/health")
-
-    def pause(self, account_id: str | None = None) -> None:
-        """Hold every call in flight (or only this account's), however long its hold, until
-        resume()."""
-        self._request(
-            "POST", "/pause", **({} if account_id is None else {"account_id": account_id})
-        )
-
-    def resume(self) -> None:
-        self._request("POST", "/resume")
-
-    @contextlib.contextmanager
-    def paused(self, account_id: str | None = None) -> Iterator[None]:
-        """Calls (or only this account's) stay in flight inside the block, and end once it is
-        left, whatever happens."""
-        self.pause(account_id)
-        try:
-            yield
-        finally:
-            self.resume()
+        return self.request("GET", "/health")
 
 
 class CallTransport(httpx.HTTPTransport):

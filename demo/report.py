@@ -1,7 +1,7 @@
-"""What a run prints: the summaries, the rounds and the verdict, as text.
+"""What a run prints: the summaries and the verdict, as text.
 
-A scenario's summary, one line per round, the distribution over rounds, the efficiency
-against the floor, and the verdict.
+A scenario's summary, the efficiency against the floor, and the verdict (the rounds' tables
+are tools/stress.py's).
 
 Every function returns text and prints nothing.
 """
@@ -9,22 +9,15 @@ Every function returns text and prints nothing.
 import statistics
 import time
 from collections import Counter
-from typing import TYPE_CHECKING
 
-import keyclaim
 from demo import settings
 from demo.outcome import Outcome
-from demo.scenarios import DEFAULT, Scenario
-
-if TYPE_CHECKING:
-    from pynenc import Pynenc
 
 # Up to this many accounts, a summary lists each; past it, the ones worth a look, at most
 # LISTED_AT_MOST of them, and one line for the rest.
 ACCOUNTS_LISTED = 12
 LISTED_AT_MOST = 8
 REGISTERED = "registered"  # pynenc's status of an invocation no runner has picked up
-COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
 
 
 def summary(outcome: Outcome) -> str:
@@ -114,86 +107,19 @@ def unfinished_hint(unfinished: dict[str, str]) -> str:
             f"no runner picked the work up ({len(unfinished)} invocations still registered). "
             "Start one with: uv run pynenc --app tasks.app runner start"
         )
-    counts = Counter(unfinished.values())
-    shown = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    shown = listed(Counter(unfinished.values()))
     return f"{len(unfinished)} invocations did not finish in time: {shown}"
 
 
-def one_line(outcomes: list[Outcome]) -> str:
-    """One round in a line: letter, calls/collisions, and anything unusual."""
-    parts = []
-    for o in outcomes:
-        text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
-        if o.fenced:
-            text += f" fenced={o.fenced}"
-        if o.scenario.limited:
-            text += f" throttled={o.throttled} peak={o.peak_in_flight}"
-        if o.replayed or o.conflicts:
-            text += f" replayed={o.replayed} 409={o.conflicts}"
-        if o.late:
-            text += f" late={len(o.late)}"
-        if o.unfinished:
-            text += f" unfinished={len(o.unfinished)}"
-        parts.append(text + ("" if not o.broken() else " BROKEN"))
-    return "  ".join(parts)
-
-
-def _scenarios(outcomes: list[Outcome]) -> list[Scenario]:
-    """The scenarios these outcomes ran, in the order they first ran."""
-    return list(dict.fromkeys(o.scenario for o in outcomes))
-
-
-def _value(outcome: Outcome, column: str) -> int:
-    value = getattr(outcome, column)
-    return len(value) if isinstance(value, list | dict) else value
-
-
-def distribution(outcomes: list[Outcome]) -> str:
-    """Per scenario and measure: min / typical (median) / max over the rounds."""
-    rounds = max(Counter(o.scenario for o in outcomes).values())
-    columns = COLUMNS
-    if any(o.scenario.limited for o in outcomes):  # F, G: their quota's own columns
-        columns = (*COLUMNS, "throttled", "peak_in_flight")
-    header = f"{'scenario':<10}" + "".join(
-        f"{c.replace('_calls', '').replace('_in_flight', ''):>14}" for c in columns
-    )
-    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
-    for scenario in _scenarios(outcomes):
-        mine = [o for o in outcomes if o.scenario is scenario]
-        cells = []
-        for column in columns:
-            values = [_value(o, column) for o in mine]
-            cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
-        broken = sum(1 for o in mine if o.broken())
-        note = f"  broken in {broken} of {len(mine)}" if broken else ""
-        lines.append(
-            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
-        )
-    keyed = [o for o in outcomes if o.scenario.keyed]
-    # Every keyed scenario of the demo, even one that did not run, and any other that did.
-    named = dict.fromkeys([*(s for s in DEFAULT if s.keyed), *_scenarios(keyed)])
-    by_letter = ", ".join(
-        f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}" for s in named
-    )
-    lines.append(
-        f"totals: {sum(o.collisions for o in keyed)} collisions under KEYS ({by_letter}), "
-        f"{sum(o.extra_calls for o in outcomes)} extra calls, "
-        f"{sum(len(o.late) for o in outcomes)} late, "
-        f"{sum(len(o.unfinished) for o in outcomes)} never finished"
-        + (f", {fenced} fenced" if (fenced := sum(o.fenced for o in outcomes)) else "")
-        + (
-            f", {sum(o.throttled for o in outcomes)} throttled"
-            if any(o.scenario.limited for o in outcomes)
-            else ""
-        )
-    )
-    return "\n".join(lines)
+def listed(counts: Counter[str]) -> str:
+    """Statuses by count, the most common first: "3 running, 1 pending"."""
+    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
 
 
 def efficiency(outcomes: list[Outcome]) -> str:
     """Per scenario: median elapsed against the physical floor."""
     lines = [f"{'scenario':<11}{'median':>9}{'floor':>9}{'efficiency':>12}{'runs':>6}"]
-    for scenario in _scenarios(outcomes):
+    for scenario in dict.fromkeys(o.scenario for o in outcomes):
         mine = [o for o in outcomes if o.scenario is scenario]
         median = statistics.median(o.elapsed for o in mine)
         floor = mine[0].floor
@@ -219,15 +145,3 @@ def verdict(outcomes: list[Outcome], crashes: list[str]) -> tuple[str, int]:
     stamp = time.strftime("%H:%M:%S")
     lines.append(f"\nOK: every guarantee held ({len(outcomes)} scenario runs, {stamp}).")
     return "\n".join(lines), 0
-
-
-def claims(app: "Pynenc") -> str:
-    """The atomic claim's own count: claims made, and the tries a Redis WATCH conflict cost;
-    "" without the claim."""
-    if (found := keyclaim.counts(app)) is None:
-        return ""
-    per = found["retries"] / found["claims"] if found["claims"] else 0.0
-    return (
-        f"claims: {found['claims']}, tried again after a conflict: {found['retries']} "
-        f"({per:.2f} per claim)"
-    )

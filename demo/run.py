@@ -17,6 +17,8 @@ from demo.provider import Provider
 from demo.scenarios import Scenario, Shape
 
 POLL_SECONDS = 0.02
+# The provider's counts of a scenario, as its report and an Outcome both name them.
+COUNTS = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts")
 
 
 @dataclass
@@ -127,11 +129,9 @@ def scenario(
     # This process only enqueues and watches: its own INFO lines would bury the summaries.
     tasks.app.logger.setLevel(logging.WARNING)
     payloads = shape.payloads(scenario)
+    # Each account's quota, as its task declares it: one call in flight, or F's and G's limit.
     quota = {"slots": scenario.slots, "rate": scenario.rate, "per": scenario.per}
-    if scenario.limited:  # F and G: the provider judges each account by its task's limit
-        provider.reset(scenario.heading, shape.hold, **{k: v for k, v in quota.items() if v})
-    else:
-        provider.reset(scenario.heading, shape.hold)
+    provider.reset(scenario.heading, shape.hold, **{k: v for k, v in quota.items() if v})
     started, began = time.monotonic(), time.time()
     sent = enqueue(scenario, shape, tasks, since=started)
     ids = sent.ids
@@ -155,12 +155,7 @@ def scenario(
         enqueued=len(payloads),
         invocations=len(ids),
         statuses=Counter(s.value for s in statuses.values()),
-        calls=report["calls"],
-        collisions=report["collisions"],
-        fenced=report["fenced"],
-        throttled=report["throttled"],
-        replayed=report["replayed"],
-        conflicts=report["conflicts"],
+        **{count: report[count] for count in COUNTS},
         per_account=dict(report["accounts"]),
         elapsed=elapsed,
         timeline=timeline,

@@ -52,20 +52,17 @@ class Shape:
         return (max(max(each.values()), waves) if scenario.keyed else waves) * self.hold
 
 
-def every_op(shape: Shape) -> list[dict[str, str]]:
+def every_op(shape: Shape, factor: int = 1) -> list[dict[str, str]]:
     """Account by account, as the article does: every op for acme, then for globex, ..."""
-    ops = settings.op_names(shape.ops)
+    ops = settings.op_names(shape.ops * factor)
     return [
         {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
     ]
 
 
 def limited_ops(shape: Shape) -> list[dict[str, str]]:
-    """F and G: account by account, as the article does, twice the ops (8 by default)."""
-    ops = settings.op_names(shape.ops * settings.LIMITED_OPS_FACTOR)
-    return [
-        {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
-    ]
+    """F and G: the same, twice the ops (8 by default)."""
+    return every_op(shape, settings.LIMITED_OPS_FACTOR)
 
 
 def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: int) -> float:
@@ -124,8 +121,6 @@ class Scenario:
     title: str
     task: str  # the name of its task in tasks.py
     sends: Callable[[Shape], list[dict[str, str]]] = every_op
-    # The ideal run calls each account once (C, D), not once per op (A, B).
-    once_per_account: bool = False
     # running_concurrency=KEYS: never two calls in flight for one account, so a collision
     # breaks it, and one account's calls run in a row (its floor).
     keyed: bool = False
@@ -135,8 +130,6 @@ class Scenario:
     # registration_concurrency=KEYS: a duplicate merges into the invocation still queued, so
     # each invocation is called once; one made after the first was picked up is late.
     dedupes: bool = False
-    # Only when asked for by name (enqueue.py noisy, sample.py --noisy): not in the article.
-    opt_in: bool = False
     # Figures of its own, from the run: E's (demo/neighbours.py).
     measure: bool = False
     # Each account's quota at the provider, as its task declares it (keyclaim.limit): up to
@@ -160,9 +153,10 @@ class Scenario:
         return not (self.drops or self.dedupes)
 
     def ideal_calls(self, shape: Shape) -> Counter[str]:
-        """Calls per account in the ideal run: each account once (C, D), or what it is sent."""
+        """Calls per account in the ideal run: what it is sent (A, B), or, where calls are
+        dropped or merged (C, D), each account once."""
         sent = Counter(payload["account_id"] for payload in self.sends(shape))
-        return Counter(dict.fromkeys(sent, 1)) if self.once_per_account else sent
+        return sent if self.every_call_runs else Counter(dict.fromkeys(sent, 1))
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -175,7 +169,6 @@ SCENARIOS: dict[str, Scenario] = {
             "C",
             "running_concurrency=KEYS, reroute=False",
             "call_keyed_drop",
-            once_per_account=True,
             keyed=True,
             drops=True,
         ),
@@ -185,7 +178,6 @@ SCENARIOS: dict[str, Scenario] = {
             "registration + running KEYS",
             "refresh_once",
             sends=refresh_bursts,
-            once_per_account=True,
             keyed=True,
             dedupes=True,
         ),
@@ -196,7 +188,6 @@ SCENARIOS: dict[str, Scenario] = {
             "call_keyed",
             sends=noisy_neighbour,
             keyed=True,
-            opt_in=True,
             measure=True,
         ),
         Scenario(
@@ -206,7 +197,6 @@ SCENARIOS: dict[str, Scenario] = {
             "call_slots",
             sends=limited_ops,
             keyed=True,
-            opt_in=True,
             slots=settings.SLOTS,
         ),
         Scenario(
@@ -217,14 +207,14 @@ SCENARIOS: dict[str, Scenario] = {
             "call_rated",
             sends=limited_ops,
             keyed=True,
-            opt_in=True,
             slots=settings.SLOTS,
             rate=settings.RATE,
             per=settings.RATE_PER,
         ),
     )
 }
-# What runs unless a scenario is asked for by name: the article's four.
-DEFAULT = [s for s in SCENARIOS.values() if not s.opt_in]
+# What runs unless a scenario is asked for by name (enqueue.py noisy, sample.py --noisy, ...):
+# the article's four.
+DEFAULT = [SCENARIOS[key] for key in ("unsafe", "keyed", "drop", "dedupe")]
 # Beyond the article, with the claim (sample.py --limits, enqueue.py limits).
 LIMITED = [s for s in SCENARIOS.values() if s.limited]

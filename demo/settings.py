@@ -11,7 +11,7 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
@@ -58,6 +58,17 @@ def number(raw: str) -> float:
     if not raw.isascii():
         raise ValueError("expected a number, in the digits 0-9")
     return float(raw)
+
+
+def within[T: (int, float)](rule: Callable[[str], T], low: T, high: T) -> Callable[[str], T]:
+    """A flag's rule (whole_number, number) with its range: what fits, said when it does not."""
+
+    def parse(raw: str) -> T:
+        if not low <= (value := rule(raw)) <= high:  # NaN fails both
+            raise ValueError(f"expected {low:g} to {high:g}")
+        return value
+
+    return flag_type(parse)
 
 
 def _port(raw: str) -> int:
@@ -133,8 +144,6 @@ KNOBS: dict[str, Knob] = {
     # How pynenc's SQLite classes get a connection: "kept" (keyclaim.keep_connections) or
     # "pynenc", one opened for every operation, to measure the difference (docs/speed.md).
     "DEMO_SQLITE_CONNECTIONS": Knob("kept", _choice("kept", "pynenc")),
-    # "1": sample.py starts each worker from its own copy of the project (--hosts).
-    "DEMO_HOSTS": Knob("0", _choice("0", "1")),
 }
 DEFAULTS: dict[str, str] = {name: knob.default for name, knob in KNOBS.items()}
 
@@ -237,21 +246,9 @@ def get(name: str) -> str:
     return os.environ.get(name, DEFAULTS[name])
 
 
-def value(name: str) -> object:
-    """The knob's value, parsed by its own rule."""
-    return KNOBS[name].parse(get(name))
-
-
-def dead_after() -> float:
-    return float(value("DEMO_DEAD_AFTER"))  # type: ignore[arg-type]
-
-
-def runner_sleep() -> float:
-    return float(value("DEMO_RUNNER_SLEEP"))  # type: ignore[arg-type]
-
-
-def call_timeout() -> float:
-    return float(value("DEMO_CALL_TIMEOUT"))  # type: ignore[arg-type]
+def seconds(name: str) -> float:
+    """A knob in seconds (DEMO_CALL_TIMEOUT, ...), parsed by its own rule."""
+    return float(KNOBS[name].parse(get(name)))  # type: ignore[arg-type]
 
 
 # A stopping worker waits this much longer than a call can take: its final status writes.
@@ -260,21 +257,7 @@ DRAIN_MARGIN_SECONDS = 2.0
 
 def drain_deadline() -> float:
     """How long a stopping worker lets its calls finish before it exits holding them."""
-    return call_timeout() + DRAIN_MARGIN_SECONDS
-
-
-def claim_window_problem(dead_after: float, call_timeout: float) -> str | None:
-    """Why the claim's dead-after window would take a live call for a dead one, or None.
-
-    (keyclaim checks the same, and the heartbeat, on what pynenc resolved.)
-    """
-    if dead_after > call_timeout:
-        return None
-    return (
-        f"--dead-after (DEMO_DEAD_AFTER) {dead_after:g}s is not longer than a call can stay in "
-        f"flight, --call-timeout (DEMO_CALL_TIMEOUT) {call_timeout:g}s: a runner still waiting "
-        "on its call would be taken for dead"
-    )
+    return seconds("DEMO_CALL_TIMEOUT") + DRAIN_MARGIN_SECONDS
 
 
 def slots_per_worker(runner: str) -> int:
@@ -282,18 +265,27 @@ def slots_per_worker(runner: str) -> int:
     return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)
 
 
-def api_url() -> str:
-    return f"http://{get('DEMO_API_HOST')}:{get('DEMO_API_PORT')}"
+def command(program: str, env: Mapping[str, str], shared: tuple[str, ...] = ()) -> str:
+    """The line that runs `program` (a worker, the monitor) on the state env names, on top of
+    this process's settings, with each of `shared` that is not its default."""
+    value = {n: env.get(n) or get(n) for n in ("DEMO_BACKEND", "REDIS_URL", "DEMO_DB", *shared)}
+    if value["DEMO_BACKEND"] == "redis":
+        named = ["DEMO_BACKEND=redis", f"REDIS_URL={value['REDIS_URL']}"]
+        uv = "uv run --isolated --group redis"
+    else:
+        named, uv, shared = [], "uv run", ("DEMO_DB", *shared)
+    named += [f"{n}={value[n]}" for n in shared if value[n] != DEFAULTS[n]]
+    return " ".join([*named, uv, program])
+
+
+def api_url(host: str | None = None, port: int | str | None = None) -> str:
+    return f"http://{host or get('DEMO_API_HOST')}:{port or get('DEMO_API_PORT')}"
 
 
 def account_names(count: int) -> list[str]:
     """The article's three accounts, then numbered ones when more are asked for."""
-    names = list(ACCOUNTS[:count])
-    names += [f"acct{i:03d}" for i in range(len(names), count)]
-    return names
+    return [*ACCOUNTS[:count], *(f"acct{i:03d}" for i in range(len(ACCOUNTS), count))]
 
 
 def op_names(count: int) -> list[str]:
-    names = list(OPS[:count])
-    names += [f"op{i:02d}" for i in range(len(names), count)]
-    return names
+    return [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]

@@ -3,16 +3,15 @@
 A progress line while one runs, then its summary, its link into the monitor and its chart.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from demo import lanes, progress, report, run, settings
+from demo import lanes, progress, report, run
 from demo.monitor import timeline_url
 from demo.outcome import Outcome
 from demo.provider import Provider
-from demo.scenarios import DEFAULT, Scenario, Shape
-from demo.stack import Stack
+from demo.scenarios import Scenario, Shape
 
 
 @dataclass(frozen=True)
@@ -70,61 +69,3 @@ def scenario(
         if view.charts:
             print(lanes.render(outcome.timeline), flush=True)
     return outcome
-
-
-def rounds(
-    stack: Stack,
-    shape: Shape,
-    rounds: int,
-    timeout: float,
-    view: View,
-    quiet: bool = False,
-    chosen: list[Scenario] = DEFAULT,
-) -> list[Outcome]:
-    """The chosen scenarios (the article's four), in order, `rounds` times, on the stack's
-    API and workers.
-
-    Each is shown as scenario() shows it: in the first round, and in any round where it broke a
-    promise (quiet: only there). After each of several rounds, one line sums the round up. A
-    worker or the API that dies stops it at once (stack.check), unless a dead worker is
-    replaced; every scenario runs to the end otherwise, whatever it found. It returns every
-    outcome, in the order run; the verdict is the caller's.
-    """
-    outcomes: list[Outcome] = []
-    for round_no in range(1, rounds + 1):
-        this_round = []
-        for each in chosen:
-            stack.where = f"round {round_no}, {each.letter}. {each.key}"
-            label = f"{each.letter}. {each.key}"
-            if rounds > 1:
-                label = f"round {round_no}/{rounds}, {label}"
-            quiet_now = quiet or round_no > 1
-            this_round.append(
-                scenario(
-                    each,
-                    shape,
-                    stack.provider,
-                    stack.tasks,
-                    timeout,
-                    view,
-                    label,
-                    stack.check,
-                    quiet_now,
-                )
-            )
-        outcomes += this_round
-        if rounds > 1:
-            print(f"round {round_no}/{rounds}: {report.one_line(this_round)}", flush=True)
-    return outcomes
-
-
-def monitor_command(env: Mapping[str, str]) -> str:
-    """How to open the monitor on a run's state, which stays where sample.py left it."""
-    command = "uv run pynenc monitor"
-    if env.get("DEMO_BACKEND") == "redis":
-        url = env["REDIS_URL"]
-        return f"DEMO_BACKEND=redis REDIS_URL={url} uv run --isolated --group redis pynenc monitor"
-    db = env.get("DEMO_DB", settings.DEFAULTS["DEMO_DB"])
-    if db != settings.DEFAULTS["DEMO_DB"]:
-        command = f"DEMO_DB={db} {command}"
-    return command

@@ -10,15 +10,15 @@ sample.py runs the demo on one; the tests start their API and workers through on
         ...                             # stack.tasks is this process's tasks.py
 """
 
+import argparse
+import contextlib
 import functools
 import importlib
-import shutil
 import sys
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -36,6 +36,7 @@ from demo.processes import (
     wait_until,
 )
 from demo.provider import Provider, ProviderUnreachable
+from keyclaim.config import BEATS_PER_WINDOW, window_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 # A worker told to stop gets this much longer than its drain deadline before it is killed.
@@ -52,17 +53,12 @@ class RunRefused(Exception):
         self.code = code
 
 
-def preflight(
-    host: str,
-    port: int,
-    backend: str,
-    db: str,
-    claim: bool,
-    windows: tuple[float, float] = (15.0, 10.0),
-) -> None:
+def preflight(args: argparse.Namespace) -> None:
     """Raise RunRefused, before anything starts, for a busy port (1), a database SQLite cannot
     create or a file that is not this demo's database to delete (2), or an atomic claim on a
-    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2)."""
+    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2):
+    sample.py's flags, args."""
+    host, port, backend, db, claim = args.host, args.port, args.backend, args.db, args.atomic_claim
     if port_in_use(host, port):
         raise RunRefused(
             f"port {port} on {host} is already in use, maybe by an API left running "
@@ -80,8 +76,10 @@ def preflight(
             keyclaim.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
-    if claim and (why := settings.claim_window_problem(*windows)):
-        raise RunRefused(f"--atomic-claim: {why}", 2)
+    # The claim's own check of its windows, with the beat keyclaim.install asks for.
+    dead_after, longest = args.dead_after, args.call_timeout
+    if claim and (why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest)):
+        raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
 
 
 def fresh_sqlite(path: str) -> None:
@@ -101,12 +99,12 @@ def refuse_unless_ours(path: str) -> None:
         )
 
 
-class Stack:
+class Stack(contextlib.AbstractContextManager):
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
     env: the settings the children are built from (demo/options.py), on top of this process's.
-    hosts: start each worker from its own copy of the project, as on a machine of its own.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
+    api: the provider's ASGI app (the tests': tools/held.py, whose calls they hold in flight).
     """
 
     def __init__(
@@ -115,23 +113,19 @@ class Stack:
         log_dir: Path,
         *,
         ready_timeout: float = 30.0,
-        hosts: bool = False,
         private_redis: bool = False,
         cwd: Path | None = None,
+        api: str = "api_server:app",
     ) -> None:
         self.env = dict(env)
         self.log_dir, self.ready_timeout, self.cwd = log_dir, ready_timeout, cwd
-        self.hosts, self.private_redis = hosts, private_redis
+        self.private_redis, self.api_app = private_redis, api
         self.started: list[Child] = []  # every child ever started: all are stopped at the end
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
-        self.replace_dead = False
         self.crashes: list[str] = []
         self.where = ""  # what the run is doing, for a crash report
         self._lives: Counter[int] = Counter()
-
-    def __enter__(self) -> Self:
-        return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -141,23 +135,18 @@ class Stack:
 
     @functools.cached_property
     def tasks(self) -> ModuleType:
-        """tasks.py in this process, imported on first use.
-
-        tasks.py builds its app from the environment as it is imported, as the article's does,
-        so a script imports it only once its environment holds the run's settings. sample.py
-        puts them there (demo/options.py) before its stack starts; this is where it is imported.
-        """
+        """tasks.py in this process, imported on first use: it builds its app from the
+        environment as it is imported, so only once that holds the run's settings (sample.py)."""
         return importlib.import_module("tasks")
 
     @functools.cached_property
     def provider(self) -> Provider:
-        return Provider(f"http://{self.setting('DEMO_API_HOST')}:{self.setting('DEMO_API_PORT')}")
+        host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
+        return Provider(settings.api_url(host, port))
 
     def start(self, workers: int) -> None:
         """Fresh state, then the API and `workers` workers, booting side by side; back once the
-        API answers with this run's token and every worker has sent its first heartbeat.
-        With several workers, one that dies later is replaced (see check)."""
-        self.replace_dead = workers > 1
+        API answers with this run's token and every worker has sent its first heartbeat."""
         if self.setting("DEMO_BACKEND") == "redis":
             self._redis()
             # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
@@ -172,13 +161,13 @@ class Stack:
             self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
-        argv = [sys.executable, "-m", "uvicorn", "api_server:app", "--host", host, "--port", port]
+        argv = [sys.executable, "-m", "uvicorn", self.api_app, "--host", host, "--port", port]
         # Warnings only: the log then holds just the provider's call lines.
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
-        fresh = [self._spawn_worker() for _ in range(workers)]
-        # The children boot while this process imports tasks.py (runner_ids) and polls.
-        self._wait_ready(fresh, earlier=frozenset())
+        fresh = [self.spawn_worker() for _ in range(workers)]
+        # The children boot while this process imports tasks.py (workers_up) and polls.
+        self.wait_ready(fresh)
 
     @staticmethod
     def _refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
@@ -192,32 +181,10 @@ class Stack:
                 1,
             )
 
-    def add_workers(self, count: int = 1, env: Mapping[str, str] | None = None) -> list[Child]:
-        """`count` more workers, with `env` on top of the stack's; back once each has sent its
-        first heartbeat (runners alive before do not count)."""
-        earlier = self.runner_ids()
-        fresh = [self._spawn_worker(env=env) for _ in range(count)]
-        self._wait_ready(fresh, earlier)
-        return fresh
-
-    def replace_workers(self, **changes: str) -> None:
-        """Stop the live workers and start as many fresh ones with `changes` in their
-        environment (--bench: the next runner), on the same API and state. Their crash list
-        starts empty."""
-        earlier, count = self.runner_ids(), len(self.workers)
-        self.stop(self.workers)
-        self.env.update(changes)
-        self.crashes = []
-        fresh = [self._spawn_worker(number) for number in range(1, count + 1)]
-        self._wait_ready(fresh, earlier)
-
     def check(self) -> None:
-        """Called on every poll: the API must live; a worker that dies is reported at once.
-
-        With one worker, nothing is left to run the work and the run stops. With several, a
-        stress run measures N workers, so the dead one is replaced, as a supervisor would, and
-        the crash goes into the report.
-        """
+        """Called on every poll: the API must live; a worker that dies is reported at once, and
+        its crash goes into the report (replaced: tools/stress.py). With none left, the run
+        stops."""
         raise_if_stopping()
         if self.api is not None:
             self.api.check_alive()
@@ -229,10 +196,12 @@ class Stack:
                 print(f"\n{exc}", flush=True)
             error = worker.last_error() or f"exit code {worker.proc.returncode}"
             self.crashes.append(f"{worker.name} died during {self.where}: {error}")
-            if self.replace_dead:
-                self._spawn_worker(_number(worker))
+            self.replace(worker)
         if not self.workers:
             raise ChildDied("no worker is left to run the work")
+
+    def replace(self, dead: Child) -> None:
+        """What becomes of a dead worker: nothing here; the rounds start another."""
 
     def explain(self, exc: Exception) -> str:
         """A request that failed because a child died is best explained by the death."""
@@ -250,10 +219,6 @@ class Stack:
         self.api.log.flush()
         return self.api.log_path.read_text(errors="replace").strip()
 
-    def runner_ids(self) -> frozenset[str]:
-        """The runners with a live heartbeat in pynenc's orchestrator."""
-        return frozenset(r.runner_id for r in self.tasks.app.orchestrator.get_active_runners())
-
     def stop(self, children: list[Child] | None = None) -> None:
         """Stop these children (by default every one started); a stop signal waits meanwhile."""
         stopping = list(self.started if children is None else children)
@@ -268,7 +233,7 @@ class Stack:
         self.started.append(child)
         return child
 
-    def _spawn_worker(
+    def spawn_worker(
         self, number: int | None = None, env: Mapping[str, str] | None = None
     ) -> Child:
         """Worker `number` (the next new one by default); a restart keeps the earlier log."""
@@ -279,7 +244,7 @@ class Stack:
         log = self.log_dir / (
             f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
         )
-        cwd = self._separate_host(number) if self.hosts else self.cwd
+        cwd = self.worker_cwd(number)
         env = {**self.env, **(env or {})}
         # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
         drain = float(env.get("DEMO_CALL_TIMEOUT") or settings.get("DEMO_CALL_TIMEOUT"))
@@ -289,14 +254,9 @@ class Stack:
         self.workers.append(child)
         return child
 
-    def _separate_host(self, number: int) -> Path:
-        """A copy of the project for worker `number`, as if it ran on a machine of its own."""
-        host = (self.log_dir / "hosts" / f"host-{number}").resolve()
-        shutil.rmtree(host, ignore_errors=True)
-        host.mkdir(parents=True)
-        shutil.copy2(ROOT / "tasks.py", host / "tasks.py")
-        shutil.copytree(ROOT / "demo", host / "demo", ignore=shutil.ignore_patterns("__pycache__"))
-        return host
+    def worker_cwd(self, number: int) -> Path | None:
+        """Where worker `number` starts (tools/stress.py --hosts: a copy of the project)."""
+        return self.cwd
 
     def _redis(self) -> None:
         """The Redis this run keeps its state in: a private one if asked, usable by the claim."""
@@ -311,17 +271,13 @@ class Stack:
         if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
-    def workers_up(self, fresh: list[Child], earlier: frozenset[str]) -> bool:
+    def workers_up(self, fresh: list[Child]) -> bool:
         """Whether each fresh worker's runner has written its first heartbeat, under the pid
         it stored as it started (demo/runners.py): another runner's beat, on a store this
         process shares with others (a test's), is not one of ours coming up."""
-        beating = self.runner_ids() - earlier
-        state = self.tasks.app.state_backend
-        contexts = [state.get_runner_context(runner_id) for runner_id in beating]
-        pids = {context.pid for context in contexts if context is not None}
-        return {child.proc.pid for child in fresh} <= pids
+        return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.tasks.app)}
 
-    def _wait_ready(self, fresh: list[Child], earlier: frozenset[str]) -> None:
+    def wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""
         token = self.env.get("DEMO_API_INSTANCE", "")
 
@@ -338,12 +294,8 @@ class Stack:
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
         wait_until(
-            lambda: self.workers_up(fresh, earlier),
+            lambda: self.workers_up(fresh),
             self.ready_timeout,
             f"{len(fresh)} worker(s) to register as active runners",
             check=all_alive,
         )
-
-
-def _number(worker: Child) -> int:
-    return int(worker.name.split()[-1])

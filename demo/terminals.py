@@ -4,11 +4,10 @@ No worker on its state, every worker gone mid-run, the workers calling another A
 a run that gives up leaves behind (found and ended by demo/leftovers.py).
 """
 
-from collections import Counter
 from collections.abc import Mapping
 from types import ModuleType
 
-from demo import leftovers, live, settings
+from demo import leftovers, live, report, settings
 from demo.scenarios import Scenario
 
 NO_WORKER_EXIT = 3  # enqueue.py's exit code when no worker runs, or none is left
@@ -32,22 +31,14 @@ def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
     """Where the workers should be, and the command that starts one there: with this
     terminal's settings that differ from the defaults (api: the API's address, as its flags
     say), so that it runs as this one expects."""
-    runner = "pynenc --app tasks.app runner start"
-    value = {n: api.get(n) or settings.get(n) for n in SHARED}
-    named = [f"{n}={value[n]}" for n in SHARED if value[n] != settings.DEFAULTS[n]]
+    start = settings.command("pynenc --app tasks.app runner start", api, SHARED)
     if settings.get("DEMO_BACKEND") == "redis":
-        url = settings.get("REDIS_URL")
-        named = ["DEMO_BACKEND=redis", f"REDIS_URL={url}", *named]
-        return f"the Redis at {url}", " ".join(
-            [*named, f"uv run --isolated --group redis {runner}"]
-        )
-    db = settings.get("DEMO_DB")
-    named = ([] if db == settings.DEFAULTS["DEMO_DB"] else [f"DEMO_DB={db}"]) + named
-    return db, " ".join([*named, f"uv run {runner}"])
+        return f"the Redis at {settings.get('REDIS_URL')}", start
+    return settings.get("DEMO_DB"), start
 
 
 def no_worker(api: Mapping[str, str], why: str = "") -> str:
-    """why: what became of a worker seen starting (live.Awaited)."""
+    """why: what became of a worker seen starting (live.awaited)."""
     where, start = state_and_start(api)
     why = why or f"none beat in the last {live.ALIVE_WITHIN:g}s from a process still running"
     return (
@@ -74,10 +65,6 @@ def elsewhere(url: str) -> str:
     )
 
 
-def listed(counts: Counter[str]) -> str:
-    return ", ".join(f"{n} {status}" for status, n in counts.most_common())
-
-
 def earlier_run_left(
     tasks: ModuleType, scenarios: list[Scenario], api: Mapping[str, str]
 ) -> str | None:
@@ -89,7 +76,7 @@ def earlier_run_left(
     where, _ = state_and_start(api)
     return (
         f"{left.total()} invocations of an earlier run are still unfinished on {where} "
-        f"({listed(left)}); they would run inside this one. Wait until the workers have run "
+        f"({report.listed(left)}); they would run inside this one. Wait until the workers have run "
         "them, or give this run a state of its own (DEMO_DB=other.db, and a worker on it)"
     )
 
@@ -100,5 +87,5 @@ def cancel_unpicked(tasks: ModuleType, scenario: Scenario, workers_left: bool = 
     cancelled = leftovers.cancel(tasks, scenario.task, workers_left)
     said = f"{cancelled} invocations no worker had picked up are cancelled (never to run)"
     if left := leftovers.unfinished(tasks, {scenario.task}, leftovers.UNFINISHED):
-        said += f"; left as they are: {listed(left)}"
+        said += f"; left as they are: {report.listed(left)}"
     return said

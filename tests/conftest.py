@@ -26,7 +26,7 @@ from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from keyclaim.config import LONGEST_CALL_KEY
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
-from tools import monitor
+from tools import faults, monitor
 
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(
@@ -83,7 +83,7 @@ def long_runs(
 def stack() -> Iterator[Stack]:
     """The provider as a real uvicorn process on a free loopback port; no worker yet."""
     env = {"DEMO_API_PORT": os.environ["DEMO_API_PORT"], "DEMO_API_INSTANCE": secrets.token_hex(8)}
-    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT) as running:
+    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT, api=faults.HELD) as running:
         running.start(workers=0)
         yield running
 
@@ -100,7 +100,7 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
     live_api.reset("test", hold=0.0)
     stack.tasks.app.broker.purge()
     yield live_api
-    live_api.resume()
+    live_api.request("POST", "/resume")
     end_leftovers(stack.tasks.app)
 
 
@@ -147,7 +147,7 @@ def start_worker(stack: Stack) -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
     def start(env: dict[str, str] | None = None) -> Child:
-        (worker,) = stack.add_workers(1, env)
+        (worker,) = faults.add_workers(stack, 1, env)
         started.append(worker)
         return worker
 

@@ -1,7 +1,7 @@
 """F and G alone, on workers sample.py starts, printing each run's counts as one JSON line.
 
-Run it: uv run python tests/limits_run.py slots,rate --atomic-claim --workers 3   (sample.py's
-flags after the scenarios; tests/test_limits.py runs it, on SQLite and on Redis)
+Run it: uv run python tests/limits_run.py slots,rate --atomic-claim --workers 3   (the flags
+of tools/stress.py after the scenarios; tests/test_limits.py runs it, on SQLite and on Redis)
 """
 
 import json
@@ -11,11 +11,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import sample
 from demo import options, run, settings
 from demo.scenarios import SCENARIOS
 from demo.show import View
 from demo.stack import Stack
+from tools import stress
 
 
 def recounted(timeline: list[dict]) -> dict[str, int]:
@@ -40,7 +40,7 @@ def recounted(timeline: list[dict]) -> dict[str, int]:
 def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
     """Each scenario, `--rounds` times: one JSON line per run, the provider's counts."""
     shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker("thread"))
-    for _ in range(args.rounds or 1):
+    for _ in range(args.rounds):
         for key in keys:
             o = run.scenario(SCENARIOS[key], shape, stack.provider, stack.tasks, args.timeout)
             found = {
@@ -61,13 +61,13 @@ def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
 
 def main(argv: list[str]) -> int:
     keys, rest = argv[0].split(","), argv[1:]
-    args = sample.parse_args(rest)
+    args = stress.parse_args(rest)
 
     def body(stack: Stack, view: View) -> int:
         counts(args, keys, stack)
         return 0
 
-    return sample.run(args, body)
+    return stress.run(args, body)
 
 
 if __name__ == "__main__":

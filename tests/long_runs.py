@@ -1,6 +1,7 @@
 """The long runs that tests/test_scale.py reads, started in the background as the session begins.
 
-The benchmark (tools/bench.py), and sample.py on Redis and with several workers.
+The benchmark (tools/bench.py), sample.py on Redis, and the rounds on several workers
+(tools/stress.py).
 
 They start as the session begins, when a selected test reads them (conftest.py's `long_runs`),
 and run two at a time beside the other tests, which mostly wait on the provider: by the time
@@ -30,6 +31,7 @@ from helpers import user_env
 WITH_REDIS = ("--isolated", "--group", "redis")
 # Ready-timeout: several runs boot at once on a small machine.
 SHORT = ("--hold", "0.1", "--no-chart", "--ready-timeout", "120")
+STRESS = "tools.stress"  # the rounds, several workers, separate hosts
 # Each run's flags, and its Redis, if any ("url": a redis-server of its own, named by
 # REDIS_URL; "private": the one sample.py starts itself). The longest first.
 RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
@@ -42,15 +44,19 @@ RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
     ),
     # On the wake runner, so the same run shows that runner keeps its promises on Redis.
     "redis, one worker": (("--backend", "redis", "--runner", "wake", *SHORT), "url"),
-    "three workers": (("--workers", "3", "--rounds", "2", "--timeout", "5", *SHORT), None),
+    "three workers": (
+        ("-m", STRESS, "--workers", "3", "--rounds", "2", "--timeout", "5", *SHORT),
+        None,
+    ),
     # On the wake runner: the same run shows that runner keeps every promise with the claim.
     "three workers, claim": (
-        ("--atomic-claim", "--workers", "3", "--rounds", "2", "--runner", "wake", *SHORT),
+        ("-m", STRESS, "--atomic-claim", "--workers", "3", "--rounds", "2", "--runner", "wake")
+        + SHORT,
         None,
     ),
     # On the Redis sample.py starts by itself, with no REDIS_URL.
     "redis, claim, hosts": (
-        ("--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", *SHORT),
+        ("-m", STRESS, "--backend", "redis", "--atomic-claim", "--workers", "3", "--hosts", *SHORT),
         "private",
     ),
 }

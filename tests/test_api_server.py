@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 import api_server
 from demo.processes import wait_until
+from tools.held import app as provider_app  # api_server's, with /pause and /resume
 
 pytestmark = pytest.mark.unit  # no process, no network
 
@@ -16,14 +17,14 @@ pytestmark = pytest.mark.unit  # no process, no network
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setattr(api_server, "owner", None)  # no run owns the provider yet
-    with TestClient(api_server.app) as c:
+    with TestClient(provider_app) as c:
         r = c.post("/reset", params={"label": "test", "hold": 0.05})
         assert r.status_code == 200, r.text
         yield c
 
 
 async def _concurrent(calls: list[tuple[str, str]], hold: float | None = None) -> list[str]:
-    transport = httpx.ASGITransport(app=api_server.app)
+    transport = httpx.ASGITransport(app=provider_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
         params = {"hold": hold} if hold is not None else None
         responses = await asyncio.gather(
@@ -125,7 +126,7 @@ def test_an_empty_or_malformed_call_path_is_a_422_that_says_what_fits(
 
 def test_paused_calls_stay_in_flight_until_resumed(client: TestClient) -> None:
     async def scenario() -> tuple[int, list[str]]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
             await c.post("/pause")
             first = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0}))
@@ -149,7 +150,7 @@ def _fenced_pair(first_token: int | None, second_token: int | None) -> list[str]
     """Two calls for one account, the second arriving while the first is in flight."""
 
     async def scenario() -> list[str]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
 
             def params(token: int | None) -> dict[str, object]:
@@ -194,7 +195,7 @@ def test_without_a_newer_token_an_overlap_is_still_a_collision(
 
 def test_pausing_one_account_holds_only_its_calls(client: TestClient) -> None:
     async def scenario() -> tuple[dict, list[str]]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
             await c.post("/pause", params={"account_id": "acme"})
             held = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0}))
@@ -240,7 +241,7 @@ def _in_flight_calls(calls: list[dict[str, object]]) -> list[str]:
     are let go. Their outcomes, in order."""
 
     async def scenario() -> list[str]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
             await c.post("/pause")
             tasks = []
@@ -342,7 +343,7 @@ def test_a_replay_returns_the_stored_outcome_even_a_collision(client: TestClient
     """The store keeps what the first call answered, whatever it was."""
 
     async def scenario() -> list[str]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
             first = asyncio.create_task(c.post("/call/acme/one", params={"hold": 0.2}))
             while (await c.get("/report")).json()["in_flight"] < 1:
@@ -365,7 +366,7 @@ def _while_in_flight(first: dict[str, object], second: dict[str, object]) -> lis
     """Two calls for acme, the second arriving while the provider holds the first (paused)."""
 
     async def scenario() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
 
             async def report() -> dict:
@@ -522,7 +523,7 @@ def test_a_fenced_call_that_ends_after_its_keys_new_holder_leaves_the_stored_out
     was applied a second time, and this test failed."""
 
     async def scenario() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=api_server.app)
+        transport = httpx.ASGITransport(app=provider_app)
         async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
             headers = {"Idempotency-Key": "inv-8"}
             cut = asyncio.create_task(

@@ -107,7 +107,7 @@ def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
             link.release()
             wait_until(lambda: account(claim_app, acct)["calls"] == 2, WAIT, "the late call")
         finally:
-            claim_app.resume()
+            claim_app.request("POST", "/resume")
             os.kill(late.proc.pid, signal.SIGCONT)
     assert final(call.invocation_id) == [S.SUCCESS]
     assert call.result == "ok"

@@ -18,7 +18,7 @@ import sample
 from demo import settings
 from demo.database import TABLE_PREFIX, not_ours
 from demo.processes import free_port
-from demo.stack import ROOT, RunRefused, fresh_sqlite
+from demo.stack import ROOT, RunRefused, fresh_sqlite, preflight
 from helpers import user_env
 from tools import bench
 
@@ -186,6 +186,19 @@ def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(
     assert notes.read_text() == "not a database\n"
 
 
+def test_claim_windows_that_would_take_a_live_call_for_dead_are_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """A dead-after window not longer than the call timeout: exit 2, with the claim's own
+    reason, before any process starts. Checked by dropping the window check from preflight:
+    the test fails (nothing raised)."""
+    argv = ["--atomic-claim", "--port", str(free_port()), "--db", str(tmp_path / "w.db")]
+    with pytest.raises(RunRefused) as refused:
+        preflight(sample.parse_args([*argv, "--dead-after", "10", "--call-timeout", "10"]))
+    assert refused.value.code == 2 and "is taken for dead" in str(refused.value)
+    preflight(sample.parse_args([*argv, "--dead-after", "15", "--call-timeout", "10"]))
+
+
 # --- 2. settings that got through ------------------------------------------------------------
 
 
@@ -254,7 +267,7 @@ def test_a_number_in_a_flag_takes_ascii_digits_only(
     plain float() in number: each makes the test fail (--port parsed as 8765; --workers,
     --rounds, --accounts, --ops, --backlog, --bench-accounts; --hold, --timeout)."""
     with pytest.raises(SystemExit) as exited:
-        (bench_args if argv[0].startswith("--bench") else sample.parse_args)(argv)
+        (bench_args if argv[0].startswith(("--bench", "--rounds")) else sample.parse_args)(argv)
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {argv[0]}: {argv[1]!r}: expected" in err, err

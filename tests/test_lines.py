@@ -24,6 +24,7 @@ from helpers import (
     unique,
     wait_in_flight,
 )
+from tools import faults
 
 CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
 
@@ -31,7 +32,7 @@ CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
 @pytest.fixture(scope="module", autouse=True)
 def claim_workers(stack: Stack) -> Iterator[None]:
     """Two workers with the claim, for every test here: none of them stops one."""
-    workers = stack.add_workers(2, CLAIM)
+    workers = faults.add_workers(stack, 2, CLAIM)
     try:
         yield
     finally:

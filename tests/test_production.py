@@ -33,6 +33,7 @@ from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+from tools.held import app as provider_app  # api_server's, with /pause and /resume
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The skew (40 s) is past this window: read on a worker's own clock, a live holder looks dead.
@@ -373,7 +374,7 @@ def test_a_refused_connection_is_tried_again_until_the_provider_is_back() -> Non
     provider comes up a moment after the first try was refused. Checked by mutation: without
     the transport's retries, the call raised ConnectError and this test fails."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api_server.app, host="127.0.0.1", port=port))
+    server = uvicorn.Server(uvicorn.Config(provider_app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
     later = threading.Timer(0.3, thread.start)  # the outage: the first try finds nobody
     later.start()
@@ -399,7 +400,7 @@ def test_a_409_for_the_calls_own_key_is_sent_again_until_it_is_answered_from_the
     Checked by mutation: with CallTransport returning the first 409, the second call came back
     409 at once and this test failed."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(api_server.app, host="127.0.0.1", port=port))
+    server = uvicorn.Server(uvicorn.Config(provider_app, host="127.0.0.1", port=port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -38,7 +38,8 @@ from demo.processes import (
 )
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
-from helpers import children_of, cmdline, process_state, unique, user_env, wait_final
+from helpers import children_of, cmdline, paused, process_state, unique, user_env, wait_final
+from tools import stress
 
 DEADLINE = 60.0
 
@@ -139,7 +140,7 @@ def test_a_signal_stops_the_demo_and_every_child(
 ) -> None:
     """Exit 128 + the signal's number, as a shell reports a command it stopped: 130 for
     Ctrl-C, 143 for SIGTERM."""
-    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
+    run = Running(sample_py("--hold", "2"), tmp_path)
     try:
         if moment == "mid-run":
             run.wait_for_line("=== A. ")
@@ -172,8 +173,8 @@ def test_ctrl_c_twice_to_the_process_group_stops_cleanly(tmp_path: Path) -> None
     and the design before this test (every signal raises, teardown outside the try: it
     failed every time here, as soon as the last Ctrl-C lands in the teardown).
     """
-    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port()), "--rounds", "50"]
-    run = Running([*argv, "--hold", "0.1"], tmp_path, new_session=True)
+    argv = ["uv", "run", "python", "sample.py", "--port", str(free_port()), "--hold", "2"]
+    run = Running(argv, tmp_path, new_session=True)
     try:
         run.wait_for_line("=== A. ")
         tree = psutil.Process(run.proc.pid).children(recursive=True)
@@ -208,7 +209,7 @@ def running(proc: psutil.Process) -> bool:
 def test_a_child_that_dies_mid_run_is_reported_at_once(
     tmp_path: Path, name: str, marker: str
 ) -> None:
-    run = Running(sample_py("--rounds", "50", "--hold", "0.1"), tmp_path)
+    run = Running(sample_py("--hold", "2"), tmp_path)
     try:
         run.wait_for_line("=== A. ")
         kids = children_of(run.proc.pid)
@@ -385,7 +386,7 @@ def test_a_worker_that_exits_while_starting_is_named_as_gone(
     tmp_path: Path, provider: Provider
 ) -> None:
     """A worker that dies before its first beat: enqueue.py says that worker exited, not
-    merely that none runs. Checked by mutation: with Awaited's reason left out, the line named
+    merely that none runs. Checked by mutation: with awaited's reason left out, the line named
     no exited worker and this test fails."""
     said, ended = enqueue_beside_a_held_worker(
         tmp_path, provider, {}, lambda worker, _: os.killpg(worker.proc.pid, signal.SIGKILL)
@@ -512,7 +513,7 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
             text=True,
         )
         try:
-            with provider.paused():  # the first run's calls stay in flight meanwhile
+            with paused(provider):  # the first run's calls stay in flight meanwhile
                 wait_until(lambda: provider.report()["calls"] > 0, DEADLINE, "the first calls")
                 second = enqueue_on(db, provider, "drop")
             out, err = first.communicate(timeout=DEADLINE)
@@ -564,7 +565,7 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
     port = provider.base_url.rsplit(":", 1)[1]
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
     env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
-    with workers_on(db, tmp_path) as (worker,), provider.paused():
+    with workers_on(db, tmp_path) as (worker,), paused(provider):
         run = subprocess.Popen(
             argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
@@ -607,7 +608,7 @@ def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
     argv = [sys.executable, "enqueue.py", "keyed", "--port", port, "--no-chart", "--no-links"]
     env = {**os.environ, "DEMO_DB": db, "NO_COLOR": "1"}
     calls_outlast = {"DEMO_CALL_TIMEOUT": f"{DEADLINE:g}"}
-    with workers_on(db, tmp_path, **calls_outlast) as (worker,), provider.paused():
+    with workers_on(db, tmp_path, **calls_outlast) as (worker,), paused(provider):
         run = subprocess.Popen(
             argv,
             cwd=ROOT,
@@ -669,8 +670,8 @@ def test_sample_never_deletes_a_database_a_running_worker_uses(
 
 @pytest.mark.parametrize(
     "script, args",
-    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (sample, ["--rounds", "0"])],
-    ids=["enqueue.py", "sample.py", "sample.py --rounds 0"],
+    [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (stress, ["--rounds", "0"])],
+    ids=["enqueue.py", "sample.py", "tools.stress --rounds 0"],
 )
 def test_unknown_input_prints_usage_and_exits_2(
     script: ModuleType, args: list[str], capsys: pytest.CaptureFixture[str]
@@ -724,13 +725,14 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
     stack.tasks = ModuleType("tasks")  # the stack reads this app, not tasks.py's
     stack.tasks.app = app
     with stack:
-        idle = [sys.executable, "-c", "import time; time.sleep(60)"]
+        # Named like a worker ("pynenc" in its command line), as live.in_app looks for.
+        idle = [sys.executable, "-c", "import time; time.sleep(60)", "pynenc"]
         worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
-        assert not stack.workers_up([worker], frozenset())
+        assert not stack.workers_up([worker])
         mine = RunnerContext(runner_cls="ThreadWorker", pid=worker.proc.pid)
         app.state_backend.store_runner_context(mine)
         app.orchestrator.register_runner_heartbeats([mine.runner_id])
-        assert stack.workers_up([worker], frozenset())
+        assert stack.workers_up([worker])
 
 
 def test_a_worker_stores_its_pid_as_it_starts_not_with_its_first_call(tmp_path: Path) -> None:

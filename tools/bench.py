@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import sample
 from demo import options, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import Child, start_child, stop_children, wait_until
 from demo.scenarios import DEFAULT, Scenario, Shape
 from demo.stack import ROOT, Stack
+from tools import stress
 
 ROUNDS = 5
 SCALED = Shape(accounts=30, ops=4, hold=0.1)
@@ -32,8 +32,8 @@ RUNNERS = ("thread", "wake")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """sample.py's flags, and the bench's own."""
-    parser = sample.build_parser(__doc__.splitlines()[0])
+    """tools.stress's flags (sample.py's and --rounds), and the bench's own."""
+    parser = stress.build_parser(__doc__.splitlines()[0])
     parser.prog = "python -m tools.bench"
     add_arguments(parser)
     return parser
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("tools/bench.py")
     parser = build_parser()
-    args = sample.parse_args(argv, parser)
+    args = stress.parse_args(argv, parser)
     refuse_bad_arguments(parser, args)
     began = time.monotonic()
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         code = run(stack, lambda runner: play(args, stack, view, runner), began)
         return lines(args, stack.log_dir) or code
 
-    return sample.run(args, bench)
+    return stress.run(args, bench)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,8 +96,8 @@ def refuse_bad_arguments(parser: argparse.ArgumentParser, args: argparse.Namespa
 def play(
     args: argparse.Namespace, stack: Stack, view: show.View, runner: str
 ) -> tuple[int, list[Outcome]]:
-    """sample.py's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
-    code, outcomes = sample.play(args, stack, view, runner, quiet=True)
+    """tools.stress's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
+    code, outcomes = stress.play(args, stack, view, runner, quiet=True)
     shape = options.shape(args, args.workers, settings.slots_per_worker(runner))
     big = scaled(stack, args.bench_accounts, shape, args.timeout, view)
     text, scaled_code = report.verdict(big, stack.crashes)

@@ -28,6 +28,7 @@ from demo.outcome import Outcome
 from demo.processes import free_port, stop_on_signals
 from demo.scenarios import LIMITED, SCENARIOS, Shape
 from demo.stack import FAILURES, Stack
+from tools import stress
 from tools.bench import ROUNDS, SCALED, backlogs
 
 E_HOLD = 0.1  # as the scaled run's
@@ -127,7 +128,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
             if not args.no_b:
                 shape = Shape(hold=args.hold, workers=args.workers)
                 chosen = [keyed, *(LIMITED if args.limits else [])]
-                article = show.rounds(s, shape, args.rounds, 60, view, True, chosen)
+                article = stress.rounds(s, shape, args.rounds, 60, view, True, chosen)
                 print(report.efficiency(article))
                 size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
                 scaled = show.scenario(
@@ -138,7 +139,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
                 label = f"E, a backlog of {backlog}"
                 runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
-            if counted := report.claims(s.tasks.app):
+            if counted := stress.claims(s.tasks.app):
                 print(counted, flush=True)
         except KeyboardInterrupt:
             return 130

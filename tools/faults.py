@@ -21,6 +21,7 @@ call times out after 2 s. docs/faults.md has the tables this printed.
 """
 
 import argparse
+import contextlib
 import glob
 import os
 import secrets
@@ -29,12 +30,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from demo import redis_server, settings
 from demo.processes import Child, free_port, stop_on_signals, wait_until
+from demo.provider import Provider
 from demo.stack import FAILURES, Stack
 
 OPS = ("op1", "op2", "op3", "op4")
@@ -82,6 +84,20 @@ def deploy(run: FaultRun) -> None:
     add_worker(run.stack)
 
 
+HELD = "tools.held:app"  # the provider, whose calls paused() holds in flight
+
+
+@contextlib.contextmanager
+def paused(provider: Provider, account_id: str | None = None) -> Iterator[None]:
+    """Calls (or only this account's) stay in flight inside the block, however long their hold,
+    and end once it is left, whatever happens (api_server.py's /pause and /resume)."""
+    provider.request("POST", "/pause", **({} if account_id is None else {"account_id": account_id}))
+    try:
+        yield
+    finally:
+        provider.request("POST", "/resume")
+
+
 def kill(run: FaultRun) -> None:
     os.killpg(run.victim.proc.pid, signal.SIGKILL)
     run.victim.proc.wait(DEADLINE)
@@ -92,7 +108,7 @@ def kill_while_served(run: FaultRun) -> None:
     """The provider goes on serving the cut call until the account's next call arrives; the
     victim's replacement starts after that: booted under the pause, it held the next call
     past its own timeout on a loaded machine, a failure the harness made."""
-    with run.stack.provider.paused(run.account):
+    with paused(run.stack.provider, run.account):
         os.killpg(run.victim.proc.pid, signal.SIGKILL)
         run.victim.proc.wait(DEADLINE)
         run.successor()
@@ -110,7 +126,7 @@ def stall(run: FaultRun) -> None:
 def stall_while_served(run: FaultRun) -> None:
     os.kill(run.victim.proc.pid, signal.SIGSTOP)
     try:
-        with run.stack.provider.paused(run.account):
+        with paused(run.stack.provider, run.account):
             run.successor()
     finally:
         os.kill(run.victim.proc.pid, signal.SIGCONT)
@@ -118,7 +134,7 @@ def stall_while_served(run: FaultRun) -> None:
 
 def slow_call(run: FaultRun) -> None:
     """The provider serves the call past its timeout, until the account's next call."""
-    with run.stack.provider.paused(run.account):
+    with paused(run.stack.provider, run.account):
         run.successor()
 
 
@@ -185,6 +201,14 @@ PAIRS = {"one worker's clock 40 s ahead": "+40s", "one worker's clock 40 s behin
 NAMES: dict[int, str] = {}
 
 
+def add_workers(stack: Stack, count: int = 1, env: dict[str, str] | None = None) -> list[Child]:
+    """`count` more workers on the stack, with `env` on top of its own; back once each has sent
+    its first heartbeat."""
+    fresh = [stack.spawn_worker(env=env) for _ in range(count)]
+    stack.wait_ready(fresh)
+    return fresh
+
+
 def add_worker(stack: Stack, skew: str | None = None) -> Child:
     """One more worker, named on Redis so that its connections can be told apart; its clocks
     shifted by skew, if given (libfaketime preloaded into the worker itself, so that it stays
@@ -195,7 +219,7 @@ def add_worker(stack: Stack, skew: str | None = None) -> Child:
         env["REDIS_URL"] = f"{stack.setting('REDIS_URL')}?client_name={name}"
     if skew:
         env |= {"LD_PRELOAD": FAKETIME_LIBRARY, "FAKETIME": skew}
-    (worker,) = stack.add_workers(1, env)
+    (worker,) = add_workers(stack, 1, env)
     NAMES[worker.proc.pid] = name
     return worker
 
@@ -305,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         f"is dead; {args.runs} run(s) of each fault"
     )
     print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
-    with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
+    redis = args.backend == "redis"
+    with stop_on_signals(), Stack(env, folder / "logs", private_redis=redis, api=HELD) as s:
         try:
             s.start(workers=0)
             for fault in faults:
