@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+import keyclaim
 from demo import settings
-from keyclaim.fleet import alive_here  # whether the pid still runs pynenc
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -49,7 +49,7 @@ def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> 
     here, now = socket.gethostname(), time.time()
     found = []
     for cls, pid, host, beat in beats:
-        if now - beat > ALIVE_WITHIN or (pid and host == here and not alive_here(pid)):
+        if now - beat > ALIVE_WITHIN or (pid and host == here and not keyclaim.alive_here(pid)):
             continue
         found.append(Runner(cls, pid, host, now - beat))
     return found

@@ -36,7 +36,6 @@ from demo.processes import (
     wait_until,
 )
 from demo.provider import Provider, ProviderUnreachable
-from keyclaim.config import BEATS_PER_WINDOW, window_problem
 
 ROOT = Path(__file__).resolve().parent.parent
 # A worker told to stop gets this much longer than its drain deadline before it is killed.
@@ -78,7 +77,7 @@ def preflight(args: argparse.Namespace) -> None:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
     # The claim's own check of its windows, with the beat keyclaim.install asks for.
     dead_after, longest = args.dead_after, args.call_timeout
-    if claim and (why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest)):
+    if claim and (why := keyclaim.windows_problem(dead_after, longest)):
         raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
 
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 from keyclaim.errors import Fenced, Refused, UntestedVersion
 
 if TYPE_CHECKING:  # the same names, for readers and type checkers
-    from keyclaim.config import check, install, keep_connections, use_runner
-    from keyclaim.fleet import fleet_problem, join_fleet
+    from keyclaim.config import check, install, keep_connections, use_runner, windows_problem
+    from keyclaim.fleet import alive_here, fleet_problem, join_fleet
     from keyclaim.limits import limit
     from keyclaim.orchestrator import counts, slot, token, waiting
     from keyclaim.redis_claim import redis_problem
@@ -30,6 +30,8 @@ _WHERE = {
     "install": ("keyclaim.config", "install"),
     "use_runner": ("keyclaim.config", "use_runner"),
     "keep_connections": ("keyclaim.config", "keep_connections"),
+    "windows_problem": ("keyclaim.config", "windows_problem"),
+    "alive_here": ("keyclaim.fleet", "alive_here"),
     "check": ("keyclaim.config", "check"),
     "token": ("keyclaim.orchestrator", "token"),
     "slot": ("keyclaim.orchestrator", "slot"),
@@ -46,6 +48,7 @@ __all__ = [
     "Fenced",
     "Refused",
     "UntestedVersion",
+    "alive_here",
     "check",
     "check_versions",
     "counts",
@@ -59,6 +62,7 @@ __all__ = [
     "token",
     "use_runner",
     "waiting",
+    "windows_problem",
 ]
 
 

@@ -136,6 +136,12 @@ def install(
     return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
 
 
+def windows_problem(dead_after: float, longest_call: float) -> str | None:
+    """Why install would refuse these windows, in one line (a launcher checks its flags with
+    it before starting anything); None when it would take them."""
+    return window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call)
+
+
 def window_problem(dead_after: float, beat_every: float, longest_call: float | None) -> str | None:
     """Why these windows would let the claim lie, in one line; None when they are sound."""
     if longest_call is None:
