@@ -159,6 +159,28 @@ def test_a_database_file_replaced_under_its_path_gets_new_connections(tmp_path: 
     assert rows(path) == 1
 
 
+def test_a_fresh_file_on_a_reused_inode_gets_its_journal_mode(tmp_path: Path) -> None:
+    """After close() (a runner's stop), the database is deleted and made again at its path, as
+    each demo run does: the new file often takes the old one's inode, and still gets WAL from
+    the first connection that opens it. Checked by mutation: with the pool remembering every
+    file it had set the mode of by device and inode, the new file stayed in rollback-journal
+    mode ("delete") and this failed."""
+    path, reused, before = tmp_path / "reused.db", 0, None
+    for _ in range(5):
+        with kept_connection(path) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+        inode = path.stat().st_ino
+        reused += inode == before
+        with closing(sqlite3.connect(path)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        connections.close()
+        for leftover in tmp_path.glob("reused.db*"):
+            leftover.unlink()
+        before = inode
+    if not reused:
+        pytest.skip("this file system gave the path a new inode each time")
+
+
 def test_a_forked_child_never_uses_its_parents_connections(tmp_path: Path) -> None:
     """The child opens its own, and leaves the parent's open: after the child has written and
     exited, the parent's kept connection still works and sees the child's row. Checked by

@@ -6,7 +6,8 @@ backend and trigger (`pynenc.util.sqlite_utils.create_sqlite_connection`), and r
 pynenc's own, and their methods are pynenc's own code: the one difference is where a `with
 sqlite_conn(path) as conn:` block gets its connection. It takes one from this process's pool
 for that database file, which only its thread uses until the block ends, and gives it back:
-- the journal mode is set once per database file (the file keeps it), by the first connection;
+- the journal mode is set once per database file (the file keeps it), by the first connection,
+  and again after this process has closed every connection to it (its inode may name a new file);
 - a file replaced under the same path (a fresh demo database) gets new connections;
 - a forked child (pynenc's ProcessRunner) never uses its parent's connections: it leaves them
   alone, unclosed, and opens its own;
@@ -60,8 +61,10 @@ class KeptConnection(SQLiteConnection):
             self.pool.give(self)
 
     def close(self) -> None:
-        self.closed = True
-        self._conn.close()
+        if not self.closed:
+            self.closed = True
+            self._conn.close()
+            self.pool.forget(self.file)
 
 
 class Pool:
@@ -72,7 +75,10 @@ class Pool:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.free: dict[str, list[KeptConnection]] = {}
-        self.journaled: set[object] = set()  # files whose journal mode this process has set
+        # Files whose journal mode this process has set, with how many of its connections
+        # have each open: a file's identity (device, inode) names it only while one of them
+        # keeps it open; a deleted file's inode is soon another file's (a fresh database).
+        self.journaled: dict[object, int] = {}
         self.pid = os.getpid()
         self.generation = 0  # how many times close() was called
         self.keeping = True  # False: one connection per block, opened as pynenc opens them
@@ -102,12 +108,14 @@ class Pool:
     def open(self, path: str) -> KeptConnection:
         raw = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
         file = _identity(path)
-        if file is None or file not in self.journaled:
+        with self.lock:
+            journaled = file in self.journaled
+            if file is not None:
+                self.journaled[file] = self.journaled.get(file, 0) + 1
+        if not journaled:
             raw.execute("PRAGMA journal_mode=WAL")  # stored in the file: once is enough
             with self.lock:
                 self.journal_set += 1
-                if file is not None:
-                    self.journaled.add(file)
         for pragma in ("synchronous=NORMAL", "cache_size=10000", "temp_store=MEMORY"):
             raw.execute(f"PRAGMA {pragma}")  # per connection, as pynenc sets them
         raw.execute("PRAGMA busy_timeout=30000")
@@ -128,6 +136,14 @@ class Pool:
                 free.append(conn)
         if not keep:
             conn.close()
+
+    def forget(self, file: object) -> None:
+        """A connection to file closed: with the last one, its identity names it no more."""
+        with self.lock:
+            if file in self.journaled:
+                self.journaled[file] -= 1
+                if not self.journaled[file]:
+                    del self.journaled[file]
 
     def close(self) -> None:
         """Close every free connection; one in use is closed as its block ends. Connections
