@@ -184,8 +184,9 @@ def test_a_fresh_file_on_a_reused_inode_gets_its_journal_mode(tmp_path: Path) ->
 def test_a_forked_child_never_uses_its_parents_connections(tmp_path: Path) -> None:
     """The child opens its own, and leaves the parent's open: after the child has written and
     exited, the parent's kept connection still works and sees the child's row. Checked by
-    mutation: without the pool's reset after a fork, the child took the parent's connection
-    and this failed."""
+    mutation: without the pool's reset after a fork (the at-fork hook and the pid check in
+    take, either of which covers the other), the child took the parent's connection and this
+    failed."""
     path = tmp_path / "forked.db"
     write_table(path)
     with kept_connection(path) as parents:

@@ -12,6 +12,11 @@ for that database file, which only its thread uses until the block ends, and giv
 - a forked child (pynenc's ProcessRunner) never uses its parent's connections: it leaves them
   alone, unclosed, and opens its own;
 - `close()` closes them (the library's runners call it as they stop), and so does the exit.
+What it relies on: a block finishes its cursors before it ends. A cursor kept past its block
+would keep the connection on its old snapshot for the next block; every SQLite method of
+pynenc 0.3.1 and 0.4.0 fetches all its rows (or one row of a one-row query) inside its block.
+A process that forks while its other threads are inside SQLite breaks SQLite with or without
+kept connections; pynenc's process runners fork from one thread.
 
 Selected by class name (`keyclaim.keep_connections(builder)`, and `keyclaim.install` on SQLite).
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
