@@ -8,7 +8,7 @@ from pynenc import PynencBuilder, context
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
 import keyclaim
-from demo import runners, settings, transport
+from demo import provider, runners, settings
 
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
@@ -41,7 +41,7 @@ runners.check(app)  # and a runner of demo/runners.py's, which joins the fleet a
 
 # One client for every call (a fresh one loads TLS certificates each time). A call names its
 # invocation (not the attempt) in an Idempotency-Key: run again, it is replayed, not reapplied.
-http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=transport.CallTransport(TIMEOUT))
+http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=provider.CallTransport(TIMEOUT))
 
 
 def _hit(account_id: str, op: str) -> str:

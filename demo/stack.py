@@ -21,6 +21,8 @@ from pathlib import Path
 from types import ModuleType
 from urllib.parse import urlsplit
 
+import httpx
+
 import keyclaim
 from demo import database, live, redis_server, settings
 from demo.processes import (
@@ -39,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # A worker told to stop gets this much longer than its drain deadline before it is killed.
 STOP_MARGIN_SECONDS = 3.0
 # What ends a run with exit code 1 and one explanation (Stack.explain).
-FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, redis_server.NoRedis)
+FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, httpx.HTTPError, redis_server.NoRedis)
 
 
 class RunRefused(Exception):
@@ -202,7 +204,7 @@ class Stack(contextlib.AbstractContextManager):
 
     def explain(self, exc: Exception) -> str:
         """A request that failed because a child died is best explained by the death."""
-        if isinstance(exc, ConnectionError):
+        if isinstance(exc, ConnectionError | httpx.HTTPError):
             for child in self.started:
                 try:
                     child.check_alive()

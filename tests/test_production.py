@@ -28,9 +28,8 @@ import api_server
 import tasks
 from demo import live, settings
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
-from demo.provider import Provider
+from demo.provider import CallTransport, Provider
 from demo.stack import ROOT
-from demo.transport import CallTransport
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
