@@ -186,8 +186,7 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
             argv += ["--hold", str(args.hold), "--connections", connections]
             argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
             argv += ["--backend", args.backend]
-            name = f"bench-{side.replace(' ', '-').replace(',', '').replace(chr(39), '')}"
-            name += f"-{backlog}" if n else ""
+            name = f"bench-claim{claim}-{connections}" + (f"-{backlog}" if n else "")
             child = start_child(name, argv, log_dir / f"{name}.log", cwd=ROOT)
             try:
                 lines_out = _follow(child)

@@ -185,7 +185,7 @@ def check(app: "Pynenc") -> None:
     configuration would make lie. Cheap: it builds nothing."""
     conf, asked = app.conf, app.config_values or {}
     lineage = {name: _lineage(name, getattr(conf, name)) for name in BASES}
-    versions.check_resolved(*lineage["orchestrator_cls"], *sum(list(lineage.values()), []))
+    versions.check_resolved(*(name for names in lineage.values() for name in names))
     for name in BASES:
         selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
         if selected and selected not in lineage[name]:  # a subclass of it keeps what it does

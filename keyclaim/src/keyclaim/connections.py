@@ -31,7 +31,7 @@ import os
 import sqlite3
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cached_property
 from types import CodeType, FunctionType
 from typing import Any
@@ -265,17 +265,27 @@ def _function(attribute: Any) -> tuple[FunctionType, Callable[[FunctionType], An
     return None
 
 
+def _pynencs_openers(cls: type) -> Iterator[tuple[str, type, FunctionType, Any]]:
+    """Each method of cls from pynenc's SQLite modules that still opens a connection pynenc's
+    way: its name, the class it comes from, its function, and how that function is wrapped."""
+    for name in dir(cls):
+        owner = next(base for base in cls.__mro__ if name in vars(base))
+        found = _function(vars(owner)[name])
+        module = found and _module(found[0].__module__)
+        opens = module and _opens(found[0].__code__, module[1])
+        if opens and found[0].__globals__.get(OPENER) is not kept_connection:
+            yield name, owner, *found
+
+
 def relink(cls: type) -> type:
     """Give cls, a subclass of one of pynenc's SQLite classes, copies of every method it
     inherits from pynenc's SQLite modules that opens a connection, opening it here instead."""
     kept = 0
-    for name in dir(cls):
-        owner = next(base for base in cls.__mro__ if name in vars(base))
-        module = None if owner is cls else _module(owner.__module__)
-        found = module and _function(vars(owner)[name])
-        if not found or not _opens(found[0].__code__, module[1]):
-            continue  # cls's own, not pynenc's SQLite code, or it opens nothing
-        copy = found[1](_copy(found[0], module[0]))
+    for name, owner, function, wrap in list(_pynencs_openers(cls)):
+        if owner is cls:
+            continue  # cls's own
+        namespace, _ = _module(function.__module__)  # type: ignore[misc]
+        copy = wrap(_copy(function, namespace))
         setattr(cls, name, copy)
         if isinstance(copy, cached_property):
             copy.__set_name__(cls, name)
@@ -293,47 +303,34 @@ def relinked(base: type, prefix: str = "Relinked") -> type:
 
 def opens_own_connections(cls: type) -> list[str]:
     """The methods of cls that still open connections pynenc's way (for the tests: none)."""
-    left = []
-    for name in dir(cls):
-        owner = next(base for base in cls.__mro__ if name in vars(base))
-        found = _function(vars(owner)[name])
-        module = found and _module(found[0].__module__)
-        opens = module and _opens(found[0].__code__, module[1])
-        if opens and found[0].__globals__.get(OPENER) is not kept_connection:
-            left.append(name)
-    return left
+    return [name for name, *_ in _pynencs_openers(cls)]
 
 
-class KeptSQLiteOrchestrator(relinked(SQLiteOrchestrator)):
-    """pynenc's SQLite orchestrator, with kept connections."""
+class _Tested:
+    """Refuses, as pynenc builds it, a pynenc the kept classes were not tested with."""
 
     def __init__(self, app: Any) -> None:
         versions.check("kept connections", "sqlite")
+        super().__init__(app)  # type: ignore[call-arg]
+
+
+class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):
+    """pynenc's SQLite orchestrator, with kept connections."""
+
+    def __init__(self, app: Any) -> None:
         # The claim's orchestrator derives from this one: keyclaim.install(connections="pynenc")
         # has it open a connection for every block, as pynenc does, to measure the difference.
         POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, True))
         super().__init__(app)
 
 
-class KeptSQLiteBroker(relinked(SQLiteBroker)):
+class KeptSQLiteBroker(_Tested, relinked(SQLiteBroker)):
     """pynenc's SQLite broker, with kept connections."""
 
-    def __init__(self, app: Any) -> None:
-        versions.check("kept connections", "sqlite")
-        super().__init__(app)
 
-
-class KeptSQLiteStateBackend(relinked(SQLiteStateBackend)):
+class KeptSQLiteStateBackend(_Tested, relinked(SQLiteStateBackend)):
     """pynenc's SQLite state backend, with kept connections."""
 
-    def __init__(self, app: Any) -> None:
-        versions.check("kept connections", "sqlite")
-        super().__init__(app)
 
-
-class KeptSQLiteTrigger(relinked(SQLiteTrigger)):
+class KeptSQLiteTrigger(_Tested, relinked(SQLiteTrigger)):
     """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""
-
-    def __init__(self, app: Any) -> None:
-        versions.check("kept connections", "sqlite")
-        super().__init__(app)
