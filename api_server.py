@@ -28,7 +28,8 @@ from pydantic import BaseModel
 
 from demo import settings
 from demo.ledger import Call, KeyReused, Owner, ProviderState, Quota
-from demo.settings import HOLD_SECONDS, NAME_PATTERN
+from demo.scenarios import HOLD_SECONDS
+from demo.settings import NAME_PATTERN
 
 MAX_HOLD_SECONDS = 30.0
 # Letters, digits and a few separators: no spaces, no control characters.

@@ -13,31 +13,25 @@ from demo import provider, runners, settings
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
 TIMEOUT = settings.seconds("DEMO_CALL_TIMEOUT")  # the longest a call stays in flight
+CLAIM = settings.get("DEMO_ATOMIC_CLAIM") == "1"
+SLOTS, RATE, PER = 2, 5, 1.0  # beyond the article: F's calls in flight, G's calls a second
 
-BACKEND, CLAIM = settings.get("DEMO_BACKEND"), settings.get("DEMO_ATOMIC_CLAIM") == "1"
-
-builder = PynencBuilder().app_id("concurrency_demo")
-if BACKEND == "redis":  # pynenc-redis; README "Scale out safely"
-    builder = builder.redis(url=settings.get("REDIS_URL"))
-else:  # pynenc's SQLite classes, each connection opened once: docs/speed.md
-    builder = builder.sqlite(settings.get("DEMO_DB"))
-    if settings.get("DEMO_SQLITE_CONNECTIONS") == "kept":
-        builder = keyclaim.keep_connections(builder)
 builder = (
-    builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
-    .runner_tuning(runner_loop_sleep_time_sec=settings.seconds("DEMO_RUNNER_SLEEP"))
+    PynencBuilder()
+    .app_id("concurrency_demo")
+    .sqlite(settings.get("DEMO_DB"))
+    .thread_runner(min_threads=1, max_threads=8)
     .logging_stream("stdout")
     .logging_level(settings.get("DEMO_LOG_LEVEL"))
     .max_pending_seconds(3.0)
 )
-if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
-    builder = keyclaim.install(
-        builder, BACKEND, settings.seconds("DEMO_DEAD_AFTER"), TIMEOUT, **runners.for_claim()
-    )
-# DEMO_RUNNER's runner, which says what it runs on as it starts: demo/runners.py
-app = runners.select(builder, CLAIM).build()
-keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above this
-runners.check(app)  # and a runner of demo/runners.py's, which joins the fleet as it starts
+if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis instead: README "Scale out safely"
+    builder = builder.redis(url=settings.get("REDIS_URL"))
+if CLAIM:  # one call per key across workers, hosts and faults: keyclaim/README.md
+    builder = runners.claim(builder)
+app = runners.select(builder, CLAIM).build()  # DEMO_RUNNER's, saying what it runs on as it starts
+keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above the builder
+runners.check(app)
 
 # One client for every call (a fresh one loads TLS certificates each time). A call names its
 # invocation (not the attempt) in an Idempotency-Key: run again, it is replayed, not reapplied.
@@ -94,9 +88,10 @@ def refresh_once(account_id: str) -> str:
     return _hit(account_id, "refresh")
 
 
-# Beyond the article (sample.py --limits, with the claim): up to 2 calls per account at once,
-# and 5 calls a second: keyclaim/README.md. pynenc's app.task takes no such option.
-@keyclaim.limit(slots=settings.SLOTS)
+# ---- Beyond the article (with the claim: sample.py --atomic-claim --limits) ----------------
+# Up to SLOTS calls per account at once (F), and RATE calls per PER seconds (G): keyclaim.limit
+# above pynenc's app.task, which takes no such option (keyclaim/README.md).
+@keyclaim.limit(slots=SLOTS)
 @app.task(
     running_concurrency=Mode.KEYS,
     key_arguments=("account_id",),
@@ -106,7 +101,7 @@ def call_slots(account_id: str, op: str) -> str:
     return _hit(account_id, op)
 
 
-@keyclaim.limit(slots=settings.SLOTS, rate=settings.RATE, per=settings.RATE_PER)
+@keyclaim.limit(slots=SLOTS, rate=RATE, per=PER)
 @app.task(
     running_concurrency=Mode.KEYS,
     key_arguments=("account_id",),

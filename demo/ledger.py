@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from demo.settings import HOLD_SECONDS
+from demo.scenarios import HOLD_SECONDS
 
 
 class KeyReused(ValueError):

@@ -1,11 +1,12 @@
 """Invocations a run leaves unfinished on its state: counted, and those no worker picked up ended.
 
-enqueue.py words what it finds here (demo/terminals.py).
+enqueue.py words what it finds here (demo/checks.py).
 """
 
 from collections import Counter
+from collections.abc import Iterable
 from contextlib import closing
-from types import ModuleType
+from typing import Any
 
 from pynenc import Pynenc
 from pynenc.broker.sqlite_broker import SQLiteBroker
@@ -19,14 +20,14 @@ import keyclaim
 UNFINISHED = [s for s in S if not s.is_final()]
 
 
-def unfinished(tasks: ModuleType, task_names: set[str], statuses: list[S]) -> Counter[str]:
-    """The invocations of these tasks in the state, by status, among `statuses`."""
-    orchestrator = tasks.app.orchestrator
-    return Counter(
-        orchestrator.get_invocation_status(i).value
-        for name in sorted(task_names)
-        for i in orchestrator.get_existing_invocations(getattr(tasks, name), statuses=statuses)
-    )
+def unfinished(tasks: Iterable[Any], statuses: list[S]) -> Counter[str]:
+    """The invocations of these pynenc tasks in their app's state, by status, among `statuses`."""
+    found: Counter[str] = Counter()
+    for task in {t.task_id.key: t for t in tasks}.values():
+        orchestrator = task.app.orchestrator
+        for i in orchestrator.get_existing_invocations(task, statuses=statuses):
+            found[orchestrator.get_invocation_status(i).value] += 1
+    return found
 
 
 def taken_off_the_queue(app: Pynenc, invocation_id: str) -> bool:
@@ -44,7 +45,7 @@ def taken_off_the_queue(app: Pynenc, invocation_id: str) -> bool:
     return broker.client.lrem(broker.key.default_queue(), 0, invocation_id) > 0  # Redis
 
 
-def cancel(tasks: ModuleType, task_name: str, workers_left: bool = True) -> int:
+def cancel(task: Any, workers_left: bool = True) -> int:
     """End the task's invocations no worker has picked up, so that none runs inside a later
     run; how many were ended. pynenc lets a REGISTERED invocation end as
     CONCURRENCY_CONTROLLED_FINAL (never run); one rerouted, pending or running cannot be
@@ -56,7 +57,7 @@ def cancel(tasks: ModuleType, task_name: str, workers_left: bool = True) -> int:
     left, only an invocation this process takes off the queue itself is ended; one a worker
     took is left to it. The claim decides in one step, so under it (a call waits in its key's
     line, off the queue), or once no worker is left, each is ended where it is."""
-    app, task = tasks.app, getattr(tasks, task_name)
+    app = task.app
     orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="enqueue.py")
     anywhere = not workers_left or keyclaim.waiting(app) is not None
     cancelled = 0

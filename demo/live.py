@@ -178,8 +178,9 @@ class NoWorkerLeft(Exception):
 
 
 def watching(app: "Pynenc", every: float = 2.0) -> Callable[[], None]:
-    """A check for run.scenario: raises NoWorkerLeft once no live runner is left, looked at
-    every `every` seconds, instead of waiting out the deadline for work nobody will run."""
+    """A check for a scenario's wait (Stage.check): raises NoWorkerLeft once no live runner is
+    left, looked at every `every` seconds, instead of waiting out the deadline for work nobody
+    will run."""
     next_look = time.monotonic() + every
 
     def check() -> None:

@@ -6,13 +6,10 @@ Read from the provider's clock and pynenc's histories once E's run is over (demo
 import math
 import statistics
 from dataclasses import dataclass
-from types import ModuleType
-from typing import TYPE_CHECKING
 
-from demo import settings
+from pynenc import Pynenc
 
-if TYPE_CHECKING:
-    from demo.outcome import Outcome
+from demo.scenarios import HOT_ACCOUNT
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class Neighbours:
         return [
             f"  quiet accounts: {statistics.median(self.quiet_waits):.2f}s median, "
             f"{max(self.quiet_waits):.2f}s longest, from enqueue to their call",
-            f"  {settings.HOT_ACCOUNT} account: {self.hot_calls} calls at {self.hot_floor:.0%} "
+            f"  {HOT_ACCOUNT} account: {self.hot_calls} calls at {self.hot_floor:.0%} "
             f"of its floor, {order}",
             f"  status writes per finished call: {self.writes:.1f} "
             f"({self.reroutes:.1f} of them REROUTED)",
@@ -54,13 +51,19 @@ HISTORIES_READ = 200
 
 
 def measure(
-    outcome: "Outcome", sent_at: dict[str, float], ids: list[str], tasks: ModuleType
+    timeline: list[dict],
+    hold_per_slot: float,
+    sent_at: dict[str, float],
+    ids: list[str],
+    app: Pynenc,
 ) -> Neighbours:
-    """Scenario E's figures: what the quiet accounts waited, how the busy one ran."""
-    hot = settings.HOT_ACCOUNT
+    """Scenario E's figures, from the provider's calls (timeline), each account's first enqueue
+    (sent_at) and the invocations' histories: what the quiet accounts waited, how the busy one
+    ran against its floor (a call's hold over its slots, per call)."""
+    hot = HOT_ACCOUNT
     calls = [
         c
-        for c in outcome.timeline
+        for c in timeline
         if not (c.get("fenced") or c.get("replayed") or c.get("conflict")) and c["end"] is not None
     ]
     first_start: dict[str, float] = {}
@@ -73,16 +76,13 @@ def measure(
     )
     ops = [c["op"] for c in hot_calls]
     out_of_place = sum(1 for op, want in zip(ops, sorted(ops), strict=True) if op != want)
-    finished = tasks.app.orchestrator.filter_final(ids)[:HISTORIES_READ]
-    histories = [tasks.app.state_backend.get_history(i) for i in finished]
+    finished = app.orchestrator.filter_final(ids)[:HISTORIES_READ]
+    histories = [app.state_backend.get_history(i) for i in finished]
     statuses = [h.status_record.status.value for each in histories for h in each]
     return Neighbours(
         quiet_waits=waits or [math.nan],
         hot_calls=len(hot_calls),
-        # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.
-        hot_floor=len(hot_calls) * outcome.shape.hold / outcome.scenario.slots / span
-        if span
-        else math.nan,
+        hot_floor=len(hot_calls) * hold_per_slot / span if span else math.nan,
         hot_out_of_place=out_of_place,
         writes=(len(statuses) - len(histories)) / max(1, len(histories)),
         reroutes=statuses.count("rerouted") / max(1, len(histories)),

@@ -20,7 +20,7 @@ from pynenc import PynencBuilder
 from pynenc.runner import BaseRunner, MultiThreadRunner, ProcessRunner, ThreadRunner
 
 import keyclaim
-from demo import settings
+from demo import scenarios, settings
 from keyclaim.drain import DrainingThreadRunner
 from keyclaim.wake import WakeRunner
 
@@ -45,11 +45,19 @@ class Announced(BaseRunner):
             c for c in type(self).__mro__ if c.__module__.startswith(("pynenc", "keyclaim"))
         )
         print(
-            f"worker: {backend} {state}, {runs.__name__}, atomic claim {claim}, "
-            f"calling the API at {settings.api_url()}",
+            f"worker: {backend} {state}, {runs.__name__} on {deciding(self.app)}, atomic claim "
+            f"{claim}, calling the API at {settings.api_url()}",
             flush=True,
         )
         super()._on_start()
+
+
+def deciding(app: "Pynenc") -> str:
+    """What decides and stores for the app, in words: "pynenc's own classes", or the classes
+    that are not pynenc's (keyclaim's), by name."""
+    parts = (app.orchestrator, app.broker, app.state_backend, app.trigger)
+    others = [type(p).__name__ for p in parts if not type(p).__module__.startswith("pynenc.")]
+    return ", ".join(others) if others else "pynenc's own classes"
 
 
 class ThreadWorker(Announced, ThreadRunner):
@@ -79,29 +87,42 @@ WORKERS: dict[str, tuple[type[Announced], type[Announced], dict[str, object]]] =
     "thread": (ThreadWorker, DrainingWorker, {}),
     "wake": (WakeWorker, WakeWorker, {}),
     "multi-thread": (MultiThreadWorker, MultiThreadWorker, {"max_processes": settings.PROCESSES}),
-    "process": (ProcessWorker, ProcessWorker, {"min_parallel_slots": settings.MAX_THREADS}),
+    "process": (ProcessWorker, ProcessWorker, {"min_parallel_slots": scenarios.THREADS}),
 }
 CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner, by DEMO_RUNNER
 
 
-def for_claim() -> dict[str, object]:
-    """keyclaim.install's runner arguments for DEMO_RUNNER."""
-    runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
-    return {
-        "runner": runner,
-        "drain_deadline": settings.drain_deadline(),
-        "connections": settings.get("DEMO_SQLITE_CONNECTIONS"),
-    }
+def claim(builder: PynencBuilder) -> PynencBuilder:
+    """keyclaim.install with the run's windows and DEMO_RUNNER's runner; on SQLite, the kept
+    connections unless DEMO_SQLITE_CONNECTIONS=pynenc (docs/speed.md)."""
+    return keyclaim.install(
+        builder,
+        settings.get("DEMO_BACKEND"),
+        settings.seconds("DEMO_DEAD_AFTER"),
+        settings.seconds("DEMO_CALL_TIMEOUT"),
+        runner=CLAIM_RUNNER.get(settings.get("DEMO_RUNNER")),
+        drain_deadline=settings.drain_deadline(),
+        connections=settings.get("DEMO_SQLITE_CONNECTIONS"),
+    )
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
     """DEMO_RUNNER's worker: the article's ThreadRunner, keyclaim's wake runner, or one of
-    pynenc's others. Called after keyclaim.install, whose runner it derives from."""
+    pynenc's others, polling every DEMO_RUNNER_SLEEP. Called after keyclaim.install, whose
+    runner it derives from."""
     name = settings.get("DEMO_RUNNER")
+    if name != "wake":  # the wake runner waits on its own calls instead of sleeping
+        sleep = settings.seconds("DEMO_RUNNER_SLEEP")
+        builder = builder.custom_config(runner_loop_sleep_time_sec=sleep)
     if name == "wake" and not claim:
         builder = keyclaim.use_runner(builder, "wake", settings.drain_deadline())
     plain, claiming, extra = WORKERS[name]
     return builder.custom_config(runner_cls=(claiming if claim else plain).__name__, **extra)
+
+
+def slots_per_worker(runner: str) -> int:
+    """How many calls one worker of this runner runs at once, for the floor."""
+    return scenarios.THREADS * (settings.PROCESSES if runner == "multi-thread" else 1)
 
 
 def check(app: "Pynenc") -> None:

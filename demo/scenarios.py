@@ -1,29 +1,50 @@
-"""The scenarios: what each enqueues and what it promises.
+"""What a scenario is: the task it calls, what it sends, what it promises, and its floor.
 
-A scenario is one entry in SCENARIOS plus its task in tasks.py: the entry says what it sends
-and what it promises, and nothing else asks which scenario it is. demo/run.py runs one,
-demo/outcome.py judges its run against the promises, and demo/show.py shows it.
+The table of scenarios is enqueue.py's, as in the article: each entry hands its task here. A
+scenario's promises follow from the task's own settings (running_concurrency, reroute,
+registration_concurrency, and keyclaim.limit's slots and rate), so nothing else asks which
+scenario it is. demo/run.py runs one, demo/outcome.py judges it, demo/show.py shows it.
 """
 
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from demo import settings
+from pynenc.conf.config_task import ConcurrencyControlType as Mode
+
+ACCOUNTS = ("acme", "globex", "initech")
+OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
+REFRESHES_PER_ACCOUNT = 8
+HOLD_SECONDS = 0.4
+# Scenario E: one account with a backlog of calls, then quiet accounts with one call each.
+HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
+MAX_BACKLOG = 100_000
+LIMITED_OPS_FACTOR = 2  # F and G send twice the ops per account: 8 by default
+THREADS = 8  # a worker's threads, unless the app says (Shape.threads)
+
+
+def account_names(count: int) -> list[str]:
+    """The article's three accounts, then numbered ones when more are asked for."""
+    return [*ACCOUNTS[:count], *(f"acct{i:03d}" for i in range(len(ACCOUNTS), count))]
+
+
+def op_names(count: int) -> list[str]:
+    return [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]
 
 
 @dataclass(frozen=True)
 class Shape:
     """How big a run is: the article's defaults, or scaled up with the CLI's knobs."""
 
-    accounts: int = len(settings.ACCOUNTS)
-    ops: int = len(settings.OPS)
-    hold: float = settings.HOLD_SECONDS
-    refreshes: int = settings.REFRESHES_PER_ACCOUNT
+    accounts: int = len(ACCOUNTS)
+    ops: int = len(OPS)
+    hold: float = HOLD_SECONDS
+    refreshes: int = REFRESHES_PER_ACCOUNT
     workers: int = 1
-    threads: int = settings.MAX_THREADS
-    backlog: int = settings.BACKLOG  # E: the busy account's calls
+    threads: int = THREADS
+    backlog: int = BACKLOG  # E: the busy account's calls
     # Wait for at most this many calls of each account, and leave the rest unrun: --bench
     # samples a long backlog instead of waiting it out. None: wait for every call.
     sample: int | None = None
@@ -54,15 +75,13 @@ class Shape:
 
 def every_op(shape: Shape, factor: int = 1) -> list[dict[str, str]]:
     """Account by account, as the article does: every op for acme, then for globex, ..."""
-    ops = settings.op_names(shape.ops * factor)
-    return [
-        {"account_id": a, "op": op} for a in settings.account_names(shape.accounts) for op in ops
-    ]
+    ops = op_names(shape.ops * factor)
+    return [{"account_id": a, "op": op} for a in account_names(shape.accounts) for op in ops]
 
 
 def limited_ops(shape: Shape) -> list[dict[str, str]]:
     """F and G: the same, twice the ops (8 by default)."""
-    return every_op(shape, settings.LIMITED_OPS_FACTOR)
+    return every_op(shape, LIMITED_OPS_FACTOR)
 
 
 def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: int) -> float:
@@ -100,47 +119,82 @@ def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: 
 
 def refresh_bursts(shape: Shape) -> list[dict[str, str]]:
     """A burst of refreshes per account, as a noisy event bus fires them."""
-    accounts = settings.account_names(shape.accounts)
+    accounts = account_names(shape.accounts)
     return [{"account_id": a} for a in accounts for _ in range(shape.refreshes)]
 
 
 def noisy_neighbour(shape: Shape) -> list[dict[str, str]]:
     """One account's backlog (its ops numbered in enqueue order), then the quiet accounts'
     one call each, enqueued right after it."""
-    hot = [{"account_id": settings.HOT_ACCOUNT, "op": f"op{n:05d}"} for n in range(shape.backlog)]
-    quiet = [f"quiet{n:02d}" for n in range(1, settings.QUIET_ACCOUNTS + 1)]
+    hot = [{"account_id": HOT_ACCOUNT, "op": f"op{n:05d}"} for n in range(shape.backlog)]
+    quiet = [f"quiet{n:02d}" for n in range(1, QUIET_ACCOUNTS + 1)]
     return hot + [{"account_id": account, "op": "fetch_profile"} for account in quiet]
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """One scenario: its task, what it sends, and what it promises."""
+    """One scenario: its letter and name, its task and what it sends; what it promises follows
+    from the task's settings. `measure`: figures of its own, from the run (E's: demo/neighbours.py).
+    """
 
-    key: str
     letter: str
+    key: str
     title: str
-    task: str  # the name of its task in tasks.py
-    sends: Callable[[Shape], list[dict[str, str]]] = every_op
-    # running_concurrency=KEYS: never two calls in flight for one account, so a collision
-    # breaks it, and one account's calls run in a row (its floor).
-    keyed: bool = False
-    # reroute=False: a call picked up while its account is busy ends dropped, never run, so
-    # calls + dropped = enqueued; a call picked up once the account was free again is late.
-    drops: bool = False
-    # registration_concurrency=KEYS: a duplicate merges into the invocation still queued, so
-    # each invocation is called once; one made after the first was picked up is late.
-    dedupes: bool = False
-    # Figures of its own, from the run: E's (demo/neighbours.py).
+    task: Any = field(compare=False)  # a pynenc task: calling it enqueues one invocation
+    sends: Callable[[Shape], list[dict[str, str]]] = field(default=every_op, compare=False)
     measure: bool = False
-    # Each account's quota at the provider, as its task declares it (keyclaim.limit): up to
-    # `slots` calls in flight, and at most `rate` per `per` seconds (None: no rate).
-    slots: int = 1
-    rate: int | None = None
-    per: float = 1.0
 
     @property
     def heading(self) -> str:
         return f"{self.letter}. {self.key} — {self.title}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.letter}. {self.key}"
+
+    @property
+    def keyed(self) -> bool:
+        """running_concurrency=KEYS: never two calls in flight for one account (or `slots`), so a
+        collision breaks it, and one account's calls run in a row (its floor)."""
+        return self.task.conf.running_concurrency == Mode.KEYS
+
+    @property
+    def drops(self) -> bool:
+        """reroute=False: a call picked up while its account is busy ends dropped, never run, so
+        calls + dropped = enqueued; a call picked up once the account was free again is late."""
+        return self.keyed and not self.task.conf.reroute_on_concurrency_control
+
+    @property
+    def dedupes(self) -> bool:
+        """registration_concurrency=KEYS: a duplicate merges into the invocation still queued,
+        so each invocation is called once; one made after the first was picked up is late."""
+        return self.task.conf.registration_concurrency == Mode.KEYS
+
+    @property
+    def slots(self) -> int:
+        """Up to this many calls in flight per account (keyclaim.limit; 1 without one)."""
+        return getattr(self._limit, "slots", 1)
+
+    @property
+    def rate(self) -> int | None:
+        """At most this many calls per `per` seconds per account (keyclaim.limit), or None."""
+        return getattr(self._limit, "rate", None)
+
+    @property
+    def per(self) -> float:
+        return getattr(self._limit, "per", 1.0)
+
+    @property
+    def _limit(self) -> object:
+        import keyclaim.limits  # pynenc's app.task takes no limit: keyclaim keeps it per task
+
+        return keyclaim.limits.declared().get(self.task.task_id.key)
+
+    @property
+    def quota(self) -> dict[str, float]:
+        """Each account's quota at the provider, as its task declares it: slots, rate, per."""
+        found = {"slots": self.slots, "rate": self.rate, "per": self.per}
+        return {name: value for name, value in found.items() if value and value != 1}
 
     @property
     def limited(self) -> bool:
@@ -157,64 +211,3 @@ class Scenario:
         dropped or merged (C, D), each account once."""
         sent = Counter(payload["account_id"] for payload in self.sends(shape))
         return sent if self.every_call_runs else Counter(dict.fromkeys(sent, 1))
-
-
-SCENARIOS: dict[str, Scenario] = {
-    s.key: s
-    for s in (
-        Scenario("unsafe", "A", "no concurrency control", "call_unsafe"),
-        Scenario("keyed", "B", "running_concurrency=KEYS, reroute=True", "call_keyed", keyed=True),
-        Scenario(
-            "drop",
-            "C",
-            "running_concurrency=KEYS, reroute=False",
-            "call_keyed_drop",
-            keyed=True,
-            drops=True,
-        ),
-        Scenario(
-            "dedupe",
-            "D",
-            "registration + running KEYS",
-            "refresh_once",
-            sends=refresh_bursts,
-            keyed=True,
-            dedupes=True,
-        ),
-        Scenario(
-            "noisy",
-            "E",
-            "one busy account beside quiet ones, KEYS",
-            "call_keyed",
-            sends=noisy_neighbour,
-            keyed=True,
-            measure=True,
-        ),
-        Scenario(
-            "slots",
-            "F",
-            f"up to {settings.SLOTS} in flight per account (keyclaim.limit)",
-            "call_slots",
-            sends=limited_ops,
-            keyed=True,
-            slots=settings.SLOTS,
-        ),
-        Scenario(
-            "rate",
-            "G",
-            f"at most {settings.RATE} calls per {settings.RATE_PER:g}s per account, "
-            f"{settings.SLOTS} in flight",
-            "call_rated",
-            sends=limited_ops,
-            keyed=True,
-            slots=settings.SLOTS,
-            rate=settings.RATE,
-            per=settings.RATE_PER,
-        ),
-    )
-}
-# What runs unless a scenario is asked for by name (enqueue.py noisy, sample.py --noisy, ...):
-# the article's four.
-DEFAULT = [SCENARIOS[key] for key in ("unsafe", "keyed", "drop", "dedupe")]
-# Beyond the article, with the claim (sample.py --limits, enqueue.py limits).
-LIMITED = [s for s in SCENARIOS.values() if s.limited]

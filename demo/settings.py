@@ -2,10 +2,9 @@
 
 Each knob is an environment variable with a default, read by every process: the API, the
 workers, and the scripts, whose flags take their defaults from it. sample.py hands its parsed
-flags to its children as these same variables, in one place (demo/options.py).
+flags to its children as these same variables, in one place (demo/flags.py).
 """
 
-import argparse
 import importlib.util
 import ipaddress
 import os
@@ -58,17 +57,6 @@ def number(raw: str) -> float:
     if not raw.isascii():
         raise ValueError("expected a number, in the digits 0-9")
     return float(raw)
-
-
-def within[T: (int, float)](rule: Callable[[str], T], low: T, high: T) -> Callable[[str], T]:
-    """A flag's rule (whole_number, number) with its range: what fits, said when it does not."""
-
-    def parse(raw: str) -> T:
-        if not low <= (value := rule(raw)) <= high:  # NaN fails both
-            raise ValueError(f"expected {low:g} to {high:g}")
-        return value
-
-    return flag_type(parse)
 
 
 def _port(raw: str) -> int:
@@ -186,27 +174,6 @@ def exit_on_bad_environment(program: str) -> None:
         raise SystemExit(2) from None
 
 
-def add_option(
-    parser: argparse.ArgumentParser, option: str, name: str, help: str, **extra: object
-) -> None:
-    """The flag that sets knob `name`: its default from the environment, the very same rule."""
-    parse = flag_type(KNOBS[name].parse)
-    parser.add_argument(option, type=parse, default=get(name), help=f"{help} (env {name})", **extra)
-
-
-def flag_type[T](rule: Callable[[str], T]) -> Callable[[str], T]:
-    """An argparse type from a rule that raises ValueError: its message becomes the usage
-    error's one line, `argument --port: '８７６５': expected a port number from 1 to 65535`."""
-
-    def parse(raw: str) -> T:
-        try:
-            return rule(raw)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{raw!r}: {exc}") from None
-
-    return parse
-
-
 # What the provider takes as an account id or an op, in its URL path (api_server.py); tasks.py
 # refuses anything else before it calls.
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
@@ -226,18 +193,6 @@ def path_part(value: object) -> str:
     return quote(value, safe=":")
 
 
-ACCOUNTS = ("acme", "globex", "initech")
-OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
-REFRESHES_PER_ACCOUNT = 8
-HOLD_SECONDS = 0.4
-# Scenario E: one account with a backlog of calls, then quiet accounts with one call each.
-HOT_ACCOUNT, QUIET_ACCOUNTS, BACKLOG = "hot", 10, 20
-MAX_BACKLOG = 100_000
-MAX_THREADS = 8
-# Scenarios F and G (sample.py --limits): each account's quota at the provider, as tasks.py
-# declares it (keyclaim.limit): up to SLOTS calls in flight; G also at most RATE per RATE_PER s.
-SLOTS, RATE, RATE_PER = 2, 5, 1.0
-LIMITED_OPS_FACTOR = 2  # F and G send twice the ops per account: 8 by default
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).
 PROCESSES = 2
 
@@ -260,11 +215,6 @@ def drain_deadline() -> float:
     return seconds("DEMO_CALL_TIMEOUT") + DRAIN_MARGIN_SECONDS
 
 
-def slots_per_worker(runner: str) -> int:
-    """How many calls one worker of this runner runs at once, for the floor."""
-    return MAX_THREADS * (PROCESSES if runner == "multi-thread" else 1)
-
-
 def command(program: str, env: Mapping[str, str], shared: tuple[str, ...] = ()) -> str:
     """The line that runs `program` (a worker, the monitor) on the state env names, on top of
     this process's settings, with each of `shared` that is not its default."""
@@ -280,12 +230,3 @@ def command(program: str, env: Mapping[str, str], shared: tuple[str, ...] = ()) 
 
 def api_url(host: str | None = None, port: int | str | None = None) -> str:
     return f"http://{host or get('DEMO_API_HOST')}:{port or get('DEMO_API_PORT')}"
-
-
-def account_names(count: int) -> list[str]:
-    """The article's three accounts, then numbered ones when more are asked for."""
-    return [*ACCOUNTS[:count], *(f"acct{i:03d}" for i in range(len(ACCOUNTS), count))]
-
-
-def op_names(count: int) -> list[str]:
-    return [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]

@@ -1,17 +1,13 @@
-"""Run scenarios and show each as it ends: enqueue.py and sample.py show them this way.
+"""How a scenario is shown as it ends: its summary, its link into the monitor, its chart.
 
-A progress line while one runs, then its summary, its link into the monitor and its chart.
+(A progress line stands in while it runs: demo/progress.py.)
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from types import ModuleType
 
-from demo import lanes, progress, report, run
+from demo import lanes, report
 from demo.monitor import timeline_url
 from demo.outcome import Outcome
-from demo.provider import Provider
-from demo.scenarios import Scenario, Shape
 
 
 @dataclass(frozen=True)
@@ -44,24 +40,9 @@ class View:
         return f"\nSee it in pynenc's monitor; start it with: {self.monitor_command}\n{link}"
 
 
-def scenario(
-    scenario: Scenario,
-    shape: Shape,
-    provider: Provider,
-    tasks: ModuleType,
-    timeout: float,
-    view: View,
-    label: str,
-    check: Callable[[], None] | None = None,
-    quiet: bool = False,
-) -> Outcome:
-    """Run one scenario (run.scenario) and show it; return its outcome.
-
-    On a terminal a progress line named `label` stands in while it runs. Then its summary,
-    its monitor link and its lane chart, as the view says; quiet: only if it broke a promise.
-    """
-    with progress.line(label, provider) as tick:
-        outcome = run.scenario(scenario, shape, provider, tasks, timeout, check, tick)
+def outcome(outcome: Outcome, view: View, quiet: bool = False) -> Outcome:
+    """Show a scenario's outcome: its summary, its monitor link and its lane chart, as the view
+    says; quiet: only if it broke a promise. Returns it."""
     if not quiet or outcome.broken():
         print(report.summary(outcome), flush=True)
         if link := view.link(*outcome.window):

@@ -1,27 +1,28 @@
 """The demo's stack: the API and the workers (and a private Redis), started and stopped together.
 
 They start on the environment they are given, are checked on every poll, and stop together
-whatever happens.
+whatever happens. What they run is handed in (Sample): the children name it on their command
+lines, and this process's own app comes from the caller, never imported here.
 
 sample.py runs the demo on one; the tests start their API and workers through one too:
 
-    with Stack(env, log_dir) as stack:
+    with Stack(env, log_dir, Sample("tasks.app", "api_server:app", load_app)) as stack:
         stack.start(workers=1)          # fresh state, the API and a worker, both ready
-        ...                             # stack.tasks is this process's tasks.py
+        ...                             # stack.app is this process's app
 """
 
 import argparse
 import contextlib
 import functools
-import importlib
 import sys
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from urllib.parse import urlsplit
 
 import httpx
+from pynenc import Pynenc
 
 import keyclaim
 from demo import database, live, redis_server, settings
@@ -98,32 +99,42 @@ def refuse_unless_ours(path: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Sample:
+    """What a stack runs, handed by its caller: the app the workers start with (pynenc's
+    `--app NAME`), the provider's ASGI app (uvicorn's `NAME`), and this process's own copy of
+    the workers' app, loaded once the environment holds the run's settings (load_app)."""
+
+    workers: str
+    api: str
+    load_app: Callable[[], Pynenc]
+
+
 class Stack(contextlib.AbstractContextManager):
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
-    env: the settings the children are built from (demo/options.py), on top of this process's.
+    env: the settings the children are built from (demo/flags.py), on top of this process's.
+    sample: what the children and this process run.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
-    api: the provider's ASGI app (the tests': tools/held.py, whose calls they hold in flight).
     """
 
     def __init__(
         self,
         env: Mapping[str, str],
         log_dir: Path,
+        sample: Sample,
         *,
         ready_timeout: float = 30.0,
         private_redis: bool = False,
         cwd: Path | None = None,
-        api: str = "api_server:app",
     ) -> None:
         self.env = dict(env)
         self.log_dir, self.ready_timeout, self.cwd = log_dir, ready_timeout, cwd
-        self.private_redis, self.api_app = private_redis, api
+        self.private_redis, self.sample = private_redis, sample
         self.started: list[Child] = []  # every child ever started: all are stopped at the end
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
         self.crashes: list[str] = []
-        self.where = ""  # what the run is doing, for a crash report
         self._lives: Counter[int] = Counter()
 
     def __exit__(self, *exc: object) -> None:
@@ -133,10 +144,10 @@ class Stack(contextlib.AbstractContextManager):
         return self.env.get(name) or settings.get(name)
 
     @functools.cached_property
-    def tasks(self) -> ModuleType:
-        """tasks.py in this process, imported on first use: it builds its app from the
-        environment as it is imported, so only once that holds the run's settings (sample.py)."""
-        return importlib.import_module("tasks")
+    def app(self) -> Pynenc:
+        """This process's app, loaded on first use: it is built from the environment, so only
+        once that holds the run's settings (sample.py)."""
+        return self.sample.load_app()
 
     @functools.cached_property
     def provider(self) -> Provider:
@@ -151,16 +162,16 @@ class Stack(contextlib.AbstractContextManager):
             # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
             # first, unless another session's workers use it now.
             if not self.private_redis:
-                runners = live.in_app(self.tasks.app)
+                runners = live.in_app(self.app)
                 self._refuse_if_in_use("the Redis at REDIS_URL", runners, "without REDIS_URL")
-            self.tasks.app.purge()
+            self.app.purge()
         else:
             db = self.setting("DEMO_DB")
             refuse_unless_ours(db)  # before SQLite opens it to look for live workers
             self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
-        argv = [sys.executable, "-m", "uvicorn", self.api_app, "--host", host, "--port", port]
+        argv = [sys.executable, "-m", "uvicorn", self.sample.api, "--host", host, "--port", port]
         # Warnings only: the log then holds just the provider's call lines.
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
@@ -180,10 +191,10 @@ class Stack(contextlib.AbstractContextManager):
                 1,
             )
 
-    def check(self) -> None:
+    def check(self, where: str = "") -> None:
         """Called on every poll: the API must live; a worker that dies is reported at once, and
-        its crash goes into the report (replaced: tools/stress.py). With none left, the run
-        stops."""
+        its crash, with `where` the run was, goes into the report (replaced: tools/stress.py).
+        With none left, the run stops."""
         raise_if_stopping()
         if self.api is not None:
             self.api.check_alive()
@@ -194,7 +205,7 @@ class Stack(contextlib.AbstractContextManager):
             except ChildDied as exc:
                 print(f"\n{exc}", flush=True)
             error = worker.last_error() or f"exit code {worker.proc.returncode}"
-            self.crashes.append(f"{worker.name} died during {self.where}: {error}")
+            self.crashes.append(f"{worker.name} died during {where or 'the run'}: {error}")
             self.replace(worker)
         if not self.workers:
             raise ChildDied("no worker is left to run the work")
@@ -239,7 +250,7 @@ class Stack(contextlib.AbstractContextManager):
         number = number or max(self._lives, default=0) + 1
         self._lives[number] += 1
         life = self._lives[number]
-        argv = [sys.executable, "-m", "pynenc", "--app", "tasks.app", "runner", "start"]
+        argv = [sys.executable, "-m", "pynenc", "--app", self.sample.workers, "runner", "start"]
         log = self.log_dir / (
             f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
         )
@@ -274,7 +285,7 @@ class Stack(contextlib.AbstractContextManager):
         """Whether each fresh worker's runner has written its first heartbeat, under the pid
         it stored as it started (demo/runners.py): another runner's beat, on a store this
         process shares with others (a test's), is not one of ours coming up."""
-        return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.tasks.app)}
+        return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.app)}
 
     def wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""

@@ -23,7 +23,7 @@ from pynenc.invocation.status import InvocationStatus
 from demo import live, redis_server
 from demo.processes import Child, free_port, stop_children
 from demo.provider import Provider
-from demo.stack import ROOT, Stack
+from demo.stack import ROOT, Sample, Stack
 from keyclaim.config import LONGEST_CALL_KEY
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
 from tools import faults, monitor
@@ -38,10 +38,13 @@ os.environ.update(
     }
 )
 
-from helpers import FinishedRun, processes_mentioning, run_sample  # noqa: E402 - it imports tasks.py: settings first
+import tasks  # noqa: E402 - it builds its app from the settings: they come first
+from helpers import FinishedRun, processes_mentioning, run_sample  # noqa: E402 - the same
 from long_runs import LongRuns  # noqa: E402 - the same
 
 READY = 30.0
+# What the tests' stacks run: workers on tasks.py's app, the provider whose calls they hold.
+HELD_SAMPLE = Sample("tasks.app", faults.HELD, lambda: tasks.app)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -83,7 +86,7 @@ def long_runs(
 def stack() -> Iterator[Stack]:
     """The provider as a real uvicorn process on a free loopback port; no worker yet."""
     env = {"DEMO_API_PORT": os.environ["DEMO_API_PORT"], "DEMO_API_INSTANCE": secrets.token_hex(8)}
-    with Stack(env, STATE / "logs", ready_timeout=READY, cwd=ROOT, api=faults.HELD) as running:
+    with Stack(env, STATE / "logs", HELD_SAMPLE, ready_timeout=READY, cwd=ROOT) as running:
         running.start(workers=0)
         yield running
 
@@ -98,10 +101,10 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
     """The provider, reset for the test, with an empty queue: no invocation of an earlier test
     reaches this one's workers. It is never left paused."""
     live_api.reset("test", hold=0.0)
-    stack.tasks.app.broker.purge()
+    stack.app.broker.purge()
     yield live_api
     live_api.request("POST", "/resume")
-    end_leftovers(stack.tasks.app)
+    end_leftovers(stack.app)
 
 
 @pytest.fixture(autouse=True)
@@ -200,7 +203,7 @@ def claim_app(provider: Provider, stack: Stack, monkeypatch: pytest.MonkeyPatch)
     """This process registers, runs and finishes invocations through the claim, as every
     process of a deployment with the claim does: a call for a busy account parks at
     registration, and a final status hands the account on."""
-    app = stack.tasks.app
+    app = stack.app
     monkeypatch.setitem(app.config_values, LONGEST_CALL_KEY, 10.0)
     monkeypatch.setattr(app, "_orchestrator", AtomicClaimSQLiteOrchestrator(app))
     return provider

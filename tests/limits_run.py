@@ -11,11 +11,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo import options, run, settings
-from demo.scenarios import SCENARIOS
+from demo import launch
 from demo.show import View
 from demo.stack import Stack
-from tools import stress
+from tools import given, stress
 
 
 def recounted(timeline: list[dict]) -> dict[str, int]:
@@ -39,10 +38,10 @@ def recounted(timeline: list[dict]) -> dict[str, int]:
 
 def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
     """Each scenario, `--rounds` times: one JSON line per run, the provider's counts."""
-    shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker("thread"))
+    stage, table = launch.stage(args, stack, "thread"), given.scenarios(args)
     for _ in range(args.rounds):
         for key in keys:
-            o = run.scenario(SCENARIOS[key], shape, stack.provider, stack.tasks, args.timeout)
+            (o,) = stress.rounds(stage, 1, View(charts=False), True, [table[key]])
             found = {
                 "scenario": key,
                 "enqueued": o.enqueued,

@@ -25,7 +25,7 @@ from tools import bench
 
 def bench_args(argv: list[str]) -> argparse.Namespace:
     """The benchmark's flags as tools/bench.py parses them: sample.py's, and its own."""
-    return sample.parse_args(argv, bench.build_parser())
+    return bench.build_parser().parse_args(argv)
 
 
 SIDE = ("", "-wal", "-shm", "-journal")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from demo import settings
+import tasks
 from demo.processes import free_port
 from demo.stack import ROOT
 from helpers import user_env
@@ -59,7 +59,7 @@ def test_f_three_workers_reach_two_in_flight_per_account_and_never_three(
     for run in runs:
         assert_every_call_ran(run)
         assert run["collisions"] == 0, run
-        assert set(run["peaks"].values()) == {settings.SLOTS}, run
+        assert set(run["peaks"].values()) == {tasks.SLOTS}, run
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "redis"])
@@ -77,4 +77,4 @@ def test_g_three_workers_are_never_throttled_and_run_every_call(
     for run in runs:
         assert_every_call_ran(run)
         assert (run["throttled"], run["collisions"]) == (0, 0), run
-        assert max(run["peaks"].values()) <= settings.SLOTS, run
+        assert max(run["peaks"].values()) <= tasks.SLOTS, run

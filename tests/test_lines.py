@@ -8,12 +8,14 @@ import pytest
 from pynenc.invocation.dist_invocation import ReusedInvocation
 from pynenc.invocation.status import InvocationStatus as S
 
+import enqueue
 import tasks
-from demo import run, settings
 from demo.processes import wait_until
 from demo.provider import Provider
-from demo.scenarios import SCENARIOS, Shape
+from demo.scenarios import QUIET_ACCOUNTS, Shape
+from demo.show import View
 from demo.stack import Stack
+from demo.steps import Stage
 from helpers import (
     WAIT,
     account,
@@ -106,16 +108,17 @@ def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
 
 
 def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(
-    claim_app: Provider, stack: Stack
+    claim_app: Provider,
 ) -> None:
     """Scenario E with the lines: every call made once, the busy account's in enqueue order,
     3 status writes per call and no REROUTED. (Stock rerouting, in the bench: 24.5 writes, 10.7
     of them REROUTED, out of order.)"""
     shape = Shape(hold=0.02, backlog=12)
-    outcome = run.scenario(SCENARIOS["noisy"], shape, claim_app, stack.tasks, WAIT)
+    noisy = enqueue.SCENARIOS["noisy"]
+    outcome = enqueue.run(noisy, Stage(claim_app, shape, WAIT), View(charts=False))
     assert outcome.broken() == []
-    assert (outcome.calls, outcome.collisions) == (12 + settings.QUIET_ACCOUNTS, 0)
+    assert (outcome.calls, outcome.collisions) == (12 + QUIET_ACCOUNTS, 0)
     figures = outcome.neighbours
-    assert figures is not None and len(figures.quiet_waits) == settings.QUIET_ACCOUNTS
+    assert figures is not None and len(figures.quiet_waits) == QUIET_ACCOUNTS
     assert (figures.hot_calls, figures.hot_out_of_place) == (12, 0)
     assert (figures.writes, figures.reroutes) == (3.0, 0.0)

@@ -25,7 +25,7 @@ from pynenc.runner.runner_context import RunnerContext
 import enqueue
 import sample
 import tasks
-from demo import live
+from demo import checks, live
 from demo.processes import (
     Child,
     free_port,
@@ -37,7 +37,7 @@ from demo.processes import (
     wait_until,
 )
 from demo.provider import Provider
-from demo.stack import ROOT, Stack
+from demo.stack import ROOT, Sample, Stack
 from helpers import children_of, cmdline, paused, process_state, unique, user_env, wait_final
 from tools import stress
 
@@ -289,7 +289,7 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
         text=True,
         timeout=DEADLINE,
     )
-    assert result.returncode == enqueue.NO_WORKER_EXIT, result.stdout + result.stderr
+    assert result.returncode == checks.NO_WORKER_EXIT, result.stdout + result.stderr
     assert result.stdout == ""
     (line,) = result.stderr.strip().splitlines()
     assert line.startswith(f"enqueue.py: no worker is running on {db} "), line
@@ -521,7 +521,7 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
             if first.poll() is None:
                 first.kill()
                 first.wait(DEADLINE)
-    assert second.returncode == enqueue.BUSY_EXIT, second.stdout + second.stderr
+    assert second.returncode == checks.BUSY_EXIT, second.stdout + second.stderr
     (line,) = second.stderr.strip().splitlines()
     assert "another run uses this provider: 'enqueue.py unsafe', started at" in line, line
     assert second.stdout == ""
@@ -529,7 +529,8 @@ def test_three_workers_count_for_the_floor_and_a_second_enqueue_is_refused(
     assert "--- 3 workers live (24 threads): the floors count them" in out
     assert "12 enqueued -> 12 calls, 9 collisions" in out and "(floor 0.10s, " in out, out
     url = provider.base_url
-    said = f"worker: sqlite {db}, ThreadRunner, atomic claim off, calling the API at {url}"
+    said = f"worker: sqlite {db}, ThreadRunner on pynenc's own classes, atomic claim off, "
+    said += f"calling the API at {url}"
     assert [worker_line(w) for w in workers] == [said] * 3
 
 
@@ -577,7 +578,7 @@ def test_a_worker_gone_mid_run_is_said_at_once_and_its_unpicked_calls_are_cancel
             if run.poll() is None:
                 run.kill()
                 run.wait(DEADLINE)
-    assert run.returncode == enqueue.NO_WORKER_EXIT, out + err
+    assert run.returncode == checks.NO_WORKER_EXIT, out + err
     (line,) = err.strip().splitlines()
     assert f"every worker on {db} stopped mid-run; " in line, line
     assert "invocations no worker had picked up are cancelled (never to run)" in line, line
@@ -628,7 +629,7 @@ def test_ctrl_c_on_enqueue_mid_run_says_what_it_left_in_one_line(
                 run.kill()
                 run.wait(DEADLINE)
         assert worker.proc.poll() is None, worker.log_path.read_text()[-3000:]
-    assert refused.returncode == enqueue.BUSY_EXIT, refused.stdout + refused.stderr
+    assert refused.returncode == checks.BUSY_EXIT, refused.stdout + refused.stderr
     assert refused.stdout == ""
     (left,) = refused.stderr.strip().splitlines()
     assert "invocations of an earlier run are still unfinished on" in left, left
@@ -721,9 +722,10 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
     other = RunnerContext(runner_cls="ThreadRunner", runner_id=f"other-{uuid.uuid4()}")
     app.state_backend.store_runner_context(other)  # this process: no pynenc worker, never live
     app.orchestrator.register_runner_heartbeats([other.runner_id])
-    stack = Stack({}, tmp_path / "logs", cwd=ROOT)
-    stack.tasks = ModuleType("tasks")  # the stack reads this app, not tasks.py's
-    stack.tasks.app = app
+    # The stack is handed this app, not tasks.py's.
+    stack = Stack(
+        {}, tmp_path / "logs", Sample("tasks.app", "api_server:app", lambda: app), cwd=ROOT
+    )
     with stack:
         # Named like a worker ("pynenc" in its command line), as live.in_app looks for.
         idle = [sys.executable, "-c", "import time; time.sleep(60)", "pynenc"]

@@ -28,3 +28,16 @@ def test_sample_runs_all_four_scenarios_and_keeps_its_promises(finished_run: Fin
     assert out.count("--- reset @ ") == 4, out
     assert "OK: every guarantee held" in out
     assert finished_run.leftovers == []
+
+
+@pytest.mark.e2e
+def test_the_articles_run_decides_and_stores_with_pynencs_own_classes(
+    finished_run: FinishedRun,
+) -> None:
+    """What the article shows is pynenc as shipped: its worker runs pynenc's ThreadRunner (with
+    a start hook that says so) on pynenc's own orchestrator, broker, state backend and trigger.
+    Checked by mutation: with kept connections selected without the claim (as before), the
+    worker's line names KeptSQLiteOrchestrator and this test fails."""
+    (log,) = (finished_run.folder / "logs").glob("worker-*.log")
+    (said,) = [line for line in log.read_text().splitlines() if line.startswith("worker:")]
+    assert ", ThreadRunner on pynenc's own classes, atomic claim off," in said, said

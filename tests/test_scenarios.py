@@ -1,13 +1,17 @@
 """What each scenario sends, its physical floor, and how a run is judged against its promise."""
 
+import dataclasses
+import logging
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
 
-from demo import neighbours, report, run, scenarios, settings
+import tasks
+from demo import neighbours, report, scenarios, steps
 from demo.outcome import Outcome
-from demo.scenarios import SCENARIOS, Scenario, Shape
+from demo.scenarios import Scenario, Shape
+from enqueue import ARTICLE, SCENARIOS
 from tools import stress
 
 pytestmark = pytest.mark.unit  # no process, no network
@@ -138,7 +142,7 @@ def test_summary_has_the_articles_shape() -> None:
 def test_distribution_reports_min_typical_max() -> None:
     runs = [outcome("unsafe", collisions=c) for c in (9, 6, 9)]
     runs.append(outcome("keyed", collisions=1))
-    lines = stress.distribution(runs).splitlines()
+    lines = stress.distribution(runs, ARTICLE).splitlines()
     assert "=== 3 rounds: min / typical / max ===" in lines
     a_row = next(line for line in lines if line.startswith("A."))
     b_row = next(line for line in lines if line.startswith("B."))
@@ -151,17 +155,25 @@ def test_distribution_reports_min_typical_max() -> None:
 # A scenario is one entry plus its task: this one exists only here. Each account gets the
 # same op twice, keyed and rerouted, so both calls must run, one after the other.
 def twice_each(shape: Shape) -> list[dict[str, str]]:
-    accounts = settings.account_names(shape.accounts)
+    accounts = scenarios.account_names(shape.accounts)
     return [{"account_id": a, "op": "sync"} for a in accounts for _ in range(2)]
 
 
-TWICE = Scenario("twice", "Z", "the same op twice, keyed", "sync_twice", twice_each, keyed=True)
+class Fake:
+    """A task with a real task's settings (`like`), in an app of its own that only logs: its
+    promises are that task's, and calling it enqueues nothing."""
+
+    def __init__(self, like: object) -> None:
+        self.conf, self.task_id = like.conf, SimpleNamespace(key=f"tests.{type(self).__name__}")
+        self.app = SimpleNamespace(logger=logging.getLogger("tests"), orchestrator=self)
 
 
-class SyncTwice:
-    """The entry's task, as tasks.py would define it: here it only counts what it was sent."""
+class SyncTwice(Fake):
+    """The entry's task, as tasks.py would define it, keyed and rerouted like call_keyed: here
+    it only counts what it was sent."""
 
     def __init__(self) -> None:
+        super().__init__(tasks.call_keyed)
         self.sent: list[dict[str, str]] = []
 
     def __call__(self, **payload: str) -> SimpleNamespace:
@@ -169,13 +181,16 @@ class SyncTwice:
         return SimpleNamespace(invocation_id=f"inv-{len(self.sent)}")
 
 
-class Registry:
+TWICE = Scenario("Z", "twice", "the same op twice, keyed", SyncTwice(), twice_each)
+
+
+class Registry(Fake):
     """A task whose duplicates merge into the invocation registered last for their account,
-    as registration_concurrency=KEYS does while it is still queued."""
+    as registration_concurrency=KEYS does while it is still queued (refresh_once's settings)."""
 
     def __init__(self, merged_after: int) -> None:
+        super().__init__(tasks.refresh_once)
         self.calls, self.merged_after = 0, merged_after
-        self.app = SimpleNamespace(orchestrator=self)
 
     def __call__(self, account_id: str) -> SimpleNamespace:
         self.calls += 1
@@ -189,9 +204,8 @@ class Registry:
 def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
     """D's burst: 8 refreshes, the first 3 merge into invocation 1, which a worker then picks
     up; the next makes invocation 2, and the last 4 merge into that one."""
-    tasks = Registry(merged_after=3)
-    tasks.refresh_once = tasks
-    sent = run.enqueue(SCENARIOS["dedupe"], Shape(accounts=1), tasks)
+    burst = dataclasses.replace(SCENARIOS["dedupe"], task=Registry(merged_after=3))
+    sent = steps.enqueue(burst, Shape(accounts=1))
     assert sent.ids == ["acme-1", "acme-2"]
     assert sent.late == ["acme: new invocation, the earlier one was already running"]
 
@@ -199,13 +213,13 @@ def test_merged_duplicates_count_once_even_into_a_late_invocation() -> None:
 def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     shape = Shape(ops=2)
     task = SyncTwice()
-    sent = run.enqueue(TWICE, shape, SimpleNamespace(sync_twice=task))
+    sent = steps.enqueue(dataclasses.replace(TWICE, task=task), shape)
     assert (len(sent.ids), sent.late) == (6, [])
     assert task.sent[:2] == [{"account_id": "acme", "op": "sync"}] * 2
     # Keyed: one account's two calls run in a row, so the floor is two holds.
     assert shape.floor(TWICE) == pytest.approx(2 * shape.hold)
 
-    per_account = {a: {"calls": 2, "collisions": 0, "in_flight": 0} for a in settings.ACCOUNTS}
+    per_account = {a: {"calls": 2, "collisions": 0, "in_flight": 0} for a in scenarios.ACCOUNTS}
     kept = outcome(TWICE, shape=shape, enqueued=6, invocations=6, calls=6, per_account=per_account)
     assert kept.broken() == []
     collided = outcome(TWICE, shape=shape, enqueued=6, invocations=6, calls=6, collisions=1)
@@ -216,7 +230,7 @@ def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     assert "=== Z. twice — the same op twice, keyed ===" in text
     assert "  6 enqueued -> 6 calls, 0 collisions, 2.00s (floor 0.80s, 40%)" in text
     runs = [kept, collided, outcome("unsafe", collisions=9)]
-    table = stress.distribution(runs).splitlines()
+    table = stress.distribution(runs, ARTICLE).splitlines()
     assert next(line for line in table if line.startswith("Z.")).endswith("broken in 1 of 2")
     assert table[-1].startswith("totals: 1 collisions under KEYS (B 0, C 0, D 0, Z 1)")
     assert any(line.startswith("Z. twice") for line in report.efficiency(runs).splitlines())
@@ -236,19 +250,19 @@ NOISY = SCENARIOS["noisy"]
 
 def test_e_sends_one_accounts_backlog_then_one_call_for_each_quiet_account() -> None:
     payloads = Shape(backlog=5).payloads(NOISY)
-    assert [p["account_id"] for p in payloads[:5]] == [settings.HOT_ACCOUNT] * 5
+    assert [p["account_id"] for p in payloads[:5]] == [scenarios.HOT_ACCOUNT] * 5
     assert [p["op"] for p in payloads[:5]] == sorted(p["op"] for p in payloads[:5])
     quiet = payloads[5:]
-    assert len(quiet) == settings.QUIET_ACCOUNTS == len({p["account_id"] for p in quiet})
+    assert len(quiet) == scenarios.QUIET_ACCOUNTS == len({p["account_id"] for p in quiet})
 
 
 def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
-    assert NOISY not in scenarios.DEFAULT and NOISY.keyed
+    assert NOISY not in ARTICLE and NOISY.keyed
     assert Shape(backlog=20).floor(NOISY) == pytest.approx(20 * Shape().hold)
     # The bench times a sample of a long backlog: the floor is the sample's.
     assert Shape(backlog=10_000, sample=50, hold=0.1).floor(NOISY) == pytest.approx(5.0)
     # The article's run names its own keyed scenarios in the totals, not E.
-    totals = stress.distribution([outcome("keyed")]).splitlines()[-1]
+    totals = stress.distribution([outcome("keyed")], ARTICLE).splitlines()[-1]
     assert "(B 0, C 0, D 0)" in totals
 
 
@@ -288,7 +302,7 @@ def test_a_keys_collision_with_several_workers_points_to_the_claim(
 
 
 def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
-    names = settings.account_names(30)
+    names = scenarios.account_names(30)
     fine = {
         n: {"calls": 4, "collisions": 0, "in_flight": 0, "fenced": 0, "replayed": 0, "conflicts": 0}
         for n in names
@@ -314,7 +328,7 @@ def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
 
 def test_f_and_g_are_opt_in_and_judged_by_their_quota() -> None:
     slots, rate = SCENARIOS["slots"], SCENARIOS["rate"]
-    assert slots not in scenarios.DEFAULT and rate not in scenarios.DEFAULT
-    assert [slots, rate] == scenarios.LIMITED
+    assert slots not in ARTICLE and rate not in ARTICLE
+    assert [slots, rate] == [s for s in SCENARIOS.values() if s.limited]
     assert (slots.slots, slots.rate, rate.slots, rate.rate, rate.per) == (2, None, 2, 5, 1.0)
     assert len(DEFAULT.payloads(slots)) == 24  # 3 accounts x 8 ops

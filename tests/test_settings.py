@@ -14,7 +14,7 @@ import pytest
 
 import enqueue
 import sample
-from demo import options, settings
+from demo import flags, launch, settings
 from demo.processes import Child, ChildDied, free_port
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
@@ -130,7 +130,7 @@ def test_the_children_get_every_flag_as_the_variable_they_read(
     there passes its knob's own rule."""
     argv = ["--port", "8799", "--db", "x.db", "--atomic-claim", "--dead-after", "7"]
     args = sample.parse_args([*argv, "--runner", "wake"])
-    env = options.environment(args)
+    env = flags.environment(args)
     assert {k: env[k] for k in ("DEMO_API_PORT", "DEMO_DB", "DEMO_ATOMIC_CLAIM")} == {
         "DEMO_API_PORT": "8799",
         "DEMO_DB": "x.db",
@@ -146,7 +146,7 @@ def test_the_children_get_every_flag_as_the_variable_they_read(
         if name in settings.KNOBS:
             settings.KNOBS[name].parse(value)
     monkeypatch.delenv("REDIS_URL", raising=False)  # a private Redis, then, on a port of its own
-    redis = options.environment(sample.parse_args(["--backend", "redis"]))
+    redis = flags.environment(sample.parse_args(["--backend", "redis"]))
     assert redis["REDIS_URL"].startswith("redis://127.0.0.1:")
 
 
@@ -237,7 +237,7 @@ def test_a_worker_that_refuses_a_setting_first_gives_the_run_its_one_line(tmp_pa
         "DEMO_ATOMIC_CLAIM": "1",
         "PYNENC__ORCHESTRATOR_CLS": "SQLiteOrchestrator",
     }
-    stack = Stack(env, tmp_path / "logs", ready_timeout=60, cwd=ROOT)
+    stack = Stack(env, tmp_path / "logs", sample.SAMPLE, ready_timeout=60, cwd=ROOT)
     with stack, pytest.raises(ChildDied) as died:
         stack.start(workers=1)
     assert died.value.refusal.startswith("the atomic claim selects orchestrator_cls")
@@ -249,15 +249,15 @@ def test_sample_ends_with_the_workers_one_line_when_only_the_worker_notices(
 ) -> None:
     """sample.py's own run, with a bad override only its worker can notice: this test process
     built tasks.py without the claim, so the run's own import refuses nothing, and the worker,
-    started with the claim, refuses the override first. Checked by mutation: with sample.run's
+    started with the claim, refuses the override first. Checked by mutation: with launch.run's
     refusal branch removed, the run ended in "worker 1 (pid ...) exited with code 1" and exit 1,
     and this test fails."""
     monkeypatch.setenv("PYNENC__ORCHESTRATOR_CLS", "SQLiteOrchestrator")
     argv = ["--port", str(free_port()), "--db", str(tmp_path / "demo.db"), "--atomic-claim"]
     args = sample.parse_args([*argv, "--ready-timeout", "60"])
-    saved = dict(os.environ)  # sample.run writes the run's settings into this process's
+    saved = dict(os.environ)  # launch.run writes the run's settings into this process's
     try:
-        code = sample.run(args, lambda stack, view: 0)
+        code = launch.run(args, sample.SAMPLE, lambda stack, view: 0)
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -19,12 +19,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from demo import options, report, settings, show
+from demo import flags, launch, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import Child, start_child, stop_children, wait_until
-from demo.scenarios import DEFAULT, Scenario, Shape
+from demo.scenarios import MAX_BACKLOG, Scenario, Shape
 from demo.stack import ROOT, Stack
-from tools import stress
+from demo.steps import Stage
+from tools import given, stress
 
 ROUNDS = 5
 SCALED = Shape(accounts=30, ops=4, hold=0.1)
@@ -57,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(rounds=ROUNDS)
     parser.add_argument(
         "--bench-accounts",
-        type=settings.flag_type(settings.whole_number),
+        type=flags.flag_type(settings.whole_number),
         default=SCALED.accounts,
         metavar="N",
         help=f"accounts in the scaled run (default {SCALED.accounts})",
     )
     parser.add_argument(
         "--bench-backlogs",
-        type=settings.flag_type(backlogs),
+        type=flags.flag_type(backlogs),
         # 1,000 by default: stock pynenc's 10,000 runs for minutes by design (its churn), so
         # the long one is asked for: --bench-backlogs 1000,10000 (docs/speed.md's figures).
         default="1000",
@@ -78,11 +79,11 @@ def backlogs(raw: str) -> list[int]:
     after. Nothing at all: no E runs."""
     try:
         found = [settings.whole_number(n) for n in raw.split(",") if n]
-        if all(1 <= n <= settings.MAX_BACKLOG for n in found):
+        if all(1 <= n <= MAX_BACKLOG for n in found):
             return found
     except ValueError:
         pass
-    raise ValueError(f"expected backlogs of 1..{settings.MAX_BACKLOG} calls, comma-separated")
+    raise ValueError(f"expected backlogs of 1..{MAX_BACKLOG} calls, comma-separated")
 
 
 def refuse_bad_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -98,35 +99,20 @@ def play(
 ) -> tuple[int, list[Outcome]]:
     """tools.stress's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
     code, outcomes = stress.play(args, stack, view, runner, quiet=True)
-    shape = options.shape(args, args.workers, settings.slots_per_worker(runner))
-    big = scaled(stack, args.bench_accounts, shape, args.timeout, view)
+    stage = launch.stage(args, stack, runner)
+    big = scaled(stage, args.bench_accounts, given.article(args), view)
     text, scaled_code = report.verdict(big, stack.crashes)
     print(text)
     return code or scaled_code, outcomes + big
 
 
-def scaled(
-    stack: Stack, accounts: int, like: Shape, timeout: float, view: show.View
-) -> list[Outcome]:
-    """Every scenario once at the scaled size, on the workers and threads of `like`; shown only
-    where it broke a promise, then its efficiency."""
-    shape = Shape(accounts, SCALED.ops, SCALED.hold, workers=like.workers, threads=like.threads)
-    print(f"\n=== scaled run: {shape.accounts} accounts x {shape.ops} ops, hold {shape.hold}s ===")
-    stack.where = "the scaled run"
-    big = [
-        show.scenario(
-            s,
-            shape,
-            stack.provider,
-            stack.tasks,
-            timeout,
-            view,
-            f"scaled {s.letter}. {s.key}",
-            stack.check,
-            quiet=True,
-        )
-        for s in DEFAULT
-    ]
+def scaled(stage: Stage, accounts: int, chosen: list[Scenario], view: show.View) -> list[Outcome]:
+    """Every scenario chosen once at the scaled size, on the stage's workers and threads;
+    shown only where it broke a promise, then its efficiency."""
+    workers, threads = stage.shape.workers, stage.shape.threads
+    stage.shape = Shape(accounts, SCALED.ops, SCALED.hold, workers=workers, threads=threads)
+    print(f"\n=== scaled run: {accounts} accounts x {SCALED.ops} ops, hold {SCALED.hold}s ===")
+    big = stress.rounds(stage, 1, view, True, chosen, prefix="scaled ")
     print(report.efficiency(big))
     return big
 
@@ -185,7 +171,8 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
             argv += ["--backlogs", backlog, "--rounds", str(args.rounds)]
             argv += ["--hold", str(args.hold), "--connections", connections]
             argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
-            argv += ["--backend", args.backend]
+            argv += ["--backend", args.backend, "--app", args.app, "--api", args.api]
+            argv += ["--scenarios", args.scenarios]
             name = f"bench-claim{claim}-{connections}" + (f"-{backlog}" if n else "")
             child = start_child(name, argv, log_dir / f"{name}.log", cwd=ROOT)
             try:

@@ -23,12 +23,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from demo import redis_server, report, settings, show
+from demo import flags, redis_server, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import free_port, stop_on_signals
-from demo.scenarios import LIMITED, SCENARIOS, Shape
+from demo.scenarios import HOLD_SECONDS, QUIET_ACCOUNTS, Shape
 from demo.stack import FAILURES, Stack
-from tools import stress
+from demo.steps import Stage
+from tools import given, stress
 from tools.bench import ROUNDS, SCALED, backlogs
 
 E_HOLD = 0.1  # as the scaled run's
@@ -50,7 +51,7 @@ def figures(
         assert o.neighbours is not None
         waits = [w for w in o.neighbours.quiet_waits if not math.isnan(w)]
         found[f"E {o.shape.backlog}"] = {
-            "quiet_longest": max(waits) if len(waits) == settings.QUIET_ACCOUNTS else None,
+            "quiet_longest": max(waits) if len(waits) == QUIET_ACCOUNTS else None,
             "hot_floor": o.neighbours.hot_floor,
             "in_order": o.neighbours.hot_out_of_place == 0,
             "writes": o.neighbours.writes,
@@ -63,12 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claim", choices=("0", "1"), required=True)
     parser.add_argument("--no-b", action="store_true", help="only E: no B, no scaled B")
-    whole, number = settings.flag_type(settings.whole_number), settings.flag_type(settings.number)
+    whole, number = flags.flag_type(settings.whole_number), flags.flag_type(settings.number)
     parser.add_argument(
-        "--backlogs", type=settings.flag_type(backlogs), default="1000", help="E's, comma-separated"
+        "--backlogs", type=flags.flag_type(backlogs), default="1000", help="E's, comma-separated"
     )
     parser.add_argument("--rounds", type=whole, default=ROUNDS)
-    parser.add_argument("--hold", type=number, default=settings.HOLD_SECONDS, help="B's")
+    parser.add_argument("--hold", type=number, default=HOLD_SECONDS, help="B's")
     parser.add_argument("--accounts", type=whole, default=SCALED.accounts, help="scaled B's")
     parser.add_argument("--workers", type=whole, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
@@ -82,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slots",
         action="store_true",
-        help=f"E on tasks.py's call_slots (up to {settings.SLOTS} in flight per account; "
-        "with --claim 1): the quiet accounts' wait beside a busy account at its limit",
+        help="E on F's task (up to N in flight per account; with --claim 1): the quiet "
+        "accounts' wait beside a busy account at its limit",
     )
+    given.add_arguments(parser)
     args = parser.parse_args(argv)
     if (args.slots or args.limits) and args.claim != "1":
         parser.error("--slots and --limits need --claim 1: N per account is the claim's")
@@ -116,30 +118,31 @@ def side(args: argparse.Namespace, folder: Path) -> int:
     print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
     article: list[Outcome] = []
     scaled, runs = None, []
-    with stop_on_signals(), Stack(env, folder / "logs", private_redis=args.backend == "redis") as s:
+    private = args.backend == "redis"
+    sample = given.sample(args)
+    with stop_on_signals(), Stack(env, folder / "logs", sample, private_redis=private) as s:
         try:
             s.start(args.workers)
-            keyed, noisy = SCENARIOS["keyed"], SCENARIOS["noisy"]
+            table = given.scenarios(args)
+            keyed, noisy, slots = table["keyed"], table["noisy"], table["slots"]
             if args.slots:  # the busy account at its limit of N in flight, not 1
-                title = f"{noisy.title}, up to {settings.SLOTS} in flight per account"
-                noisy = dataclasses.replace(
-                    noisy, task="call_slots", slots=settings.SLOTS, title=title
-                )
+                title = f"{noisy.title}, up to {slots.slots} in flight per account"
+                noisy = dataclasses.replace(noisy, task=slots.task, title=title)
+            stage = Stage(s.provider, Shape(hold=args.hold, workers=args.workers), 60, s.check)
             if not args.no_b:
-                shape = Shape(hold=args.hold, workers=args.workers)
-                chosen = [keyed, *(LIMITED if args.limits else [])]
-                article = stress.rounds(s, shape, args.rounds, 60, view, True, chosen)
+                limited = [x for x in table.values() if x.limited] if args.limits else []
+                article = stress.rounds(stage, args.rounds, view, True, [keyed, *limited])
                 print(report.efficiency(article))
-                size = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
-                scaled = show.scenario(
-                    keyed, size, s.provider, s.tasks, 60, view, "scaled", quiet=True
-                )
+                stage.shape = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
+                (scaled,) = stress.rounds(stage, 1, view, True, [keyed], prefix="scaled ")
                 print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
+            stage.timeout = E_TIMEOUT
             for backlog in args.backlogs:
-                e = Shape(hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers)
-                label = f"E, a backlog of {backlog}"
-                runs.append(show.scenario(noisy, e, s.provider, s.tasks, E_TIMEOUT, view, label))
-            if counted := stress.claims(s.tasks.app):
+                stage.shape = Shape(
+                    hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers
+                )
+                runs += stress.rounds(stage, 1, view, False, [noisy], prefix=f"backlog {backlog}, ")
+            if counted := stress.claims(s.app):
                 print(counted, flush=True)
         except KeyboardInterrupt:
             return 130

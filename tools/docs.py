@@ -1,20 +1,25 @@
-"""The `--help` blocks docs/configuration.md shows, made by cog from the scripts' own parsers.
+"""The `--help` blocks docs/configuration.md shows, made by cog from the scripts themselves.
 
 Regenerate them: uv run cog -I . -r docs/configuration.md     (tests/test_docs.py checks them)
 """
 
-import importlib
 import os
-from unittest import mock
+import subprocess
+import sys
 
 WIDTH = "100"  # COLUMNS the blocks are made at
 
 
-def help_block(module: str) -> str:
-    """The `--help` of sample.py, enqueue.py or tools.bench, as a user's shell shows it at
-    WIDTH columns and with no DEMO_* variable set, in a fenced block."""
+def help_block(*script: str) -> str:
+    """The `--help` of a script (`python *script --help`: sample.py, enqueue.py, -m tools.bench)
+    as a user's shell shows it at WIDTH columns with no DEMO_* variable set, in a fenced block."""
     clean = {n: v for n, v in os.environ.items() if not n.startswith(("DEMO_", "PYNENC__"))}
-    with mock.patch.dict(os.environ, {**clean, "COLUMNS": WIDTH}, clear=True):
-        parser = importlib.import_module(module).build_parser()
-        text = parser.format_help()
-    return f"```\n{text.rstrip()}\n```\n"
+    done = subprocess.run(
+        [sys.executable, *script, "--help"],
+        env={**clean, "COLUMNS": WIDTH},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return f"```\n{done.stdout.rstrip()}\n```\n"

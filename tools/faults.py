@@ -34,10 +34,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from demo import redis_server, settings
+from demo import flags, redis_server, settings
 from demo.processes import Child, free_port, stop_on_signals, wait_until
 from demo.provider import Provider
+from demo.scenarios import Scenario
 from demo.stack import FAILURES, Stack
+from tools import given
 
 OPS = ("op1", "op2", "op3", "op4")
 HOLD = 1.0  # how long the provider takes over a call: less than the call timeout
@@ -61,7 +63,13 @@ class FaultRun:
     # (those made before the store was emptied belong to invocations it no longer knows).
     ids: list[str] = field(default_factory=list)
     skip_calls: int = 0
-    slots: int = 1  # the account's calls in flight at once: its next call is the one after
+    # The scenario whose task the run's calls go through; its slots are the account's calls
+    # in flight at once (keyclaim.limit): its next call is the one after them.
+    scenario: Scenario | None = None
+
+    @property
+    def calls_at_once(self) -> int:
+        return self.scenario.slots if self.scenario else 1
 
     def wait(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         """Let `seconds` pass (the fault's length), or less once `until` holds."""
@@ -74,7 +82,7 @@ class FaultRun:
         report = self.stack.provider.report
         self.wait(
             PAST_THE_WINDOW + 5,
-            lambda: report()["accounts"][self.account]["calls"] >= self.slots + 1,
+            lambda: report()["accounts"][self.account]["calls"] >= self.calls_at_once + 1,
         )
 
 
@@ -161,7 +169,7 @@ def clocks_apart(run: FaultRun) -> None:
     """The run's two workers, one of them skewed (PAIRS), share the account's calls to the end:
     each sweeps every beat while the other holds a call. Reading its own clock, either would
     take the other, beating all along, for dead."""
-    orchestrator = run.stack.tasks.app.orchestrator
+    orchestrator = run.stack.app.orchestrator
     run.wait(DEADLINE, lambda: len(orchestrator.filter_final(run.ids)) == len(run.ids))
 
 
@@ -177,7 +185,7 @@ def store_emptied(run: FaultRun) -> None:
     finally:
         client.close()
     run.skip_calls = len(run.stack.provider.timeline())
-    run.ids = [run.stack.tasks.call_keyed(run.account, op).invocation_id for op in run.ops]
+    run.ids = [run.scenario.task(run.account, op).invocation_id for op in run.ops]
 
 
 FAULTS: dict[str, Callable[[FaultRun], None]] = {
@@ -224,18 +232,16 @@ def add_worker(stack: Stack, skew: str | None = None) -> Child:
     return worker
 
 
-def one_run(stack: Stack, fault: str, number: int, slots: int = 1) -> Counter[str]:
-    """One run of one fault; what it cost, counted. slots: call_slots's calls instead, up to
-    that many in flight per account (the provider judges by as many)."""
-    provider, tasks = stack.provider, stack.tasks
-    quota = {"slots": slots} if slots > 1 else {}
-    provider.reset(f"fault: {fault}, run {number}", HOLD, **quota)
+def one_run(stack: Stack, fault: str, number: int, scenario: Scenario) -> Counter[str]:
+    """One run of one fault on calls of the scenario's task (B's, or F's of up to N per
+    account, whose N the provider judges by); what it cost, counted."""
+    provider, app = stack.provider, stack.app
+    provider.reset(f"fault: {fault}, run {number}", HOLD, **scenario.quota)
     account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
-    task = tasks.call_slots if slots > 1 else tasks.call_keyed
-    ids = [task(account, op).invocation_id for op in OPS]
+    ids = [scenario.task(account, op).invocation_id for op in OPS]
     victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
     run = FaultRun(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
-    run.slots = slots
+    run.scenario = scenario
     FAULTS[fault](run)
     stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
     ids = run.ids
@@ -243,9 +249,9 @@ def one_run(stack: Stack, fault: str, number: int, slots: int = 1) -> Counter[st
     pending = set(ids)
     while pending and time.monotonic() < ends:
         stack.check()
-        pending -= set(tasks.app.orchestrator.filter_final(list(pending)))
+        pending -= set(app.orchestrator.filter_final(list(pending)))
         time.sleep(0.05)
-    status = {i: tasks.app.orchestrator.get_invocation_status(i).value for i in ids}
+    status = {i: app.orchestrator.get_invocation_status(i).value for i in ids}
     op_of = dict(zip(ids, OPS, strict=True))
     calls = provider.timeline()[run.skip_calls :]
     applied = Counter(c["op"] for c in calls if not (c["fenced"] or c["replayed"] or c["conflict"]))
@@ -267,9 +273,9 @@ def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
     if not any(c["end"] is None and not c["fenced"] for c in stack.provider.timeline()):
         return None
     for invocation_id in ids:
-        record = stack.tasks.app.orchestrator.get_invocation_status_record(invocation_id)
+        record = stack.app.orchestrator.get_invocation_status_record(invocation_id)
         if record.status.value == "running" and record.runner_id is not None:
-            context = stack.tasks.app.state_backend.get_runner_context(record.runner_id)
+            context = stack.app.state_backend.get_runner_context(record.runner_id)
             return next((w for w in stack.workers if context and w.proc.pid == context.pid), None)
     return None
 
@@ -278,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--runs",
-        type=settings.flag_type(settings.whole_number),
+        type=flags.flag_type(settings.whole_number),
         default=5,
         help="runs of each fault (default 5)",
     )
@@ -300,12 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--slots",
         action="store_true",
-        help=f"with the claim: call_slots, up to {settings.SLOTS} calls in flight per account",
+        help="with the claim: F's task (slots), up to N calls in flight per account",
     )
+    given.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.slots and args.stock:
         parser.error("--slots needs the claim: stock pynenc has no N per account")
-    slots = settings.SLOTS if args.slots else 1
     folder = Path(tempfile.mkdtemp(prefix="faults-"))
     env = {
         "DEMO_API_PORT": str(free_port()),
@@ -320,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "redis":
         env["REDIS_URL"] = redis_server.private_url()
     os.environ.update(env)  # this process's app, which enqueues, is built like the workers'
+    scenario = given.scenarios(args)["slots" if args.slots else "keyed"]
+    slots = scenario.slots
     faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
     claim = "off (stock pynenc)" if args.stock else "on"
     print(
@@ -330,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
     redis = args.backend == "redis"
-    with stop_on_signals(), Stack(env, folder / "logs", private_redis=redis, api=HELD) as s:
+    sample = given.sample(args, api=HELD)
+    with stop_on_signals(), Stack(env, folder / "logs", sample, private_redis=redis) as s:
         try:
             s.start(workers=0)
             for fault in faults:
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                         add_worker(s, PAIRS[fault])
                     while len(s.workers) < 2:
                         add_worker(s)
-                    total += one_run(s, fault, number, slots)
+                    total += one_run(s, fault, number, scenario)
                     if fault in PAIRS or fault in EMPTIES:  # the next run starts afresh
                         s.stop(s.workers)
                 print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)

@@ -3,7 +3,8 @@
 Run it: uv run python -m tools.stress --atomic-claim --workers 6 --rounds 30   (sample.py's
 flags, and --rounds, --hosts; --help)
 
-It runs on sample.py's stack, shows each scenario in the first round and wherever it broke a
+It runs on a stack started as sample.py starts one (what it runs named by --app, --api and
+--scenarios: tools/given.py), shows each scenario in the first round and wherever it broke a
 promise, sums up each round in one line, then all of them in tables: min / typical / max per
 scenario, the efficiency against the floor, and the claim's own count. docs/scale-out.md
 holds what they were; tools/bench.py runs the same rounds on two runners.
@@ -19,25 +20,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keyclaim
-import sample
-from demo import options, report, settings, show
+from demo import flags, launch, settings, show, steps
 from demo.outcome import Outcome
 from demo.processes import Child
-from demo.scenarios import DEFAULT, Scenario, Shape
+from demo.report import efficiency
+from demo.scenarios import Scenario
 from demo.stack import ROOT, Stack
+from demo.steps import Stage
+from tools import given
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
 COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
 HOSTS = ", each from its own copy of the project"
+PACKAGES = ("demo",)  # what a host's copy of the project holds besides the app's module
 
 
 def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
-    """sample.py's flags, and the rounds' own."""
-    parser = sample.build_parser(description)
-    parser.prog = "python -m tools.stress"
-    rounds = settings.within(settings.whole_number, 1, 1000)
+    """sample.py's flags, what the tools are given, and the rounds' own."""
+    parser = flags.StackParser("python -m tools.stress", description)
+    given.add_arguments(parser)
+    rounds = flags.within(settings.whole_number, 1, 1000)
     parser.add_argument("--rounds", type=rounds, default=1, help="repeat the scenarios N times")
     parser.add_argument(
         "--hosts",
@@ -52,7 +56,7 @@ def parse_args(
     argv: list[str] | None, parsing: argparse.ArgumentParser | None = None
 ) -> argparse.Namespace:
     parsing = parsing or build_parser()
-    args = sample.parse_args(argv, parsing)
+    args = parsing.parse_args(argv)
     if args.hosts and args.backend != "redis":
         parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
     return args
@@ -97,14 +101,19 @@ class SeparateHosts(Rounds):
         host = (self.log_dir / "hosts" / f"host-{number}").resolve()
         shutil.rmtree(host, ignore_errors=True)
         host.mkdir(parents=True)
-        shutil.copy2(ROOT / "tasks.py", host / "tasks.py")
-        shutil.copytree(ROOT / "demo", host / "demo", ignore=shutil.ignore_patterns("__pycache__"))
+        # The workers' app's module, and the packages beside it that the sample's files import.
+        module = self.sample.workers.rsplit(".", 1)[0]
+        shutil.copy2(ROOT / f"{module}.py", host / f"{module}.py")
+        for package in PACKAGES:
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(ROOT / package, host / package, ignore=ignore)
         return host
 
 
 def run(args: argparse.Namespace, body: Callable[[Stack, show.View], int]) -> int:
-    """sample.run, on separate hosts with --hosts."""
-    return sample.run(args, body, SeparateHosts if args.hosts else Rounds)
+    """launch.run on the given sample, on separate hosts with --hosts."""
+    make = SeparateHosts if args.hosts else Rounds
+    return launch.run(args, given.sample(args), body, make, prog="tools/stress.py")
 
 
 def play(
@@ -112,57 +121,45 @@ def play(
 ) -> tuple[int, list[Outcome]]:
     """The rounds on `runner` workers, their tables, the verdict. quiet: each scenario shown only
     where it broke a promise (the benchmark's)."""
-    shape = options.shape(args, workers=args.workers, threads=settings.slots_per_worker(runner))
-    if setup := options.setup_line(args, runner, HOSTS if args.hosts else ""):
+    if setup := flags.setup_line(args, runner, HOSTS if args.hosts else ""):
         print(setup)
-    outcomes = rounds(stack, shape, args.rounds, args.timeout, view, quiet, sample.chosen(args))
-    print(distribution(outcomes))
-    print(report.efficiency(outcomes))
-    if counted := claims(stack.tasks.app):
+    chosen = given.chosen(args)
+    outcomes = rounds(launch.stage(args, stack, runner), args.rounds, view, quiet, chosen)
+    print(distribution(outcomes, chosen))
+    print(efficiency(outcomes))
+    if counted := claims(stack.app):
         print(counted)
-    return sample.verdict(outcomes, stack, view), outcomes
+    return launch.verdict(outcomes, stack, view), outcomes
 
 
 def rounds(
-    stack: Stack,
-    shape: Shape,
+    stage: Stage,
     rounds: int,
-    timeout: float,
     view: show.View,
-    quiet: bool = False,
-    chosen: list[Scenario] = DEFAULT,
+    quiet: bool,
+    chosen: list[Scenario],
+    prefix: str = "",
 ) -> list[Outcome]:
-    """The chosen scenarios (the article's four), in order, `rounds` times, on the stack's
-    API and workers.
+    """The chosen scenarios, in order, `rounds` times, on the stage's API and workers.
 
-    Each is shown as show.scenario() shows it: in the first round, and in any round where it broke a
-    promise (quiet: only there). After each of several rounds, one line sums the round up. A
-    worker or the API that dies stops it at once (stack.check), unless a dead worker is
-    replaced; every scenario runs to the end otherwise, whatever it found. It returns every
-    outcome, in the order run; the verdict is the caller's.
+    Each is run as enqueue.py runs one (reset, enqueue, wait, read) and shown in the first
+    round, and in any round where it broke a promise (quiet: only there). After each of several
+    rounds, one line sums the round up. A worker or the API that dies stops it at once
+    (the stage's check), unless a dead worker is replaced; every scenario runs to the end
+    otherwise, whatever it found. It returns every outcome, in the order run; the verdict is
+    the caller's.
     """
     outcomes: list[Outcome] = []
     for round_no in range(1, rounds + 1):
         this_round = []
         for each in chosen:
-            stack.where = f"round {round_no}, {each.letter}. {each.key}"
-            label = f"{each.letter}. {each.key}"
-            if rounds > 1:
-                label = f"round {round_no}/{rounds}, {label}"
-            quiet_now = quiet or round_no > 1
-            this_round.append(
-                show.scenario(
-                    each,
-                    shape,
-                    stack.provider,
-                    stack.tasks,
-                    timeout,
-                    view,
-                    label,
-                    stack.check,
-                    quiet_now,
-                )
-            )
+            label = prefix + each.label
+            label = label if rounds == 1 else f"round {round_no}/{rounds}, {label}"
+            stage.provider.reset(each.heading, stage.shape.hold, **each.quota)
+            sent = steps.enqueue(each, stage.shape)
+            steps.wait(sent, stage, label)
+            found = steps.outcome(sent, stage.provider)
+            this_round.append(show.outcome(found, view, quiet=quiet or round_no > 1))
         outcomes += this_round
         if rounds > 1:
             print(f"round {round_no}/{rounds}: {one_line(this_round)}", flush=True)
@@ -198,8 +195,9 @@ def _value(outcome: Outcome, column: str) -> int:
     return len(value) if isinstance(value, list | dict) else value
 
 
-def distribution(outcomes: list[Outcome]) -> str:
-    """Per scenario and measure: min / typical (median) / max over the rounds."""
+def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
+    """Per scenario and measure: min / typical (median) / max over the rounds; the totals name
+    every keyed scenario chosen, run or not."""
     rounds = max(Counter(o.scenario for o in outcomes).values())
     columns = COLUMNS
     if any(o.scenario.limited for o in outcomes):  # F, G: their quota's own columns
@@ -220,8 +218,8 @@ def distribution(outcomes: list[Outcome]) -> str:
             f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
         )
     keyed = [o for o in outcomes if o.scenario.keyed]
-    # Every keyed scenario of the demo, even one that did not run, and any other that did.
-    named = dict.fromkeys([*(s for s in DEFAULT if s.keyed), *_scenarios(keyed)])
+    # Every keyed scenario chosen, even one that did not run, and any other that did.
+    named = dict.fromkeys([*(s for s in chosen if s.keyed), *_scenarios(keyed)])
     by_letter = ", ".join(
         f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}" for s in named
     )

@@ -1,0 +1,86 @@
+"""Start a stack from sample.py's flags, run a body on it, stop it on every way out.
+
+sample.py runs the scenarios so; the tools run their rounds so (tools/stress.py). A refusal, a
+child's death, a deadline and a stop signal each end the run with its own exit code.
+"""
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import keyclaim
+from demo import flags, report, runners, settings
+from demo.outcome import Outcome
+from demo.processes import stop_on_signals, stop_signal
+from demo.show import View
+from demo.stack import FAILURES, RunRefused, Sample, Stack, preflight
+from demo.steps import Stage
+
+
+def run(
+    args: argparse.Namespace,
+    sample: Sample,
+    body: Callable[[Stack, View], int],
+    make: Callable[..., Stack] = Stack,
+    prog: str = "sample.py",
+) -> int:
+    """body(stack, view) on a stack started from the flags (made by `make`), stopped on every
+    way out; its exit code, or the one a refusal, a failure or a stop signal ends the run with.
+    Its own lines start with `prog`."""
+    # A private Redis stops with this run, and with it everything the monitor would show.
+    private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
+    env = flags.environment(args)
+    log_dir = Path(settings.get("DEMO_LOG_DIR"))
+    stack = make(
+        env, log_dir, sample, ready_timeout=args.ready_timeout, private_redis=private_redis
+    )
+    command = None if private_redis else settings.command("pynenc monitor", env)
+    view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
+    with stop_on_signals():
+        try:
+            preflight(args)
+            # The one place this process's settings change: its app is then built from them,
+            # as the children build theirs.
+            os.environ.update(env)
+            with stack:
+                stack.start(args.workers)
+                # Its own API, owned for the whole run (it stops with it): an enqueue.py
+                # pointed at it is refused instead of resetting the counts under it.
+                with stack.provider.owned(prog, lease=3600):
+                    code = body(stack, view)
+        except (RunRefused, settings.BadSetting, keyclaim.Refused) as refused:  # or the app's
+            print(f"{prog}: {refused}", file=sys.stderr)
+            return getattr(refused, "code", 2)
+        except KeyboardInterrupt:
+            code = 130  # the first stop signal; which one it was is kept (below)
+        except FAILURES as exc:
+            if refusal := getattr(exc, "refusal", ""):  # a child noticed a bad setting first
+                print(f"{prog}: {refusal}", file=sys.stderr)
+                return 2
+            print(f"{prog}: {stack.explain(exc)}", file=sys.stderr)
+            code = 1
+        if signum := stop_signal():
+            print(f"\n{prog}: interrupted; stopping the API and the workers.", file=sys.stderr)
+            return 128 + signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report them
+    return code
+
+
+def stage(args: argparse.Namespace, stack: Stack, runner: str) -> Stage:
+    """Where the scenarios run on this stack: its provider, the run's size with the floors
+    counting every worker's threads, the deadline, and the stack's check on every poll."""
+    threads = runners.slots_per_worker(runner)
+    shape = flags.shape(args, workers=args.workers, threads=threads)
+    on = Stage(stack.provider, shape, args.timeout)
+    on.check = lambda: stack.check(on.where)
+    return on
+
+
+def verdict(outcomes: list[Outcome], stack: Stack, view: View) -> int:
+    """The verdict's lines and the monitor's, printed; the exit code."""
+    text, code = report.verdict(outcomes, stack.crashes)
+    print(text)
+    if ending := view.ending(outcomes):
+        print(ending)
+    return code
