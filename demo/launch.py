@@ -13,9 +13,10 @@ from pathlib import Path
 import keyclaim
 from demo import flags, report, runners, settings
 from demo.outcome import Outcome
-from demo.processes import stop_on_signals, stop_signal
+from demo.preflight import RunRefused, preflight
 from demo.show import View
-from demo.stack import FAILURES, RunRefused, Sample, Stack, preflight
+from demo.signals import stop_on_signals, stop_signal
+from demo.stack import FAILURES, Sample, Stack
 from demo.steps import Stage
 
 

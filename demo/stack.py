@@ -2,7 +2,7 @@
 
 They start on the environment they are given, are checked on every poll, and stop together
 whatever happens. What they run is handed in (Sample): the children name it on their command
-lines, and this process's own app comes from the caller, never imported here.
+lines; this process's own app comes from the caller.
 
 sample.py runs the demo on one; the tests start their API and workers through one too:
 
@@ -11,7 +11,6 @@ sample.py runs the demo on one; the tests start their API and workers through on
         ...                             # stack.app is this process's app
 """
 
-import argparse
 import contextlib
 import functools
 import sys
@@ -25,78 +24,24 @@ import httpx
 from pynenc import Pynenc
 
 import keyclaim
-from demo import database, live, redis_server, settings
+from demo import live, redis_server, settings
+from demo.preflight import RunRefused, fresh_sqlite, refuse_if_in_use, refuse_unless_ours
 from demo.processes import (
     Child,
     ChildDied,
     DeadlineExceeded,
-    port_in_use,
-    raise_if_stopping,
     start_child,
     stop_children,
     wait_until,
 )
 from demo.provider import Provider, ProviderUnreachable
+from demo.signals import raise_if_stopping
 
 ROOT = Path(__file__).resolve().parent.parent
 # A worker told to stop gets this much longer than its drain deadline before it is killed.
 STOP_MARGIN_SECONDS = 3.0
 # What ends a run with exit code 1 and one explanation (Stack.explain).
 FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, httpx.HTTPError, redis_server.NoRedis)
-
-
-class RunRefused(Exception):
-    """The demo cannot run with these settings here: what to say, and the exit code to end with."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-def preflight(args: argparse.Namespace) -> None:
-    """Raise RunRefused, before anything starts, for a busy port (1), a database SQLite cannot
-    create or a file that is not this demo's database to delete (2), or an atomic claim on a
-    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2):
-    sample.py's flags, args."""
-    host, port, backend, db, claim = args.host, args.port, args.backend, args.db, args.atomic_claim
-    if port_in_use(host, port):
-        raise RunRefused(
-            f"port {port} on {host} is already in use, maybe by an API left running "
-            f"in another terminal.\nStop that process, or choose another port: "
-            f"uv run python sample.py --port {port + 1}   (or DEMO_API_PORT={port + 1})",
-            1,
-        )
-    if backend == "sqlite" and (why := database.problem(db)):
-        raise RunRefused(f"--db (DEMO_DB) {db!r}: {why}", 2)
-    if backend == "sqlite":
-        refuse_unless_ours(db)
-    if claim and not (backend == "redis" and not redis_server.has_plugin()):
-        # (Without the plugin, Stack.start says how to get it.)
-        try:
-            keyclaim.check_versions("atomic claim", backend)
-        except keyclaim.UntestedVersion as exc:
-            raise RunRefused(f"--atomic-claim: {exc}", 2) from None
-    # The claim's own check of its windows, with the beat keyclaim.install asks for.
-    dead_after, longest = args.dead_after, args.call_timeout
-    if claim and (why := keyclaim.windows_problem(dead_after, longest)):
-        raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
-
-
-def fresh_sqlite(path: str) -> None:
-    """Each run starts from an empty database: no invocation of an earlier run can leak in.
-    Only this demo's database goes (refuse_unless_ours); any other file stays untouched."""
-    refuse_unless_ours(path)
-    database.delete(path)
-
-
-def refuse_unless_ours(path: str) -> None:
-    """RunRefused (2), naming the file and why, unless a run may delete it (not_ours)."""
-    if why := database.not_ours(path):
-        raise RunRefused(
-            f"--db (DEMO_DB) {path!r}: {why}; a run starts by deleting its database, so it takes "
-            "only a new file, an empty one, or one an earlier run made",
-            2,
-        )
 
 
 @dataclass(frozen=True)
@@ -163,12 +108,12 @@ class Stack(contextlib.AbstractContextManager):
             # first, unless another session's workers use it now.
             if not self.private_redis:
                 runners = live.in_app(self.app)
-                self._refuse_if_in_use("the Redis at REDIS_URL", runners, "without REDIS_URL")
+                refuse_if_in_use("the Redis at REDIS_URL", runners, "without REDIS_URL")
             self.app.purge()
         else:
             db = self.setting("DEMO_DB")
             refuse_unless_ours(db)  # before SQLite opens it to look for live workers
-            self._refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
+            refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
         argv = [sys.executable, "-m", "uvicorn", self.sample.api, "--host", host, "--port", port]
@@ -178,18 +123,6 @@ class Stack(contextlib.AbstractContextManager):
         fresh = [self.spawn_worker() for _ in range(workers)]
         # The children boot while this process imports tasks.py (workers_up) and polls.
         self.wait_ready(fresh)
-
-    @staticmethod
-    def _refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
-        """A run starts from empty state; never by deleting the state of a session still
-        running (the four-terminal way's worker, another sample.py)."""
-        if runners:
-            raise RunRefused(
-                f"{store} is in use by a running worker ({live.described(runners)}): stop that "
-                f"session's workers first, or give this run state of its own: "
-                f"uv run python sample.py {instead}",
-                1,
-            )
 
     def check(self, where: str = "") -> None:
         """Called on every poll: the API must live; a worker that dies is reported at once, and

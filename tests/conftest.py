@@ -26,7 +26,7 @@ from demo.provider import Provider
 from demo.stack import ROOT, Sample, Stack
 from keyclaim.config import LONGEST_CALL_KEY
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
-from tools import faults, monitor
+from tools import injections, monitor
 
 STATE = Path(tempfile.mkdtemp(prefix="concurrency-demo-tests-"))
 os.environ.update(
@@ -44,7 +44,7 @@ from long_runs import LongRuns  # noqa: E402 - the same
 
 READY = 30.0
 # What the tests' stacks run: workers on tasks.py's app, the provider whose calls they hold.
-HELD_SAMPLE = Sample("tasks.app", faults.HELD, lambda: tasks.app)
+HELD_SAMPLE = Sample("tasks.app", injections.HELD, lambda: tasks.app)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -150,7 +150,7 @@ def start_worker(stack: Stack) -> Iterator[Callable[..., Child]]:
     started: list[Child] = []
 
     def start(env: dict[str, str] | None = None) -> Child:
-        (worker,) = faults.add_workers(stack, 1, env)
+        (worker,) = injections.add_workers(stack, 1, env)
         started.append(worker)
         return worker
 

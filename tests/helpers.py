@@ -24,7 +24,7 @@ import tasks
 from demo.processes import free_port, wait_until
 from demo.provider import Provider
 from demo.stack import ROOT
-from tools import faults
+from tools import injections
 
 WAIT = 30.0
 SUMMARY = re.compile(
@@ -146,7 +146,7 @@ def processes_mentioning(marker: str) -> list[str]:
 
 def paused(provider: Provider) -> AbstractContextManager[None]:
     """Inside, the provider's calls stay in flight; they end once the block is left."""
-    return faults.paused(provider)
+    return injections.paused(provider)
 
 
 def account(provider: Provider, name: str) -> dict[str, int]:

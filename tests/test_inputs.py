@@ -17,8 +17,9 @@ import pytest
 import sample
 from demo import settings
 from demo.database import TABLE_PREFIX, not_ours
+from demo.preflight import RunRefused, fresh_sqlite, preflight
 from demo.processes import free_port
-from demo.stack import ROOT, RunRefused, fresh_sqlite, preflight
+from demo.stack import ROOT
 from helpers import user_env
 from tools import bench
 

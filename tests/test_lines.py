@@ -26,7 +26,7 @@ from helpers import (
     unique,
     wait_in_flight,
 )
-from tools import faults
+from tools import injections
 
 CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
 
@@ -34,7 +34,7 @@ CLAIM = {"DEMO_ATOMIC_CLAIM": "1"}
 @pytest.fixture(scope="module", autouse=True)
 def claim_workers(stack: Stack) -> Iterator[None]:
     """Two workers with the claim, for every test here: none of them stops one."""
-    workers = faults.add_workers(stack, 2, CLAIM)
+    workers = injections.add_workers(stack, 2, CLAIM)
     try:
         yield
     finally:

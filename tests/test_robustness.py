@@ -26,17 +26,9 @@ import enqueue
 import sample
 import tasks
 from demo import checks, live
-from demo.processes import (
-    Child,
-    free_port,
-    held_signals,
-    start_child,
-    stop_children,
-    stop_on_signals,
-    stop_signal,
-    wait_until,
-)
+from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import Provider
+from demo.signals import held_signals, stop_on_signals, stop_signal
 from demo.stack import ROOT, Sample, Stack
 from helpers import children_of, cmdline, paused, process_state, unique, user_env, wait_final
 from tools import stress

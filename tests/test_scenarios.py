@@ -12,7 +12,7 @@ from demo import neighbours, report, scenarios, steps
 from demo.outcome import Outcome
 from demo.scenarios import Scenario, Shape
 from enqueue import ARTICLE, SCENARIOS
-from tools import stress
+from tools import tables
 
 pytestmark = pytest.mark.unit  # no process, no network
 
@@ -142,7 +142,7 @@ def test_summary_has_the_articles_shape() -> None:
 def test_distribution_reports_min_typical_max() -> None:
     runs = [outcome("unsafe", collisions=c) for c in (9, 6, 9)]
     runs.append(outcome("keyed", collisions=1))
-    lines = stress.distribution(runs, ARTICLE).splitlines()
+    lines = tables.distribution(runs, ARTICLE).splitlines()
     assert "=== 3 rounds: min / typical / max ===" in lines
     a_row = next(line for line in lines if line.startswith("A."))
     b_row = next(line for line in lines if line.startswith("B."))
@@ -230,11 +230,11 @@ def test_a_new_scenario_is_one_entry_plus_its_task() -> None:
     assert "=== Z. twice — the same op twice, keyed ===" in text
     assert "  6 enqueued -> 6 calls, 0 collisions, 2.00s (floor 0.80s, 40%)" in text
     runs = [kept, collided, outcome("unsafe", collisions=9)]
-    table = stress.distribution(runs, ARTICLE).splitlines()
+    table = tables.distribution(runs, ARTICLE).splitlines()
     assert next(line for line in table if line.startswith("Z.")).endswith("broken in 1 of 2")
     assert table[-1].startswith("totals: 1 collisions under KEYS (B 0, C 0, D 0, Z 1)")
     assert any(line.startswith("Z. twice") for line in report.efficiency(runs).splitlines())
-    assert stress.one_line([kept, collided]) == "Z 6/0  Z 6/1 BROKEN"
+    assert tables.one_line([kept, collided]) == "Z 6/0  Z 6/1 BROKEN"
 
 
 def test_a_fenced_call_reached_the_provider_but_counts_as_not_applied() -> None:
@@ -262,7 +262,7 @@ def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
     # The bench times a sample of a long backlog: the floor is the sample's.
     assert Shape(backlog=10_000, sample=50, hold=0.1).floor(NOISY) == pytest.approx(5.0)
     # The article's run names its own keyed scenarios in the totals, not E.
-    totals = stress.distribution([outcome("keyed")], ARTICLE).splitlines()[-1]
+    totals = tables.distribution([outcome("keyed")], ARTICLE).splitlines()[-1]
     assert "(B 0, C 0, D 0)" in totals
 
 

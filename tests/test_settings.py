@@ -19,7 +19,7 @@ from demo.processes import Child, ChildDied, free_port
 from demo.provider import Provider
 from demo.stack import ROOT, Stack
 from helpers import processes_mentioning, user_env
-from tools import faults
+from tools import injections
 
 BAD = [
     ("DEMO_API_PORT", "abc", "port number"),
@@ -194,7 +194,7 @@ SCALED_A = ["enqueue.py", "unsafe", "--ops", "2", "--hold", "0.02", "--no-chart"
 @pytest.fixture(scope="module")
 def worker(stack: Stack) -> Iterator[Child]:
     """One worker for the scaled runs below: they only need one to be there."""
-    (started,) = faults.add_workers(stack)
+    (started,) = injections.add_workers(stack)
     try:
         yield started
     finally:

@@ -12,8 +12,6 @@ It prints figures and asserts nothing: docs/speed.md says what they were here.
 
 import argparse
 import json
-import math
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +24,7 @@ from demo.scenarios import MAX_BACKLOG, Scenario, Shape
 from demo.stack import ROOT, Stack
 from demo.steps import Stage
 from tools import given, stress
+from tools.tables import compare, compare_lines
 
 ROUNDS = 5
 SCALED = Shape(accounts=30, ops=4, hold=0.1)
@@ -206,83 +205,6 @@ def _follow(child: Child) -> list[str]:
 
     wait_until(more, LINES_DEADLINE, f"{child.name} to finish", interval=0.2)
     return child.log_path.read_text(errors="replace").splitlines()
-
-
-def compare_lines(sides: dict[str, dict[str, object]]) -> str:
-    """The comparison's sides, figure against figure."""
-
-    def elapsed(side: dict[str, object], key: str) -> str:
-        if key not in side:
-            return "-"
-        median, floor = side[key]  # type: ignore[misc]
-        return f"{median:.2f}s ({floor / median:.0%})"
-
-    def seconds(value: object) -> str:
-        return "did not start" if value is None else f"{value:.2f}s"
-
-    rows = [
-        (f"{letter}. {name}", *(elapsed(side, key) for side in sides.values()))
-        for letter, name, key in (
-            ("B", "keyed", "B"),
-            ("B", "keyed, scaled", "B scaled"),
-            ("F", "slots", "F"),
-            ("G", "rate", "G"),
-        )
-    ]
-    last = list(sides.values())[-1]
-    for key in [k for k in last if k.startswith("E ")]:
-        runs = [side.get(key, {}) for side in sides.values()]
-        assert all(isinstance(x, dict) for x in runs)
-        name = f"E, {int(key.split()[1]):,} backlog:"
-        rows += [
-            (f"{name} quiet wait, longest", *(seconds(x.get("quiet_longest")) for x in runs)),
-            (f"{name} busy account vs floor", *(f"{x.get('hot_floor', 0):.0%}" for x in runs)),
-            (f"{name} in enqueue order", *(_yes(x.get("in_order")) for x in runs)),
-            (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in runs)),
-            (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in runs)),
-        ]
-    head = f"{'':<40}" + "".join(f"{name:>17}" for name in sides)
-    title = (
-        "=== stock pynenc vs the claim (account lines) on pynenc's SQLite connections vs the "
-        "claim on kept ones, wake runner ==="
-    )
-    body = [f"{row[0]:<40}" + "".join(f"{cell:>17}" for cell in row[1:]) for row in rows]
-    return "\n".join(["", title, head, *body])
-
-
-def _yes(value: object) -> str:
-    return "yes" if value else "no"
-
-
-def compare(by_runner: dict[str, list[Outcome]]) -> str:
-    """Median elapsed and efficiency per scenario and shape, runner against runner."""
-    names = list(by_runner)
-    first, last = names[0], names[-1]
-
-    def medians(outcomes: list[Outcome]) -> dict[tuple[Scenario, Shape], tuple[float, float]]:
-        grouped: dict[tuple[Scenario, Shape], list[Outcome]] = {}
-        for o in outcomes:
-            grouped.setdefault((o.scenario, o.shape), []).append(o)
-        return {
-            key: (statistics.median(o.elapsed for o in group), group[0].floor)
-            for key, group in grouped.items()
-        }
-
-    table = {name: medians(outcomes) for name, outcomes in by_runner.items()}
-    header = f"{'scenario':<22}" + "".join(f"{n:>16}" for n in names) + f"{last + '/' + first:>16}"
-    lines = ["", f"=== {' vs '.join(names)}: median elapsed (efficiency) ===", header]
-    for key in table[first]:
-        scenario, shape = key
-        label = f"{scenario.letter}. {scenario.key}"
-        if (shape.accounts, shape.ops, shape.hold) != (Shape.accounts, Shape.ops, Shape.hold):
-            label += f", {shape.accounts}x{shape.ops}"  # not the article's size
-        cells = []
-        for name in names:
-            median, floor = table[name].get(key, (math.nan, math.nan))
-            cells.append(f"{median:.2f}s ({floor / median:.0%})")
-        ratio = table[last][key][0] / table[first][key][0] if key in table[last] else math.nan
-        lines.append(f"{label:<22}" + "".join(f"{c:>16}" for c in cells) + f"{ratio:>16.2f}")
-    return "\n".join(lines)
 
 
 def peak_memory_mib(pid: int) -> float:

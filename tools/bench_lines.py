@@ -25,8 +25,9 @@ from pathlib import Path
 
 from demo import flags, redis_server, report, settings, show
 from demo.outcome import Outcome
-from demo.processes import free_port, stop_on_signals
+from demo.processes import free_port
 from demo.scenarios import HOLD_SECONDS, QUIET_ACCOUNTS, Shape
+from demo.signals import stop_on_signals
 from demo.stack import FAILURES, Stack
 from demo.steps import Stage
 from tools import given, stress

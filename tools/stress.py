@@ -12,9 +12,7 @@ holds what they were; tools/bench.py runs the same rounds on two runners.
 
 import argparse
 import shutil
-import statistics
 import sys
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,11 +26,11 @@ from demo.scenarios import Scenario
 from demo.stack import ROOT, Stack
 from demo.steps import Stage
 from tools import given
+from tools.tables import distribution, one_line
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-COLUMNS = ("calls", "collisions", "extra_calls", "dropped", "deduped", "late", "unfinished")
 HOSTS = ", each from its own copy of the project"
 PACKAGES = ("demo",)  # what a host's copy of the project holds besides the app's module
 
@@ -164,78 +162,6 @@ def rounds(
         if rounds > 1:
             print(f"round {round_no}/{rounds}: {one_line(this_round)}", flush=True)
     return outcomes
-
-
-def one_line(outcomes: list[Outcome]) -> str:
-    """One round in a line: letter, calls/collisions, and anything unusual."""
-    parts = []
-    for o in outcomes:
-        text = f"{o.scenario.letter} {o.calls}/{o.collisions}"
-        if o.fenced:
-            text += f" fenced={o.fenced}"
-        if o.scenario.limited:
-            text += f" throttled={o.throttled} peak={o.peak_in_flight}"
-        if o.replayed or o.conflicts:
-            text += f" replayed={o.replayed} 409={o.conflicts}"
-        if o.late:
-            text += f" late={len(o.late)}"
-        if o.unfinished:
-            text += f" unfinished={len(o.unfinished)}"
-        parts.append(text + ("" if not o.broken() else " BROKEN"))
-    return "  ".join(parts)
-
-
-def _scenarios(outcomes: list[Outcome]) -> list[Scenario]:
-    """The scenarios these outcomes ran, in the order they first ran."""
-    return list(dict.fromkeys(o.scenario for o in outcomes))
-
-
-def _value(outcome: Outcome, column: str) -> int:
-    value = getattr(outcome, column)
-    return len(value) if isinstance(value, list | dict) else value
-
-
-def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
-    """Per scenario and measure: min / typical (median) / max over the rounds; the totals name
-    every keyed scenario chosen, run or not."""
-    rounds = max(Counter(o.scenario for o in outcomes).values())
-    columns = COLUMNS
-    if any(o.scenario.limited for o in outcomes):  # F, G: their quota's own columns
-        columns = (*COLUMNS, "throttled", "peak_in_flight")
-    header = f"{'scenario':<10}" + "".join(
-        f"{c.replace('_calls', '').replace('_in_flight', ''):>14}" for c in columns
-    )
-    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
-    for scenario in _scenarios(outcomes):
-        mine = [o for o in outcomes if o.scenario is scenario]
-        cells = []
-        for column in columns:
-            values = [_value(o, column) for o in mine]
-            cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
-        broken = sum(1 for o in mine if o.broken())
-        note = f"  broken in {broken} of {len(mine)}" if broken else ""
-        lines.append(
-            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
-        )
-    keyed = [o for o in outcomes if o.scenario.keyed]
-    # Every keyed scenario chosen, even one that did not run, and any other that did.
-    named = dict.fromkeys([*(s for s in chosen if s.keyed), *_scenarios(keyed)])
-    by_letter = ", ".join(
-        f"{s.letter} {sum(o.collisions for o in keyed if o.scenario is s)}" for s in named
-    )
-    lines.append(
-        f"totals: {sum(o.collisions for o in keyed)} collisions under KEYS ({by_letter}), "
-        f"{sum(o.extra_calls for o in outcomes)} extra calls, "
-        f"{sum(len(o.late) for o in outcomes)} late, "
-        f"{sum(len(o.unfinished) for o in outcomes)} never finished"
-        + (f", {fenced} fenced" if (fenced := sum(o.fenced for o in outcomes)) else "")
-        + (
-            f", {sum(o.throttled for o in outcomes)} throttled"
-            if any(o.scenario.limited for o in outcomes)
-            else ""
-        )
-    )
-    return "\n".join(lines)
 
 
 def claims(app: "Pynenc") -> str:
