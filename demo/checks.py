@@ -3,7 +3,7 @@
 Each in one line, with its exit code: an API that answers; a worker on its state (one still
 starting is waited for); the same claim settings as the live workers; no other run on the
 provider; nothing an earlier run left unfinished. Mid-run: every worker gone, or the workers
-calling another API. What a run that gives up leaves behind, demo/leftovers.py finds and ends.
+calling another API. What a run that gives up leaves behind, demo/unfinished.py finds and ends.
 """
 
 import argparse
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 import keyclaim
-from demo import flags, leftovers, live, report, settings
+from demo import flags, heartbeats, report, settings, unfinished
 from demo.outcome import Outcome
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import Scenario
@@ -43,9 +43,9 @@ def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
 
 
 def no_worker(api: Mapping[str, str], why: str = "") -> str:
-    """why: what became of a worker seen starting (live.awaited)."""
+    """why: what became of a worker seen starting (heartbeats.awaited)."""
     where, start = state_and_start(api)
-    why = why or f"none beat in the last {live.ALIVE_WITHIN:g}s from a process still running"
+    why = why or f"none beat in the last {heartbeats.ALIVE_WITHIN:g}s from a process still running"
     return (
         f"no worker is running on {where} ({why}), so nothing was enqueued; start one in "
         f"another terminal: {start}"
@@ -73,7 +73,7 @@ def elsewhere(url: str) -> str:
 def earlier_run_left(scenarios: list[Scenario], api: Mapping[str, str]) -> str | None:
     """Invocations an earlier run left unfinished would run inside this one, and their calls
     would count as its own: what to say instead of starting."""
-    left = leftovers.unfinished([s.task for s in scenarios], leftovers.UNFINISHED)
+    left = unfinished.by_status([s.task for s in scenarios], unfinished.STATUSES)
     if not left:
         return None
     where, _ = state_and_start(api)
@@ -85,11 +85,11 @@ def earlier_run_left(scenarios: list[Scenario], api: Mapping[str, str]) -> str |
 
 
 def cancel_unpicked(scenario: Scenario, workers_left: bool = True) -> str:
-    """End the scenario's invocations no worker has picked up (leftovers.cancel), and say what
+    """End the scenario's invocations no worker has picked up (unfinished.cancel), and say what
     it ended and what it left."""
-    cancelled = leftovers.cancel(scenario.task, workers_left)
+    cancelled = unfinished.cancel(scenario.task, workers_left)
     said = f"{cancelled} invocations no worker had picked up are cancelled (never to run)"
-    if left := leftovers.unfinished([scenario.task], leftovers.UNFINISHED):
+    if left := unfinished.by_status([scenario.task], unfinished.STATUSES):
         said += f"; left as they are: {report.listed(left)}"
     return said
 
@@ -128,13 +128,13 @@ def checked(
     api = {"DEMO_API_HOST": args.host, "DEMO_API_PORT": str(args.port)}
     view = View(not args.no_chart, None if args.no_links else args.monitor_url)
     provider, app = Provider(settings.api_url(args.host, args.port)), chosen[0].task.app
-    stage = Stage(provider, flags.shape(args), args.timeout, live.watching(app))
+    stage = Stage(provider, flags.shape(args), args.timeout, heartbeats.watching(app))
     try:
         provider.health()
         # A worker still starting is waited for: it joins the fleet before its first beat.
         mixed = functools.partial(keyclaim.fleet_problem, app)
         try:
-            runners, why_none = live.awaited(app, say, refused=mixed)
+            runners, why_none = heartbeats.awaited(app, say, refused=mixed)
         except KeyboardInterrupt:
             print(
                 "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
@@ -148,7 +148,7 @@ def checked(
             say(no_worker(api, why_none))
             return NO_WORKER_EXIT
         # The floors count every live worker's threads.
-        stage.shape = flags.shape(args, workers=max(1, live.calling(runners)))
+        stage.shape = flags.shape(args, workers=max(1, heartbeats.calling(runners)))
         # The provider's counts are this run's alone: a second run is refused, not mixed in.
         with provider.owned(f"enqueue.py {args.scenario}", lease=2 * args.timeout + 60):
             if earlier := earlier_run_left(list(every), api):
@@ -158,14 +158,14 @@ def checked(
                 threads = workers * stage.shape.threads
                 print(f"--- {workers} workers live ({threads} threads): the floors count them")
             outcomes = play(chosen, stage, view)
-    except live.NoWorkerLeft:  # every worker gone mid-run: said at once, not at the deadline
+    except heartbeats.NoWorkerLeft:  # every worker gone mid-run: said at once, not at the deadline
         say(no_worker_left(_running(chosen, stage), api))
         return NO_WORKER_EXIT
     except KeyboardInterrupt:
         left = cancel_unpicked(_running(chosen, stage))
         print(f"\nenqueue.py: interrupted; {left}", file=sys.stderr)
         return 130
-    except (ProviderBusy, ProviderUnreachable, live.StateUnreachable) as exc:
+    except (ProviderBusy, ProviderUnreachable, heartbeats.StateUnreachable) as exc:
         say(str(exc))  # another run; no API, or no Redis
         return BUSY_EXIT if isinstance(exc, ProviderBusy) else 1
     if len(outcomes) > 1 and (link := view.whole_run(outcomes)):

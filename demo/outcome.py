@@ -6,7 +6,7 @@ An Outcome holds the provider's counts, each invocation's status and the run's w
 from collections import Counter
 from dataclasses import dataclass, field
 
-from demo.neighbours import Neighbours
+from demo.noisy import Figures
 from demo.scenarios import Scenario, Shape
 
 # pynenc's InvocationStatus values, as an Outcome counts them. By value, so that sample.py
@@ -42,7 +42,7 @@ class Outcome:
     conflicts: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
-    neighbours: Neighbours | None = None  # E's figures
+    figures: Figures | None = None  # E's figures
 
     @property
     def dropped(self) -> int:

@@ -7,7 +7,7 @@ worker still uses, and a claim on untested versions or with windows that would l
 import argparse
 
 import keyclaim
-from demo import database, live, redis_server
+from demo import database, heartbeats, redis_server
 from demo.processes import port_in_use
 
 
@@ -65,13 +65,13 @@ def refuse_unless_ours(path: str) -> None:
         )
 
 
-def refuse_if_in_use(store: str, runners: list[live.Runner], instead: str) -> None:
+def refuse_if_in_use(store: str, runners: list[heartbeats.Runner], instead: str) -> None:
     """RunRefused (1) while a worker runs on the state a run would start by emptying: never
     delete the state of a session still running (the four-terminal way's worker, another
     sample.py). `instead`: the flag that gives the run a state of its own."""
     if runners:
         raise RunRefused(
-            f"{store} is in use by a running worker ({live.described(runners)}): stop that "
+            f"{store} is in use by a running worker ({heartbeats.described(runners)}): stop that "
             f"session's workers first, or give this run state of its own: "
             f"uv run python sample.py {instead}",
             1,

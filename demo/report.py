@@ -45,8 +45,8 @@ def summary(outcome: Outcome) -> str:
         lines += [f"    {why}" for why in o.late[:LISTED_AT_MOST]]
         if len(o.late) > LISTED_AT_MOST:
             lines.append(f"    ... and {len(o.late) - LISTED_AT_MOST} more")
-    if o.neighbours:
-        lines += o.neighbours.lines()
+    if o.figures:
+        lines += o.figures.lines()
     if o.abandoned:
         lines.append(f"  ({o.abandoned} calls of the backlog left unrun: only a sample is timed)")
     lines += [f"  GUARANTEE BROKEN: {p}" for p in o.broken()]

@@ -4,7 +4,7 @@ Importing tasks.py only builds the app. What a worker does beside pynenc's own s
 in its runner's start (`pynenc --app tasks.app runner start`), through a subclass selected by
 class name (runner_cls), as keyclaim selects its own: one line on what it runs on, so the
 four-terminal way's mismatches (another database, port or claim setting) show at once; its
-context (pid, host) stored then, not with its first call, so that demo/live.py tells a live
+context (pid, host) stored then, not with its first call, so that demo/heartbeats.py tells a live
 worker from a stopped one by its pid; and its claim settings recorded for the fleet, or, when
 they differ from a live worker's, one line and exit 2.
 

@@ -134,7 +134,7 @@ def noisy_neighbour(shape: Shape) -> list[dict[str, str]]:
 @dataclass(frozen=True)
 class Scenario:
     """One scenario: its letter and name, its task and what it sends; what it promises follows
-    from the task's settings. `measure`: figures of its own, from the run (E's: demo/neighbours.py).
+    from the task's settings. `measure`: figures of its own, from the run (E's: demo/noisy.py).
     """
 
     letter: str

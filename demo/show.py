@@ -6,7 +6,7 @@
 from dataclasses import dataclass
 
 from demo import lanes, report
-from demo.monitor import timeline_url
+from demo.links import timeline_url
 from demo.outcome import Outcome
 
 

@@ -24,7 +24,7 @@ import httpx
 from pynenc import Pynenc
 
 import keyclaim
-from demo import live, redis_server, settings
+from demo import heartbeats, redis_server, settings
 from demo.preflight import RunRefused, fresh_sqlite, refuse_if_in_use, refuse_unless_ours
 from demo.processes import (
     Child,
@@ -107,13 +107,13 @@ class Stack(contextlib.AbstractContextManager):
             # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
             # first, unless another session's workers use it now.
             if not self.private_redis:
-                runners = live.in_app(self.app)
+                runners = heartbeats.in_app(self.app)
                 refuse_if_in_use("the Redis at REDIS_URL", runners, "without REDIS_URL")
             self.app.purge()
         else:
             db = self.setting("DEMO_DB")
             refuse_unless_ours(db)  # before SQLite opens it to look for live workers
-            refuse_if_in_use(db, live.in_sqlite(db), "--db other.db")
+            refuse_if_in_use(db, heartbeats.in_sqlite(db), "--db other.db")
             fresh_sqlite(db)
         host, port = self.setting("DEMO_API_HOST"), self.setting("DEMO_API_PORT")
         argv = [sys.executable, "-m", "uvicorn", self.sample.api, "--host", host, "--port", port]
@@ -218,7 +218,7 @@ class Stack(contextlib.AbstractContextManager):
         """Whether each fresh worker's runner has written its first heartbeat, under the pid
         it stored as it started (demo/runners.py): another runner's beat, on a store this
         process shares with others (a test's), is not one of ours coming up."""
-        return {child.proc.pid for child in fresh} <= {r.pid for r in live.in_app(self.app)}
+        return {child.proc.pid for child in fresh} <= {r.pid for r in heartbeats.in_app(self.app)}
 
     def wait_ready(self, fresh: list[Child]) -> None:
         """Until the API answers with this run's token and each fresh worker has a heartbeat."""

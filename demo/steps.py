@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pynenc import Pynenc
 
-from demo import neighbours, progress
+from demo import noisy, progress
 from demo.outcome import Outcome
 from demo.provider import Provider
 from demo.scenarios import Scenario, Shape
@@ -177,7 +177,5 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
     if sent.scenario.measure:
         # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.
         per_slot = sent.shape.hold / sent.scenario.slots
-        found.neighbours = neighbours.measure(
-            found.timeline, per_slot, sent.sent_at, sent.ids, sent.app
-        )
+        found.figures = noisy.measure(found.timeline, per_slot, sent.sent_at, sent.ids, sent.app)
     return found

@@ -20,7 +20,7 @@ import pytest
 from pynenc import Pynenc
 from pynenc.invocation.status import InvocationStatus
 
-from demo import live, redis_server
+from demo import heartbeats, redis_server
 from demo.processes import Child, free_port, stop_children
 from demo.provider import Provider
 from demo.stack import ROOT, Sample, Stack
@@ -110,12 +110,14 @@ def provider(live_api: Provider, stack: Stack) -> Iterator[Provider]:
 @pytest.fixture(autouse=True)
 def no_stray_heartbeat() -> Iterator[None]:
     """Every test, whatever its fixtures: a heartbeat it left in the session's database with no
-    runner context is no worker this session started, yet demo/live.py would count it as a
-    live worker for 75 s, in whichever test comes next. Read without a write (live.in_sqlite),
+    runner context is no worker this session started, yet demo/heartbeats.py would count it as a
+    live worker for 75 s, in whichever test comes next. Read without a write (heartbeats.in_sqlite),
     so a test that never touched the database leaves it untouched. Checked with a probe test
     that beat with no context and no fixture: its teardown failed here."""
     yield
-    stray = [runner for runner in live.in_sqlite(str(STATE / "tests.db")) if runner.pid is None]
+    stray = [
+        runner for runner in heartbeats.in_sqlite(str(STATE / "tests.db")) if runner.pid is None
+    ]
     assert not stray, f"the test left heartbeats that no worker sent: {stray}"
 
 

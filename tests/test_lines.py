@@ -118,7 +118,7 @@ def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(
     outcome = enqueue.run(noisy, Stage(claim_app, shape, WAIT), View(charts=False))
     assert outcome.broken() == []
     assert (outcome.calls, outcome.collisions) == (12 + QUIET_ACCOUNTS, 0)
-    figures = outcome.neighbours
+    figures = outcome.figures
     assert figures is not None and len(figures.quiet_waits) == QUIET_ACCOUNTS
     assert (figures.hot_calls, figures.hot_out_of_place) == (12, 0)
     assert (figures.writes, figures.reroutes) == (3.0, 0.0)

@@ -26,7 +26,7 @@ from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import live, settings
+from demo import heartbeats, settings
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import CallTransport, Provider
 from demo.stack import ROOT
@@ -357,7 +357,7 @@ def test_a_mixed_fleet_is_refused_in_one_line_naming_both(
         same = started_worker(db, tmp_path, "same", SHORT)  # the same settings: it joins
         try:
             wait_until(lambda: fleet_size(db) == 2, WAIT, "the second record")
-            wait_until(lambda: len(live.in_sqlite(db)) == 2, WAIT, "both workers' beats")
+            wait_until(lambda: len(heartbeats.in_sqlite(db)) == 2, WAIT, "both workers' beats")
         finally:
             stop_children([same])
     finally:

@@ -25,7 +25,7 @@ from pynenc.runner.runner_context import RunnerContext
 import enqueue
 import sample
 import tasks
-from demo import checks, live
+from demo import checks, heartbeats
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import Provider
 from demo.signals import held_signals, stop_on_signals, stop_signal
@@ -297,7 +297,7 @@ def test_enqueue_typed_while_the_worker_still_starts_waits_for_it(
 ) -> None:
     """The four terminals typed quickly: the worker is still importing when enqueue.py looks.
     It says so in one line and waits, then runs. The worker is held (SIGSTOP) until that line
-    is out, so it cannot beat first. Checked by mutation: with live.awaited reduced to
+    is out, so it cannot beat first. Checked by mutation: with heartbeats.awaited reduced to
     in_app, enqueue.py refused at once ("no worker is running", exit 3) and this test fails."""
     pid: list[int] = []
 
@@ -395,7 +395,7 @@ def test_ctrl_c_while_enqueue_waits_for_a_worker_is_one_line(
 ) -> None:
     """Ctrl-C while enqueue.py waits for a starting worker: one line, exit 130, nothing
     enqueued. Checked by mutation: without the except around the wait, a KeyboardInterrupt
-    traceback from demo/live.py, and this test fails."""
+    traceback from demo/heartbeats.py, and this test fails."""
     said, ended = enqueue_beside_a_held_worker(
         tmp_path, provider, {}, lambda _, enqueuing: enqueuing.send_signal(signal.SIGINT)
     )
@@ -423,11 +423,11 @@ def test_a_recent_heartbeat_counts_only_while_its_process_runs(
     beats = [
         ("ThreadRunner", int(ended.stdout), here, now),  # stopped a moment ago
         ("ThreadRunner", worker.proc.pid, here, now - 1),
-        ("ThreadRunner", worker.proc.pid, here, now - live.ALIVE_WITHIN - 1),  # too long ago
+        ("ThreadRunner", worker.proc.pid, here, now - heartbeats.ALIVE_WITHIN - 1),  # too long ago
         (None, None, None, now - 2),
         ("ThreadRunner", 1, "another-host", now - 3),  # nothing to look at there but its beat
     ]
-    assert [(r.pid, r.host) for r in live.alive(beats)] == [
+    assert [(r.pid, r.host) for r in heartbeats.alive(beats)] == [
         (worker.proc.pid, here),
         (None, None),
         (1, "another-host"),
@@ -451,7 +451,7 @@ def workers_on(db: str, folder: Path, count: int = 1, **env: str) -> Iterator[li
     env = {**os.environ, "DEMO_DB": db, **env}
     started = [start_child(f"w{n}", argv, folder / f"w{n}.log", env, ROOT) for n in range(count)]
     try:
-        wait_until(lambda: len(live.in_sqlite(db)) == count, DEADLINE, "the workers' beats")
+        wait_until(lambda: len(heartbeats.in_sqlite(db)) == count, DEADLINE, "the workers' beats")
         yield started
     finally:
         stop_children(started)
@@ -719,7 +719,7 @@ def test_a_worker_is_up_by_its_own_heartbeat_not_by_another_runners(tmp_path: Pa
         {}, tmp_path / "logs", Sample("tasks.app", "api_server:app", lambda: app), cwd=ROOT
     )
     with stack:
-        # Named like a worker ("pynenc" in its command line), as live.in_app looks for.
+        # Named like a worker ("pynenc" in its command line), as heartbeats.in_app looks for.
         idle = [sys.executable, "-c", "import time; time.sleep(60)", "pynenc"]
         worker = stack._start("worker 1", idle, tmp_path / "idle.log", ROOT)
         assert not stack.workers_up([worker])
@@ -736,5 +736,5 @@ def test_a_worker_stores_its_pid_as_it_starts_not_with_its_first_call(tmp_path: 
     (pynenc stores one seconds later) and this test fails."""
     db = str(tmp_path / "pid.db")
     with workers_on(db, tmp_path) as (worker,):
-        (runner,) = live.in_sqlite(db)
+        (runner,) = heartbeats.in_sqlite(db)
     assert runner.pid == worker.proc.pid, runner

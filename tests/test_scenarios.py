@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 import tasks
-from demo import neighbours, report, scenarios, steps
+from demo import noisy, report, scenarios, steps
 from demo.outcome import Outcome
 from demo.scenarios import Scenario, Shape
 from enqueue import ARTICLE, SCENARIOS
@@ -267,7 +267,7 @@ def test_e_is_opt_in_and_its_floor_is_the_busy_accounts_chain() -> None:
 
 
 def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> None:
-    lanes = neighbours.Neighbours(
+    lanes = noisy.Figures(
         quiet_waits=[0.1, 0.2, 0.4],
         hot_calls=20,
         hot_floor=0.9,
@@ -280,7 +280,7 @@ def test_e_reports_what_the_quiet_accounts_waited_and_how_the_busy_one_ran() -> 
         "  hot account: 20 calls at 90% of its floor, in enqueue order",
         "  status writes per finished call: 3.0 (0.0 of them REROUTED)",
     ]
-    shuffled = neighbours.Neighbours([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
+    shuffled = noisy.Figures([0.1], 20, 0.5, 17, 27.1, 12.0).lines()
     assert "17 of them out of enqueue order" in shuffled[1]
 
 

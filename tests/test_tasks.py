@@ -14,7 +14,7 @@ from pynenc.runner import ThreadRunner
 from pynenc.util.import_app import find_app_instance
 
 import tasks
-from demo import live, runners
+from demo import heartbeats, runners
 from demo.stack import ROOT
 
 DISABLED, KEYS = Mode.DISABLED, Mode.KEYS
@@ -92,7 +92,7 @@ def test_importing_tasks_builds_the_app_and_does_nothing_else(port: str, tmp_pat
     else:
         assert done.stdout == "built: concurrency_demo\n", done.stdout
     assert done.stderr == ""
-    assert live.in_sqlite(str(db)) == []
+    assert heartbeats.in_sqlite(str(db)) == []
     if db.exists():
         with closing(sqlite3.connect(db)) as conn:
             tables = [

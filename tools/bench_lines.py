@@ -49,14 +49,14 @@ def figures(
     if scaled is not None:
         found["B scaled"] = [scaled.elapsed, scaled.floor]
     for o in noisy:
-        assert o.neighbours is not None
-        waits = [w for w in o.neighbours.quiet_waits if not math.isnan(w)]
+        assert o.figures is not None
+        waits = [w for w in o.figures.quiet_waits if not math.isnan(w)]
         found[f"E {o.shape.backlog}"] = {
             "quiet_longest": max(waits) if len(waits) == QUIET_ACCOUNTS else None,
-            "hot_floor": o.neighbours.hot_floor,
-            "in_order": o.neighbours.hot_out_of_place == 0,
-            "writes": o.neighbours.writes,
-            "reroutes": o.neighbours.reroutes,
+            "hot_floor": o.figures.hot_floor,
+            "in_order": o.figures.hot_out_of_place == 0,
+            "writes": o.figures.writes,
+            "reroutes": o.figures.reroutes,
         }
     return found
 

@@ -1,6 +1,6 @@
 """A real `pynenc monitor` on a loopback port, and its timeline read back, for the picture.
 
-demo/monitor.py makes the links into it; this runs one and reads what it draws (and the tests).
+demo/links.py makes the links into it; this runs one and reads what it draws (and the tests).
 """
 
 import re

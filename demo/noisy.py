@@ -1,6 +1,6 @@
 """Scenario E's figures: what one busy account did to the quiet ones beside it, and how it ran.
 
-Read from the provider's clock and pynenc's histories once E's run is over (demo/run.py).
+Read from the provider's clock and pynenc's histories once E's run is over (demo/steps.py).
 """
 
 import math
@@ -13,7 +13,7 @@ from demo.scenarios import HOT_ACCOUNT
 
 
 @dataclass(frozen=True)
-class Neighbours:
+class Figures:
     """How one busy account treated the others (scenario E), from the provider's clock.
 
     quiet_waits: each quiet account's wait, from its enqueue to its call's start, in seconds.
@@ -56,7 +56,7 @@ def measure(
     sent_at: dict[str, float],
     ids: list[str],
     app: Pynenc,
-) -> Neighbours:
+) -> Figures:
     """Scenario E's figures, from the provider's calls (timeline), each account's first enqueue
     (sent_at) and the invocations' histories: what the quiet accounts waited, how the busy one
     ran against its floor (a call's hold over its slots, per call)."""
@@ -79,7 +79,7 @@ def measure(
     finished = app.orchestrator.filter_final(ids)[:HISTORIES_READ]
     histories = [app.state_backend.get_history(i) for i in finished]
     statuses = [h.status_record.status.value for each in histories for h in each]
-    return Neighbours(
+    return Figures(
         quiet_waits=waits or [math.nan],
         hot_calls=len(hot_calls),
         hot_floor=len(hot_calls) * hold_per_slot / span if span else math.nan,

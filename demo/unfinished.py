@@ -17,10 +17,10 @@ from pynenc.util.sqlite_utils import create_sqlite_connection
 
 import keyclaim
 
-UNFINISHED = [s for s in S if not s.is_final()]
+STATUSES = [s for s in S if not s.is_final()]  # an invocation in one of these is unfinished
 
 
-def unfinished(tasks: Iterable[Any], statuses: list[S]) -> Counter[str]:
+def by_status(tasks: Iterable[Any], statuses: list[S]) -> Counter[str]:
     """The invocations of these pynenc tasks in their app's state, by status, among `statuses`."""
     found: Counter[str] = Counter()
     for task in {t.task_id.key: t for t in tasks}.values():
