@@ -26,13 +26,14 @@ from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import live, settings
+from demo import live
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
-from demo.provider import CallTransport, Provider
+from demo.provider import Provider
 from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+from stand_in.client import CallTransport, path_part
 from tools.held import app as provider_app  # api_server's, with /pause and /resume
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
@@ -52,12 +53,12 @@ def claimed(orchestrator: AtomicClaimSQLiteOrchestrator, ctx: RunnerContext) -> 
 )
 def test_an_id_the_provider_cannot_take_is_refused_in_one_line(bad: object) -> None:
     with pytest.raises(ValueError) as refused:
-        settings.path_part(bad)
+        path_part(bad)
     assert "\n" not in str(refused.value) and "the provider takes" in str(refused.value)
 
 
 def test_an_id_the_provider_takes_goes_into_the_path_as_it_is() -> None:
-    assert settings.path_part("acme-2.eu:x_y") == "acme-2.eu:x_y"
+    assert path_part("acme-2.eu:x_y") == "acme-2.eu:x_y"
 
 
 def test_values_that_are_one_account_to_the_provider_are_one_key(claim_app: Provider) -> None:
@@ -379,7 +380,7 @@ def test_a_refused_connection_is_tried_again_until_the_provider_is_back() -> Non
     later = threading.Timer(0.3, thread.start)  # the outage: the first try finds nobody
     later.start()
     try:
-        r = tasks.http.get(f"http://127.0.0.1:{port}/health")
+        r = tasks.provider.get(f"http://127.0.0.1:{port}/health")
         assert r.status_code == 200, r.text
     finally:
         later.cancel()
@@ -419,13 +420,13 @@ def test_a_409_for_the_calls_own_key_is_sent_again_until_it_is_answered_from_the
             def send(name: str, client: httpx.Client) -> None:
                 answers[name] = client.post(f"{base}/call/{acct}/charge", headers=key)
 
-            first = threading.Thread(target=send, args=("first", tasks.http))
+            first = threading.Thread(target=send, args=("first", tasks.provider))
             first.start()
             wait_until(lambda: report()["in_flight"] == 1, WAIT, "the first call in flight")
             impatient = httpx.Client(transport=CallTransport(patience=0.0), timeout=WAIT)
             with impatient:
                 send("impatient", impatient)
-            again = threading.Thread(target=send, args=("again", tasks.http))
+            again = threading.Thread(target=send, args=("again", tasks.provider))
             again.start()
             wait_until(lambda: report()["conflicts"] >= 3, WAIT, "the call sent again on 409")
             control.post("/resume").raise_for_status()
