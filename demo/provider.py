@@ -1,7 +1,7 @@
 """The stand-in provider (api_server.py), seen from the harness: the demo's oracle, over HTTP.
 
 Scenarios own it for a run, reset it and read its counts (the fault harness and the tests also
-pause it, served by tools/held.py, through request: tools/faults.py).
+pause it, served by stand_in/held.py, through request: tools/faults.py).
 """
 
 import contextlib
