@@ -26,15 +26,16 @@ from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import live
+from demo import live, ownership
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
 from demo.provider import Provider
 from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+from stand_in import fences, rules
 from stand_in.client import CallTransport, path_part
-from tools.held import app as provider_app  # api_server's, with /pause and /resume
+from stand_in.held import app as provider_app  # api_server's, with /pause and /resume
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The skew (40 s) is past this window: read on a worker's own clock, a live holder looks dead.
@@ -175,13 +176,14 @@ def test_a_keys_first_token_is_newer_than_any_a_lost_store_issued(claim_app: Pro
     assert claimed(orchestrator, ctx) == [second.invocation_id]
     after = orchestrator.fence_token(second.invocation_id)
     assert before is not None and after is not None and after > before
-    assert after <= api_server.MAX_TOKEN  # the provider takes it
+    assert after <= rules.MAX_TOKEN  # the provider takes it
 
 
 def restarted(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a restart leaves the provider: no state, and no fence until its first request."""
-    monkeypatch.setattr(api_server, "state", api_server.ProviderState())
-    monkeypatch.setattr(api_server, "fences_file", None)
+    monkeypatch.setattr(api_server, "state", rules.Books())
+    monkeypatch.setattr(fences, "newest", {})
+    monkeypatch.setattr(fences, "file", None)
 
 
 def test_the_providers_fence_outlives_its_restart(
@@ -190,7 +192,7 @@ def test_the_providers_fence_outlives_its_restart(
     """After a restart the provider knew no token and applied token 3 after token 7. Checked by
     mutation: with the fences not restored at the first request, the late call is applied."""
     monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
-    monkeypatch.setattr(api_server, "owner", None)
+    monkeypatch.setattr(ownership, "owner", None)
     restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "fence", "hold": 0}).raise_for_status()
@@ -206,7 +208,7 @@ def test_the_providers_fence_outlives_its_restart(
 def test_a_token_past_53_bits_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A 4,300-digit token was taken, and fenced every later call for its account."""
     monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
-    monkeypatch.setattr(api_server, "owner", None)
+    monkeypatch.setattr(ownership, "owner", None)
     restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "bound", "hold": 0}).raise_for_status()
