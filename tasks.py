@@ -3,12 +3,12 @@
 Run a worker: uv run pynenc --app tasks.app runner start
 """
 
-import httpx
 from pynenc import PynencBuilder, context
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
 import keyclaim
-from demo import provider, runners, settings
+from demo import runners, settings
+from stand_in.client import ProviderClient
 
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
@@ -33,26 +33,14 @@ app = runners.select(builder, CLAIM).build()  # DEMO_RUNNER's, saying what it ru
 keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above the builder
 runners.check(app)
 
-# One client for every call (a fresh one loads TLS certificates each time). A call names its
-# invocation (not the attempt) in an Idempotency-Key: run again, it is replayed, not reapplied.
-http = httpx.Client(base_url=API_URL, timeout=TIMEOUT, transport=provider.CallTransport(TIMEOUT))
+provider = ProviderClient(API_URL, TIMEOUT)  # its path, errors and retries: stand_in/client.py
 
 
 def _hit(account_id: str, op: str) -> str:
-    path = f"/call/{settings.path_part(account_id)}/{settings.path_part(op)}"  # or ValueError
-    token = keyclaim.token(app)  # with the claim: its fencing token, which only grows
-    fence = {} if token is None else {"token": token}
-    if slot := keyclaim.slot(app):  # N per account: the token is its slot's (0 unless sent)
-        fence["slot"] = slot
-    key = {"Idempotency-Key": context.get_dist_invocation_context(app.app_id).invocation_id}
-    r = http.post(path, params=fence, headers=key)
-    if r.is_error:  # said in words: pynenc cannot store httpx's own error and rebuild it
-        raise RuntimeError(f"{account_id} {op}: the provider answered {r.status_code} {r.text}")
-    if (outcome := r.json()["outcome"]) == "fenced":  # an older claim's call: not applied
-        raise keyclaim.Fenced(f"{account_id} {op}: the provider refused token {token}")
-    if outcome == "throttled":  # beyond the account's rate: a 429, not applied
-        raise RuntimeError(f"{account_id} {op}: the provider throttled it")
-    return outcome
+    # The call names its invocation (not the attempt) in an Idempotency-Key: run again, it is
+    # replayed, not reapplied. With the claim, its fencing token, which only grows, and slot.
+    key = context.get_dist_invocation_context(app.app_id).invocation_id
+    return provider.call(account_id, op, key, keyclaim.token(app), keyclaim.slot(app))
 
 
 @app.task

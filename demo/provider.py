@@ -1,11 +1,10 @@
-"""The stand-in provider (api_server.py), seen from outside: the demo's oracle, over HTTP.
+"""The stand-in provider (api_server.py), seen from the harness: the demo's oracle, over HTTP.
 
-Scenarios reset it and read its counts (the fault harness and the tests also pause it, served
-by tools/held.py, through request: tools/faults.py). The tasks' own calls go through CallTransport.
+Scenarios own it for a run, reset it and read its counts (the fault harness and the tests also
+pause it, served by stand_in/held.py, through request: tools/faults.py).
 """
 
 import contextlib
-import time
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -35,11 +34,9 @@ class Provider:
             r = self.http.request(method, path, params=params or None)
         except httpx.TransportError as exc:
             port = urlsplit(self.base_url).port
-            workers = (
-                ""
-                if str(port) == settings.DEFAULTS["DEMO_API_PORT"]
-                else (f", and start the workers with DEMO_API_PORT={port} so they call it too")
-            )
+            workers = f", and start the workers with DEMO_API_PORT={port} so they call it too"
+            if str(port) == settings.DEFAULTS["DEMO_API_PORT"]:
+                workers = ""
             raise ProviderUnreachable(
                 f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
                 f"uv run uvicorn api_server:app --port {port}{workers}"
@@ -76,37 +73,3 @@ class Provider:
 
     def health(self) -> dict:
         return self.request("GET", "/health")
-
-
-class CallTransport(httpx.HTTPTransport):
-    """The tasks' transport: a refused connection is tried 4 times more (about 3.5 s), and a
-    call answered 409 for its Idempotency-Key is sent again until that key's first call ends.
-
-    A 409 says the key's first call (the same invocation, run again while its first run's call
-    is still served) is in flight, and that this one was not applied. Its fate is unknown yet:
-    applied, or fenced and not. Taking the 409 for a success would report a fenced call's
-    effect as done; failing would report an applied one as not. So the call is sent again,
-    every RETRY_409_SECONDS, for up to `patience` seconds (the longest a call is in flight):
-    the provider then answers from its store what the first call did, or applies this one if
-    the first was not applied. Past `patience`, the 409 is returned, and the task fails on it.
-    """
-
-    RETRY_409_SECONDS = 0.1
-
-    def __init__(self, patience: float) -> None:
-        super().__init__(retries=4)
-        self.patience = patience
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        deadline = time.monotonic() + self.patience
-        while True:
-            response = super().handle_request(request)
-            if (
-                response.status_code != httpx.codes.CONFLICT
-                or "Idempotency-Key" not in request.headers
-                or time.monotonic() >= deadline
-            ):
-                return response
-            response.read()
-            response.close()
-            time.sleep(self.RETRY_409_SECONDS)

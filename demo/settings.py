@@ -12,7 +12,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 RUNNER_NAMES = ("thread", "wake", "multi-thread", "process")
@@ -172,25 +172,6 @@ def exit_on_bad_environment(program: str) -> None:
     except BadSetting as bad:
         print(f"{program}: {bad}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-# What the provider takes as an account id or an op, in its URL path (api_server.py); tasks.py
-# refuses anything else before it calls.
-NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
-
-
-def path_part(value: object) -> str:
-    """value as one part of the provider's URL path, encoded; ValueError, in one line, for a
-    value the provider cannot take. An id is text: 42 is refused, never sent as "42", since the
-    claim and pynenc's keys would tell it from "42" while the provider would not."""
-    # "." and ".." would be read as path steps (the client resolves them): never an id.
-    if not isinstance(value, str) or not re.fullmatch(NAME_PATTERN, value) or not value.strip("."):
-        raise ValueError(
-            f"{value!r} is not an id the provider takes: 1-64 characters of A-Za-z0-9_.:-, "
-            "not dots alone"
-            + ("" if isinstance(value, str) else f", as text (not {type(value).__name__})")
-        )
-    return quote(value, safe=":")
 
 
 # MultiThreadRunner's ThreadRunner processes per worker (demo/runners.py).

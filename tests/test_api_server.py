@@ -8,15 +8,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 import api_server
+from demo import ownership
 from demo.processes import wait_until
-from tools.held import app as provider_app  # api_server's, with /pause and /resume
+from stand_in import rules
+from stand_in.held import app as provider_app  # api_server's, with /pause and /resume
 
 pytestmark = pytest.mark.unit  # no process, no network
 
 
 @pytest.fixture
 def client(monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
-    monkeypatch.setattr(api_server, "owner", None)  # no run owns the provider yet
+    monkeypatch.setattr(ownership, "owner", None)  # no run owns the provider yet
     with TestClient(provider_app) as c:
         r = c.post("/reset", params={"label": "test", "hold": 0.05})
         assert r.status_code == 200, r.text
@@ -210,6 +212,18 @@ def test_pausing_one_account_holds_only_its_calls(client: TestClient) -> None:
     assert outcomes == ["ok", "ok"]
 
 
+def test_a_plain_provider_serves_no_pause(client: TestClient) -> None:
+    """`uvicorn api_server:app`, the article's provider, serves neither /pause nor /resume: only
+    the app the tests and the fault harness start (stand_in.held) does. Checked by mutation:
+    with the pause router included in api_server's app, /pause answered 200 and this failed."""
+    assert client.post("/pause").json() == {"paused": True}  # the held app's
+    assert client.post("/resume").json() == {"paused": False}
+    with TestClient(api_server.app) as plain:
+        assert [plain.post(path).status_code for path in ("/pause", "/resume")] == [404, 404]
+        assert plain.post("/call/acme/op", params={"hold": 0}).json() == {"outcome": "ok"}
+    assert rules.paused == set()
+
+
 def begin(client: TestClient, label: str, lease: float = 60.0) -> httpx.Response:
     return client.post("/runs", params={"label": label, "lease": lease})
 
@@ -296,7 +310,7 @@ def test_the_rate_window_slides_on_the_providers_clock(
     """At most `rate` calls in any `per` seconds: the fourth is refused until the first call's
     start is more than `per` ago."""
     now = [1000.0]
-    monkeypatch.setattr(api_server.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(rules.time, "monotonic", lambda: now[0])
     client.post("/reset", params={"label": "G", "hold": 0, "rate": 3, "per": 1.0, "slots": 9})
     answers = []
     for at in (0.0, 0.1, 0.2, 0.9, 1.0, 1.05, 1.15):

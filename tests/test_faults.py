@@ -90,7 +90,7 @@ def test_a_call_that_reaches_the_provider_after_a_newer_claim_is_fenced_there(
     token. The held request then arrives, older than the newest token the provider has seen
     for the account: it is refused as it arrives (fenced, not applied, not a collision), and
     the woken holder's outcome is not stored. Checked by mutation: without the late-arrival
-    branch of `Account.arrive` (demo/ledger.py), the late call is counted as a collision and
+    branch of `fences.admit` (stand_in/fences.py), the late call is counted as a collision and
     nothing is fenced."""
     claim_app.reset("fault: late arrival", hold=0.0)
     acct = unique()

@@ -26,14 +26,16 @@ from pynenc.runner.runner_context import RunnerContext
 
 import api_server
 import tasks
-from demo import heartbeats, settings
+from demo import heartbeats, ownership
 from demo.processes import Child, free_port, start_child, stop_children, wait_until
-from demo.provider import CallTransport, Provider
+from demo.provider import Provider
 from demo.stack import ROOT
 from helpers import WAIT, account, unique, wait_final
 from keyclaim.keys import line_key
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
-from tools.held import app as provider_app  # api_server's, with /pause and /resume
+from stand_in import fences, rules
+from stand_in.client import CallTransport, path_part
+from stand_in.held import app as provider_app  # api_server's, with /pause and /resume
 
 SHORT = {"DEMO_ATOMIC_CLAIM": "1", "DEMO_DEAD_AFTER": "3", "DEMO_CALL_TIMEOUT": "2"}
 # The skew (40 s) is past this window: read on a worker's own clock, a live holder looks dead.
@@ -52,12 +54,12 @@ def claimed(orchestrator: AtomicClaimSQLiteOrchestrator, ctx: RunnerContext) -> 
 )
 def test_an_id_the_provider_cannot_take_is_refused_in_one_line(bad: object) -> None:
     with pytest.raises(ValueError) as refused:
-        settings.path_part(bad)
+        path_part(bad)
     assert "\n" not in str(refused.value) and "the provider takes" in str(refused.value)
 
 
 def test_an_id_the_provider_takes_goes_into_the_path_as_it_is() -> None:
-    assert settings.path_part("acme-2.eu:x_y") == "acme-2.eu:x_y"
+    assert path_part("acme-2.eu:x_y") == "acme-2.eu:x_y"
 
 
 def test_values_that_are_one_account_to_the_provider_are_one_key(claim_app: Provider) -> None:
@@ -174,13 +176,14 @@ def test_a_keys_first_token_is_newer_than_any_a_lost_store_issued(claim_app: Pro
     assert claimed(orchestrator, ctx) == [second.invocation_id]
     after = orchestrator.fence_token(second.invocation_id)
     assert before is not None and after is not None and after > before
-    assert after <= api_server.MAX_TOKEN  # the provider takes it
+    assert after <= rules.MAX_TOKEN  # the provider takes it
 
 
 def restarted(monkeypatch: pytest.MonkeyPatch) -> None:
     """What a restart leaves the provider: no state, and no fence until its first request."""
-    monkeypatch.setattr(api_server, "state", api_server.ProviderState())
-    monkeypatch.setattr(api_server, "fences_file", None)
+    monkeypatch.setattr(api_server, "state", rules.Books())
+    monkeypatch.setattr(fences, "newest", {})
+    monkeypatch.setattr(fences, "file", None)
 
 
 def test_the_providers_fence_outlives_its_restart(
@@ -189,7 +192,7 @@ def test_the_providers_fence_outlives_its_restart(
     """After a restart the provider knew no token and applied token 3 after token 7. Checked by
     mutation: with the fences not restored at the first request, the late call is applied."""
     monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
-    monkeypatch.setattr(api_server, "owner", None)
+    monkeypatch.setattr(ownership, "owner", None)
     restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "fence", "hold": 0}).raise_for_status()
@@ -205,7 +208,7 @@ def test_the_providers_fence_outlives_its_restart(
 def test_a_token_past_53_bits_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """A 4,300-digit token was taken, and fenced every later call for its account."""
     monkeypatch.setenv("DEMO_LOG_DIR", str(tmp_path))
-    monkeypatch.setattr(api_server, "owner", None)
+    monkeypatch.setattr(ownership, "owner", None)
     restarted(monkeypatch)
     with TestClient(api_server.app) as c:
         c.post("/reset", params={"label": "bound", "hold": 0}).raise_for_status()
@@ -379,7 +382,7 @@ def test_a_refused_connection_is_tried_again_until_the_provider_is_back() -> Non
     later = threading.Timer(0.3, thread.start)  # the outage: the first try finds nobody
     later.start()
     try:
-        r = tasks.http.get(f"http://127.0.0.1:{port}/health")
+        r = tasks.provider.get(f"http://127.0.0.1:{port}/health")
         assert r.status_code == 200, r.text
     finally:
         later.cancel()
@@ -419,13 +422,13 @@ def test_a_409_for_the_calls_own_key_is_sent_again_until_it_is_answered_from_the
             def send(name: str, client: httpx.Client) -> None:
                 answers[name] = client.post(f"{base}/call/{acct}/charge", headers=key)
 
-            first = threading.Thread(target=send, args=("first", tasks.http))
+            first = threading.Thread(target=send, args=("first", tasks.provider))
             first.start()
             wait_until(lambda: report()["in_flight"] == 1, WAIT, "the first call in flight")
             impatient = httpx.Client(transport=CallTransport(patience=0.0), timeout=WAIT)
             with impatient:
                 send("impatient", impatient)
-            again = threading.Thread(target=send, args=("again", tasks.http))
+            again = threading.Thread(target=send, args=("again", tasks.provider))
             again.start()
             wait_until(lambda: report()["conflicts"] >= 3, WAIT, "the call sent again on 409")
             control.post("/resume").raise_for_status()

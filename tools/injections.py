@@ -70,13 +70,13 @@ def deploy(run: FaultRun) -> None:
     add_worker(run.stack)
 
 
-HELD = "tools.held:app"  # the provider, whose calls paused() holds in flight
+HELD = "stand_in.held:app"  # the provider, whose calls paused() holds in flight
 
 
 @contextlib.contextmanager
 def paused(provider: Provider, account_id: str | None = None) -> Iterator[None]:
     """Calls (or only this account's) stay in flight inside the block, however long their hold,
-    and end once it is left, whatever happens (api_server.py's /pause and /resume)."""
+    and end once it is left, whatever happens (stand_in/held.py's /pause and /resume)."""
     provider.request("POST", "/pause", **({} if account_id is None else {"account_id": account_id}))
     try:
         yield

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from pynenc import Pynenc
 
 HOSTS = ", each from its own copy of the project"
-PACKAGES = ("demo",)  # what a host's copy of the project holds besides the app's module
+PACKAGES = ("demo", "stand_in")  # what a host's copy of the project holds besides the app's module
 
 
 def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
