@@ -36,8 +36,7 @@ def build(
     builder = builder.thread_runner(min_threads=1, max_threads=4).logging_stream("stdout")
     builder = builder.runner_tuning(runner_loop_sleep_time_sec=0.05).max_pending_seconds(3.0)
     if claim:
-        backend = "redis" if redis_url else "sqlite"
-        builder = keyclaim.install(builder, backend, dead_after, longest_call, runner=runner)
+        builder = keyclaim.install(builder, dead_after, longest_call, runner=runner)
     return builder.build()
 
 

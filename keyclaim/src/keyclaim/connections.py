@@ -18,7 +18,7 @@ pynenc 0.3.1 and 0.4.0 fetches all its rows (or one row of a one-row query) insi
 A process that forks while its other threads are inside SQLite breaks SQLite with or without
 kept connections; pynenc's process runners fork from one thread.
 
-Selected by class name (`keyclaim.keep_connections(builder)`, and `keyclaim.install` on SQLite).
+Selected by class name (`keyclaim.keep_connections(builder)`, with or without the claim).
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
 modules open their connections through the module-level name `sqlite_conn`; anything else
 refuses to build. The upstream change that retires it: each SQLite component takes its
@@ -317,10 +317,13 @@ class _Tested:
 class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):
     """pynenc's SQLite orchestrator, with kept connections."""
 
+    # The claim's SQLite orchestrator derives from this one, and keeps its connections only
+    # where keep_connections selected them (KEEP_KEY): else it opens one for every block, as
+    # pynenc does. Selected by its name alone, this one keeps them.
+    KEEPS_BY_DEFAULT = True
+
     def __init__(self, app: Any) -> None:
-        # The claim's orchestrator derives from this one: keyclaim.install(connections="pynenc")
-        # has it open a connection for every block, as pynenc does, to measure the difference.
-        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, True))
+        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, self.KEEPS_BY_DEFAULT))
         super().__init__(app)
 
 

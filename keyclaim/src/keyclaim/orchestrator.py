@@ -49,6 +49,7 @@ from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
 from keyclaim.keys import key_arguments, waits_in_line
 from keyclaim.store import ClaimStore
+from keyclaim.tokens import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -56,9 +57,6 @@ if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
     from pynenc.runner.runner_context import RunnerContext
 
-# The claim hands its token to the runner on the invocation it yields (another process asks the
-# store for it).
-TOKEN_ATTRIBUTE, SLOT_ATTRIBUTE = "fence_token", "fence_slot"
 # A due time is looked at this much after it: the store's clock (SQLite: /proc/uptime, to the
 # hundredth) must have passed it when the waiting call is released.
 DUE_MARGIN = 0.01
@@ -87,13 +85,19 @@ class AtomicClaim(ClaimStore):
         # leaves them to any worker's sweep.
         self._due_at: float | None = None
         self._on_queued: list[Callable[[], None]] = []
+        self._fleet_checked = False
 
     # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
     # runners ask these, and each asked the runner's own wall clock.
 
     def register_runner_heartbeats(self, runner_ids: list[str], *args: Any, **kwargs: Any) -> None:
         """pynenc's beat, and the claim's on the store's clock (pynenc 0.4.0 adds the queues
-        a runner consumes: passed on as they come)."""
+        a runner consumes: passed on as they come). The runner this process runs joins the
+        fleet with its first beat, before it claims anything: pynenc's own runners too, which
+        know nothing of the fleet (the library's joined as they started)."""
+        runner = context.get_current_runner(self.app.app_id)
+        if runner is not None and runner.runner_id in runner_ids:
+            fleet.join_fleet(self.app, runner.runner_id)  # Refused: pynenc's loop ends on it
         super().register_runner_heartbeats(runner_ids, *args, **kwargs)  # type: ignore[misc]
         self.beat_in_store(list(runner_ids))
         fleet.beat(self.app, list(runner_ids))
@@ -138,6 +142,12 @@ class AtomicClaim(ClaimStore):
         """pynenc's registration, with its routing replaced: a keyed call is queued only if it
         becomes its key's holder; otherwise it is parked in its line. Batches (parallelize)
         go the same way, so their keys are indexed too."""
+        if not self._fleet_checked and fleet.joined(self.app) is None:
+            # A producer: refused before its first call if it parks or admits calls otherwise
+            # than a live worker would. A worker was checked as it joined.
+            if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
+                raise Refused(why)
+            self._fleet_checked = True
         runner_ctx = context.get_or_create_runner_context(self.app.app_id)
         self.app.state_backend.upsert_invocations(invocations)
         record = self._register_new_invocations(invocations, runner_ctx.runner_id)  # type: ignore[attr-defined]
@@ -438,38 +448,3 @@ class AtomicClaim(ClaimStore):
             return None
 
         return retrieve
-
-
-def token(app: "Pynenc") -> int | None:
-    """The fencing token of the invocation running in this thread; None without the claim."""
-    invocation = context.get_dist_invocation_context(app.app_id)
-    if invocation is None:
-        return None
-    if (issued := getattr(invocation, TOKEN_ATTRIBUTE, None)) is not None:
-        return issued  # handed over with the claim, in this process
-    lookup = getattr(app.orchestrator, "fence_token", None)
-    return lookup(invocation.invocation_id) if lookup else None
-
-
-def slot(app: "Pynenc") -> int | None:
-    """The slot of its key the invocation running in this thread holds (0 with one slot; its
-    fencing token is compared only with its slot's); None without the claim."""
-    invocation = context.get_dist_invocation_context(app.app_id)
-    if invocation is None:
-        return None
-    if (held := getattr(invocation, SLOT_ATTRIBUTE, None)) is not None:
-        return held
-    lookup = getattr(app.orchestrator, "fence_slot", None)
-    return lookup(invocation.invocation_id) if lookup else None
-
-
-def counts(app: "Pynenc") -> dict[str, int] | None:
-    """The claim's own counts: claims made and the tries a conflict cost; None without it."""
-    orchestrator = app.orchestrator
-    return orchestrator.claim_counts() if isinstance(orchestrator, AtomicClaim) else None
-
-
-def waiting(app: "Pynenc") -> int | None:
-    """Calls parked in a line right now, all keys together; None without the claim."""
-    orchestrator = app.orchestrator
-    return orchestrator.waiting() if isinstance(orchestrator, AtomicClaim) else None

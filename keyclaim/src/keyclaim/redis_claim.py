@@ -48,20 +48,6 @@ class StatusContention(InvocationStatusError):
     """A watched status change that other writers kept beating, every time it was tried."""
 
 
-def redis_problem(url: str) -> str | None:
-    """Why the Redis at url cannot run the claim (it refuses WATCH/MULTI/EXEC), or None."""
-    import redis
-
-    client = redis.Redis.from_url(url)
-    try:
-        client.transaction(lambda pipe: pipe.multi(), "atomic-claim:probe")
-    except redis.RedisError as exc:
-        return f"the Redis at {url} refuses WATCH/MULTI/EXEC, which the claim needs ({exc})"
-    finally:
-        client.close()
-    return None
-
-
 def _seconds(redis_time: tuple[int, int]) -> float:
     """Redis TIME (seconds, microseconds) as seconds."""
     return redis_time[0] + redis_time[1] / 1_000_000

@@ -39,6 +39,7 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
     """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time)."""
 
     BACKEND = "sqlite"
+    KEEPS_BY_DEFAULT = False  # kept connections are keep_connections' choice, not the claim's
 
     def _init_tables(self) -> None:
         super()._init_tables()
