@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         provider.health()
         # A worker still starting is waited for: it joins the fleet before its first beat.
-        mixed = functools.partial(keyclaim.fleet_problem, tasks.app)
+        mixed = functools.partial(keyclaim.inspect.fleet_problem, tasks.app)
         try:
             runners, why_none = live.awaited(tasks.app, say, refused=mixed)
         except KeyboardInterrupt:

@@ -19,9 +19,9 @@ BACKEND, CLAIM = settings.get("DEMO_BACKEND"), settings.get("DEMO_ATOMIC_CLAIM")
 builder = PynencBuilder().app_id("concurrency_demo")
 if BACKEND == "redis":  # pynenc-redis; README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
-else:  # pynenc's SQLite classes, each connection opened once: docs/speed.md
+else:  # pynenc's SQLite classes; with the claim, each connection opened once: docs/speed.md
     builder = builder.sqlite(settings.get("DEMO_DB"))
-    if settings.get("DEMO_SQLITE_CONNECTIONS") == "kept":
+    if CLAIM and settings.get("DEMO_SQLITE_CONNECTIONS") == "kept":
         builder = keyclaim.keep_connections(builder)
 builder = (
     builder.thread_runner(min_threads=1, max_threads=settings.MAX_THREADS)
@@ -32,7 +32,7 @@ builder = (
 )
 if CLAIM:  # one call per key across workers, and under faults: keyclaim/README.md
     builder = keyclaim.install(
-        builder, BACKEND, settings.seconds("DEMO_DEAD_AFTER"), TIMEOUT, **runners.for_claim()
+        builder, settings.seconds("DEMO_DEAD_AFTER"), TIMEOUT, **runners.for_claim()
     )
 # DEMO_RUNNER's runner, which says what it runs on as it starts: demo/runners.py
 app = runners.select(builder, CLAIM).build()

@@ -21,8 +21,6 @@ from pynenc.runner import BaseRunner, MultiThreadRunner, ProcessRunner, ThreadRu
 
 import keyclaim
 from demo import settings
-from keyclaim.drain import DrainingThreadRunner
-from keyclaim.wake import WakeRunner
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -34,7 +32,7 @@ class Announced(BaseRunner):
     def _on_start(self) -> None:
         self.app.state_backend.store_runner_context(self.runner_context)
         try:
-            keyclaim.join_fleet(self.app, self.runner_id)
+            keyclaim.inspect.join_fleet(self.app, self.runner_id)
         except keyclaim.Refused as mixed:  # a worker beside others with other claim settings
             print(f"tasks.py: {mixed}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -56,11 +54,20 @@ class ThreadWorker(Announced, ThreadRunner):
     """The article's ThreadRunner."""
 
 
-class DrainingWorker(Announced, DrainingThreadRunner):
+def keyclaims(name: str) -> type[BaseRunner]:
+    """One of keyclaim's runners, found by its class name as pynenc finds it (keyclaim.install
+    and keyclaim.use_runner select them by name, and import them)."""
+    from pynenc.util.subclasses import get_subclass
+
+    keyclaim.use_runner(PynencBuilder(), "wake")  # imports both: nothing else is selected
+    return get_subclass(BaseRunner, name)
+
+
+class DrainingWorker(Announced, keyclaims("DrainingThreadRunner")):
     """With the claim: keyclaim's ThreadRunner, which drains its calls on a stop."""
 
 
-class WakeWorker(Announced, WakeRunner):
+class WakeWorker(Announced, keyclaims("WakeRunner")):
     """keyclaim's wake runner: a ThreadRunner started again the moment one of its calls ends."""
 
 
@@ -90,7 +97,6 @@ def for_claim() -> dict[str, object]:
     return {
         "runner": runner,
         "drain_deadline": settings.drain_deadline(),
-        "connections": settings.get("DEMO_SQLITE_CONNECTIONS"),
     }
 
 

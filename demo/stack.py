@@ -72,12 +72,12 @@ def preflight(args: argparse.Namespace) -> None:
     if claim and not (backend == "redis" and not redis_server.has_plugin()):
         # (Without the plugin, Stack.start says how to get it.)
         try:
-            keyclaim.check_versions("atomic claim", backend)
+            keyclaim.inspect.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
     # The claim's own check of its windows, with the beat keyclaim.install asks for.
     dead_after, longest = args.dead_after, args.call_timeout
-    if claim and (why := keyclaim.windows_problem(dead_after, longest)):
+    if claim and (why := keyclaim.inspect.windows_problem(dead_after, longest)):
         raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
 
 
@@ -267,7 +267,9 @@ class Stack(contextlib.AbstractContextManager):
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
         # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
+        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (
+            why := keyclaim.inspect.redis_problem(url)
+        ):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def workers_up(self, fresh: list[Child]) -> bool:
