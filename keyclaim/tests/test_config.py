@@ -218,7 +218,9 @@ def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_b
     declared = limits.declared()
     assert declared["claimapp.call_two"] == limits.Limit(slots=2)
     assert declared["claimapp.call_rated"].rate == 1
-    shown = fleet.fleet_settings(built(tmp_path))["limits"]
+    app = built(tmp_path)
+    claimapp.bound(app, claimapp.provider_url)  # its tasks: an app's fleet names its own
+    shown = fleet.fleet_settings(app)["limits"]
     assert "claimapp.call_two 2 in flight" in shown
     for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}, {"slots": True}, {"rate": True}):
         with pytest.raises(keyclaim.Refused, match="keyclaim.limit"):

@@ -74,5 +74,5 @@ def resolved_problem(app: "Pynenc") -> str | None:
 
 
 def is_on(app: "Pynenc") -> bool:
-    """Whether pynenc resolved one of the claim's orchestrators."""
-    return app.conf.orchestrator_cls in ORCHESTRATORS.values()
+    """Whether the app's orchestrator is one of the claim's, or derives from one."""
+    return any(cls.__name__ in ORCHESTRATORS.values() for cls in type(app.orchestrator).__mro__)

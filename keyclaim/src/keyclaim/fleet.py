@@ -65,7 +65,8 @@ def fleet_settings(app: "Pynenc") -> dict[str, str]:
         "beat every": f"{beat_every:g}s",
         "longest call": "?" if longest is None else f"{longest:g}s",
     }
-    if declared := limits.declared():  # keyclaim.limit: N per key and rates, per task
+    # keyclaim.limit: N per key and rates, for this app's tasks (a process may build others)
+    if declared := limits.declared(task.task_id.key for task in app._tasks.values()):
         found["limits"] = "; ".join(f"{task} {lim.describe()}" for task, lim in declared.items())
     return found
 

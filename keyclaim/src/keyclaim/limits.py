@@ -21,7 +21,7 @@ Written against pynenc 0.3.1 and 0.4.0, which have neither. The upstream change 
 task options `running_slots=N` and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, overload
 
@@ -114,6 +114,8 @@ def of(invocation: "DistributedInvocation") -> Limit:
     return _DECLARED.get(invocation.task.task_id.key, ONE)
 
 
-def declared() -> dict[str, Limit]:
-    """Every task's declared limit in this process, by task key (the fleet compares them)."""
-    return dict(sorted(_DECLARED.items()))
+def declared(tasks: Iterable[str] | None = None) -> dict[str, Limit]:
+    """Every task's declared limit in this process (of these tasks), by task key (the fleet
+    compares them)."""
+    keys = _DECLARED.keys() if tasks is None else set(tasks) & _DECLARED.keys()
+    return {key: _DECLARED[key] for key in sorted(keys)}
