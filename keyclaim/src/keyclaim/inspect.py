@@ -16,6 +16,8 @@ from keyclaim.versions import check as check_versions
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
+    from keyclaim.orchestrator import AtomicClaim
+
 __all__ = [
     "alive_here",
     "check_versions",
@@ -30,18 +32,18 @@ __all__ = [
 
 def counts(app: "Pynenc") -> dict[str, int] | None:
     """The claim's own counts: claims made and the tries a conflict cost; None without it."""
-    from keyclaim.orchestrator import AtomicClaim
-
-    orchestrator = app.orchestrator
-    return orchestrator.claim_counts() if isinstance(orchestrator, AtomicClaim) else None
+    return None if (claim := _claim(app)) is None else claim.claim_counts()
 
 
 def waiting(app: "Pynenc") -> int | None:
     """Calls parked in a line right now, all keys together; None without the claim."""
+    return None if (claim := _claim(app)) is None else claim.waiting()
+
+
+def _claim(app: "Pynenc") -> "AtomicClaim | None":
     from keyclaim.orchestrator import AtomicClaim
 
-    orchestrator = app.orchestrator
-    return orchestrator.waiting() if isinstance(orchestrator, AtomicClaim) else None
+    return app.orchestrator if isinstance(app.orchestrator, AtomicClaim) else None
 
 
 def windows_problem(dead_after: float, longest_call: float) -> str | None:

@@ -14,24 +14,7 @@ names pynenc resolves). Retired with the classes it selects, once pynenc has the
 
 from typing import TYPE_CHECKING
 
-from keyclaim import versions
-from keyclaim.config import (
-    BEATS_PER_WINDOW,
-    DEADLINE_KEY,
-    DEFAULT_DEADLINE,
-    DEFAULT_IDLE,
-    IDLE_KEY,
-    KEEP_KEY,
-    KEPT,
-    KEPT_ORCHESTRATOR,
-    LONGEST_CALL_KEY,
-    ORCHESTRATORS,
-    RUNNERS,
-    SELECTED,
-    STOCK_SQLITE,
-    resolved_problem,
-    window_problem,
-)
+from keyclaim import config, versions
 from keyclaim.errors import Refused
 
 if TYPE_CHECKING:
@@ -40,38 +23,39 @@ if TYPE_CHECKING:
 # The backend, by the orchestrator the builder selects: `.sqlite()` and `.redis()` select
 # pynenc's own; keep_connections and an earlier install, the library's.
 BACKENDS = {
-    **dict.fromkeys(STOCK_SQLITE, "sqlite"),
+    **dict.fromkeys(config.STOCK_SQLITE, "sqlite"),
     "RedisOrchestrator": "redis",
-    **{cls: backend for backend, cls in ORCHESTRATORS.items()},
+    **{cls: backend for backend, cls in config.ORCHESTRATORS.items()},
 }
 
 
 def runner_config(
-    runner: str, drain_deadline: float = DEFAULT_DEADLINE, idle: float = DEFAULT_IDLE
+    runner: str, drain_deadline: float = config.DEFAULT_DEADLINE, idle: float = config.DEFAULT_IDLE
 ) -> dict[str, object]:
     """The configuration that selects one of the library's runners: "drain" (pynenc's
     ThreadRunner, stopping by draining its calls) or "wake" (the same, and woken by its own
     finishing calls instead of polling; its base sleep moves into the wait)."""
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
-    config: dict[str, object] = {"runner_cls": RUNNERS[runner], DEADLINE_KEY: drain_deadline}
+    if runner not in config.RUNNERS:
+        raise ValueError(f"runner {runner!r}: one of {', '.join(config.RUNNERS)}")
+    chosen: dict[str, object] = {"runner_cls": config.RUNNERS[runner]}
+    chosen[config.DEADLINE_KEY] = drain_deadline
     if runner == "wake":
-        config.update({"runner_loop_sleep_time_sec": 0.0, IDLE_KEY: idle})
-    return config
+        chosen.update({"runner_loop_sleep_time_sec": 0.0, config.IDLE_KEY: idle})
+    return chosen
 
 
 def use_runner(
     builder: "PynencBuilder",
     runner: str,
-    drain_deadline: float = DEFAULT_DEADLINE,
-    idle: float = DEFAULT_IDLE,
+    drain_deadline: float = config.DEFAULT_DEADLINE,
+    idle: float = config.DEFAULT_IDLE,
 ) -> "PynencBuilder":
     """Select one of the library's runners, with or without the claim. Call it after the
     builder's own runner choice (`.thread_runner()` selects pynenc's ThreadRunner)."""
     from keyclaim import drain, wake  # noqa: F401 - pynenc finds the classes by name
 
-    config = runner_config(runner, drain_deadline, idle)
-    return builder.custom_config(**config, **{SELECTED + "runner_cls": config["runner_cls"]})
+    chosen = runner_config(runner, drain_deadline, idle)
+    return builder.custom_config(**chosen, **{config.SELECTED + "runner_cls": chosen["runner_cls"]})
 
 
 def keep_connections(builder: "PynencBuilder") -> "PynencBuilder":
@@ -83,16 +67,16 @@ def keep_connections(builder: "PynencBuilder") -> "PynencBuilder":
 
     versions.check("kept connections", "sqlite")
     orchestrator = builder._config.get("orchestrator_cls")
-    if orchestrator not in STOCK_SQLITE | {ORCHESTRATORS["sqlite"]}:
+    if orchestrator not in config.STOCK_SQLITE | {config.ORCHESTRATORS["sqlite"]}:
         raise Refused(
             f"kept connections are pynenc's SQLite classes; this builder selects "
             f"orchestrator_cls={orchestrator!r}: call it after .sqlite()"
         )
-    config: dict[str, object] = {**KEPT, KEEP_KEY: True}
-    if orchestrator in STOCK_SQLITE:  # the claim's own orchestrator keeps them already
-        config["orchestrator_cls"] = KEPT_ORCHESTRATOR
-    selected = {SELECTED + name: value for name, value in config.items() if name != KEEP_KEY}
-    return builder.custom_config(**config, **selected)
+    chosen: dict[str, object] = {**config.KEPT, config.KEEP_KEY: True}
+    if orchestrator in config.STOCK_SQLITE:  # the claim's own orchestrator keeps them already
+        chosen["orchestrator_cls"] = config.KEPT_ORCHESTRATOR
+    selected = {config.SELECTED + k: v for k, v in chosen.items() if k != config.KEEP_KEY}
+    return builder.custom_config(**chosen, **selected)
 
 
 def install(
@@ -100,8 +84,8 @@ def install(
     dead_after: float,
     longest_call: float,
     runner: str | None = "drain",
-    drain_deadline: float = DEFAULT_DEADLINE,
-    idle: float = DEFAULT_IDLE,
+    drain_deadline: float = config.DEFAULT_DEADLINE,
+    idle: float = config.DEFAULT_IDLE,
 ) -> "PynencBuilder":
     """Switch the claim on: its orchestrator for the builder's backend (`.sqlite()` or
     `.redis()`), a dead-runner window of dead_after seconds, beats four times in it, and a
@@ -122,18 +106,19 @@ def install(
             "runs on pynenc's SQLite or Redis: call install after .sqlite() or .redis()"
         )
     versions.check("atomic claim", backend)
-    if why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call):
+    if why := config.window_problem(dead_after, dead_after / config.BEATS_PER_WINDOW, longest_call):
         raise Refused(f"atomic claim: {why}")
     if backend == "redis":
         from keyclaim import redis_claim  # noqa: F401 - pynenc finds the class by name
     else:
         from keyclaim import sqlite_claim  # noqa: F401 - the same
+    claim = config.ORCHESTRATORS[backend]
     builder = builder.custom_config(
-        orchestrator_cls=ORCHESTRATORS[backend],
+        orchestrator_cls=claim,
         runner_considered_dead_after_minutes=dead_after / 60,
         # A runner writes its heartbeat when it checks the atomic services.
-        atomic_service_check_interval_minutes=dead_after / BEATS_PER_WINDOW / 60,
-        **{LONGEST_CALL_KEY: longest_call, SELECTED + "orchestrator_cls": ORCHESTRATORS[backend]},
+        atomic_service_check_interval_minutes=dead_after / config.BEATS_PER_WINDOW / 60,
+        **{config.LONGEST_CALL_KEY: longest_call, config.SELECTED + "orchestrator_cls": claim},
     )
     return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
 
@@ -145,20 +130,21 @@ def check(app: "Pynenc") -> None:
     lineage = {name: _lineage(name, getattr(conf, name)) for name in BASES}
     versions.check_resolved(*(name for names in lineage.values() for name in names))
     for name in BASES:
-        selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
+        selected, resolved = asked.get(config.SELECTED + name), getattr(conf, name)
         if selected and selected not in lineage[name]:  # a subclass of it keeps what it does
             raise Refused(
                 f"the atomic claim selects {name}={selected!r}, but pynenc's configuration "
                 f"resolves {resolved!r} (PYNENC__{name.upper()}, [tool.pynenc], or a builder "
                 "call after keyclaim.install): remove that override"
             )
-    drains = asked.get(SELECTED + "runner_cls") == RUNNERS["drain"]
+    drains = asked.get(config.SELECTED + "runner_cls") == config.RUNNERS["drain"]
     if drains and asked.get("runner_loop_sleep_time_sec") == 0:
         raise Refused(
             "the draining runner was selected after the wake runner, whose loop sleep of 0 it "
             "keeps: it would poll the store without a pause. Select one runner, once"
         )
-    if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
+    claims = conf.orchestrator_cls in config.ORCHESTRATORS.values()
+    if claims and (why := config.resolved_problem(app)):
         raise Refused(f"atomic claim: {why}")
 
 

@@ -21,9 +21,9 @@ Written against pynenc 0.3.1 and 0.4.0, which have neither. The upstream change 
 task options `running_slots=N` and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
 """
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from keyclaim.errors import Refused
 
@@ -71,10 +71,6 @@ def problem(slots: int, rate: int | None, per: float, grace: float) -> str | Non
     return None
 
 
-@overload
-def limit(task: None = None, **kwargs: Any) -> Callable[[Any], Any]: ...
-@overload
-def limit(task: Any, **kwargs: Any) -> Any: ...
 def limit(
     task: Any = None,
     *,
