@@ -37,6 +37,8 @@ def build(
     builder = builder.runner_tuning(runner_loop_sleep_time_sec=0.05).max_pending_seconds(3.0)
     if claim:
         builder = keyclaim.install(builder, dead_after, longest_call, runner=runner)
+    elif runner:  # the library's runner alone
+        builder = keyclaim.use_runner(builder, runner)
     return builder.build()
 
 
@@ -60,6 +62,7 @@ def _from_environment() -> "Pynenc":
         claim=env("KEYCLAIM_TEST_CLAIM", "1") == "1",
         dead_after=float(env("KEYCLAIM_TEST_DEAD_AFTER", "15")),
         longest_call=float(env("KEYCLAIM_TEST_LONGEST_CALL", "10")),
+        runner=None if (runner := env("KEYCLAIM_TEST_RUNNER", "drain")) == "pynenc" else runner,
     )
 
 
