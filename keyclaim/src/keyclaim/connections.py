@@ -4,19 +4,11 @@ pynenc opens a new connection for every operation of its SQLite orchestrator, br
 backend and trigger (`pynenc.util.sqlite_utils.create_sqlite_connection`), and runs
 `PRAGMA journal_mode=WAL` on each, which waits on the database's locks. The classes here are
 pynenc's own, and their methods are pynenc's own code: the one difference is where a `with
-sqlite_conn(path) as conn:` block gets its connection. It takes one from this process's pool
-for that database file, which only its thread uses until the block ends, and gives it back:
-- the journal mode is set once per database file (the file keeps it), by the first connection,
-  and again after this process has closed every connection to it (its inode may name a new file);
-- a file replaced under the same path (a fresh demo database) gets new connections;
-- a forked child (pynenc's ProcessRunner) never uses its parent's connections: it leaves them
-  alone, unclosed, and opens its own;
-- `close()` closes them (the library's runners call it as they stop), and so does the exit.
-What it relies on: a block finishes its cursors before it ends. A cursor kept past its block
-would keep the connection on its old snapshot for the next block; every SQLite method of
-pynenc 0.3.1 and 0.4.0 fetches all its rows (or one row of a one-row query) inside its block.
-A process that forks while its other threads are inside SQLite breaks SQLite with or without
-kept connections; pynenc's process runners fork from one thread.
+sqlite_conn(path) as conn:` block gets its connection: from this process's pool for that file,
+used by its thread alone until the block ends. The journal mode is set once per file (again
+once every connection to it was closed: its inode may name a new file); a forked child leaves
+its parent's connections alone; what it relies on (a block finishes its cursors; no fork while
+other threads are inside SQLite) is the README's "SQLite connections opened once".
 
 Selected by class name (`keyclaim.keep_connections(builder)`, with or without the claim).
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
