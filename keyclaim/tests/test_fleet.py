@@ -1,5 +1,6 @@
-"""The fleet: every worker records itself without a runner of the user's own, and a process
-whose settings differ from a live worker's is refused in one line naming both."""
+"""The fleet: every worker records itself, with no runner of the user's own to write.
+
+A process whose settings differ from a live worker's is refused in one line naming both."""
 
 import json
 import os
