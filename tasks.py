@@ -13,7 +13,8 @@ from stand_in.client import ProviderClient
 settings.check_environment()  # a bad DEMO_* variable: ValueError, in one line
 API_URL = settings.api_url()
 TIMEOUT = settings.seconds("DEMO_CALL_TIMEOUT")  # the longest a call stays in flight
-CLAIM = settings.get("DEMO_ATOMIC_CLAIM") == "1"
+CLAIM = settings.get("DEMO_ATOMIC_CLAIM") == "1"  # and its dead-after window, DEMO_DEAD_AFTER
+DEAD_AFTER = settings.seconds("DEMO_DEAD_AFTER")
 SLOTS, RATE, PER = 2, 5, 1.0  # beyond the article: F's calls in flight, G's calls a second
 
 builder = (
@@ -28,7 +29,7 @@ builder = (
 if settings.get("DEMO_BACKEND") == "redis":  # pynenc-redis instead: README "Scale out safely"
     builder = builder.redis(url=settings.get("REDIS_URL"))
 if CLAIM:  # one call per key across workers, hosts and faults: keyclaim/README.md
-    builder = runners.claim(builder)
+    builder = keyclaim.install(builder, DEAD_AFTER, TIMEOUT, **runners.for_claim())
 app = runners.select(builder, CLAIM).build()  # DEMO_RUNNER's, saying what it runs on as it starts
 keyclaim.check(app)  # on what pynenc resolved: its PYNENC__* overrides rank above the builder
 runners.check(app)

@@ -132,7 +132,7 @@ def checked(
     try:
         provider.health()
         # A worker still starting is waited for: it joins the fleet before its first beat.
-        mixed = functools.partial(keyclaim.fleet_problem, app)
+        mixed = functools.partial(keyclaim.inspect.fleet_problem, app)
         try:
             runners, why_none = heartbeats.awaited(app, say, refused=mixed)
         except KeyboardInterrupt:

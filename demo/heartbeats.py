@@ -49,7 +49,9 @@ def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> 
     here, now = socket.gethostname(), time.time()
     found = []
     for cls, pid, host, beat in beats:
-        if now - beat > ALIVE_WITHIN or (pid and host == here and not keyclaim.alive_here(pid)):
+        if now - beat > ALIVE_WITHIN or (
+            pid and host == here and not keyclaim.inspect.alive_here(pid)
+        ):
             continue
         found.append(Runner(cls, pid, host, now - beat))
     return found

@@ -39,12 +39,12 @@ def preflight(args: argparse.Namespace) -> None:
     if claim and not (backend == "redis" and not redis_server.has_plugin()):
         # (Without the plugin, Stack.start says how to get it.)
         try:
-            keyclaim.check_versions("atomic claim", backend)
+            keyclaim.inspect.check_versions("atomic claim", backend)
         except keyclaim.UntestedVersion as exc:
             raise RunRefused(f"--atomic-claim: {exc}", 2) from None
     # The claim's own check of its windows, with the beat keyclaim.install asks for.
     dead_after, longest = args.dead_after, args.call_timeout
-    if claim and (why := keyclaim.windows_problem(dead_after, longest)):
+    if claim and (why := keyclaim.inspect.windows_problem(dead_after, longest)):
         raise RunRefused(f"--atomic-claim: --dead-after and --call-timeout: {why}", 2)
 
 

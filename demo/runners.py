@@ -21,8 +21,7 @@ from pynenc.runner import BaseRunner, MultiThreadRunner, ProcessRunner, ThreadRu
 
 import keyclaim
 from demo import scenarios, settings
-from keyclaim.drain import DrainingThreadRunner
-from keyclaim.wake import WakeRunner
+from keyclaim.runners import DrainingThreadRunner, WakeRunner
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -34,7 +33,7 @@ class Announced(BaseRunner):
     def _on_start(self) -> None:
         self.app.state_backend.store_runner_context(self.runner_context)
         try:
-            keyclaim.join_fleet(self.app, self.runner_id)
+            keyclaim.inspect.join_fleet(self.app, self.runner_id)
         except keyclaim.Refused as mixed:  # a worker beside others with other claim settings
             print(f"tasks.py: {mixed}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
@@ -92,25 +91,23 @@ WORKERS: dict[str, tuple[type[Announced], type[Announced], dict[str, object]]] =
 CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner, by DEMO_RUNNER
 
 
-def claim(builder: PynencBuilder) -> PynencBuilder:
-    """keyclaim.install with the run's windows and DEMO_RUNNER's runner; on SQLite, the kept
-    connections unless DEMO_SQLITE_CONNECTIONS=pynenc (docs/speed.md)."""
-    return keyclaim.install(
-        builder,
-        settings.get("DEMO_BACKEND"),
-        settings.seconds("DEMO_DEAD_AFTER"),
-        settings.seconds("DEMO_CALL_TIMEOUT"),
-        runner=CLAIM_RUNNER.get(settings.get("DEMO_RUNNER")),
-        drain_deadline=settings.drain_deadline(),
-        connections=settings.get("DEMO_SQLITE_CONNECTIONS"),
-    )
+def for_claim() -> dict[str, object]:
+    """keyclaim.install's runner arguments for DEMO_RUNNER."""
+    return {
+        "runner": CLAIM_RUNNER.get(settings.get("DEMO_RUNNER")),
+        "drain_deadline": settings.drain_deadline(),
+    }
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
     """DEMO_RUNNER's worker: the article's ThreadRunner, keyclaim's wake runner, or one of
     pynenc's others, polling every DEMO_RUNNER_SLEEP. Called after keyclaim.install, whose
-    runner it derives from."""
+    runner it derives from; with the claim on SQLite, it keeps pynenc's SQLite connections
+    too, unless DEMO_SQLITE_CONNECTIONS=pynenc (docs/speed.md)."""
     name = settings.get("DEMO_RUNNER")
+    sqlite = settings.get("DEMO_BACKEND") == "sqlite"
+    if claim and sqlite and settings.get("DEMO_SQLITE_CONNECTIONS") == "kept":
+        builder = keyclaim.keep_connections(builder)
     if name != "wake":  # the wake runner waits on its own calls instead of sleeping
         sleep = settings.seconds("DEMO_RUNNER_SLEEP")
         builder = builder.custom_config(runner_loop_sleep_time_sec=sleep)

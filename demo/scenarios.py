@@ -14,6 +14,8 @@ from typing import Any
 
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
+import keyclaim
+
 ACCOUNTS = ("acme", "globex", "initech")
 OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
 REFRESHES_PER_ACCOUNT = 8
@@ -173,22 +175,16 @@ class Scenario:
     @property
     def slots(self) -> int:
         """Up to this many calls in flight per account (keyclaim.limit; 1 without one)."""
-        return getattr(self._limit, "slots", 1)
+        return keyclaim.inspect.limit_of(self.task).slots
 
     @property
     def rate(self) -> int | None:
         """At most this many calls per `per` seconds per account (keyclaim.limit), or None."""
-        return getattr(self._limit, "rate", None)
+        return keyclaim.inspect.limit_of(self.task).rate
 
     @property
     def per(self) -> float:
-        return getattr(self._limit, "per", 1.0)
-
-    @property
-    def _limit(self) -> object:
-        import keyclaim.limits  # pynenc's app.task takes no limit: keyclaim keeps it per task
-
-        return keyclaim.limits.declared().get(self.task.task_id.key)
+        return keyclaim.inspect.limit_of(self.task).per
 
     @property
     def quota(self) -> dict[str, float]:

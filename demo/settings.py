@@ -129,8 +129,9 @@ KNOBS: dict[str, Knob] = {
     # Which runner a worker is: the article's "thread", "wake" (docs/speed.md),
     # or pynenc's "multi-thread" or "process" (docs/scale-out.md); demo/runners.py.
     "DEMO_RUNNER": Knob("thread", _choice(*RUNNER_NAMES)),
-    # How pynenc's SQLite classes get a connection: "kept" (keyclaim.keep_connections) or
-    # "pynenc", one opened for every operation, to measure the difference (docs/speed.md).
+    # With the claim, how pynenc's SQLite classes get a connection: "kept" (keyclaim's
+    # keep_connections) or "pynenc", one opened for every operation, to measure the difference
+    # (docs/speed.md). Without the claim, pynenc's own, whatever it says.
     "DEMO_SQLITE_CONNECTIONS": Knob("kept", _choice("kept", "pynenc")),
 }
 DEFAULTS: dict[str, str] = {name: knob.default for name, knob in KNOBS.items()}

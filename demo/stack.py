@@ -211,7 +211,9 @@ class Stack(contextlib.AbstractContextManager):
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
         # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (why := keyclaim.redis_problem(url)):
+        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (
+            why := keyclaim.inspect.redis_problem(url)
+        ):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def workers_up(self, fresh: list[Child]) -> bool:

@@ -59,7 +59,7 @@ def cancel(task: Any, workers_left: bool = True) -> int:
     line, off the queue), or once no worker is left, each is ended where it is."""
     app = task.app
     orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="enqueue.py")
-    anywhere = not workers_left or keyclaim.waiting(app) is not None
+    anywhere = not workers_left or keyclaim.inspect.waiting(app) is not None
     cancelled = 0
     for invocation_id in list(orchestrator.get_existing_invocations(task, statuses=[S.REGISTERED])):
         if not ((taken := taken_off_the_queue(app, invocation_id)) or anywhere):

@@ -81,7 +81,7 @@ def pynenc_database(path: Path, app_id: str = "tasks", *, left_open: bool = Fals
         "    app = tasks.app\n"
         "else:\n"
         "    builder = PynencBuilder().app_id(sys.argv[1]).sqlite(sys.argv[2])\n"
-        "    app = keyclaim.install(builder, 'sqlite', 15.0, 10.0).build()\n"
+        "    app = keyclaim.install(builder, 15.0, 10.0).build()\n"
         "_ = (app.broker, app.orchestrator, app.state_backend, app.trigger)\n"
         "_ = app.client_data_store\n"
         "if sys.argv[3] == '1':\n"

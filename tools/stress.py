@@ -167,7 +167,7 @@ def rounds(
 def claims(app: "Pynenc") -> str:
     """The atomic claim's own count: claims made, and the tries a Redis WATCH conflict cost;
     "" without the claim."""
-    if (found := keyclaim.counts(app)) is None:
+    if (found := keyclaim.inspect.counts(app)) is None:
         return ""
     per = found["retries"] / found["claims"] if found["claims"] else 0.0
     return (

@@ -36,8 +36,9 @@ def build(
     builder = builder.thread_runner(min_threads=1, max_threads=4).logging_stream("stdout")
     builder = builder.runner_tuning(runner_loop_sleep_time_sec=0.05).max_pending_seconds(3.0)
     if claim:
-        backend = "redis" if redis_url else "sqlite"
-        builder = keyclaim.install(builder, backend, dead_after, longest_call, runner=runner)
+        builder = keyclaim.install(builder, dead_after, longest_call, runner=runner)
+    elif runner:  # the library's runner alone
+        builder = keyclaim.use_runner(builder, runner)
     return builder.build()
 
 
@@ -61,6 +62,7 @@ def _from_environment() -> "Pynenc":
         claim=env("KEYCLAIM_TEST_CLAIM", "1") == "1",
         dead_after=float(env("KEYCLAIM_TEST_DEAD_AFTER", "15")),
         longest_call=float(env("KEYCLAIM_TEST_LONGEST_CALL", "10")),
+        runner=None if (runner := env("KEYCLAIM_TEST_RUNNER", "drain")) == "pynenc" else runner,
     )
 
 

@@ -19,10 +19,11 @@ LIBRARY = Path(keyclaim.__file__).parent
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"  # the library's own
 
 
-def built(tmp_path: Path, **install: object) -> object:
+def built(tmp_path: Path, keep: bool = False, **install: object) -> object:
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
     builder = builder.thread_runner(min_threads=1, max_threads=2)
-    return keyclaim.install(builder, "sqlite", 15.0, 10.0, **install).build()
+    builder = keyclaim.keep_connections(builder) if keep else builder
+    return keyclaim.install(builder, 15.0, 10.0, **install).build()
 
 
 @pytest.mark.parametrize(
@@ -62,7 +63,7 @@ def test_kept_connections_go_with_the_claim_in_either_order(tmp_path: Path, orde
     builder = builder.thread_runner(min_threads=1, max_threads=2)
     if order.startswith("keep"):
         builder = keyclaim.keep_connections(builder)
-    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0)
+    builder = keyclaim.install(builder, 15.0, 10.0)
     if order.startswith("install"):
         builder = keyclaim.keep_connections(builder)
     app = builder.build()
@@ -95,7 +96,7 @@ def test_an_override_that_would_make_the_claim_lie_is_refused_in_one_line(
     for name, value in override.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(keyclaim.Refused) as refused:
-        keyclaim.check(built(tmp_path))
+        keyclaim.check(built(tmp_path, keep=True))
     assert "\n" not in str(refused.value)
 
 
@@ -105,7 +106,7 @@ def test_a_runner_chosen_after_install_is_refused(tmp_path: Path) -> None:
     comparing the builder's runner_cls to the resolved one instead of install's SELECTED
     marker, both say ThreadRunner and this passes unrefused."""
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
-    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0).thread_runner(max_threads=2)
+    builder = keyclaim.install(builder, 15.0, 10.0).thread_runner(max_threads=2)
     with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
         keyclaim.check(builder.build())
 
@@ -115,7 +116,7 @@ def test_the_draining_runner_selected_after_the_wake_runner_is_refused(tmp_path:
     runner selected after it kept the 0 and polled the store without a pause, a core busy
     while idle. Checked by mutation: without that check, this passes unrefused."""
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
-    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0, runner="wake")
+    builder = keyclaim.install(builder, 15.0, 10.0, runner="wake")
     builder = keyclaim.use_runner(builder, "drain")
     with pytest.raises(keyclaim.Refused, match="without a pause"):
         keyclaim.check(builder.build())
@@ -124,13 +125,13 @@ def test_the_draining_runner_selected_after_the_wake_runner_is_refused(tmp_path:
 def test_install_refuses_windows_that_would_take_a_live_call_for_dead(tmp_path: Path) -> None:
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
     with pytest.raises(keyclaim.Refused, match="dead-after window must be longer"):
-        keyclaim.install(builder, "sqlite", dead_after=5.0, longest_call=10.0)
+        keyclaim.install(builder, dead_after=5.0, longest_call=10.0)
 
 
 @pytest.mark.parametrize(
     "build",
     [
-        lambda tmp: keyclaim.install(PynencBuilder().sqlite(str(tmp / "c.db")), "sqlite", 15, 10),
+        lambda tmp: keyclaim.install(PynencBuilder().sqlite(str(tmp / "c.db")), 15, 10),
         lambda tmp: claimapp.app.orchestrator.__class__(claimapp.app),
         lambda tmp: versions.check_resolved("SQLiteOrchestrator", "WakeRunner"),
         lambda tmp: versions.check_resolved("SQLiteOrchestrator", "DrainingThreadRunner"),
@@ -168,7 +169,7 @@ def test_importing_the_library_imports_no_pynenc_until_it_is_used() -> None:
     import subprocess
     import sys
 
-    probe = "import sys, keyclaim; keyclaim.check_versions('atomic claim', 'sqlite');"
+    probe = "import sys, keyclaim; keyclaim.inspect.check_versions('atomic claim', 'sqlite');"
     probe += "print('pynenc' in sys.modules)"
     found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert found.stdout.strip() == "False", found.stderr
@@ -200,7 +201,7 @@ def test_a_subclass_of_the_selected_runner_keeps_the_claim_and_another_runner_do
         """A user's own draining runner."""
 
     builder = PynencBuilder().app_id(unique("keyclaim")).sqlite(str(tmp_path / "c.db"))
-    builder = keyclaim.install(builder, "sqlite", 15.0, 10.0)
+    builder = keyclaim.install(builder, 15.0, 10.0)
     keyclaim.check(builder.custom_config(runner_cls="SubclassedDrainingRunner").build())
     with pytest.raises(keyclaim.Refused, match="runner_cls='DrainingThreadRunner'"):
         keyclaim.check(builder.custom_config(runner_cls="ThreadRunner").build())
@@ -217,7 +218,9 @@ def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_b
     declared = limits.declared()
     assert declared["claimapp.call_two"] == limits.Limit(slots=2)
     assert declared["claimapp.call_rated"].rate == 1
-    shown = fleet.fleet_settings(built(tmp_path))["limits"]
+    app = built(tmp_path)
+    claimapp.bound(app, claimapp.provider_url)  # its tasks: an app's fleet names its own
+    shown = fleet.fleet_settings(app)["limits"]
     assert "claimapp.call_two 2 in flight" in shown
     for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}, {"slots": True}, {"rate": True}):
         with pytest.raises(keyclaim.Refused, match="keyclaim.limit"):

@@ -1,22 +1,17 @@
-"""What `install` writes into pynenc's configuration, and the check on what pynenc resolved.
+"""The names the library writes into pynenc's configuration, and what makes its windows sound.
 
-pynenc ranks its environment variables (PYNENC__...) and `[tool.pynenc]` above the builder, so
-the claim is judged on the configuration pynenc resolved, not on what the builder asked for:
-- the library's classes on a pynenc they were not tested with are refused;
-- a class install selected that pynenc does not resolve (an override) is refused;
-- windows that would let the claim take a live holder for dead are refused.
+The bottom of the package: the installer (keyclaim.installer) writes these keys and class
+names, the classes (the claim, its runners, the kept connections) read them back from the
+configuration pynenc resolved. It imports nothing of the library.
 
-Written against pynenc 0.3.1 and 0.4.0 (their `PynencBuilder.custom_config` and the class
-names pynenc resolves). Retired with the classes it selects, once pynenc has them.
+Written against pynenc 0.3.1 and 0.4.0 (their configuration keys, and the class names pynenc
+resolves). Retired with the classes it names, once pynenc has them.
 """
 
 from typing import TYPE_CHECKING
 
-from keyclaim import versions
-from keyclaim.errors import Refused
-
 if TYPE_CHECKING:
-    from pynenc import Pynenc, PynencBuilder
+    from pynenc import Pynenc
 
 ORCHESTRATORS = {"sqlite": "AtomicClaimSQLiteOrchestrator", "redis": "AtomicClaimRedisOrchestrator"}
 RUNNERS = {"drain": "DrainingThreadRunner", "wake": "WakeRunner"}
@@ -28,7 +23,7 @@ KEPT = {
 }
 KEPT_ORCHESTRATOR = "KeptSQLiteOrchestrator"
 STOCK_SQLITE = {"SQLiteOrchestrator", KEPT_ORCHESTRATOR}
-KEEP_KEY = "keep_sqlite_connections"  # False: the claim opens connections as pynenc does
+KEEP_KEY = "keep_sqlite_connections"  # True: keep_connections selected them
 # Keys of the library's own in pynenc's configuration (pynenc keeps keys it does not know).
 LONGEST_CALL_KEY = "atomic_claim_longest_call_sec"  # the longest a call stays in flight
 DEADLINE_KEY = "drain_deadline_sec"  # how long a stopping runner waits for its calls
@@ -40,114 +35,12 @@ DEFAULT_DEADLINE = 12.0
 DEFAULT_IDLE = 0.1  # shorter picks a burst up mid-way under load: keyclaim.wake
 
 
-def runner_config(
-    runner: str, drain_deadline: float = DEFAULT_DEADLINE, idle: float = DEFAULT_IDLE
-) -> dict[str, object]:
-    """The configuration that selects one of the library's runners: "drain" (pynenc's
-    ThreadRunner, stopping by draining its calls) or "wake" (the same, and woken by its own
-    finishing calls instead of polling; its base sleep moves into the wait)."""
-    if runner not in RUNNERS:
-        raise ValueError(f"runner {runner!r}: one of {', '.join(RUNNERS)}")
-    config: dict[str, object] = {"runner_cls": RUNNERS[runner], DEADLINE_KEY: drain_deadline}
-    if runner == "wake":
-        config.update({"runner_loop_sleep_time_sec": 0.0, IDLE_KEY: idle})
-    return config
-
-
-def use_runner(
-    builder: "PynencBuilder",
-    runner: str,
-    drain_deadline: float = DEFAULT_DEADLINE,
-    idle: float = DEFAULT_IDLE,
-) -> "PynencBuilder":
-    """Select one of the library's runners, with or without the claim. Call it after the
-    builder's own runner choice (`.thread_runner()` selects pynenc's ThreadRunner)."""
-    from keyclaim import drain, wake  # noqa: F401 - pynenc finds the classes by name
-
-    config = runner_config(runner, drain_deadline, idle)
-    return builder.custom_config(**config, **{SELECTED + "runner_cls": config["runner_cls"]})
-
-
-def keep_connections(builder: "PynencBuilder") -> "PynencBuilder":
-    """Select pynenc's SQLite classes with kept connections (one per thread at a time, each
-    opened once, the journal mode set once per file), and no trigger lookups while no task is
-    a trigger's source. Call it after .sqlite(); with or without the claim, before or after
-    install. Checked by `check(app)` like the claim."""
-    from keyclaim import connections, quiet  # noqa: F401 - pynenc finds the classes by name
-
-    versions.check("kept connections", "sqlite")
-    orchestrator = builder._config.get("orchestrator_cls")
-    if orchestrator not in STOCK_SQLITE | {ORCHESTRATORS["sqlite"]}:
-        raise Refused(
-            f"kept connections are pynenc's SQLite classes; this builder selects "
-            f"orchestrator_cls={orchestrator!r}: call it after .sqlite()"
-        )
-    config: dict[str, object] = {**KEPT, KEEP_KEY: True}
-    if orchestrator in STOCK_SQLITE:  # the claim's own orchestrator keeps them already
-        config["orchestrator_cls"] = KEPT_ORCHESTRATOR
-    selected = {SELECTED + name: value for name, value in config.items() if name != KEEP_KEY}
-    return builder.custom_config(**config, **selected)
-
-
-def install(
-    builder: "PynencBuilder",
-    backend: str,
-    dead_after: float,
-    longest_call: float,
-    runner: str | None = "drain",
-    drain_deadline: float = DEFAULT_DEADLINE,
-    idle: float = DEFAULT_IDLE,
-    connections: str = "kept",
-) -> "PynencBuilder":
-    """Switch the claim on: its orchestrator for backend ("sqlite" or "redis"), a dead-runner
-    window of dead_after seconds, beats four times in it, and a runner that drains its calls
-    on a stop ("drain", or "wake"; None keeps the builder's runner, whose stop then hands calls
-    on while they may still run, and only the fencing token keeps them from being applied).
-
-    longest_call is the longest a call can stay in flight (the task's timeout): the window must
-    be longer. Call it after .sqlite() or .redis() and after the builder's runner choice.
-    Versions and windows are checked again once pynenc has resolved its configuration, wherever
-    it builds the classes: `check(app)` says so before anything runs.
-
-    On SQLite, connections="kept" also selects `keep_connections`; "pynenc" opens one for
-    every operation, as pynenc does (kept for measuring the difference: docs/speed.md).
-    """
-    versions.check("atomic claim", backend)
-    if connections not in ("kept", "pynenc"):
-        raise ValueError(f"connections {connections!r}: 'kept' or 'pynenc'")
-    if why := window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call):
-        raise Refused(f"atomic claim: {why}")
-    if backend == "redis":
-        from keyclaim import redis_claim  # noqa: F401 - pynenc finds the class by name
-    else:
-        from keyclaim import sqlite_claim  # noqa: F401 - the same
-    builder = builder.custom_config(
-        orchestrator_cls=ORCHESTRATORS[backend],
-        runner_considered_dead_after_minutes=dead_after / 60,
-        # A runner writes its heartbeat when it checks the atomic services.
-        atomic_service_check_interval_minutes=dead_after / BEATS_PER_WINDOW / 60,
-        **{LONGEST_CALL_KEY: longest_call, SELECTED + "orchestrator_cls": ORCHESTRATORS[backend]},
-    )
-    if backend == "sqlite":
-        if connections == "kept":
-            builder = keep_connections(builder)
-        else:
-            builder = builder.custom_config(**{KEEP_KEY: False})
-    return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
-
-
-def windows_problem(dead_after: float, longest_call: float) -> str | None:
-    """Why install would refuse these windows, in one line (a launcher checks its flags with
-    it before starting anything); None when it would take them."""
-    return window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call)
-
-
 def window_problem(dead_after: float, beat_every: float, longest_call: float | None) -> str | None:
     """Why these windows would let the claim lie, in one line; None when they are sound."""
     if longest_call is None:
         return (
             "the longest a call can stay in flight is not configured: select the claim with "
-            "keyclaim.install(builder, backend, dead_after, longest_call)"
+            "keyclaim.install(builder, dead_after, longest_call)"
         )
     if dead_after <= longest_call:
         return (
@@ -180,54 +73,6 @@ def resolved_problem(app: "Pynenc") -> str | None:
     return window_problem(*windows(app))
 
 
-def check(app: "Pynenc") -> None:
-    """Raise Refused (UntestedVersion for versions), in one line, for what the resolved
-    configuration would make lie. Cheap: it builds nothing."""
-    conf, asked = app.conf, app.config_values or {}
-    lineage = {name: _lineage(name, getattr(conf, name)) for name in BASES}
-    versions.check_resolved(*(name for names in lineage.values() for name in names))
-    for name in BASES:
-        selected, resolved = asked.get(SELECTED + name), getattr(conf, name)
-        if selected and selected not in lineage[name]:  # a subclass of it keeps what it does
-            raise Refused(
-                f"the atomic claim selects {name}={selected!r}, but pynenc's configuration "
-                f"resolves {resolved!r} (PYNENC__{name.upper()}, [tool.pynenc], or a builder "
-                "call after keyclaim.install): remove that override"
-            )
-    drains = asked.get(SELECTED + "runner_cls") == RUNNERS["drain"]
-    if drains and asked.get("runner_loop_sleep_time_sec") == 0:
-        raise Refused(
-            "the draining runner was selected after the wake runner, whose loop sleep of 0 it "
-            "keeps: it would poll the store without a pause. Select one runner, once"
-        )
-    if conf.orchestrator_cls in ORCHESTRATORS.values() and (why := resolved_problem(app)):
-        raise Refused(f"atomic claim: {why}")
-
-
-# The classes the library selects, by configuration key: where pynenc finds them by name.
-BASES = {
-    "orchestrator_cls": "pynenc.orchestrator.base_orchestrator:BaseOrchestrator",
-    "runner_cls": "pynenc.runner.base_runner:BaseRunner",
-    "broker_cls": "pynenc.broker.base_broker:BaseBroker",
-    "state_backend_cls": "pynenc.state_backend.base_state_backend:BaseStateBackend",
-    "trigger_cls": "pynenc.trigger.base_trigger:BaseTrigger",
-}
-
-
-def _lineage(kind: str, name: str) -> list[str]:
-    """The class pynenc resolves by this name, and the names of the classes it derives from."""
-    from importlib import import_module
-
-    from pynenc.util.subclasses import get_subclass
-
-    module, base = BASES[kind].split(":")
-    try:
-        found = get_subclass(getattr(import_module(module), base), name)
-    except ValueError:  # pynenc itself refuses an unknown name as it builds the class
-        return [name]
-    return [cls.__name__ for cls in found.__mro__]
-
-
 def is_on(app: "Pynenc") -> bool:
-    """Whether pynenc resolved one of the claim's orchestrators."""
-    return app.conf.orchestrator_cls in ORCHESTRATORS.values()
+    """Whether the app's orchestrator is one of the claim's, or derives from one."""
+    return any(cls.__name__ in ORCHESTRATORS.values() for cls in type(app.orchestrator).__mro__)

@@ -4,21 +4,13 @@ pynenc opens a new connection for every operation of its SQLite orchestrator, br
 backend and trigger (`pynenc.util.sqlite_utils.create_sqlite_connection`), and runs
 `PRAGMA journal_mode=WAL` on each, which waits on the database's locks. The classes here are
 pynenc's own, and their methods are pynenc's own code: the one difference is where a `with
-sqlite_conn(path) as conn:` block gets its connection. It takes one from this process's pool
-for that database file, which only its thread uses until the block ends, and gives it back:
-- the journal mode is set once per database file (the file keeps it), by the first connection,
-  and again after this process has closed every connection to it (its inode may name a new file);
-- a file replaced under the same path (a fresh demo database) gets new connections;
-- a forked child (pynenc's ProcessRunner) never uses its parent's connections: it leaves them
-  alone, unclosed, and opens its own;
-- `close()` closes them (the library's runners call it as they stop), and so does the exit.
-What it relies on: a block finishes its cursors before it ends. A cursor kept past its block
-would keep the connection on its old snapshot for the next block; every SQLite method of
-pynenc 0.3.1 and 0.4.0 fetches all its rows (or one row of a one-row query) inside its block.
-A process that forks while its other threads are inside SQLite breaks SQLite with or without
-kept connections; pynenc's process runners fork from one thread.
+sqlite_conn(path) as conn:` block gets its connection: from this process's pool for that file,
+used by its thread alone until the block ends. The journal mode is set once per file (again
+once every connection to it was closed: its inode may name a new file); a forked child leaves
+its parent's connections alone; what it relies on (a block finishes its cursors; no fork while
+other threads are inside SQLite) is the README's "SQLite connections opened once".
 
-Selected by class name (`keyclaim.keep_connections(builder)`, and `keyclaim.install` on SQLite).
+Selected by class name (`keyclaim.keep_connections(builder)`, with or without the claim).
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
 modules open their connections through the module-level name `sqlite_conn`; anything else
 refuses to build. The upstream change that retires it: each SQLite component takes its
@@ -254,15 +246,14 @@ def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
 
 def _function(attribute: Any) -> tuple[FunctionType, Callable[[FunctionType], Any]] | None:
     """The function behind a class attribute, and how to wrap a copy of it the same way."""
-    if isinstance(attribute, FunctionType):
-        return attribute, lambda f: f
+    found, wrap = attribute, (lambda f: f)
     if isinstance(attribute, (staticmethod, classmethod)):
-        return attribute.__func__, type(attribute)
-    if isinstance(attribute, cached_property):
-        return attribute.func, cached_property
-    if isinstance(attribute, property) and attribute.fget and not attribute.fset:
-        return attribute.fget, lambda f: property(f, doc=attribute.__doc__)
-    return None
+        found, wrap = attribute.__func__, type(attribute)
+    elif isinstance(attribute, cached_property):
+        found, wrap = attribute.func, cached_property
+    elif isinstance(attribute, property) and attribute.fget and not attribute.fset:
+        found, wrap = attribute.fget, lambda f: property(f, doc=attribute.__doc__)
+    return (found, wrap) if isinstance(found, FunctionType) else None
 
 
 def _pynencs_openers(cls: type) -> Iterator[tuple[str, type, FunctionType, Any]]:
@@ -271,13 +262,15 @@ def _pynencs_openers(cls: type) -> Iterator[tuple[str, type, FunctionType, Any]]
     for name in dir(cls):
         owner = next(base for base in cls.__mro__ if name in vars(base))
         found = _function(vars(owner)[name])
-        module = found and _module(found[0].__module__)
-        opens = module and _opens(found[0].__code__, module[1])
-        if opens and found[0].__globals__.get(OPENER) is not kept_connection:
+        if found is None or (module := _module(found[0].__module__)) is None:
+            continue
+        if _opens(found[0].__code__, module[1]) and found[0].__globals__.get(OPENER) is not (
+            kept_connection
+        ):
             yield name, owner, *found
 
 
-def relink(cls: type) -> type:
+def relink[C: type](cls: C) -> C:
     """Give cls, a subclass of one of pynenc's SQLite classes, copies of every method it
     inherits from pynenc's SQLite modules that opens a connection, opening it here instead."""
     kept = 0
@@ -314,23 +307,29 @@ class _Tested:
         super().__init__(app)  # type: ignore[call-arg]
 
 
-class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):
+# Each base is built as the module is imported (relinked: a class of its own, so that a method
+# the kept class overrides, __init__ say, still reaches the relinked copy): a type checker sees
+# a base it cannot know, hence the one ignore on each.
+class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):  # type: ignore[misc]
     """pynenc's SQLite orchestrator, with kept connections."""
 
+    # The claim's SQLite orchestrator derives from this one, and keeps its connections only
+    # where keep_connections selected them (KEEP_KEY): else it opens one for every block, as
+    # pynenc does. Selected by its name alone, this one keeps them.
+    KEEPS_BY_DEFAULT = True
+
     def __init__(self, app: Any) -> None:
-        # The claim's orchestrator derives from this one: keyclaim.install(connections="pynenc")
-        # has it open a connection for every block, as pynenc does, to measure the difference.
-        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, True))
+        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, self.KEEPS_BY_DEFAULT))
         super().__init__(app)
 
 
-class KeptSQLiteBroker(_Tested, relinked(SQLiteBroker)):
+class KeptSQLiteBroker(_Tested, relinked(SQLiteBroker)):  # type: ignore[misc]
     """pynenc's SQLite broker, with kept connections."""
 
 
-class KeptSQLiteStateBackend(_Tested, relinked(SQLiteStateBackend)):
+class KeptSQLiteStateBackend(_Tested, relinked(SQLiteStateBackend)):  # type: ignore[misc]
     """pynenc's SQLite state backend, with kept connections."""
 
 
-class KeptSQLiteTrigger(_Tested, relinked(SQLiteTrigger)):
+class KeptSQLiteTrigger(_Tested, relinked(SQLiteTrigger)):  # type: ignore[misc]
     """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""

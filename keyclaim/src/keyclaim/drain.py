@@ -1,7 +1,9 @@
 """A ThreadRunner that, told to stop, lets its calls finish before it gives their keys up.
 
 Selected by class name (runner_cls="DrainingThreadRunner"), by `keyclaim.install` or on its
-own by `keyclaim.use_runner(builder, "drain", drain_deadline=12.0)`.
+own by `keyclaim.use_runner(builder, "drain", drain_deadline=12.0)`. As it starts, it joins the
+fleet (keyclaim.fleet), with or without the claim: a worker whose settings differ from a live
+one's is refused (Refused, which pynenc's `runner start` reports in one line, exiting 1).
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
 any other version (keyclaim.versions). The wake runner drains the same way; pynenc's
@@ -31,7 +33,7 @@ import time
 
 from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
 
-from keyclaim import versions
+from keyclaim import fleet, versions
 from keyclaim.config import DEADLINE_KEY, DEFAULT_DEADLINE
 
 # How often a draining runner beats when pynenc's interval is longer (its default is 30 s).
@@ -47,6 +49,7 @@ class DrainingThreadRunner(ThreadRunner):
         versions.check_resolved(self.app.conf.orchestrator_cls, *classes)
         super()._on_start()
         self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
+        fleet.join_fleet(self.app, self.runner_id)  # before it takes any work
 
     def _on_stop(self) -> None:
         ends = time.monotonic() + self.drain_deadline

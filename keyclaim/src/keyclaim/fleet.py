@@ -6,6 +6,12 @@ starts (`join_fleet`); a worker or producer whose settings differ from a live on
 in one line naming both (`fleet_problem`). Live: on this host, a pynenc process with that pid;
 elsewhere, a pynenc heartbeat within FLEET_WINDOW seconds.
 
+Who joins, and when: the library's runners as they start (keyclaim.drain), with or without the
+claim; any other runner of a process with the claim as it first beats, and a producer with the
+claim is checked as it registers its first call (keyclaim.orchestrator). A runner that is not
+the library's, in a process without the claim, runs no code of the library's: it joins only if
+its program calls `keyclaim.inspect.join_fleet` as it starts.
+
 Written against pynenc 0.3.1 and 0.4.0, which record no runner's configuration. The upstream
 change that retires it: the runner registry keeps each runner's concurrency settings, and a
 runner or producer whose settings differ from a live runner's is refused at start.
@@ -59,9 +65,15 @@ def fleet_settings(app: "Pynenc") -> dict[str, str]:
         "beat every": f"{beat_every:g}s",
         "longest call": "?" if longest is None else f"{longest:g}s",
     }
-    if declared := limits.declared():  # keyclaim.limit: N per key and rates, per task
+    # keyclaim.limit: N per key and rates, for this app's tasks (a process may build others)
+    if declared := limits.declared(task.task_id.key for task in app._tasks.values()):
         found["limits"] = "; ".join(f"{task} {lim.describe()}" for task, lim in declared.items())
     return found
+
+
+# What a producer decides with as it registers a call: whether it parks it, and in how many
+# slots. The windows are the workers' own (a producer recovers nothing).
+PRODUCER_SETTINGS = ("atomic claim", "limits")
 
 
 def _shown(settings: dict[str, str]) -> str:
@@ -154,12 +166,18 @@ def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
     return members
 
 
-def fleet_problem(app: "Pynenc", besides: str | None = None) -> str | None:
+def fleet_problem(
+    app: "Pynenc", besides: str | None = None, only: tuple[str, ...] | None = None
+) -> str | None:
     """Why this process must not join the workers live on its store, in one line, naming both
-    sides; None when every one of them runs with its settings."""
+    sides; None when every one of them runs with its settings (only: with these of them)."""
     mine = fleet_settings(app)
+
+    def compared(settings: dict[str, str]) -> dict[str, str]:
+        return settings if only is None else {k: v for k, v in settings.items() if k in only}
+
     for member in fleet(app, besides):
-        if member.settings != mine:
+        if compared(member.settings) != compared(mine):
             return (
                 f"this process runs with {_shown(mine)}, but a live worker on the same store "
                 f"runs with other settings: {member}. Every worker and producer on one store "
@@ -168,9 +186,18 @@ def fleet_problem(app: "Pynenc", besides: str | None = None) -> str | None:
     return None
 
 
+def joined(app: "Pynenc") -> str | None:
+    """The runner this process joined the fleet as; None before it has."""
+    member = getattr(app, MEMBER, None)
+    return None if member is None else str(member[0])
+
+
 def join_fleet(app: "Pynenc", runner_id: str) -> None:
     """A worker's start: raise Refused (the one line) on a fleet it does not agree with; else
-    record its settings, for the next ones to check, until this process ends."""
+    record its settings, for the next ones to check, until this process ends. Once per runner:
+    joined again, it does nothing."""
+    if joined(app) == runner_id:
+        return
     if why := fleet_problem(app, besides=runner_id):
         raise Refused(why)
     store, pid = FleetStore(app), os.getpid()

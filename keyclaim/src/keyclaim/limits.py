@@ -1,29 +1,19 @@
 """What a task declares beyond one call per key: up to N calls per key at once, and a rate.
 
-    @keyclaim.limit(slots=2, rate=100, per=60.0)  # above @app.task, in every process
-    @app.task(running_concurrency=Mode.KEYS, key_arguments=("account_id",), ...)
-    def charge(account_id: str, amount: int) -> str: ...
-
 pynenc's `app.task` refuses options it does not know, so the declaration is the library's own,
-kept per task (by its module and name, as pynenc finds it again in any process). The claim's
-orchestrator reads it at every claim; a task that declares nothing keeps one call per key and
-no rate. Every process that builds the app must declare the same (the fleet check compares
-them).
-
-The rate is a sliding window on the store's clock: a call is admitted if fewer than `rate`
-calls of its key were admitted in the last `per + grace` seconds. It allows a burst of `rate`
-at once, and never more than `rate` in any window of `per` seconds, which is what a provider
-counting "R per period" on its own clock judges. `grace` covers the spread of the delay between
-a claim and the call's arrival at the provider: admitted `per` seconds apart on the store's
-clock, two calls could arrive less than `per` apart.
+kept per task (by its module and name, as pynenc finds it again in any process), above
+`@app.task` in every process that builds the app (the fleet compares them). The claim reads it
+at every claim; a task that declares nothing keeps one call per key and no rate. The rate is a
+sliding window of `per + grace` seconds on the store's clock: the README's "Up to N per key,
+and a rate" says why that window, and what `grace` covers.
 
 Written against pynenc 0.3.1 and 0.4.0, which have neither. The upstream change that retires it:
 task options `running_slots=N` and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
 """
 
-from collections.abc import Callable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any
 
 from keyclaim.errors import Refused
 
@@ -71,10 +61,6 @@ def problem(slots: int, rate: int | None, per: float, grace: float) -> str | Non
     return None
 
 
-@overload
-def limit(task: None = None, **kwargs: Any) -> Callable[[Any], Any]: ...
-@overload
-def limit(task: Any, **kwargs: Any) -> Any: ...
 def limit(
     task: Any = None,
     *,
@@ -114,6 +100,8 @@ def of(invocation: "DistributedInvocation") -> Limit:
     return _DECLARED.get(invocation.task.task_id.key, ONE)
 
 
-def declared() -> dict[str, Limit]:
-    """Every task's declared limit in this process, by task key (the fleet compares them)."""
-    return dict(sorted(_DECLARED.items()))
+def declared(tasks: Iterable[str] | None = None) -> dict[str, Limit]:
+    """Every task's declared limit in this process (of these tasks), by task key (the fleet
+    compares them)."""
+    keys = _DECLARED.keys() if tasks is None else set(tasks) & _DECLARED.keys()
+    return {key: _DECLARED[key] for key in sorted(keys)}

@@ -23,12 +23,7 @@ merges duplicates into it. A declared rate is admitted in the claim's step too: 
 key's window is spent keeps its slot, off the queue, until its due time. No lock or service
 outside pynenc's own store.
 
-Faults. A holder whose runner has sent no heartbeat for the dead-after window is recovered
-through pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key
-and runs before the calls behind it. A runner that was only stalled may still finish that call,
-so the task sends the claim's fencing token (`keyclaim.token(app)`) and the provider refuses a
-call older than the newest it has seen for the key; an outcome that comes back after its claim
-was taken away is not stored. Liveness is judged on the store's clock (keyclaim.clock).
+Faults, liveness and the calls that wait for their rate: keyclaim.recovery.
 
 The upstream change that retires it: per-key holders and lines in `BaseOrchestrator`
 (`claim_for_run`, park at registration, hand-over on a final status), fencing tokens, outcomes
@@ -44,11 +39,11 @@ from pynenc import context
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
 from keyclaim import config, decision, fleet, limits, versions
-from keyclaim.clock import EVER
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
 from keyclaim.keys import key_arguments, waits_in_line
-from keyclaim.store import ClaimStore
+from keyclaim.recovery import ClaimRecovery
+from keyclaim.tokens import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -56,19 +51,13 @@ if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
     from pynenc.runner.runner_context import RunnerContext
 
-# The claim hands its token to the runner on the invocation it yields (another process asks the
-# store for it).
-TOKEN_ATTRIBUTE, SLOT_ATTRIBUTE = "fence_token", "fence_slot"
-# A due time is looked at this much after it: the store's clock (SQLite: /proc/uptime, to the
-# hundredth) must have passed it when the waiting call is released.
-DUE_MARGIN = 0.01
 S = InvocationStatus
 
 
-class AtomicClaim(ClaimStore):
-    """The backend-independent half: the loop that claims, the sweep, and what is recorded.
-    Mixed in before pynenc's own orchestrator of the backend (keyclaim.sqlite_claim,
-    keyclaim.redis_claim), which implements the ClaimStore steps."""
+class AtomicClaim(ClaimRecovery):
+    """The backend-independent half: the loop that claims, and what it records; its recovery
+    is keyclaim.recovery's. Mixed in before pynenc's own orchestrator of the backend
+    (keyclaim.sqlite_claim, keyclaim.redis_claim), which implements the ClaimStore steps."""
 
     app: Any
     BACKEND: str
@@ -78,53 +67,8 @@ class AtomicClaim(ClaimStore):
         versions.check("atomic claim", self.BACKEND)
         if why := config.resolved_problem(app):
             raise Refused(f"atomic claim: {why}")
-        super().__init__(app)  # type: ignore[call-arg]
-        self._next_sweep = 0.0
-        self._unqueued_seen: set[str] = set()
-        self._stuck_seen: set[str] = set()
-        # When (time.monotonic()) a call this process saw wait for its rate may go: then this
-        # process releases every due call (release_due). A process that dies before it does
-        # leaves them to any worker's sweep.
-        self._due_at: float | None = None
-        self._on_queued: list[Callable[[], None]] = []
-
-    # Liveness, on the store's clock, for pynenc too: its recovery tasks and its list of active
-    # runners ask these, and each asked the runner's own wall clock.
-
-    def register_runner_heartbeats(self, runner_ids: list[str], *args: Any, **kwargs: Any) -> None:
-        """pynenc's beat, and the claim's on the store's clock (pynenc 0.4.0 adds the queues
-        a runner consumes: passed on as they come)."""
-        super().register_runner_heartbeats(runner_ids, *args, **kwargs)  # type: ignore[misc]
-        self.beat_in_store(list(runner_ids))
-        fleet.beat(self.app, list(runner_ids))
-
-    def stock_active_runners(self, timeout_seconds: float) -> Any:
-        """pynenc's own list of active runners, on each runner's wall clock (keyclaim.fleet)."""
-        return super()._get_active_runners(timeout_seconds, None)  # type: ignore[misc]
-
-    def _get_active_runners(
-        self, timeout_seconds: float, can_run_atomic_service: Any = None
-    ) -> Any:
-        known = super()._get_active_runners(EVER, can_run_atomic_service)  # type: ignore[misc]
-        silent = self.silent_runners({r.runner_id for r in known}, timeout_seconds)
-        return [r for r in known if r.runner_id not in silent]
-
-    def _get_running_invocations_for_recovery(self, timeout_seconds: float) -> Iterator[Any]:
-        runners = {}
-        for invocation_id in super()._get_running_invocations_for_recovery(-EVER):  # type: ignore[misc]
-            try:
-                runners[invocation_id] = self._record_of(invocation_id).runner_id or ""
-            except KeyError:
-                continue  # purged meanwhile
-        silent = self.silent_runners(set(runners.values()), timeout_seconds, adopt=True)
-        return iter([i for i, runner in runners.items() if runner in silent])
-
-    def get_pending_invocations_for_recovery(self) -> Iterator[Any]:
-        return iter(self.pending_too_long(self.app.conf.max_pending_seconds))
-
-    def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
-        """The invocation's status record (a backend may read it more cheaply than pynenc)."""
-        return self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
+        super().__init__(app)
+        self._fleet_checked = False
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
@@ -138,6 +82,12 @@ class AtomicClaim(ClaimStore):
         """pynenc's registration, with its routing replaced: a keyed call is queued only if it
         becomes its key's holder; otherwise it is parked in its line. Batches (parallelize)
         go the same way, so their keys are indexed too."""
+        if not self._fleet_checked and fleet.joined(self.app) is None:
+            # A producer: refused before its first call if it parks or admits calls otherwise
+            # than a live worker would. A worker was checked as it joined.
+            if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
+                raise Refused(why)
+            self._fleet_checked = True
         runner_ctx = context.get_or_create_runner_context(self.app.app_id)
         self.app.state_backend.upsert_invocations(invocations)
         record = self._register_new_invocations(invocations, runner_ctx.runner_id)  # type: ignore[attr-defined]
@@ -163,60 +113,6 @@ class AtomicClaim(ClaimStore):
         yield from super().get_invocations_to_run(  # type: ignore[misc]
             max_num_invocations, runner_ctx, *args, **kwargs
         )
-
-    def recover_silent_runners(self, runner_ctx: "RunnerContext") -> None:
-        """At most once per beat: what pynenc's recovery tasks do, each invocation in one step
-        (RUNNING under a runner silent for the dead-after window, or PENDING for longer than
-        max_pending_seconds: rerouted and queued again), then the keys' holders are healed.
-
-        pynenc runs its recovery on a cron (every 15 and every 5 minutes by default), in two
-        writes; a call behind a lost holder waits in its line, never claimed, meanwhile.
-        """
-        now = time.monotonic()
-        if now < self._next_sweep:
-            return
-        beat = self.app.conf.atomic_service_check_interval_minutes * 60
-        self._next_sweep = now + beat
-        dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
-        max_pending = self.app.conf.max_pending_seconds
-        lost = [
-            *self.get_running_invocations_for_recovery(),  # type: ignore[attr-defined]
-            *self.get_pending_invocations_for_recovery(),  # type: ignore[attr-defined]
-        ]
-        self.release_due()  # calls whose rate window freed, whoever was to release them
-        for invocation_id in lost:
-            records = self.recover_in_store(
-                invocation_id, runner_ctx.runner_id, dead_after, max_pending
-            )
-            for record in records:
-                self._record(invocation_id, record, runner_ctx)
-            if records:
-                self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
-        self.heal_holders(runner_ctx)
-
-    def heal_holders(self, runner_ctx: "RunnerContext") -> None:
-        """A holder that can no longer pass its key on gets it moving again.
-
-        - It ended without handing the key on (a process without the claim finished it).
-        - It is stuck between two of pynenc's statuses (KILLED, a recovery), seen so on two
-          sweeps in a row (a beat apart, on this process's own clock: no other clock is read):
-          the process that was moving it died in between.
-        - It waits to be claimed but is on no queue: a worker took it off the queue and died
-          before claiming it. A holder on its way from the queue to its claim looks the same
-          for a moment, so it is queued again only when seen so on two sweeps in a row.
-        """
-        ended_or_stuck, unqueued = self.holders_to_heal()
-        again = [i for i in unqueued if i in self._unqueued_seen]
-        stuck = {i for i in ended_or_stuck if i in self._stuck_seen}
-        self._unqueued_seen, self._stuck_seen = set(unqueued), set(ended_or_stuck)
-        todo = [*((i, False) for i in ended_or_stuck), *((i, True) for i in again)]
-        for invocation_id, requeue in todo:
-            records = self.heal_in_store(
-                invocation_id, runner_ctx.runner_id, invocation_id in stuck, requeue
-            )
-            for record in records:
-                self._record(invocation_id, record, runner_ctx)
-            self.app.logger.warning(f"invocation:{invocation_id} holds its key again")
 
     def get_additional_invocations_to_run(
         self,
@@ -291,37 +187,6 @@ class AtomicClaim(ClaimStore):
             setattr(invocation, TOKEN_ATTRIBUTE, decision.token)
             setattr(invocation, SLOT_ATTRIBUTE, decision.slot)
         return decision.verdict
-
-    # A call that waits for its rate: off the queue, holding its slot, until its due time.
-    # Nothing polls for it: the process that saw it wait releases it at its time (the wake
-    # runner's loop waits exactly that long), and any worker's sweep does if that one died.
-
-    def _wake_in(self, seconds: float) -> None:
-        at = time.monotonic() + max(0.0, seconds) + DUE_MARGIN
-        self._due_at = at if self._due_at is None else min(self._due_at, at)
-
-    def until_due(self) -> float | None:
-        """Seconds until this process must release a waiting call; None: none is waiting."""
-        return None if self._due_at is None else max(0.0, self._due_at - time.monotonic())
-
-    def on_queued(self, wake: Callable[[], None]) -> None:
-        """Call wake() whenever this process put a key's next call on the queue: a hand-over
-        at a call's end, or a release at a due time (the wake runner's loop wakes)."""
-        self._on_queued.append(wake)
-
-    def wake_now(self) -> None:
-        for wake in self._on_queued:
-            wake()
-
-    def release_due(self) -> list[str]:
-        """In one step: every call whose rate window has freed goes back on the queue."""
-        self._due_at = None
-        released, next_in = self.release_due_in_store()
-        if next_in is not None:
-            self._wake_in(next_in)
-        if released:
-            self.wake_now()
-        return released
 
     def decide(
         self,
@@ -407,24 +272,6 @@ class AtomicClaim(ClaimStore):
         if self._still_holds(invocation_id, runner_ctx, invocation):
             super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
 
-    def _record(
-        self, invocation_id: str, record: InvocationStatusRecord, runner_ctx: "RunnerContext"
-    ) -> None:
-        """What BaseOrchestrator.set_invocation_status does after its transition."""
-        if record.status.is_final():
-            self.release_waiters(invocation_id)  # type: ignore[attr-defined]
-            self.set_up_invocation_auto_purge(invocation_id)  # type: ignore[attr-defined]
-        self.app.state_backend.add_history(invocation_id, record, runner_ctx)
-        self.app.trigger.report_tasks_status([invocation_id], record.status)
-        self.app.logger.info(f"invocation:{invocation_id} status:{record.status.value}")
-
-    def _route(self, invocation_id: str) -> None:
-        """Put an invocation on its queue (pynenc 0.4.0 routes by the task's queue)."""
-        if route := getattr(self, "route_invocation", None):
-            route(self.app.state_backend.get_invocation(invocation_id))
-        else:
-            self.app.broker.route_invocation(invocation_id)
-
     def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:
         if not queue_hooks:
             return self.app.broker.retrieve_invocation
@@ -438,38 +285,3 @@ class AtomicClaim(ClaimStore):
             return None
 
         return retrieve
-
-
-def token(app: "Pynenc") -> int | None:
-    """The fencing token of the invocation running in this thread; None without the claim."""
-    invocation = context.get_dist_invocation_context(app.app_id)
-    if invocation is None:
-        return None
-    if (issued := getattr(invocation, TOKEN_ATTRIBUTE, None)) is not None:
-        return issued  # handed over with the claim, in this process
-    lookup = getattr(app.orchestrator, "fence_token", None)
-    return lookup(invocation.invocation_id) if lookup else None
-
-
-def slot(app: "Pynenc") -> int | None:
-    """The slot of its key the invocation running in this thread holds (0 with one slot; its
-    fencing token is compared only with its slot's); None without the claim."""
-    invocation = context.get_dist_invocation_context(app.app_id)
-    if invocation is None:
-        return None
-    if (held := getattr(invocation, SLOT_ATTRIBUTE, None)) is not None:
-        return held
-    lookup = getattr(app.orchestrator, "fence_slot", None)
-    return lookup(invocation.invocation_id) if lookup else None
-
-
-def counts(app: "Pynenc") -> dict[str, int] | None:
-    """The claim's own counts: claims made and the tries a conflict cost; None without it."""
-    orchestrator = app.orchestrator
-    return orchestrator.claim_counts() if isinstance(orchestrator, AtomicClaim) else None
-
-
-def waiting(app: "Pynenc") -> int | None:
-    """Calls parked in a line right now, all keys together; None without the claim."""
-    orchestrator = app.orchestrator
-    return orchestrator.waiting() if isinstance(orchestrator, AtomicClaim) else None

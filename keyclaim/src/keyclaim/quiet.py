@@ -1,17 +1,11 @@
 """No trigger lookups for an app whose tasks are no trigger's source.
 
-On every status change, result and failure, pynenc's trigger reads the invocation back from the
-state backend and asks the store for the conditions sourced from its task: two reads through
-SQLite for each, even in an app that declares no trigger. QuietSQLiteTrigger answers "none"
-without reading, for as long as no condition is sourced from any task:
-- one this process registered (pynenc registers a task's declared triggers as its runner
-  starts) switches the lookups on at once;
-- one that another process registered (a runner, for a producer) is found in the store, read
-  at most once a `RECHECK` (1 s); once found, the lookups stay on. A status change in the
-  second before it is found is not reported: the one difference from pynenc's own trigger.
-  A declared trigger that no runner has registered yet is in no store: pynenc's own trigger
-  finds nothing for it either.
-pynenc's own cron triggers (its recovery services) are sourced from no task: they do not count.
+On every status change, result and failure, pynenc's trigger reads the invocation back and asks
+the store for the conditions sourced from its task: two SQLite reads each, even in an app that
+declares no trigger. QuietSQLiteTrigger answers "none" without reading until a condition is
+sourced from a task: registered by this process (its runner, as it starts), or found in the
+store (read at most once a `RECHECK`, 1 s; a status change in the second before is not
+reported). pynenc's own cron triggers (its recovery services) are sourced from no task.
 
 Selected by class name (trigger_cls="QuietSQLiteTrigger": `keyclaim.keep_connections`). Written
 and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). The upstream change that retires

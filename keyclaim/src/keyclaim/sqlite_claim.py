@@ -1,19 +1,16 @@
 """The claim on SQLite: every step is one `BEGIN IMMEDIATE` transaction (one writer at a time).
 
 Selected by class name (orchestrator_cls="AtomicClaimSQLiteOrchestrator"): keyclaim.install.
-Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). Its tables sit under the
-app's pynenc table prefix, so pynenc's purge clears them too. SQLite has no clock of its own,
-and its workers share one host: liveness is read on the host's clock since boot
-(keyclaim.clock), a key's first token on this process's wall clock (the one thing it is used
-for).
+Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions); its tables are
+keyclaim.sqlite_tables'. SQLite has no clock of its own, and its workers share one host:
+liveness is read on the host's clock since boot (keyclaim.clock), a key's first token on this
+process's wall clock (the one thing it is used for).
 
 The upstream change that retires it: the same steps in `SQLiteOrchestrator` itself, with the
 hand-over inside `_atomic_status_transition` (the repo's docs/upstream.md).
 """
 
-import time
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pynenc.invocation.status import (
     InvocationStatus,
@@ -21,12 +18,11 @@ from pynenc.invocation.status import (
     status_record_transition,
 )
 
-from keyclaim import connections, limits
-from keyclaim.clock import BOOT, first_token, host_clock
-from keyclaim.decision import UNMOVING, Decision, Holder, Verdict, free_slot, recovery
+from keyclaim import limits
+from keyclaim.clock import BOOT, host_clock
+from keyclaim.decision import UNMOVING, Decision, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
-from keyclaim.limits import Limit
-from keyclaim.orchestrator import AtomicClaim
+from keyclaim.sqlite_tables import SQLiteClaimTables
 
 if TYPE_CHECKING:
     from pynenc.identifiers.invocation_id import InvocationId
@@ -35,75 +31,12 @@ if TYPE_CHECKING:
 S = InvocationStatus
 
 
-class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestrator):
-    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time)."""
+class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
+    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time), its
+    tables and the writes inside it keyclaim.sqlite_tables'."""
 
     BACKEND = "sqlite"
-
-    def _init_tables(self) -> None:
-        super()._init_tables()
-        p = self.tables.table_prefix  # pynenc's purge clears every table under it
-        # A key's holders, one per slot (keyclaim.limit: up to N), its rate's admissions, and
-        # the holders waiting for their rate window to free (keyclaim/README.md, "N per key").
-        self.holders, self.lines = f"{p}_key_slots", f"{p}_key_lines"
-        self.admitted, self.dues = f"{p}_key_admitted", f"{p}_key_dues"
-        self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
-        self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
-        with self._connect() as conn:
-            for table, columns in (
-                (
-                    self.holders,
-                    "line_key TEXT NOT NULL, slot INTEGER NOT NULL, "
-                    "invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot)",
-                ),
-                (self.admitted, "line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL"),
-                (
-                    self.dues,
-                    "invocation_id TEXT PRIMARY KEY, line_key TEXT NOT NULL, boot TEXT NOT NULL, "
-                    "due REAL NOT NULL",
-                ),
-                (
-                    self.lines,
-                    "seq INTEGER PRIMARY KEY AUTOINCREMENT, line_key TEXT NOT NULL, "
-                    "invocation_id TEXT NOT NULL UNIQUE",
-                ),
-                (self.fence_counters, "fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL"),
-                # Each claim: its token, and when it was made (the host's clock, in its boot).
-                (
-                    self.claimed,
-                    "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, "
-                    "at REAL NOT NULL",
-                ),
-                (self.claim_stats, "name TEXT PRIMARY KEY, value INTEGER NOT NULL"),
-                (self.beats, "runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL"),
-            ):
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.lines}_order ON {self.lines}(line_key, seq)"
-            )
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.admitted}_at ON {self.admitted}(line_key, at)"
-            )
-            queue = self.app.broker.tables.QUEUE
-            columns = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
-        # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
-        self._queue_by_name = "queue_name" in columns
-
-    def _connect(self) -> connections.KeptConnection:
-        """A connection for one step, its transaction committed (or rolled back) as the block
-        ends: kept (keyclaim.connections), or opened for the step (keep_sqlite_connections
-        False), without pynenc's journal-mode pragma, which waits on the database's locks.
-
-        pynenc builds its broker and state backend on first use, and writes as it builds them
-        (0.4.0: the app's info). First used inside a step, that write would wait on the step's
-        own write lock for SQLite's 30 s busy timeout: both are built before the step begins.
-        """
-        _ = (self.app.broker, self.app.state_backend)  # built here, outside any step
-        return connections.POOL.take(self.sqlite_db_path)
-
-    def _begin(self, conn: Any) -> None:
-        """Take the database's write lock: every other step waits here until we commit."""
-        conn.execute("BEGIN IMMEDIATE")
+    KEEPS_BY_DEFAULT = False  # kept connections are keep_connections' choice, not the claim's
 
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
@@ -172,13 +105,6 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
             conn.commit()
         return queued
 
-    def _park(self, conn: Any, line: str, invocation_id: str) -> None:
-        """At the end of its key's line (once: it may already wait there)."""
-        conn.execute(
-            f"INSERT OR IGNORE INTO {self.lines} (line_key, invocation_id) VALUES (?, ?)",
-            (line, invocation_id),
-        )
-
     def _atomic_status_transition(
         self, invocation_id: "InvocationId", status: InvocationStatus, runner_id: str | None = None
     ) -> InvocationStatusRecord:
@@ -216,29 +142,6 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
             conn.commit()
         return records
 
-    def _lost(
-        self,
-        conn: Any,
-        invocation_id: str,
-        record: InvocationStatusRecord,
-        dead_after: float,
-        max_pending: float,
-    ) -> bool:
-        """Still RUNNING under a runner silent for dead_after, or PENDING for max_pending."""
-        if record.status is S.PENDING:
-            return bool(self._pending_too_long(conn, max_pending, invocation_id))
-        if record.status is not S.RUNNING:
-            return False
-        beat = self._beat(conn, record.runner_id or "")
-        return beat is not None and beat < host_clock() - dead_after  # none: see Holder
-
-    def _beat(self, conn: Any, runner_id: str) -> float | None:
-        """The runner's last heartbeat on this host's clock; None if none in this boot."""
-        row = conn.execute(
-            f"SELECT at FROM {self.beats} WHERE runner_id = ? AND boot = ?", (runner_id, BOOT)
-        ).fetchone()
-        return None if row is None else float(row[0])
-
     def beat_in_store(self, runner_ids: list[str]) -> None:
         now = host_clock()
         with self._connect() as conn:
@@ -264,24 +167,6 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
     def pending_too_long(self, window: float) -> list[str]:
         with self._connect() as conn:
             return self._pending_too_long(conn, window)
-
-    def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
-        """PENDING since a claim made more than window seconds ago on this host's clock (or in
-        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp. only:
-        this invocation alone."""
-        rows = conn.execute(
-            f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
-            f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
-            "ON c.invocation_id = i.invocation_id WHERE i.status = ? "
-            "AND (? IS NULL OR i.invocation_id = ?)",
-            (S.PENDING.value, only, only),
-        ).fetchall()
-        since, wall_since = host_clock() - window, time.time() - window
-        return [
-            invocation_id
-            for invocation_id, stamp, boot, at in rows
-            if (stamp < wall_since if boot is None else boot != BOOT or at < since)
-        ]
 
     def holders_to_heal(self) -> tuple[list[str], list[str]]:
         queue = self.app.broker.tables.QUEUE
@@ -328,81 +213,6 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
             conn.commit()
         return written
 
-    def _queued(self, conn: Any, invocation_id: str) -> bool:
-        queue = self.app.broker.tables.QUEUE
-        found = conn.execute(f"SELECT 1 FROM {queue} WHERE invocation_id = ?", (invocation_id,))
-        return found.fetchone() is not None
-
-    def _release(self, conn: Any, invocation_id: str) -> str | None:
-        """A final invocation lets go of its slot (the head of its line takes it, and is
-        returned), or of its place in a line."""
-        conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
-        row = conn.execute(
-            f"SELECT line_key, slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
-        ).fetchone()
-        if row is None:
-            conn.execute(f"DELETE FROM {self.lines} WHERE invocation_id = ?", (invocation_id,))
-            return None
-        line, slot = row
-        head = conn.execute(
-            f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
-            (line,),
-        ).fetchone()
-        if head is None:
-            conn.execute(f"DELETE FROM {self.holders} WHERE invocation_id = ?", (invocation_id,))
-            return None
-        conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
-        conn.execute(
-            f"UPDATE {self.holders} SET invocation_id = ? WHERE line_key = ? AND slot = ?",
-            (head[1], line, slot),
-        )
-        self._queue(conn, head[1])
-        return str(head[1])
-
-    def _holders(self, conn: Any, line: str) -> list[Holder]:
-        """The key's holders, one per slot taken; one that ended without letting go (a process
-        without the claim finished it) hands its slot on first."""
-        rows = conn.execute(
-            f"SELECT invocation_id, slot FROM {self.holders} WHERE line_key = ? ORDER BY slot",
-            (line,),
-        ).fetchall()
-        holders = []
-        for invocation_id, slot in rows:
-            record = self._status(conn, invocation_id)
-            if record is None or record.status.is_final():
-                self._release(conn, invocation_id)
-                return self._holders(conn, line)
-            beat = self._beat(conn, record.runner_id or "")
-            holders.append(Holder(invocation_id, record, beat, int(slot)))
-        return holders
-
-    def _rate_free_at(self, conn: Any, line: str, limit: Limit, now: float) -> float | None:
-        """None when the key's rate admits a call now; else when its window frees (this host's
-        clock). Admissions of an earlier boot are forgotten (see keyclaim/README.md)."""
-        if limit.rate is None:
-            return None
-        times = [
-            at
-            for (at,) in conn.execute(
-                f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
-                "ORDER BY at",
-                (line, BOOT, now - limit.window),
-            ).fetchall()
-        ]
-        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
-
-    def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
-        """A call admitted: counted in its key's rate window (older admissions pruned), and no
-        longer waiting for it."""
-        conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
-        if limit.rate is None:
-            return
-        conn.execute(
-            f"DELETE FROM {self.admitted} WHERE line_key = ? AND (boot != ? OR at <= ?)",
-            (line, BOOT, now - limit.window),
-        )
-        conn.execute(f"INSERT INTO {self.admitted} VALUES (?, ?, ?)", (line, BOOT, now))
-
     def release_due_in_store(self) -> tuple[list[str], float | None]:
         with self._connect() as conn:
             # A read first, without the write lock: most sweeps find nothing waiting.
@@ -430,69 +240,6 @@ class AtomicClaimSQLiteOrchestrator(AtomicClaim, connections.KeptSQLiteOrchestra
             ).fetchone()
             conn.commit()
         return released, None if first is None else max(0.0, first - now)
-
-    def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
-        row = conn.execute(
-            f"SELECT status, status_runner_id, status_timestamp FROM {self.tables.INVOCATIONS} "
-            "WHERE invocation_id = ?",
-            (invocation_id,),
-        ).fetchone()
-        if row is None:
-            return None
-        return InvocationStatusRecord(S(row[0]), row[1], datetime.fromtimestamp(row[2], tz=UTC))
-
-    def _write_status(self, conn: Any, invocation_id: str, record: InvocationStatusRecord) -> None:
-        conn.execute(
-            f"UPDATE {self.tables.INVOCATIONS} SET status = ?, status_runner_id = ?, "
-            "status_timestamp = ? WHERE invocation_id = ?",
-            (record.status.value, record.runner_id, record.timestamp.timestamp(), invocation_id),
-        )
-
-    def _index(self, conn: Any, invocation: "DistributedInvocation") -> None:
-        for arg, value in invocation.call.serialized_arguments.items():
-            conn.execute(
-                f"INSERT OR REPLACE INTO {self.tables.INVOCATION_ARGS} "
-                "(invocation_id, arg_key, arg_value) VALUES (?, ?, ?)",
-                (invocation.invocation_id, arg, value),
-            )
-
-    def _queue(self, conn: Any, invocation_id: str) -> None:
-        """pynenc's SQLite broker's own insert, inside our transaction."""
-        queue = self.app.broker.tables.QUEUE
-        if self._queue_by_name:
-            task = self.app.state_backend.get_invocation(invocation_id).task
-            conn.execute(
-                f"INSERT INTO {queue} (invocation_id, queue_name, priority, created_at) "
-                "VALUES (?, ?, ?, julianday('now'))",
-                (invocation_id, task.broker_queue, task.broker_priority),
-            )
-        else:
-            conn.execute(
-                f"INSERT INTO {queue} (invocation_id, created_at) VALUES (?, julianday('now'))",
-                (invocation_id,),
-            )
-
-    def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
-        """The key's next fencing token, written with the claim itself, and when it was made.
-        A key's first token is the time (first_token); SQLite has no clock of its own, so on
-        SQLite that is this process's wall clock, used for nothing else."""
-        (issued,) = conn.execute(
-            f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
-            "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",
-            (key, first_token(time.time())),
-        ).fetchone()
-        conn.execute(
-            f"INSERT OR REPLACE INTO {self.claimed} VALUES (?, ?, ?, ?)",
-            (invocation_id, issued, BOOT, host_clock()),
-        )
-        return int(issued)
-
-    def _count(self, conn: Any, name: str, by: int = 1) -> None:
-        conn.execute(
-            f"INSERT INTO {self.claim_stats} VALUES (?, ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-            (name, by),
-        )
 
     def _record_of(self, invocation_id: str) -> InvocationStatusRecord:
         with self._connect() as conn:

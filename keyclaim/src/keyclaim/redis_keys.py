@@ -1,0 +1,172 @@
+"""The claim on Redis: its keys, and the watched transaction every step of it runs in.
+
+The base of keyclaim.redis_claim's orchestrator. Its keys sit under the app's pynenc key
+prefix. Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0 (keyclaim.versions);
+retired with keyclaim.redis_claim.
+"""
+
+import json
+import random
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pynenc.exceptions import InvocationStatusError
+from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
+from pynenc_redis.orchestrator import RedisOrchestrator
+from redis.client import Pipeline
+from redis.exceptions import WatchError
+
+from keyclaim.decision import Holder
+from keyclaim.orchestrator import AtomicClaim
+
+if TYPE_CHECKING:
+    from pynenc.invocation.dist_invocation import DistributedInvocation
+
+    from keyclaim.limits import Limit
+
+S = InvocationStatus
+# A claim whose watched keys keep changing is tried this often, with growing pauses.
+REDIS_ATTEMPTS = 50
+BACKOFF_SECONDS = (0.001, 0.05)  # first pause, longest pause
+
+
+class StatusContention(InvocationStatusError):
+    """A watched status change that other writers kept beating, every time it was tried."""
+
+
+def seconds_of(redis_time: tuple[int, int]) -> float:
+    """Redis TIME (seconds, microseconds) as seconds."""
+    return redis_time[0] + redis_time[1] / 1_000_000
+
+
+class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
+    """The claim's keys in Redis, and its transaction: a concurrent write to anything a step
+    watched fails the EXEC, and the whole read-decide-write is tried again on fresh data: the
+    check and the write are one step. The tries are bounded and spaced out; a claim that still
+    cannot get through goes back on the queue."""
+
+    attempts = REDIS_ATTEMPTS
+
+    def _transaction[T](
+        self, step: Callable[["Pipeline"], T], *watched: str
+    ) -> tuple[T | None, int]:
+        """step(pipe) under WATCH, then EXEC; again on a WatchError, after a growing pause.
+
+        step may WATCH more keys once it knows them. Returns step's value and how many
+        tries failed; (None, attempts) when none got through.
+        """
+        for attempt in range(self.attempts):
+            with self.client.pipeline() as pipe:
+                try:
+                    if watched:
+                        pipe.watch(*watched)
+                    value = step(pipe)
+                    pipe.execute()
+                    return value, attempt
+                except WatchError:
+                    time.sleep(self._backoff(attempt))
+        return None, self.attempts
+
+    def _backoff(self, attempt: int) -> float:
+        """The pause after a failed try: it doubles with each one, up to the longest, and
+        jitters, so that claimers who collided do not collide again in step."""
+        first, longest = BACKOFF_SECONDS
+        pause = min(longest, first * 2**attempt)
+        return random.uniform(pause / 2, pause)
+
+    def _k(self, *parts: str) -> str:
+        return self.key.prefix + ":".join(parts)
+
+    def _hold(self, pipe: Pipeline, line: str, slot: int, invocation_id: str) -> None:
+        """Write (inside MULTI) that the invocation holds this slot of the key."""
+        pipe.hset(self._k("slots", line), str(slot), invocation_id)
+        pipe.set(self._k("holds", invocation_id), line)
+        pipe.set(self._k("slot", invocation_id), slot)
+        pipe.sadd(self._k("holders"), invocation_id)
+
+    def _plan_release(self, pipe: Pipeline, invocation_id: str) -> list[Callable[[Pipeline], Any]]:
+        """Read (watched) what a final invocation lets go of; return the writes to do so: its
+        slot goes to the head of its line, or its place in a line is given up."""
+        holds, parked = self._k("holds", invocation_id), self._k("parked", invocation_id)
+        slot_key, dues = self._k("slot", invocation_id), self._k("dues")
+        pipe.watch(holds, parked, slot_key)
+        if (line := pipe.get(holds)) is None:
+            if (waiting_in := pipe.get(parked)) is None:
+                return [lambda p: p.zrem(dues, invocation_id)]
+            waiting = self._k("line", waiting_in.decode())
+            return [lambda p: p.lrem(waiting, 1, invocation_id), lambda p: p.delete(parked)]
+        line = line.decode()
+        slot = (pipe.get(slot_key) or b"0").decode()
+        slots, queue = self._k("slots", line), self._k("line", line)
+        pipe.watch(slots, queue)
+        holders = self._k("holders")
+        writes: list[Callable[[Pipeline], Any]] = [
+            lambda p: p.delete(holds, slot_key),
+            lambda p: p.srem(holders, invocation_id),
+            lambda p: p.zrem(dues, invocation_id),
+        ]
+        head = pipe.lindex(queue, 0)
+        if head is None:
+            return [*writes, lambda p: p.hdel(slots, slot)]
+        head = head.decode()
+        return [
+            *writes,
+            lambda p: p.lpop(queue),
+            lambda p: p.delete(self._k("parked", head)),
+            lambda p: self._hold(p, line, int(slot), head),
+            lambda p: p.rpush(self.app.broker.key.default_queue(), head),
+        ]
+
+    def _holders(self, pipe: Pipeline, line: str) -> list[Holder]:
+        """The key's holders, one per slot taken, watched along with their statuses; a final
+        one lets go of its slot first."""
+        slots_key = self._k("slots", line)
+        pipe.watch(slots_key, self._k("line", line))
+        taken = sorted((int(k), v.decode()) for k, v in pipe.hgetall(slots_key).items())
+        holders = []
+        for slot, holder_id in taken:
+            pipe.watch(self.key.invocation_to_status(holder_id))
+            record = self._read_status(pipe, holder_id)
+            if record is None or record.status.is_final():
+                # Ended without letting go: free the slot here, and let the next claim see it.
+                writes = self._plan_release(pipe, holder_id)  # it WATCHes: before MULTI
+                pipe.multi()
+                for write in writes:
+                    write(pipe)
+                pipe.execute()
+                raise WatchError("a stale holder was released: read again")
+            beat = pipe.hget(self._k("beats"), record.runner_id or "")
+            holders.append(Holder(holder_id, record, float(beat) if beat else None, slot))
+        return holders
+
+    def _rate_free_at(self, pipe: Pipeline, line: str, limit: "Limit", now: float) -> float | None:
+        """None when the key's rate admits a call now; else when its window frees (Redis
+        TIME). The window is watched: two claims cannot both take its last place."""
+        if limit.rate is None:
+            return None
+        admitted = self._k("admitted", line)
+        pipe.watch(admitted)
+        since = f"({now - limit.window}"  # exclusive: as SQLite's at > now - window
+        times = [t for _, t in pipe.zrangebyscore(admitted, since, "+inf", withscores=True)]
+        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
+
+    def _index(self, pipe: Pipeline, invocation: "DistributedInvocation") -> None:
+        task_key = invocation.task.task_id.key
+        for arg, value in invocation.call.serialized_arguments.items():
+            pipe.sadd(self.key.args(task_key, arg, value), invocation.invocation_id)
+
+    def _read_status(self, pipe: Pipeline, invocation_id: str) -> InvocationStatusRecord | None:
+        raw = pipe.get(self.key.invocation_to_status(invocation_id))
+        return InvocationStatusRecord.from_json(json.loads(raw)) if raw else None
+
+    def _write_status(
+        self,
+        pipe: Pipeline,
+        invocation_id: str,
+        old: InvocationStatus,
+        new: InvocationStatusRecord,
+    ) -> None:
+        pipe.srem(self.key.status_to_invocations(old), invocation_id)
+        pipe.sadd(self.key.status_to_invocations(new.status), invocation_id)
+        pipe.set(self.key.invocation_to_status(invocation_id), json.dumps(new.to_json()))
