@@ -1,7 +1,4 @@
-"""Scenario E's figures: what one busy account did to the quiet ones beside it, and how it ran.
-
-Read from the provider's clock and pynenc's histories once E's run is over (demo/steps.py).
-"""
+"""Scenario E's figures: what one busy account did to the quiet ones beside it, and how it ran."""
 
 import math
 import statistics

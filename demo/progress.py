@@ -1,8 +1,7 @@
 """One line that shows a scenario's progress while it runs, on a terminal only.
 
-It updates in place (invocations finished, calls and collisions so far, elapsed) and vanishes
-when the scenario ends, where its summary takes over. Pipes, CI logs, NO_COLOR and TERM=dumb
-get nothing of it: rich's Console knows what it is writing to.
+It updates in place and vanishes when the scenario ends, where its summary takes over. Pipes,
+CI logs, NO_COLOR and TERM=dumb get nothing of it: rich's Console knows what it writes to.
 """
 
 import contextlib

@@ -1,10 +1,6 @@
 """The demo's stack: the API and the workers (and a private Redis), started and stopped together.
 
-They start on the environment they are given, are checked on every poll, and stop together
-whatever happens. What they run is handed in (Sample): the children name it on their command
-lines; this process's own app comes from the caller.
-
-sample.py runs the demo on one; the tests start their API and workers through one too:
+What they run is handed in (Sample). sample.py runs the demo on one; the tests start theirs too:
 
     with Stack(env, log_dir, Sample("tasks.app", "api_server:app", load_app)) as stack:
         stack.start(workers=1)          # fresh state, the API and a worker, both ready
@@ -59,7 +55,6 @@ class Stack(contextlib.AbstractContextManager):
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
     env: the settings the children are built from (demo/flags.py), on top of this process's.
-    sample: what the children and this process run.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
     """
 

@@ -1,8 +1,6 @@
 """One scenario's steps against a running API and workers: enqueue, wait, read what happened.
 
-enqueue.py's run() takes them in turn, after a reset of the provider: enqueue every payload
-through the scenario's task, wait until each invocation is final (a progress line on a
-terminal meanwhile), read the provider's counts and pynenc's statuses into an Outcome.
+enqueue.py's run() takes them in turn, after a reset of the provider.
 """
 
 import logging
@@ -102,11 +100,8 @@ def wait_finished(
     check: Callable[[], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Poll until every invocation is final or the deadline passes; never blocks on a result.
-
-    One query per poll for all that are still pending: the worker shares the database.
-    progress, if given, hears (finished, total) on every poll.
-    """
+    """Poll until every invocation is final or the deadline passes, one query per poll for all
+    still pending; progress, if given, hears (finished, total) on every poll."""
     deadline = time.monotonic() + timeout
     pending = set(ids)
     while pending:
