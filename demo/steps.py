@@ -152,6 +152,7 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         free = {n: a["calls"] - 1 - a["collisions"] for n, a in report["accounts"].items()}
         late = [f"{n}: called again once the key was free" for n in free for _ in range(free[n])]
     waited_for = set(sent.waited)
+    pending = {i: s for i, s in statuses.items() if not s.is_final()}
     found = Outcome(
         scenario=sent.scenario,
         shape=sent.shape,
@@ -164,10 +165,8 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         timeline=provider.timeline(),
         window=(sent.began, time.time()),
         late=late,
-        unfinished={
-            i: s.value for i, s in statuses.items() if i in waited_for and not s.is_final()
-        },
-        abandoned=sum(1 for i, s in statuses.items() if i not in waited_for and not s.is_final()),
+        unfinished={i: s.value for i, s in pending.items() if i in waited_for},
+        abandoned=sum(1 for i in pending if i not in waited_for),
     )
     if sent.scenario.measure:
         # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.
