@@ -133,10 +133,8 @@ def checked(
         try:
             runners, why_none = heartbeats.awaited(app, say, refused=mixed)
         except KeyboardInterrupt:
-            print(
-                "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
-                file=sys.stderr,
-            )
+            waiting = "interrupted while waiting for a worker; nothing was enqueued"
+            print(f"\nenqueue.py: {waiting}", file=sys.stderr)
             return 130
         if why := mixed():  # its calls would break the claim
             say(why)

@@ -38,9 +38,8 @@ class Announced(BaseRunner):
         backend = settings.get("DEMO_BACKEND")
         state = settings.get("REDIS_URL") if backend == "redis" else settings.get("DEMO_DB")
         claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"
-        runs = next(
-            c for c in type(self).__mro__ if c.__module__.startswith(("pynenc", "keyclaim"))
-        )
+        libraries = ("pynenc", "keyclaim")  # the first class of theirs is what it runs
+        runs = next(c for c in type(self).__mro__ if c.__module__.startswith(libraries))
         print(
             f"worker: {backend} {state}, {runs.__name__} on {deciding(self.app)}, atomic claim "
             f"{claim}, calling the API at {settings.api_url()}",
@@ -91,10 +90,8 @@ CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner,
 
 def for_claim() -> dict[str, object]:
     """keyclaim.install's runner arguments for DEMO_RUNNER."""
-    return {
-        "runner": CLAIM_RUNNER.get(settings.get("DEMO_RUNNER")),
-        "drain_deadline": settings.drain_deadline(),
-    }
+    runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
+    return {"runner": runner, "drain_deadline": settings.drain_deadline()}
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:

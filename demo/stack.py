@@ -179,9 +179,8 @@ class Stack(contextlib.AbstractContextManager):
         self._lives[number] += 1
         life = self._lives[number]
         argv = [sys.executable, "-m", "pynenc", "--app", self.sample.workers, "runner", "start"]
-        log = self.log_dir / (
-            f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
-        )
+        again = "" if life == 1 else f".{life}"
+        log = self.log_dir / f"worker-{number}{again}.log"
         cwd = self.worker_cwd(number)
         env = {**self.env, **(env or {})}
         # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
@@ -206,9 +205,8 @@ class Stack(contextlib.AbstractContextManager):
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
         # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (
-            why := keyclaim.inspect.redis_problem(url)
-        ):
+        claim = self.setting("DEMO_ATOMIC_CLAIM") == "1"
+        if claim and (why := keyclaim.inspect.redis_problem(url)):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def workers_up(self, fresh: list[Child]) -> bool:
@@ -233,9 +231,5 @@ class Stack(contextlib.AbstractContextManager):
 
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
-        wait_until(
-            lambda: self.workers_up(fresh),
-            self.ready_timeout,
-            f"{len(fresh)} worker(s) to register as active runners",
-            check=all_alive,
-        )
+        workers = f"{len(fresh)} worker(s) to register as active runners"
+        wait_until(lambda: self.workers_up(fresh), self.ready_timeout, workers, check=all_alive)
