@@ -1,9 +1,8 @@
 """What enqueue.py checks before it enqueues, and what it says when the terminals disagree.
 
-Each in one line, with its exit code: an API that answers; a worker on its state (one still
-starting is waited for); the same claim settings as the live workers; no other run on the
-provider; nothing an earlier run left unfinished. Mid-run: every worker gone, or the workers
-calling another API. What a run that gives up leaves behind, demo/unfinished.py finds and ends.
+Before: an API, a live worker (one starting is waited for) with the claim settings of the others,
+no other run, nothing an earlier run left unfinished. Mid-run: no worker left, or workers calling
+another API. Each is said in one line, with its exit code.
 """
 
 import argparse
@@ -26,16 +25,14 @@ WORKERS_APP = "tasks.app"
 NO_WORKER_EXIT = 3  # enqueue.py's exit code when no worker runs, or none is left
 BUSY_EXIT = 4  # when another run owns the provider
 
-
 # What a worker must share with this terminal to run its calls as this run expects.
 SHARED = ("DEMO_API_HOST", "DEMO_API_PORT", "DEMO_ATOMIC_CLAIM", "DEMO_DEAD_AFTER")
 SHARED += ("DEMO_CALL_TIMEOUT", "DEMO_RUNNER")
 
 
 def state_and_start(api: Mapping[str, str]) -> tuple[str, str]:
-    """Where the workers should be, and the command that starts one there: with this
-    terminal's settings that differ from the defaults (api: the API's address, as its flags
-    say), so that it runs as this one expects."""
+    """Where the workers should be, and the command that starts one there with this terminal's
+    settings that differ from the defaults (api: the API's address, as its flags say)."""
     start = settings.command(f"pynenc --app {WORKERS_APP} runner start", api, SHARED)
     if settings.get("DEMO_BACKEND") == "redis":
         return f"the Redis at {settings.get('REDIS_URL')}", start
@@ -136,10 +133,8 @@ def checked(
         try:
             runners, why_none = heartbeats.awaited(app, say, refused=mixed)
         except KeyboardInterrupt:
-            print(
-                "\nenqueue.py: interrupted while waiting for a worker; nothing was enqueued",
-                file=sys.stderr,
-            )
+            waiting = "interrupted while waiting for a worker; nothing was enqueued"
+            print(f"\nenqueue.py: {waiting}", file=sys.stderr)
             return 130
         if why := mixed():  # its calls would break the claim
             say(why)

@@ -12,10 +12,9 @@ import tempfile
 from contextlib import closing
 from pathlib import Path
 
-# A run deletes its SQLite file first, so it deletes only this demo's: pynenc 0.3.1 names every
-# table it creates there (broker, orchestrator, state backend, triggers, client data) after the
-# app, {app_id}_{8 hex of sha256(app_id)}__{component}_... (pynenc.util.sqlite_utils), and the
-# atomic claim's tables share the orchestrator's prefix. tasks.py's app_id is this one.
+# This demo's tables: pynenc 0.3.1 names every one (broker, orchestrator, state backend,
+# triggers, client data) {app_id}_{8 hex of sha256(app_id)}__{component}_... (sqlite_utils), and
+# the atomic claim's share the orchestrator's prefix. tasks.py's app_id is this one.
 APP_ID = "concurrency_demo"
 TABLE_PREFIX = f"{APP_ID}_{hashlib.sha256(APP_ID.encode()).hexdigest()[:8]}__"
 SQLITE_HEADER = b"SQLite format 3\x00"

@@ -63,12 +63,10 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     add_option(parser, "--host", "DEMO_API_HOST", "the API's host")
     add_option(parser, "--port", "DEMO_API_PORT", "the API's port")
     parser.add_argument("--no-chart", action="store_true", help="skip the lane charts")
-    add_option(
-        parser, "--monitor-url", "DEMO_MONITOR_URL", "where `pynenc monitor` answers, for the links"
-    )
-    parser.add_argument(
-        "--no-links", action="store_true", help="print no links into the monitor's timeline"
-    )
+    monitor = "where `pynenc monitor` answers, for the links"
+    add_option(parser, "--monitor-url", "DEMO_MONITOR_URL", monitor)
+    no_links = "print no links into the monitor's timeline"
+    parser.add_argument("--no-links", action="store_true", help=no_links)
 
 
 def enqueue_parser(choices: list[str], description: str) -> argparse.ArgumentParser:
@@ -77,11 +75,8 @@ def enqueue_parser(choices: list[str], description: str) -> argparse.ArgumentPar
     parser = argparse.ArgumentParser(prog="enqueue.py", description=description)
     parser.add_argument("scenario", choices=choices)
     add_shape_arguments(parser)
-    parser.add_argument(
-        "--atomic-claim",
-        action="store_true",
-        help="refused: the claim is read from DEMO_ATOMIC_CLAIM=1, set in every terminal",
-    )
+    refused = "refused: the claim is read from DEMO_ATOMIC_CLAIM=1, set in every terminal"
+    parser.add_argument("--atomic-claim", action="store_true", help=refused)
     return parser
 
 
@@ -95,13 +90,11 @@ class StackParser(argparse.ArgumentParser):
         workers = within(settings.whole_number, 1, 16)
         self.add_argument("--workers", type=workers, default=1, help="runner processes to start")
         add_option(self, "--db", "DEMO_DB", "SQLite file")
-        add_option(
-            self,
-            "--backend",
-            "DEMO_BACKEND",
+        state = (
             "where pynenc keeps its state: sqlite or redis; redis uses REDIS_URL if set, "
-            "else starts a private redis-server",
+            "else starts a private redis-server"
         )
+        add_option(self, "--backend", "DEMO_BACKEND", state)
         add_claim_arguments(self)
         self.add_argument(
             "--runner",
@@ -111,22 +104,16 @@ class StackParser(argparse.ArgumentParser):
             f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
             "processes) or ProcessRunner",
         )
-        self.add_argument(
-            "--noisy", action="store_true", help="also run E: one busy account beside quiet ones"
-        )
+        noisy = "also run E: one busy account beside quiet ones"
+        self.add_argument("--noisy", action="store_true", help=noisy)
         self.add_argument(
             "--limits",
             action="store_true",
             help="also run F (up to N calls in flight per account) and G (at most R calls a "
             "second per account): with --atomic-claim, which enforces them",
         )
-        add_option(
-            self,
-            "--ready-timeout",
-            "DEMO_READY_TIMEOUT",
-            "deadline for the API and the workers to come up",
-            metavar="S",
-        )
+        ready = "deadline for the API and the workers to come up"
+        add_option(self, "--ready-timeout", "DEMO_READY_TIMEOUT", ready, metavar="S")
 
     def parse_args(self, *args, **kwargs) -> argparse.Namespace:  # type: ignore[override]
         parsed = super().parse_args(*args, **kwargs)
@@ -144,21 +131,13 @@ def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
         help="check the key and claim in one atomic step, so one call per account holds across "
         "workers and under faults (env DEMO_ATOMIC_CLAIM=1; keyclaim/README.md)",
     )
-    add_option(
-        parser,
-        "--dead-after",
-        "DEMO_DEAD_AFTER",
-        "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered",
-        metavar="S",
-    )
-    add_option(
-        parser,
-        "--call-timeout",
-        "DEMO_CALL_TIMEOUT",
+    dead = "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered"
+    add_option(parser, "--dead-after", "DEMO_DEAD_AFTER", dead, metavar="S")
+    longest = (
         "the task's HTTP timeout: the longest a call stays in flight, and about how long a "
-        "stopping thread or wake worker drains its calls; --dead-after must be longer",
-        metavar="S",
+        "stopping thread or wake worker drains its calls; --dead-after must be longer"
     )
+    add_option(parser, "--call-timeout", "DEMO_CALL_TIMEOUT", longest, metavar="S")
 
 
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = scenarios.THREADS) -> Shape:

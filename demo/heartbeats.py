@@ -46,12 +46,10 @@ def alive(beats: Iterable[tuple[str | None, int | None, str | None, float]]) -> 
     """The runners among (class, pid, host, last beat) that are still there. The demo's
     workers store their context (pid, host) as they start (demo/runners.py); for a runner
     without one, the beat alone counts."""
-    here, now = socket.gethostname(), time.time()
+    here, now, alive_here = socket.gethostname(), time.time(), keyclaim.inspect.alive_here
     found = []
     for cls, pid, host, beat in beats:
-        if now - beat > ALIVE_WITHIN or (
-            pid and host == here and not keyclaim.inspect.alive_here(pid)
-        ):
+        if now - beat > ALIVE_WITHIN or (pid and host == here and not alive_here(pid)):
             continue
         found.append(Runner(cls, pid, host, now - beat))
     return found

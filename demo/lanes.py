@@ -72,12 +72,9 @@ def _axis(span: float, width: int, indent: int) -> str:
 
 def render(calls: Sequence[dict], colour: bool | None = None, width: int | None = None) -> str:
     """The chart as text; calls carry account_id, op, start, end (seconds) and collided."""
+    finished = [c for c in calls if c.get("end") is not None]
     # A replayed call and a 409 were answered at once, applied nowhere: no bar.
-    finished = [
-        c
-        for c in calls
-        if c.get("end") is not None and not (c.get("replayed") or c.get("conflict"))
-    ]
+    finished = [c for c in finished if not (c.get("replayed") or c.get("conflict"))]
     if not finished:
         return "  (the provider saw no calls)"
     colour = use_colour() if colour is None else colour

@@ -32,11 +32,9 @@ def run(
     Its own lines start with `prog`."""
     # A private Redis stops with this run, and with it everything the monitor would show.
     private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
-    env = flags.environment(args)
-    log_dir = Path(settings.get("DEMO_LOG_DIR"))
-    stack = make(
-        env, log_dir, sample, ready_timeout=args.ready_timeout, private_redis=private_redis
-    )
+    env, log_dir = flags.environment(args), Path(settings.get("DEMO_LOG_DIR"))
+    ready = args.ready_timeout
+    stack = make(env, log_dir, sample, ready_timeout=ready, private_redis=private_redis)
     command = None if private_redis else settings.command("pynenc monitor", env)
     view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
@@ -71,8 +69,7 @@ def run(
 def stage(args: argparse.Namespace, stack: Stack, runner: str) -> Stage:
     """Where the scenarios run on this stack: its provider, the run's size with the floors
     counting every worker's threads, the deadline, and the stack's check on every poll."""
-    threads = runners.slots_per_worker(runner)
-    shape = flags.shape(args, workers=args.workers, threads=threads)
+    shape = flags.shape(args, args.workers, runners.slots_per_worker(runner))
     on = Stage(stack.provider, shape, args.timeout)
     on.check = lambda: stack.check(on.where)
     return on

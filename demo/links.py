@@ -13,9 +13,8 @@ FINE_SPAN_SECONDS = 15.0
 
 
 def _utc(epoch: float) -> str:
-    return (
-        datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
-    )
+    utc = datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds")
 
 
 def timeline_url(base: str, start: float, end: float) -> str:

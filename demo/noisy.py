@@ -1,7 +1,4 @@
-"""Scenario E's figures: what one busy account did to the quiet ones beside it, and how it ran.
-
-Read from the provider's clock and pynenc's histories once E's run is over (demo/steps.py).
-"""
+"""Scenario E's figures: what one busy account did to the quiet ones beside it, and how it ran."""
 
 import math
 import statistics
@@ -31,11 +28,8 @@ class Figures:
     reroutes: float
 
     def lines(self) -> list[str]:
-        order = (
-            "in enqueue order"
-            if not self.hot_out_of_place
-            else f"{self.hot_out_of_place} of them out of enqueue order"
-        )
+        late = self.hot_out_of_place
+        order = f"{late} of them out of enqueue order" if late else "in enqueue order"
         return [
             f"  quiet accounts: {statistics.median(self.quiet_waits):.2f}s median, "
             f"{max(self.quiet_waits):.2f}s longest, from enqueue to their call",
@@ -61,19 +55,15 @@ def measure(
     (sent_at) and the invocations' histories: what the quiet accounts waited, how the busy one
     ran against its floor (a call's hold over its slots, per call)."""
     hot = HOT_ACCOUNT
-    calls = [
-        c
-        for c in timeline
-        if not (c.get("fenced") or c.get("replayed") or c.get("conflict")) and c["end"] is not None
-    ]
+    unapplied = ("fenced", "replayed", "conflict")
+    calls = [c for c in timeline if not any(c.get(k) for k in unapplied) and c["end"] is not None]
     first_start: dict[str, float] = {}
     for call in sorted(calls, key=lambda c: c["start"]):
         first_start.setdefault(call["account_id"], call["start"])
     waits = [first_start[a] - sent_at[a] for a in sent_at if a != hot and a in first_start]
     hot_calls = sorted((c for c in calls if c["account_id"] == hot), key=lambda c: c["start"])
-    span = max((c["end"] for c in hot_calls), default=0.0) - min(
-        (c["start"] for c in hot_calls), default=0.0
-    )
+    ends, starts = [c["end"] for c in hot_calls], [c["start"] for c in hot_calls]
+    span = max(ends, default=0.0) - min(starts, default=0.0)
     ops = [c["op"] for c in hot_calls]
     out_of_place = sum(1 for op, want in zip(ops, sorted(ops), strict=True) if op != want)
     finished = app.orchestrator.filter_final(ids)[:HISTORIES_READ]

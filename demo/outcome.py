@@ -1,7 +1,4 @@
-"""What a scenario's run came to, and which of its promises did not hold.
-
-An Outcome holds the provider's counts, each invocation's status and the run's window.
-"""
+"""What a scenario's run came to, and which of its promises did not hold."""
 
 from collections import Counter
 from dataclasses import dataclass, field
@@ -62,8 +59,7 @@ class Outcome:
 
     @property
     def applied(self) -> int:
-        """Calls the provider applied: every call but the fenced, throttled, replayed and 409
-        ones."""
+        """Calls the provider applied: all but the fenced, throttled, replayed and 409 ones."""
         return self.calls - self.fenced - self.throttled - self.replayed - self.conflicts
 
     @property

@@ -20,10 +20,8 @@ class RunRefused(Exception):
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """Raise RunRefused, before anything starts, for a busy port (1), a database SQLite cannot
-    create or a file that is not this demo's database to delete (2), or an atomic claim on a
-    pynenc it was not tested with or with windows (dead-after, call timeout) that would lie (2):
-    sample.py's flags, args."""
+    """Raise RunRefused for sample.py's flags (args) before anything starts: a busy port exits
+    1, each other refusal 2."""
     host, port, backend, db, claim = args.host, args.port, args.backend, args.db, args.atomic_claim
     if port_in_use(host, port):
         raise RunRefused(
@@ -49,8 +47,7 @@ def preflight(args: argparse.Namespace) -> None:
 
 
 def fresh_sqlite(path: str) -> None:
-    """Each run starts from an empty database: no invocation of an earlier run can leak in.
-    Only this demo's database goes (refuse_unless_ours); any other file stays untouched."""
+    """Delete the database before a run, only if it is this demo's (refuse_unless_ours)."""
     refuse_unless_ours(path)
     database.delete(path)
 
@@ -66,9 +63,8 @@ def refuse_unless_ours(path: str) -> None:
 
 
 def refuse_if_in_use(store: str, runners: list[heartbeats.Runner], instead: str) -> None:
-    """RunRefused (1) while a worker runs on the state a run would start by emptying: never
-    delete the state of a session still running (the four-terminal way's worker, another
-    sample.py). `instead`: the flag that gives the run a state of its own."""
+    """RunRefused (1) while a worker runs on the state a run would start by emptying (the
+    four-terminal way's, another sample.py's). `instead`: the flag that gives it one of its own."""
     if runners:
         raise RunRefused(
             f"{store} is in use by a running worker ({heartbeats.described(runners)}): stop that "

@@ -64,10 +64,8 @@ class Child:
 
     def last_error(self) -> str:
         """The last line of the log that names an exception, if any."""
-        errors = (
-            line for line in reversed(self.lines()) if re.search(r"\w(Error|Exception)\b", line)
-        )
-        return next(errors, "").strip()
+        errors = [line for line in self.lines() if re.search(r"\w(Error|Exception)\b", line)]
+        return errors[-1].strip() if errors else ""
 
     def check_alive(self) -> None:
         if (code := self.proc.poll()) is not None:
@@ -130,34 +128,27 @@ def start_child(
 
 def stop_children(stopping: Sequence[Child]) -> None:
     """SIGTERM every child's group at once, SIGKILL what is left after its grace, close the
-    logs.
-
-    Stop signals are held meanwhile: another Ctrl-C does not cut a teardown short.
-    """
+    logs. Stop signals are held meanwhile: another Ctrl-C does not cut a teardown short."""
     with held_signals():
-        _stop(stopping)
-
-
-def _stop(stopping: Sequence[Child]) -> None:
-    stopping = [child for child in stopping if not child.stopped]
-    try:
-        for child in stopping:
-            if child.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(child.proc.pid, signal.SIGTERM)
-        told = time.monotonic()
-        for child in stopping:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=max(0.0, told + child.grace - time.monotonic()))
-            # The leader may be gone while something it started lives on in the group.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=child.grace)
-    finally:
-        for child in stopping:
-            child.stopped = True
-            child.log.close()
+        stopping = [child for child in stopping if not child.stopped]
+        try:
+            for child in stopping:
+                if child.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(child.proc.pid, signal.SIGTERM)
+            told = time.monotonic()
+            for child in stopping:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=max(0.0, told + child.grace - time.monotonic()))
+                # The leader may be gone while something it started lives on in the group.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.proc.wait(timeout=child.grace)
+        finally:
+            for child in stopping:
+                child.stopped = True
+                child.log.close()
 
 
 def wait_until[T](

@@ -1,8 +1,7 @@
 """One line that shows a scenario's progress while it runs, on a terminal only.
 
-It updates in place (invocations finished, calls and collisions so far, elapsed) and vanishes
-when the scenario ends, where its summary takes over. Pipes, CI logs, NO_COLOR and TERM=dumb
-get nothing of it: rich's Console knows what it is writing to.
+It updates in place and vanishes when the scenario ends, where its summary takes over. Pipes,
+CI logs, NO_COLOR and TERM=dumb get nothing of it: rich's Console knows what it writes to.
 """
 
 import contextlib
@@ -18,15 +17,11 @@ from demo.provider import Provider, ProviderUnreachable
 REPORT_EVERY_SECONDS = 0.25
 
 
-def shown_on(console: Console) -> bool:
-    return console.is_terminal and not console.is_dumb_terminal and "NO_COLOR" not in os.environ
-
-
 @contextlib.contextmanager
 def line(label: str, provider: Provider) -> Iterator[Callable[[int, int], None] | None]:
     """Yield a callback for (finished, total), or None where no progress is shown."""
     console = Console()
-    if not shown_on(console):
+    if not console.is_terminal or console.is_dumb_terminal or "NO_COLOR" in os.environ:
         yield None
         return
     started = time.monotonic()

@@ -48,10 +48,7 @@ def start_private(
     log_path: Path, timeout: float, extra: tuple[str, ...] = (), port: int | None = None
 ) -> tuple[Child, str]:
     """Start redis-server on a loopback port (a free one by default) with no persistence;
-    return it and its URL.
-
-    extra: more redis-server arguments (the tests use it to make a Redis that refuses MULTI).
-    """
+    return it and its URL. extra: more arguments (the tests make one that refuses MULTI)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise NoRedis(INSTALL_HINT)

@@ -1,9 +1,6 @@
-"""What a run prints: the summaries and the verdict, as text.
+"""What a run prints: a scenario's summary, the efficiency against the floor, the verdict.
 
-A scenario's summary, the efficiency against the floor, and the verdict (the rounds' tables
-are tools/stress.py's).
-
-Every function returns text and prints nothing.
+Every function returns text and prints nothing (the rounds' tables are tools/stress.py's).
 """
 
 import statistics
@@ -72,7 +69,6 @@ def keys_hint(o: Outcome) -> str | None:
 
 def _account_lines(outcome: Outcome) -> list[str]:
     """One line per account; past ACCOUNTS_LISTED, only those worth a look, then the rest."""
-
     limited = outcome.scenario.limited
 
     def line(name: str, acc: dict[str, int]) -> str:

@@ -1,16 +1,14 @@
 """The demo's workers: the runner DEMO_RUNNER names, saying as it starts what it runs on.
 
-Importing tasks.py only builds the app. What a worker does beside pynenc's own start happens
-in its runner's start (`pynenc --app tasks.app runner start`), through a subclass selected by
-class name (runner_cls), as keyclaim selects its own: one line on what it runs on, so the
-four-terminal way's mismatches (another database, port or claim setting) show at once; its
-context (pid, host) stored then, not with its first call, so that demo/heartbeats.py tells a live
-worker from a stopped one by its pid; and its claim settings recorded for the fleet, or, when
-they differ from a live worker's, one line and exit 2.
+A subclass of each, selected by class name (runner_cls) as keyclaim selects its own, does as it
+starts what pynenc does not: says in one line what it runs on, so that the four-terminal way's
+mismatches (database, port, claim) show at once; stores its context (pid, host) then, not with
+its first call, so that demo/heartbeats.py tells a live worker from a stopped one; and joins the
+fleet, or, with claim settings unlike a live worker's, says so in one line and exits 2.
 
 Written against pynenc 0.3.1 and 0.4.0, whose runners call `_on_start` as they start (CI runs
-the workers on both). Retired when pynenc stores a runner's context as it starts, and offers
-a hook there: the line and the fleet record would move into it.
+the workers on both). Retired when pynenc stores a runner's context as it starts and offers a
+hook there: the line and the fleet record would move into it.
 """
 
 import sys
@@ -40,9 +38,8 @@ class Announced(BaseRunner):
         backend = settings.get("DEMO_BACKEND")
         state = settings.get("REDIS_URL") if backend == "redis" else settings.get("DEMO_DB")
         claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"
-        runs = next(
-            c for c in type(self).__mro__ if c.__module__.startswith(("pynenc", "keyclaim"))
-        )
+        libraries = ("pynenc", "keyclaim")  # the first class of theirs is what it runs
+        runs = next(c for c in type(self).__mro__ if c.__module__.startswith(libraries))
         print(
             f"worker: {backend} {state}, {runs.__name__} on {deciding(self.app)}, atomic claim "
             f"{claim}, calling the API at {settings.api_url()}",
@@ -93,16 +90,13 @@ CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner,
 
 def for_claim() -> dict[str, object]:
     """keyclaim.install's runner arguments for DEMO_RUNNER."""
-    return {
-        "runner": CLAIM_RUNNER.get(settings.get("DEMO_RUNNER")),
-        "drain_deadline": settings.drain_deadline(),
-    }
+    runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
+    return {"runner": runner, "drain_deadline": settings.drain_deadline()}
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
-    """DEMO_RUNNER's worker: the article's ThreadRunner, keyclaim's wake runner, or one of
-    pynenc's others, polling every DEMO_RUNNER_SLEEP. Called after keyclaim.install, whose
-    runner it derives from; with the claim on SQLite, it keeps pynenc's SQLite connections
+    """DEMO_RUNNER's worker, polling every DEMO_RUNNER_SLEEP. Called after keyclaim.install,
+    whose runner it derives from; with the claim on SQLite, it keeps pynenc's SQLite connections
     too, unless DEMO_SQLITE_CONNECTIONS=pynenc (docs/speed.md)."""
     name = settings.get("DEMO_RUNNER")
     sqlite = settings.get("DEMO_BACKEND") == "sqlite"
@@ -124,9 +118,8 @@ def slots_per_worker(runner: str) -> int:
 
 def check(app: "Pynenc") -> None:
     """Raise settings.BadSetting, in one line, when pynenc resolves a runner that is not one of
-    these (PYNENC__RUNNER_CLS, [tool.pynenc]): it would neither say what it runs on, nor store
-    its pid as it starts, nor join the fleet, so a claim-off worker would run unrefused beside
-    claim workers, and sample.py would wait for it in vain. An unknown name pynenc refuses."""
+    these (PYNENC__RUNNER_CLS, [tool.pynenc]): a claim-off one would run unrefused beside claim
+    workers, and sample.py would wait for its pid in vain. An unknown name pynenc refuses."""
     from pynenc.util.subclasses import get_subclass
 
     resolved = app.conf.runner_cls

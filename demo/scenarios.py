@@ -2,8 +2,7 @@
 
 The table of scenarios is enqueue.py's, as in the article: each entry hands its task here. A
 scenario's promises follow from the task's own settings (running_concurrency, reroute,
-registration_concurrency, and keyclaim.limit's slots and rate), so nothing else asks which
-scenario it is. demo/run.py runs one, demo/outcome.py judges it, demo/show.py shows it.
+registration_concurrency, keyclaim.limit's slots and rate): nothing asks which scenario it is.
 """
 
 import math

@@ -28,8 +28,6 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
-    """A number of seconds above low and at most high."""
-
     def parse(raw: str) -> float:
         try:
             seconds = number(raw)

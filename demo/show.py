@@ -1,7 +1,4 @@
-"""How a scenario is shown as it ends: its summary, its link into the monitor, its chart.
-
-(A progress line stands in while it runs: demo/progress.py.)
-"""
+"""How a scenario is shown as it ends: its summary, its link into the monitor, its chart."""
 
 from dataclasses import dataclass
 

@@ -1,10 +1,6 @@
 """The demo's stack: the API and the workers (and a private Redis), started and stopped together.
 
-They start on the environment they are given, are checked on every poll, and stop together
-whatever happens. What they run is handed in (Sample): the children name it on their command
-lines; this process's own app comes from the caller.
-
-sample.py runs the demo on one; the tests start their API and workers through one too:
+What they run is handed in (Sample). sample.py runs the demo on one; the tests start theirs too:
 
     with Stack(env, log_dir, Sample("tasks.app", "api_server:app", load_app)) as stack:
         stack.start(workers=1)          # fresh state, the API and a worker, both ready
@@ -59,7 +55,6 @@ class Stack(contextlib.AbstractContextManager):
     """The API and the workers of one run. Leaving the `with` block stops every child.
 
     env: the settings the children are built from (demo/flags.py), on top of this process's.
-    sample: what the children and this process run.
     private_redis: with DEMO_BACKEND=redis, start a redis-server at env's REDIS_URL.
     """
 
@@ -184,9 +179,8 @@ class Stack(contextlib.AbstractContextManager):
         self._lives[number] += 1
         life = self._lives[number]
         argv = [sys.executable, "-m", "pynenc", "--app", self.sample.workers, "runner", "start"]
-        log = self.log_dir / (
-            f"worker-{number}.log" if life == 1 else f"worker-{number}.{life}.log"
-        )
+        again = "" if life == 1 else f".{life}"
+        log = self.log_dir / f"worker-{number}{again}.log"
         cwd = self.worker_cwd(number)
         env = {**self.env, **(env or {})}
         # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
@@ -211,9 +205,8 @@ class Stack(contextlib.AbstractContextManager):
             child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
             self.started.append(child)
         # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
-        if self.setting("DEMO_ATOMIC_CLAIM") == "1" and (
-            why := keyclaim.inspect.redis_problem(url)
-        ):
+        claim = self.setting("DEMO_ATOMIC_CLAIM") == "1"
+        if claim and (why := keyclaim.inspect.redis_problem(url)):
             raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def workers_up(self, fresh: list[Child]) -> bool:
@@ -238,9 +231,5 @@ class Stack(contextlib.AbstractContextManager):
 
         api = f"the API at {self.provider.base_url}"
         wait_until(api_is_ours, self.ready_timeout, api, check=all_alive)
-        wait_until(
-            lambda: self.workers_up(fresh),
-            self.ready_timeout,
-            f"{len(fresh)} worker(s) to register as active runners",
-            check=all_alive,
-        )
+        workers = f"{len(fresh)} worker(s) to register as active runners"
+        wait_until(lambda: self.workers_up(fresh), self.ready_timeout, workers, check=all_alive)

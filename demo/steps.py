@@ -1,8 +1,6 @@
 """One scenario's steps against a running API and workers: enqueue, wait, read what happened.
 
-enqueue.py's run() takes them in turn, after a reset of the provider: enqueue every payload
-through the scenario's task, wait until each invocation is final (a progress line on a
-terminal meanwhile), read the provider's counts and pynenc's statuses into an Outcome.
+enqueue.py's run() takes them in turn, after a reset of the provider.
 """
 
 import logging
@@ -102,11 +100,8 @@ def wait_finished(
     check: Callable[[], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> None:
-    """Poll until every invocation is final or the deadline passes; never blocks on a result.
-
-    One query per poll for all that are still pending: the worker shares the database.
-    progress, if given, hears (finished, total) on every poll.
-    """
+    """Poll until every invocation is final or the deadline passes, one query per poll for all
+    still pending; progress, if given, hears (finished, total) on every poll."""
     deadline = time.monotonic() + timeout
     pending = set(ids)
     while pending:
@@ -157,6 +152,7 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         free = {n: a["calls"] - 1 - a["collisions"] for n, a in report["accounts"].items()}
         late = [f"{n}: called again once the key was free" for n in free for _ in range(free[n])]
     waited_for = set(sent.waited)
+    pending = {i: s for i, s in statuses.items() if not s.is_final()}
     found = Outcome(
         scenario=sent.scenario,
         shape=sent.shape,
@@ -169,10 +165,8 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         timeline=provider.timeline(),
         window=(sent.began, time.time()),
         late=late,
-        unfinished={
-            i: s.value for i, s in statuses.items() if i in waited_for and not s.is_final()
-        },
-        abandoned=sum(1 for i, s in statuses.items() if i not in waited_for and not s.is_final()),
+        unfinished={i: s.value for i, s in pending.items() if i in waited_for},
+        abandoned=sum(1 for i in pending if i not in waited_for),
     )
     if sent.scenario.measure:
         # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.

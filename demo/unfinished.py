@@ -46,10 +46,9 @@ def taken_off_the_queue(app: Pynenc, invocation_id: str) -> bool:
 
 
 def cancel(task: Any, workers_left: bool = True) -> int:
-    """End the task's invocations no worker has picked up, so that none runs inside a later
-    run; how many were ended. pynenc lets a REGISTERED invocation end as
-    CONCURRENCY_CONTROLLED_FINAL (never run); one rerouted, pending or running cannot be
-    ended from outside its worker.
+    """End the task's invocations no worker has picked up, so that none runs inside a later run;
+    how many were ended. pynenc lets a REGISTERED invocation end as CONCURRENCY_CONTROLLED_FINAL
+    (never run); one rerouted, pending or running cannot be ended from outside its worker.
 
     A stock runner takes an invocation off the queue, reads its status and writes the next
     one a moment later; ended in between, that write fails and the runner stops, killing every
