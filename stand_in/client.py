@@ -30,13 +30,9 @@ def path_part(value: object) -> str:
 
 class CallTransport(httpx.HTTPTransport):
     """The tasks' transport: a refused connection is tried 4 times more (about 3.5 s), and a
-    call answered 409 for its Idempotency-Key is sent again until that key's first call ends.
-
-    The 409 says this call was not applied, and the first call's fate (applied, or fenced) is
-    not known yet: taken for a success or a failure, it could be the wrong one. So the call is
-    sent again every RETRY_409_SECONDS, for up to `patience` seconds (the longest a call is in
-    flight): the store answers what the first call did, or this one is applied if that one was
-    not (docs/faults.md). Past `patience`, the 409 is returned, and the task fails on it."""
+    call answered 409 for its Idempotency-Key is sent again every RETRY_409_SECONDS, for up to
+    `patience` seconds (the longest a call is in flight), until that key's first call ends: its
+    fate was not known yet (docs/faults.md says why). Past `patience`, the 409 is returned."""
 
     RETRY_409_SECONDS = 0.1
 

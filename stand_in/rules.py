@@ -102,22 +102,16 @@ class Account:
         return len(self.live)
 
     def arrive(self, record: Call, quota: Quota, keyed: Keyed | None = None) -> None:
-        """Count a call as it arrives: fenced if its token is stale for its slot; replayed or a
-        conflict if its key's call was applied or is in flight; throttled if the rate is spent;
-        a collision if the account already has its quota in flight."""
+        """Count a call as it arrives, judged in the order the module's docstring gives."""
         self.calls += 1
         if record.token is not None:
             if not fences.admit(record.account_id, record.slot, record.token):
                 record.fenced = True  # late: a newer claim of this slot came first
                 self.fenced += 1
                 return
-            for older in self.live:  # a newer claim of the slot starts: its older calls lose
-                if (
-                    older.slot == record.slot
-                    and older.token is not None
-                    and older.token < record.token
-                    and not older.fenced
-                ):
+            # A newer claim of the slot starts: its older calls lose.
+            for older in [c for c in self.live if c.slot == record.slot and not c.fenced]:
+                if older.token is not None and older.token < record.token:
                     older.fenced = True
                     self.fenced += 1
         if keyed is not None:

@@ -131,11 +131,8 @@ def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: f
     done = time.monotonic()
     memory = [peak_memory_mib(w.proc.pid) for w in stack.workers]
     stack.stop()
-    phases = {
-        "start-up": ready - began,
-        "scenarios": done - ready,
-        "teardown": time.monotonic() - done,
-    }
+    ended = time.monotonic()
+    phases = {"start-up": ready - began, "scenarios": done - ready, "teardown": ended - done}
     shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
     print(f"\nwhole run (in-process): {time.monotonic() - began:.2f}s = {shown}")
     print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
@@ -155,10 +152,8 @@ SIDES = (
 
 
 def lines(args: argparse.Namespace, log_dir: Path) -> int:
-    """B, scaled B and E on stock pynenc (no account lines, pynenc's SQLite connections), on
-    the claim with pynenc's connections, and on the claim with kept ones (F and G too), each
-    side in processes of its own (tools/bench_lines.py: the first backlog with B, then one per
-    further backlog), its output shown as it comes; then the sides side by side."""
+    """Each of SIDES in processes of its own (tools/bench_lines.py: the first backlog with B,
+    then one per further backlog), its output shown as it comes; then the sides side by side."""
     found: dict[str, dict[str, object]] = {name: {} for name, _, _ in SIDES}
     # (No backlog: one process per side, for B and scaled B alone.)
     each = [str(n) for n in args.bench_backlogs] or [""]

@@ -1,15 +1,14 @@
 """One side of the bench's comparison: B, scaled B, E (and F, G), in a process of its own.
 
-Run by tools/bench.py for stock pynenc (no lines, pynenc's SQLite connections), the atomic
-claim on pynenc's connections, and the claim on kept ones (keyclaim.keep_connections), each on
-fresh state and fresh wake-runner workers: every process of a deployment installs the same
-classes, the one that enqueues too, so the sides cannot share a process. A
-sampled E run leaves the rest of its backlog queued, which would run ahead of the next one's,
-so each E backlog after the first gets a process of its own (--no-b). By hand:
+Run by tools/bench.py for each of its SIDES, on fresh state and fresh wake-runner workers: every
+process of a deployment installs the same classes, the one that enqueues too, so the sides
+cannot share a process. A sampled E run leaves the rest of its backlog queued, which would run
+ahead of the next one's, so each E backlog after the first gets a process of its own (--no-b).
+By hand:
 
     uv run python -m tools.bench_lines --claim 1 --backlogs 1000 --limits
 
-It prints its figures as it goes, then one line `figures: {json}` for sample.py to compare.
+It prints its figures as it goes, then one line `figures: {json}` for tools/bench.py to compare.
 """
 
 import argparse

@@ -14,12 +14,6 @@ def help_block(*script: str) -> str:
     """The `--help` of a script (`python *script --help`: sample.py, enqueue.py, -m tools.bench)
     as a user's shell shows it at WIDTH columns with no DEMO_* variable set, in a fenced block."""
     clean = {n: v for n, v in os.environ.items() if not n.startswith(("DEMO_", "PYNENC__"))}
-    done = subprocess.run(
-        [sys.executable, *script, "--help"],
-        env={**clean, "COLUMNS": WIDTH},
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    argv, env = [sys.executable, *script, "--help"], {**clean, "COLUMNS": WIDTH}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, check=True, timeout=60)
     return f"```\n{done.stdout.rstrip()}\n```\n"

@@ -1,23 +1,13 @@
 """Faults, measured: what each fault does to one call per account, with the claim on or off.
 
-The faults: a deploy, a killed or stalled worker, a call longer than its timeout and a
-dropped Redis connection.
-
 Run it: uv run python -m tools.faults        (--runs N, --stock, --backend redis, --only NAME,
 --slots)
 
-Two workers run four calls for one account with call_keyed (the provider serves each for 1 s),
-so exactly one call is in flight at a time (with --slots: call_slots, up to two at a time, and
-the provider judges the account by two). Each run hits the worker that holds it, in the
-middle of the call, then waits for the four invocations to end, up to a deadline, and counts
-what the provider saw: collisions (two calls applied at once), double calls (one invocation's
-call applied twice, one after the other), calls fenced by their token, calls answered from the
-provider's store for their Idempotency-Key (replayed) and refused with 409 while the key's
-first call was in flight (409), invocations that failed, invocations that ended SUCCESS though
-the provider applied none of their calls (unapplied), and invocations lost (never ended). A
-skewed worker runs under faketime.
-The windows are short so that a run takes seconds: a silent runner is dead after 3 s, a
-call times out after 2 s. docs/faults.md has the tables this printed.
+Two workers run four calls for one account (call_keyed; call_slots with --slots). Each run hits
+the worker that holds the call the provider is serving, waits for the four invocations to end,
+up to a deadline, and counts what the provider saw: docs/faults.md says what each column counts,
+and has the tables this printed. The windows are short so that a run takes seconds: a silent
+runner is dead after 3 s, a call times out after 2 s.
 """
 
 import argparse
@@ -102,12 +92,8 @@ def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--runs",
-        type=flags.flag_type(settings.whole_number),
-        default=5,
-        help="runs of each fault (default 5)",
-    )
+    whole = flags.flag_type(settings.whole_number)
+    parser.add_argument("--runs", type=whole, default=5, help="runs of each fault (default 5)")
     parser.add_argument("--stock", action="store_true", help="without the claim: stock pynenc")
     parser.add_argument(
         "--backend",
@@ -147,14 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         env["REDIS_URL"] = redis_server.private_url()
     os.environ.update(env)  # this process's app, which enqueues, is built like the workers'
     scenario = given.scenarios(args)["slots" if args.slots else "keyed"]
-    slots = scenario.slots
     faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
     claim = "off (stock pynenc)" if args.stock else "on"
     print(
-        f"--- {args.backend}, 2 workers, atomic claim {claim}, {slots} in flight per account; "
-        "the provider serves a call "
-        f"{HOLD:g}s, a call times out after {CALL_TIMEOUT:g}s, a runner silent {DEAD_AFTER:g}s "
-        f"is dead; {args.runs} run(s) of each fault"
+        f"--- {args.backend}, 2 workers, atomic claim {claim}, {scenario.slots} in flight per "
+        f"account; the provider serves a call {HOLD:g}s, a call times out after {CALL_TIMEOUT:g}s, "
+        f"a runner silent {DEAD_AFTER:g}s is dead; {args.runs} run(s) of each fault"
     )
     print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
     redis = args.backend == "redis"

@@ -45,10 +45,6 @@ class FaultRun:
     # in flight at once (keyclaim.limit): its next call is the one after them.
     scenario: Scenario | None = None
 
-    @property
-    def calls_at_once(self) -> int:
-        return self.scenario.slots if self.scenario else 1
-
     def wait(self, seconds: float, until: Callable[[], bool] = lambda: False) -> None:
         """Let `seconds` pass (the fault's length), or less once `until` holds."""
         ends = time.monotonic() + seconds
@@ -58,10 +54,8 @@ class FaultRun:
         """Until the provider sees the account's next call (its turn came, or the cut call ran
         again), past the window at most; with N slots, the one after the N in flight."""
         report = self.stack.provider.report
-        self.wait(
-            PAST_THE_WINDOW + 5,
-            lambda: report()["accounts"][self.account]["calls"] >= self.calls_at_once + 1,
-        )
+        slots = self.scenario.slots if self.scenario else 1
+        self.wait(PAST_THE_WINDOW + 5, lambda: report()["accounts"][self.account]["calls"] > slots)
 
 
 def deploy(run: FaultRun) -> None:
@@ -137,10 +131,8 @@ def redis_cut(run: FaultRun) -> None:
                 client.client_kill_filter(_id=entry["id"])
         return time.monotonic() >= ends
 
-    try:
+    with contextlib.closing(client):
         wait_until(cut, PAST_THE_WINDOW + 5, "the cut to last past the window")
-    finally:
-        client.close()
 
 
 def clocks_apart(run: FaultRun) -> None:
@@ -157,11 +149,8 @@ def store_emptied(run: FaultRun) -> None:
     provider keeps the fence it had."""
     import redis  # only with --backend redis
 
-    client = redis.Redis.from_url(run.stack.setting("REDIS_URL"))
-    try:
+    with contextlib.closing(redis.Redis.from_url(run.stack.setting("REDIS_URL"))) as client:
         client.flushall()
-    finally:
-        client.close()
     run.skip_calls = len(run.stack.provider.timeline())
     run.ids = [run.scenario.task(run.account, op).invocation_id for op in run.ops]
 

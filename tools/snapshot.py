@@ -35,12 +35,10 @@ def run_demo(workdir: Path, monitor_url: str) -> str:
     # Narrow lane charts: the README is a front door, kept short.
     env = {**os.environ, "NO_COLOR": "1", "COLUMNS": str(LANE_COLUMNS)}
     env["DEMO_LOG_DIR"] = str(workdir / "logs")
-    result = subprocess.run(
-        argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"sample.py exited {result.returncode}:\n{result.stdout}{result.stderr}")
-    return result.stdout
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=DEADLINE)
+    if done.returncode != 0:
+        raise RuntimeError(f"sample.py exited {done.returncode}:\n{done.stdout}{done.stderr}")
+    return done.stdout
 
 
 def lanes_block(stdout: str, monitor_url: str) -> str:

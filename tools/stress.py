@@ -4,8 +4,7 @@ Run it: uv run python -m tools.stress --atomic-claim --workers 6 --rounds 30   (
 flags, and --rounds, --hosts; --help)
 
 It runs on a stack started as sample.py starts one (what it runs named by --app, --api and
---scenarios: tools/given.py), shows each scenario in the first round and wherever it broke a
-promise, sums up each round in one line, then all of them in tables: min / typical / max per
+--scenarios: tools/given.py) and prints the rounds, then tables: min / typical / max per
 scenario, the efficiency against the floor, and the claim's own count. docs/scale-out.md
 holds what they were; tools/bench.py runs the same rounds on two runners.
 """
@@ -81,9 +80,8 @@ class Rounds(Stack):
             self.spawn_worker(int(dead.name.split()[-1]))
 
     def replace_workers(self, **changes: str) -> None:
-        """Stop the live workers and start as many fresh ones with `changes` in their
-        environment (tools/bench.py: the next runner), on the same API and state. Their crash list
-        starts empty."""
+        """Stop the live workers, start as many with `changes` in their environment (tools/bench.py:
+        the next runner), on the same API and state; the crash list starts empty."""
         count = len(self.workers)
         self.stop(self.workers)
         self.env.update(changes)
@@ -140,12 +138,10 @@ def rounds(
 ) -> list[Outcome]:
     """The chosen scenarios, in order, `rounds` times, on the stage's API and workers.
 
-    Each is run as enqueue.py runs one (reset, enqueue, wait, read) and shown in the first
-    round, and in any round where it broke a promise (quiet: only there). After each of several
-    rounds, one line sums the round up. A worker or the API that dies stops it at once
-    (the stage's check), unless a dead worker is replaced; every scenario runs to the end
-    otherwise, whatever it found. It returns every outcome, in the order run; the verdict is
-    the caller's.
+    Each is run as enqueue.py runs one, shown in the first round and wherever it broke a
+    promise (quiet: only there); one line sums up each of several rounds. A worker or the API
+    that dies stops it (the stage's check), unless a dead worker is replaced. It returns every
+    outcome, in the order run; the verdict is the caller's.
     """
     outcomes: list[Outcome] = []
     for round_no in range(1, rounds + 1):

@@ -49,9 +49,8 @@ def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
     """Per scenario and measure: min / typical (median) / max over the rounds; the totals name
     every keyed scenario chosen, run or not."""
     rounds = max(Counter(o.scenario for o in outcomes).values())
-    columns = COLUMNS
-    if any(o.scenario.limited for o in outcomes):  # F, G: their quota's own columns
-        columns = (*COLUMNS, "throttled", "peak_in_flight")
+    limited = any(o.scenario.limited for o in outcomes)  # F, G: their quota's own columns
+    columns = (*COLUMNS, "throttled", "peak_in_flight") if limited else COLUMNS
     header = f"{'scenario':<10}" + "".join(
         f"{c.replace('_calls', '').replace('_in_flight', ''):>14}" for c in columns
     )
@@ -79,11 +78,7 @@ def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
         f"{sum(len(o.late) for o in outcomes)} late, "
         f"{sum(len(o.unfinished) for o in outcomes)} never finished"
         + (f", {fenced} fenced" if (fenced := sum(o.fenced for o in outcomes)) else "")
-        + (
-            f", {sum(o.throttled for o in outcomes)} throttled"
-            if any(o.scenario.limited for o in outcomes)
-            else ""
-        )
+        + (f", {sum(o.throttled for o in outcomes)} throttled" if limited else "")
     )
     return "\n".join(lines)
 
@@ -131,15 +126,8 @@ def compare_lines(sides: dict[str, dict[str, object]]) -> str:
     def seconds(value: object) -> str:
         return "did not start" if value is None else f"{value:.2f}s"
 
-    rows = [
-        (f"{letter}. {name}", *(elapsed(side, key) for side in sides.values()))
-        for letter, name, key in (
-            ("B", "keyed", "B"),
-            ("B", "keyed, scaled", "B scaled"),
-            ("F", "slots", "F"),
-            ("G", "rate", "G"),
-        )
-    ]
+    named = {"B": "B. keyed", "B scaled": "B. keyed, scaled", "F": "F. slots", "G": "G. rate"}
+    rows = [(name, *(elapsed(side, key) for side in sides.values())) for key, name in named.items()]
     last = list(sides.values())[-1]
     for key in [k for k in last if k.startswith("E ")]:
         runs = [side.get(key, {}) for side in sides.values()]
@@ -148,7 +136,7 @@ def compare_lines(sides: dict[str, dict[str, object]]) -> str:
         rows += [
             (f"{name} quiet wait, longest", *(seconds(x.get("quiet_longest")) for x in runs)),
             (f"{name} busy account vs floor", *(f"{x.get('hot_floor', 0):.0%}" for x in runs)),
-            (f"{name} in enqueue order", *(_yes(x.get("in_order")) for x in runs)),
+            (f"{name} in enqueue order", *("yes" if x.get("in_order") else "no" for x in runs)),
             (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in runs)),
             (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in runs)),
         ]
@@ -159,7 +147,3 @@ def compare_lines(sides: dict[str, dict[str, object]]) -> str:
     )
     body = [f"{row[0]:<40}" + "".join(f"{cell:>17}" for cell in row[1:]) for row in rows]
     return "\n".join(["", title, head, *body])
-
-
-def _yes(value: object) -> str:
-    return "yes" if value else "no"
