@@ -128,10 +128,12 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     ) -> list[InvocationStatusRecord]:
         with self._connect() as conn:
             self._begin(conn)
-            record = self._status(conn, invocation_id)
-            lost = record is not None and self._lost(
-                conn, invocation_id, record, dead_after, max_pending
-            )
+            record, lost = self._status(conn, invocation_id), False
+            if record is not None and record.status is S.PENDING:
+                lost = bool(self._pending_too_long(conn, max_pending, invocation_id))
+            elif record is not None and record.status is S.RUNNING:
+                beat = self._beat(conn, record.runner_id or "")
+                lost = beat is not None and beat < host_clock() - dead_after  # none: see Holder
             if record is None or not lost:
                 conn.rollback()
                 return []
@@ -262,8 +264,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return None if row is None else int(row[0])
 
     def claim_counts(self, task: str | None = None) -> dict[str, int]:
-        """Claims made so far (of one task's invocations, given its key); a SQLite claim waits
-        for the write lock, so it never retries."""
+        # A SQLite claim waits for the write lock: it never retries.
         name = "claims" if task is None else f"claims of {task}"
         with self._connect() as conn:
             row = conn.execute(
@@ -272,6 +273,5 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return {"claims": int(row[0]) if row else 0, "retries": 0}
 
     def waiting(self) -> int:
-        """Calls parked in a line right now, all keys together."""
         with self._connect() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])
