@@ -42,17 +42,10 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
     BACKEND = "redis"
 
     def claim_in_store(
-        self,
-        invocation: "DistributedInvocation",
-        runner_id: str,
-        dead_after: float,
-        busy: Verdict,
+        self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        inv_id = invocation.invocation_id
-        key = key_arguments(invocation)
-        line = None if key is None else line_key(invocation, key)
-
-        limit = limits.of(invocation)
+        inv_id, key = invocation.invocation_id, key_arguments(invocation)
+        line, limit = None if key is None else line_key(invocation, key), limits.of(invocation)
 
         def step(pipe: Pipeline) -> Decision:
             current = self._read_status(pipe, inv_id)
@@ -84,7 +77,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                     self._hold(pipe, line, decision.slot, inv_id)
                 if decision.verdict is Verdict.RUN:
                     self._index(pipe, invocation)
-                    pipe.set(self._k("fence", fence_key(line, decision.slot)), issued)
+                    pipe.set(counter, issued)
                     pipe.hset(self._k("fences"), inv_id, issued)
                     pipe.hset(self._k("claimed_at"), inv_id, now)
                     pipe.zrem(self._k("dues"), inv_id)
@@ -324,13 +317,11 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
         return None if issued is None else int(issued)
 
     def claim_counts(self, task: str | None = None) -> dict[str, int]:
-        """Claims made so far (of one task's invocations, given its key), and how many of
-        their tries a WATCH conflict sent back (all tasks')."""
+        # The retries: how many tries a WATCH conflict sent back, all tasks' together.
         raw = self.client.hgetall(self._k("claim_stats"))
         counts = {k.decode(): int(v) for k, v in raw.items()}
         claims = counts.get("claims" if task is None else f"claims of {task}", 0)
         return {"claims": claims, "retries": counts.get("retries", 0)}
 
     def waiting(self) -> int:
-        """Calls parked in a line right now, all keys together."""
         return sum(1 for _ in self.client.scan_iter(self._k("parked", "*"), count=1000))

@@ -161,11 +161,7 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
         return InvocationStatusRecord.from_json(json.loads(raw)) if raw else None
 
     def _write_status(
-        self,
-        pipe: Pipeline,
-        invocation_id: str,
-        old: InvocationStatus,
-        new: InvocationStatusRecord,
+        self, pipe: Pipeline, invocation_id: str, old: InvocationStatus, new: InvocationStatusRecord
     ) -> None:
         pipe.srem(self.key.status_to_invocations(old), invocation_id)
         pipe.sadd(self.key.status_to_invocations(new.status), invocation_id)
