@@ -1,11 +1,8 @@
 """The names the library writes into pynenc's configuration, and what makes its windows sound.
 
-The bottom of the package: the installer (keyclaim.installer) writes these keys and class
-names, the classes (the claim, its runners, the kept connections) read them back from the
-configuration pynenc resolved. It imports nothing of the library.
-
-Written against pynenc 0.3.1 and 0.4.0 (their configuration keys, and the class names pynenc
-resolves). Retired with the classes it names, once pynenc has them.
+The bottom of the package, importing nothing of the library: the installer writes these keys
+and class names, the classes read them back from the configuration pynenc resolved. Written
+against pynenc 0.3.1 and 0.4.0 (their keys and class names); retired with the classes it names.
 """
 
 from typing import TYPE_CHECKING

@@ -1,10 +1,7 @@
 """What operators and launchers read: the claim's counts, the fleet, and problems found early.
 
-The package's face (`keyclaim`) is what an app calls; this is what the programs around it read,
-none of which changes what the claim does: a launcher checks versions, windows and a Redis
-before it starts anything, a monitor counts claims and waiting calls, a producer asks whether
-the live workers agree with it, and a runner that is not keyclaim's records itself in the
-fleet as it starts. Importing it imports no pynenc.
+None of it changes what the claim does (keyclaim/README.md, "The names"); importing it imports
+no pynenc, so a launcher can check before it starts anything.
 """
 
 from typing import TYPE_CHECKING, Any

@@ -1,14 +1,10 @@
 """The claim's recovery: liveness on the store's clock, the sweep, and the calls that wait.
 
-A holder whose runner has sent no heartbeat for the dead-after window is recovered through
-pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key and runs
-before the calls behind it. A runner that was only stalled may still finish that call, so the
-task sends the claim's fencing token (`keyclaim.token(app)`) and the provider refuses a call
-older than the newest it has seen for the key; an outcome that comes back after its claim was
-taken away is not stored (keyclaim.orchestrator). Liveness is judged on the store's clock
-(keyclaim.clock). A holder that can no longer pass its key on is healed, and a call waiting for
-its key's rate is released at its due time. Written against pynenc 0.3.1 and 0.4.0, whose
-recovery runs on a cron, in two writes, on each runner's wall clock; retired with the claim.
+A holder whose runner has not beaten for the dead-after window is recovered through pynenc's
+own statuses and queued again, keeping its key (a stalled runner's late call is refused by its
+fencing token); a holder that can no longer pass its key on is healed; a call waiting for its
+key's rate is released at its due time. Written against pynenc 0.3.1 and 0.4.0, whose recovery
+runs on a cron, in two writes, on each runner's wall clock; retired with the claim.
 """
 
 import time

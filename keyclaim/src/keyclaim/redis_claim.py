@@ -1,13 +1,11 @@
 """The claim on Redis: every step WATCHes what it reads, then writes in MULTI/EXEC.
 
 Selected by class name (orchestrator_cls="AtomicClaimRedisOrchestrator"): keyclaim.install.
-Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0 (keyclaim.versions); pynenc-redis
-0.3.0 cannot be built under pynenc 0.4.0. Its keys are keyclaim.redis_keys'. Liveness and a
-key's first token are read on the store's own clock (Redis TIME), the same on every host.
-
+Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0 (keyclaim.versions), which
+cannot be built under pynenc 0.4.0. Its keys are keyclaim.redis_keys'; its clock, Redis TIME.
 The upstream change that retires it: the same steps in pynenc-redis's `RedisOrchestrator`, its
-status transition watched (0.3.0 reads, then writes without WATCH), and the hand-over in the
-same MULTI (the repo's docs/upstream.md).
+status transition watched (0.3.0 writes without WATCH), and the hand-over in the same MULTI
+(the repo's docs/upstream.md).
 """
 
 import json
@@ -35,9 +33,8 @@ S = InvocationStatus
 
 
 class AtomicClaimRedisOrchestrator(RedisClaimKeys):
-    """Redis: every step WATCHes what it reads (the invocation's status, the key's holders
-    and line, the holders' statuses, its rate window, the slot's token counter), then writes
-    in MULTI/EXEC, tried again on fresh data while a write beats it (keyclaim.redis_keys)."""
+    """Redis: each step WATCHes the statuses, holders, line, rate window and token counter it
+    reads, and is tried again on fresh data while a write beats it (keyclaim.redis_keys)."""
 
     BACKEND = "redis"
 

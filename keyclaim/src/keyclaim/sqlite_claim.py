@@ -2,12 +2,10 @@
 
 Selected by class name (orchestrator_cls="AtomicClaimSQLiteOrchestrator"): keyclaim.install.
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions); its tables are
-keyclaim.sqlite_tables'. SQLite has no clock of its own, and its workers share one host:
-liveness is read on the host's clock since boot (keyclaim.clock), a key's first token on this
-process's wall clock (the one thing it is used for).
-
-The upstream change that retires it: the same steps in `SQLiteOrchestrator` itself, with the
-hand-over inside `_atomic_status_transition` (the repo's docs/upstream.md).
+keyclaim.sqlite_tables'. Liveness is read on the host's clock since boot (keyclaim.clock), a
+key's first token on this process's wall clock. The upstream change that retires it: the same
+steps in `SQLiteOrchestrator`, with the hand-over inside `_atomic_status_transition` (the
+repo's docs/upstream.md).
 """
 
 from typing import TYPE_CHECKING
@@ -32,8 +30,7 @@ S = InvocationStatus
 
 
 class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
-    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time), its
-    tables and the writes inside it keyclaim.sqlite_tables'."""
+    """SQLite: each step one BEGIN IMMEDIATE transaction, in keyclaim.sqlite_tables' tables."""
 
     BACKEND = "sqlite"
     KEEPS_BY_DEFAULT = False  # kept connections are keep_connections' choice, not the claim's
