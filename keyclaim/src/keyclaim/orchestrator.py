@@ -40,8 +40,7 @@ S = InvocationStatus
 
 
 class AtomicClaim(ClaimRecovery):
-    """The backend-independent half: the loop that claims, and what it records; its recovery
-    is keyclaim.recovery's. Mixed in before pynenc's own orchestrator of the backend
+    """The backend-independent half, mixed in before pynenc's own orchestrator of the backend
     (keyclaim.sqlite_claim, keyclaim.redis_claim), which implements the ClaimStore steps."""
 
     app: Any
@@ -57,19 +56,16 @@ class AtomicClaim(ClaimRecovery):
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
-        a call that waits when blocked is queued only when its key has a free slot (the line is
-        then empty: a slot that frees goes to the head of the line in the same step)."""
+        a call that waits when blocked is queued only into a free slot (the line is then empty)."""
         return not waits_in_line(invocation) or len(holders) < limits.of(invocation).slots
 
     # The producer: park at registration.
 
     def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
-        """pynenc's registration, with its routing replaced: a keyed call is queued only if it
-        becomes its key's holder; otherwise it is parked in its line. Batches (parallelize)
-        go the same way, so their keys are indexed too."""
+        """pynenc's registration (batches too), its routing replaced: a keyed call is queued
+        only if it becomes one of its key's holders; otherwise it is parked in its line."""
         if not self._fleet_checked and fleet.joined(self.app) is None:
-            # A producer: refused before its first call if it parks or admits calls otherwise
-            # than a live worker would. A worker was checked as it joined.
+            # A producer, checked before its first call (a worker was checked as it joined).
             if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
                 raise Refused(why)
             self._fleet_checked = True
@@ -80,11 +76,11 @@ class AtomicClaim(ClaimRecovery):
         self.app.state_backend.add_histories(invocations, record, runner_ctx)
         self.app.trigger.report_tasks_status(ids, record.status)
         for invocation in invocations:
+            where = "ROUTED"
             if key_arguments(invocation) is None:
                 self._route(invocation.invocation_id)
-                where = "ROUTED"
-            else:
-                where = "ROUTED" if self.admit_in_store(invocation) else "PARKED in its line"
+            elif not self.admit_in_store(invocation):
+                where = "PARKED in its line"
             self.app.logger.info(f"NEW invocation:{invocation.invocation_id} REGISTERED, {where}")
 
     # The workers: claim.
@@ -194,14 +190,12 @@ class AtomicClaim(ClaimRecovery):
     # its call was recovered and run again) must not be stored: pynenc stores it first, and only
     # then is refused the status.
 
-    def _still_holds(
-        self, invocation_id: str, runner_ctx: "RunnerContext", attempt: object = None
-    ) -> bool:
-        """Whether the outcome of this attempt may be stored: the invocation is RUNNING under
-        this runner and, when the attempt carries the token its claim issued, under that
-        claim. A runner taken for dead may take its own recovered invocation back: the cut
-        attempt's outcome then comes under the same runner, and only the token tells it from
-        the attempt running now."""
+    def _still_holds(self, attempt: Any, runner_ctx: "RunnerContext") -> bool:
+        """Whether the outcome of this attempt (an invocation, or its id: pynenc 0.3.1's retry)
+        may be stored: it is RUNNING under this runner and, when the attempt carries its
+        claim's token, under that claim (a runner taken for dead may take its own recovered
+        invocation back: only the token tells the cut attempt from the one running now)."""
+        invocation_id = getattr(attempt, "invocation_id", attempt)
         try:
             record = self._record_of(invocation_id)
         except KeyError:  # the store lost it (a Redis emptied): nothing to store it into
@@ -221,21 +215,20 @@ class AtomicClaim(ClaimRecovery):
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_result(invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
         self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_exception(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_retry(
         self, invocation: Any, exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
-        invocation_id = getattr(invocation, "invocation_id", invocation)
-        if self._still_holds(invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:
