@@ -25,32 +25,24 @@ BACKENDS = {
 }
 
 
-def runner_config(
-    runner: str, drain_deadline: float = config.DEFAULT_DEADLINE, idle: float = config.DEFAULT_IDLE
-) -> dict[str, object]:
-    """The configuration that selects one of the library's runners: "drain" (pynenc's
-    ThreadRunner, stopping by draining its calls) or "wake" (the same, and woken by its own
-    finishing calls instead of polling; its base sleep moves into the wait)."""
-    if runner not in config.RUNNERS:
-        raise ValueError(f"runner {runner!r}: one of {', '.join(config.RUNNERS)}")
-    chosen: dict[str, object] = {"runner_cls": config.RUNNERS[runner]}
-    chosen[config.DEADLINE_KEY] = drain_deadline
-    if runner == "wake":
-        chosen.update({"runner_loop_sleep_time_sec": 0.0, config.IDLE_KEY: idle})
-    return chosen
-
-
 def use_runner(
     builder: "PynencBuilder",
     runner: str,
     drain_deadline: float = config.DEFAULT_DEADLINE,
     idle: float = config.DEFAULT_IDLE,
 ) -> "PynencBuilder":
-    """Select one of the library's runners, with or without the claim. Call it after the
+    """Select one of the library's runners, with or without the claim: "drain" (pynenc's
+    ThreadRunner, stopping by draining its calls) or "wake" (the same, woken by its own
+    finishing calls instead of polling; its base sleep moves into the wait). Call it after the
     builder's own runner choice (`.thread_runner()` selects pynenc's ThreadRunner)."""
     from keyclaim import drain, wake  # noqa: F401 - pynenc finds the classes by name
 
-    chosen = runner_config(runner, drain_deadline, idle)
+    if runner not in config.RUNNERS:
+        raise ValueError(f"runner {runner!r}: one of {', '.join(config.RUNNERS)}")
+    chosen: dict[str, object] = {"runner_cls": config.RUNNERS[runner]}
+    chosen[config.DEADLINE_KEY] = drain_deadline
+    if runner == "wake":
+        chosen.update({"runner_loop_sleep_time_sec": 0.0, config.IDLE_KEY: idle})
     return builder.custom_config(**chosen, **{config.SELECTED + "runner_cls": chosen["runner_cls"]})
 
 
