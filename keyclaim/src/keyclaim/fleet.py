@@ -125,11 +125,10 @@ def alive_here(pid: int) -> bool:
         except OSError:
             return False
     try:
-        os.kill(pid, 0)
+        with suppress(PermissionError):  # it exists, under another user
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 

@@ -163,7 +163,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             record = self._read_status(pipe, invocation_id)
             if record is None:
                 return []
-            now = seconds_of(pipe.time())
+            now, lost = seconds_of(pipe.time()), False
             if record.status is S.PENDING:
                 claimed = pipe.hget(self._k("claimed_at"), invocation_id)
                 lost = (
@@ -171,11 +171,9 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                     if claimed is None
                     else float(claimed) < now - max_pending
                 )
-            else:
+            elif record.status is S.RUNNING:
                 beat = pipe.hget(self._k("beats"), record.runner_id or "")
-                lost = record.status is S.RUNNING and (
-                    beat is not None and float(beat) < now - dead_after  # none: see Holder
-                )
+                lost = beat is not None and float(beat) < now - dead_after  # none: see Holder
             if not lost:
                 return []
             records = recovery(record, runner_id)
@@ -299,15 +297,13 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             return []
         since = seconds_of(self.client.time()) - window
         claimed = self.client.hmget(self._k("claimed_at"), pending)
-        too_long = []
-        for invocation_id, at in zip(pending, claimed, strict=True):
+
+        def too_long(invocation_id: str, at: bytes | None) -> bool:
             if at is None:  # not claimed by us: pynenc's own timestamp
-                stamp = self._record_of(invocation_id).timestamp.timestamp()
-                if stamp < time.time() - window:
-                    too_long.append(invocation_id)
-            elif float(at) < since:
-                too_long.append(invocation_id)
-        return too_long
+                return self._record_of(invocation_id).timestamp.timestamp() < time.time() - window
+            return float(at) < since
+
+        return [i for i, at in zip(pending, claimed, strict=True) if too_long(i, at)]
 
     def fence_token(self, invocation_id: str) -> int | None:
         issued = self.client.hget(self._k("fences"), invocation_id)

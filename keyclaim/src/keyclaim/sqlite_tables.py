@@ -164,14 +164,12 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         clock). Admissions of an earlier boot are forgotten (see keyclaim/README.md)."""
         if limit.rate is None:
             return None
-        times = [
-            at
-            for (at,) in conn.execute(
-                f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
-                "ORDER BY at",
-                (line, BOOT, now - limit.window),
-            ).fetchall()
-        ]
+        rows = conn.execute(
+            f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
+            "ORDER BY at",
+            (line, BOOT, now - limit.window),
+        ).fetchall()
+        times = [at for (at,) in rows]
         return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
 
     def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
