@@ -91,8 +91,7 @@ def decide(
 ) -> Decision:
     """What to write, given the invocation's status and its key's holders, read atomically.
 
-    holder: the key's holders (one Holder, or a list); None when the key is free or the task
-    has no running control.
+    holder: the key's holders (one Holder, or a list); None: a free key, or no running control.
     alive_since: on the store's clock, the oldest heartbeat of a live runner.
     waits: a blocked call of this task waits in its line (reroute) rather than being dropped.
     busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
