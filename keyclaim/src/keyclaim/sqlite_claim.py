@@ -38,8 +38,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        inv_id = invocation.invocation_id
-        key = key_arguments(invocation)
+        inv_id, key = invocation.invocation_id, key_arguments(invocation)
         with self._connect() as conn:
             self._begin(conn)
             alive_since = host_clock() - dead_after
@@ -60,14 +59,10 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 self._queue(conn, recovered)
             if key is not None and line is not None:
                 if decision.verdict in (Verdict.RUN, Verdict.WAIT) and decision.takes_key:
-                    conn.execute(
-                        f"INSERT INTO {self.holders} VALUES (?, ?, ?)",
-                        (line, decision.slot, inv_id),
-                    )
+                    self._hold(conn, line, decision.slot, inv_id)
                 if decision.verdict is Verdict.RUN:
                     self._index(conn, invocation)
-                    fence = fence_key(line, decision.slot)
-                    decision.token = self._issue_token(conn, inv_id, fence)
+                    decision.token = self._issue_token(conn, inv_id, fence_key(line, decision.slot))
                     self._admit(conn, inv_id, line, limit, now)
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     conn.execute(
@@ -95,7 +90,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 self._queue(conn, inv_id)
             elif queued:
                 slot = free_slot(holders, limits.of(invocation).slots)
-                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, inv_id))
+                self._hold(conn, line, slot, inv_id)
                 self._queue(conn, inv_id)
             else:
                 self._park(conn, line, inv_id)

@@ -79,6 +79,9 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         """Take the database's write lock: every other step waits here until we commit."""
         conn.execute("BEGIN IMMEDIATE")
 
+    def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
+        conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, invocation_id))
+
     def _park(self, conn: Any, line: str, invocation_id: str) -> None:
         """At the end of its key's line (once: it may already wait there)."""
         conn.execute(
@@ -94,9 +97,8 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return None if row is None else float(row[0])
 
     def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
-        """PENDING since a claim made more than window seconds ago on this host's clock (or in
-        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp. only:
-        this invocation alone."""
+        """PENDING since a claim of ours more than window seconds ago on this host's clock (or in
+        an earlier boot), else by pynenc's own timestamp; only: this invocation alone."""
         rows = conn.execute(
             f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
             f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
@@ -173,8 +175,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
 
     def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
-        """A call admitted: counted in its key's rate window (older admissions pruned), and no
-        longer waiting for it."""
+        """A call admitted: no longer due, and counted in its key's rate window (pruned)."""
         conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
         if limit.rate is None:
             return
@@ -226,9 +227,8 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             )
 
     def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
-        """The key's next fencing token, written with the claim itself, and when it was made.
-        A key's first token is the time (first_token); SQLite has no clock of its own, so on
-        SQLite that is this process's wall clock, used for nothing else."""
+        """The key's next fencing token, written with the claim and when it was made. A key's
+        first token is the time: on SQLite, this process's wall clock, used for nothing else."""
         (issued,) = conn.execute(
             f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
             "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",
