@@ -44,8 +44,7 @@ class DrainingThreadRunner(ThreadRunner):
     def _on_stop(self) -> None:
         ends = time.monotonic() + self.drain_deadline
         beat = min(LONGEST_BEAT, self.app.conf.atomic_service_check_interval_minutes * 60)
-        running = self._running()
-        if running:
+        if running := self._running():
             self.logger.warning(
                 f"Draining {len(running)} call(s) before stopping, for up to "
                 f"{self.drain_deadline:g}s: no new work is taken"

@@ -19,7 +19,7 @@ runners (the repo's docs/upstream.md, section 5).
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynenc.runner.thread_runner import ThreadInfo
 
@@ -81,12 +81,8 @@ class WakeRunner(DrainingThreadRunner):
 
     def _invocations_to_run(self, slots: int) -> "Iterator[DistributedInvocation]":
         """Claimed one by one, each started before the next is claimed, as ThreadRunner does."""
-        orchestrator, ctx = self.app.orchestrator, self.runner_context
+        hooks: dict[str, Any] = {}
         if hasattr(self, "queue_names_for_retrieval"):  # pynenc 0.4.0 routes by queue
-            return orchestrator.get_invocations_to_run(
-                slots,
-                ctx,
-                queue_provider=self.queue_names_for_retrieval,
-                on_queue_retrieved=self.note_queue_retrieved,
-            )
-        return orchestrator.get_invocations_to_run(slots, ctx)
+            hooks["queue_provider"] = self.queue_names_for_retrieval
+            hooks["on_queue_retrieved"] = self.note_queue_retrieved
+        return self.app.orchestrator.get_invocations_to_run(slots, self.runner_context, **hooks)
