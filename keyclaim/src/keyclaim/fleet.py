@@ -40,9 +40,8 @@ class Member:
     host: str
 
     def __str__(self) -> str:
-        return (
-            f"runner {self.runner_id[:8]} (pid {self.pid} on {self.host}: {_shown(self.settings)})"
-        )
+        where = f"pid {self.pid} on {self.host}: {_shown(self.settings)}"
+        return f"runner {self.runner_id[:8]} ({where})"
 
 
 def fleet_settings(app: "Pynenc") -> dict[str, str]:
@@ -73,8 +72,7 @@ def _shown(settings: dict[str, str]) -> str:
 
 
 class FleetStore:
-    """The fleet's records, in the app's own store, read and written whether or not this
-    process runs the claim (a process without it must be told, too)."""
+    """The fleet's records in the app's own store, whether or not this process runs the claim."""
 
     def __init__(self, app: "Pynenc") -> None:
         self.app, self.orchestrator = app, app.orchestrator
@@ -137,9 +135,8 @@ def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
     this host, a pynenc process still there (beating yet or not); elsewhere, a recent beat."""
     store, here = FleetStore(app), socket.gethostname()
     records, members = store.records(), []
-    beating = (
-        store.beating() if any(json.loads(r)["host"] != here for r in records.values()) else set()
-    )
+    elsewhere = any(json.loads(r)["host"] != here for r in records.values())
+    beating = store.beating() if elsewhere else set()
     for runner_id, raw in records.items():
         record = json.loads(raw)
         member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
@@ -177,9 +174,8 @@ def joined(app: "Pynenc") -> str | None:
 
 
 def join_fleet(app: "Pynenc", runner_id: str) -> None:
-    """A worker's start: raise Refused (the one line) on a fleet it does not agree with; else
-    record its settings, for the next ones to check, until this process ends. Once per runner:
-    joined again, it does nothing."""
+    """A worker's start, once per runner: raise Refused (the one line) on a fleet it does not
+    agree with; else record its settings, for the next ones to check, until this process ends."""
     if joined(app) == runner_id:
         return
     if why := fleet_problem(app, besides=runner_id):
