@@ -39,8 +39,7 @@ KEEP = 8  # free connections kept per database file; more are closed as they com
 
 
 class KeptConnection(SQLiteConnection):
-    """pynenc's connection wrapper (its retries on a locked database included), given back to
-    its pool when its `with` block ends instead of being dropped."""
+    """pynenc's connection wrapper (retries included), given back to its pool as its block ends."""
 
     def __init__(self, conn: sqlite3.Connection, pool: "Pool", path: str, file: object) -> None:
         super().__init__(conn)
@@ -61,9 +60,8 @@ class KeptConnection(SQLiteConnection):
 
 
 class Pool:
-    """This process's kept connections, per database file. A connection is used by one thread
-    at a time: taken for one block, given back as it ends. A block opened inside another (the
-    same thread, the same file) takes a second connection, as pynenc's own code would."""
+    """This process's kept connections, per database file, each taken for one block by one
+    thread (a block inside another takes a second one, as pynenc's own code would)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -203,9 +201,8 @@ SUBCLASSED = {"SQLiteOrchestrator", "SQLiteBroker", "SQLiteStateBackend", "SQLit
 
 
 def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
-    """For one of pynenc's modules that opens connections: its namespace with the opener kept,
-    its own functions and helper classes that open (SQLiteBlockingControl) kept in it too, and
-    the names that open. None for any other module."""
+    """For one of pynenc's modules that opens connections: its namespace with the opener, and
+    its functions and helper classes (SQLiteBlockingControl) that open, kept; and their names."""
     module = sys.modules[name]
     if not name.startswith("pynenc.") or OPENER not in vars(module):
         return None

@@ -97,7 +97,6 @@ def of(invocation: "DistributedInvocation") -> Limit:
 
 
 def declared(tasks: Iterable[str] | None = None) -> dict[str, Limit]:
-    """Every task's declared limit in this process (of these tasks), by task key (the fleet
-    compares them)."""
+    """Every task's declared limit in this process (of these tasks), by task key."""
     keys = _DECLARED.keys() if tasks is None else set(tasks) & _DECLARED.keys()
     return {key: _DECLARED[key] for key in sorted(keys)}

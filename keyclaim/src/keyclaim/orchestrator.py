@@ -173,8 +173,7 @@ class AtomicClaim(ClaimRecovery):
         busy: Verdict = Verdict.PARK,
         free_at: float | None = None,
     ) -> Decision:
-        """keyclaim.decision.decide, for this invocation and its task's keyclaim.limit (a seam
-        the race tests pause at)."""
+        """keyclaim.decision.decide with the task's limit (a seam the race tests pause at)."""
         inv_id, waits = invocation.invocation_id, waits_in_line(invocation)
         slots = limits.of(invocation).slots
         return decision.decide(
@@ -182,8 +181,7 @@ class AtomicClaim(ClaimRecovery):
         )
 
     def is_authorize_to_run_by_concurrency_control(self, invocation: Any) -> bool:
-        """pynenc checks the key again just before RUNNING (a query per call); the claim gave
-        this invocation its key, and only a key's holder is ever claimed."""
+        """pynenc checks the key again before RUNNING; only a key's holder is ever claimed."""
         return True
 
     # An outcome that comes back after its claim was taken away (a stalled runner, woken after

@@ -24,8 +24,7 @@ RECHECK = 1.0  # seconds between reads of the store while no condition is source
 
 
 class QuietSQLiteTrigger(KeptSQLiteTrigger):
-    """pynenc's SQLite trigger with kept connections, and no lookups while no condition is
-    sourced from any task."""
+    """pynenc's SQLite trigger, kept connections, no lookups while no task is a source."""
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)

@@ -91,8 +91,7 @@ class ClaimRecovery(ClaimStore):
         now = time.monotonic()
         if now < self._next_sweep:
             return
-        beat = self.app.conf.atomic_service_check_interval_minutes * 60
-        self._next_sweep = now + beat
+        self._next_sweep = now + self.app.conf.atomic_service_check_interval_minutes * 60
         dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
         max_pending = self.app.conf.max_pending_seconds
         lost = [
@@ -142,8 +141,7 @@ class ClaimRecovery(ClaimStore):
         return None if self._due_at is None else max(0.0, self._due_at - time.monotonic())
 
     def on_queued(self, wake: Callable[[], None]) -> None:
-        """Call wake() whenever this process put a key's next call on the queue: a hand-over
-        at a call's end, or a release at a due time (the wake runner's loop wakes)."""
+        """Call wake() whenever this process queues a key's next call (hand-over, due time)."""
         self._on_queued.append(wake)
 
     def wake_now(self) -> None:

@@ -21,9 +21,8 @@ class ClaimStore(ABC):
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        """In one step: read the invocation, its key's holders (silent for dead_after seconds:
-        recovered) and its rate window, decide, write, and issue the slot's next fencing
-        token."""
+        """In one step: read the invocation, its key's holders (silent for dead_after: recovered)
+        and its rate window, decide, write, and issue the slot's next fencing token."""
 
     @abstractmethod
     def admit_in_store(self, invocation: "DistributedInvocation") -> bool:

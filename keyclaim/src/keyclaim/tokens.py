@@ -18,8 +18,7 @@ def token(app: "Pynenc") -> int | None:
 
 
 def slot(app: "Pynenc") -> int | None:
-    """The slot of its key the invocation running in this thread holds (0 with one slot; its
-    fencing token is compared only with its slot's); None without the claim."""
+    """The slot of its key the invocation running in this thread holds; None without the claim."""
     return _held(app, SLOT_ATTRIBUTE, "fence_slot")
 
 
