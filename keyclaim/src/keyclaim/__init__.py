@@ -1,16 +1,12 @@
 """One call per key (or up to N, at a rate) across pynenc workers, processes and hosts.
 
-With a line per key for the calls that must wait, fencing tokens for the calls that outlive
-their claim, and a draining stop.
-
     builder = PynencBuilder().app_id("my_app").sqlite("my.db").thread_runner(max_threads=8)
     app = keyclaim.install(builder, dead_after=15.0, longest_call=10.0).build()
     keyclaim.check(app)  # Refused, in one line, for what pynenc's resolved configuration breaks
 
 Written and tested against pynenc 0.3.1 and 0.4.0 (SQLite), and pynenc 0.3.1 with pynenc-redis
-0.3.0 (Redis): keyclaim.versions. The names below are what an app calls; what the programs
-around it read (counts, the fleet, problems found before a start) is `keyclaim.inspect`.
-Importing either imports no pynenc, so a launcher can check versions before anything starts.
+0.3.0 (Redis): keyclaim.versions. What the programs around an app read is `keyclaim.inspect`;
+importing either imports no pynenc. keyclaim/README.md says the rest.
 """
 
 from keyclaim import inspect as inspect

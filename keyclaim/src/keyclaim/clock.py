@@ -1,12 +1,10 @@
 """The one clock every liveness decision reads, and the first fencing token it gives a key.
 
-Redis: the store's own (TIME), read in the backend module. SQLite, whose workers share one host:
-that host's clock since boot, read from the kernel. A worker's wall clock never enters a
-liveness decision: skewed, it would take a live holder for dead.
-
-Written against pynenc 0.3.1 and 0.4.0, whose heartbeats and recovery read each runner's own
-wall clock. The upstream change that retires it: pynenc's orchestrators stamp heartbeats and
-claims with the store's clock (SQLite: the host's; Redis: TIME) and judge liveness on it.
+Redis: the store's own (TIME, read in the backend module); SQLite, whose workers share one
+host: that host's clock since boot. Never a worker's wall clock: skewed, it would take a live
+holder for dead. Written against pynenc 0.3.1 and 0.4.0, whose heartbeats and recovery read
+each runner's own wall clock. The upstream change that retires it: pynenc's orchestrators stamp
+heartbeats and claims with the store's clock and judge liveness on it.
 """
 
 import time
@@ -28,10 +26,9 @@ BOOT = _boot()
 
 
 def host_clock() -> float:
-    """Seconds since this host booted, as the kernel counts them: the same for every process
-    on the host, whatever its wall clock says (skewed, or under faketime, which shifts even the
-    process's monotonic clocks but not this file). A beat is read with the boot it was taken
-    in: one from an earlier boot is no beat at all."""
+    """Seconds since this host booted, the same for every process on the host whatever its
+    wall clock says (faketime shifts even a process's monotonic clocks, not this file). A beat
+    is read with the boot it was taken in: one from an earlier boot is no beat at all."""
     try:
         return float(UPTIME.read_text().split()[0])
     except OSError:  # pragma: no cover - not Linux

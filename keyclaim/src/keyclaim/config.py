@@ -1,11 +1,8 @@
 """The names the library writes into pynenc's configuration, and what makes its windows sound.
 
-The bottom of the package: the installer (keyclaim.installer) writes these keys and class
-names, the classes (the claim, its runners, the kept connections) read them back from the
-configuration pynenc resolved. It imports nothing of the library.
-
-Written against pynenc 0.3.1 and 0.4.0 (their configuration keys, and the class names pynenc
-resolves). Retired with the classes it names, once pynenc has them.
+The bottom of the package, importing nothing of the library: the installer writes these keys
+and class names, the classes read them back from the configuration pynenc resolved. Written
+against pynenc 0.3.1 and 0.4.0 (their keys and class names); retired with the classes it names.
 """
 
 from typing import TYPE_CHECKING
@@ -32,7 +29,7 @@ SELECTED = "keyclaim_selects_"  # + orchestrator_cls / runner_cls: what install 
 BEATS_PER_WINDOW = 4  # what install() asks for
 FEWEST_BEATS = 3  # what the check accepts: one lost beat must not look like a death
 DEFAULT_DEADLINE = 12.0
-DEFAULT_IDLE = 0.1  # shorter picks a burst up mid-way under load: keyclaim.wake
+DEFAULT_IDLE = 0.1  # shorter picks a burst up mid-way under load: the repo's docs/speed.md
 
 
 def window_problem(dead_after: float, beat_every: float, longest_call: float | None) -> str | None:

@@ -1,21 +1,17 @@
 """Kept SQLite connections: pynenc's SQLite classes, each connection opened once and reused.
 
-pynenc opens a new connection for every operation of its SQLite orchestrator, broker, state
-backend and trigger (`pynenc.util.sqlite_utils.create_sqlite_connection`), and runs
-`PRAGMA journal_mode=WAL` on each, which waits on the database's locks. The classes here are
-pynenc's own, and their methods are pynenc's own code: the one difference is where a `with
-sqlite_conn(path) as conn:` block gets its connection: from this process's pool for that file,
-used by its thread alone until the block ends. The journal mode is set once per file (again
-once every connection to it was closed: its inode may name a new file); a forked child leaves
-its parent's connections alone; what it relies on (a block finishes its cursors; no fork while
-other threads are inside SQLite) is the README's "SQLite connections opened once".
+pynenc opens a new connection for every operation of its SQLite classes and runs
+`PRAGMA journal_mode=WAL` on each, which waits on the database's locks. These classes are
+pynenc's own, their methods pynenc's code relinked, so that a `with sqlite_conn(path) as conn:`
+block takes a connection from this process's pool for that file: keyclaim/README.md, "SQLite
+connections opened once", says how, and what it relies on.
 
 Selected by class name (`keyclaim.keep_connections(builder)`, with or without the claim).
-Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose four SQLite
-modules open their connections through the module-level name `sqlite_conn`; anything else
-refuses to build. The upstream change that retires it: each SQLite component takes its
-connection from one overridable method, kept per thread, with the journal mode set when the
-tables are created (the repo's docs/upstream.md, section 6).
+Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions), whose SQLite modules
+open their connections through the module-level name `sqlite_conn`; anything else refuses to
+build. The upstream change that retires it: each SQLite component takes its connection from one
+overridable method, kept per thread, with the journal mode set when the tables are created
+(the repo's docs/upstream.md, section 6).
 """
 
 import atexit
@@ -43,8 +39,7 @@ KEEP = 8  # free connections kept per database file; more are closed as they com
 
 
 class KeptConnection(SQLiteConnection):
-    """pynenc's connection wrapper (its retries on a locked database included), given back to
-    its pool when its `with` block ends instead of being dropped."""
+    """pynenc's connection wrapper (retries included), given back to its pool as its block ends."""
 
     def __init__(self, conn: sqlite3.Connection, pool: "Pool", path: str, file: object) -> None:
         super().__init__(conn)
@@ -65,9 +60,8 @@ class KeptConnection(SQLiteConnection):
 
 
 class Pool:
-    """This process's kept connections, per database file. A connection is used by one thread
-    at a time: taken for one block, given back as it ends. A block opened inside another (the
-    same thread, the same file) takes a second connection, as pynenc's own code would."""
+    """This process's kept connections, per database file, each taken for one block by one
+    thread (a block inside another takes a second one, as pynenc's own code would)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -201,17 +195,14 @@ def _copy(function: FunctionType, namespace: dict[str, Any]) -> FunctionType:
     return copy
 
 
-_MODULES: dict[str, tuple[dict[str, Any], set[str]]] = {}
-
-
+_MODULES: dict[str, tuple[dict[str, Any], set[str]]] = {}  # by name: (namespace, openers)
 # pynenc's SQLite classes the library subclasses by name (below, and keyclaim.quiet).
 SUBCLASSED = {"SQLiteOrchestrator", "SQLiteBroker", "SQLiteStateBackend", "SQLiteTrigger"}
 
 
 def _module(name: str) -> tuple[dict[str, Any], set[str]] | None:
-    """For one of pynenc's modules that opens connections: its namespace with the opener kept,
-    its own functions and helper classes that open (SQLiteBlockingControl) kept in it too, and
-    the names that open. None for any other module."""
+    """For one of pynenc's modules that opens connections: its namespace with the opener, and
+    its functions and helper classes (SQLiteBlockingControl) that open, kept; and their names."""
     module = sys.modules[name]
     if not name.startswith("pynenc.") or OPENER not in vars(module):
         return None
@@ -264,9 +255,8 @@ def _pynencs_openers(cls: type) -> Iterator[tuple[str, type, FunctionType, Any]]
         found = _function(vars(owner)[name])
         if found is None or (module := _module(found[0].__module__)) is None:
             continue
-        if _opens(found[0].__code__, module[1]) and found[0].__globals__.get(OPENER) is not (
-            kept_connection
-        ):
+        relinked_already = found[0].__globals__.get(OPENER) is kept_connection
+        if _opens(found[0].__code__, module[1]) and not relinked_already:
             yield name, owner, *found
 
 
@@ -307,15 +297,13 @@ class _Tested:
         super().__init__(app)  # type: ignore[call-arg]
 
 
-# Each base is built as the module is imported (relinked: a class of its own, so that a method
-# the kept class overrides, __init__ say, still reaches the relinked copy): a type checker sees
-# a base it cannot know, hence the one ignore on each.
+# Each base is relinked as the module is imported (a class of its own, so that a method the kept
+# class overrides still reaches the relinked copy): a type checker cannot know it, hence ignores.
 class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):  # type: ignore[misc]
     """pynenc's SQLite orchestrator, with kept connections."""
 
-    # The claim's SQLite orchestrator derives from this one, and keeps its connections only
-    # where keep_connections selected them (KEEP_KEY): else it opens one for every block, as
-    # pynenc does. Selected by its name alone, this one keeps them.
+    # Selected by its name alone, this one keeps them; the claim's, derived from it, only where
+    # keep_connections selected them (KEEP_KEY): else it opens one per block, as pynenc does.
     KEEPS_BY_DEFAULT = True
 
     def __init__(self, app: Any) -> None:

@@ -45,8 +45,7 @@ class Holder:
         """Pending or running under a runner that has not beaten since alive_since."""
         if self.record.status not in HELD:
             return False  # queued, or between two statuses: it is not waiting on a runner
-        # No beat at all (a store that lost its beats, say): not silent yet. The sweep records
-        # a first beat for it now, and judges it a window later.
+        # No beat at all (a store that lost its beats, say): not silent until a window later.
         return self.heartbeat is not None and self.heartbeat < alive_since
 
 
@@ -91,8 +90,7 @@ def decide(
 ) -> Decision:
     """What to write, given the invocation's status and its key's holders, read atomically.
 
-    holder: the key's holders (one Holder, or a list); None when the key is free or the task
-    has no running control.
+    holder: the key's holders (one Holder, or a list); None: a free key, or no running control.
     alive_since: on the store's clock, the oldest heartbeat of a live runner.
     waits: a blocked call of this task waits in its line (reroute) rather than being dropped.
     busy: what a busy key means here: PARK (or drop, as the task says) or LEAVE.
@@ -110,11 +108,9 @@ def decide(
         new = status_record_transition(current, S.PENDING, runner_id)
         return Decision(Verdict.RUN, [(invocation_id, new)], takes_key=mine is None, slot=slot)
     decision = Decision(busy)
-    for each in holders:
-        if not each.silent_since(alive_since):
-            continue
-        # Its runner stopped beating: recover it as pynenc's recovery does. It keeps its slot
-        # and is queued again: it never finished, and it came first.
+    # A holder whose runner stopped beating is recovered as pynenc's recovery does: it keeps its
+    # slot and is queued again (it never finished, and it came first).
+    for each in (h for h in holders if h.silent_since(alive_since)):
         decision.writes += [(each.invocation_id, r) for r in recovery(each.record, runner_id)]
         decision.recovered.append(each.invocation_id)
     if busy is Verdict.LEAVE:

@@ -1,31 +1,21 @@
 """A ThreadRunner that, told to stop, lets its calls finish before it gives their keys up.
 
-Selected by class name (runner_cls="DrainingThreadRunner"), by `keyclaim.install` or on its
-own by `keyclaim.use_runner(builder, "drain", drain_deadline=12.0)`. As it starts, it joins the
-fleet (keyclaim.fleet), with or without the claim: a worker whose settings differ from a live
-one's is refused (Refused, which pynenc's `runner start` reports in one line, exiting 1).
+Selected by class name (runner_cls="DrainingThreadRunner"): `keyclaim.install`, or
+`keyclaim.use_runner(builder, "drain", drain_deadline=12.0)` without the claim. As it starts,
+it joins the fleet (keyclaim.fleet): a worker whose settings differ from a live one's is
+refused in one line. Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0
+with 0.3.1); it refuses any other version (keyclaim.versions).
 
-Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version (keyclaim.versions). The wake runner drains the same way; pynenc's
-MultiThreadRunner and ProcessRunner do not (with the claim, the fencing token is what keeps a
-call handed on while it still runs from being applied twice at once).
+Why it exists: on SIGTERM or Ctrl-C (every deploy), pynenc's `ThreadRunner._on_stop` reroutes
+each in-flight invocation *before* joining its thread: another worker calls again while the
+first call is in flight. This one waits for its calls, up to a deadline, beating meanwhile;
+past it, it exits holding what still runs (RUNNING under its name), recovered once it has been
+silent for the dead-after window, which is longer than a call can stay in flight: the cut call
+is over by then, and its fencing token refuses it if it still arrives.
 
-Why it exists. On SIGTERM or Ctrl-C (every deploy), pynenc's `ThreadRunner._on_stop` marks each
-in-flight invocation KILLED and reroutes it *before* joining the thread that is still calling the
-provider. Another worker takes the invocation and calls again while the first call is in flight.
-
-What it does. pynenc's own stop already ends the loop, so no new work is taken. Then, instead of
-rerouting, it waits for the running calls to end, up to a deadline, and keeps sending heartbeats
-meanwhile, so no other runner takes it for dead. A call that finished has given its account back
-through its own final status. Past the deadline it exits *holding* what is still running: those
-invocations stay RUNNING under its name, and the claim's dead-after window recovers them once the
-runner has been silent that long. The window is longer than a call can stay in flight (the claim
-refuses to start otherwise), so the cut call is over by then, and its fencing token refuses it if
-it still arrives. A call that may still be running is never handed on: that is the overlap.
-
-The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
-`ThreadRunner._on_stop` join its threads first, with a deadline and heartbeats, then reroute only
-the invocations whose thread has ended without a final status.
+The upstream change that retires it: `ThreadRunner._on_stop` joins its threads first, with a
+deadline and heartbeats, then reroutes only the invocations whose thread ended without a final
+status (the repo's docs/upstream.md, section 7).
 """
 
 import sys
@@ -54,8 +44,7 @@ class DrainingThreadRunner(ThreadRunner):
     def _on_stop(self) -> None:
         ends = time.monotonic() + self.drain_deadline
         beat = min(LONGEST_BEAT, self.app.conf.atomic_service_check_interval_minutes * 60)
-        running = self._running()
-        if running:
+        if running := self._running():
             self.logger.warning(
                 f"Draining {len(running)} call(s) before stopping, for up to "
                 f"{self.drain_deadline:g}s: no new work is taken"

@@ -3,9 +3,8 @@
 
 class Refused(ValueError):
     """The claim would not hold with this configuration (a window, an override, a mixed fleet,
-    a store that cannot run it). Nothing was started; the message says what to change.
-
-    A ValueError: raised as tasks.py is imported, `pynenc --app ... runner start` reports it in
+    a store that cannot run it). Nothing was started; the message says what to change. A
+    ValueError: raised as tasks.py is imported, `pynenc --app ... runner start` reports it in
     one line ("Failed to load application: ...") and exits 1, with no traceback."""
 
 

@@ -1,17 +1,8 @@
 """The fleet: every worker on one store must run the claim with the same settings.
 
-One worker without the claim (or with other windows) beside workers with it takes a key the
-others think is held. Each worker records its claim settings in the app's own store as it
-starts (`join_fleet`); a worker or producer whose settings differ from a live one's is refused
-in one line naming both (`fleet_problem`). Live: on this host, a pynenc process with that pid;
-elsewhere, a pynenc heartbeat within FLEET_WINDOW seconds.
-
-Who joins, and when: the library's runners as they start (keyclaim.drain), with or without the
-claim; any other runner of a process with the claim as it first beats, and a producer with the
-claim is checked as it registers its first call (keyclaim.orchestrator). A runner that is not
-the library's, in a process without the claim, runs no code of the library's: it joins only if
-its program calls `keyclaim.inspect.join_fleet` as it starts.
-
+Each worker records its settings in the app's own store as it starts (`join_fleet`); a worker
+or producer whose settings differ from a live one's is refused in one line naming both
+(`fleet_problem`). Who joins, when, and what counts as live: keyclaim/README.md, "The fleet".
 Written against pynenc 0.3.1 and 0.4.0, which record no runner's configuration. The upstream
 change that retires it: the runner registry keeps each runner's concurrency settings, and a
 runner or producer whose settings differ from a live runner's is refused at start.
@@ -36,6 +27,7 @@ if TYPE_CHECKING:
 FLEET_WINDOW = 75.0  # seconds: pynenc's heartbeat within it, on the reader's wall clock
 TABLE = "claim_fleet"  # SQLite: under the app's table prefix; Redis: a hash under its key prefix
 MEMBER = "_keyclaim_fleet_member"  # on the app: this process's record, once joined
+SCHEMA = "CREATE TABLE IF NOT EXISTS {table} (runner_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
 
 
 @dataclass(frozen=True)
@@ -48,9 +40,8 @@ class Member:
     host: str
 
     def __str__(self) -> str:
-        return (
-            f"runner {self.runner_id[:8]} (pid {self.pid} on {self.host}: {_shown(self.settings)})"
-        )
+        where = f"pid {self.pid} on {self.host}: {_shown(self.settings)}"
+        return f"runner {self.runner_id[:8]} ({where})"
 
 
 def fleet_settings(app: "Pynenc") -> dict[str, str]:
@@ -81,47 +72,39 @@ def _shown(settings: dict[str, str]) -> str:
 
 
 class FleetStore:
-    """The fleet's records, in the app's own store, read and written whether or not this
-    process runs the claim (a process without it must be told, too)."""
+    """The fleet's records in the app's own store, whether or not this process runs the claim."""
 
     def __init__(self, app: "Pynenc") -> None:
         self.app, self.orchestrator = app, app.orchestrator
         self.redis = hasattr(self.orchestrator, "client")
 
-    def _sqlite(self) -> tuple[sqlite3.Connection, str]:
+    def _sql(self, statement: str, *args: str) -> list[tuple[str, str]]:
+        """SQLite: one statement on the fleet's table ("{table}" in it), committed."""
         table = f"{self.orchestrator.tables.table_prefix}_{TABLE}"
-        conn = sqlite3.connect(self.orchestrator.sqlite_db_path, timeout=30.0)
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {table} (runner_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
-        )
-        return conn, table
+        with closing(sqlite3.connect(self.orchestrator.sqlite_db_path, timeout=30.0)) as conn, conn:
+            conn.execute(SCHEMA.format(table=table))
+            return conn.execute(statement.format(table=table), args).fetchall()
 
     def _hash(self) -> str:
         return self.orchestrator.key.prefix + TABLE
 
     def records(self) -> dict[str, str]:
-        if self.redis:
-            raw = self.orchestrator.client.hgetall(self._hash())
-            return {k.decode(): v.decode() for k, v in raw.items()}
-        conn, table = self._sqlite()
-        with closing(conn):
-            return dict(conn.execute(f"SELECT runner_id, record FROM {table}").fetchall())
+        if not self.redis:
+            return dict(self._sql("SELECT runner_id, record FROM {table}"))
+        raw = self.orchestrator.client.hgetall(self._hash())
+        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def write(self, runner_id: str, record: str) -> None:
         if self.redis:
             self.orchestrator.client.hset(self._hash(), runner_id, record)
-            return
-        conn, table = self._sqlite()
-        with closing(conn), conn:
-            conn.execute(f"INSERT OR REPLACE INTO {table} VALUES (?, ?)", (runner_id, record))
+        else:
+            self._sql("INSERT OR REPLACE INTO {table} VALUES (?, ?)", runner_id, record)
 
     def remove(self, runner_id: str) -> None:
         if self.redis:
             self.orchestrator.client.hdel(self._hash(), runner_id)
-            return
-        conn, table = self._sqlite()
-        with closing(conn), conn:
-            conn.execute(f"DELETE FROM {table} WHERE runner_id = ?", (runner_id,))
+        else:
+            self._sql("DELETE FROM {table} WHERE runner_id = ?", runner_id)
 
     def beating(self) -> set[str]:
         """The runners with a pynenc heartbeat in the fleet window. pynenc's own list, on the
@@ -140,11 +123,10 @@ def alive_here(pid: int) -> bool:
         except OSError:
             return False
     try:
-        os.kill(pid, 0)
+        with suppress(PermissionError):  # it exists, under another user
+            os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -153,9 +135,8 @@ def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
     this host, a pynenc process still there (beating yet or not); elsewhere, a recent beat."""
     store, here = FleetStore(app), socket.gethostname()
     records, members = store.records(), []
-    beating = (
-        store.beating() if any(json.loads(r)["host"] != here for r in records.values()) else set()
-    )
+    elsewhere = any(json.loads(r)["host"] != here for r in records.values())
+    beating = store.beating() if elsewhere else set()
     for runner_id, raw in records.items():
         record = json.loads(raw)
         member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
@@ -193,9 +174,8 @@ def joined(app: "Pynenc") -> str | None:
 
 
 def join_fleet(app: "Pynenc", runner_id: str) -> None:
-    """A worker's start: raise Refused (the one line) on a fleet it does not agree with; else
-    record its settings, for the next ones to check, until this process ends. Once per runner:
-    joined again, it does nothing."""
+    """A worker's start, once per runner: raise Refused (the one line) on a fleet it does not
+    agree with; else record its settings, for the next ones to check, until this process ends."""
     if joined(app) == runner_id:
         return
     if why := fleet_problem(app, besides=runner_id):

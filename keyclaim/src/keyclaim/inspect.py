@@ -1,10 +1,7 @@
 """What operators and launchers read: the claim's counts, the fleet, and problems found early.
 
-The package's face (`keyclaim`) is what an app calls; this is what the programs around it read,
-none of which changes what the claim does: a launcher checks versions, windows and a Redis
-before it starts anything, a monitor counts claims and waiting calls, a producer asks whether
-the live workers agree with it, and a runner that is not keyclaim's records itself in the
-fleet as it starts. Importing it imports no pynenc.
+None of it changes what the claim does (keyclaim/README.md, "The names"); importing it imports
+no pynenc, so a launcher can check before it starts anything.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -43,8 +40,7 @@ def waiting(app: "Pynenc") -> int | None:
 
 
 def limit_of(task: Any) -> "Limit":
-    """What a task declared with keyclaim.limit (its slots, rate and per), or one call per key:
-    what a provider's quota for its keys must be."""
+    """What a task declared with keyclaim.limit, or one call per key: a provider's quota."""
     from keyclaim import limits
 
     return limits.declared([task.task_id.key]).get(task.task_id.key, limits.ONE)
@@ -57,8 +53,7 @@ def _claim(app: "Pynenc") -> "AtomicClaim | None":
 
 
 def windows_problem(dead_after: float, longest_call: float) -> str | None:
-    """Why install would refuse these windows, in one line (a launcher checks its flags with
-    it before starting anything); None when it would take them."""
+    """Why install would refuse these windows, in one line; None when it would take them."""
     return window_problem(dead_after, dead_after / BEATS_PER_WINDOW, longest_call)
 
 

@@ -1,15 +1,11 @@
 """What `install` writes into pynenc's configuration, and the check on what pynenc resolved.
 
-pynenc ranks its environment variables (PYNENC__...) and `[tool.pynenc]` above the builder, so
-the claim is judged on the configuration pynenc resolved, not on what the builder asked for:
-- the library's classes on a pynenc they were not tested with are refused;
-- a class install selected that pynenc does not resolve (an override) is refused;
-- windows that would let the claim take a live holder for dead are refused.
-
-The top of the package: it selects the library's classes by name, importing each module as it
-selects it, so that pynenc finds the class. Written against pynenc 0.3.1 and 0.4.0 (their
-`PynencBuilder.custom_config`, the class names `.sqlite()` and `.redis()` select, and the
-names pynenc resolves). Retired with the classes it selects, once pynenc has them.
+pynenc ranks PYNENC__... variables and `[tool.pynenc]` above the builder, so `check` judges the
+configuration pynenc resolved: untested versions, an override of a class the library selected,
+and windows that would take a live holder for dead are refused. The top of the package: it
+imports each class's module as it selects it, so that pynenc finds the class by name. Written
+against pynenc 0.3.1 and 0.4.0 (`PynencBuilder.custom_config`, the class names `.sqlite()` and
+`.redis()` select); retired with the classes it selects, once pynenc has them.
 """
 
 from typing import TYPE_CHECKING
@@ -29,32 +25,24 @@ BACKENDS = {
 }
 
 
-def runner_config(
-    runner: str, drain_deadline: float = config.DEFAULT_DEADLINE, idle: float = config.DEFAULT_IDLE
-) -> dict[str, object]:
-    """The configuration that selects one of the library's runners: "drain" (pynenc's
-    ThreadRunner, stopping by draining its calls) or "wake" (the same, and woken by its own
-    finishing calls instead of polling; its base sleep moves into the wait)."""
-    if runner not in config.RUNNERS:
-        raise ValueError(f"runner {runner!r}: one of {', '.join(config.RUNNERS)}")
-    chosen: dict[str, object] = {"runner_cls": config.RUNNERS[runner]}
-    chosen[config.DEADLINE_KEY] = drain_deadline
-    if runner == "wake":
-        chosen.update({"runner_loop_sleep_time_sec": 0.0, config.IDLE_KEY: idle})
-    return chosen
-
-
 def use_runner(
     builder: "PynencBuilder",
     runner: str,
     drain_deadline: float = config.DEFAULT_DEADLINE,
     idle: float = config.DEFAULT_IDLE,
 ) -> "PynencBuilder":
-    """Select one of the library's runners, with or without the claim. Call it after the
+    """Select one of the library's runners, with or without the claim: "drain" (pynenc's
+    ThreadRunner, stopping by draining its calls) or "wake" (the same, woken by its own
+    finishing calls instead of polling; its base sleep moves into the wait). Call it after the
     builder's own runner choice (`.thread_runner()` selects pynenc's ThreadRunner)."""
     from keyclaim import drain, wake  # noqa: F401 - pynenc finds the classes by name
 
-    chosen = runner_config(runner, drain_deadline, idle)
+    if runner not in config.RUNNERS:
+        raise ValueError(f"runner {runner!r}: one of {', '.join(config.RUNNERS)}")
+    chosen: dict[str, object] = {"runner_cls": config.RUNNERS[runner]}
+    chosen[config.DEADLINE_KEY] = drain_deadline
+    if runner == "wake":
+        chosen.update({"runner_loop_sleep_time_sec": 0.0, config.IDLE_KEY: idle})
     return builder.custom_config(**chosen, **{config.SELECTED + "runner_cls": chosen["runner_cls"]})
 
 
@@ -87,17 +75,11 @@ def install(
     drain_deadline: float = config.DEFAULT_DEADLINE,
     idle: float = config.DEFAULT_IDLE,
 ) -> "PynencBuilder":
-    """Switch the claim on: its orchestrator for the builder's backend (`.sqlite()` or
-    `.redis()`), a dead-runner window of dead_after seconds, beats four times in it, and a
-    runner that drains its calls on a stop ("drain", or "wake"; None keeps the builder's
-    runner, whose stop then hands calls on while they may still run, and only the fencing
-    token keeps them from being applied).
-
-    longest_call is the longest a call can stay in flight (the task's timeout): the window must
-    be longer. Call it after .sqlite() or .redis() and after the builder's runner choice.
-    Versions and windows are checked again once pynenc has resolved its configuration, wherever
-    it builds the classes: `check(app)` says so before anything runs. On SQLite the claim opens
-    its connections as pynenc does, unless `keep_connections` selects kept ones too.
+    """Switch the claim on: its orchestrator for the builder's backend, a dead-runner window
+    of dead_after seconds (beats four times in it) longer than longest_call (the task's
+    timeout), and a runner that drains its calls on a stop ("drain" or "wake"; None keeps the
+    builder's): keyclaim/README.md, "Use". Call it after .sqlite() or .redis() and the runner
+    choice; `check(app)` checks what pynenc resolved. Kept connections: `keep_connections`.
     """
     orchestrator = builder._config.get("orchestrator_cls")
     if (backend := BACKENDS.get(orchestrator)) is None:

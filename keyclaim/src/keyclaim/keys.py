@@ -38,9 +38,8 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
     """The key's line, and its sequence of tokens. Under KEYS, its argument values (as text),
-    whichever task calls for them: pynenc scopes KEYS per task, but the provider protects the
-    account, and two tasks keyed on one account_id are one account to it. Under TASK and
-    ARGUMENTS (an empty key, or every argument), the task's own, as pynenc scopes them."""
+    whichever task calls for them: two tasks keyed on one account_id are one account to the
+    provider. Under TASK and ARGUMENTS, the task's own, as pynenc scopes them."""
     conf = invocation.task.conf
     if conf.running_concurrency == ConcurrencyControlType.KEYS and key:
         return key_identity(key)
@@ -49,9 +48,8 @@ def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
 
 def fence_key(line: str, slot: int) -> str:
     """Which sequence of fencing tokens a slot's claims draw from: the key's own for slot 0 (one
-    call per key: today's tokens, unchanged), the key and its slot for the others. A token is
-    compared only with tokens of its own slot: a newer claim of slot 1 says nothing about the
-    call still holding slot 0."""
+    call per key: today's tokens, unchanged), the key and its slot for the others (a token is
+    compared only with tokens of its own slot)."""
     return line if slot == 0 else f"{line}#{slot}"
 
 

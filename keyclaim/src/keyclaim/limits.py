@@ -1,14 +1,10 @@
 """What a task declares beyond one call per key: up to N calls per key at once, and a rate.
 
 pynenc's `app.task` refuses options it does not know, so the declaration is the library's own,
-kept per task (by its module and name, as pynenc finds it again in any process), above
-`@app.task` in every process that builds the app (the fleet compares them). The claim reads it
-at every claim; a task that declares nothing keeps one call per key and no rate. The rate is a
-sliding window of `per + grace` seconds on the store's clock: the README's "Up to N per key,
-and a rate" says why that window, and what `grace` covers.
-
-Written against pynenc 0.3.1 and 0.4.0, which have neither. The upstream change that retires it:
-task options `running_slots=N` and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
+kept per task key, above `@app.task` in every process that builds the app; keyclaim/README.md,
+"Up to N per key, and a rate", says how the claim enforces it. Written against pynenc 0.3.1 and
+0.4.0, which have neither. The upstream change that retires it: task options `running_slots=N`
+and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
 """
 
 from collections.abc import Iterable
@@ -101,7 +97,6 @@ def of(invocation: "DistributedInvocation") -> Limit:
 
 
 def declared(tasks: Iterable[str] | None = None) -> dict[str, Limit]:
-    """Every task's declared limit in this process (of these tasks), by task key (the fleet
-    compares them)."""
+    """Every task's declared limit in this process (of these tasks), by task key."""
     keys = _DECLARED.keys() if tasks is None else set(tasks) & _DECLARED.keys()
     return {key: _DECLARED[key] for key in sorted(keys)}

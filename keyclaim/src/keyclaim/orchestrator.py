@@ -1,34 +1,19 @@
 """The claiming orchestrator's shared half: pynenc's loop with check-then-claim made one step.
 
-What it replaces in pynenc (0.3.1 and 0.4.0). `BaseOrchestrator.get_additional_invocations_to_run`
-asks `is_candidate_to_run_by_concurrency_control` whether an invocation with the same key is
-PENDING or RUNNING, and only then moves its own invocation to PENDING, in a separate write: two
-runner processes can both read "free" and both run. A blocked invocation is written
-CONCURRENCY_CONTROLLED, then REROUTED, and sent to the back of the queue, so every runner cycle
-walks every busy account's whole backlog: one hot account delays all the others, and its own
-calls run in no particular order. A drop on a REROUTED invocation is refused
-(`InvocationStatusTransitionError`) and ends the runner loop.
-
-What it does. Each key has at most one *holder*: the one invocation that may be on the queue,
-pending or running (or up to N, one per slot, when its task declares so: keyclaim.limits). A
-call for a busy key waits in the key's *line*, in arrival order, off the queue:
-- registering a call either makes it the holder and queues it, or parks it at the end of its
-  line (tasks that drop blocked calls are queued as usual, to be dropped when claimed);
-- claiming a call reads its status and the key's holder, and in the same step writes PENDING
-  with the key's next fencing token, parks it, or drops it;
-- the holder's final status (success, failure, a drop) hands the key to the head of its line
-  and queues it, in the same step as the status write.
-A parked call keeps its status (REGISTERED, for a new one), so `registration_concurrency` still
-merges duplicates into it. A declared rate is admitted in the claim's step too: a call whose
-key's window is spent keeps its slot, off the queue, until its due time. No lock or service
-outside pynenc's own store.
-
-Faults, liveness and the calls that wait for their rate: keyclaim.recovery.
+Written against pynenc 0.3.1 and 0.4.0, whose `get_additional_invocations_to_run` asks whether
+a key is free, then moves the invocation to PENDING in a second write (two runners can both
+read "free"), and sends a blocked one round the queue again, so one busy key's backlog delays
+every other key. Here a key has up to N holders (one per slot) and a line of waiting calls off
+the queue: registering a call queues or parks it, a claim reads and writes in one step of the
+store (with the slot's fencing token and the key's rate), and a holder's final status hands
+its slot to the head of the line in the same step (keyclaim/README.md). A parked call keeps its
+status, so `registration_concurrency` still merges into it. Faults, liveness and calls waiting
+for their rate: keyclaim.recovery.
 
 The upstream change that retires it: per-key holders and lines in `BaseOrchestrator`
 (`claim_for_run`, park at registration, hand-over on a final status), fencing tokens, outcomes
 stored only while the claim holds, and REROUTED -> CONCURRENCY_CONTROLLED_FINAL allowed in
-`pynenc/invocation/status.py` (the repo's docs/upstream.md writes it out).
+`pynenc/invocation/status.py` (the repo's docs/upstream.md).
 """
 
 import time
@@ -55,8 +40,7 @@ S = InvocationStatus
 
 
 class AtomicClaim(ClaimRecovery):
-    """The backend-independent half: the loop that claims, and what it records; its recovery
-    is keyclaim.recovery's. Mixed in before pynenc's own orchestrator of the backend
+    """The backend-independent half, mixed in before pynenc's own orchestrator of the backend
     (keyclaim.sqlite_claim, keyclaim.redis_claim), which implements the ClaimStore steps."""
 
     app: Any
@@ -72,19 +56,16 @@ class AtomicClaim(ClaimRecovery):
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
-        a call that waits when blocked is queued only when its key has a free slot (the line is
-        then empty: a slot that frees goes to the head of the line in the same step)."""
+        a call that waits when blocked is queued only into a free slot (the line is then empty)."""
         return not waits_in_line(invocation) or len(holders) < limits.of(invocation).slots
 
     # The producer: park at registration.
 
     def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
-        """pynenc's registration, with its routing replaced: a keyed call is queued only if it
-        becomes its key's holder; otherwise it is parked in its line. Batches (parallelize)
-        go the same way, so their keys are indexed too."""
+        """pynenc's registration (batches too), its routing replaced: a keyed call is queued
+        only if it becomes one of its key's holders; otherwise it is parked in its line."""
         if not self._fleet_checked and fleet.joined(self.app) is None:
-            # A producer: refused before its first call if it parks or admits calls otherwise
-            # than a live worker would. A worker was checked as it joined.
+            # A producer, checked before its first call (a worker was checked as it joined).
             if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
                 raise Refused(why)
             self._fleet_checked = True
@@ -95,11 +76,11 @@ class AtomicClaim(ClaimRecovery):
         self.app.state_backend.add_histories(invocations, record, runner_ctx)
         self.app.trigger.report_tasks_status(ids, record.status)
         for invocation in invocations:
+            where = "ROUTED"
             if key_arguments(invocation) is None:
                 self._route(invocation.invocation_id)
-                where = "ROUTED"
-            else:
-                where = "ROUTED" if self.admit_in_store(invocation) else "PARKED in its line"
+            elif not self.admit_in_store(invocation):
+                where = "PARKED in its line"
             self.app.logger.info(f"NEW invocation:{invocation.invocation_id} REGISTERED, {where}")
 
     # The workers: claim.
@@ -123,11 +104,8 @@ class AtomicClaim(ClaimRecovery):
         *queue_hooks: Callable,
     ) -> Iterator["DistributedInvocation"]:
         """pynenc's loop, with check-then-claim replaced by claim (queue_hooks: pynenc 0.4.0).
-
-        A blocked call is parked, not sent round the queue again: the queue holds only calls
-        that can run now. One the store could not decide goes back on the queue once the pass
-        is over, never into the same pass.
-        """
+        A blocked call is parked, not sent round the queue again; one the store could not
+        decide goes back on the queue once the pass is over, never into the same pass."""
         retrieve = self._retriever(*queue_hooks)
         requeue: list[str] = []
         try:
@@ -151,11 +129,8 @@ class AtomicClaim(ClaimRecovery):
         blocking_invocation_ids: set["InvocationId"],
         runner_ctx: "RunnerContext",
     ) -> Iterator["InvocationId"]:
-        """Invocations others wait for (blocking control) are claimed the same way.
-
-        This path reads them from the blocking edges, not from the queue or a line, where
-        they also wait: one whose key is busy is left where it is.
-        """
+        """Invocations others wait for (blocking control), claimed the same way; read from the
+        blocking edges, not the queue or a line, one whose key is busy is left where it is."""
         for invocation_id in self.get_blocking_invocations(max_num_invocations):  # type: ignore[attr-defined]
             invocation = self.app.state_backend.get_invocation(invocation_id)
             if self.claim(invocation, runner_ctx, busy=Verdict.LEAVE) is Verdict.RUN:
@@ -198,38 +173,27 @@ class AtomicClaim(ClaimRecovery):
         busy: Verdict = Verdict.PARK,
         free_at: float | None = None,
     ) -> Decision:
-        """keyclaim.decision.decide, for this invocation and its task's keyclaim.limit (a seam
-        the race tests pause at)."""
-        waits, slots = waits_in_line(invocation), limits.of(invocation).slots
+        """keyclaim.decision.decide with the task's limit (a seam the race tests pause at)."""
+        inv_id, waits = invocation.invocation_id, waits_in_line(invocation)
+        slots = limits.of(invocation).slots
         return decision.decide(
-            invocation.invocation_id,
-            current,
-            holder,
-            runner_id,
-            alive_since,
-            waits,
-            busy,
-            slots,
-            free_at,
+            inv_id, current, holder, runner_id, alive_since, waits, busy, slots, free_at
         )
 
     def is_authorize_to_run_by_concurrency_control(self, invocation: Any) -> bool:
-        """pynenc checks the key again just before RUNNING (a query per call); the claim gave
-        this invocation its key, and only a key's holder is ever claimed."""
+        """pynenc checks the key again before RUNNING; only a key's holder is ever claimed."""
         return True
 
     # An outcome that comes back after its claim was taken away (a stalled runner, woken after
     # its call was recovered and run again) must not be stored: pynenc stores it first, and only
     # then is refused the status.
 
-    def _still_holds(
-        self, invocation_id: str, runner_ctx: "RunnerContext", attempt: object = None
-    ) -> bool:
-        """Whether the outcome of this attempt may be stored: the invocation is RUNNING under
-        this runner and, when the attempt carries the token its claim issued, under that
-        claim. A runner taken for dead may take its own recovered invocation back: the cut
-        attempt's outcome then comes under the same runner, and only the token tells it from
-        the attempt running now."""
+    def _still_holds(self, attempt: Any, runner_ctx: "RunnerContext") -> bool:
+        """Whether the outcome of this attempt (an invocation, or its id: pynenc 0.3.1's retry)
+        may be stored: it is RUNNING under this runner and, when the attempt carries its
+        claim's token, under that claim (a runner taken for dead may take its own recovered
+        invocation back: only the token tells the cut attempt from the one running now)."""
+        invocation_id = getattr(attempt, "invocation_id", attempt)
         try:
             record = self._record_of(invocation_id)
         except KeyError:  # the store lost it (a Redis emptied): nothing to store it into
@@ -237,11 +201,8 @@ class AtomicClaim(ClaimRecovery):
             return False
         issued = getattr(attempt, TOKEN_ATTRIBUTE, None)
         newest = None if issued is None else self.fence_token(invocation_id)
-        if (
-            record.status is S.RUNNING
-            and record.runner_id == runner_ctx.runner_id
-            and newest in (None, issued)
-        ):
+        mine = record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id
+        if mine and newest in (None, issued):
             return True
         self.app.logger.warning(
             f"invocation:{invocation_id} outlived its claim (now {record.status.value}, "
@@ -252,24 +213,20 @@ class AtomicClaim(ClaimRecovery):
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_result(invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
-        self,
-        invocation: "DistributedInvocation",
-        exception: Exception,
-        runner_ctx: "RunnerContext",
+        self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation.invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_exception(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_retry(
         self, invocation: Any, exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
-        invocation_id = getattr(invocation, "invocation_id", invocation)
-        if self._still_holds(invocation_id, runner_ctx, invocation):
+        if self._still_holds(invocation, runner_ctx):
             super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:

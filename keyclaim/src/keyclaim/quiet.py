@@ -1,17 +1,13 @@
 """No trigger lookups for an app whose tasks are no trigger's source.
 
-On every status change, result and failure, pynenc's trigger reads the invocation back and asks
-the store for the conditions sourced from its task: two SQLite reads each, even in an app that
-declares no trigger. QuietSQLiteTrigger answers "none" without reading until a condition is
-sourced from a task: registered by this process (its runner, as it starts), or found in the
-store (read at most once a `RECHECK`, 1 s; a status change in the second before is not
-reported). pynenc's own cron triggers (its recovery services) are sourced from no task.
-
-Selected by class name (trigger_cls="QuietSQLiteTrigger": `keyclaim.keep_connections`). Written
-and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions). The upstream change that retires
-it: `BaseTrigger.report_tasks_status` asks for the task's conditions before it reads the
-invocation, from an index kept in memory and refreshed when a condition is registered (the
-repo's docs/upstream.md, section 6).
+On every status change pynenc's trigger reads the invocation back and asks the store for the
+conditions sourced from its task, even in an app with no trigger. QuietSQLiteTrigger answers
+"none" without reading until a condition is sourced from a task (pynenc's own cron triggers are
+sourced from none): keyclaim/README.md, "SQLite connections opened once". Selected by class name
+(`keyclaim.keep_connections`). Written and tested against pynenc 0.3.1 and 0.4.0
+(keyclaim.versions). The upstream change that retires it: `BaseTrigger.report_tasks_status`
+asks for the task's conditions first, from an index kept in memory (the repo's
+docs/upstream.md, section 6).
 """
 
 import time
@@ -28,8 +24,7 @@ RECHECK = 1.0  # seconds between reads of the store while no condition is source
 
 
 class QuietSQLiteTrigger(KeptSQLiteTrigger):
-    """pynenc's SQLite trigger with kept connections, and no lookups while no condition is
-    sourced from any task."""
+    """pynenc's SQLite trigger, kept connections, no lookups while no task is a source."""
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)

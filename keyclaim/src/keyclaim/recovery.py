@@ -1,14 +1,10 @@
 """The claim's recovery: liveness on the store's clock, the sweep, and the calls that wait.
 
-A holder whose runner has sent no heartbeat for the dead-after window is recovered through
-pynenc's own statuses (RUNNING_RECOVERY, REROUTED) and queued again: it keeps the key and runs
-before the calls behind it. A runner that was only stalled may still finish that call, so the
-task sends the claim's fencing token (`keyclaim.token(app)`) and the provider refuses a call
-older than the newest it has seen for the key; an outcome that comes back after its claim was
-taken away is not stored (keyclaim.orchestrator). Liveness is judged on the store's clock
-(keyclaim.clock). A holder that can no longer pass its key on is healed, and a call waiting for
-its key's rate is released at its due time. Written against pynenc 0.3.1 and 0.4.0, whose
-recovery runs on a cron, in two writes, on each runner's wall clock; retired with the claim.
+A holder whose runner has not beaten for the dead-after window is recovered through pynenc's
+own statuses and queued again, keeping its key (a stalled runner's late call is refused by its
+fencing token); a holder that can no longer pass its key on is healed; a call waiting for its
+key's rate is released at its due time. Written against pynenc 0.3.1 and 0.4.0, whose recovery
+runs on a cron, in two writes, on each runner's wall clock; retired with the claim.
 """
 
 import time
@@ -41,9 +37,8 @@ class ClaimRecovery(ClaimStore):
         self._next_sweep = 0.0
         self._unqueued_seen: set[str] = set()
         self._stuck_seen: set[str] = set()
-        # When (time.monotonic()) a call this process saw wait for its rate may go: then this
-        # process releases every due call (release_due). A process that dies before it does
-        # leaves them to any worker's sweep.
+        # When (time.monotonic()) a call this process saw wait for its rate may go: then it
+        # releases every due call (release_due); if it dies first, any worker's sweep does.
         self._due_at: float | None = None
         self._on_queued: list[Callable[[], None]] = []
 
@@ -51,10 +46,9 @@ class ClaimRecovery(ClaimStore):
     # runners ask these, and each asked the runner's own wall clock.
 
     def register_runner_heartbeats(self, runner_ids: list[str], *args: Any, **kwargs: Any) -> None:
-        """pynenc's beat, and the claim's on the store's clock (pynenc 0.4.0 adds the queues
-        a runner consumes: passed on as they come). The runner this process runs joins the
-        fleet with its first beat, before it claims anything: pynenc's own runners too, which
-        know nothing of the fleet (the library's joined as they started)."""
+        """pynenc's beat (0.4.0 adds the runner's queues: passed on), and the claim's on the
+        store's clock. This process's runner joins the fleet with its first beat, before it
+        claims anything: pynenc's own runners too (the library's joined as they started)."""
         runner = context.get_current_runner(self.app.app_id)
         if runner is not None and runner.runner_id in runner_ids:
             fleet.join_fleet(self.app, runner.runner_id)  # Refused: pynenc's loop ends on it
@@ -91,18 +85,13 @@ class ClaimRecovery(ClaimStore):
         return self.get_invocation_status_record(invocation_id)  # type: ignore[attr-defined]
 
     def recover_silent_runners(self, runner_ctx: "RunnerContext") -> None:
-        """At most once per beat: what pynenc's recovery tasks do, each invocation in one step
-        (RUNNING under a runner silent for the dead-after window, or PENDING for longer than
-        max_pending_seconds: rerouted and queued again), then the keys' holders are healed.
-
-        pynenc runs its recovery on a cron (every 15 and every 5 minutes by default), in two
-        writes; a call behind a lost holder waits in its line, never claimed, meanwhile.
-        """
+        """At most once per beat: what pynenc's recovery tasks do (on a cron, every 15 and 5
+        minutes by default, in two writes), each invocation in one step (RUNNING under a silent
+        runner, or PENDING too long: rerouted and queued again); then holders are healed."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
-        beat = self.app.conf.atomic_service_check_interval_minutes * 60
-        self._next_sweep = now + beat
+        self._next_sweep = now + self.app.conf.atomic_service_check_interval_minutes * 60
         dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
         max_pending = self.app.conf.max_pending_seconds
         lost = [
@@ -121,16 +110,12 @@ class ClaimRecovery(ClaimStore):
         self.heal_holders(runner_ctx)
 
     def heal_holders(self, runner_ctx: "RunnerContext") -> None:
-        """A holder that can no longer pass its key on gets it moving again.
-
-        - It ended without handing the key on (a process without the claim finished it).
-        - It is stuck between two of pynenc's statuses (KILLED, a recovery), seen so on two
-          sweeps in a row (a beat apart, on this process's own clock: no other clock is read):
-          the process that was moving it died in between.
-        - It waits to be claimed but is on no queue: a worker took it off the queue and died
-          before claiming it. A holder on its way from the queue to its claim looks the same
-          for a moment, so it is queued again only when seen so on two sweeps in a row.
-        """
+        """A holder that can no longer pass its key on gets it moving again: one that ended
+        without handing it on (a process without the claim finished it); one stuck between two
+        of pynenc's statuses (KILLED, a recovery: its process died in between); one waiting to
+        be claimed on no queue (a worker took it off and died). The last two only when seen so
+        on two sweeps in a row, a beat apart on this process's clock: a holder on its way from
+        the queue to its claim looks the same for a moment."""
         ended_or_stuck, unqueued = self.holders_to_heal()
         again = [i for i in unqueued if i in self._unqueued_seen]
         stuck = {i for i in ended_or_stuck if i in self._stuck_seen}
@@ -144,9 +129,8 @@ class ClaimRecovery(ClaimStore):
                 self._record(invocation_id, record, runner_ctx)
             self.app.logger.warning(f"invocation:{invocation_id} holds its key again")
 
-    # A call that waits for its rate: off the queue, holding its slot, until its due time.
-    # Nothing polls for it: the process that saw it wait releases it at its time (the wake
-    # runner's loop waits exactly that long), and any worker's sweep does if that one died.
+    # A call that waits for its rate: off the queue, holding its slot, until its due time. Nothing
+    # polls for it: the process that saw it wait releases it (the wake runner waits that long).
 
     def _wake_in(self, seconds: float) -> None:
         at = time.monotonic() + max(0.0, seconds) + DUE_MARGIN
@@ -157,8 +141,7 @@ class ClaimRecovery(ClaimStore):
         return None if self._due_at is None else max(0.0, self._due_at - time.monotonic())
 
     def on_queued(self, wake: Callable[[], None]) -> None:
-        """Call wake() whenever this process put a key's next call on the queue: a hand-over
-        at a call's end, or a release at a due time (the wake runner's loop wakes)."""
+        """Call wake() whenever this process queues a key's next call (hand-over, due time)."""
         self._on_queued.append(wake)
 
     def wake_now(self) -> None:

@@ -1,13 +1,11 @@
 """The claim on Redis: every step WATCHes what it reads, then writes in MULTI/EXEC.
 
 Selected by class name (orchestrator_cls="AtomicClaimRedisOrchestrator"): keyclaim.install.
-Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0 (keyclaim.versions); pynenc-redis
-0.3.0 cannot be built under pynenc 0.4.0. Its keys are keyclaim.redis_keys'. Liveness and a
-key's first token are read on the store's own clock (Redis TIME), the same on every host.
-
+Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0 (keyclaim.versions), which
+cannot be built under pynenc 0.4.0. Its keys are keyclaim.redis_keys'; its clock, Redis TIME.
 The upstream change that retires it: the same steps in pynenc-redis's `RedisOrchestrator`, its
-status transition watched (0.3.0 reads, then writes without WATCH), and the hand-over in the
-same MULTI (the repo's docs/upstream.md).
+status transition watched (0.3.0 writes without WATCH), and the hand-over in the same MULTI
+(the repo's docs/upstream.md).
 """
 
 import json
@@ -35,24 +33,16 @@ S = InvocationStatus
 
 
 class AtomicClaimRedisOrchestrator(RedisClaimKeys):
-    """Redis: every step WATCHes what it reads (the invocation's status, the key's holders
-    and line, the holders' statuses, its rate window, the slot's token counter), then writes
-    in MULTI/EXEC, tried again on fresh data while a write beats it (keyclaim.redis_keys)."""
+    """Redis: each step WATCHes the statuses, holders, line, rate window and token counter it
+    reads, and is tried again on fresh data while a write beats it (keyclaim.redis_keys)."""
 
     BACKEND = "redis"
 
     def claim_in_store(
-        self,
-        invocation: "DistributedInvocation",
-        runner_id: str,
-        dead_after: float,
-        busy: Verdict,
+        self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        inv_id = invocation.invocation_id
-        key = key_arguments(invocation)
-        line = None if key is None else line_key(invocation, key)
-
-        limit = limits.of(invocation)
+        inv_id, key = invocation.invocation_id, key_arguments(invocation)
+        line, limit = None if key is None else line_key(invocation, key), limits.of(invocation)
 
         def step(pipe: Pipeline) -> Decision:
             current = self._read_status(pipe, inv_id)
@@ -84,7 +74,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                     self._hold(pipe, line, decision.slot, inv_id)
                 if decision.verdict is Verdict.RUN:
                     self._index(pipe, invocation)
-                    pipe.set(self._k("fence", fence_key(line, decision.slot)), issued)
+                    pipe.set(counter, issued)
                     pipe.hset(self._k("fences"), inv_id, issued)
                     pipe.hset(self._k("claimed_at"), inv_id, now)
                     pipe.zrem(self._k("dues"), inv_id)
@@ -173,7 +163,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             record = self._read_status(pipe, invocation_id)
             if record is None:
                 return []
-            now = seconds_of(pipe.time())
+            now, lost = seconds_of(pipe.time()), False
             if record.status is S.PENDING:
                 claimed = pipe.hget(self._k("claimed_at"), invocation_id)
                 lost = (
@@ -181,11 +171,9 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                     if claimed is None
                     else float(claimed) < now - max_pending
                 )
-            else:
+            elif record.status is S.RUNNING:
                 beat = pipe.hget(self._k("beats"), record.runner_id or "")
-                lost = record.status is S.RUNNING and (
-                    beat is not None and float(beat) < now - dead_after  # none: see Holder
-                )
+                lost = beat is not None and float(beat) < now - dead_after  # none: see Holder
             if not lost:
                 return []
             records = recovery(record, runner_id)
@@ -309,28 +297,24 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             return []
         since = seconds_of(self.client.time()) - window
         claimed = self.client.hmget(self._k("claimed_at"), pending)
-        too_long = []
-        for invocation_id, at in zip(pending, claimed, strict=True):
+
+        def too_long(invocation_id: str, at: bytes | None) -> bool:
             if at is None:  # not claimed by us: pynenc's own timestamp
-                stamp = self._record_of(invocation_id).timestamp.timestamp()
-                if stamp < time.time() - window:
-                    too_long.append(invocation_id)
-            elif float(at) < since:
-                too_long.append(invocation_id)
-        return too_long
+                return self._record_of(invocation_id).timestamp.timestamp() < time.time() - window
+            return float(at) < since
+
+        return [i for i, at in zip(pending, claimed, strict=True) if too_long(i, at)]
 
     def fence_token(self, invocation_id: str) -> int | None:
         issued = self.client.hget(self._k("fences"), invocation_id)
         return None if issued is None else int(issued)
 
     def claim_counts(self, task: str | None = None) -> dict[str, int]:
-        """Claims made so far (of one task's invocations, given its key), and how many of
-        their tries a WATCH conflict sent back (all tasks')."""
+        # The retries: how many tries a WATCH conflict sent back, all tasks' together.
         raw = self.client.hgetall(self._k("claim_stats"))
         counts = {k.decode(): int(v) for k, v in raw.items()}
         claims = counts.get("claims" if task is None else f"claims of {task}", 0)
         return {"claims": claims, "retries": counts.get("retries", 0)}
 
     def waiting(self) -> int:
-        """Calls parked in a line right now, all keys together."""
         return sum(1 for _ in self.client.scan_iter(self._k("parked", "*"), count=1000))

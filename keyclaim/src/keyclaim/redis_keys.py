@@ -42,20 +42,16 @@ def seconds_of(redis_time: tuple[int, int]) -> float:
 
 class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
     """The claim's keys in Redis, and its transaction: a concurrent write to anything a step
-    watched fails the EXEC, and the whole read-decide-write is tried again on fresh data: the
-    check and the write are one step. The tries are bounded and spaced out; a claim that still
-    cannot get through goes back on the queue."""
+    watched fails the EXEC, and the whole read-decide-write is tried again on fresh data."""
 
     attempts = REDIS_ATTEMPTS
 
     def _transaction[T](
         self, step: Callable[["Pipeline"], T], *watched: str
     ) -> tuple[T | None, int]:
-        """step(pipe) under WATCH, then EXEC; again on a WatchError, after a growing pause.
-
-        step may WATCH more keys once it knows them. Returns step's value and how many
-        tries failed; (None, attempts) when none got through.
-        """
+        """step(pipe) under WATCH (it may WATCH more), then EXEC; again on a WatchError, after
+        a growing pause. Returns step's value and how many tries failed; (None, attempts) when
+        none got through (a claim then goes back on the queue)."""
         for attempt in range(self.attempts):
             with self.client.pipeline() as pipe:
                 try:
@@ -161,11 +157,7 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
         return InvocationStatusRecord.from_json(json.loads(raw)) if raw else None
 
     def _write_status(
-        self,
-        pipe: Pipeline,
-        invocation_id: str,
-        old: InvocationStatus,
-        new: InvocationStatusRecord,
+        self, pipe: Pipeline, invocation_id: str, old: InvocationStatus, new: InvocationStatusRecord
     ) -> None:
         pipe.srem(self.key.status_to_invocations(old), invocation_id)
         pipe.sadd(self.key.status_to_invocations(new.status), invocation_id)

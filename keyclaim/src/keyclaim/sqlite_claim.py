@@ -2,12 +2,10 @@
 
 Selected by class name (orchestrator_cls="AtomicClaimSQLiteOrchestrator"): keyclaim.install.
 Written and tested against pynenc 0.3.1 and 0.4.0 (keyclaim.versions); its tables are
-keyclaim.sqlite_tables'. SQLite has no clock of its own, and its workers share one host:
-liveness is read on the host's clock since boot (keyclaim.clock), a key's first token on this
-process's wall clock (the one thing it is used for).
-
-The upstream change that retires it: the same steps in `SQLiteOrchestrator` itself, with the
-hand-over inside `_atomic_status_transition` (the repo's docs/upstream.md).
+keyclaim.sqlite_tables'. Liveness is read on the host's clock since boot (keyclaim.clock), a
+key's first token on this process's wall clock. The upstream change that retires it: the same
+steps in `SQLiteOrchestrator`, with the hand-over inside `_atomic_status_transition` (the
+repo's docs/upstream.md).
 """
 
 from typing import TYPE_CHECKING
@@ -32,8 +30,7 @@ S = InvocationStatus
 
 
 class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
-    """SQLite: every step is one BEGIN IMMEDIATE transaction (one writer at a time), its
-    tables and the writes inside it keyclaim.sqlite_tables'."""
+    """SQLite: each step one BEGIN IMMEDIATE transaction, in keyclaim.sqlite_tables' tables."""
 
     BACKEND = "sqlite"
     KEEPS_BY_DEFAULT = False  # kept connections are keep_connections' choice, not the claim's
@@ -41,8 +38,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        inv_id = invocation.invocation_id
-        key = key_arguments(invocation)
+        inv_id, key = invocation.invocation_id, key_arguments(invocation)
         with self._connect() as conn:
             self._begin(conn)
             alive_since = host_clock() - dead_after
@@ -63,14 +59,10 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 self._queue(conn, recovered)
             if key is not None and line is not None:
                 if decision.verdict in (Verdict.RUN, Verdict.WAIT) and decision.takes_key:
-                    conn.execute(
-                        f"INSERT INTO {self.holders} VALUES (?, ?, ?)",
-                        (line, decision.slot, inv_id),
-                    )
+                    self._hold(conn, line, decision.slot, inv_id)
                 if decision.verdict is Verdict.RUN:
                     self._index(conn, invocation)
-                    fence = fence_key(line, decision.slot)
-                    decision.token = self._issue_token(conn, inv_id, fence)
+                    decision.token = self._issue_token(conn, inv_id, fence_key(line, decision.slot))
                     self._admit(conn, inv_id, line, limit, now)
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     conn.execute(
@@ -98,7 +90,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 self._queue(conn, inv_id)
             elif queued:
                 slot = free_slot(holders, limits.of(invocation).slots)
-                conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, inv_id))
+                self._hold(conn, line, slot, inv_id)
                 self._queue(conn, inv_id)
             else:
                 self._park(conn, line, inv_id)
@@ -128,10 +120,12 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     ) -> list[InvocationStatusRecord]:
         with self._connect() as conn:
             self._begin(conn)
-            record = self._status(conn, invocation_id)
-            lost = record is not None and self._lost(
-                conn, invocation_id, record, dead_after, max_pending
-            )
+            record, lost = self._status(conn, invocation_id), False
+            if record is not None and record.status is S.PENDING:
+                lost = bool(self._pending_too_long(conn, max_pending, invocation_id))
+            elif record is not None and record.status is S.RUNNING:
+                beat = self._beat(conn, record.runner_id or "")
+                lost = beat is not None and beat < host_clock() - dead_after  # none: see Holder
             if record is None or not lost:
                 conn.rollback()
                 return []
@@ -262,8 +256,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return None if row is None else int(row[0])
 
     def claim_counts(self, task: str | None = None) -> dict[str, int]:
-        """Claims made so far (of one task's invocations, given its key); a SQLite claim waits
-        for the write lock, so it never retries."""
+        # A SQLite claim waits for the write lock: it never retries.
         name = "claims" if task is None else f"claims of {task}"
         with self._connect() as conn:
             row = conn.execute(
@@ -272,6 +265,5 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return {"claims": int(row[0]) if row else 0, "retries": 0}
 
     def waiting(self) -> int:
-        """Calls parked in a line right now, all keys together."""
         with self._connect() as conn:
             return int(conn.execute(f"SELECT COUNT(*) FROM {self.lines}").fetchone()[0])

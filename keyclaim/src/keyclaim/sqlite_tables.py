@@ -22,6 +22,29 @@ if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
 
 S = InvocationStatus
+# The claim's tables, under pynenc's table prefix {p}, which its purge clears: a key's holders,
+# one per slot (keyclaim.limit: up to N), and its line; its rate's admissions, and the holders
+# waiting for their rate window to free (keyclaim/README.md, "Up to N per key"); each key's
+# last fencing token, and each claim's (with when it was made: the host's clock, in its boot);
+# counts; beats.
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS {p}_key_slots (line_key TEXT NOT NULL, slot INTEGER NOT NULL,
+    invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot));
+CREATE TABLE IF NOT EXISTS {p}_key_admitted
+    (line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_key_dues
+    (invocation_id TEXT PRIMARY KEY, line_key TEXT NOT NULL, boot TEXT NOT NULL, due REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_key_lines (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    line_key TEXT NOT NULL, invocation_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS {p}_fence_counters (fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_claimed
+    (invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_claim_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_claim_beats
+    (runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS {p}_key_lines_order ON {p}_key_lines(line_key, seq);
+CREATE INDEX IF NOT EXISTS {p}_key_admitted_at ON {p}_key_admitted(line_key, at);
+"""
 
 
 class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
@@ -29,62 +52,26 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
 
     def _init_tables(self) -> None:
         super()._init_tables()
-        p = self.tables.table_prefix  # pynenc's purge clears every table under it
-        # A key's holders, one per slot (keyclaim.limit: up to N), its rate's admissions, and
-        # the holders waiting for their rate window to free (keyclaim/README.md, "N per key").
+        p = self.tables.table_prefix
         self.holders, self.lines = f"{p}_key_slots", f"{p}_key_lines"
         self.admitted, self.dues = f"{p}_key_admitted", f"{p}_key_dues"
         self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
         self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
         with self._connect() as conn:
-            for table, columns in (
-                (
-                    self.holders,
-                    "line_key TEXT NOT NULL, slot INTEGER NOT NULL, "
-                    "invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot)",
-                ),
-                (self.admitted, "line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL"),
-                (
-                    self.dues,
-                    "invocation_id TEXT PRIMARY KEY, line_key TEXT NOT NULL, boot TEXT NOT NULL, "
-                    "due REAL NOT NULL",
-                ),
-                (
-                    self.lines,
-                    "seq INTEGER PRIMARY KEY AUTOINCREMENT, line_key TEXT NOT NULL, "
-                    "invocation_id TEXT NOT NULL UNIQUE",
-                ),
-                (self.fence_counters, "fence_key TEXT PRIMARY KEY, token INTEGER NOT NULL"),
-                # Each claim: its token, and when it was made (the host's clock, in its boot).
-                (
-                    self.claimed,
-                    "invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, "
-                    "at REAL NOT NULL",
-                ),
-                (self.claim_stats, "name TEXT PRIMARY KEY, value INTEGER NOT NULL"),
-                (self.beats, "runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL"),
-            ):
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({columns})")
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.lines}_order ON {self.lines}(line_key, seq)"
-            )
-            conn.execute(
-                f"CREATE INDEX IF NOT EXISTS {self.admitted}_at ON {self.admitted}(line_key, at)"
-            )
+            for statement in filter(str.strip, SCHEMA.format(p=p).split(";")):
+                conn.execute(statement)
             queue = self.app.broker.tables.QUEUE
             found = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
         # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
         self._queue_by_name = "queue_name" in found
 
     def _connect(self) -> connections.KeptConnection:
-        """A connection for one step, its transaction committed (or rolled back) as the block
-        ends: kept (keyclaim.connections), or opened for the step (keep_sqlite_connections
-        False), without pynenc's journal-mode pragma, which waits on the database's locks.
+        """A connection for one step, committed (or rolled back) as the block ends: kept, or
+        opened for the step, without pynenc's journal-mode pragma (keyclaim.connections).
 
         pynenc builds its broker and state backend on first use, and writes as it builds them
-        (0.4.0: the app's info). First used inside a step, that write would wait on the step's
-        own write lock for SQLite's 30 s busy timeout: both are built before the step begins.
-        """
+        (0.4.0: the app's info): inside a step, that write would wait on the step's own write
+        lock for SQLite's 30 s busy timeout, so both are built before the step begins."""
         _ = (self.app.broker, self.app.state_backend)  # built here, outside any step
         return connections.POOL.take(self.sqlite_db_path)
 
@@ -92,28 +79,15 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         """Take the database's write lock: every other step waits here until we commit."""
         conn.execute("BEGIN IMMEDIATE")
 
+    def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
+        conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, invocation_id))
+
     def _park(self, conn: Any, line: str, invocation_id: str) -> None:
         """At the end of its key's line (once: it may already wait there)."""
         conn.execute(
             f"INSERT OR IGNORE INTO {self.lines} (line_key, invocation_id) VALUES (?, ?)",
             (line, invocation_id),
         )
-
-    def _lost(
-        self,
-        conn: Any,
-        invocation_id: str,
-        record: InvocationStatusRecord,
-        dead_after: float,
-        max_pending: float,
-    ) -> bool:
-        """Still RUNNING under a runner silent for dead_after, or PENDING for max_pending."""
-        if record.status is S.PENDING:
-            return bool(self._pending_too_long(conn, max_pending, invocation_id))
-        if record.status is not S.RUNNING:
-            return False
-        beat = self._beat(conn, record.runner_id or "")
-        return beat is not None and beat < host_clock() - dead_after  # none: see Holder
 
     def _beat(self, conn: Any, runner_id: str) -> float | None:
         """The runner's last heartbeat on this host's clock; None if none in this boot."""
@@ -123,9 +97,8 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return None if row is None else float(row[0])
 
     def _pending_too_long(self, conn: Any, window: float, only: str | None = None) -> list[str]:
-        """PENDING since a claim made more than window seconds ago on this host's clock (or in
-        an earlier boot); one with no claim of ours is judged by pynenc's own timestamp. only:
-        this invocation alone."""
+        """PENDING since a claim of ours more than window seconds ago on this host's clock (or in
+        an earlier boot), else by pynenc's own timestamp; only: this invocation alone."""
         rows = conn.execute(
             f"SELECT i.invocation_id, i.status_timestamp, c.boot, c.at "
             f"FROM {self.tables.INVOCATIONS} i LEFT JOIN {self.claimed} c "
@@ -193,19 +166,16 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         clock). Admissions of an earlier boot are forgotten (see keyclaim/README.md)."""
         if limit.rate is None:
             return None
-        times = [
-            at
-            for (at,) in conn.execute(
-                f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
-                "ORDER BY at",
-                (line, BOOT, now - limit.window),
-            ).fetchall()
-        ]
+        rows = conn.execute(
+            f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
+            "ORDER BY at",
+            (line, BOOT, now - limit.window),
+        ).fetchall()
+        times = [at for (at,) in rows]
         return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
 
     def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
-        """A call admitted: counted in its key's rate window (older admissions pruned), and no
-        longer waiting for it."""
+        """A call admitted: no longer due, and counted in its key's rate window (pruned)."""
         conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
         if limit.rate is None:
             return
@@ -257,9 +227,8 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             )
 
     def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
-        """The key's next fencing token, written with the claim itself, and when it was made.
-        A key's first token is the time (first_token); SQLite has no clock of its own, so on
-        SQLite that is this process's wall clock, used for nothing else."""
+        """The key's next fencing token, written with the claim and when it was made. A key's
+        first token is the time: on SQLite, this process's wall clock, used for nothing else."""
         (issued,) = conn.execute(
             f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
             "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",

@@ -1,8 +1,7 @@
 """The small interface each backend implements: the claim's atomic steps in its store.
 
-Each step reads, decides (keyclaim.decision) and writes in one transaction of the store's own:
-SQLite `BEGIN IMMEDIATE`, Redis `WATCH`/`MULTI`/`EXEC`. Everything else, the claiming loop, the
-sweep, what is recorded, is shared (keyclaim.orchestrator). Retired with it.
+Each step reads, decides (keyclaim.decision) and writes in one transaction of the store's own;
+the rest is shared (keyclaim.orchestrator). Retired with it.
 """
 
 from abc import ABC, abstractmethod
@@ -22,9 +21,8 @@ class ClaimStore(ABC):
     def claim_in_store(
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
-        """In one step: read the invocation, its key's holders (silent for dead_after seconds:
-        recovered) and its rate window, decide, write, and issue the slot's next fencing
-        token."""
+        """In one step: read the invocation, its key's holders (silent for dead_after: recovered)
+        and its rate window, decide, write, and issue the slot's next fencing token."""
 
     @abstractmethod
     def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
@@ -45,10 +43,9 @@ class ClaimStore(ABC):
     def heal_in_store(
         self, invocation_id: str, runner_id: str, stuck: bool, requeue: bool
     ) -> list["InvocationStatusRecord"]:
-        """In one step, for a holder still in that state: an ended one hands its key on; one
-        stuck between two of pynenc's statuses (KILLED, a recovery; stuck: seen so on the last
-        sweep too) is rerouted and queued; an available one missing from the queue is queued
-        (requeue)."""
+        """In one step, for a holder still in that state: an ended one hands its key on; a stuck
+        one (seen so on the last sweep too) is rerouted and queued; an available one missing
+        from the queue is queued (requeue)."""
 
     @abstractmethod
     def beat_in_store(self, runner_ids: list[str]) -> None:
@@ -57,9 +54,8 @@ class ClaimStore(ABC):
     @abstractmethod
     def silent_runners(self, runner_ids: set[str], window: float, adopt: bool = False) -> set[str]:
         """Those of runner_ids with no heartbeat in the last window seconds. One the store has
-        no beat of is silent, unless adopt: then (the recovery's question: a store that lost its
-        beats, say) it is not taken for dead; its first beat is recorded now, and it is judged
-        a window later."""
+        no beat of is silent, unless adopt (the recovery's question): then its first beat is
+        recorded now, and it is judged a window later."""
 
     @abstractmethod
     def pending_too_long(self, window: float) -> list[str]:

@@ -1,8 +1,7 @@
 """What a task sends the provider: the fencing token of its claim, and the slot it holds.
 
-The claim hands both to the runner on the invocation it yields (keyclaim.orchestrator); a call
-run in another process than its claim asks the store. pynenc is imported as they are first
-called, so that importing the library imports none of it. Retired with keyclaim.orchestrator.
+Handed over on the invocation the claim yields (keyclaim.orchestrator), else asked of the store;
+pynenc is imported only as they are called. Retired with keyclaim.orchestrator.
 """
 
 from typing import TYPE_CHECKING
@@ -19,8 +18,7 @@ def token(app: "Pynenc") -> int | None:
 
 
 def slot(app: "Pynenc") -> int | None:
-    """The slot of its key the invocation running in this thread holds (0 with one slot; its
-    fencing token is compared only with its slot's); None without the claim."""
+    """The slot of its key the invocation running in this thread holds; None without the claim."""
     return _held(app, SLOT_ATTRIBUTE, "fence_slot")
 
 

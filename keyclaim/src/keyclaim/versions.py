@@ -53,9 +53,8 @@ def check(what: str, backend: str) -> None:
 
 
 def check_resolved(orchestrator_cls: str, *classes: str) -> None:
-    """Raise UntestedVersion unless each of the library's classes that pynenc resolved, however
-    it was selected (the builder, PYNENC__..., [tool.pynenc]), was tested with these versions.
-    classes: the resolved classes' names, and those of the classes they derive from."""
+    """Raise UntestedVersion unless each of the library's classes that pynenc resolved (and
+    those they derive from), however selected, was tested with these versions."""
     backend = "redis" if "Redis" in orchestrator_cls else "sqlite"
     for name in (orchestrator_cls, *classes):
         if name in CLASSES:

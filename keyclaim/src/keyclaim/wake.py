@@ -1,39 +1,25 @@
 """A ThreadRunner that starts its next loop the moment one of its calls ends, not at the next poll.
 
-Selected by class name (runner_cls="WakeRunner"), by `keyclaim.install(..., runner="wake")`
-or on its own by `keyclaim.use_runner(builder, "wake", idle=0.2)`.
+Selected by class name (runner_cls="WakeRunner"): `keyclaim.install(..., runner="wake")`, or
+`keyclaim.use_runner(builder, "wake", idle=0.2)` without the claim. It stops as keyclaim.drain's
+runner does. Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with
+0.3.1); it refuses any other version in one line (keyclaim.versions).
 
-Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis 0.3.0 with 0.3.1); it refuses
-any other version in one line (keyclaim.versions), and works with the claim. It stops the way
-keyclaim.drain's runner does: it lets its calls finish before it gives their keys up.
+Why it exists: pynenc's ThreadRunner sleeps `runner_loop_sleep_time_sec` twice per loop, so a
+freed thread or account waits up to two sleeps for its next call. This one waits on an event
+every finishing call (and, with the claim, every hand-over or due time) sets; idle, it looks
+for new work once per `idle` times the fleet's live runners, so that N workers look as often
+as one and a burst of enqueues still merges by registration dedupe (the repo's docs/speed.md
+measures the cadence).
 
-Why it exists. pynenc's ThreadRunner starts new work once per loop and sleeps
-`runner_loop_sleep_time_sec` twice per loop (in `BaseRunner.run` and at the end of
-`ThreadRunner.runner_loop_iteration`). A thread that frees up, or an account whose call just
-ended, waits up to two sleeps before the next invocation starts. A shorter sleep helps, but
-then the runner also picks up work sooner after it is enqueued, and registration dedupe, which
-only merges into invocations not yet picked up, merges less (the article's scenario D).
-
-What it does. It waits on an event that every finishing call sets: the loop runs again the
-moment a slot or an account frees up (with the claim, the moment a key is handed on), and the
-base loop's own sleep is set to zero. While nothing finishes it looks for new work once per
-`idle`, times the live runners of the fleet (pynenc's heartbeats, counted every 2 s): a fleet
-of N workers looks at the queue about as often as one would. That is what keeps a burst of
-enqueues collapsing into one call (registration dedupe merges only into invocations not yet
-picked up: the article's D). Measured in the sample, 10 rounds each: 3 workers each looking
-every 0.04 s took a refresh mid-burst 3 times, every 0.12 s never; one worker looking every
-0.04 s did once on a busy machine, every 0.1 s (the default) never. A call waiting for its
-key's rate (keyclaim.limit) ends the wait at its due time.
-
-The upstream change that retires it: in `pynenc/runner/thread_runner.py`, have
-`ThreadRunner.runner_loop_iteration` wait on a `threading.Event` set by each invocation's
-thread when it ends, with `runner_loop_sleep_time_sec` as the timeout, instead of
-`time.sleep`, and drop the second sleep in `BaseRunner.run` for runners that wait this way.
+The upstream change that retires it: `ThreadRunner.runner_loop_iteration` waits on an event
+each invocation's thread sets as it ends, and `BaseRunner.run` drops its second sleep for such
+runners (the repo's docs/upstream.md, section 5).
 """
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynenc.runner.thread_runner import ThreadInfo
 
@@ -56,8 +42,7 @@ class WakeRunner(DrainingThreadRunner):
         self.finished = threading.Event()
         self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
         self.fleet, self.counted_at = 1, float("-inf")
-        # With the claim: a call waiting for its key's rate wakes this loop at its time.
-        # And a call of a key handed on as another ends wakes it as the status is written.
+        # With the claim, a key handed on, or a call whose rate window freed, wakes it too.
         if on_queued := getattr(self.app.orchestrator, "on_queued", None):
             on_queued(self.finished.set)
 
@@ -96,12 +81,8 @@ class WakeRunner(DrainingThreadRunner):
 
     def _invocations_to_run(self, slots: int) -> "Iterator[DistributedInvocation]":
         """Claimed one by one, each started before the next is claimed, as ThreadRunner does."""
-        orchestrator, ctx = self.app.orchestrator, self.runner_context
+        hooks: dict[str, Any] = {}
         if hasattr(self, "queue_names_for_retrieval"):  # pynenc 0.4.0 routes by queue
-            return orchestrator.get_invocations_to_run(
-                slots,
-                ctx,
-                queue_provider=self.queue_names_for_retrieval,
-                on_queue_retrieved=self.note_queue_retrieved,
-            )
-        return orchestrator.get_invocations_to_run(slots, ctx)
+            hooks["queue_provider"] = self.queue_names_for_retrieval
+            hooks["on_queue_retrieved"] = self.note_queue_retrieved
+        return self.app.orchestrator.get_invocations_to_run(slots, self.runner_context, **hooks)
