@@ -2,6 +2,7 @@
 
 The key passes to the next call on every way out. Counts and order, never durations."""
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -80,13 +81,26 @@ def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(
 
 
 def test_a_failing_call_hands_its_account_on(claim_app: Provider) -> None:
-    """The provider refuses the first call (422): it ends FAILED, and the next call runs."""
+    """A holder whose call fails ends FAILED, and the call parked behind it runs. The holder is
+    held at the provider while the next call registers behind it, and fails there: a call with
+    a newer token for its account arrives meanwhile, so the provider answers it "fenced", which
+    the task raises. (A call refused before it left the worker, an op the provider cannot take,
+    could end before the next call registered, and the test then failed on a loaded machine.)"""
     acct = unique()
     with paused(claim_app):
-        failing = tasks.call_keyed(acct, "bad op")  # not a name the provider accepts
-        wait_until(lambda: status_of(failing.invocation_id) != S.REGISTERED, WAIT, "a claim")
-        after = tasks.call_keyed(acct, "op1")
-        assert status_of(after.invocation_id) == S.REGISTERED
+        failing = tasks.call_keyed(acct, "op1")
+        wait_in_flight(claim_app, acct)
+        after = tasks.call_keyed(acct, "op2")
+        assert status_of(after.invocation_id) == S.REGISTERED  # parked behind the holder
+        token = tasks.app.orchestrator.fence_token(failing.invocation_id)
+        newer = threading.Thread(
+            target=claim_app.request,
+            args=("POST", f"/call/{acct}/newer"),
+            kwargs={"token": token + 1},
+        )
+        newer.start()
+        wait_until(lambda: account(claim_app, acct)["fenced"] == 1, WAIT, "the holder fenced")
+    newer.join(WAIT)
     assert final(failing.invocation_id, after.invocation_id) == [S.FAILED, S.SUCCESS]
     assert tasks.app.orchestrator.waiting() == 0
 
