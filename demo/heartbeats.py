@@ -86,7 +86,7 @@ def in_app(app: "Pynenc") -> list[Runner]:
     """The live runners of the app's state store, whichever backend it is."""
     beats = []
     try:
-        for info in app.orchestrator._get_active_runners(ALIVE_WITHIN, None):
+        for info in keyclaim.inspect.beating(app, ALIVE_WITHIN):
             context = app.state_backend.get_runner_context(info.runner_id)
             where = (context.runner_cls, context.pid, context.hostname) if context else (None,) * 3
             beats.append((*where, info.last_heartbeat.timestamp()))

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keyclaim
-from demo import flags, report, runners, settings
+from demo import flags, links, report, runners, settings
 from demo.outcome import Outcome
 from demo.preflight import RunRefused, preflight
 from demo.show import View
@@ -35,7 +35,8 @@ def run(
     env, log_dir = flags.environment(args), Path(settings.get("DEMO_LOG_DIR"))
     ready = args.ready_timeout
     stack = make(env, log_dir, sample, ready_timeout=ready, private_redis=private_redis)
-    command = None if private_redis else settings.command("pynenc monitor", env)
+    monitor = links.monitor_program(args.monitor_url)
+    command = None if private_redis else settings.command(monitor, env)
     view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
         try:

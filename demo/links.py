@@ -6,7 +6,9 @@ and reading its pages is the tools' and the tests' (tools/monitor.py).
 """
 
 from datetime import UTC, datetime
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
+
+from demo import settings
 
 # Past this span, the monitor picks its own tick spacing; below it, 100 ms ticks read well.
 FINE_SPAN_SECONDS = 15.0
@@ -28,3 +30,12 @@ def timeline_url(base: str, start: float, end: float) -> str:
         "show_atomic_service": "0",
     }
     return f"{base.rstrip('/')}/invocations/timeline?{urlencode(params, safe=':')}"
+
+
+def monitor_program(url: str) -> str:
+    """`pynenc monitor`, answering where the links point: its host and port named unless they
+    are its defaults (those of DEMO_MONITOR_URL's default)."""
+    at, default = urlsplit(url), urlsplit(settings.DEFAULTS["DEMO_MONITOR_URL"])
+    if (at.hostname, at.port) == (default.hostname, default.port):
+        return "pynenc monitor"
+    return f"pynenc monitor --host {at.hostname} --port {at.port or 80}"

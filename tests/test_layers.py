@@ -28,20 +28,25 @@ def modules() -> dict[str, Path]:
     return {name.removesuffix(".__init__"): path for name, path in found.items()}
 
 
-def imported(path: Path, known: set[str]) -> set[str]:
-    """The project's modules this file imports, at any depth (a function's own imports, and
-    those only a type checker reads, too), by import statement or by a literal name handed to
-    importlib.import_module or __import__."""
+def imported(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project's modules this file (module `name`) imports, at any depth (a function's own
+    imports, and those only a type checker reads, too), by import statement, relative ones
+    included, or by a literal name handed to importlib.import_module or __import__."""
     names: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from this module's package, or one above it
+                up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(filter(None, [*up, base]))
             # `from package import module` depends on the module; a name the package itself
             # defines or hands on, on the package.
             for alias in node.names:
-                inner = f"{node.module}.{alias.name}"
-                names.add(inner if inner in known else node.module)
+                inner = f"{base}.{alias.name}"
+                names.add(inner if inner in known else base)
         elif (
             isinstance(node, ast.Call)
             and getattr(node.func, "attr", getattr(node.func, "id", None))
@@ -62,7 +67,7 @@ def imported(path: Path, known: set[str]) -> set[str]:
 
 def graph() -> dict[str, set[str]]:
     known = modules()
-    return {name: imported(path, set(known)) - {name} for name, path in known.items()}
+    return {name: imported(name, path, set(known)) - {name} for name, path in known.items()}
 
 
 def test_no_module_of_the_harness_or_the_tools_imports_the_sample() -> None:

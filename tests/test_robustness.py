@@ -661,6 +661,18 @@ def test_sample_never_deletes_a_database_a_running_worker_uses(
     assert wait_final(after.invocation_id) == [InvocationStatus.SUCCESS]
 
 
+def test_a_worker_without_the_claim_is_seen_by_a_process_with_it(
+    start_worker: Callable[..., Child], claim_app: Provider
+) -> None:
+    """A process with the claim (sample.py on a shared Redis, enqueue.py) looks for the workers
+    on its store by their heartbeats: a worker without the claim must count, or sample.py
+    purged a Redis under it and enqueue.py took it for one still starting. The claim's own list
+    counts only runners that beat its way. Checked by mutation: with demo/heartbeats.py reading
+    the orchestrator's _get_active_runners again, the worker is not found and this test fails."""
+    worker = start_worker()
+    assert worker.proc.pid in {r.pid for r in heartbeats.in_app(tasks.app)}
+
+
 @pytest.mark.parametrize(
     "script, args",
     [(enqueue, ["everything"]), (sample, ["--workers", "0"]), (stress, ["--rounds", "0"])],

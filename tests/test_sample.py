@@ -41,3 +41,12 @@ def test_the_articles_run_decides_and_stores_with_pynencs_own_classes(
     (log,) = (finished_run.folder / "logs").glob("worker-*.log")
     (said,) = [line for line in log.read_text().splitlines() if line.startswith("worker:")]
     assert ", ThreadRunner on pynenc's own classes, atomic claim off," in said, said
+
+
+@pytest.mark.e2e
+def test_the_monitor_hint_starts_it_where_the_links_point(finished_run: FinishedRun) -> None:
+    """The run's links point at --monitor-url; the command it prints to start the monitor
+    must answer there. Checked by mutation: with the hint's `pynenc monitor` alone, as it was,
+    the monitor it started answered on port 8000, where no link pointed, and this fails."""
+    (hint,) = [line for line in finished_run.stdout.splitlines() if "start it with:" in line]
+    assert hint.endswith(f"pynenc monitor --host 127.0.0.1 --port {finished_run.monitor_port}")

@@ -92,8 +92,8 @@ def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    whole = flags.flag_type(settings.whole_number)
-    parser.add_argument("--runs", type=whole, default=5, help="runs of each fault (default 5)")
+    runs = flags.within(settings.whole_number, 1, 1000)
+    parser.add_argument("--runs", type=runs, default=5, help="runs of each fault (default 5)")
     parser.add_argument("--stock", action="store_true", help="without the claim: stock pynenc")
     parser.add_argument(
         "--backend",
@@ -132,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.backend == "redis":
         env["REDIS_URL"] = redis_server.private_url()
     os.environ.update(env)  # this process's app, which enqueues, is built like the workers'
-    scenario = given.scenarios(args)["slots" if args.slots else "keyed"]
+    try:
+        scenario = given.scenarios(args)["slots" if args.slots else "keyed"]
+    except (settings.BadSetting, KeyError) as bad:
+        print(f"tools/faults.py: {bad}", file=sys.stderr)
+        return 2
     faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
     claim = "off (stock pynenc)" if args.stock else "on"
     print(

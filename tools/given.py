@@ -8,21 +8,38 @@ run's settings, as `pynenc --app` and `uvicorn` load theirs.
 
 import argparse
 import functools
+import importlib.util
 
 from pynenc.util.import_app import find_app_instance
-from uvicorn.importer import import_from_string
+from uvicorn.importer import ImportFromStringError, import_from_string
 
+from demo import flags
 from demo.scenarios import Scenario
+from demo.settings import BadSetting
 from demo.stack import Sample
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for flag, default, what in (
-        ("--app", "tasks.app", "the app the workers start with (pynenc --app)"),
-        ("--api", "api_server:app", "the provider's ASGI app (uvicorn)"),
-        ("--scenarios", "enqueue:SCENARIOS", "the scenario table, by key (module:name)"),
+    for flag, default, what, sep in (
+        ("--app", "tasks.app", "the app the workers start with (pynenc --app)", "."),
+        ("--api", "api_server:app", "the provider's ASGI app (uvicorn)", ":"),
+        ("--scenarios", "enqueue:SCENARIOS", "the scenario table, by key (module:name)", ":"),
     ):
-        parser.add_argument(flag, default=default, metavar="NAME", help=f"{what}; %(default)s")
+        kind = flags.flag_type(functools.partial(_named, sep=sep))
+        parser.add_argument(
+            flag, type=kind, default=default, metavar="NAME", help=f"{what}; %(default)s"
+        )
+
+
+def _named(raw: str, sep: str) -> str:
+    """A module and a name in it, the module one this process can import (not imported yet:
+    it builds the app, which needs the run's settings first)."""
+    module, _, name = raw.rpartition(sep)
+    if not (module and name.isidentifier()):
+        raise ValueError(f"expected module{sep}name")
+    if importlib.util.find_spec(module) is None:
+        raise ValueError(f"no module {module!r} here")
+    return raw
 
 
 def sample(args: argparse.Namespace, api: str | None = None) -> Sample:
@@ -31,8 +48,15 @@ def sample(args: argparse.Namespace, api: str | None = None) -> Sample:
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
-    """The scenario table --scenarios names, loaded now (its module builds the app)."""
-    return import_from_string(args.scenarios)
+    """The scenario table --scenarios names, loaded now (its module builds the app);
+    BadSetting, in one line, for a name that is no such table."""
+    try:
+        table = import_from_string(args.scenarios)
+    except ImportFromStringError as exc:
+        raise BadSetting(f"--scenarios {args.scenarios!r}: {exc}") from None
+    if not (isinstance(table, dict) and all(isinstance(s, Scenario) for s in table.values())):
+        raise BadSetting(f"--scenarios {args.scenarios!r}: not a table of scenarios by key")
+    return table
 
 
 def article(args: argparse.Namespace) -> list[Scenario]:

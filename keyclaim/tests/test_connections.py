@@ -107,6 +107,27 @@ def test_an_app_opens_each_connection_once_and_sets_the_journal_once(tmp_path: P
     assert POOL.journal_set - journal == 1
 
 
+def test_two_apps_in_one_process_each_keep_their_own_choice(tmp_path: Path) -> None:
+    """An app with the claim and pynenc's connections, built beside one that keeps them, does
+    not switch the other's off (nor the other way round): the choice is per file. Checked by
+    mutation: with one process-wide switch, as it was (the app built last sets it), the kept
+    app's blocks opened a connection each and this failed; so did this file's other tests
+    when a claim app's ran before them."""
+    kept = build(tmp_path / "kept.db")
+    claim = keyclaim.install(
+        PynencBuilder().app_id(f"plain_{uuid.uuid4().hex[:8]}").sqlite(str(tmp_path / "p.db")),
+        dead_after=15.0,
+        longest_call=10.0,
+        runner=None,
+    ).build()
+    _ = kept.orchestrator, claim.orchestrator  # built, the claim app's last
+    kept.task(add)(1)
+    with kept_connection(tmp_path / "kept.db") as conn:
+        assert conn.file is not None  # kept: from the pool, given back as the block ends
+    with kept_connection(tmp_path / "p.db") as conn:
+        assert conn.file is None  # the claim app's file: opened for the block, pynenc's way
+
+
 def test_a_block_commits_as_it_ends_and_rolls_back_on_an_error(tmp_path: Path) -> None:
     path = tmp_path / "blocks.db"
     write_table(path)

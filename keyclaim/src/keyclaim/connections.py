@@ -72,12 +72,15 @@ class Pool:
         self.journaled: dict[object, int] = {}
         self.pid = os.getpid()
         self.generation = 0  # how many times close() was called
-        self.keeping = True  # False: one connection per block, opened as pynenc opens them
+        # Files whose app chose pynenc's way (the claim without keep_connections): for them, one
+        # connection per block, opened as pynenc opens them. Per file, not per process: a
+        # process may build two apps, one keeping and one not.
+        self.unkept: set[str] = set()
         self.opened = self.taken = self.journal_set = 0  # what the tests and the bench read
         self.left_to_parent: list[object] = []  # a forked child's inherited connections
 
     def take(self, path: str) -> KeptConnection:
-        if not self.keeping:
+        if path in self.unkept:
             raw = create_sqlite_connection(path)._conn  # every pragma, every time
             return KeptConnection(raw, self, path, None)  # closed as its block ends
         if self.pid != os.getpid():
@@ -307,8 +310,9 @@ class KeptSQLiteOrchestrator(_Tested, relinked(SQLiteOrchestrator)):  # type: ig
     KEEPS_BY_DEFAULT = True
 
     def __init__(self, app: Any) -> None:
-        POOL.keeping = bool((app.config_values or {}).get(KEEP_KEY, self.KEEPS_BY_DEFAULT))
         super().__init__(app)
+        keeps = bool((app.config_values or {}).get(KEEP_KEY, self.KEEPS_BY_DEFAULT))
+        (POOL.unkept.discard if keeps else POOL.unkept.add)(str(self.sqlite_db_path))
 
 
 class KeptSQLiteBroker(_Tested, relinked(SQLiteBroker)):  # type: ignore[misc]

@@ -16,7 +16,7 @@ import sqlite3
 from contextlib import closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keyclaim import config, limits
 from keyclaim.errors import Refused
@@ -107,12 +107,18 @@ class FleetStore:
             self._sql("DELETE FROM {table} WHERE runner_id = ?", runner_id)
 
     def beating(self) -> set[str]:
-        """The runners with a pynenc heartbeat in the fleet window. pynenc's own list, on the
-        reader's wall clock: a start-up check, generous enough for any skew under it."""
-        orchestrator = self.orchestrator
-        active = getattr(orchestrator, "stock_active_runners", None)
-        found = active(FLEET_WINDOW) if active else orchestrator._get_active_runners(FLEET_WINDOW)
-        return {r.runner_id for r in found}
+        """The runners with a pynenc heartbeat in the fleet window: a start-up check, generous
+        enough for any skew under it."""
+        return {r.runner_id for r in beating(self.app, FLEET_WINDOW)}
+
+
+def beating(app: "Pynenc", within: float) -> list[Any]:
+    """pynenc's own list of the runners that beat in the last `within` seconds, on the reader's
+    wall clock, with the claim as without it (the claim's own list leaves out runners that do
+    not beat its way: a worker without the claim)."""
+    orchestrator = app.orchestrator
+    stock = getattr(orchestrator, "stock_active_runners", None)
+    return list(stock(within) if stock else orchestrator._get_active_runners(within, None))
 
 
 def alive_here(pid: int) -> bool:

@@ -7,7 +7,7 @@ no pynenc, so a launcher can check before it starts anything.
 from typing import TYPE_CHECKING, Any
 
 from keyclaim.config import BEATS_PER_WINDOW, window_problem
-from keyclaim.fleet import alive_here, fleet_problem, join_fleet
+from keyclaim.fleet import alive_here, beating, fleet_problem, join_fleet
 from keyclaim.versions import check as check_versions
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "alive_here",
+    "beating",
     "check_versions",
     "counts",
     "fleet_problem",
