@@ -116,36 +116,45 @@ KEPT = "KeptSQLiteBroker KeptSQLiteStateBackend QuietSQLiteTrigger"
 STOCK = "SQLiteBroker SQLiteStateBackend SQLiteTrigger"
 
 
-@pytest.mark.parametrize(
-    "claim, connections, classes",
-    [
-        ("0", "kept", f"SQLiteOrchestrator {STOCK}"),
-        ("0", "pynenc", f"SQLiteOrchestrator {STOCK}"),
-        ("1", "kept", f"AtomicClaimSQLiteOrchestrator {KEPT}"),
-        ("1", "pynenc", f"AtomicClaimSQLiteOrchestrator {STOCK}"),
-    ],
-)
+CLASSES = {  # (DEMO_ATOMIC_CLAIM, DEMO_SQLITE_CONNECTIONS): the classes that decide and store
+    ("0", "kept"): f"SQLiteOrchestrator {STOCK}",  # stock pynenc without the claim
+    ("0", "pynenc"): f"SQLiteOrchestrator {STOCK}",
+    ("1", "kept"): f"AtomicClaimSQLiteOrchestrator {KEPT}",
+    ("1", "pynenc"): f"AtomicClaimSQLiteOrchestrator {STOCK}",
+}
+
+
 def test_the_claim_and_kept_connections_are_installed_through_pynencs_configuration(
-    claim: str, connections: str, classes: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """DEMO_ATOMIC_CLAIM=1 selects the claiming orchestrator by its class name, and with it
     DEMO_SQLITE_CONNECTIONS pynenc's SQLite classes with kept connections or pynenc's own;
-    without the claim, pynenc's own whatever it says (the article's run is stock pynenc)."""
+    without the claim, pynenc's own classes decide and store. Each setting in a process of its
+    own, side by side."""
     probe = (
         "import tasks; a = tasks.app; "
         "print(*(type(c).__name__ for c in (a.orchestrator, a.broker, a.state_backend, a.trigger)))"
     )
-    env = {
-        **os.environ,
-        "DEMO_ATOMIC_CLAIM": claim,
-        "DEMO_SQLITE_CONNECTIONS": connections,
-        "DEMO_DB": str(tmp_path / "t.db"),
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == classes
+    started = {}
+    for n, (claim, connections) in enumerate(CLASSES):
+        env = {
+            **os.environ,
+            "DEMO_ATOMIC_CLAIM": claim,
+            "DEMO_SQLITE_CONNECTIONS": connections,
+            "DEMO_DB": str(tmp_path / f"t{n}.db"),
+        }
+        started[claim, connections] = subprocess.Popen(
+            [sys.executable, "-c", probe],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    found = {case: proc.communicate(timeout=60) for case, proc in started.items()}
+    for case, (out, err) in found.items():
+        assert started[case].returncode == 0, f"{case}: {err}"
+        assert out.strip() == CLASSES[case], case
 
 
 REFUSALS = {
