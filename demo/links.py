@@ -33,8 +33,7 @@ def timeline_url(base: str, start: float, end: float) -> str:
 
 
 def monitor_program(url: str) -> str:
-    """`pynenc monitor`, answering where the links point: its host and port named unless they
-    are its defaults (those of DEMO_MONITOR_URL's default)."""
+    """`pynenc monitor`, answering where the links point (url), its host and port named."""
     at, default = urlsplit(url), urlsplit(settings.DEFAULTS["DEMO_MONITOR_URL"])
     if (at.hostname, at.port) == (default.hostname, default.port):
         return "pynenc monitor"

@@ -31,10 +31,6 @@ def account_names(count: int) -> list[str]:
     return [*ACCOUNTS[:count], *(f"acct{i:03d}" for i in range(len(ACCOUNTS), count))]
 
 
-def op_names(count: int) -> list[str]:
-    return [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]
-
-
 @dataclass(frozen=True)
 class Shape:
     """How big a run is: the article's defaults, or scaled up with the CLI's knobs."""
@@ -76,7 +72,8 @@ class Shape:
 
 def every_op(shape: Shape, factor: int = 1) -> list[dict[str, str]]:
     """Account by account, as the article does: every op for acme, then for globex, ..."""
-    ops = op_names(shape.ops * factor)
+    count = shape.ops * factor  # the article's four ops, then numbered ones
+    ops = [*OPS[:count], *(f"op{i:02d}" for i in range(len(OPS), count))]
     return [{"account_id": a, "op": op} for a in account_names(shape.accounts) for op in ops]
 
 
@@ -171,14 +168,14 @@ class Scenario:
         so each invocation is called once; one made after the first was picked up is late."""
         return self.task.conf.registration_concurrency == Mode.KEYS
 
+    # Its task's keyclaim.limit: up to `slots` calls in flight per account, at most `rate`
+    # calls per `per` seconds (None: no rate); one call per account without one.
     @property
     def slots(self) -> int:
-        """Up to this many calls in flight per account (keyclaim.limit; 1 without one)."""
         return keyclaim.inspect.limit_of(self.task).slots
 
     @property
     def rate(self) -> int | None:
-        """At most this many calls per `per` seconds per account (keyclaim.limit), or None."""
         return keyclaim.inspect.limit_of(self.task).rate
 
     @property

@@ -228,9 +228,7 @@ def begin(client: TestClient, label: str, lease: float = 60.0) -> httpx.Response
     return client.post("/runs", params={"label": label, "lease": lease})
 
 
-def test_one_run_at_a_time_and_a_run_that_died_lets_go_after_its_lease(
-    client: TestClient,
-) -> None:
+def test_one_run_at_a_time_and_a_run_that_died_lets_go_after_its_lease(client: TestClient) -> None:
     """A second run (another enqueue.py) is refused, naming the first, and so is any reset but
     the owner's; the owner dies without ending its run, and the provider frees itself."""
     run = begin(client, "enqueue.py all", lease=0.3).json()["run"]

@@ -169,9 +169,7 @@ def test_only_this_demos_pynenc_database_or_an_empty_file_may_be_deleted(tmp_pat
     assert "without this demo's pynenc tables" in (not_ours(str(tmp_path / "no-tables.db")) or "")
 
 
-def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(
-    tmp_path: Path,
-) -> None:
+def test_fresh_sqlite_deletes_the_demos_database_and_refuses_anything_else(tmp_path: Path) -> None:
     """The one function that deletes checks by itself, so no caller can skip the check.
     Checked by removing refuse_unless_ours from fresh_sqlite: the test fails (notes.txt goes)."""
     ours = tmp_path / "ours.db"

@@ -54,9 +54,7 @@ def claims() -> int:
     return tasks.app.orchestrator.claim_counts(tasks.call_keyed.task_id.key)["claims"]
 
 
-def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(
-    claim_app: Provider,
-) -> None:
+def test_a_backlog_runs_in_enqueue_order_once_each_without_churn(claim_app: Provider) -> None:
     """Six calls for one account, two workers: the first is held in flight, the other five
     park as they are registered. Each is claimed exactly once, when its turn comes, and the
     provider sees them in enqueue order. Checked by mutation: with parked calls also put on
@@ -105,9 +103,7 @@ def test_a_failing_call_hands_its_account_on(claim_app: Provider) -> None:
     assert tasks.app.orchestrator.waiting() == 0
 
 
-def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
-    claim_app: Provider,
-) -> None:
+def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(claim_app: Provider) -> None:
     """registration_concurrency merges only into REGISTERED invocations: the parked call is
     one, so a burst behind a running refresh makes one more call, not one per event."""
     acct = unique()
@@ -121,9 +117,7 @@ def test_a_burst_for_a_busy_account_merges_into_the_one_waiting_call(
     assert account(claim_app, acct) == counts(calls=2)
 
 
-def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(
-    claim_app: Provider,
-) -> None:
+def test_a_busy_accounts_backlog_runs_in_order_beside_the_quiet_ones(claim_app: Provider) -> None:
     """Scenario E with the lines: every call made once, the busy account's in enqueue order,
     3 status writes per call and no REROUTED. (Stock rerouting, in the bench: 24.5 writes, 10.7
     of them REROUTED, out of order.)"""

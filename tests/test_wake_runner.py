@@ -13,16 +13,7 @@ from pynenc.invocation.status import InvocationStatus as S
 import tasks
 from demo.processes import wait_until
 from demo.provider import Provider
-from helpers import (
-    WAIT,
-    account,
-    history,
-    paused,
-    process_state,
-    status_of,
-    unique,
-    wait_in_flight,
-)
+from helpers import WAIT, account, history, paused, process_state, status_of, unique, wait_in_flight
 
 WAKE = {"DEMO_RUNNER": "wake"}
 

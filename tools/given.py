@@ -1,9 +1,7 @@
 """What a tool runs, named on its command line as pynenc's and uvicorn's own commands name it.
 
-The app the workers start with (`--app`, pynenc's form), the provider's app (`--api`,
-uvicorn's form) and the scenario table (`--scenarios`, uvicorn's form). The tools import none
-of the sample's files themselves: they load what these name, once the environment holds the
-run's settings, as `pynenc --app` and `uvicorn` load theirs.
+The tools import none of the sample's files: they load what these name once the environment
+holds the run's settings, as `pynenc --app` and `uvicorn` load theirs.
 """
 
 import argparse
@@ -25,15 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ("--api", "api_server:app", "the provider's ASGI app (uvicorn)", ":"),
         ("--scenarios", "enqueue:SCENARIOS", "the scenario table, by key (module:name)", ":"),
     ):
-        kind = flags.flag_type(functools.partial(_named, sep=sep))
-        parser.add_argument(
-            flag, type=kind, default=default, metavar="NAME", help=f"{what}; %(default)s"
-        )
+        kind, help = flags.flag_type(functools.partial(_named, sep=sep)), f"{what}; %(default)s"
+        parser.add_argument(flag, type=kind, default=default, metavar="NAME", help=help)
 
 
 def _named(raw: str, sep: str) -> str:
-    """A module and a name in it, the module one this process can import (not imported yet:
-    it builds the app, which needs the run's settings first)."""
+    """A module this process can import, not imported yet (it builds the app), and a name."""
     module, _, name = raw.rpartition(sep)
     if not (module and name.isidentifier()):
         raise ValueError(f"expected module{sep}name")
@@ -48,8 +43,7 @@ def sample(args: argparse.Namespace, api: str | None = None) -> Sample:
 
 
 def scenarios(args: argparse.Namespace) -> dict[str, Scenario]:
-    """The scenario table --scenarios names, loaded now (its module builds the app);
-    BadSetting, in one line, for a name that is no such table."""
+    """The table --scenarios names, loaded now; BadSetting, in one line, if it is none."""
     try:
         table = import_from_string(args.scenarios)
     except ImportFromStringError as exc:

@@ -40,11 +40,6 @@ def _scenarios(outcomes: list[Outcome]) -> list[Scenario]:
     return list(dict.fromkeys(o.scenario for o in outcomes))
 
 
-def _value(outcome: Outcome, column: str) -> int:
-    value = getattr(outcome, column)
-    return len(value) if isinstance(value, list | dict) else value
-
-
 def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
     """Per scenario and measure: min / typical (median) / max over the rounds; the totals name
     every keyed scenario chosen, run or not."""
@@ -59,7 +54,8 @@ def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
         mine = [o for o in outcomes if o.scenario is scenario]
         cells = []
         for column in columns:
-            values = [_value(o, column) for o in mine]
+            found = [getattr(o, column) for o in mine]  # a list (late) or dict counts its items
+            values = [len(v) if isinstance(v, list | dict) else v for v in found]
             cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
         broken = sum(1 for o in mine if o.broken())
         note = f"  broken in {broken} of {len(mine)}" if broken else ""

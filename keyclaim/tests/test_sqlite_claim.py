@@ -199,12 +199,7 @@ def test_stock_pynenc_lets_two_workers_call_one_account_at_once(
     for run in runs:
         run.join(WAIT)
     assert claim.final(first.invocation_id, second.invocation_id) == [S.SUCCESS, S.SUCCESS]
-    assert claim.provider.counts(acct) == {
-        "calls": 2,
-        "applied": 2,
-        "collisions": 1,
-        "fenced": 0,
-    }
+    assert claim.provider.counts(acct) == {"calls": 2, "applied": 2, "collisions": 1, "fenced": 0}
 
 
 @pytest.mark.parametrize(
@@ -461,9 +456,7 @@ def committed_status(app: Pynenc, db_path: str, invocation_id: str) -> str:
     return status
 
 
-def test_the_key_passes_on_in_the_same_step_as_the_holders_final_status(
-    claim: Claim,
-) -> None:
+def test_the_key_passes_on_in_the_same_step_as_the_holders_final_status(claim: Claim) -> None:
     """Nobody sees the holder ended and its line not yet moved on. Checked by mutation: with
     the hand-over in a transaction of its own, after the final status, the holder is seen
     SUCCESS while the next call is not yet queued, and this test fails."""
@@ -489,9 +482,7 @@ def test_the_key_passes_on_in_the_same_step_as_the_holders_final_status(
     assert [inv.invocation_id for inv in take(claiming, ctx)] == [waiting.invocation_id]
 
 
-def test_a_holder_taken_off_the_queue_by_a_worker_that_died_is_queued_again(
-    claim: Claim,
-) -> None:
+def test_a_holder_taken_off_the_queue_by_a_worker_that_died_is_queued_again(claim: Claim) -> None:
     """A worker took the key's holder off the queue and died before claiming it: nothing but the
     sweep would ever claim it, and the calls behind it would wait forever. Checked by
     mutation: without the sweep's requeue, the queue stays empty and this test fails."""
@@ -537,9 +528,7 @@ print(claimapp.app.orchestrator.get_invocation_status(sys.argv[1]).value)
 """
 
 
-def test_a_worker_that_has_run_nothing_yet_recovers_a_silent_runners_call(
-    claim: Claim,
-) -> None:
+def test_a_worker_that_has_run_nothing_yet_recovers_a_silent_runners_call(claim: Claim) -> None:
     """A fresh worker's first sweep, in a process of its own. pynenc builds its state backend
     on first use and, on 0.4.0, writes as it builds it: built inside the sweep's transaction,
     that write waited on the sweep's own write lock for SQLite's 30 s busy timeout, and the
@@ -664,8 +653,7 @@ def test_a_runner_taken_for_dead_that_runs_its_call_again_stores_only_the_later_
     orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
     with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
         conn.execute(  # its runner's last beat an hour ago (the claim's clock): silent
-            f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?",
-            (ctx.runner_id,),
+            f"UPDATE {orchestrator.beats} SET at = at - 3600 WHERE runner_id = ?", (ctx.runner_id,)
         )
     bystander, bystander_ctx = claimer(claim.app, AtomicClaimer)
     bystander.recover_silent_runners(bystander_ctx)

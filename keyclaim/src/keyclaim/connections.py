@@ -72,9 +72,8 @@ class Pool:
         self.journaled: dict[object, int] = {}
         self.pid = os.getpid()
         self.generation = 0  # how many times close() was called
-        # Files whose app chose pynenc's way (the claim without keep_connections): for them, one
-        # connection per block, opened as pynenc opens them. Per file, not per process: a
-        # process may build two apps, one keeping and one not.
+        # Files whose app chose pynenc's way (a connection per block): per file, as two apps in
+        # one process may choose apart.
         self.unkept: set[str] = set()
         self.opened = self.taken = self.journal_set = 0  # what the tests and the bench read
         self.left_to_parent: list[object] = []  # a forked child's inherited connections

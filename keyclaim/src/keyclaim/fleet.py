@@ -106,16 +106,10 @@ class FleetStore:
         else:
             self._sql("DELETE FROM {table} WHERE runner_id = ?", runner_id)
 
-    def beating(self) -> set[str]:
-        """The runners with a pynenc heartbeat in the fleet window: a start-up check, generous
-        enough for any skew under it."""
-        return {r.runner_id for r in beating(self.app, FLEET_WINDOW)}
-
 
 def beating(app: "Pynenc", within: float) -> list[Any]:
-    """pynenc's own list of the runners that beat in the last `within` seconds, on the reader's
-    wall clock, with the claim as without it (the claim's own list leaves out runners that do
-    not beat its way: a worker without the claim)."""
+    """pynenc's own list of the runners that beat in the last `within` seconds (the claim's own
+    list leaves out runners that do not beat its way: a worker without the claim)."""
     orchestrator = app.orchestrator
     stock = getattr(orchestrator, "stock_active_runners", None)
     return list(stock(within) if stock else orchestrator._get_active_runners(within, None))
@@ -142,13 +136,14 @@ def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
     store, here = FleetStore(app), socket.gethostname()
     records, members = store.records(), []
     elsewhere = any(json.loads(r)["host"] != here for r in records.values())
-    beating = store.beating() if elsewhere else set()
+    # A start-up check: a beat within the fleet window, generous enough for any skew under it.
+    beats = {r.runner_id for r in beating(app, FLEET_WINDOW)} if elsewhere else set()
     for runner_id, raw in records.items():
         record = json.loads(raw)
         member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
         if runner_id == besides:
             continue
-        if alive_here(member.pid) if member.host == here else runner_id in beating:
+        if alive_here(member.pid) if member.host == here else runner_id in beats:
             members.append(member)
     return members
 
