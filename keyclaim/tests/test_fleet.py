@@ -4,7 +4,6 @@ A process whose settings differ from a live worker's is refused in one line nami
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from claimkit import HERE, WAIT, Claim, unique, wait_until
+from claimkit import HERE, WAIT, Claim, Worker, unique, wait_until
 from pynenc import PynencBuilder
 
 import keyclaim
@@ -27,23 +26,18 @@ def records(app: object) -> dict[str, dict]:
 @contextmanager
 def worker(at: Claim, log: Path, **settings: str) -> Iterator[subprocess.Popen]:
     """`pynenc --app claimapp.app runner start` on the claim's store, in a group of its own,
-    stopped (then killed past the deadline) on every way out."""
+    stopped (then killed past the deadline) on every way out. Not waited for: a refused one
+    exits before it beats."""
     argv = [sys.executable, "-m", "pynenc", "--app", "claimapp.app", "runner", "start"]
     env = {**os.environ, **at.environment(**settings), "PYTHONUNBUFFERED": "1"}
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            argv, cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(WAIT)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(WAIT)
+    out = log.open("w")
+    proc = subprocess.Popen(
+        argv, cwd=HERE, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        yield proc
+    finally:
+        Worker(proc, log, log=out).stop()
 
 
 def recorded(claim: Claim, proc: subprocess.Popen) -> dict:
