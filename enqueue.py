@@ -12,8 +12,7 @@ from demo.scenarios import Scenario, limited_ops, noisy_neighbour, refresh_burst
 from demo.show import View
 from demo.steps import Stage
 
-settings.exit_on_bad_environment("enqueue.py")  # before tasks.py builds its app from them
-with checks.refused_in_one_line():  # a claim keyclaim refuses: one line, and exit 2
+with checks.refused_in_one_line():  # a bad DEMO_* setting, or a claim refused: one line, exit 2
     import tasks
 
 # The scenarios, as the article tells them: what each sends, through which task. What each
