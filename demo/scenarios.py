@@ -185,8 +185,8 @@ class Scenario:
     @property
     def quota(self) -> dict[str, float]:
         """Each account's quota at the provider, as its task declares it: slots, rate, per."""
-        found = {"slots": self.slots, "rate": self.rate, "per": self.per}
-        return {name: value for name, value in found.items() if value and value != 1}
+        rate = {} if self.rate is None else {"rate": self.rate, "per": self.per}
+        return ({"slots": self.slots} if self.slots > 1 else {}) | rate
 
     @property
     def limited(self) -> bool:

@@ -2,11 +2,15 @@
 
 import dataclasses
 import logging
+import uuid
 from collections import Counter
 from types import SimpleNamespace
 
 import pytest
+from pynenc import PynencBuilder
+from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
+import keyclaim
 import tasks
 from demo import noisy, report, scenarios, steps
 from demo.outcome import Outcome
@@ -332,3 +336,19 @@ def test_f_and_g_are_opt_in_and_judged_by_their_quota() -> None:
     assert [slots, rate] == [s for s in SCENARIOS.values() if s.limited]
     assert (slots.slots, slots.rate, rate.slots, rate.rate, rate.per) == (2, None, 2, 5, 1.0)
     assert len(DEFAULT.payloads(slots)) == 24  # 3 accounts x 8 ops
+
+
+def once_a_minute(account_id: str) -> str:
+    """A task's function for the quota test below (pynenc wants it at module level)."""
+    return account_id
+
+
+def test_a_rate_of_one_call_is_the_providers_quota_too() -> None:
+    """A task declaring one call per 60 s per account gives the provider that rate. Checked by
+    mutation: with the quota filtering out every value of 1, as it did, the provider was given
+    no rate at all for it."""
+    app = PynencBuilder().app_id(f"quota_{uuid.uuid4().hex[:8]}").build()
+    keyed = app.task(running_concurrency=Mode.KEYS, key_arguments=("account_id",))(once_a_minute)
+    scenario = Scenario("Q", "quota", "one call a minute", keyclaim.limit(rate=1, per=60.0)(keyed))
+    assert scenario.quota == {"rate": 1, "per": 60.0}
+    assert SCENARIOS["keyed"].quota == {} and SCENARIOS["rate"].quota["rate"] == tasks.RATE
