@@ -55,8 +55,9 @@ class Child:
     stopped: bool = False
 
     def lines(self) -> list[str]:
-        """Its log so far."""
-        self.log.flush()
+        """Its log so far (read from the file: once stopped, the handle is closed)."""
+        if not self.log.closed:
+            self.log.flush()
         return self.log_path.read_text(errors="replace").strip().splitlines()
 
     def tail(self, lines: int = 20) -> str:

@@ -154,8 +154,7 @@ class Stack(contextlib.AbstractContextManager):
     def api_log(self) -> str:
         """The provider's own call log so far."""
         assert self.api is not None, "the API was never started"
-        self.api.log.flush()
-        return self.api.log_path.read_text(errors="replace").strip()
+        return "\n".join(self.api.lines())
 
     def stop(self, children: list[Child] | None = None) -> None:
         """Stop these children (by default every one started); a stop signal waits meanwhile."""

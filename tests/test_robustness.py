@@ -750,3 +750,23 @@ def test_a_worker_stores_its_pid_as_it_starts_not_with_its_first_call(tmp_path: 
     with workers_on(db, tmp_path) as (worker,):
         (runner,) = heartbeats.in_sqlite(db)
     assert runner.pid == worker.proc.pid, runner
+
+
+def test_a_child_stopped_before_its_death_is_explained_names_it(tmp_path: Path) -> None:
+    """A request that failed because the API died is explained after the stack has stopped
+    (sample.py's `except` runs outside `with stack`), when the log handles are closed: the
+    explanation still names the child and its exit code.
+
+    Checked against a mutation, reverted: Child.lines flushing the closed handle again
+    (ValueError: flush of closed file, the race the end-to-end test above hit now and then).
+    """
+    argv = [sys.executable, "-c", "print('booted', flush=True); raise SystemExit(7)"]
+    child = start_child("API", argv, tmp_path / "api.log")
+    child.proc.wait(timeout=DEADLINE)
+    stop_children([child])
+    assert child.log.closed
+    stack = Stack({}, tmp_path / "logs", Sample("tasks.app", "api_server:app", lambda: tasks.app))
+    stack.started.append(child)
+    why = stack.explain(ConnectionError("the API hung up"))
+    assert f"API (pid {child.proc.pid}) exited with code 7" in why
+    assert "booted" in why
