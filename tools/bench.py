@@ -22,9 +22,8 @@ from pathlib import Path
 from demo import flags, launch, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import Child, start_child, stop_children, wait_until
-from demo.scenarios import MAX_BACKLOG, Scenario, Shape
+from demo.scenarios import MAX_BACKLOG, Shape
 from demo.stack import ROOT, Stack
-from demo.steps import Stage
 from tools import given, stress
 from tools.tables import compare, compare_lines
 
@@ -69,36 +68,29 @@ def main(argv: list[str] | None = None) -> int:
 def backlogs(raw: str) -> list[int]:
     """--bench-backlogs, read as it is parsed: a bad one refused before the bench runs, not
     after. Nothing at all: no E runs."""
-    try:
+    with contextlib.suppress(ValueError):
         found = [settings.whole_number(n) for n in raw.split(",") if n]
         if all(1 <= n <= MAX_BACKLOG for n in found):
             return found
-    except ValueError:
-        pass
     raise ValueError(f"expected backlogs of 1..{MAX_BACKLOG} calls, comma-separated")
 
 
 def play(
     args: argparse.Namespace, stack: Stack, view: show.View, runner: str
 ) -> tuple[int, list[Outcome]]:
-    """tools.stress's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
+    """tools.stress's rounds, quiet, on `runner` workers; then the article's scenarios once at
+    the scaled size, on the same workers and threads: shown only where one broke a promise, then
+    their efficiency and verdict."""
     code, outcomes = stress.play(args, stack, view, runner, quiet=True)
-    stage = launch.stage(args, stack, runner)
-    big = scaled(stage, args.bench_accounts, given.article(args), view)
-    text, scaled_code = report.verdict(big, stack.crashes)
-    print(text)
-    return code or scaled_code, outcomes + big
-
-
-def scaled(stage: Stage, accounts: int, chosen: list[Scenario], view: show.View) -> list[Outcome]:
-    """Every scenario chosen once at the scaled size, on the stage's workers and threads;
-    shown only where it broke a promise, then its efficiency."""
+    stage, accounts = launch.stage(args, stack, runner), args.bench_accounts
     workers, threads = stage.shape.workers, stage.shape.threads
     stage.shape = Shape(accounts, SCALED.ops, SCALED.hold, workers=workers, threads=threads)
     print(f"\n=== scaled run: {accounts} accounts x {SCALED.ops} ops, hold {SCALED.hold}s ===")
-    big = stress.rounds(stage, 1, view, True, chosen, prefix="scaled ")
+    big = stress.rounds(stage, 1, view, True, given.article(args), prefix="scaled ")
     print(report.efficiency(big))
-    return big
+    text, scaled_code = report.verdict(big, stack.crashes)
+    print(text)
+    return code or scaled_code, outcomes + big
 
 
 def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: float) -> int:
