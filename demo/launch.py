@@ -34,8 +34,9 @@ def run(
     # A private Redis stops with this run, and with it everything the monitor would show.
     private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
     env, log_dir = flags.environment(args), Path(settings.get("DEMO_LOG_DIR"))
-    ready = args.ready_timeout
-    stack = make(env, log_dir, sample, ready_timeout=ready, private_redis=private_redis)
+    stack = make(
+        env, log_dir, sample, ready_timeout=args.ready_timeout, private_redis=private_redis
+    )
     monitor = links.monitor_program(args.monitor_url)
     command = None if private_redis else settings.command(monitor, env)
     view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
