@@ -49,15 +49,6 @@ def no_worker(api: Mapping[str, str], why: str = "") -> str:
     )
 
 
-def no_worker_left(scenario: Scenario, api: Mapping[str, str]) -> str:
-    where, start = state_and_start(api)
-    return (
-        f"every worker on {where} stopped mid-run; "
-        f"{cancel_unpicked(scenario, workers_left=False)}; "
-        f"start one in another terminal: {start}"
-    )
-
-
 def elsewhere(url: str) -> str:
     """Every invocation ended, and not one call reached this provider."""
     port = url.rsplit(":", 1)[1]
@@ -154,7 +145,12 @@ def checked(
                 print(f"--- {workers} workers live ({threads} threads): the floors count them")
             outcomes = play(chosen, stage, view)
     except heartbeats.NoWorkerLeft:  # every worker gone mid-run: said at once, not at the deadline
-        say(no_worker_left(_running(chosen, stage), api))
+        where, start = state_and_start(api)
+        cancelled = cancel_unpicked(_running(chosen, stage), workers_left=False)
+        say(
+            f"every worker on {where} stopped mid-run; {cancelled}; start one in another terminal: "
+            f"{start}"
+        )
         return NO_WORKER_EXIT
     except KeyboardInterrupt:
         left = cancel_unpicked(_running(chosen, stage))

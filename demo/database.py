@@ -56,8 +56,13 @@ def not_ours(path: str) -> str | None:
     try:
         # The file alone, its WAL unread: immutable=1 writes nothing beside it.
         tables = _tables(Path(path).resolve().as_uri() + "?mode=ro&immutable=1")
-        if not tables and in_wal:  # a new database whose tables are all in its WAL so far
-            tables = _tables_with_wal(path)
+        if not tables and in_wal:  # a new database whose tables are all in its WAL so far:
+            # read with the WAL applied, from a copy of the two (the originals stay)
+            with tempfile.TemporaryDirectory(prefix="demo-db-") as folder:
+                copy = Path(folder) / "copy.db"
+                shutil.copyfile(path, copy)
+                shutil.copyfile(path + "-wal", f"{copy}-wal")
+                tables = _tables(copy.as_uri())
     except sqlite3.DatabaseError as exc:
         return f"SQLite cannot read it ({exc})"
     if not tables:
@@ -72,15 +77,6 @@ def _tables(uri: str) -> set[str]:
     with closing(sqlite3.connect(uri, uri=True)) as conn:
         rows = conn.execute("SELECT tbl_name FROM sqlite_master").fetchall()
     return {name for (name,) in rows if not name.startswith("sqlite_")}  # SQLite's own
-
-
-def _tables_with_wal(path: str) -> set[str]:
-    """The tables with the WAL applied, read from a copy of the two: the originals stay."""
-    with tempfile.TemporaryDirectory(prefix="demo-db-") as folder:
-        copy = Path(folder) / "copy.db"
-        shutil.copyfile(path, copy)
-        shutil.copyfile(path + "-wal", f"{copy}-wal")
-        return _tables(copy.as_uri())
 
 
 def delete(path: str) -> None:

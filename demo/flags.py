@@ -95,23 +95,34 @@ class StackParser(argparse.ArgumentParser):
             "else starts a private redis-server"
         )
         add_option(self, "--backend", "DEMO_BACKEND", state)
-        add_claim_arguments(self)
-        self.add_argument(
-            "--runner",
-            choices=settings.RUNNER_NAMES,
-            default=settings.get("DEMO_RUNNER"),
-            help="which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
-            f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
-            "processes) or ProcessRunner",
+        claim = (
+            "check the key and claim in one atomic step, so one call per account holds across "
+            "workers and under faults (env DEMO_ATOMIC_CLAIM=1; keyclaim/README.md)"
         )
+        on = settings.get("DEMO_ATOMIC_CLAIM") == "1"
+        self.add_argument("--atomic-claim", action="store_true", default=on, help=claim)
+        dead = "with --atomic-claim: seconds without a heartbeat before a runner's claims are "
+        dead += "recovered"
+        add_option(self, "--dead-after", "DEMO_DEAD_AFTER", dead, metavar="S")
+        longest = (
+            "the task's HTTP timeout: the longest a call stays in flight, and about how long a "
+            "stopping thread or wake worker drains its calls; --dead-after must be longer"
+        )
+        add_option(self, "--call-timeout", "DEMO_CALL_TIMEOUT", longest, metavar="S")
+        runner = (
+            "which runner each worker is (env DEMO_RUNNER): the article's ThreadRunner, wake "
+            f"(it starts the next call when one ends), MultiThreadRunner ({settings.PROCESSES} "
+            "processes) or ProcessRunner"
+        )
+        default = settings.get("DEMO_RUNNER")
+        self.add_argument("--runner", choices=settings.RUNNER_NAMES, default=default, help=runner)
         noisy = "also run E: one busy account beside quiet ones"
         self.add_argument("--noisy", action="store_true", help=noisy)
-        self.add_argument(
-            "--limits",
-            action="store_true",
-            help="also run F (up to N calls in flight per account) and G (at most R calls a "
-            "second per account): with --atomic-claim, which enforces them",
+        limits = (
+            "also run F (up to N calls in flight per account) and G (at most R calls a "
+            "second per account): with --atomic-claim, which enforces them"
         )
+        self.add_argument("--limits", action="store_true", help=limits)
         ready = "deadline for the API and the workers to come up"
         add_option(self, "--ready-timeout", "DEMO_READY_TIMEOUT", ready, metavar="S")
 
@@ -120,24 +131,6 @@ class StackParser(argparse.ArgumentParser):
         if parsed.limits and not parsed.atomic_claim:
             self.error("--limits needs --atomic-claim: N per account and a rate are the claim's")
         return parsed
-
-
-def add_claim_arguments(parser: argparse.ArgumentParser) -> None:
-    """The atomic claim's flags (keyclaim): on or off, and its two windows."""
-    parser.add_argument(
-        "--atomic-claim",
-        action="store_true",
-        default=settings.get("DEMO_ATOMIC_CLAIM") == "1",
-        help="check the key and claim in one atomic step, so one call per account holds across "
-        "workers and under faults (env DEMO_ATOMIC_CLAIM=1; keyclaim/README.md)",
-    )
-    dead = "with --atomic-claim: seconds without a heartbeat before a runner's claims are recovered"
-    add_option(parser, "--dead-after", "DEMO_DEAD_AFTER", dead, metavar="S")
-    longest = (
-        "the task's HTTP timeout: the longest a call stays in flight, and about how long a "
-        "stopping thread or wake worker drains its calls; --dead-after must be longer"
-    )
-    add_option(parser, "--call-timeout", "DEMO_CALL_TIMEOUT", longest, metavar="S")
 
 
 def shape(args: argparse.Namespace, workers: int = 1, threads: int = scenarios.THREADS) -> Shape:

@@ -185,10 +185,9 @@ def watching(app: "Pynenc", every: float = 2.0) -> Callable[[], None]:
 
     def check() -> None:
         nonlocal next_look
-        if time.monotonic() < next_look:
-            return
-        next_look = time.monotonic() + every
-        if not in_app(app):
-            raise NoWorkerLeft
+        if time.monotonic() >= next_look:
+            next_look = time.monotonic() + every
+            if not in_app(app):
+                raise NoWorkerLeft
 
     return check

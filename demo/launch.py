@@ -11,9 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import keyclaim
-from demo import flags, links, report, runners, settings
+from demo import flags, links, report, settings
 from demo.outcome import Outcome
 from demo.preflight import RunRefused, preflight
+from demo.scenarios import THREADS
 from demo.show import View
 from demo.signals import stop_on_signals, stop_signal
 from demo.stack import FAILURES, Sample, Stack
@@ -33,8 +34,9 @@ def run(
     # A private Redis stops with this run, and with it everything the monitor would show.
     private_redis = args.backend == "redis" and not settings.get("REDIS_URL")
     env, log_dir = flags.environment(args), Path(settings.get("DEMO_LOG_DIR"))
-    ready = args.ready_timeout
-    stack = make(env, log_dir, sample, ready_timeout=ready, private_redis=private_redis)
+    stack = make(
+        env, log_dir, sample, ready_timeout=args.ready_timeout, private_redis=private_redis
+    )
     monitor = links.monitor_program(args.monitor_url)
     command = None if private_redis else settings.command(monitor, env)
     view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
@@ -70,7 +72,9 @@ def run(
 def stage(args: argparse.Namespace, stack: Stack, runner: str) -> Stage:
     """Where the scenarios run on this stack: its provider, the run's size with the floors
     counting every worker's threads, the deadline, and the stack's check on every poll."""
-    shape = flags.shape(args, args.workers, runners.slots_per_worker(runner))
+    # The threads of one worker: a MultiThreadRunner runs PROCESSES ThreadRunners.
+    threads = THREADS * (settings.PROCESSES if runner == "multi-thread" else 1)
+    shape = flags.shape(args, args.workers, threads)
     on = Stage(stack.provider, shape, args.timeout)
     on.check = lambda: stack.check(on.where)
     return on

@@ -64,7 +64,6 @@ class Child:
         return "\n".join(f"    {line}" for line in self.lines()[-lines:])
 
     def last_error(self) -> str:
-        """The last line of the log that names an exception, if any."""
         errors = [line for line in self.lines() if re.search(r"\w(Error|Exception)\b", line)]
         return errors[-1].strip() if errors else ""
 

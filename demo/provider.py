@@ -22,8 +22,6 @@ class ProviderBusy(ConnectionError):
 
 
 class Provider:
-    """The provider's HTTP client: reset, report, timeline and health."""
-
     def __init__(self, base_url: str | None = None) -> None:
         self.base_url = base_url or settings.api_url()
         self.http = httpx.Client(base_url=self.base_url, timeout=10.0)

@@ -40,20 +40,16 @@ class Announced(BaseRunner):
         claim = "on" if settings.get("DEMO_ATOMIC_CLAIM") == "1" else "off"
         libraries = ("pynenc", "keyclaim")  # the first class of theirs is what it runs
         runs = next(c for c in type(self).__mro__ if c.__module__.startswith(libraries))
+        # What decides and stores: the classes that are not pynenc's (keyclaim's), by name.
+        parts = (self.app.orchestrator, self.app.broker, self.app.state_backend, self.app.trigger)
+        others = [type(p).__name__ for p in parts if not type(p).__module__.startswith("pynenc.")]
+        deciding = ", ".join(others) or "pynenc's own classes"
         print(
-            f"worker: {backend} {state}, {runs.__name__} on {deciding(self.app)}, atomic claim "
+            f"worker: {backend} {state}, {runs.__name__} on {deciding}, atomic claim "
             f"{claim}, calling the API at {settings.api_url()}",
             flush=True,
         )
         super()._on_start()
-
-
-def deciding(app: "Pynenc") -> str:
-    """What decides and stores for the app, in words: "pynenc's own classes", or the classes
-    that are not pynenc's (keyclaim's), by name."""
-    parts = (app.orchestrator, app.broker, app.state_backend, app.trigger)
-    others = [type(p).__name__ for p in parts if not type(p).__module__.startswith("pynenc.")]
-    return ", ".join(others) if others else "pynenc's own classes"
 
 
 class ThreadWorker(Announced, ThreadRunner):
@@ -109,11 +105,6 @@ def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:
         builder = keyclaim.use_runner(builder, "wake", settings.drain_deadline())
     plain, claiming, extra = WORKERS[name]
     return builder.custom_config(runner_cls=(claiming if claim else plain).__name__, **extra)
-
-
-def slots_per_worker(runner: str) -> int:
-    """How many calls one worker of this runner runs at once, for the floor."""
-    return scenarios.THREADS * (settings.PROCESSES if runner == "multi-thread" else 1)
 
 
 def check(app: "Pynenc") -> None:

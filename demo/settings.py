@@ -5,6 +5,7 @@ workers, and the scripts, whose flags take their defaults from it. sample.py han
 flags to its children as these same variables, in one place (demo/flags.py).
 """
 
+import contextlib
 import importlib.util
 import ipaddress
 import os
@@ -29,13 +30,10 @@ def _choice(*options: str) -> Callable[[str], str]:
 
 def _seconds(low: float, high: float) -> Callable[[str], float]:
     def parse(raw: str) -> float:
-        try:
-            seconds = number(raw)
-        except ValueError:
-            seconds = float("nan")
-        if not low < seconds <= high:  # NaN fails both
-            raise ValueError(f"expected seconds, more than {low:g} and at most {high:g}")
-        return seconds
+        with contextlib.suppress(ValueError):  # not a number: said as one out of range
+            if low < (seconds := number(raw)) <= high:  # NaN fails both
+                return seconds
+        raise ValueError(f"expected seconds, more than {low:g} and at most {high:g}")
 
     return parse
 

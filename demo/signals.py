@@ -53,7 +53,6 @@ def held_signals() -> Iterator[None]:
 
 
 def stop_signal() -> int | None:
-    """The first stop signal that came inside stop_on_signals(), or None."""
     return _stopping[0] if _stopping else None
 
 

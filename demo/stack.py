@@ -98,7 +98,17 @@ class Stack(contextlib.AbstractContextManager):
         """Fresh state, then the API and `workers` workers, booting side by side; back once the
         API answers with this run's token and every worker has sent its first heartbeat."""
         if self.setting("DEMO_BACKEND") == "redis":
-            self._redis()
+            if not redis_server.has_plugin():
+                raise redis_server.NoRedis(redis_server.PLUGIN_HINT)
+            url = self.setting("REDIS_URL")
+            if self.private_redis:
+                log, at = self.log_dir / "redis.log", urlsplit(url).port
+                child, _ = redis_server.start_private(log, self.ready_timeout, port=at)
+                self.started.append(child)
+            # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
+            claim = self.setting("DEMO_ATOMIC_CLAIM") == "1"
+            if claim and (why := keyclaim.inspect.redis_problem(url)):
+                raise RunRefused(f"--atomic-claim: {why}", 2)
             # A Redis named by REDIS_URL may hold an earlier run's invocations: purge them
             # first, unless another session's workers use it now.
             if not self.private_redis:
@@ -152,7 +162,6 @@ class Stack(contextlib.AbstractContextManager):
         return str(exc)
 
     def api_log(self) -> str:
-        """The provider's own call log so far."""
         assert self.api is not None, "the API was never started"
         return "\n".join(self.api.lines())
 
@@ -193,20 +202,6 @@ class Stack(contextlib.AbstractContextManager):
     def worker_cwd(self, number: int) -> Path | None:
         """Where worker `number` starts (tools/stress.py --hosts: a copy of the project)."""
         return self.cwd
-
-    def _redis(self) -> None:
-        """The Redis this run keeps its state in: a private one if asked, usable by the claim."""
-        if not redis_server.has_plugin():
-            raise redis_server.NoRedis(redis_server.PLUGIN_HINT)
-        url = self.setting("REDIS_URL")
-        if self.private_redis:
-            log, port = self.log_dir / "redis.log", urlsplit(url).port
-            child, _ = redis_server.start_private(log, self.ready_timeout, port=port)
-            self.started.append(child)
-        # The claim's own check (it imports pynenc: tasks.py, imported by now, already did).
-        claim = self.setting("DEMO_ATOMIC_CLAIM") == "1"
-        if claim and (why := keyclaim.inspect.redis_problem(url)):
-            raise RunRefused(f"--atomic-claim: {why}", 2)
 
     def workers_up(self, fresh: list[Child]) -> bool:
         """Whether each fresh worker's runner has written its first heartbeat, under the pid

@@ -83,36 +83,25 @@ def enqueue(scenario: Scenario, shape: Shape) -> Sent:
 
 
 def wait(sent: Sent, stage: Stage, label: str) -> None:
-    """Until every invocation waited for is final, or the stage's deadline, with a progress
-    line named `label` on a terminal meanwhile; then the elapsed time is the scenario's. It
-    never blocks on a result: a stuck one is left unfinished."""
-    stage.where = label
+    """Until every invocation waited for is final, or the stage's deadline, polling with one
+    query for all still pending, with a progress line named `label` on a terminal meanwhile;
+    then the elapsed time is the scenario's. It never blocks on a result: a stuck one is left
+    unfinished."""
+    stage.where, waited = label, sent.waited
+    pending = set(waited)
     with progress.line(label, stage.provider) as tick:
-        wait_finished(sent.waited, sent.app, stage.timeout, stage.check, tick)
+        deadline = time.monotonic() + stage.timeout
+        while pending:
+            if stage.check is not None:
+                stage.check()
+            pending -= set(sent.app.orchestrator.filter_final(list(pending)))
+            if tick is not None:
+                tick(len(waited) - len(pending), len(waited))
+            if not pending or time.monotonic() >= deadline:
+                break
+            time.sleep(POLL_SECONDS)
     sent.elapsed = time.monotonic() - sent.started
     wait_recorded(sent.ids, sent.app)
-
-
-def wait_finished(
-    ids: list[str],
-    app: Pynenc,
-    timeout: float,
-    check: Callable[[], None] | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> None:
-    """Poll until every invocation is final or the deadline passes, one query per poll for all
-    still pending; progress, if given, hears (finished, total) on every poll."""
-    deadline = time.monotonic() + timeout
-    pending = set(ids)
-    while pending:
-        if check is not None:
-            check()
-        pending -= set(app.orchestrator.filter_final(list(pending)))
-        if progress is not None:
-            progress(len(ids) - len(pending), len(ids))
-        if not pending or time.monotonic() >= deadline:
-            return
-        time.sleep(POLL_SECONDS)
 
 
 # pynenc writes an invocation's history entry a moment after its status, stamped then; the
@@ -128,13 +117,11 @@ def wait_recorded(ids: list[str], app: Pynenc) -> None:
     if len(ids) > HISTORY_CHECKED_UP_TO:
         return
     deadline = time.monotonic() + HISTORY_DEADLINE_SECONDS
-    pending = set(app.orchestrator.filter_final(list(ids)))
+    backend, pending = app.state_backend, set(app.orchestrator.filter_final(list(ids)))
     while pending:
-        backend = app.state_backend
+        histories = {i: backend.get_history(i) for i in pending}
         pending = {
-            i
-            for i in pending
-            if not any(h.status_record.status.is_final() for h in backend.get_history(i))
+            i for i, h in histories.items() if not any(e.status_record.status.is_final() for e in h)
         }
         if not pending or time.monotonic() >= deadline:
             return

@@ -52,12 +52,10 @@ class Call:
         return "fenced" if self.fenced else "collision" if self.collided else "ok"
 
     @property
-    def mark(self) -> str:  # in the provider's log
-        if not self.applied:
-            marks = ("FENCED   ", "THROTTLED", "REPLAYED ", "CONFLICT ")
-            flags = (self.fenced, self.throttled, self.replayed, self.conflict)
-            return next(mark for mark, flag in zip(marks, flags, strict=True) if flag)
-        return "COLLISION" if self.collided else "ok       "
+    def mark(self) -> str:  # in the provider's log: the first that holds, 9 wide
+        marks = {"FENCED": self.fenced, "THROTTLED": self.throttled, "REPLAYED": self.replayed}
+        marks |= {"CONFLICT": self.conflict, "COLLISION": self.collided, "ok": True}
+        return f"{next(mark for mark, holds in marks.items() if holds):<9}"
 
     @property
     def note(self) -> str:  # its token in the provider's log, and its slot unless 0

@@ -11,7 +11,9 @@ It prints figures and asserts nothing: docs/speed.md says what they were here.
 """
 
 import argparse
+import contextlib
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -20,9 +22,8 @@ from pathlib import Path
 from demo import flags, launch, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import Child, start_child, stop_children, wait_until
-from demo.scenarios import MAX_BACKLOG, Scenario, Shape
+from demo.scenarios import MAX_BACKLOG, Shape
 from demo.stack import ROOT, Stack
-from demo.steps import Stage
 from tools import given, stress
 from tools.tables import compare, compare_lines
 
@@ -35,7 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
     """tools.stress's flags (sample.py's and --rounds), and the bench's own."""
     parser = stress.build_parser(__doc__.splitlines()[0])
     parser.prog = "python -m tools.bench"
-    add_arguments(parser)
+    parser.set_defaults(rounds=ROUNDS)
+    whole, accounts = flags.flag_type(settings.whole_number), SCALED.accounts
+    help = f"accounts in the scaled run (default {accounts})"
+    parser.add_argument("--bench-accounts", type=whole, default=accounts, metavar="N", help=help)
+    # 1,000 by default: stock pynenc's 10,000 runs for minutes by design (its churn), so the
+    # long one is asked for: --bench-backlogs 1000,10000 (docs/speed.md's figures).
+    each = "the busy account's backlogs in scenario E's runs (default %(default)s)"
+    kind = flags.flag_type(backlogs)
+    parser.add_argument("--bench-backlogs", type=kind, default="1000", metavar="N,N", help=each)
     return parser
 
 
@@ -43,7 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("tools/bench.py")
     parser = build_parser()
     args = stress.parse_args(argv, parser)
-    refuse_bad_arguments(parser, args)
+    if not 1 <= args.bench_accounts <= 500:
+        parser.error("--bench-accounts must be 1..500")
+    if args.runner != "thread":
+        parser.error("the bench runs both the thread and the wake runner by itself: drop --runner")
     began = time.monotonic()
 
     def bench(stack: Stack, view: show.View) -> int:
@@ -53,67 +65,32 @@ def main(argv: list[str] | None = None) -> int:
     return stress.run(args, bench)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.set_defaults(rounds=ROUNDS)
-    parser.add_argument(
-        "--bench-accounts",
-        type=flags.flag_type(settings.whole_number),
-        default=SCALED.accounts,
-        metavar="N",
-        help=f"accounts in the scaled run (default {SCALED.accounts})",
-    )
-    parser.add_argument(
-        "--bench-backlogs",
-        type=flags.flag_type(backlogs),
-        # 1,000 by default: stock pynenc's 10,000 runs for minutes by design (its churn), so
-        # the long one is asked for: --bench-backlogs 1000,10000 (docs/speed.md's figures).
-        default="1000",
-        metavar="N,N",
-        help="the busy account's backlogs in scenario E's runs (default %(default)s)",
-    )
-
-
 def backlogs(raw: str) -> list[int]:
     """--bench-backlogs, read as it is parsed: a bad one refused before the bench runs, not
     after. Nothing at all: no E runs."""
-    try:
+    with contextlib.suppress(ValueError):
         found = [settings.whole_number(n) for n in raw.split(",") if n]
         if all(1 <= n <= MAX_BACKLOG for n in found):
             return found
-    except ValueError:
-        pass
     raise ValueError(f"expected backlogs of 1..{MAX_BACKLOG} calls, comma-separated")
-
-
-def refuse_bad_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Usage and exit 2 for a benchmark that cannot run as asked."""
-    if not 1 <= args.bench_accounts <= 500:
-        parser.error("--bench-accounts must be 1..500")
-    if args.runner != "thread":
-        parser.error("the bench runs both the thread and the wake runner by itself: drop --runner")
 
 
 def play(
     args: argparse.Namespace, stack: Stack, view: show.View, runner: str
 ) -> tuple[int, list[Outcome]]:
-    """tools.stress's rounds, quiet, on `runner` workers; then the scaled run and its verdict."""
+    """tools.stress's rounds, quiet, on `runner` workers; then the article's scenarios once at
+    the scaled size, on the same workers and threads: shown only where one broke a promise, then
+    their efficiency and verdict."""
     code, outcomes = stress.play(args, stack, view, runner, quiet=True)
-    stage = launch.stage(args, stack, runner)
-    big = scaled(stage, args.bench_accounts, given.article(args), view)
-    text, scaled_code = report.verdict(big, stack.crashes)
-    print(text)
-    return code or scaled_code, outcomes + big
-
-
-def scaled(stage: Stage, accounts: int, chosen: list[Scenario], view: show.View) -> list[Outcome]:
-    """Every scenario chosen once at the scaled size, on the stage's workers and threads;
-    shown only where it broke a promise, then its efficiency."""
+    stage, accounts = launch.stage(args, stack, runner), args.bench_accounts
     workers, threads = stage.shape.workers, stage.shape.threads
     stage.shape = Shape(accounts, SCALED.ops, SCALED.hold, workers=workers, threads=threads)
     print(f"\n=== scaled run: {accounts} accounts x {SCALED.ops} ops, hold {SCALED.hold}s ===")
-    big = stress.rounds(stage, 1, view, True, chosen, prefix="scaled ")
+    big = stress.rounds(stage, 1, view, True, given.article(args), prefix="scaled ")
     print(report.efficiency(big))
-    return big
+    text, scaled_code = report.verdict(big, stack.crashes)
+    print(text)
+    return code or scaled_code, outcomes + big
 
 
 def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: float) -> int:
@@ -204,13 +181,9 @@ def _follow(child: Child) -> list[str]:
 
 def peak_memory_mib(pid: int) -> float:
     """The process's peak resident memory so far (Linux VmHWM), or 0 where unknown."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    with contextlib.suppress(OSError):
+        if found := re.search(r"^VmHWM:\s+(\d+)", Path(f"/proc/{pid}/status").read_text(), re.M):
+            return int(found[1]) / 1024
     return 0.0
 
 

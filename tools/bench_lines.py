@@ -65,27 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--claim", choices=("0", "1"), required=True)
     parser.add_argument("--no-b", action="store_true", help="only E: no B, no scaled B")
     whole, number = flags.flag_type(settings.whole_number), flags.flag_type(settings.number)
-    parser.add_argument(
-        "--backlogs", type=flags.flag_type(backlogs), default="1000", help="E's, comma-separated"
-    )
+    each = flags.flag_type(backlogs)
+    parser.add_argument("--backlogs", type=each, default="1000", help="E's, comma-separated")
     parser.add_argument("--rounds", type=whole, default=ROUNDS)
     parser.add_argument("--hold", type=number, default=HOLD_SECONDS, help="B's")
     parser.add_argument("--accounts", type=whole, default=SCALED.accounts, help="scaled B's")
     parser.add_argument("--workers", type=whole, default=1)
     parser.add_argument("--backend", choices=("sqlite", "redis"), default="sqlite")
-    parser.add_argument(
-        "--connections",
-        choices=("kept", "pynenc"),
-        default="kept",
-        help="SQLite's connections: kept (keyclaim.keep_connections) or pynenc's own",
-    )
+    kinds = "SQLite's connections: kept (keyclaim.keep_connections) or pynenc's own"
+    parser.add_argument("--connections", choices=("kept", "pynenc"), default="kept", help=kinds)
     parser.add_argument("--limits", action="store_true", help="F and G too (with --claim 1)")
-    parser.add_argument(
-        "--slots",
-        action="store_true",
-        help="E on F's task (up to N in flight per account; with --claim 1): the quiet "
-        "accounts' wait beside a busy account at its limit",
+    slots = (
+        "E on F's task (up to N in flight per account; with --claim 1): the quiet accounts' wait "
+        "beside a busy account at its limit"
     )
+    parser.add_argument("--slots", action="store_true", help=slots)
     given.add_arguments(parser)
     args = parser.parse_args(argv)
     if (args.slots or args.limits) and args.claim != "1":

@@ -40,12 +40,11 @@ def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.Argumen
     given.add_arguments(parser)
     rounds = flags.within(settings.whole_number, 1, 1000)
     parser.add_argument("--rounds", type=rounds, default=1, help="repeat the scenarios N times")
-    parser.add_argument(
-        "--hosts",
-        action="store_true",
-        help="with --backend redis: start each worker from its own copy of the project, "
-        "sharing only REDIS_URL and the API's address, as on separate machines",
+    hosts = (
+        "with --backend redis: start each worker from its own copy of the project, sharing only "
+        "REDIS_URL and the API's address, as on separate machines"
     )
+    parser.add_argument("--hosts", action="store_true", help=hosts)
     return parser
 
 
