@@ -1,5 +1,6 @@
-"""The purge of finished invocations, on an app of the caller's: calls run to their end in this
-process, a holder left RUNNING and a call parked behind it, then batches until the finished
+"""The purge of finished invocations, run on an app of the caller's.
+
+Calls run to their end in this process, a holder left RUNNING and a call parked behind it, then batches until the finished
 ones' records are gone. test_history.py runs it in its own process on SQLite, and as a script
 on Redis, in an environment with pynenc-redis: python purge_run.py REDIS_URL (one JSON line).
 """
@@ -58,20 +59,24 @@ def records(app: Any, invocation_id: str) -> list[str]:
 
 
 def run(app: Any, tasks: Any) -> dict[str, Any]:
-    """Three calls run to SUCCESS, one holds its key RUNNING, one waits in that key's line;
-    then one batch at a time until the three leave no record (30 s at most)."""
+    """Two calls RUNNING (one holding its key), one parked in that key's line, three run to
+    SUCCESS; then one batch at a time until the three leave no record (30 s at most)."""
     ctx = RunnerContext(runner_cls="ThreadRunner")
     app.orchestrator.register_runner_heartbeats([ctx.runner_id])
     acct = f"acct-{uuid.uuid4().hex[:8]}"
+    # RUNNING ones, a key's holder and one without a key, and the holder's line first: older
+    # than the finished calls by the time those go.
+    holder = tasks.call_keyed(acct, "held").invocation_id
+    running = tasks.call_unsafe(acct, "running").invocation_id
+    taken = [i.invocation_id for i in app.orchestrator.get_invocations_to_run(2, ctx)]
+    for invocation_id in taken:
+        app.orchestrator.set_invocation_status(invocation_id, S.RUNNING, ctx)
+    parked = tasks.call_keyed(acct, "parked").invocation_id
     done = [tasks.call_keyed(f"{acct}-{n}", "op").invocation_id for n in range(2)]
     done.append(tasks.call_unsafe(acct, "op").invocation_id)
     for invocation in app.orchestrator.get_invocations_to_run(3, ctx):
         invocation.run(ctx)
-    holder = tasks.call_keyed(acct, "held").invocation_id
-    (taken,) = app.orchestrator.get_invocations_to_run(1, ctx)
-    app.orchestrator.set_invocation_status(taken.invocation_id, S.RUNNING, ctx)
-    parked = tasks.call_keyed(acct, "parked").invocation_id
-    before = {i: len(records(app, i)) for i in [*done, holder, parked]}
+    before = {i: len(records(app, i)) for i in [*done, holder, running, parked]}
     batches, ends = 0, time.monotonic() + 30
     while any(records(app, i) for i in done) and time.monotonic() < ends:
         history.purge_batch(app)
@@ -83,7 +88,7 @@ def run(app: Any, tasks: Any) -> dict[str, Any]:
         "after": {i: len(records(app, i)) for i in before},
         "left": sorted({name for i in done for name in records(app, i)}),
         "done": done,
-        "holder": [holder, taken.invocation_id, status(holder).value],
+        "running": [sorted(taken) == sorted([holder, running]), status(holder), status(running)],
         "parked": [parked, status(parked).value, len(app.state_backend.get_history(parked))],
         "batches": batches,
     }

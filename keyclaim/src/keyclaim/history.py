@@ -1,4 +1,4 @@
-"""pynenc's records of finished invocations, purged in small batches once a beat.
+"""The records pynenc keeps of finished invocations, purged in small batches once a beat.
 
 pynenc 0.3.1 and 0.4.0 stamp each invocation as it reaches a final status
 (`set_up_invocation_auto_purge`) and keep it `auto_final_invocation_purge_hours` (24 by
@@ -8,7 +8,8 @@ on its own lock). So the state backend's invocation, history, result and excepti
 the orchestrator's, grow for as long as the workers run. Here, the claim's sweep (once a beat,
 in each worker: keyclaim.recovery) purges, BATCH at a time, each its own short transaction
 (SQLite `BEGIN IMMEDIATE`; Redis `MULTI`), the records of invocations final for longer than that
-setting; never one the claim still names (a key's holder, its line, a due time). The queue, the
+setting (SQLite: by pynenc's time of the status; Redis: by its purge stamp); never one the claim
+still names (a key's holder, its line, a due time). The queue, the
 trigger's own records (its `auto_purge_events`) and the claim's own are left to their owners.
 
 The upstream change that retires it: pynenc's runners call `orchestrator.auto_purge()` on a
