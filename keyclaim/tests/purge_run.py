@@ -1,8 +1,9 @@
 """The purge of finished invocations, run on an app of the caller's.
 
-Calls run to their end in this process, a holder left RUNNING and a call parked behind it, then batches until the finished
-ones' records are gone. test_history.py runs it in its own process on SQLite, and as a script
-on Redis, in an environment with pynenc-redis: python purge_run.py REDIS_URL (one JSON line).
+Calls run to their end in this process, two left RUNNING (a holder among them) and a call parked
+behind the holder, then batches until the finished ones' records are gone. test_history.py
+runs it in its own process on SQLite, and as a script on Redis, in an environment with
+pynenc-redis: python purge_run.py REDIS_URL (one JSON line).
 """
 
 import json
