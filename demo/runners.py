@@ -82,12 +82,20 @@ WORKERS: dict[str, tuple[type[Announced], type[Announced], dict[str, object]]] =
     "process": (ProcessWorker, ProcessWorker, {"min_parallel_slots": scenarios.THREADS}),
 }
 CLAIM_RUNNER = {"thread": "drain", "wake": "wake"}  # keyclaim.install's runner, by DEMO_RUNNER
+# With the claim, a finished call's records are purged after this (keyclaim.history): long
+# enough for a run's report and its monitor links; PYNENC__AUTO_FINAL_INVOCATION_PURGE_HOURS
+# overrides it.
+KEEP_FINISHED = 600.0
 
 
 def for_claim() -> dict[str, object]:
-    """keyclaim.install's runner arguments for DEMO_RUNNER."""
+    """keyclaim.install's runner arguments for DEMO_RUNNER, and how long it keeps finished calls."""
     runner = CLAIM_RUNNER.get(settings.get("DEMO_RUNNER"))
-    return {"runner": runner, "drain_deadline": settings.drain_deadline()}
+    return {
+        "runner": runner,
+        "drain_deadline": settings.drain_deadline(),
+        "purge_after": KEEP_FINISHED,
+    }
 
 
 def select(builder: PynencBuilder, claim: bool) -> PynencBuilder:

@@ -30,6 +30,7 @@ def build(
     dead_after: float = 15.0,
     longest_call: float = 10.0,
     runner: str | None = "drain",
+    keep: bool = False,
 ) -> "Pynenc":
     builder = PynencBuilder().app_id(app_id)
     builder = builder.redis(url=redis_url) if redis_url else builder.sqlite(db)
@@ -39,6 +40,8 @@ def build(
         builder = keyclaim.install(builder, dead_after, longest_call, runner=runner)
     elif runner:  # the library's runner alone
         builder = keyclaim.use_runner(builder, runner)
+    if keep:
+        builder = keyclaim.keep_connections(builder)
     return builder.build()
 
 
@@ -63,6 +66,7 @@ def _from_environment() -> "Pynenc":
         dead_after=float(env("KEYCLAIM_TEST_DEAD_AFTER", "15")),
         longest_call=float(env("KEYCLAIM_TEST_LONGEST_CALL", "10")),
         runner=None if (runner := env("KEYCLAIM_TEST_RUNNER", "drain")) == "pynenc" else runner,
+        keep=env("KEYCLAIM_TEST_KEEP", "") == "1",
     )
 
 

@@ -74,12 +74,15 @@ def install(
     runner: str | None = "drain",
     drain_deadline: float = config.DEFAULT_DEADLINE,
     idle: float = config.DEFAULT_IDLE,
+    purge_after: float | None = None,
 ) -> "PynencBuilder":
     """Switch the claim on: its orchestrator for the builder's backend, a dead-runner window
     of dead_after seconds (beats four times in it) longer than longest_call (the task's
     timeout), and a runner that drains its calls on a stop ("drain" or "wake"; None keeps the
     builder's): keyclaim/README.md, "Use". Call it after .sqlite() or .redis() and the runner
     choice; `check(app)` checks what pynenc resolved. Kept connections: `keep_connections`.
+    purge_after: seconds a finished invocation's records are kept (keyclaim.history), written
+    as pynenc's `auto_final_invocation_purge_hours`; None keeps pynenc's (24 h by default).
     """
     orchestrator = builder._config.get("orchestrator_cls")
     if (backend := BACKENDS.get(orchestrator)) is None:
@@ -102,6 +105,8 @@ def install(
         atomic_service_check_interval_minutes=dead_after / config.BEATS_PER_WINDOW / 60,
         **{config.LONGEST_CALL_KEY: longest_call, config.SELECTED + "orchestrator_cls": claim},
     )
+    if purge_after is not None:
+        builder = builder.custom_config(auto_final_invocation_purge_hours=purge_after / 3600)
     return builder if runner is None else use_runner(builder, runner, drain_deadline, idle)
 
 

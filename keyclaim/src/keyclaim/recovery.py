@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from pynenc import context
 from pynenc.invocation.status import InvocationStatusRecord
 
-from keyclaim import fleet
+from keyclaim import fleet, history
 from keyclaim.clock import EVER
 from keyclaim.store import ClaimStore
 
@@ -108,6 +108,7 @@ class ClaimRecovery(ClaimStore):
             if records:
                 self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
         self.heal_holders(runner_ctx)
+        history.sweep(self.app)  # pynenc's records of long-finished invocations
 
     def heal_holders(self, runner_ctx: "RunnerContext") -> None:
         """A holder that can no longer pass its key on gets it moving again: one that ended
