@@ -10,8 +10,12 @@ from typing import TYPE_CHECKING
 
 from pynenc.conf.config_task import ConcurrencyControlType
 
+from keyclaim.errors import Refused
+
 if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
+
+LONGEST_KEY = 1024  # bytes of a key's text: a longer one is refused before anything is written
 
 
 def key_identity(key: dict[str, str]) -> str:
@@ -34,6 +38,16 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
     if mode == ConcurrencyControlType.DISABLED:
         return None
     return invocation.call.serialized_args_for_concurrency_control(mode) or {}
+
+
+def refuse_long_keys(invocations: list["DistributedInvocation"]) -> None:
+    """Refused (one line) for a call whose key's text is longer than LONGEST_KEY: every claim
+    record of a key repeats its text, so an id no account can have is kept out of the store."""
+    for invocation in invocations:
+        key = key_arguments(invocation)
+        if key and (size := len(key_identity(key).encode())) > LONGEST_KEY:
+            task = invocation.task.task_id.key
+            raise Refused(f"{task}: a key of {size} bytes, longer than {LONGEST_KEY}: not stored")
 
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:

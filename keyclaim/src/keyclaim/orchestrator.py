@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pynenc import context
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import config, decision, fleet, limits, versions
+from keyclaim import config, decision, fleet, keys, limits, versions
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
 from keyclaim.keys import key_arguments, waits_in_line
@@ -64,6 +64,7 @@ class AtomicClaim(ClaimRecovery):
     def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
         """pynenc's registration (batches too), its routing replaced: a keyed call is queued
         only if it becomes one of its key's holders; otherwise it is parked in its line."""
+        keys.refuse_long_keys(invocations)
         if not self._fleet_checked and fleet.joined(self.app) is None:
             # A producer, checked before its first call (a worker was checked as it joined).
             if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
@@ -202,7 +203,7 @@ class AtomicClaim(ClaimRecovery):
         issued = getattr(attempt, TOKEN_ATTRIBUTE, None)
         newest = None if issued is None else self.fence_token(invocation_id)
         mine = record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id
-        if mine and newest in (None, issued):
+        if mine and newest == issued:  # a token gone with its final call is no match
             return True
         self.app.logger.warning(
             f"invocation:{invocation_id} outlived its claim (now {record.status.value}, "

@@ -158,6 +158,13 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             stale = {r for r, beat in beats.items() if beat is not None and beat < now - window}
             return stale if adopt else stale | unseen
 
+    def prune_in_store(self, silent_for: float) -> None:
+        rated = max((limit.window for limit in limits.declared().values()), default=0.0)
+        now = host_clock()
+        with self._connect() as conn:
+            for table, window in ((self.beats, silent_for), (self.admitted, rated)):
+                conn.execute(f"DELETE FROM {table} WHERE boot != ? OR at < ?", (BOOT, now - window))
+
     def pending_too_long(self, window: float) -> list[str]:
         with self._connect() as conn:
             return self._pending_too_long(conn, window)
