@@ -59,12 +59,16 @@ class AtomicClaim(ClaimRecovery):
         a call that waits when blocked is queued only into a free slot (the line is then empty)."""
         return not waits_in_line(invocation) or len(holders) < limits.of(invocation).slots
 
-    # The producer: park at registration.
+    # The producer: refuse a key too long before pynenc stores the call, park at registration.
+
+    def route_call(self, call: Any) -> "DistributedInvocation":
+        keys.refuse_long_keys([call])  # pynenc writes the invocation as it builds it
+        return super().route_call(call)  # type: ignore[misc]
 
     def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
         """pynenc's registration (batches too), its routing replaced: a keyed call is queued
         only if it becomes one of its key's holders; otherwise it is parked in its line."""
-        keys.refuse_long_keys(invocations)
+        keys.refuse_long_keys(i.call for i in invocations)  # a batch's, a trigger's
         if not self._fleet_checked and fleet.joined(self.app) is None:
             # A producer, checked before its first call (a worker was checked as it joined).
             if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):

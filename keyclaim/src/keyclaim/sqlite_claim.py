@@ -161,9 +161,11 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     def prune_in_store(self, silent_for: float) -> None:
         rated = max((limit.window for limit in limits.declared().values()), default=0.0)
         now = host_clock()
-        with self._connect() as conn:
+        with self._connect() as conn:  # the write lock only when there is something to forget
             for table, window in ((self.beats, silent_for), (self.admitted, rated)):
-                conn.execute(f"DELETE FROM {table} WHERE boot != ? OR at < ?", (BOOT, now - window))
+                old = f"FROM {table} WHERE boot != ? OR at < ?", (BOOT, now - window)
+                if conn.execute(f"SELECT 1 {old[0]} LIMIT 1", old[1]).fetchone():
+                    conn.execute(f"DELETE {old[0]}", old[1])
 
     def pending_too_long(self, window: float) -> list[str]:
         with self._connect() as conn:
