@@ -97,8 +97,9 @@ def test_a_key_too_long_writes_nothing_and_a_refused_short_one_leaves_nothing(
 ) -> None:
     """A 2 KiB account id is refused in one line as it registers, and not a row of the
     database changes; an id the task fails at run time ends FAILED, and the claim keeps
-    nothing of it but the floor. Checked by mutation: without the length check at the top of
-    `register_new_invocations`, the call was registered and this test failed."""
+    nothing of it but the floor. Checked by mutation: without the length checks, the call was
+    registered; with the check in `register_new_invocations` alone (not in `route_call`),
+    pynenc's invocation row and its value stored aside were written: this test failed."""
     orchestrator, ctx = claimer(claim.app, Claimer)
     before = rows(claim)
     with pytest.raises(Refused) as refused:
