@@ -1,5 +1,7 @@
-"""What the claim keeps on SQLite: nothing per call once it is final, a floor for idle keys, and
-nothing of a stopped worker after the window; a key too long is refused before any write.
+"""What the claim keeps on SQLite: no call's records once final, no idle key's but a floor.
+
+Nothing of a stopped worker either, after the window; a key too long is refused before any
+write.
 
 The calls are claimed and ended in-process, by pynenc's own claiming loop (test_sqlite_claim's
 claimers); the Redis twins run in redis_state.py (test_redis_claim.py).
