@@ -89,3 +89,37 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
         "queued_after_one_sweep": 0,
         "lost_taken": True,
     }
+
+
+@pytest.mark.slow  # a second environment's start: ~4 s
+@pytest.mark.e2e
+def test_on_redis_the_claim_keeps_nothing_per_call_or_idle_key_but_the_floor(
+    redis_url: str,
+) -> None:
+    """redis_state.py, test_claim_state.py's twins on Redis: five calls of two keys (one of
+    two slots) ended SUCCESS or FAILED leave no per-call field or per-key key but the floor
+    (the highest token issued), and a late outcome is not stored; an idle key's next token,
+    with Redis TIME an hour back, is still larger; a 2 KiB id is refused and no Redis key
+    changes, and one failed at run time leaves nothing; a silent runner's beat and a dead
+    process's fleet record go with the next sweep. Checked by mutation, each failing this
+    test: `_plan_release` without its two HDELs (5 fields of each hash left); the first
+    token from TIME alone (the second token an hour smaller); the length checks removed (not
+    refused); the sweep's prunes left out (the beat and the record kept)."""
+    result = subprocess.run(
+        [*with_redis_plugin(), "redis_state.py", redis_url],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    final = found["final"]
+    assert (final["kept"], final["late"]) == ({}, "success")
+    assert final["floor"] == max(final["tokens"])
+    first, second = found["idle"]
+    assert second > first
+    refused = found["refused"]
+    assert "2048 bytes" in refused["refused"] and refused["unchanged"]
+    assert (refused["status"], refused["kept"]) == ("failed", {})
+    assert found["stopped"] == {"before": [2, 1], "after": [1, 0], "kept": True}

@@ -554,14 +554,16 @@ def test_every_claim_carries_a_larger_token_for_its_key(claim: Claim) -> None:
     first, second = claim.tasks.call_keyed(acct, "op1"), claim.tasks.call_keyed(acct, "op2")
     elsewhere = claim.tasks.call_keyed_drop(other, "op1")
     orchestrator, ctx = claimer(claim.app, AtomicClaimer)
-    taken = [inv.invocation_id for inv in orchestrator.get_invocations_to_run(3, ctx)]
-    assert taken == [first.invocation_id, elsewhere.invocation_id]
+    taken = list(orchestrator.get_invocations_to_run(3, ctx))
+    assert [i.invocation_id for i in taken] == [first.invocation_id, elsewhere.invocation_id]
     orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
     orchestrator.set_invocation_status(first.invocation_id, S.SUCCESS, ctx)
     (again,) = take(orchestrator, ctx)
     assert again.invocation_id == second.invocation_id
-    tokens = [orchestrator.fence_token(i.invocation_id) for i in (first, second, elsewhere)]
-    assert tokens[1] > tokens[0] and tokens[2] is not None
+    assert again.fence_token > taken[0].fence_token and taken[1].fence_token is not None
+    # The store keeps a claim's token only while its call is not final.
+    assert orchestrator.fence_token(first.invocation_id) is None
+    assert orchestrator.fence_token(second.invocation_id) == again.fence_token
 
 
 def test_the_claim_refuses_an_untested_pynenc_wherever_it_is_built(

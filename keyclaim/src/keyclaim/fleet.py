@@ -168,6 +168,14 @@ def fleet_problem(
     return None
 
 
+def prune(app: "Pynenc") -> None:
+    """Remove the records of workers no longer live (a SIGKILL skips the removal at exit): the
+    fleet check already passes them by, and a live one writes its own again with each beat."""
+    store = FleetStore(app)
+    for runner_id in store.records().keys() - {m.runner_id for m in fleet(app)}:
+        store.remove(runner_id)
+
+
 def joined(app: "Pynenc") -> str | None:
     """The runner this process joined the fleet as; None before it has."""
     member = getattr(app, MEMBER, None)

@@ -6,12 +6,18 @@ Written against pynenc 0.3.1 and 0.4.0, whose KEYS control is scoped per task an
 """
 
 import json
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from pynenc.conf.config_task import ConcurrencyControlType
 
+from keyclaim.errors import Refused
+
 if TYPE_CHECKING:
+    from pynenc.call import Call
     from pynenc.invocation.dist_invocation import DistributedInvocation
+
+LONGEST_KEY = 1024  # bytes of a key's text: a longer one is refused before anything is written
 
 
 def key_identity(key: dict[str, str]) -> str:
@@ -34,6 +40,20 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
     if mode == ConcurrencyControlType.DISABLED:
         return None
     return invocation.call.serialized_args_for_concurrency_control(mode) or {}
+
+
+def refuse_long_keys(calls: Iterable["Call"]) -> None:
+    """Refused (one line) for a call whose key's text is longer than LONGEST_KEY: no account
+    has such an id, so none is stored. Read from the values as given (serialized, pynenc
+    stores a large one aside: a write)."""
+    for call in calls:
+        conf, values, C = call.task.conf, call.arguments.kwargs, ConcurrencyControlType
+        names = {C.KEYS: conf.key_arguments, C.ARGUMENTS: values}.get(conf.running_concurrency, ())
+        if (size := sum(len(str(values[n]).encode()) for n in names if n in values)) > LONGEST_KEY:
+            raise Refused(
+                f"{call.task.task_id.key}: a key of {size} bytes, longer than {LONGEST_KEY}: "
+                "no account has such an id, so none is stored"
+            )
 
 
 def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:

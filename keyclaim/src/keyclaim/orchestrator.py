@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from pynenc import context
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import config, decision, fleet, limits, versions
+from keyclaim import config, decision, fleet, keys, limits, versions
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
 from keyclaim.keys import key_arguments, waits_in_line
@@ -59,11 +59,16 @@ class AtomicClaim(ClaimRecovery):
         a call that waits when blocked is queued only into a free slot (the line is then empty)."""
         return not waits_in_line(invocation) or len(holders) < limits.of(invocation).slots
 
-    # The producer: park at registration.
+    # The producer: refuse a key too long before pynenc stores the call, park at registration.
+
+    def route_call(self, call: Any) -> "DistributedInvocation":
+        keys.refuse_long_keys([call])  # pynenc writes the invocation as it builds it
+        return super().route_call(call)  # type: ignore[misc]
 
     def register_new_invocations(self, invocations: list["DistributedInvocation"]) -> None:
         """pynenc's registration (batches too), its routing replaced: a keyed call is queued
         only if it becomes one of its key's holders; otherwise it is parked in its line."""
+        keys.refuse_long_keys(i.call for i in invocations)  # a batch's, a trigger's
         if not self._fleet_checked and fleet.joined(self.app) is None:
             # A producer, checked before its first call (a worker was checked as it joined).
             if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
@@ -202,7 +207,7 @@ class AtomicClaim(ClaimRecovery):
         issued = getattr(attempt, TOKEN_ATTRIBUTE, None)
         newest = None if issued is None else self.fence_token(invocation_id)
         mine = record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id
-        if mine and newest in (None, issued):
+        if mine and newest == issued:  # a token gone with its final call is no match
             return True
         self.app.logger.warning(
             f"invocation:{invocation_id} outlived its claim (now {record.status.value}, "

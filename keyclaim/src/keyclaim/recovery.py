@@ -108,6 +108,9 @@ class ClaimRecovery(ClaimStore):
             if records:
                 self.app.logger.warning(f"invocation:{invocation_id} recovered from a dead runner")
         self.heal_holders(runner_ctx)
+        # A stopped worker's records: its beat once any call of it was recovered (a sweep ago).
+        self.prune_in_store(2 * dead_after)
+        fleet.prune(self.app)
         history.sweep(self.app)  # pynenc's records of long-finished invocations
 
     def heal_holders(self, runner_ctx: "RunnerContext") -> None:

@@ -58,9 +58,10 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             issued = None
             if line is not None and decision.verdict is Verdict.RUN:
                 counter = self._k("fence", fence_key(line, decision.slot))
-                pipe.watch(counter)
-                last = pipe.get(counter)
-                issued = first_token(now) if last is None else int(last) + 1
+                pipe.watch(counter, self._k("fence_floor"))
+                last = pipe.get(counter)  # none: an idle slot, its first token above the floor
+                floor = int(pipe.get(self._k("fence_floor")) or 0)
+                issued = max(first_token(now), floor + 1) if last is None else int(last) + 1
             pipe.multi()
             previous = {inv_id: current.status}
             previous.update({h.invocation_id: h.record.status for h in holders})
@@ -268,6 +269,11 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
     def fence_slot(self, invocation_id: str) -> int | None:
         found = self.client.get(self._k("slot", invocation_id))
         return None if found is None else int(found)
+
+    def prune_in_store(self, silent_for: float) -> None:
+        since, beats = seconds_of(self.client.time()) - silent_for, self._k("beats")
+        if gone := [r for r, at in self.client.hgetall(beats).items() if float(at) < since]:
+            self.client.hdel(beats, *gone)
 
     def beat_in_store(self, runner_ids: list[str]) -> None:
         if runner_ids:

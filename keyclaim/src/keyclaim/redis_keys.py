@@ -18,6 +18,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from keyclaim.decision import Holder
+from keyclaim.keys import fence_key
 from keyclaim.orchestrator import AtomicClaim
 
 if TYPE_CHECKING:
@@ -83,28 +84,39 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
 
     def _plan_release(self, pipe: Pipeline, invocation_id: str) -> list[Callable[[Pipeline], Any]]:
         """Read (watched) what a final invocation lets go of; return the writes to do so: its
-        slot goes to the head of its line, or its place in a line is given up."""
+        claim's record goes, and its slot to the head of its line (none: the idle slot's token
+        counter is folded into the floor), or its place in a line is given up."""
         holds, parked = self._k("holds", invocation_id), self._k("parked", invocation_id)
         slot_key, dues = self._k("slot", invocation_id), self._k("dues")
         pipe.watch(holds, parked, slot_key)
+        writes: list[Callable[[Pipeline], Any]] = [
+            lambda p: p.zrem(dues, invocation_id),
+            lambda p: p.hdel(self._k("fences"), invocation_id),
+            lambda p: p.hdel(self._k("claimed_at"), invocation_id),
+        ]
         if (line := pipe.get(holds)) is None:
             if (waiting_in := pipe.get(parked)) is None:
-                return [lambda p: p.zrem(dues, invocation_id)]
+                return writes
             waiting = self._k("line", waiting_in.decode())
-            return [lambda p: p.lrem(waiting, 1, invocation_id), lambda p: p.delete(parked)]
+            writes.append(lambda p: p.lrem(waiting, 1, invocation_id))
+            return [*writes, lambda p: p.delete(parked)]
         line = line.decode()
         slot = (pipe.get(slot_key) or b"0").decode()
         slots, queue = self._k("slots", line), self._k("line", line)
         pipe.watch(slots, queue)
         holders = self._k("holders")
-        writes: list[Callable[[Pipeline], Any]] = [
-            lambda p: p.delete(holds, slot_key),
-            lambda p: p.srem(holders, invocation_id),
-            lambda p: p.zrem(dues, invocation_id),
-        ]
+        writes += [lambda p: p.delete(holds, slot_key), lambda p: p.srem(holders, invocation_id)]
         head = pipe.lindex(queue, 0)
         if head is None:
-            return [*writes, lambda p: p.hdel(slots, slot)]
+            counter, floor = self._k("fence", fence_key(line, int(slot))), self._k("fence_floor")
+            pipe.watch(counter, floor)
+            last = max(int(pipe.get(counter) or 0), int(pipe.get(floor) or 0))
+            return [
+                *writes,
+                lambda p: p.hdel(slots, slot),
+                lambda p: p.delete(counter),
+                lambda p: p.set(floor, last),
+            ]
         head = head.decode()
         return [
             *writes,

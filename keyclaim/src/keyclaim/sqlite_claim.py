@@ -158,6 +158,15 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             stale = {r for r, beat in beats.items() if beat is not None and beat < now - window}
             return stale if adopt else stale | unseen
 
+    def prune_in_store(self, silent_for: float) -> None:
+        rated = max((limit.window for limit in limits.declared().values()), default=0.0)
+        now = host_clock()
+        with self._connect() as conn:  # the write lock only when there is something to forget
+            for table, window in ((self.beats, silent_for), (self.admitted, rated)):
+                old = f"FROM {table} WHERE boot != ? OR at < ?", (BOOT, now - window)
+                if conn.execute(f"SELECT 1 {old[0]} LIMIT 1", old[1]).fetchone():
+                    conn.execute(f"DELETE {old[0]}", old[1])
+
     def pending_too_long(self, window: float) -> list[str]:
         with self._connect() as conn:
             return self._pending_too_long(conn, window)

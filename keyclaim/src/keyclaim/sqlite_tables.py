@@ -15,6 +15,7 @@ from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 from keyclaim import connections
 from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim.decision import Holder
+from keyclaim.keys import fence_key
 from keyclaim.limits import Limit
 from keyclaim.orchestrator import AtomicClaim
 
@@ -24,9 +25,10 @@ if TYPE_CHECKING:
 S = InvocationStatus
 # The claim's tables, under pynenc's table prefix {p}, which its purge clears: a key's holders,
 # one per slot (keyclaim.limit: up to N), and its line; its rate's admissions, and the holders
-# waiting for their rate window to free (keyclaim/README.md, "Up to N per key"); each key's
-# last fencing token, and each claim's (with when it was made: the host's clock, in its boot);
-# counts; beats.
+# waiting for their rate window to free (keyclaim/README.md, "Up to N per key"); each busy
+# slot's last fencing token, and under fence_key '' the floor an idle slot's counter was folded
+# into; each claim's token while its call is not final (with when it was made: the host's
+# clock, in its boot); counts; beats.
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}_key_slots (line_key TEXT NOT NULL, slot INTEGER NOT NULL,
     invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot));
@@ -119,9 +121,11 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return found.fetchone() is not None
 
     def _release(self, conn: Any, invocation_id: str) -> str | None:
-        """A final invocation lets go of its slot (the head of its line takes it, and is
-        returned), or of its place in a line."""
-        conn.execute(f"DELETE FROM {self.dues} WHERE invocation_id = ?", (invocation_id,))
+        """A final invocation lets go of its claim's record, and of its slot (the head of its
+        line takes it, and is returned; none: the idle slot's counter is folded into the floor),
+        or of its place in a line."""
+        for table in (self.dues, self.claimed):
+            conn.execute(f"DELETE FROM {table} WHERE invocation_id = ?", (invocation_id,))
         row = conn.execute(
             f"SELECT line_key, slot FROM {self.holders} WHERE invocation_id = ?", (invocation_id,)
         ).fetchone()
@@ -135,6 +139,14 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         ).fetchone()
         if head is None:
             conn.execute(f"DELETE FROM {self.holders} WHERE invocation_id = ?", (invocation_id,))
+            fence = fence_key(line, slot)
+            conn.execute(
+                f"INSERT INTO {self.fence_counters} SELECT '', token FROM {self.fence_counters} "
+                "WHERE fence_key = ? ON CONFLICT(fence_key) DO UPDATE "
+                "SET token = MAX(token, excluded.token)",
+                (fence,),
+            )
+            conn.execute(f"DELETE FROM {self.fence_counters} WHERE fence_key = ?", (fence,))
             return None
         conn.execute(f"DELETE FROM {self.lines} WHERE seq = ?", (head[0],))
         conn.execute(
@@ -227,10 +239,12 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             )
 
     def _issue_token(self, conn: Any, invocation_id: str, key: str) -> int:
-        """The key's next fencing token, written with the claim and when it was made. A key's
-        first token is the time: on SQLite, this process's wall clock, used for nothing else."""
+        """The slot's next fencing token, written with the claim and when it was made. An idle
+        slot's first is the time (on SQLite, this process's wall clock, used for nothing else),
+        but above the floor: a clock set back still issues none older than before."""
         (issued,) = conn.execute(
-            f"INSERT INTO {self.fence_counters} VALUES (?, ?) "
+            f"INSERT INTO {self.fence_counters} VALUES (?, MAX(?, 1 + COALESCE((SELECT token "
+            f"FROM {self.fence_counters} WHERE fence_key = ''), 0))) "
             "ON CONFLICT(fence_key) DO UPDATE SET token = token + 1 RETURNING token",
             (key, first_token(time.time())),
         ).fetchone()

@@ -58,6 +58,11 @@ class ClaimStore(ABC):
         recorded now, and it is judged a window later."""
 
     @abstractmethod
+    def prune_in_store(self, silent_for: float) -> None:
+        """Forget the beats of runners silent for silent_for seconds, and admissions older than
+        every declared rate window (Redis: its windows expire by themselves)."""
+
+    @abstractmethod
     def pending_too_long(self, window: float) -> list[str]:
         """PENDING invocations claimed more than window seconds ago."""
 
