@@ -7,9 +7,10 @@ process, each test builds an app of its own (`build`) and binds the tasks to it 
 
 import json
 import os
+import sqlite3
 import urllib.request
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
@@ -53,8 +54,33 @@ def environment(app_id: str, provider_url: str, db: str = "", redis_url: str = "
     }
 
 
+def blink(times: int, redis: bool) -> None:
+    """The claim's holder check, as a call of this module's stores its outcome, meets a store
+    that does not answer its first `times` tries: a Redis read timing out, or SQLite locked."""
+    from keyclaim.orchestrator import AtomicClaim
+
+    if redis:
+        from redis.exceptions import TimeoutError as Blink
+
+        error = Blink("Timeout reading from socket")
+    else:
+        error = sqlite3.OperationalError("database is locked")
+    holds, left = AtomicClaim._still_holds, [times]
+
+    def still_holds(self: AtomicClaim, attempt: Any, *args: Any) -> bool:
+        task = getattr(attempt, "task", None)  # this module's calls, not pynenc's own tasks
+        if left[0] and task and task.task_id.key.startswith(f"{__name__}."):
+            left[0] -= 1
+            raise error
+        return holds(self, attempt, *args)
+
+    AtomicClaim._still_holds = still_holds  # type: ignore[method-assign]
+
+
 def _from_environment() -> "Pynenc":
     env = os.environ.get
+    if blinks := int(env("KEYCLAIM_TEST_BLINKS", "0")):
+        blink(blinks, redis=bool(env("KEYCLAIM_TEST_REDIS")))
     return build(
         env("KEYCLAIM_TEST_APP_ID", "keyclaim_tests"),
         env("KEYCLAIM_TEST_DB", ""),
