@@ -28,18 +28,26 @@ with Judge() as provider:
             return [status.value, provider.counts(acct)]
 
         found["blinked"] = called(unique())
+        runner = f"runner:{worker.runner_id}: store"
         stop_redis(server, signal.SIGKILL)
-        wait_until(lambda: worker.logged("store unreachable"), WAIT, "the worker to notice")
+        wait_until(lambda: worker.logged(f"{runner} unreachable"), WAIT, "the worker to notice")
         server = start_redis(port, folder)
-        wait_until(lambda: worker.logged("store answers again"), WAIT, "the worker to reconnect")
+        wait_until(lambda: worker.logged(f"{runner} answers again"), WAIT, "it to reconnect")
         found["after_restart"] = called(unique())
         found["alive"] = worker.proc.poll() is None
+        # A deploy's SIGTERM while the store is gone: the drain ends, it does not hang.
+        stop_redis(server, signal.SIGKILL)
+        noticed = lambda: worker.log_path.read_text().count(f"{runner} unreachable") == 2  # noqa: E731
+        wait_until(noticed, WAIT, "the worker to notice again")
+        worker.signal(signal.SIGTERM)
+        found["stopped"] = worker.proc.wait(WAIT)
     finally:
         workers.stop_all()
-        stop_redis(server)
+        if server.poll() is None:
+            stop_redis(server)
     log = worker.log_path.read_text()
-    found["unreachable"] = log.count("runner:" + worker.runner_id + ": store unreachable")
-    found["back"] = log.count("store answers again")
+    found["unreachable"] = log.count(f"{runner} unreachable")
+    found["back"] = log.count(f"{runner} answers again")
     found["tracebacks"] = log.count("Traceback")
     found["log"] = log[-4000:]
 print(json.dumps(found))
