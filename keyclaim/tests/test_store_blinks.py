@@ -22,7 +22,8 @@ def test_a_locked_database_in_the_results_holder_check_does_not_store_failed(
 ) -> None:
     """The holder check raises sqlite3.OperationalError("database is locked") on its first 3
     tries: the result is stored once it answers, SUCCESS, applied once. Checked by mutation:
-    with `_store_outcome` calling `write()` once, unretried, the call ended FAILED."""
+    with set_invocation_result storing unretried (`if self._still_holds(...): write(...)`),
+    the error reached pynenc's `except Exception` and the call ended FAILED."""
     worker = workers.start(blinks="3")
     acct = unique()
     call = claim.tasks.call_keyed(acct, "op1")
@@ -38,11 +39,12 @@ def test_a_locked_database_in_the_results_holder_check_does_not_store_failed(
 @pytest.mark.e2e
 def test_on_redis_a_worker_rides_out_a_timeout_and_a_restart(tmp_path) -> None:
     """redis_outage.py: a Redis worker whose holder check times out twice stores SUCCESS; then
-        its redis-server is killed and a new, empty one started on the port; the worker is alive,
-        runs a call enqueued after it, and logs one line each way, no traceback per try; killed
-    again, a SIGTERM stops it (the drain does not hang on the store). Checked
-        by mutation: with DrainingThreadRunner._answered re-raising every error, the worker exited
-        at the kill (`alive` false); with the retry removed (as above), the first call FAILED."""
+    its redis-server is killed and a new, empty one started on the port: the worker is alive,
+    runs a call enqueued after it, and logs one line each way, no traceback per try; killed
+    again, a SIGTERM stops it (the drain does not hang on the store). Checked by mutation: with
+    DrainingThreadRunner._answered re-raising every error, the worker exited at the kill and
+    never logged its line (the script gave up waiting); with set_invocation_result storing
+    unretried, the first call ended FAILED."""
     port = str(free_port())
     result = subprocess.run(
         [*with_redis_plugin(), "redis_outage.py", port, str(tmp_path)],
