@@ -56,7 +56,8 @@ def environment(app_id: str, provider_url: str, db: str = "", redis_url: str = "
 
 def blink(times: int, redis: bool) -> None:
     """The claim's holder check, as a call of this module's stores its outcome, meets a store
-    that does not answer its first `times` tries: a Redis read timing out, or SQLite locked."""
+    that does not answer its first `times` tries (-1: every try of a call's first claim): a
+    Redis read timing out, or a SQLite database locked."""
     from keyclaim.orchestrator import AtomicClaim
 
     if redis:
@@ -65,13 +66,17 @@ def blink(times: int, redis: bool) -> None:
         error = Blink("Timeout reading from socket")
     else:
         error = sqlite3.OperationalError("database is locked")
-    holds, left = AtomicClaim._still_holds, [times]
+    holds, left, first = AtomicClaim._still_holds, [times], {}
 
     def still_holds(self: AtomicClaim, attempt: Any, *args: Any) -> bool:
         task = getattr(attempt, "task", None)  # this module's calls, not pynenc's own tasks
-        if left[0] and task and task.task_id.key.startswith(f"{__name__}."):
-            left[0] -= 1
-            raise error
+        if task and task.task_id.key.startswith(f"{__name__}."):
+            token = getattr(attempt, "fence_token", None)
+            if left[0] > 0 or (
+                left[0] < 0 and first.setdefault(attempt.invocation_id, token) == token
+            ):
+                left[0] -= left[0] > 0
+                raise error
         return holds(self, attempt, *args)
 
     AtomicClaim._still_holds = still_holds  # type: ignore[method-assign]

@@ -36,6 +36,24 @@ def test_a_locked_database_in_the_results_holder_check_does_not_store_failed(
     assert log.count("store unreachable") == 1 and "Traceback" not in log, log
 
 
+def test_a_result_the_store_never_took_is_run_again_not_lost(
+    claim: Claim, workers: Workers
+) -> None:
+    """The holder check of the call's first claim never answers: past the deadline (the 3 s
+    dead-after window) the call is left RUNNING, and the live worker's loop reroutes it
+    (KILLED, REROUTED); run again under a new claim, it ends SUCCESS, never FAILED. Checked by
+    mutation: without `_reroute_unstored` in get_invocations_to_run, it stayed RUNNING under
+    the live worker and never ended."""
+    worker = workers.start(blinks="-1", dead_after="3", longest_call="2")
+    acct = unique()
+    call = claim.tasks.call_keyed(acct, "op1")
+    assert claim.final(call.invocation_id, deadline=WAIT) == [S.SUCCESS]
+    seen = claim.settled_history(call.invocation_id)
+    assert S.KILLED in seen and S.FAILED not in seen, seen
+    assert claim.provider.counts(acct)["calls"] == 2
+    assert worker.logged("its outcome is not stored; it is run again")
+
+
 @pytest.mark.e2e
 def test_on_redis_a_worker_rides_out_a_timeout_and_a_restart(tmp_path) -> None:
     """redis_outage.py: a Redis worker whose holder check times out twice stores SUCCESS; then
