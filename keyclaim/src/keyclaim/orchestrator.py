@@ -225,14 +225,19 @@ class AtomicClaim(ClaimRecovery):
         dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
         outage.retried(write, dead_after, self.app.logger, f"invocation:{invocation_id}")
 
-    def _store_outcome(self, attempt: Any, runner_ctx: "RunnerContext", write: Callable) -> None:
-        """An outcome, stored once the store answers, if the attempt still holds its claim.
-        Never given up as FAILED: past the deadline the call stays RUNNING here, and this
-        runner's loop reroutes it once the store answers (`_reroute_unstored`)."""
+    def _store_outcome(
+        self, write: Callable, attempt: Any, outcome: Any, runner_ctx: "RunnerContext"
+    ) -> None:
+        """write(attempt, outcome, runner_ctx) once the store answers, if the attempt still
+        holds its claim. Never given up as FAILED: past the deadline the call stays RUNNING
+        here, and this runner's loop reroutes it once the store answers (`_reroute_unstored`)."""
         invocation_id = getattr(attempt, "invocation_id", attempt)
         try:
             self._until_answered(
-                invocation_id, lambda: self._still_holds(attempt, runner_ctx) and write()
+                invocation_id,
+                lambda: (
+                    self._still_holds(attempt, runner_ctx) and write(attempt, outcome, runner_ctx)
+                ),
             )
         except outage.StoreDown as down:
             self._unfinished(invocation_id, down)
@@ -277,28 +282,22 @@ class AtomicClaim(ClaimRecovery):
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        write = super().set_invocation_result  # type: ignore[misc]
-        self._store_outcome(invocation, runner_ctx, lambda: write(invocation, result, runner_ctx))
+        self._store_outcome(super().set_invocation_result, invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
         self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
         if isinstance(exception, outage.StoreDown):  # its start was never stored: not a verdict
             self._unfinished(invocation.invocation_id, exception)
-            return
-        write = super().set_invocation_exception  # type: ignore[misc]
-        self._store_outcome(
-            invocation, runner_ctx, lambda: write(invocation, exception, runner_ctx)
-        )
+        else:
+            write = super().set_invocation_exception  # type: ignore[misc]
+            self._store_outcome(write, invocation, exception, runner_ctx)
 
     def set_invocation_retry(
         self, invocation: Any, exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
-        write = super().set_invocation_retry  # type: ignore[misc]
-        self._store_outcome(
-            invocation, runner_ctx, lambda: write(invocation, exception, runner_ctx)
-        )
+        self._store_outcome(super().set_invocation_retry, invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:
         if not queue_hooks:
