@@ -7,9 +7,10 @@ process, each test builds an app of its own (`build`) and binds the tasks to it 
 
 import json
 import os
+import sqlite3
 import urllib.request
 from types import SimpleNamespace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynenc import PynencBuilder
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
@@ -56,8 +57,38 @@ def environment(app_id: str, provider_url: str, db: str = "", redis_url: str = "
     }
 
 
+def blink(times: int, redis: bool) -> None:
+    """The claim's holder check, as a call of this module's stores its outcome, meets a store
+    that does not answer its first `times` tries (-1: every try of a call's first claim): a
+    Redis read timing out, or a SQLite database locked."""
+    from keyclaim.orchestrator import AtomicClaim
+
+    if redis:
+        from redis.exceptions import TimeoutError as Blink
+
+        error = Blink("Timeout reading from socket")
+    else:
+        error = sqlite3.OperationalError("database is locked")
+    holds, left, first = AtomicClaim._still_holds, [times], {}
+
+    def still_holds(self: AtomicClaim, attempt: Any, *args: Any) -> bool:
+        task = getattr(attempt, "task", None)  # this module's calls, not pynenc's own tasks
+        if task and task.task_id.key.startswith(f"{__name__}."):
+            token = getattr(attempt, "fence_token", None)
+            if left[0] > 0 or (
+                left[0] < 0 and first.setdefault(attempt.invocation_id, token) == token
+            ):
+                left[0] -= left[0] > 0
+                raise error
+        return holds(self, attempt, *args)
+
+    AtomicClaim._still_holds = still_holds  # type: ignore[method-assign]
+
+
 def _from_environment() -> "Pynenc":
     env = os.environ.get
+    if blinks := int(env("KEYCLAIM_TEST_BLINKS", "0")):
+        blink(blinks, redis=bool(env("KEYCLAIM_TEST_REDIS")))
     return build(
         env("KEYCLAIM_TEST_APP_ID", "keyclaim_tests"),
         env("KEYCLAIM_TEST_DB", ""),

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +23,40 @@ from pynenc.invocation.status import InvocationStatus as S
 
 WAIT = 30.0
 HERE = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen:
+    """A real redis-server on a loopback port, saving nothing, answering PING once returned."""
+    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    argv += ["--appendonly", "no", "--dir", str(folder)]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def answers() -> bool:
+        assert server.poll() is None, f"redis-server exited: {server.returncode}"
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    wait_until(answers, WAIT, "redis-server to answer")
+    return server
+
+
+def stop_redis(server: subprocess.Popen, sig: signal.Signals = signal.SIGTERM) -> None:
+    server.send_signal(sig)
+    try:
+        server.wait(WAIT)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait(WAIT)
 
 
 def unique(prefix: str = "acct") -> str:

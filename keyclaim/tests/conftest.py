@@ -4,8 +4,6 @@ A provider, an app with its own id and database, real workers, and a private red
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # claimapp, claimkit, provider
 
-from claimkit import WAIT, Claim, Workers, new_claim, wait_until
+from claimkit import Claim, Workers, free_port, new_claim, start_redis, stop_redis
 from provider import Judge
 
 
@@ -47,12 +45,6 @@ def workers(claim: Claim, tmp_path: Path) -> Iterator[Workers]:
         started.stop_all()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def redis_url(tmp_path: Path) -> Iterator[str]:
     """A real redis-server of the test's own, on a free loopback port, saving nothing."""
@@ -60,26 +52,8 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing in CI")
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
-    port = free_port()
-    argv = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    argv += ["--appendonly", "no", "--dir", str(tmp_path)]
-    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, start_new_session=True)
+    server = start_redis(free_port(), tmp_path)
     try:
-
-        def answers() -> bool:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    return s.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
-
-        wait_until(answers, WAIT, "redis-server to answer")
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{server.args[2]}/0"
     finally:
-        server.terminate()
-        try:
-            server.wait(WAIT)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(WAIT)
+        stop_redis(server)

@@ -13,6 +13,10 @@ past it, it exits holding what still runs (RUNNING under its name), recovered on
 silent for the dead-after window, which is longer than a call can stay in flight: the cut call
 is over by then, and its fencing token refuses it if it still arrives.
 
+It rides out a store that stops answering (a Redis paused or restarted), where pynenc's loop
+re-raises the error and the runner exits: one line as the store stops answering, pauses that
+grow, one line as it answers again (keyclaim.outage); redis-py reconnects on the next command.
+
 The upstream change that retires it: `ThreadRunner._on_stop` joins its threads first, with a
 deadline and heartbeats, then reroutes only the invocations whose thread ended without a final
 status (the repo's docs/upstream.md, section 7).
@@ -20,10 +24,12 @@ status (the repo's docs/upstream.md, section 7).
 
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 
 from pynenc.runner.thread_runner import ThreadInfo, ThreadRunner
 
-from keyclaim import fleet, versions
+from keyclaim import fleet, outage, versions
 from keyclaim.config import DEADLINE_KEY, DEFAULT_DEADLINE
 
 # How often a draining runner beats when pynenc's interval is longer (its default is 30 s).
@@ -39,7 +45,35 @@ class DrainingThreadRunner(ThreadRunner):
         versions.check_resolved(self.app.conf.orchestrator_cls, *classes)
         super()._on_start()
         self.drain_deadline = float(self.app.config_values.get(DEADLINE_KEY, DEFAULT_DEADLINE))
+        self.store_outage = outage.Outage(self.logger, f"runner:{self.runner_id}")
         fleet.join_fleet(self.app, self.runner_id)  # before it takes any work
+
+    def _check_atomic_services(self) -> None:
+        """pynenc's beat and services, not tried while the store is known not to answer (pynenc
+        logs each failure with a traceback); after a failure, tried again on the next loop,
+        not a beat interval later: the others judge this runner by its beats."""
+        if self.store_outage.since is None and not self._answered(super()._check_atomic_services):
+            self._last_atomic_service_check_time = 0.0
+
+    def runner_loop_iteration(self) -> None:
+        if self._answered(self._iteration):
+            self.store_outage.answered()
+        else:
+            time.sleep(self.store_outage.pause)
+
+    def _iteration(self) -> None:
+        super().runner_loop_iteration()
+
+    def _answered(self, step: Callable[[], None]) -> bool:
+        """step(); False when the store did not answer (told once per outage)."""
+        try:
+            step()
+        except Exception as exc:
+            if not outage.is_transient(exc):
+                raise
+            self.store_outage.failed(exc)
+            return False
+        return True
 
     def _on_stop(self) -> None:
         ends = time.monotonic() + self.drain_deadline
@@ -51,15 +85,14 @@ class DrainingThreadRunner(ThreadRunner):
             )
         while running and (left := ends - time.monotonic()) > 0:
             # Still alive, and still the holder: other runners must not take us for dead.
-            self.app.orchestrator.register_runner_heartbeats(
-                [self.runner_id], can_run_atomic_service=True
-            )
+            self._answered(self._beat)
             running[0].thread.join(min(beat, left))
             running = self._running()
         for info in self.threads.values():
-            if not info.thread.is_alive():
-                # Quiet when the call reached its final status, which is the usual case.
-                self._kill_and_reroute(info.invocation.invocation_id)
+            if not info.thread.is_alive() and self.store_outage.since is None:
+                # Quiet when the call reached its final status, which is the usual case. With
+                # the store gone, left RUNNING here: recovered after the dead-after window.
+                self._answered(partial(self._kill_and_reroute, info.invocation.invocation_id))
         if running:
             ids = ", ".join(str(info.invocation.invocation_id) for info in running)
             self.logger.warning(
@@ -69,6 +102,10 @@ class DrainingThreadRunner(ThreadRunner):
             )
         if kept := sys.modules.get("keyclaim.connections"):
             kept.close()  # the free ones; a drained-past call's is closed as it ends
+
+    def _beat(self) -> None:
+        beat = self.app.orchestrator.register_runner_heartbeats
+        beat([self.runner_id], can_run_atomic_service=True)
 
     def _running(self) -> list[ThreadInfo]:
         return [info for info in self.threads.values() if info.thread.is_alive()]

@@ -16,14 +16,16 @@ stored only while the claim holds, and REROUTED -> CONCURRENCY_CONTROLLED_FINAL 
 `pynenc/invocation/status.py` (the repo's docs/upstream.md).
 """
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
+from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import config, decision, fleet, keys, limits, versions
+from keyclaim import config, decision, fleet, keys, limits, outage, versions
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
 from keyclaim.keys import key_arguments, waits_in_line
@@ -53,6 +55,7 @@ class AtomicClaim(ClaimRecovery):
             raise Refused(f"atomic claim: {why}")
         super().__init__(app)
         self._fleet_checked = False
+        self._unstored: set[str] = set()  # calls left RUNNING here, unstored (_reroute_unstored)
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
@@ -93,6 +96,7 @@ class AtomicClaim(ClaimRecovery):
     def get_invocations_to_run(
         self, max_num_invocations: int, runner_ctx: "RunnerContext", *args: Any, **kwargs: Any
     ) -> Iterator["DistributedInvocation"]:
+        self._reroute_unstored(runner_ctx)
         self.recover_silent_runners(runner_ctx)
         if self._due_at is not None and time.monotonic() >= self._due_at:
             self.release_due()
@@ -191,7 +195,8 @@ class AtomicClaim(ClaimRecovery):
 
     # An outcome that comes back after its claim was taken away (a stalled runner, woken after
     # its call was recovered and run again) must not be stored: pynenc stores it first, and only
-    # then is refused the status.
+    # then is refused the status. And a store that does not answer is never the call's outcome:
+    # each write below is tried again until it answers (keyclaim.outage).
 
     def _still_holds(self, attempt: Any, runner_ctx: "RunnerContext") -> bool:
         """Whether the outcome of this attempt (an invocation, or its id: pynenc 0.3.1's retry)
@@ -206,8 +211,8 @@ class AtomicClaim(ClaimRecovery):
             return False
         issued = getattr(attempt, TOKEN_ATTRIBUTE, None)
         newest = None if issued is None else self.fence_token(invocation_id)
-        mine = record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id
-        if mine and newest == issued:  # a token gone with its final call is no match
+        # A token gone with its final call is no match.
+        if self._runs_here(record, runner_ctx) and newest == issued:
             return True
         self.app.logger.warning(
             f"invocation:{invocation_id} outlived its claim (now {record.status.value}, "
@@ -215,24 +220,90 @@ class AtomicClaim(ClaimRecovery):
         )
         return False
 
+    @staticmethod
+    def _runs_here(record: InvocationStatusRecord, runner_ctx: "RunnerContext") -> bool:
+        return record.status is S.RUNNING and record.runner_id == runner_ctx.runner_id
+
+    def _until_answered(self, invocation_id: str, write: Callable[[], object]) -> None:
+        """write(), tried again while the store does not answer, for up to the dead-after
+        window: past it, a runner cut off from the store has had its claims recovered by the
+        others anyway, and a call left unfinished is run again under its idempotency key."""
+        dead_after = self.app.conf.runner_considered_dead_after_minutes * 60
+        outage.retried(write, dead_after, self.app.logger, f"invocation:{invocation_id}")
+
+    def _store_outcome(
+        self, write: Callable, attempt: Any, outcome: Any, runner_ctx: "RunnerContext"
+    ) -> None:
+        """write(attempt, outcome, runner_ctx) once the store answers, if the attempt still
+        holds its claim. Never given up as FAILED: past the deadline the call stays RUNNING
+        here, and this runner's loop reroutes it once the store answers (`_reroute_unstored`)."""
+        invocation_id = getattr(attempt, "invocation_id", attempt)
+        try:
+            self._until_answered(
+                invocation_id,
+                lambda: (
+                    self._still_holds(attempt, runner_ctx) and write(attempt, outcome, runner_ctx)
+                ),
+            )
+        except outage.StoreDown as down:
+            self._unfinished(invocation_id, down)
+
+    def _unfinished(self, invocation_id: str, why: Exception) -> None:
+        self._unstored.add(invocation_id)
+        self.app.logger.warning(
+            f"{why}: its outcome is not stored; it is run again (same idempotency key) once the "
+            "store answers"
+        )
+
+    def _reroute_unstored(self, runner_ctx: "RunnerContext") -> None:
+        """The calls whose outcome or start could not be stored, still RUNNING under this
+        runner: through KILLED to the queue, as a drain does for a call that ended unstored
+        (one that is PENDING is recovered by the sweep after `max_pending_seconds`)."""
+        for invocation_id in list(self._unstored):
+            with suppress(KeyError):  # gone from the store: nothing to reroute
+                if self._runs_here(self._record_of(invocation_id), runner_ctx):
+                    self.set_invocation_status(invocation_id, S.KILLED, runner_ctx)
+                    self.reroute_invocations({invocation_id}, runner_ctx)  # type: ignore[attr-defined]
+            self._unstored.discard(invocation_id)
+
+    def set_invocation_status(
+        self, invocation_id: "InvocationId", status: InvocationStatus, runner_ctx: "RunnerContext"
+    ) -> None:
+        """pynenc's, with its RUNNING write (before the call: no effect yet) tried again while
+        the store does not answer; past the deadline, StoreDown, which is not stored FAILED."""
+        write = super().set_invocation_status  # type: ignore[misc]
+        if status is not S.RUNNING:
+            write(invocation_id, status, runner_ctx)
+            return
+        tries = itertools.count()
+
+        def start() -> None:
+            # A try whose answer was lost may have gone through: then it is RUNNING here.
+            if next(tries) and self._runs_here(self._record_of(invocation_id), runner_ctx):
+                return
+            write(invocation_id, status, runner_ctx)
+
+        self._until_answered(invocation_id, start)
+
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation, runner_ctx):
-            super().set_invocation_result(invocation, result, runner_ctx)  # type: ignore[misc]
+        self._store_outcome(super().set_invocation_result, invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
         self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
-        if self._still_holds(invocation, runner_ctx):
-            super().set_invocation_exception(invocation, exception, runner_ctx)  # type: ignore[misc]
+        if isinstance(exception, outage.StoreDown):  # its start was never stored: not a verdict
+            self._unfinished(invocation.invocation_id, exception)
+        else:
+            write = super().set_invocation_exception  # type: ignore[misc]
+            self._store_outcome(write, invocation, exception, runner_ctx)
 
     def set_invocation_retry(
         self, invocation: Any, exception: Exception, runner_ctx: "RunnerContext"
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
-        if self._still_holds(invocation, runner_ctx):
-            super().set_invocation_retry(invocation, exception, runner_ctx)  # type: ignore[misc]
+        self._store_outcome(super().set_invocation_retry, invocation, exception, runner_ctx)  # type: ignore[misc]
 
     def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:
         if not queue_hooks:

@@ -46,7 +46,7 @@ class WakeRunner(DrainingThreadRunner):
         if on_queued := getattr(self.app.orchestrator, "on_queued", None):
             on_queued(self.finished.set)
 
-    def runner_loop_iteration(self) -> None:
+    def _iteration(self) -> None:
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
         # Cleared before looking for work: a call that ends from here on wakes the next loop.
         self.finished.clear()
