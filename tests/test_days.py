@@ -1,5 +1,7 @@
-"""The tools that watch the store over time, in tiny runs: the soak's rows and verdict, and the
-sizes' driver (docs/days.md)."""
+"""The soak and the sizes' driver (docs/days.md), each in a tiny run.
+
+The soak's one row and its verdict; the driver's calls, each claimed once, on both backends.
+"""
 
 import os
 import re
