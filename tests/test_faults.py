@@ -188,23 +188,15 @@ def test_a_cut_call_that_was_applied_is_replayed_when_its_invocation_runs_again(
 HARNESS_FAULTS = ("SIGKILL mid-call", "SIGSTOP past the window")
 
 
-@pytest.mark.e2e  # the harness as docs/faults.md runs it: uv run, in the project's environment
-@pytest.mark.parametrize("backend", ["sqlite", "redis"])
-def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
-    backend: str, tmp_path: Path
-) -> None:
-    """`python -m tools.faults`, as docs/faults.md runs it, one run of each fault that used to
-    apply a call twice: with the claim, on SQLite and on Redis (a private redis-server), each
-    op is applied exactly once (no double, no unapplied, none failed or lost), and the cut
-    call is replayed or fenced. Checked by mutation: with the key dropped from tasks.py's
-    `_hit`, the rows read double 1, replayed 0, on SQLite and on Redis, and this test failed."""
+def harness(backend: str, faults: tuple[str, ...], tmp_path: Path) -> dict[str, dict[str, int]]:
+    """`python -m tools.faults`, as docs/faults.md runs it, one run of each fault: its rows."""
     if backend == "redis" and shutil.which("redis-server") is None:
         if os.environ.get("CI"):
             pytest.fail("redis-server is missing in CI: .ci/run should have installed it")
         pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
     argv = ["uv", "run", *(WITH_REDIS if backend == "redis" else ()), "python", "-m"]
     argv += ["tools.faults", "--backend", backend, "--runs", "1"]
-    for fault in HARNESS_FAULTS:
+    for fault in faults:
         argv += ["--only", fault]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DEMO_", "REDIS_URL"))}
     env["DEMO_LOG_DIR"] = str(tmp_path / "logs")
@@ -215,13 +207,28 @@ def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
     lines = result.stdout.splitlines()
     header = next(line for line in lines if line.startswith("fault "))
     columns = header[len("fault") :].split()
-    for fault in HARNESS_FAULTS:
+    rows = {}
+    for fault in faults:
         (row,) = [line for line in lines if line.startswith(f"{fault}  ")]
-        figures = dict(zip(columns, map(int, row[len(fault) :].split()), strict=True))
+        rows[fault] = dict(zip(columns, map(int, row[len(fault) :].split()), strict=True))
+    return rows
+
+
+@pytest.mark.e2e  # the harness as docs/faults.md runs it: uv run, in the project's environment
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
+    backend: str, tmp_path: Path
+) -> None:
+    """`python -m tools.faults`, as docs/faults.md runs it, one run of each fault that used to
+    apply a call twice: with the claim, on SQLite and on Redis (a private redis-server), each
+    op is applied exactly once (no double, no unapplied, none failed or lost), and the cut
+    call is replayed or fenced. Checked by mutation: with the key dropped from tasks.py's
+    `_hit`, the rows read double 1, replayed 0, on SQLite and on Redis, and this test failed."""
+    for fault, figures in harness(backend, HARNESS_FAULTS, tmp_path).items():
         # The cut call was applied and its repeat replayed, or, still in flight when the
         # recovered claim's call came (a loaded machine), fenced and the repeat applied.
         cut = figures.pop("replayed") + figures.pop("fenced")
-        assert cut >= 1, (fault, result.stdout)
+        assert cut >= 1, (fault, figures)
         assert figures == {
             "collisions": 0,
             "double": 0,
@@ -229,4 +236,31 @@ def test_the_fault_harness_applies_each_invocations_call_once_on_each_backend(
             "failed": 0,
             "unapplied": 0,
             "lost": 0,
-        }, (fault, result.stdout)
+            "failed-applied": 0,
+            "alive-after": 2,
+            "gone": 0,
+        }, (fault, figures)
+
+
+STORE_FAULTS = ("a call served past its timeout", "Redis paused 5 s")
+STORE_FAULTS += ("Redis restarted (no persistence)",)
+
+
+@pytest.mark.e2e
+def test_the_fault_harness_counts_what_a_redis_pause_or_restart_cost(tmp_path: Path) -> None:
+    """One run of the Redis pause and restart rows, and of the timed-out call, on the real
+    provider. The timed-out call failed but was fenced, not applied: it is no FAILED-but-applied
+    (checked by mutation: with `i in keys` dropped from the count, the row read 1 and this
+    failed). Redis restarted without its data: its 80 invocations are gone, not lost, and
+    none is counted FAILED (checked: with KeyError read as a pending status, lost read 80).
+    Neither breaks a guarantee: no collision, no double; a pause loses nothing. How many
+    workers ride it out is the row's figure, checked only to count the run's own two."""
+    rows = harness("redis", STORE_FAULTS, tmp_path)
+    timed_out, pause, restart = (rows[fault] for fault in STORE_FAULTS)
+    assert (timed_out["failed"], timed_out["fenced"], timed_out["failed-applied"]) == (1, 1, 0)
+    assert timed_out["alive-after"] == 2, timed_out
+    assert pause["collisions"] == pause["double"] == pause["gone"] == 0, pause
+    assert pause["failed-applied"] <= pause["failed"] and pause["alive-after"] <= 2, pause
+    assert (restart["gone"], restart["lost"], restart["failed"]) == (80, 0, 0), restart
+    assert restart["collisions"] == restart["double"] == 0, restart
+    assert restart["alive-after"] <= 2, restart

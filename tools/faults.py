@@ -4,10 +4,11 @@ Run it: uv run python -m tools.faults        (--runs N, --stock, --backend redis
 --slots)
 
 Two workers run four calls for one account (call_keyed; call_slots with --slots). Each run hits
-the worker that holds the call the provider is serving, waits for the four invocations to end,
-up to a deadline, and counts what the provider saw: docs/faults.md says what each column counts,
-and has the tables this printed. The windows are short so that a run takes seconds: a silent
-runner is dead after 3 s, a call times out after 2 s.
+the worker that holds the call the provider is serving (the Redis pauses and restart hit the
+store instead, with calls for 20 accounts in flight), waits for the invocations to end, up to a
+deadline, and counts what the provider saw and which workers live: docs/faults.md says what
+each column counts, and has the tables this printed. The windows are short so that a run takes
+seconds: a silent runner is dead after 3 s, a call times out after 2 s.
 """
 
 import argparse
@@ -19,13 +20,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from pynenc.invocation.status import InvocationStatus
+
 from demo import flags, redis_server, settings
 from demo.processes import Child, free_port, wait_until
 from demo.scenarios import Scenario
-from demo.signals import stop_on_signals
+from demo.signals import raise_if_stopping, stop_on_signals
 from demo.stack import FAILURES, Stack
 from tools import given
 from tools.injections import (
+    ACCOUNTS,
     CALL_TIMEOUT,
     DEAD_AFTER,
     DEADLINE,
@@ -37,6 +41,8 @@ from tools.injections import (
     OPS,
     PAIRS,
     REDIS_ONLY,
+    STOPS,
+    STORE,
     FaultRun,
     add_worker,
 )
@@ -45,26 +51,32 @@ from tools.injections import (
 def one_run(stack: Stack, fault: str, number: int, scenario: Scenario) -> Counter[str]:
     """One run of one fault on calls of the scenario's task (B's, or F's of up to N per
     account, whose N the provider judges by); what it cost, counted."""
-    provider, app = stack.provider, stack.app
+    provider = stack.provider
     provider.reset(f"fault: {fault}, run {number}", HOLD, **scenario.quota)
-    account = f"acme-{number}-{secrets.token_hex(2)}"  # a fresh one: runs never meet
-    ids = [scenario.task(account, op).invocation_id for op in OPS]
+    tag = f"{number}-{secrets.token_hex(2)}"  # fresh accounts: runs never meet
+    accounts = [f"acme{n}-{tag}" for n in range(ACCOUNTS if fault in STORE else 1)]
+    calls_of = {scenario.task(a, op).invocation_id: (a, op) for op in OPS for a in accounts}
+    ids = list(calls_of)
     victim = wait_until(lambda: _holder_mid_call(stack, ids), DEADLINE, "a call in flight")
-    run = FaultRun(stack, victim, account, NAMES.get(victim.proc.pid, ""), list(OPS), ids)
+    team = list(stack.workers)
+    run = FaultRun(stack, victim, accounts[0], NAMES.get(victim.proc.pid, ""), list(OPS), ids)
     run.scenario = scenario
     FAULTS[fault](run)
-    stack.stop([victim])  # once it has drained, been killed, or simply woken: a fresh one next
-    ids = run.ids
-    ends = time.monotonic() + DEADLINE
-    pending = set(ids)
-    while pending and time.monotonic() < ends:
-        stack.check()
-        pending -= set(app.orchestrator.filter_final(list(pending)))
-        time.sleep(0.05)
-    status = {i: app.orchestrator.get_invocation_status(i).value for i in ids}
-    op_of = dict(zip(ids, OPS, strict=True))
+    # The run's workers: those it had and those the fault started, less one it stopped on purpose.
+    team += [w for w in stack.workers if w not in team]
+    team = [w for w in team if not (w is victim and fault in STOPS)]
+    woken = fault not in STORE and victim.proc.poll() is None  # counted as the fault left it
+    if fault not in STORE:  # once it has drained, been killed, or simply woken: a fresh one next
+        stack.stop([victim])
+    if run.ids != ids:  # sent again (the emptied store)
+        calls_of |= {i: (run.account, op) for i, op in zip(run.ids, run.ops, strict=True)}
+    status = _wait_for_ends(stack, run.ids)
     calls = provider.timeline()[run.skip_calls :]
-    applied = Counter(c["op"] for c in calls if not (c["fenced"] or c["replayed"] or c["conflict"]))
+    done = [c for c in calls if not (c["fenced"] or c["replayed"] or c["conflict"])]
+    applied = Counter((c["account_id"], c["op"]) for c in done)
+    keys = {c["key"] for c in done}
+    alive = sum(w.proc.poll() is None or (w is victim and woken) for w in team)
+    stack.stop([w for w in stack.workers if w.proc.poll() is not None])  # the next run adds
     stack.crashes.clear()
     return Counter(
         collisions=sum(c["collided"] for c in calls),
@@ -73,9 +85,36 @@ def one_run(stack: Stack, fault: str, number: int, scenario: Scenario) -> Counte
         replayed=sum(c["replayed"] for c in calls),
         **{"409": sum(c["conflict"] for c in calls)},
         failed=sum(s == "failed" for s in status.values()),
-        unapplied=sum(s == "success" and not applied[op_of[i]] for i, s in status.items()),
-        lost=len(pending),
+        unapplied=sum(s == "success" and not applied[calls_of[i]] for i, s in status.items()),
+        lost=sum(s not in FINAL | {GONE} for s in status.values()),
+        **{"failed-applied": sum(s == "failed" and i in keys for i, s in status.items())},
+        **{"alive-after": alive, GONE: sum(s == GONE for s in status.values())},
     )
+
+
+def _wait_for_ends(stack: Stack, ids: list[str]) -> dict[str, str]:
+    """Each invocation's status once all have ended (or are gone with the store and nothing
+    is in flight at the provider), or once the deadline has passed. Only the API's death
+    stops it: a worker that died is counted by the run, not replaced or mourned here."""
+    ends = time.monotonic() + DEADLINE
+    while True:
+        raise_if_stopping()
+        assert stack.api is not None
+        stack.api.check_alive()
+        status = {i: _status(stack, i) for i in ids}
+        busy = any(c["end"] is None for c in stack.provider.timeline())
+        if time.monotonic() > ends or all(
+            s in FINAL or (s == GONE and not busy) for s in status.values()
+        ):
+            return status
+        time.sleep(0.1)
+
+
+def _status(stack: Stack, invocation_id: str) -> str:
+    try:
+        return stack.app.orchestrator.get_invocation_status(invocation_id).value
+    except KeyError:  # the store no longer knows it (Redis restarted)
+        return GONE
 
 
 def _holder_mid_call(stack: Stack, ids: list[str]) -> Child | None:
@@ -138,14 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tools/faults.py: {bad}", file=sys.stderr)
         return 2
     faults = [f for f in args.only or FAULTS if args.backend == "redis" or f not in REDIS_ONLY]
-    claim = "off (stock pynenc)" if args.stock else "on"
+    claim, redis = "off (stock pynenc)" if args.stock else "on", args.backend == "redis"
     print(
         f"--- {args.backend}, 2 workers, atomic claim {claim}, {scenario.slots} in flight per "
         f"account; the provider serves a call {HOLD:g}s, a call times out after {CALL_TIMEOUT:g}s, "
         f"a runner silent {DEAD_AFTER:g}s is dead; {args.runs} run(s) of each fault"
     )
-    print(f"{'fault':<50}" + "".join(f"{c:>11}" for c in COLUMNS))
-    redis = args.backend == "redis"
+    if redis and set(faults) & STORE:
+        print(f"--- the Redis pauses and restart: {ACCOUNTS} accounts x {len(OPS)} calls a run")
+    print(f"{'fault':<50}" + "".join(f"{c:>{WIDTH[c]}}" for c in COLUMNS))
     sample = given.sample(args, api=HELD)
     with stop_on_signals(), Stack(env, folder / "logs", sample, private_redis=redis) as s:
         try:
@@ -161,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                     total += one_run(s, fault, number, scenario)
                     if fault in PAIRS or fault in EMPTIES:  # the next run starts afresh
                         s.stop(s.workers)
-                print(f"{fault:<50}" + "".join(f"{total[c]:>11}" for c in COLUMNS), flush=True)
+                print(
+                    f"{fault:<50}" + "".join(f"{total[c]:>{WIDTH[c]}}" for c in COLUMNS), flush=True
+                )
         except KeyboardInterrupt:
             print("\nfaults: interrupted; stopping the API and the workers", file=sys.stderr)
             return 130
@@ -172,7 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+GONE = "gone"  # an invocation the store no longer knows: Redis restarted without its data
+FINAL = {s.value for s in InvocationStatus.get_final_statuses()}
 COLUMNS = ("collisions", "double", "fenced", "replayed", "409", "failed", "unapplied", "lost")
+COLUMNS += ("failed-applied", "alive-after", GONE)
+WIDTH = {c: max(11, len(c) + 3) for c in COLUMNS}  # apart, even at four digits
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
 """The faults the fault harness injects into the worker that holds a call, one function each.
 
 A deploy's SIGTERM, a SIGKILL, a SIGSTOP, a call served past its timeout, a cut Redis link, a
-skewed clock and an emptied Redis; with the workers they add (named on Redis, or skewed by
-faketime) and the provider's pause that keeps a call in flight. tools/faults.py runs them.
+skewed clock, an emptied Redis, and the run's private Redis paused or restarted; with the
+workers they add (named on Redis, or skewed by faketime) and the provider's pause that keeps a
+call in flight. tools/faults.py runs them.
 """
 
 import contextlib
@@ -13,7 +14,9 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
+from demo import redis_server
 from demo.processes import Child, wait_until
 from demo.provider import Provider
 from demo.scenarios import Scenario
@@ -155,6 +158,41 @@ def store_emptied(run: FaultRun) -> None:
     run.ids = [run.scenario.task(run.account, op).invocation_id for op in run.ops]
 
 
+def _redis(stack: Stack) -> Child:
+    """The run's private redis-server, the one running now."""
+    return next(c for c in reversed(stack.started) if c.name == "redis-server" and not c.stopped)
+
+
+def redis_paused(seconds: float) -> Callable[[FaultRun], None]:
+    """Redis frozen (SIGSTOP) for `seconds` while calls are in flight, then resumed: every
+    worker's store reads and writes hang meanwhile, or time out."""
+
+    def pause(run: FaultRun) -> None:
+        pid = _redis(run.stack).proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            run.wait(seconds)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    return pause
+
+
+def redis_restarted(run: FaultRun) -> None:
+    """Redis stopped while calls are in flight, down for RESTART_DOWN seconds, and started again
+    on the same port without persistence: the workers' connections are refused meanwhile, and
+    every invocation, context and claim it held is gone."""
+    stack, old = run.stack, _redis(run.stack)
+    stack.stop([old])
+    run.wait(RESTART_DOWN)
+    log = stack.log_dir / f"redis-{sum(c.name == 'redis-server' for c in stack.started)}.log"
+    port = urlsplit(stack.setting("REDIS_URL")).port
+    fresh, _ = redis_server.start_private(log, stack.ready_timeout, port=port)
+    stack.started.append(fresh)
+
+
+RESTART_DOWN = 2.0  # a quick restart: a supervisor's, or a failover's
+PAUSES = (5, 20, 60)  # how long Redis stays paused, in seconds: past the window, and far past
 FAULTS: dict[str, Callable[[FaultRun], None]] = {
     "deploy (SIGTERM mid-call)": deploy,
     "SIGKILL mid-call": kill,
@@ -166,10 +204,18 @@ FAULTS: dict[str, Callable[[FaultRun], None]] = {
     "one worker's clock 40 s ahead": clocks_apart,
     "one worker's clock 40 s behind": clocks_apart,
     "Redis emptied mid-call (no persistence)": store_emptied,
+    **{f"Redis paused {n} s": redis_paused(n) for n in PAUSES},
+    "Redis restarted (no persistence)": redis_restarted,
 }
+# The faults that hit the store, not a worker: on many accounts' calls, and the run counts
+# its workers as they are at its end (none stopped or replaced by the harness before that).
+STORE = {*(f"Redis paused {n} s" for n in PAUSES), "Redis restarted (no persistence)"}
+ACCOUNTS = 20  # the store faults' accounts, each with OPS: calls in flight on every worker
 # An emptied store forgets the workers too (their contexts, their beats): fresh ones next run.
-EMPTIES = {"Redis emptied mid-call (no persistence)"}
-REDIS_ONLY = {"Redis connection cut past the window", *EMPTIES}
+EMPTIES = {"Redis emptied mid-call (no persistence)", "Redis restarted (no persistence)"}
+REDIS_ONLY = {"Redis connection cut past the window", *EMPTIES, *STORE}
+# The faults that stop the worker they hit on purpose (its replacement counts in its place).
+STOPS = {"deploy (SIGTERM mid-call)", "SIGKILL mid-call", "SIGKILL mid-call, the call still served"}
 # The skewed faults' pairs of workers: one on the host's clock, one shifted (faketime's form).
 PAIRS = {"one worker's clock 40 s ahead": "+40s", "one worker's clock 40 s behind": "-40s"}
 # Each worker's Redis client name, by pid: a cut must find the victim's connections.
