@@ -25,7 +25,7 @@ FLAT = 0.10  # growth after the first window still called flat: 10 %
 
 def main(argv: list[str] | None = None) -> int:
     settings.exit_on_bad_environment("tools/soak.py")
-    parser = stress.build_parser(__doc__.splitlines()[0])
+    parser = stress.build_parser(__doc__.splitlines()[0], "python -m tools.soak")
     minutes = flags.within(settings.number, 0.01, 7 * 24 * 60)
     parser.add_argument("--minutes", type=minutes, default=30.0, help="how long (default 30)")
     parser.add_argument("--every", type=minutes, default=5.0, help="minutes between rows")

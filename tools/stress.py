@@ -34,9 +34,11 @@ HOSTS = ", each from its own copy of the project"
 PACKAGES = ("demo", "stand_in")  # what a host's copy of the project holds besides the app's module
 
 
-def build_parser(description: str = __doc__.splitlines()[0]) -> argparse.ArgumentParser:
+def build_parser(
+    description: str = __doc__.splitlines()[0], prog: str = "python -m tools.stress"
+) -> argparse.ArgumentParser:
     """sample.py's flags, what the tools are given, and the rounds' own."""
-    parser = flags.StackParser("python -m tools.stress", description)
+    parser = flags.StackParser(prog, description)
     given.add_arguments(parser)
     rounds = flags.within(settings.whole_number, 1, 1000)
     parser.add_argument("--rounds", type=rounds, default=1, help="repeat the scenarios N times")
