@@ -18,6 +18,7 @@ from demo.outcome import Outcome
 from demo.provider import Provider, ProviderBusy, ProviderUnreachable
 from demo.scenarios import Scenario
 from demo.show import View
+from demo.signals import stop_on_signals
 from demo.steps import Stage
 
 # The app a worker of this sample starts with, as the hints name it.
@@ -122,7 +123,8 @@ def checked(
         # A worker still starting is waited for: it joins the fleet before its first beat.
         mixed = functools.partial(keyclaim.inspect.fleet_problem, app)
         try:
-            runners, why_none = heartbeats.awaited(app, say, refused=mixed)
+            with stop_on_signals():  # a Ctrl-C whose raise was lost is raised at the next look
+                runners, why_none = heartbeats.awaited(app, say, refused=mixed)
         except KeyboardInterrupt:
             waiting = "interrupted while waiting for a worker; nothing was enqueued"
             print(f"\nenqueue.py: {waiting}", file=sys.stderr)

@@ -19,6 +19,7 @@ import psutil
 
 import keyclaim
 from demo import settings
+from demo.signals import raise_if_stopping
 
 if TYPE_CHECKING:
     from pynenc import Pynenc
@@ -162,6 +163,7 @@ def awaited(
     say(f"a worker is starting (pid {pids[0]}): waiting up to {STARTING_WITHIN:g}s for it")
     deadline = time.monotonic() + STARTING_WITHIN
     while time.monotonic() < deadline and any(_running(pid) for pid in pids):
+        raise_if_stopping()
         if (runners := in_app(app)) or refused():
             return runners, ""
         time.sleep(0.2)
