@@ -148,3 +148,29 @@ def test_a_stopped_workers_records_and_a_spent_rate_window_go_with_the_sweep(cla
         "claim_fleet": 0,
     }
     assert sweeper.silent_runners({ctx.runner_id, sweeper_ctx.runner_id}, 60.0) == set()
+
+
+def test_the_floor_keeps_the_highest_token_whichever_key_ends_last(
+    claim: Claim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two keys running at once end in the order opposite to their claims (the later, higher
+    token folded first), then the wall clock goes back an hour: the key that ended first gets
+    a next token above its last. Checked by mutation: with the fold writing the last folded
+    token (`SET token = excluded.token`, no MAX), the floor fell to the older key's token, the
+    second key's next token was below its first, and this test failed."""
+    early, late = unique(), unique()
+    orchestrator, ctx = claimer(claim.app, Claimer)
+    running = []
+    for acct in (early, late):
+        claim.tasks.call_keyed(acct, "op0")
+        (taken,) = take(orchestrator, ctx)
+        orchestrator.set_invocation_status(taken.invocation_id, S.RUNNING, ctx)
+        running.append(taken)
+    first, second = running
+    assert second.fence_token > first.fence_token
+    for ending in (second, first):
+        orchestrator.set_invocation_status(ending.invocation_id, S.SUCCESS, ctx)
+    assert floor(claim) == {"": second.fence_token}
+    monkeypatch.setattr(sqlite_tables, "time", SimpleNamespace(time=lambda: time.time() - 3600))
+    claim.tasks.call_keyed(late, "op1")
+    assert run_to(orchestrator, ctx, S.SUCCESS).fence_token > second.fence_token
