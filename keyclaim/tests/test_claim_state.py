@@ -148,3 +148,68 @@ def test_a_stopped_workers_records_and_a_spent_rate_window_go_with_the_sweep(cla
         "claim_fleet": 0,
     }
     assert sweeper.silent_runners({ctx.runner_id, sweeper_ctx.runner_id}, 60.0) == set()
+
+
+def test_the_floor_keeps_the_highest_token_whichever_key_ends_last(
+    claim: Claim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two keys running at once end in the order opposite to their claims (the later, higher
+    token folded first), then the wall clock goes back an hour: the key that ended first gets
+    a next token above its last. Checked by mutation: with the fold writing the last folded
+    token (`SET token = excluded.token`, no MAX), the floor fell to the older key's token, the
+    second key's next token was below its first, and this test failed."""
+    early, late = unique(), unique()
+    orchestrator, ctx = claimer(claim.app, Claimer)
+    running = []
+    for acct in (early, late):
+        claim.tasks.call_keyed(acct, "op0")
+        (taken,) = take(orchestrator, ctx)
+        orchestrator.set_invocation_status(taken.invocation_id, S.RUNNING, ctx)
+        running.append(taken)
+    first, second = running
+    assert second.fence_token > first.fence_token
+    for ending in (second, first):
+        orchestrator.set_invocation_status(ending.invocation_id, S.SUCCESS, ctx)
+    assert floor(claim) == {"": second.fence_token}
+    monkeypatch.setattr(sqlite_tables, "time", SimpleNamespace(time=lambda: time.time() - 3600))
+    claim.tasks.call_keyed(late, "op1")
+    assert run_to(orchestrator, ctx, S.SUCCESS).fence_token > second.fence_token
+
+
+def test_an_unstored_call_recovered_between_the_check_and_the_kill_does_not_end_the_loop(
+    claim: Claim,
+) -> None:
+    """A call whose outcome the store never took is RUNNING here as the loop looks
+    (`_reroute_unstored`), and recovered by another runner (this one silent through the
+    outage) before its KILLED is written: the loop goes on, the call is left as the recovery
+    left it, queued once. Seen in `tools.faults --backend redis --only 'Redis paused 60 s'`: a
+    worker exited on InvocationStatusTransitionError(rerouted -> killed). Checked by mutation:
+    without the transition errors suppressed in `_reroute_unstored`, it raised and this test
+    failed."""
+    orchestrator, ctx = claimer(claim.app, Claimer)
+    other, other_ctx = claimer(claim.app, Claimer)
+    claim.tasks.call_keyed(unique(), "op")
+    (taken,) = take(orchestrator, ctx)
+    call = taken.invocation_id
+    orchestrator.set_invocation_status(call, S.RUNNING, ctx)
+    orchestrator._unfinished(call, Exception("store unreachable"))
+    with closing(sqlite3.connect(claim.db)) as conn, conn:
+        conn.execute(
+            f"UPDATE {other.beats} SET at = at - 3600 WHERE runner_id = ?", (ctx.runner_id,)
+        )
+    read = orchestrator._record_of
+
+    def read_then_recovered(invocation_id: str) -> object:
+        record = read(invocation_id)  # RUNNING here: then the other runner recovers it
+        assert other.recover_in_store(invocation_id, other_ctx.runner_id, 60.0, 60.0)
+        return record
+
+    orchestrator._record_of = read_then_recovered  # type: ignore[method-assign]
+    orchestrator._reroute_unstored(ctx)
+    assert orchestrator._unstored == set()
+    assert claim.status(call) == S.REROUTED
+    with closing(sqlite3.connect(claim.db)) as conn:
+        queue = claim.app.broker.tables.QUEUE
+        assert conn.execute(
+            f"SELECT COUNT(*) FROM {queue} WHERE invocation_id = ?", (call,)
+        ).fetchone() == (1,)

@@ -23,6 +23,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
+from pynenc.exceptions import InvocationStatusOwnershipError, InvocationStatusTransitionError
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
 from keyclaim import config, decision, fleet, keys, limits, outage, versions
@@ -260,7 +261,11 @@ class AtomicClaim(ClaimRecovery):
         runner: through KILLED to the queue, as a drain does for a call that ended unstored
         (one that is PENDING is recovered by the sweep after `max_pending_seconds`)."""
         for invocation_id in list(self._unstored):
-            with suppress(KeyError):  # gone from the store: nothing to reroute
+            # Gone from the store, or recovered by another runner since it was read here (this
+            # one silent through the outage): nothing left to reroute.
+            with suppress(
+                KeyError, InvocationStatusTransitionError, InvocationStatusOwnershipError
+            ):
                 if self._runs_here(self._record_of(invocation_id), runner_ctx):
                     self.set_invocation_status(invocation_id, S.KILLED, runner_ctx)
                     self.reroute_invocations({invocation_id}, runner_ctx)  # type: ignore[attr-defined]
