@@ -43,16 +43,16 @@ def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
 
 
 def refuse_long_keys(calls: Iterable["Call"]) -> None:
-    """Refused (one line) for a call whose key's text is longer than LONGEST_KEY: no account
-    has such an id, so none is stored. Read from the values as given (serialized, pynenc
-    stores a large one aside: a write)."""
+    """Refused (one line) for a call whose key's text is longer than LONGEST_KEY, before
+    anything of it is stored. Read from the values as given (serialized, pynenc stores a large
+    one aside: a write)."""
     for call in calls:
         conf, values, C = call.task.conf, call.arguments.kwargs, ConcurrencyControlType
         names = {C.KEYS: conf.key_arguments, C.ARGUMENTS: values}.get(conf.running_concurrency, ())
         if (size := sum(len(str(values[n]).encode()) for n in names if n in values)) > LONGEST_KEY:
             raise Refused(
                 f"{call.task.task_id.key}: a key of {size} bytes, longer than {LONGEST_KEY}: "
-                "no account has such an id, so none is stored"
+                "refused before anything of the call is stored"
             )
 
 
