@@ -2,19 +2,17 @@
 
 Only those older than the retention go; a holder, a RUNNING call and a parked call stay."""
 
-import json
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
 import purge_run
 import pytest
-from claimkit import HERE, WAIT, Claim, Workers, new_claim, wait_until
+from claimkit import WAIT, Claim, Workers, new_claim, wait_until
 from provider import Judge
 from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
-from test_redis_claim import with_redis_plugin
+from test_redis_claim import redis_script
 
 from keyclaim import history
 
@@ -65,15 +63,7 @@ def test_on_redis_finished_calls_leave_no_record_and_a_holder_and_its_line_stay(
     """The same on Redis, every key and member naming the invocation counted. Mutations
     checked: with the state backend's keys left out of `own` (invocation, history, result,
     exception), their keys were left."""
-    result = subprocess.run(
-        [*with_redis_plugin(), "purge_run.py", redis_url],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    check(json.loads(result.stdout.strip().splitlines()[-1]))
+    check(redis_script("purge_run.py", redis_url))
 
 
 @pytest.mark.slow

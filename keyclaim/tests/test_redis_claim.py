@@ -37,6 +37,19 @@ def with_redis_plugin() -> list[str]:
     ]
 
 
+def redis_script(script: str, *args: str, timeout: float = 300) -> dict:
+    """Run one of this folder's scripts with pynenc-redis; what its last line printed (JSON)."""
+    result = subprocess.run(
+        [*with_redis_plugin(), script, *args],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.e2e
 def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> None:
     """redis_race.py forces the same interleaving on Redis, where a claimer is not
@@ -45,15 +58,7 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
     claimer 1's EXEC went through and both claimers were granted; with the holder's key and
     status left out of the producer's WATCH, its call was parked in a line with no holder,
     never to run; without the pause between tries, `pauses` is empty."""
-    result = subprocess.run(
-        [*with_redis_plugin(), "redis_race.py", redis_url],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = redis_script("redis_race.py", redis_url)
 
     race = found["race"]
     first, second = race["ids"]
@@ -105,15 +110,7 @@ def test_on_redis_the_claim_keeps_nothing_per_call_or_idle_key_but_the_floor(
     test: `_plan_release` without its two HDELs (5 fields of each hash left); the first
     token from TIME alone (the second token an hour smaller); the length checks removed (not
     refused); the sweep's prunes left out (the beat and the record kept)."""
-    result = subprocess.run(
-        [*with_redis_plugin(), "redis_state.py", redis_url],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = redis_script("redis_state.py", redis_url)
     final = found["final"]
     assert (final["kept"], final["late"]) == ({}, "success")
     assert final["floor"] == max(final["tokens"])

@@ -5,13 +5,10 @@ timed) as it stores a call's result; on Redis, the worker's redis-server is kill
 again empty on the same port (redis_outage.py, in an environment with the Redis plugin).
 """
 
-import json
-import subprocess
-
 import pytest
-from claimkit import HERE, WAIT, Claim, Workers, free_port, unique, wait_until
+from claimkit import WAIT, Claim, Workers, free_port, unique, wait_until
 from pynenc.invocation.status import InvocationStatus as S
-from test_redis_claim import with_redis_plugin
+from test_redis_claim import redis_script
 
 pytestmark = pytest.mark.slow  # real workers; the Redis one waits out a restart
 ONCE = {"calls": 1, "applied": 1, "collisions": 0, "fenced": 0}
@@ -64,15 +61,7 @@ def test_on_redis_a_worker_rides_out_a_timeout_and_a_restart(tmp_path) -> None:
     never logged its line (the script gave up waiting); with set_invocation_result storing
     unretried, the first call ended FAILED."""
     port = str(free_port())
-    result = subprocess.run(
-        [*with_redis_plugin(), "redis_outage.py", port, str(tmp_path)],
-        cwd=HERE,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    found = json.loads(result.stdout.strip().splitlines()[-1])
+    found = redis_script("redis_outage.py", port, str(tmp_path), timeout=240)
     assert found["blinked"] == found["after_restart"] == ["success", ONCE]
     assert found["alive"] is True and found["stopped"] == 0
     assert (found["unreachable"], found["back"]) == (2, 1), found["log"]
