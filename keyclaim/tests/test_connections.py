@@ -13,6 +13,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 
+import claimapp
 import pytest
 from claimkit import HERE, WAIT, wait_until
 from pynenc import PynencBuilder
@@ -319,3 +320,43 @@ def test_an_app_with_a_trigger_still_fires_it(tmp_path: Path) -> None:
                 os.killpg(worker.pid, signal.SIGKILL)
                 worker.wait(WAIT)
         log.close()
+
+
+def test_a_batch_registers_in_one_transaction_and_each_call_as_one_would(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`task.parallelize` of a keyed task, under the claim with kept connections: the batch's
+    15 calls are written in one transaction (one BEGIN IMMEDIATE, one COMMIT), each key's first
+    queued and the rest parked in order, as one call at a time would; one call alone is one
+    commit too. Checked by mutation: without `_registering` in `route_calls`, the batch took
+    47 commits; without the plain calls of `AtomicClaim.route_calls`, parallelize raised
+    NotImplementedError: this test failed both times."""
+    statements: list[str] = []
+    opened = POOL.open
+
+    def traced(path: str) -> connections.KeptConnection:
+        conn = opened(path)
+        conn._conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(POOL, "open", traced)
+    POOL.close()  # every connection from here on is traced
+    app = claimapp.build(f"batch_{uuid.uuid4().hex[:8]}", str(tmp_path / "b.db"), keep=True)
+    tasks = claimapp.bound(app, "http://127.0.0.1:9")  # never called: no worker runs
+    tasks.call_keyed("acct0", "first")  # builds the app's parts: what they write is theirs
+    committed = lambda: sum(s.strip().upper() == "COMMIT" for s in statements)  # noqa: E731
+    begun = lambda: sum(s.upper().startswith("BEGIN") for s in statements)  # noqa: E731
+    statements.clear()
+    accounts = [f"acct{n}" for n in range(5)]
+    group = tasks.call_keyed.parallelize(
+        [{"account_id": a, "op": f"op{n}"} for n in range(3) for a in accounts]
+    )
+    assert (begun(), committed()) == (1, 1)
+    ids = [invocation.invocation_id for invocation in group.invocations]
+    assert len(set(ids)) == 15
+    assert {app.orchestrator.get_invocation_status(i) for i in ids} == {S.REGISTERED}
+    # acct0's three wait behind "first"; each other account's first is queued, two wait.
+    assert (app.orchestrator.waiting(), app.broker.count_invocations()) == (3 + 4 * 2, 1 + 4)
+    statements.clear()
+    tasks.call_keyed("acct9", "alone")
+    assert (begun(), committed()) == (1, 1)
