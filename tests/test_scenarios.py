@@ -156,6 +156,13 @@ def test_distribution_reports_min_typical_max() -> None:
     assert lines[-1].startswith("totals: 1 collisions under KEYS (B 1, C 0, D 0), 0 extra calls")
 
 
+def test_distribution_keeps_four_digit_counts_apart() -> None:
+    """Mutation checked: fixed 14-wide columns print `2000/2000/20001496/1496/1496`."""
+    big = outcome("unsafe", calls=2000, collisions=1496, enqueued=2000, invocations=2000)
+    row = next(line for line in tables.distribution([big], ARTICLE).splitlines() if "A." in line)
+    assert row.split()[2:4] == ["2000/2000/2000", "1496/1496/1496"]
+
+
 # A scenario is one entry plus its task: this one exists only here. Each account gets the
 # same op twice, keyed and rerouted, so both calls must run, one after the other.
 def twice_each(shape: Shape) -> list[dict[str, str]]:

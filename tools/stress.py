@@ -1,7 +1,7 @@
 """The scenarios in rounds, on several workers, runners or hosts: the stress runs measured.
 
 Run it: uv run python -m tools.stress --atomic-claim --workers 6 --rounds 30   (sample.py's
-flags, and --rounds, --hosts; --help)
+flags, and --rounds, --hosts, --batch; --help)
 
 It runs on a stack started as sample.py starts one (what it runs named by --app, --api and
 --scenarios: tools/given.py) and prints the rounds, then tables: min / typical / max per
@@ -47,6 +47,8 @@ def build_parser(
         "REDIS_URL and the API's address, as on separate machines"
     )
     parser.add_argument("--hosts", action="store_true", help=hosts)
+    batch = "with --atomic-claim: enqueue each scenario's calls as one parallelize (not D's)"
+    parser.add_argument("--batch", action="store_true", help=batch)
     return parser
 
 
@@ -57,6 +59,8 @@ def parse_args(
     args = parsing.parse_args(argv)
     if args.hosts and args.backend != "redis":
         parsing.error("--hosts needs --backend redis: separate machines share no SQLite file")
+    if args.batch and not args.atomic_claim:
+        parsing.error("--batch needs --atomic-claim: pynenc's own batch skips the key index")
     return args
 
 
@@ -121,7 +125,8 @@ def play(
     if setup := flags.setup_line(args, runner, HOSTS if args.hosts else ""):
         print(setup)
     chosen = given.chosen(args)
-    outcomes = rounds(launch.stage(args, stack, runner), args.rounds, view, quiet, chosen)
+    stage = launch.stage(args, stack, runner)
+    outcomes = rounds(stage, args.rounds, view, quiet, chosen, batch=args.batch)
     print(distribution(outcomes, chosen))
     print(efficiency(outcomes))
     if counted := claims(stack.app):
@@ -136,6 +141,7 @@ def rounds(
     quiet: bool,
     chosen: list[Scenario],
     prefix: str = "",
+    batch: bool = False,
 ) -> list[Outcome]:
     """The chosen scenarios, in order, `rounds` times, on the stage's API and workers.
 
@@ -151,7 +157,7 @@ def rounds(
             label = prefix + each.label
             label = label if rounds == 1 else f"round {round_no}/{rounds}, {label}"
             stage.provider.reset(each.heading, stage.shape.hold, **each.quota)
-            sent = steps.enqueue(each, stage.shape)
+            sent = steps.enqueue(each, stage.shape, batch)
             steps.wait(sent, stage, label)
             found = steps.outcome(sent, stage.provider)
             this_round.append(show.outcome(found, view, quiet=quiet or round_no > 1))

@@ -46,10 +46,7 @@ def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
     rounds = max(Counter(o.scenario for o in outcomes).values())
     limited = any(o.scenario.limited for o in outcomes)  # F, G: their quota's own columns
     columns = (*COLUMNS, "throttled", "peak_in_flight") if limited else COLUMNS
-    header = f"{'scenario':<10}" + "".join(
-        f"{c.replace('_calls', '').replace('_in_flight', ''):>14}" for c in columns
-    )
-    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
+    rows = []
     for scenario in _scenarios(outcomes):
         mine = [o for o in outcomes if o.scenario is scenario]
         cells = []
@@ -59,8 +56,15 @@ def distribution(outcomes: list[Outcome], chosen: list[Scenario]) -> str:
             cells.append(f"{min(values)}/{statistics.median_low(values)}/{max(values)}")
         broken = sum(1 for o in mine if o.broken())
         note = f"  broken in {broken} of {len(mine)}" if broken else ""
+        rows.append((f"{scenario.letter}. {scenario.key:<7}", cells, note))
+    # Each column as wide as its widest cell (2,000 calls make "2000/2000/2000"), 2 apart.
+    names = [c.replace("_calls", "").replace("_in_flight", "") for c in columns]
+    widths = [max(14, *(2 + len(cells[i]) for _, cells, _ in rows)) for i in range(len(names))]
+    header = f"{'scenario':<10}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths, strict=True))
+    lines = ["", f"=== {rounds} rounds: min / typical / max ===", header]
+    for label, cells, note in rows:
         lines.append(
-            f"{scenario.letter}. {scenario.key:<7}" + "".join(f"{c:>14}" for c in cells) + note
+            label + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)) + note
         )
     keyed = [o for o in outcomes if o.scenario.keyed]
     # Every keyed scenario chosen, even one that did not run, and any other that did.

@@ -77,8 +77,11 @@ class Pool:
         self.unkept: set[str] = set()
         self.opened = self.taken = self.journal_set = 0  # what the tests and the bench read
         self.left_to_parent: list[object] = []  # a forked child's inherited connections
+        self.joined = threading.local()  # per thread, {path: connection}: keyclaim.transaction
 
-    def take(self, path: str) -> KeptConnection:
+    def take(self, path: str) -> SQLiteConnection:
+        if joined := vars(self.joined).get(path):
+            return joined
         if path in self.unkept:
             raw = create_sqlite_connection(path)._conn  # every pragma, every time
             return KeptConnection(raw, self, path, None)  # closed as its block ends
@@ -169,7 +172,7 @@ os.register_at_fork(after_in_child=POOL.after_fork)
 atexit.register(POOL.close)
 
 
-def kept_connection(sqlite_db_path: Any) -> KeptConnection:
+def kept_connection(sqlite_db_path: Any) -> SQLiteConnection:
     """What pynenc's `sqlite_conn(path)` becomes in the kept classes."""
     return POOL.take(str(sqlite_db_path))
 

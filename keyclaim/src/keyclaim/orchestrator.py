@@ -23,6 +23,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
+from pynenc.call import Call
 from pynenc.exceptions import InvocationStatusOwnershipError, InvocationStatusTransitionError
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
@@ -73,11 +74,7 @@ class AtomicClaim(ClaimRecovery):
         """pynenc's registration (batches too), its routing replaced: a keyed call is queued
         only if it becomes one of its key's holders; otherwise it is parked in its line."""
         keys.refuse_long_keys(i.call for i in invocations)  # a batch's, a trigger's
-        if not self._fleet_checked and fleet.joined(self.app) is None:
-            # A producer, checked before its first call (a worker was checked as it joined).
-            if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
-                raise Refused(why)
-            self._fleet_checked = True
+        self._check_producer()
         runner_ctx = context.get_or_create_runner_context(self.app.app_id)
         self.app.state_backend.upsert_invocations(invocations)
         record = self._register_new_invocations(invocations, runner_ctx.runner_id)  # type: ignore[attr-defined]
@@ -91,6 +88,20 @@ class AtomicClaim(ClaimRecovery):
             elif not self.admit_in_store(invocation):
                 where = "PARKED in its line"
             self.app.logger.info(f"NEW invocation:{invocation.invocation_id} REGISTERED, {where}")
+
+    def route_calls(self, calls: list[Any]) -> list["DistributedInvocation"]:
+        """pynenc's batch (`task.parallelize`), a keyed task's too: its pre-serialized calls
+        cannot name their key, so each becomes a plain call with the same serialized arguments,
+        and registration parks or queues each as one call would be."""
+        plain = [Call(c.task, c.arguments, c.serialized_arguments) for c in calls]
+        return super().route_calls(plain)  # type: ignore[misc]
+
+    def _check_producer(self) -> None:
+        """A producer, checked before its first call (a worker was checked as it joined)."""
+        if not self._fleet_checked and fleet.joined(self.app) is None:
+            if why := fleet.fleet_problem(self.app, only=fleet.PRODUCER_SETTINGS):
+                raise Refused(why)
+            self._fleet_checked = True
 
     # The workers: claim.
 

@@ -8,7 +8,9 @@ steps in `SQLiteOrchestrator`, with the hand-over inside `_atomic_status_transit
 repo's docs/upstream.md).
 """
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import (
     InvocationStatus,
@@ -16,10 +18,10 @@ from pynenc.invocation.status import (
     status_record_transition,
 )
 
-from keyclaim import limits
+from keyclaim import limits, transaction
 from keyclaim.clock import BOOT, host_clock
 from keyclaim.decision import UNMOVING, Decision, Verdict, free_slot, recovery
-from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
+from keyclaim.keys import fence_key, key_arguments, line_key, refuse_long_keys, waits_in_line
 from keyclaim.sqlite_tables import SQLiteClaimTables
 
 if TYPE_CHECKING:
@@ -43,8 +45,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             self._begin(conn)
             alive_since = host_clock() - dead_after
             current = self._status(conn, inv_id)
-            if current is None:
-                conn.rollback()
+            if current is None:  # nothing written: the block's commit is empty
                 return Decision(Verdict.SKIP)
             line = None if key is None else line_key(invocation, key)
             holders = [] if line is None else self._holders(conn, line)
@@ -76,6 +77,53 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             self._count(conn, f"claims of {invocation.task.task_id.key}")
             conn.commit()
         return decision
+
+    # Many writes, one transaction (keyclaim.transaction): a registration, a claim with its
+    # histories, and each try of a call's start or outcome with its key's hand-over.
+
+    @contextmanager
+    def _one(self) -> Iterator[None]:
+        if transaction.keeps_all(self.app):
+            with transaction.one(self.sqlite_db_path):
+                yield
+        else:
+            yield
+
+    def route_call(self, call: Any) -> "DistributedInvocation":
+        with self._registering([call]):
+            return super().route_call(call)
+
+    def route_calls(self, calls: list[Any]) -> list["DistributedInvocation"]:
+        """pynenc's batch (`task.parallelize`): parallel_batch_size calls a transaction."""
+        with self._registering(calls):
+            return super().route_calls(calls)
+
+    @contextmanager
+    def _registering(self, calls: list[Any]) -> Iterator[None]:
+        """The calls' registration in one transaction, after what must come first or writes on
+        connections of its own: refusing a long key, the fleet's table, and pynenc's client
+        data store (built on first use; a large argument is stored there). A registration
+        dedupe's look for a call to merge into is then atomic with the registration."""
+        refuse_long_keys(calls)
+        self._check_producer()
+        for call in calls:
+            _ = call.serialized_arguments  # kept by the call
+        with self._one():
+            yield
+
+    def claim(self, invocation: Any, runner_ctx: Any, busy: Verdict = Verdict.PARK) -> Verdict:
+        with self._one():
+            return super().claim(invocation, runner_ctx, busy)
+
+    def _until_answered(self, invocation_id: str, write: Callable[[], object]) -> None:
+        """Each try in one transaction: the check that the call still holds its claim, its
+        result, its status, its key's hand-over and the histories, all or nothing."""
+
+        def each() -> object:
+            with self._one():
+                return write()
+
+        super()._until_answered(invocation_id, each)
 
     def admit_in_store(self, invocation: "DistributedInvocation") -> bool:
         key = key_arguments(invocation)
@@ -111,8 +159,8 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             self._write_status(conn, invocation_id, new)
             handed = self._release(conn, invocation_id) if new.status.is_final() else None
             conn.commit()
-        if handed:  # the next call of the key is on the queue: this process's runner may go
-            self.wake_now()
+        if handed:  # the next call of the key is queued: this process's runner may go, once
+            transaction.after_commit(self.sqlite_db_path, self.wake_now)  # it is committed
         return new
 
     def recover_in_store(

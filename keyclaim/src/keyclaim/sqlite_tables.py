@@ -21,6 +21,7 @@ from keyclaim.orchestrator import AtomicClaim
 
 if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
+    from pynenc.util.sqlite_utils import SQLiteConnection
 
 S = InvocationStatus
 # The claim's tables, under pynenc's table prefix {p}, which its purge clears: a key's holders,
@@ -67,7 +68,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
         self._queue_by_name = "queue_name" in found
 
-    def _connect(self) -> connections.KeptConnection:
+    def _connect(self) -> "SQLiteConnection":
         """A connection for one step, committed (or rolled back) as the block ends: kept, or
         opened for the step, without pynenc's journal-mode pragma (keyclaim.connections).
 
@@ -78,8 +79,10 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return connections.POOL.take(self.sqlite_db_path)
 
     def _begin(self, conn: Any) -> None:
-        """Take the database's write lock: every other step waits here until we commit."""
-        conn.execute("BEGIN IMMEDIATE")
+        """Take the database's write lock: every other step waits here until we commit (held
+        already inside connections.one_transaction)."""
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")
 
     def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
         conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, invocation_id))
