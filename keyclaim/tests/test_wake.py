@@ -29,8 +29,8 @@ def test_a_call_for_a_free_key_wakes_its_worker_without_the_idle_cadence(
 def test_one_notification_wakes_one_worker_of_three(claim: Claim, tmp_path: Path) -> None:
     """Six calls for six free keys, three workers: one loop started by a notification for each
     call queued (the six, and pynenc's recovery tasks the workers queue), not three (a herd),
-    and none by the idle cadence. Checked by mutation: a send to every worker's socket woke
-    three times as many."""
+    and none by the idle cadence. Checked by mutation: with a send to every worker's socket,
+    20 loops were woken for 8 calls queued."""
     found = counted(claim, tmp_path, workers=3, calls=6, idle="60", drop=False)
     assert found["statuses"] == [SUCCESS] * 6
     assert sum(looks.get("notified", 0) for looks in found["looks"]) == found["sent"], found
@@ -41,7 +41,8 @@ def test_one_notification_wakes_one_worker_of_three(claim: Claim, tmp_path: Path
 def test_a_lost_notification_only_delays_the_call(claim: Claim, tmp_path: Path) -> None:
     """A call open to merging for 0.3 s waits off the queue; its producer's notification (its
     due time) is lost: the worker releases it at its idle cadence, the next sweep being 30 s
-    away. Checked by mutation: without release_due() after an idle wait, final() gave up."""
+    away. Checked by mutation: without release_due() after an idle wait, final() gave up at
+    its deadline, here and on Redis."""
     found = counted(claim, tmp_path, workers=1, calls=1, idle="2", drop=True)
     assert found["statuses"] == [SUCCESS]
     (looks,) = found["looks"]
@@ -54,8 +55,9 @@ def test_on_redis_one_notification_wakes_one_worker_and_a_lost_one_only_delays(
     redis_url: str, tmp_path: Path
 ) -> None:
     """The same on Redis (a list and BLPOP): three workers, six calls, one wake for each
-    call queued, no idle look; then, with the producer's notifications lost, one worker still runs its call.
-    Checked by mutation: without the producer's notify(), final() gave up at its deadline."""
+    call queued, no idle look; then, with the producer's notifications lost, a worker still
+    runs its call at its idle cadence. Checked by mutation: without any notify(), 0 of 8
+    wakes were counted (and on SQLite, final() gave up at its deadline)."""
     found = redis_script("wake_run.py", redis_url, str(tmp_path), "3", "6", "60")
     assert found["statuses"] == [SUCCESS] * 6
     assert sum(looks.get("notified", 0) for looks in found["looks"]) == found["sent"], found
