@@ -21,6 +21,7 @@ import hashlib
 import os
 import socket
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,8 @@ class SocketWakes:
     def close(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+            with suppress(OSError):  # the fleet's last worker: the folder goes too
+                self.folder.rmdir()
         if self.inbox is not None:
             self.inbox.close()
 
