@@ -106,7 +106,8 @@ class AtomicClaim(ClaimRecovery):
     ) -> Iterator["DistributedInvocation"]:
         self._reroute_unstored(runner_ctx)
         self.recover_silent_runners(runner_ctx)
-        if self._due_at is not None and time.monotonic() >= self._due_at:
+        # A runner not woken by due times (no wake runner here) looks for them at each look.
+        if not self._on_queued or (self._due_at is not None and time.monotonic() >= self._due_at):
             self.release_due()
         yield from super().get_invocations_to_run(  # type: ignore[misc]
             max_num_invocations, runner_ctx, *args, **kwargs
