@@ -1,6 +1,7 @@
-"""D with the merge window (tasks.MERGE, keyclaim.limit(merge=...)): its 24 events make its 3
-calls in every one of 20 rounds, with one worker and with three (real worker processes, the
-claim and the wake runner, whose pushed wake starts a refresh the moment it is due)."""
+"""D with the merge window: 24 events make 3 calls in every round, with 1 worker or 3.
+
+tasks.MERGE, keyclaim.limit(merge=...), over 20 rounds: real worker processes, the claim and
+the wake runner, whose pushed wake starts a refresh the moment its window ends."""
 
 import subprocess
 from pathlib import Path

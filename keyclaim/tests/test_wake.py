@@ -1,6 +1,7 @@
-"""The pushed wake (keyclaim.notify): a call queued for a free key starts without the idle
-cadence passing, whatever process queued it; one notification wakes one worker; a lost one
-only delays. Counted by the workers' own loops (keyclaim.wake logs them as it stops), never
+"""The pushed wake: a call queued for a free key wakes one worker, and a lost wake only delays.
+
+keyclaim.notify: the call starts without the idle cadence passing, whatever process queued
+it. Counted by the workers' own loops (keyclaim.wake logs them as it stops), never
 timed: the idle cadence is set long, so a loop started by it shows as "idle"."""
 
 from pathlib import Path

@@ -1,5 +1,7 @@
-"""The pushed wake, counted: wake workers whose idle cadence is long, calls queued one by one for
-free keys, and how each worker's loops were started, as it logs them when it stops.
+"""The pushed wake, counted: calls queued for free keys, and how the workers' loops started.
+
+Wake workers whose idle cadence is long, calls queued one by one, and each worker's loops as
+it logs them when it stops.
 
 Imported by test_wake.py on SQLite; run by it on Redis, in an environment with pynenc-redis:
 python wake_run.py URL FOLDER WORKERS CALLS IDLE [drop]. It prints one JSON object.
