@@ -7,7 +7,7 @@ timed: the idle cadence is set long, so a loop started by it shows as "idle"."""
 from pathlib import Path
 
 import pytest
-from claimkit import Claim
+from claimkit import Claim, free_port
 from test_redis_claim import redis_script
 from wake_run import counted
 
@@ -67,3 +67,15 @@ def test_on_redis_one_notification_wakes_one_worker_and_a_lost_one_only_delays(
     assert lost["statuses"] == [SUCCESS]
     (looks,) = lost["looks"]
     assert looks.get("notified", 0) == lost["sent"] and looks["idle"] >= 1, looks
+
+
+@pytest.mark.slow  # a second environment's start
+@pytest.mark.e2e
+def test_on_redis_the_listener_outlives_a_restart_of_its_redis(tmp_path: Path) -> None:
+    """Redis killed and started again under a wake worker whose cadence is a minute: its
+    listener waits the outage out, and the next call still wakes it. Checked by mutation:
+    with the listener's except clause removed, its thread died with the connection, never
+    saying so, and the script gave up waiting for it to notice the outage."""
+    found = redis_script("redis_wake_restart.py", str(free_port()), str(tmp_path))
+    assert found["status"] == SUCCESS
+    assert found["looks"].get("notified", 0) >= 1 and found["looks"].get("idle", 0) == 0, found
