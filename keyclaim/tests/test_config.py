@@ -250,4 +250,5 @@ def test_a_wake_runners_idle_wait_grows_with_the_fleet(tmp_path: Path) -> None:
     assert runner.idle_wait() == pytest.approx(0.04)  # counted every 2 s, not on each loop
     runner.counted_at = float("-inf")
     assert runner.idle_wait() == pytest.approx(0.12)
-    runner.wakes.close()  # the socket its start opened (keyclaim.notify)
+    wakes, runner.wakes = runner.wakes, None  # its listener ends, and the socket it opened goes
+    wakes.close()
