@@ -15,7 +15,8 @@ API_URL = settings.api_url()
 TIMEOUT = settings.seconds("DEMO_CALL_TIMEOUT")  # the longest a call stays in flight
 CLAIM = settings.get("DEMO_ATOMIC_CLAIM") == "1"  # and its dead-after window, DEMO_DEAD_AFTER
 DEAD_AFTER = settings.seconds("DEMO_DEAD_AFTER")
-SLOTS, RATE, PER = 2, 5, 1.0  # beyond the article: F's calls in flight, G's calls a second
+# Beyond the article: F's calls in flight, G's calls a second, D's merge window (the claim's)
+SLOTS, RATE, PER, MERGE = 2, 5, 1.0, 0.25
 
 builder = (
     PynencBuilder()
@@ -67,6 +68,7 @@ def call_keyed_drop(account_id: str, op: str) -> str:
     return _hit(account_id, op)
 
 
+@keyclaim.limit(merge=MERGE)  # the claim's: a burst merges by design, not by a worker's timing
 @app.task(
     running_concurrency=Mode.KEYS,
     registration_concurrency=Mode.KEYS,

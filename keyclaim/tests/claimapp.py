@@ -20,7 +20,7 @@ import keyclaim
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two", "call_rated")
+TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two", "call_rated", "call_merged")
 
 
 def build(
@@ -32,13 +32,14 @@ def build(
     longest_call: float = 10.0,
     runner: str | None = "drain",
     keep: bool = False,
+    idle: float = 0.1,
 ) -> "Pynenc":
     builder = PynencBuilder().app_id(app_id)
     builder = builder.redis(url=redis_url) if redis_url else builder.sqlite(db)
     builder = builder.thread_runner(min_threads=1, max_threads=4).logging_stream("stdout")
     builder = builder.runner_tuning(runner_loop_sleep_time_sec=0.05).max_pending_seconds(3.0)
     if claim:
-        builder = keyclaim.install(builder, dead_after, longest_call, runner=runner)
+        builder = keyclaim.install(builder, dead_after, longest_call, runner=runner, idle=idle)
     elif runner:  # the library's runner alone
         builder = keyclaim.use_runner(builder, runner)
     if keep:
@@ -98,6 +99,7 @@ def _from_environment() -> "Pynenc":
         longest_call=float(env("KEYCLAIM_TEST_LONGEST_CALL", "10")),
         runner=None if (runner := env("KEYCLAIM_TEST_RUNNER", "drain")) == "pynenc" else runner,
         keep=env("KEYCLAIM_TEST_KEEP", "") == "1",
+        idle=float(env("KEYCLAIM_TEST_IDLE", "0.1")),
     )
 
 
@@ -158,6 +160,17 @@ def call_two(account_id: str, op: str) -> str:
     reroute_on_concurrency_control=True,
 )
 def call_rated(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+@keyclaim.limit(merge=0.3)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    registration_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_merged(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 

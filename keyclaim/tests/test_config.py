@@ -210,9 +210,10 @@ def test_a_subclass_of_the_selected_runner_keeps_the_claim_and_another_runner_do
 def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_by_the_fleet(
     tmp_path: Path,
 ) -> None:
-    """claimapp declares call_two (2 in flight) and call_rated (1 per 4 s): every process
-    that imports it declares the same, and the fleet's settings name them, so a worker with
-    another limit than the producer's is refused as another window is."""
+    """claimapp declares call_two (2 in flight), call_rated (1 per 4 s) and call_merged (open
+    to merging for 0.3 s): every process that imports it declares the same, and the fleet's
+    settings name them, so a worker with another limit than the producer's is refused as
+    another window is. A merge window on a task that merges nothing is refused."""
     from keyclaim import fleet, limits
 
     declared = limits.declared()
@@ -222,11 +223,15 @@ def test_a_limit_is_declared_per_task_refused_when_it_cannot_hold_and_compared_b
     claimapp.bound(app, claimapp.provider_url)  # its tasks: an app's fleet names its own
     shown = fleet.fleet_settings(app)["limits"]
     assert "claimapp.call_two 2 in flight" in shown
-    for bad in ({"slots": 0}, {"rate": 0}, {"per": 0.0}, {"slots": True}, {"rate": True}):
+    assert "claimapp.call_merged 1 in flight, open to merging for 0.3s" in shown
+    bad_ones = ({"slots": 0}, {"rate": 0}, {"per": 0.0}, {"slots": True}, {"rate": True})
+    for bad in (*bad_ones, {"merge": -1.0}):
         with pytest.raises(keyclaim.Refused, match="keyclaim.limit"):
             keyclaim.limit(claimapp.call_keyed, **bad)
     with pytest.raises(keyclaim.Refused, match="no running_concurrency"):
         keyclaim.limit(claimapp.call_unsafe, slots=2)
+    with pytest.raises(keyclaim.Refused, match="merge=0.5 on claimapp.call_keyed, which"):
+        keyclaim.limit(claimapp.call_keyed, merge=0.5)  # no registration_concurrency
     # Below @app.task, it would be given the plain function: said in one line.
     with pytest.raises(keyclaim.Refused, match="put @keyclaim.limit above @app.task"):
         keyclaim.limit(slots=2)(lambda account_id: account_id)
@@ -245,3 +250,5 @@ def test_a_wake_runners_idle_wait_grows_with_the_fleet(tmp_path: Path) -> None:
     assert runner.idle_wait() == pytest.approx(0.04)  # counted every 2 s, not on each loop
     runner.counted_at = float("-inf")
     assert runner.idle_wait() == pytest.approx(0.12)
+    wakes, runner.wakes = runner.wakes, None  # its listener ends, and the socket it opened goes
+    wakes.close()

@@ -29,7 +29,7 @@ SELECTED = "keyclaim_selects_"  # + orchestrator_cls / runner_cls: what install 
 BEATS_PER_WINDOW = 4  # what install() asks for
 FEWEST_BEATS = 3  # what the check accepts: one lost beat must not look like a death
 DEFAULT_DEADLINE = 12.0
-DEFAULT_IDLE = 0.1  # shorter picks a burst up mid-way under load: the repo's docs/speed.md
+DEFAULT_IDLE = 0.1  # the fallback for a lost wake, or a call queued by a sweep: docs/speed.md
 
 
 def window_problem(dead_after: float, beat_every: float, longest_call: float | None) -> str | None:

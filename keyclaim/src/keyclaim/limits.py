@@ -28,6 +28,7 @@ class Limit:
     rate: int | None = None
     per: float = 1.0
     grace: float = DEFAULT_GRACE
+    merge: float = 0.0  # seconds a call that found its key free stays open to merging
 
     @property
     def window(self) -> float:
@@ -38,7 +39,7 @@ class Limit:
         text = f"{self.slots} in flight"
         if self.rate is not None:
             text += f", {self.rate} per {self.per:g}s (+{self.grace:g}s)"
-        return text
+        return text + (f", open to merging for {self.merge:g}s" if self.merge else "")
 
 
 ONE = Limit()
@@ -46,7 +47,9 @@ ONE = Limit()
 _DECLARED: dict[str, Limit] = {}
 
 
-def problem(slots: int, rate: int | None, per: float, grace: float) -> str | None:
+def problem(
+    slots: int, rate: int | None, per: float, grace: float, merge: float = 0.0
+) -> str | None:
     """Why a declaration cannot be enforced, in one line; None when it can."""
     if not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
         return f"slots={slots!r}: a whole number of calls, at least 1"
@@ -54,6 +57,8 @@ def problem(slots: int, rate: int | None, per: float, grace: float) -> str | Non
         return f"rate={rate!r}: a whole number of calls per period, at least 1"
     if not per > 0 or not grace >= 0:
         return f"per={per!r}, grace={grace!r}: the period must be positive, the grace not negative"
+    if not merge >= 0:
+        return f"merge={merge!r}: seconds, not negative"
     return None
 
 
@@ -64,13 +69,17 @@ def limit(
     rate: int | None = None,
     per: float = 1.0,
     grace: float = DEFAULT_GRACE,
+    merge: float = 0.0,
 ) -> Any:
     """Declare a task's limit per key: `keyclaim.limit(task, slots=2)`, or as a decorator
     above `@app.task`. Refused (one line) for numbers it cannot enforce, or a task without a
-    running control (no key to count by)."""
-    if why := problem(slots, rate, per, grace):
+    running control (no key to count by). merge: a call that finds its key free waits that
+    long before it may start, so every duplicate registered meanwhile merges into it (its
+    task's registration_concurrency); the window holds the key's slot, so its calls wait in
+    line (reroute_on_concurrency_control=True)."""
+    if why := problem(slots, rate, per, grace, merge):
         raise Refused(f"keyclaim.limit: {why}")
-    declared = Limit(slots, rate, float(per), float(grace))
+    declared = Limit(slots, rate, float(per), float(grace), float(merge))
 
     def declare(task: Any) -> Any:
         from pynenc.conf.config_task import ConcurrencyControlType
@@ -84,6 +93,16 @@ def limit(
             raise Refused(
                 f"keyclaim.limit: {task.task_id.key} has no running_concurrency, so no key to "
                 "count calls by: declare running_concurrency=KEYS with its key_arguments"
+            )
+        conf = task.conf
+        if merge and (
+            conf.registration_concurrency == ConcurrencyControlType.DISABLED
+            or not conf.reroute_on_concurrency_control
+        ):
+            raise Refused(
+                f"keyclaim.limit: merge={merge:g} on {task.task_id.key}, which merges nothing "
+                "or drops its duplicates: declare registration_concurrency and "
+                "reroute_on_concurrency_control=True"
             )
         _DECLARED[task.task_id.key] = declared
         return task

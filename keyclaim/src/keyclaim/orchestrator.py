@@ -81,13 +81,20 @@ class AtomicClaim(ClaimRecovery):
         ids = [invocation.invocation_id for invocation in invocations]
         self.app.state_backend.add_histories(invocations, record, runner_ctx)
         self.app.trigger.report_tasks_status(ids, record.status)
+        queued: list[float] = []  # each queued call's merge window (0: it may start now)
         for invocation in invocations:
-            where = "ROUTED"
+            where, merge = "ROUTED", limits.of(invocation).merge
             if key_arguments(invocation) is None:
                 self._route(invocation.invocation_id)
             elif not self.admit_in_store(invocation):
                 where = "PARKED in its line"
+            elif merge:
+                where = f"open to merging for {merge:g}s, then due"
+            if not where.startswith("PARKED"):
+                queued.append(merge)
             self.app.logger.info(f"NEW invocation:{invocation.invocation_id} REGISTERED, {where}")
+        if queued:  # one worker for each, wherever it runs, rather than at its next look
+            self.notify(max(queued), len(queued))
 
     def route_calls(self, calls: list[Any]) -> list["DistributedInvocation"]:
         """pynenc's batch (`task.parallelize`), a keyed task's too: its pre-serialized calls
@@ -110,7 +117,8 @@ class AtomicClaim(ClaimRecovery):
     ) -> Iterator["DistributedInvocation"]:
         self._reroute_unstored(runner_ctx)
         self.recover_silent_runners(runner_ctx)
-        if self._due_at is not None and time.monotonic() >= self._due_at:
+        # A runner not woken by due times (no wake runner here) looks for them at each look.
+        if not self._on_queued or (self._due_at is not None and time.monotonic() >= self._due_at):
             self.release_due()
         yield from super().get_invocations_to_run(  # type: ignore[misc]
             max_num_invocations, runner_ctx, *args, **kwargs

@@ -9,12 +9,13 @@ runs on a cron, in two writes, on each runner's wall clock; retired with the cla
 
 import time
 from collections.abc import Callable, Iterator
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from pynenc import context
 from pynenc.invocation.status import InvocationStatusRecord
 
-from keyclaim import fleet, history
+from keyclaim import fleet, history, notify
 from keyclaim.clock import EVER
 from keyclaim.store import ClaimStore
 
@@ -151,6 +152,16 @@ class ClaimRecovery(ClaimStore):
     def wake_now(self) -> None:
         for wake in self._on_queued:
             wake()
+
+    @cached_property
+    def wakes(self) -> "notify.RedisWakes | notify.SocketWakes":
+        """How any process wakes a worker of the fleet (keyclaim.notify)."""
+        return notify.channel(self)
+
+    def notify(self, due_in: float, count: int) -> None:
+        """Wake up to `count` idle workers, wherever they run, for calls queued (or due in
+        due_in seconds): a hint, whose loss costs the idle cadence."""
+        notify.notify(self.wakes, due_in, count, self.app.logger)
 
     def release_due(self) -> list[str]:
         """In one step: every call whose rate window has freed goes back on the queue."""

@@ -115,12 +115,16 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
         def step(pipe: Pipeline) -> bool:
             holders = self._holders(pipe, line) if waits_in_line(invocation) else []
             queued = self.admits(invocation, holders)
+            merge = limits.of(invocation).merge if queued else 0.0  # open to merging, then due
+            due = seconds_of(pipe.time()) + merge if merge else None  # (holders: watched)
             pipe.multi()
             self._index(pipe, invocation)
             if queued and waits_in_line(invocation):
                 slot = free_slot(holders, limits.of(invocation).slots)
                 self._hold(pipe, line, slot, inv_id)
-            if queued:
+            if due is not None:
+                pipe.zadd(self._k("dues"), {inv_id: due})
+            elif queued:
                 pipe.rpush(self.app.broker.key.default_queue(), inv_id)
             else:
                 pipe.rpush(self._k("line", line), inv_id)

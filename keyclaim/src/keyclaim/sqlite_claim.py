@@ -139,7 +139,11 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             elif queued:
                 slot = free_slot(holders, limits.of(invocation).slots)
                 self._hold(conn, line, slot, inv_id)
-                self._queue(conn, inv_id)
+                if merge := limits.of(invocation).merge:  # open to merging, then due
+                    due = (inv_id, line, BOOT, host_clock() + merge)
+                    conn.execute(f"INSERT OR REPLACE INTO {self.dues} VALUES (?, ?, ?, ?)", due)
+                else:
+                    self._queue(conn, inv_id)
             else:
                 self._park(conn, line, inv_id)
             conn.commit()

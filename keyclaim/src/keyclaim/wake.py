@@ -7,10 +7,11 @@ runner does. Written and tested against pynenc 0.3.1 and 0.4.0 (and pynenc-redis
 
 Why it exists: pynenc's ThreadRunner sleeps `runner_loop_sleep_time_sec` twice per loop, so a
 freed thread or account waits up to two sleeps for its next call. This one waits on an event
-every finishing call (and, with the claim, every hand-over or due time) sets; idle, it looks
-for new work once per `idle` times the fleet's live runners, so that N workers look as often
-as one and a burst of enqueues still merges by registration dedupe (the repo's docs/speed.md
-measures the cadence).
+every finishing call (and, with the claim, every hand-over or due time) sets, and, with the
+claim, a listening thread sets as a call is queued by any process (keyclaim.notify: one wake
+per call). It still looks once per `idle` times the fleet's live runners, so that N workers
+look as often as one: what a lost notification costs. As it stops, it logs how its loops were
+started (the repo's docs/speed.md counts them).
 
 The upstream change that retires it: `ThreadRunner.runner_loop_iteration` waits on an event
 each invocation's thread sets as it ends, and `BaseRunner.run` drops its second sleep for such
@@ -19,12 +20,14 @@ runners (the repo's docs/upstream.md, section 5).
 
 import threading
 import time
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 from pynenc.runner.thread_runner import ThreadInfo
 
 from keyclaim.config import DEFAULT_IDLE, IDLE_KEY
 from keyclaim.drain import DrainingThreadRunner
+from keyclaim.outage import Outage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -42,9 +45,44 @@ class WakeRunner(DrainingThreadRunner):
         self.finished = threading.Event()
         self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
         self.fleet, self.counted_at = 1, float("-inf")
+        # How its loops were started: woken (and how often by a notification), at the idle
+        # cadence, or at a due time.
+        self.looks: Counter[str] = Counter()
         # With the claim, a key handed on, or a call whose rate window freed, wakes it too.
         if on_queued := getattr(self.app.orchestrator, "on_queued", None):
             on_queued(self.finished.set)
+        self.wakes = getattr(self.app.orchestrator, "wakes", None)
+        if self.wakes is not None:
+            self.wakes.open(self.runner_id)
+            threading.Thread(target=self._listen, daemon=True, name="wake listener").start()
+
+    def _listen(self) -> None:
+        """Each notification wakes the loop (one with a due time, then too); a store that does
+        not answer is waited out with the runner's own pauses, never the end of the thread."""
+        orchestrator, blink = self.app.orchestrator, Outage(self.logger, "wake listener")
+        while (wakes := self.wakes) is not None:
+            try:
+                due_in = wakes.receive()
+            except Exception as exc:  # whatever it is, the idle cadence still looks meanwhile
+                time.sleep(blink.failed(exc))
+                continue
+            blink.answered()
+            if due_in is not None:
+                self.looks["notified"] += 1
+                if due_in > 0:
+                    orchestrator._wake_in(due_in)
+                self.finished.set()
+
+    def _on_stop_runner_loop(self) -> None:
+        super()._on_stop_runner_loop()
+        self.finished.set()  # told to stop: not at the end of a long idle wait
+
+    def _on_stop(self) -> None:
+        super()._on_stop()
+        wakes, self.wakes = self.wakes, None
+        if wakes is not None:
+            wakes.close()
+        self.logger.info(f"wake runner's loops: {dict(sorted(self.looks.items()))}")
 
     def _iteration(self) -> None:
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
@@ -63,7 +101,16 @@ class WakeRunner(DrainingThreadRunner):
             self.threads[invocation.invocation_id] = ThreadInfo(thread, invocation)
         due = getattr(self.app.orchestrator, "until_due", lambda: None)()
         idle = self.idle_wait()
-        self.finished.wait(idle if due is None else min(idle, due))
+        if self.finished.wait(idle if due is None else min(idle, due)):
+            self.looks["woken"] += 1
+        elif due is not None and due < idle:
+            self.looks["due"] += 1
+        else:
+            if not self.looks["idle"]:
+                self.logger.info(f"wake runner idle: it looks again every {idle:g}s meanwhile")
+            self.looks["idle"] += 1
+            # A due time whose notification was lost: released at this cadence.
+            getattr(self.app.orchestrator, "release_due", lambda: None)()
 
     def idle_wait(self) -> float:
         """How long to wait for new work while nothing finishes: the fleet's cadence, `idle`,
