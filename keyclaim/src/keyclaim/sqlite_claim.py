@@ -111,6 +111,11 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         with self._one():
             yield
 
+    def notify(self, due_in: float, count: int) -> None:
+        """Once the registration is committed: a worker woken before would find nothing."""
+        wake = super().notify
+        transaction.after_commit(self.sqlite_db_path, lambda: wake(due_in, count))
+
     def claim(self, invocation: Any, runner_ctx: Any, busy: Verdict = Verdict.PARK) -> Verdict:
         with self._one():
             return super().claim(invocation, runner_ctx, busy)
