@@ -17,8 +17,6 @@ from keyclaim.errors import Refused
 if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
 
-    from keyclaim.overrides import Override
-
 # Seconds added to each window: what the delay from claim to the provider may vary by.
 DEFAULT_GRACE = 0.1
 
@@ -143,8 +141,9 @@ def of(invocation: "DistributedInvocation") -> Limit:
     return for_key(task_key, key, getattr(invocation, OVERRIDE, None))
 
 
-def for_key(task_key: str, key: dict[str, str], override: "Override | None" = None) -> Limit:
-    """The limit of a task's key (its serialized values), under an override if given."""
+def for_key(task_key: str, key: dict[str, str], override: Any = None) -> Limit:
+    """The limit of a task's key (its serialized values), under an override (a
+    keyclaim.overrides.Override) if given."""
     own = _DECLARED.get(task_key, ONE)
     if (rule := _RULES.get(task_key)) is not None:
         from keyclaim.keys import key_texts

@@ -19,7 +19,6 @@ hash), one per key overridden, kept until it is cleared: it does not grow with t
 import argparse
 import importlib
 import json
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import astuple, dataclass
 from typing import TYPE_CHECKING, Any
@@ -237,7 +236,8 @@ def _redis_apply(orchestrator: Any, line: str, slots: int, new: Override | None)
     return started
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
+    """The command line: refused in one line, with exit status 2 (argparse's own)."""
     parser = argparse.ArgumentParser(
         prog="python -m keyclaim.overrides", description="A key's limit, changed while running."
     )
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "show":
             for line, override in read(app).items():
                 print(f"{line}  {override}")
-            return 0
+            return
         if args.task is None:
             parser.error(f"{args.action}: --task names the task whose key it is")
         task, values = getattr(module, args.task), dict(v.partition("=")[::2] for v in args.key)
@@ -265,11 +265,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             started = clear_limit(app, task, values)
     except Refused as refused:
-        print(refused, file=sys.stderr)
-        return 2
+        parser.exit(2, f"{refused}\n")
     print(f"{args.action} {line_of(task, values)[0]}: {started} waiting calls started")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
