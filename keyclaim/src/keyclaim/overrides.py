@@ -59,7 +59,7 @@ def set_limit(
 ) -> int:
     """Override the limit of the task's key (its key arguments' values) in the store; how
     many waiting calls it started."""
-    if why := limits.problem(slots or 1, rate, per or 1.0, 0.0):
+    if why := limits.problem(1 if slots is None else slots, rate, 1.0 if per is None else per, 0):
         raise Refused(f"keyclaim.overrides: {why}")
     return _apply(app, task, values, Override(slots, rate, None if per is None else float(per)))
 
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--slots", type=int)
     parser.add_argument("--rate", type=int)
     parser.add_argument("--per", type=float)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     module_name, _, name = args.app.rpartition(".")
     module = importlib.import_module(module_name)
     app = getattr(module, name)
