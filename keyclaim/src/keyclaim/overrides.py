@@ -82,6 +82,16 @@ def read(app: "Pynenc", lines: Iterable[str] | None = None) -> dict[str, Overrid
     return found if lines is None else {line: found[line] for line in lines if line in found}
 
 
+def held(app: "Pynenc", task: Any, values: Mapping[str, object]) -> int:
+    """How many calls hold the key's slots now (started, or admitted and about to)."""
+    orchestrator, (line, _) = _claim(app), line_of(task, values)
+    if orchestrator.BACKEND == "redis":
+        return int(orchestrator.client.hlen(orchestrator._k("slots", line)))  # type: ignore[attr-defined]
+    with orchestrator._connect() as conn:  # type: ignore[attr-defined]
+        holders = f"SELECT COUNT(*) FROM {orchestrator.holders} WHERE line_key = ?"  # type: ignore[attr-defined]
+        return int(conn.execute(holders, (line,)).fetchone()[0])
+
+
 def line_of(task: Any, values: Mapping[str, object]) -> tuple[str, dict[str, str]]:
     """The task's line for these key values (text, or JSON values), and its serialized key."""
     names = tuple(task.conf.key_arguments)

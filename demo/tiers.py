@@ -1,0 +1,96 @@
+"""H: accounts of two tiers, each its rule's slots, and an operator who changes two mid-run.
+
+Two gold accounts at 3 calls in flight and four plain ones at 1 (tasks.py's rule, and the
+provider's quota for each); once every account's first calls are in, the operator raises one
+plain account to 2 and lowers one gold account to 1, in the claim (keyclaim.overrides) and at
+the provider (/quota), in the order that never lets a legal call look like a collision:
+raised, the provider first (it allows what the claim is about to start); lowered, the claim
+first, and the provider once the key holds no more calls than its new limit (a call the claim
+admitted under the old limit is never judged against the new one).
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from keyclaim import overrides
+
+GOLD, PLAIN = ("gold1", "gold2"), ("plain1", "plain2", "plain3", "plain4")
+CALLS_PER_ACCOUNT = 6
+CHANGES = {"plain1": 2, "gold1": 1}  # the operator's, mid-run: one raised, one lowered
+POLL_SECONDS, DEADLINE_SECONDS = 0.01, 30.0
+
+
+def tier_calls(shape: Any) -> list[dict[str, str]]:
+    """Every account's calls, account by account."""
+    ops = [f"op{n}" for n in range(CALLS_PER_ACCOUNT)]
+    return [{"account_id": a, "op": op} for a in (*GOLD, *PLAIN) for op in ops]
+
+
+def starting(rule: Callable[[str], int]) -> dict[str, int]:
+    """The provider's quota for each account its rule gives more than one."""
+    return {a: rule(a) for a in (*GOLD, *PLAIN) if rule(a) != 1}
+
+
+class Operator(threading.Thread):
+    """The operator, once the provider has every account's first calls (one per slot)."""
+
+    def __init__(self, provider: Any, task: Any, rule: Callable[[str], int]) -> None:
+        super().__init__(daemon=True)
+        self.provider, self.task, self.rule, self.failed = provider, task, rule, ""
+
+    def run(self) -> None:
+        try:
+            first = sum(self.rule(a) for a in (*GOLD, *PLAIN))
+            self._until(lambda: self.provider.report()["calls"] >= first, "the first calls")
+            for account, slots in CHANGES.items():
+                key = {"account_id": account}
+                if slots > self.rule(account):  # raised: the provider first
+                    self.provider.request("POST", f"/quota/{account}", slots=slots)
+                    overrides.set_limit(self.task.app, self.task, key, slots=slots)
+                else:  # lowered: the claim first, the provider once the key is down to it
+                    overrides.set_limit(self.task.app, self.task, key, slots=slots)
+                    self._until(lambda key=key, n=slots: self._held(key) <= n, f"{account} down")
+                    self.provider.request("POST", f"/quota/{account}", slots=slots)
+        except Exception as exc:  # said in the summary: the run goes on with its own limits
+            self.failed = f"{type(exc).__name__}: {exc}"
+
+    def _held(self, key: dict[str, str]) -> int:
+        return overrides.held(self.task.app, self.task, key)
+
+    @staticmethod
+    def _until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gave up waiting for {what}")
+            time.sleep(POLL_SECONDS)
+
+    def clear(self) -> None:
+        """The run's overrides cleared: the next run starts from the rule."""
+        for account in CHANGES:
+            overrides.clear_limit(self.task.app, self.task, {"account_id": account})
+
+
+class Figures:
+    """Each account's limits over time, and the most calls the provider had in flight under
+    each: never above it, with 0 collisions."""
+
+    def __init__(self, report: dict, rule: Callable[[str], int], failed: str) -> None:
+        self.report, self.rule, self.failed = report, rule, failed
+
+    def lines(self) -> list[str]:
+        lines = ["  each account's limit over time, and its peak in flight (the provider's):"]
+        for account, counts in sorted(self.report["accounts"].items()):
+            limits = self.report["limits"].get(account) or [
+                {"since": 0.0, "slots": self.rule(account), "peak": counts["peak_in_flight"]}
+            ]
+            shown = "; ".join(
+                f"{q['slots']} from {q['since']:.2f}s: peak {q['peak']}" for q in limits
+            )
+            above = any(q["peak"] > q["slots"] for q in limits)
+            lines.append(f"    {account:<8} {shown}" + ("  ABOVE ITS LIMIT" if above else ""))
+        if self.failed:
+            lines.append(f"  the operator gave up: {self.failed}")
+        return lines
