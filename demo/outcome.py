@@ -40,7 +40,7 @@ class Outcome:
     conflicts: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
-    figures: Figures | tiers.Figures | None = None  # E's figures, or H's
+    figures: Figures | tiers.TierFigures | None = None  # E's figures, or H's
 
     @property
     def dropped(self) -> int:

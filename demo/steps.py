@@ -166,6 +166,6 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         per_slot = sent.shape.hold / sent.scenario.slots
         found.figures = noisy.measure(found.timeline, per_slot, sent.sent_at, sent.ids, sent.app)
     if (rule := sent.scenario.tiers) is not None and sent.operator is not None:
-        found.figures = tiers.Figures(report, rule, sent.operator.failed)
+        found.figures = tiers.TierFigures(report, rule, sent.operator.failed)
         sent.operator.clear()  # the next run starts from the rule
     return found

@@ -73,7 +73,7 @@ class Operator(threading.Thread):
             overrides.clear_limit(self.task.app, self.task, {"account_id": account})
 
 
-class Figures:
+class TierFigures:
     """Each account's limits over time, and the most calls the provider had in flight under
     each: never above it, with 0 collisions."""
 

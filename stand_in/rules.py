@@ -6,7 +6,7 @@ sent for another call), the account's rate (throttled, a 429), then its slots (a
 more in flight than its quota). Only a call that passes all four is applied, and held; each
 other kind is counted on its own line, against no quota. An account's quota may change
 mid-run (`Books.set_quota`): each call is judged against the quota in force as it arrives,
-and each quota's peak in flight is kept beside it (`Limit`).
+and each quota's peak in flight is kept beside it (`QuotaSpan`).
 """
 
 import asyncio
@@ -86,7 +86,7 @@ class Quota:
 
 
 @dataclass
-class Limit:
+class QuotaSpan:
     """One quota of an account, from `since` (seconds from the reset), and the most calls it
     had applied at once while in force (those still in flight as it began included)."""
 
@@ -106,7 +106,7 @@ class Account:
     peak_in_flight: int = 0  # the most calls applied at once (fenced ones not counted)
     live: list[Call] = field(default_factory=list)
     started: list[Call] = field(default_factory=list)  # calls let in, for the rate's window
-    limits: list[Limit] = field(default_factory=list)  # its quotas over time, once set
+    limits: list[QuotaSpan] = field(default_factory=list)  # its quotas over time, once set
 
     @property
     def in_flight(self) -> int:
@@ -173,10 +173,10 @@ class Books:
         account, now = self.accounts[account_id], time.monotonic() - self.started
         if not account.limits and account.calls:  # the quota it had until now
             was = self.quota_of(account_id).slots
-            account.limits.append(Limit(0.0, was, account.peak_in_flight))
+            account.limits.append(QuotaSpan(0.0, was, account.peak_in_flight))
         self.quotas[account_id] = quota
         in_flight = sum(1 for c in account.live if not c.fenced)
-        account.limits.append(Limit(now, quota.slots, in_flight))
+        account.limits.append(QuotaSpan(now, quota.slots, in_flight))
 
     def quota_of(self, account_id: str) -> Quota:
         return self.quotas.get(account_id, self.quota)

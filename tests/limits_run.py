@@ -40,7 +40,7 @@ def recounted(timeline: list[dict]) -> dict[str, int]:
 def under_last_limit(o: Outcome) -> dict[str, list[int]]:
     """H: for each account whose limit changed, its last limit and how many calls started
     under it (as the provider counted them)."""
-    limits = o.figures.report["limits"] if isinstance(o.figures, tiers.Figures) else {}
+    limits = o.figures.report["limits"] if isinstance(o.figures, tiers.TierFigures) else {}
     return {
         name: [
             each[-1]["slots"],

@@ -30,7 +30,6 @@ from keyclaim.errors import Refused
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-    from keyclaim.orchestrator import AtomicClaim
 
 HASH = "key_limits"  # Redis: the hash of overrides, one field per key's line
 
@@ -73,11 +72,11 @@ def read(app: "Pynenc", lines: Iterable[str] | None = None) -> dict[str, Overrid
     """The overrides in force, by line (keyclaim.keys.line_key), or those of these lines."""
     orchestrator = _claim(app)
     if orchestrator.BACKEND == "sqlite":
-        with orchestrator._connect() as conn:  # type: ignore[attr-defined]
-            rows = conn.execute(f"SELECT * FROM {orchestrator.key_limits}").fetchall()  # type: ignore[attr-defined]
+        with orchestrator._connect() as conn:
+            rows = conn.execute(f"SELECT * FROM {orchestrator.key_limits}").fetchall()
         found = {line: Override(*fields) for line, *fields in rows}
     else:
-        raw = orchestrator.client.hgetall(orchestrator._k(HASH))  # type: ignore[attr-defined]
+        raw = orchestrator.client.hgetall(orchestrator._k(HASH))
         found = {line.decode(): Override(*json.loads(fields)) for line, fields in raw.items()}
     return found if lines is None else {line: found[line] for line in lines if line in found}
 
@@ -86,9 +85,9 @@ def held(app: "Pynenc", task: Any, values: Mapping[str, object]) -> int:
     """How many calls hold the key's slots now (started, or admitted and about to)."""
     orchestrator, (line, _) = _claim(app), line_of(task, values)
     if orchestrator.BACKEND == "redis":
-        return int(orchestrator.client.hlen(orchestrator._k("slots", line)))  # type: ignore[attr-defined]
-    with orchestrator._connect() as conn:  # type: ignore[attr-defined]
-        holders = f"SELECT COUNT(*) FROM {orchestrator.holders} WHERE line_key = ?"  # type: ignore[attr-defined]
+        return int(orchestrator.client.hlen(orchestrator._k("slots", line)))
+    with orchestrator._connect() as conn:
+        holders = f"SELECT COUNT(*) FROM {orchestrator.holders} WHERE line_key = ?"
         return int(conn.execute(holders, (line,)).fetchone()[0])
 
 
@@ -120,16 +119,16 @@ def sqlite_has_room(orchestrator: Any, conn: Any, line: str, head: str) -> bool:
     """Whether a holder's release may hand its slot to the head of the line: only while the
     others are fewer than the head's limit (lowered, it may be below them). Alone, at once."""
     holders = f"SELECT COUNT(*) FROM {orchestrator.holders} WHERE line_key = ?"
-    (others,) = conn.execute(holders, (line,)).fetchone()
-    override = _sqlite_override(orchestrator, conn, line) if others > 1 else None
-    return others <= 1 or others - 1 < _limit_of(orchestrator, head, override).slots
+    (holding,) = conn.execute(holders, (line,)).fetchone()  # the releasing holder among them
+    override = _sqlite_override(orchestrator, conn, line) if holding > 1 else None
+    return holding <= 1 or holding - 1 < _limit_of(orchestrator, head, override).slots
 
 
 def redis_has_room(orchestrator: Any, pipe: Any, line: str, head: str) -> bool:
     """The same on Redis, inside the release's watched read."""
-    others = pipe.hlen(orchestrator._k("slots", line))
-    override = _redis_override(orchestrator, pipe, line) if others > 1 else None
-    return others <= 1 or others - 1 < _limit_of(orchestrator, head, override).slots
+    holding = pipe.hlen(orchestrator._k("slots", line))
+    override = _redis_override(orchestrator, pipe, line) if holding > 1 else None
+    return holding <= 1 or holding - 1 < _limit_of(orchestrator, head, override).slots
 
 
 def _limit_of(orchestrator: Any, invocation_id: str, override: Override | None) -> limits.Limit:
@@ -151,7 +150,7 @@ def _redis_override(orchestrator: Any, pipe: Any, line: str) -> Override | None:
     return None if raw is None else Override(*json.loads(raw))
 
 
-def _claim(app: "Pynenc") -> "AtomicClaim":
+def _claim(app: "Pynenc") -> Any:
     from keyclaim.orchestrator import AtomicClaim
 
     if not isinstance(app.orchestrator, AtomicClaim):
