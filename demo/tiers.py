@@ -1,12 +1,12 @@
 """H: accounts of two tiers, each its rule's slots, and an operator who changes two mid-run.
 
 Two gold accounts at 3 calls in flight and four plain ones at 1 (tasks.py's rule, and the
-provider's quota for each); once every account's first calls are in, the operator raises one
-plain account to 2 and lowers one gold account to 1, in the claim (keyclaim.overrides) and at
-the provider (/quota), in the order that never lets a legal call look like a collision:
-raised, the provider first (it allows what the claim is about to start); lowered, the claim
-first, and the provider once the key holds no more calls than its new limit (a call the claim
-admitted under the old limit is never judged against the new one).
+provider's quota for each), gold1's calls enqueued last; once gold1 holds its three slots,
+the operator raises one plain account to 2 and lowers gold1 to 1, in the claim
+(keyclaim.overrides) and at the provider (/quota), in the order that never lets a legal call
+look like a collision: raised, the provider first (it allows what the claim is about to
+start); lowered, the claim first, and the provider once the key holds no more calls than its
+new limit (a call the claim admitted under the old limit is never judged against the new one).
 """
 
 import threading
@@ -18,14 +18,16 @@ from keyclaim import overrides
 
 GOLD, PLAIN = ("gold1", "gold2"), ("plain1", "plain2", "plain3", "plain4")
 CALLS_PER_ACCOUNT = 6
-CHANGES = {"plain1": 2, "gold1": 1}  # the operator's, mid-run: one raised, one lowered
+LOWERED = "gold1"
+CHANGES = {"plain1": 2, LOWERED: 1}  # the operator's, mid-run: one raised, one lowered
 POLL_SECONDS, DEADLINE_SECONDS = 0.01, 30.0
 
 
 def tier_calls(shape: Any) -> list[dict[str, str]]:
-    """Every account's calls, account by account."""
+    """Every account's calls, account by account, the one lowered last: it still has calls
+    waiting when the operator comes, however slow the enqueueing."""
     ops = [f"op{n}" for n in range(CALLS_PER_ACCOUNT)]
-    return [{"account_id": a, "op": op} for a in (*GOLD, *PLAIN) for op in ops]
+    return [{"account_id": a, "op": op} for a in (*PLAIN, *reversed(GOLD)) for op in ops]
 
 
 def starting(rule: Callable[[str], int]) -> dict[str, int]:
@@ -34,7 +36,7 @@ def starting(rule: Callable[[str], int]) -> dict[str, int]:
 
 
 class Operator(threading.Thread):
-    """The operator, once the provider has every account's first calls (one per slot)."""
+    """The operator, once the account it lowers holds every slot its rule gives it."""
 
     def __init__(self, provider: Any, task: Any, rule: Callable[[str], int]) -> None:
         super().__init__(daemon=True)
@@ -42,8 +44,8 @@ class Operator(threading.Thread):
 
     def run(self) -> None:
         try:
-            first = sum(self.rule(a) for a in (*GOLD, *PLAIN))
-            self._until(lambda: self.provider.report()["calls"] >= first, "the first calls")
+            full = {"account_id": LOWERED}
+            self._until(lambda: self._held(full) >= self.rule(LOWERED), f"{LOWERED} full")
             for account, slots in CHANGES.items():
                 key = {"account_id": account}
                 if slots > self.rule(account):  # raised: the provider first
