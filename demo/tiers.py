@@ -1,7 +1,7 @@
 """H: accounts of two tiers, each its rule's slots, and an operator who changes two mid-run.
 
 Two gold accounts at 3 calls in flight and four plain ones at 1 (tasks.py's rule, and the
-provider's quota for each), gold1's calls enqueued last; once gold1 holds its three slots,
+provider's quota for each), gold1's calls enqueued last; once gold1 has three in flight,
 the operator raises one plain account to 2 and lowers gold1 to 1, in the claim
 (keyclaim.overrides) and at the provider (/quota), in the order that never lets a legal call
 look like a collision: raised, the provider first (it allows what the claim is about to
@@ -36,7 +36,7 @@ def starting(rule: Callable[[str], int]) -> dict[str, int]:
 
 
 class Operator(threading.Thread):
-    """The operator, once the account it lowers holds every slot its rule gives it."""
+    """The operator, once the account it lowers has every slot its rule gives it in flight."""
 
     def __init__(self, provider: Any, task: Any, rule: Callable[[str], int]) -> None:
         super().__init__(daemon=True)
@@ -44,8 +44,8 @@ class Operator(threading.Thread):
 
     def run(self) -> None:
         try:
-            full = {"account_id": LOWERED}
-            self._until(lambda: self._held(full) >= self.rule(LOWERED), f"{LOWERED} full")
+            full = self.rule(LOWERED)
+            self._until(lambda: self._in_flight(LOWERED) >= full, f"{LOWERED} at its limit")
             for account, slots in CHANGES.items():
                 key = {"account_id": account}
                 if slots > self.rule(account):  # raised: the provider first
@@ -57,6 +57,9 @@ class Operator(threading.Thread):
                     self.provider.request("POST", f"/quota/{account}", slots=slots)
         except Exception as exc:  # said in the summary: the run goes on with its own limits
             self.failed = f"{type(exc).__name__}: {exc}"
+
+    def _in_flight(self, account: str) -> int:
+        return self.provider.report()["accounts"].get(account, {}).get("in_flight", 0)
 
     def _held(self, key: dict[str, str]) -> int:
         return overrides.held(self.task.app, self.task, key)
