@@ -2,10 +2,11 @@
 
 Run it: uv run uvicorn api_server:app --port 8765
 
-Beyond the article, a reset may give every account a quota (`?slots=N&rate=R&per=S`), and a
-call may carry a fencing token (`?token=T&slot=K`, as a conditional request carries a version)
-and an `Idempotency-Key` header (the IETF httpapi draft's). stand_in/rules.py judges each call:
-applied, or fenced, replayed, refused with 409, throttled (a 429), each counted on its own.
+Beyond the article, a reset may give every account a quota (`?slots=N&rate=R&per=S`), and
+/quota/{account_id} one account its own, mid-run; a call may carry a fencing token
+(`?token=T&slot=K`, as a conditional request carries a version) and an `Idempotency-Key` header
+(the IETF httpapi draft's). stand_in/rules.py judges each call: applied, or fenced, replayed,
+refused with 409, throttled (a 429), each counted on its own.
 """
 
 import asyncio
@@ -84,6 +85,20 @@ async def reset(
     return {"label": label, "hold": hold, "slots": slots, "rate": rate, "per": per}
 
 
+@app.post("/quota/{account_id}")
+async def quota(
+    account_id: NAME,
+    slots: Annotated[int, Query(ge=1, le=rules.MAX_SLOTS)] = 1,
+    rate: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    per: Annotated[float, Query(gt=0, le=86_400)] = 1.0,
+) -> dict[str, object]:
+    """One account's quota from now on: each later call is judged against it."""
+    async with lock:
+        state.set_quota(account_id, rules.Quota(slots, rate, per))
+    print(f"  [quota]   {account_id:<8} {slots} in flight, rate {rate} per {per:g}s", flush=True)
+    return {"account_id": account_id, "slots": slots, "rate": rate, "per": per}
+
+
 @app.get("/report")
 async def report() -> dict[str, object]:
     shown = ("calls", "collisions", "in_flight", "fenced", "throttled", "peak_in_flight")
@@ -92,6 +107,7 @@ async def report() -> dict[str, object]:
             name: {count: getattr(a, count) for count in (*shown, "replayed", "conflicts")}
             for name, a in sorted(state.accounts.items())
         }
+        limits = {n: [dataclasses.asdict(q) for q in a.limits] for n, a in state.accounts.items()}
     summed = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts", "in_flight")
     return {
         "label": state.label,
@@ -100,6 +116,7 @@ async def report() -> dict[str, object]:
         "accounts": per_account,
         **{count: sum(a[count] for a in per_account.values()) for count in summed},
         "peak_in_flight": max((a["peak_in_flight"] for a in per_account.values()), default=0),
+        "limits": {name: each for name, each in sorted(limits.items()) if each},  # /quota's
     }
 
 

@@ -1,12 +1,12 @@
 """Enqueue one scenario, or all four, against a running API and worker; print what happened.
 
 Run it: uv run python enqueue.py all      (or unsafe, keyed, drop, dedupe; or noisy, slots,
-rate: not in all; slots and rate with DEMO_ATOMIC_CLAIM=1)
+rate, tiers: not in all; slots, rate and tiers with DEMO_ATOMIC_CLAIM=1)
 """
 
 import sys
 
-from demo import checks, flags, settings, show, steps
+from demo import checks, flags, settings, show, steps, tiers
 from demo.outcome import Outcome
 from demo.scenarios import Scenario, limited_ops, noisy_neighbour, refresh_bursts
 from demo.show import View
@@ -47,6 +47,14 @@ SCENARIOS = {
             f"at most {tasks.RATE} calls per {tasks.PER:g}s per account, {tasks.SLOTS} in flight",
             tasks.call_rated,
             limited_ops,
+        ),
+        Scenario(
+            "H",
+            "tiers",
+            "two accounts at 3 in flight, four at 1 (a rule); two changed mid-run",
+            tasks.call_tiered,
+            tiers.tier_calls,
+            tiers=tasks.tier,
         ),
     )
 }

@@ -92,6 +92,21 @@ def call_slots(account_id: str, op: str) -> str:
     return _hit(account_id, op)
 
 
+def tier(account_id: str) -> int:
+    """H's rule: three calls in flight for a gold account, one for the others."""
+    return 3 if account_id.startswith("gold") else 1
+
+
+@keyclaim.limit(rule=tier)  # each account's slots from its id: the same in every process
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_tiered(account_id: str, op: str) -> str:
+    return _hit(account_id, op)
+
+
 @keyclaim.limit(slots=SLOTS, rate=RATE, per=PER)
 @app.task(
     running_concurrency=Mode.KEYS,

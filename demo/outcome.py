@@ -3,6 +3,7 @@
 from collections import Counter
 from dataclasses import dataclass, field
 
+from demo import tiers
 from demo.noisy import Figures
 from demo.scenarios import Scenario, Shape
 
@@ -39,7 +40,7 @@ class Outcome:
     conflicts: int = 0
     # Invocations left unrun on purpose: Shape.sample waits for only part of a backlog.
     abandoned: int = 0
-    figures: Figures | None = None  # E's figures
+    figures: Figures | tiers.TierFigures | None = None  # E's figures, or H's
 
     @property
     def dropped(self) -> int:

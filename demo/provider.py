@@ -44,11 +44,16 @@ class Provider:
         r.raise_for_status()
         return r.json()
 
-    def reset(self, label: str, hold: float, **quota: object) -> None:
+    def reset(
+        self, label: str, hold: float, accounts: dict[str, int] | None = None, **quota: object
+    ) -> None:
         """Start a new scenario: forget every count, and hold each call this long. quota:
-        each account's, if not one call in flight (slots=N, rate=R, per=S)."""
+        each account's, if not one call in flight (slots=N, rate=R, per=S); accounts: the
+        slots of those with their own."""
         run = {} if self.run_id is None else {"run": self.run_id}
         self.request("POST", "/reset", label=label, hold=hold, **run, **quota)
+        for account, slots in (accounts or {}).items():
+            self.request("POST", f"/quota/{account}", slots=slots)
 
     @contextlib.contextmanager
     def owned(self, label: str, lease: float) -> Iterator[None]:

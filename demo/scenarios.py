@@ -14,6 +14,7 @@ from typing import Any
 from pynenc.conf.config_task import ConcurrencyControlType as Mode
 
 import keyclaim
+from demo import tiers as tiers_of
 
 ACCOUNTS = ("acme", "globex", "initech")
 OPS = ("fetch_profile", "list_invoices", "refresh_usage", "update_metadata")
@@ -98,7 +99,7 @@ def limited_floor(order: list[str], scenario: "Scenario", hold: float, threads: 
             busy = sum(1 for _, a in running if a == account)
             recent = [x for x in starts[account] if x > t - scenario.per + eps]
             rated = scenario.rate is not None and len(recent) >= scenario.rate
-            if len(running) < threads and busy < scenario.slots and not rated:
+            if len(running) < threads and busy < scenario.slots_for(account) and not rated:
                 running.append((t + hold, account))
                 starts[account].append(t)
                 last_end = max(last_end, t + hold)
@@ -141,6 +142,8 @@ class Scenario:
     task: Any = field(compare=False)  # a pynenc task: calling it enqueues one invocation
     sends: Callable[[Shape], list[dict[str, str]]] = field(default=every_op, compare=False)
     measure: bool = False
+    # H: its task's rule (each account's slots), and an operator who changes two mid-run.
+    tiers: Callable[[str], int] | None = field(default=None, compare=False)
 
     @property
     def heading(self) -> str:
@@ -174,6 +177,9 @@ class Scenario:
     def slots(self) -> int:
         return keyclaim.inspect.limit_of(self.task).slots
 
+    def slots_for(self, account: str) -> int:
+        return self.slots if self.tiers is None else self.tiers(account)
+
     @property
     def rate(self) -> int | None:
         return keyclaim.inspect.limit_of(self.task).rate
@@ -186,12 +192,13 @@ class Scenario:
     def quota(self) -> dict[str, float]:
         """Each account's quota at the provider, as its task declares it: slots, rate, per."""
         rate = {} if self.rate is None else {"rate": self.rate, "per": self.per}
-        return ({"slots": self.slots} if self.slots > 1 else {}) | rate
+        tiers = {} if self.tiers is None else {"accounts": tiers_of.starting(self.tiers)}
+        return ({"slots": self.slots} if self.slots > 1 else {}) | rate | tiers
 
     @property
     def limited(self) -> bool:
         """Beyond one call per account (F, G): its figures add peak in flight and throttled."""
-        return self.slots > 1 or self.rate is not None
+        return self.slots > 1 or self.rate is not None or self.tiers is not None
 
     @property
     def every_call_runs(self) -> bool:

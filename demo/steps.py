@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from pynenc import Pynenc
 
-from demo import noisy, progress
+from demo import noisy, progress, tiers
 from demo.outcome import Outcome
 from demo.provider import Provider
 from demo.scenarios import Scenario, Shape
@@ -49,6 +49,7 @@ class Sent:
     by_account: dict[str, list[str]] = field(default_factory=dict)
     sent_at: dict[str, float] = field(default_factory=dict)  # seconds after `started`
     elapsed: float = 0.0
+    operator: tiers.Operator | None = None  # H's, while it runs
 
     @property
     def app(self) -> Pynenc:
@@ -99,6 +100,9 @@ def wait(sent: Sent, stage: Stage, label: str) -> None:
     unfinished."""
     stage.where, waited = label, sent.waited
     pending = set(waited)
+    if (rule := sent.scenario.tiers) is not None:
+        sent.operator = tiers.Operator(stage.provider, sent.scenario.task, rule)
+        sent.operator.start()
     with progress.line(label, stage.provider) as tick:
         deadline = time.monotonic() + stage.timeout
         while pending:
@@ -114,6 +118,8 @@ def wait(sent: Sent, stage: Stage, label: str) -> None:
             # need: at most a fifth of this process's time goes to looking.
             time.sleep(max(POLL_SECONDS, 4 * (time.monotonic() - polled)))
     sent.elapsed = time.monotonic() - sent.started
+    if sent.operator is not None:
+        sent.operator.join(tiers.DEADLINE_SECONDS)
     wait_recorded(sent.ids, sent.app)
 
 
@@ -172,4 +178,7 @@ def outcome(sent: Sent, provider: Provider) -> Outcome:
         # With N slots (keyclaim.limit) the busy account runs N calls at once: N per hold.
         per_slot = sent.shape.hold / sent.scenario.slots
         found.figures = noisy.measure(found.timeline, per_slot, sent.sent_at, sent.ids, sent.app)
+    if (rule := sent.scenario.tiers) is not None and sent.operator is not None:
+        found.figures = tiers.TierFigures(report, rule, sent.operator.failed)
+        sent.operator.clear()  # the next run starts from the rule
     return found

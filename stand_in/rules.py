@@ -4,7 +4,9 @@ A call is judged by its fencing token (stand_in/fences.py: fenced, an older clai
 Idempotency-Key (replayed from the store; 409 while its first call is in flight; 422 if first
 sent for another call), the account's rate (throttled, a 429), then its slots (a collision:
 more in flight than its quota). Only a call that passes all four is applied, and held; each
-other kind is counted on its own line, against no quota.
+other kind is counted on its own line, against no quota. An account's quota may change
+mid-run (`Books.set_quota`): each call is judged against the quota in force as it arrives,
+and each quota's peak in flight is kept beside it (`QuotaSpan`).
 """
 
 import asyncio
@@ -84,6 +86,16 @@ class Quota:
 
 
 @dataclass
+class QuotaSpan:
+    """One quota of an account, from `since` (seconds from the reset), and the most calls it
+    had applied at once while in force (those still in flight as it began included)."""
+
+    since: float
+    slots: int
+    peak: int = 0
+
+
+@dataclass
 class Account:
     calls: int = 0
     collisions: int = 0
@@ -94,6 +106,7 @@ class Account:
     peak_in_flight: int = 0  # the most calls applied at once (fenced ones not counted)
     live: list[Call] = field(default_factory=list)
     started: list[Call] = field(default_factory=list)  # calls let in, for the rate's window
+    limits: list[QuotaSpan] = field(default_factory=list)  # its quotas over time, once set
 
     @property
     def in_flight(self) -> int:
@@ -138,6 +151,8 @@ class Account:
         if quota.rate is not None:
             self.started.append(record)
         self.peak_in_flight = max(self.peak_in_flight, len(applied) + 1)
+        if self.limits:
+            self.limits[-1].peak = max(self.limits[-1].peak, len(applied) + 1)
 
 
 @dataclass
@@ -151,6 +166,20 @@ class Books:
     accounts: dict[str, Account] = field(default_factory=lambda: defaultdict(Account))
     calls: list[Call] = field(default_factory=list)
     keys: dict[str, Keyed] = field(default_factory=dict)
+    quotas: dict[str, Quota] = field(default_factory=dict)  # accounts' own, set mid-run
+
+    def set_quota(self, account_id: str, quota: Quota) -> None:
+        """The account's quota from now on; the calls in flight stay, and count in its peak."""
+        account, now = self.accounts[account_id], time.monotonic() - self.started
+        if not account.limits and account.calls:  # the quota it had until now
+            was = self.quota_of(account_id).slots
+            account.limits.append(QuotaSpan(0.0, was, account.peak_in_flight))
+        self.quotas[account_id] = quota
+        in_flight = sum(1 for c in account.live if not c.fenced)
+        account.limits.append(QuotaSpan(now, quota.slots, in_flight))
+
+    def quota_of(self, account_id: str) -> Quota:
+        return self.quotas.get(account_id, self.quota)
 
     def judge(
         self, account_id: str, op: str, token: int | None, slot: int, key: str | None
@@ -163,7 +192,7 @@ class Books:
             raise HTTPException(422, f"{first}, not {account_id}/{op}")
         start = time.monotonic() - self.started
         record = Call(account_id, op, start, token=token, slot=slot, key=key)
-        self.accounts[account_id].arrive(record, self.quota, keyed)
+        self.accounts[account_id].arrive(record, self.quota_of(account_id), keyed)
         self.calls.append(record)
         return record
 

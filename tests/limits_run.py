@@ -11,7 +11,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from demo import launch
+from demo import launch, tiers
+from demo.outcome import Outcome
 from demo.show import View
 from demo.stack import Stack
 from tools import given, stress
@@ -36,6 +37,21 @@ def recounted(timeline: list[dict]) -> dict[str, int]:
     return peaks
 
 
+def under_last_limit(o: Outcome) -> dict[str, list[int]]:
+    """H: for each account whose limit changed, its last limit and how many calls started
+    under it (as the provider counted them)."""
+    limits = o.figures.report["limits"] if isinstance(o.figures, tiers.TierFigures) else {}
+    return {
+        name: [
+            each[-1]["slots"],
+            sum(
+                1 for c in o.timeline if c["account_id"] == name and c["start"] >= each[-1]["since"]
+            ),
+        ]
+        for name, each in limits.items()
+    }
+
+
 def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
     """Each scenario, `--rounds` times: one JSON line per run, the provider's counts."""
     stage, table = launch.stage(args, stack, "thread"), given.scenarios(args)
@@ -54,6 +70,7 @@ def counts(args: Namespace, keys: list[str], stack: Stack) -> None:
                 "peaks": {name: a["peak_in_flight"] for name, a in o.per_account.items()},
                 "recounted": recounted(o.timeline),
                 "broken": o.broken(),
+                "under_last_limit": under_last_limit(o),
             }
             print(json.dumps(found), flush=True)
 

@@ -554,3 +554,29 @@ def test_a_fenced_call_that_ends_after_its_keys_new_holder_leaves_the_stored_out
     calls = client.get("/timeline").json()["calls"]
     assert [c["fenced"] or c["replayed"] for c in calls] == [True, False, True]
     assert client.get("/report").json()["replayed"] == 1
+
+
+def test_an_accounts_quota_changed_mid_run_judges_each_later_call(client: TestClient) -> None:
+    """Three slots, two calls in flight; lowered to one, a third call collides; raised to
+    four, a fourth does not; each quota's peak is kept beside it. Checked by mutation: with
+    Books.judge reading the reset's quota (not the account's), the third call was "ok"."""
+    client.post("/reset", params={"label": "H", "hold": 0, "slots": 3})
+
+    async def scenario() -> list[str]:
+        transport = httpx.ASGITransport(app=provider_app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://provider") as c:
+            await c.post("/pause")
+            tasks = []
+            for n, slots in enumerate((None, None, 1, 4), 1):
+                if slots is not None:
+                    await c.post("/quota/acme", params={"slots": slots})
+                tasks.append(asyncio.create_task(c.post(f"/call/acme/op{n}", params={"hold": 0})))
+                while len((await c.get("/timeline")).json()["calls"]) < n:
+                    await asyncio.sleep(0.01)
+            await c.post("/resume")
+            return [(await t).json()["outcome"] for t in tasks]
+
+    outcomes = asyncio.run(asyncio.wait_for(scenario(), timeout=10))
+    assert outcomes == ["ok", "ok", "collision", "ok"]
+    limits = client.get("/report").json()["limits"]["acme"]
+    assert [(q["slots"], q["peak"]) for q in limits] == [(3, 2), (1, 3), (4, 4)]

@@ -78,3 +78,33 @@ def test_g_three_workers_are_never_throttled_and_run_every_call(
         assert_every_call_ran(run)
         assert (run["throttled"], run["collisions"]) == (0, 0), run
         assert max(run["peaks"].values()) <= tasks.SLOTS, run
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_h_tiers_changed_mid_run_never_exceed_the_limit_in_force(
+    tmp_path: Path, backend: str
+) -> None:
+    """Two gold accounts at 3, four plain at 1; mid-run plain1 raised to 2 and gold1 lowered
+    to 1, in the claim and at the provider. The provider, judging each call against the quota
+    in force, counts 0 collisions; every call runs once; plain1 reaches 2 in flight, and gold1
+    runs calls under its lowered limit (the provider lowers it once the claim holds at most
+    one). Checked by mutation: with `has_room` always True on both backends, gold1's
+    hand-overs went on at 3, the provider's quota was lowered only after its last call
+    started, and this test failed. (The operator lowering the provider first passed: the
+    claim lowers a few milliseconds later, before any of gold1's calls ends.)"""
+    flags = ("--backend", "redis") if backend == "redis" else ()
+    uv_args = WITH_REDIS if backend == "redis" else ()
+    runs = limited_runs(tmp_path, "tiers", *flags, uv_args=uv_args)
+    assert len(runs) == 2
+    for run in runs:
+        assert run["applied"] == run["enqueued"] == 36, run
+        assert (run["unfinished"], run["failed"], run["collisions"], run["broken"]) == (
+            0,
+            0,
+            0,
+            [],
+        ), run
+        assert run["peaks"]["plain1"] == 2 and run["peaks"]["plain2"] == 1, run
+        slots, started = run["under_last_limit"]["gold1"]
+        assert slots == 1 and started >= 1, run
+        assert run["recounted"] == run["peaks"], run

@@ -337,12 +337,17 @@ def test_a_long_summary_says_all_accounts_when_none_is_worth_a_look() -> None:
     assert "  OK 29 more accounts: calls=4, collisions=0" in text
 
 
-def test_f_and_g_are_opt_in_and_judged_by_their_quota() -> None:
-    slots, rate = SCENARIOS["slots"], SCENARIOS["rate"]
-    assert slots not in ARTICLE and rate not in ARTICLE
-    assert [slots, rate] == [s for s in SCENARIOS.values() if s.limited]
+def test_f_g_and_h_are_opt_in_and_judged_by_their_quota() -> None:
+    slots, rate, tiers = SCENARIOS["slots"], SCENARIOS["rate"], SCENARIOS["tiers"]
+    assert {slots, rate, tiers}.isdisjoint(ARTICLE)
+    assert [slots, rate, tiers] == [s for s in SCENARIOS.values() if s.limited]
     assert (slots.slots, slots.rate, rate.slots, rate.rate, rate.per) == (2, None, 2, 5, 1.0)
     assert len(DEFAULT.payloads(slots)) == 24  # 3 accounts x 8 ops
+    # H: the rule's tiers, given to the provider account by account; 6 accounts x 6 calls
+    assert tiers.quota == {"accounts": {"gold1": 3, "gold2": 3}}
+    assert len(DEFAULT.payloads(tiers)) == 36
+    # With 3 workers' threads, the plain accounts' six calls in a row are the longest chain.
+    assert Shape(workers=3).floor(tiers) == pytest.approx(6 * DEFAULT.hold)
 
 
 def once_a_minute(account_id: str) -> str:

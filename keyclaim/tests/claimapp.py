@@ -20,7 +20,15 @@ import keyclaim
 if TYPE_CHECKING:
     from pynenc import Pynenc
 
-TASKS = ("call_unsafe", "call_keyed", "call_keyed_drop", "call_two", "call_rated", "call_merged")
+TASKS = (
+    "call_unsafe",
+    "call_keyed",
+    "call_keyed_drop",
+    "call_two",
+    "call_rated",
+    "call_merged",
+    "call_tiered",
+)
 
 
 def build(
@@ -171,6 +179,21 @@ def call_rated(account_id: str, op: str) -> str:
     reroute_on_concurrency_control=True,
 )
 def call_merged(account_id: str, op: str) -> str:
+    return _call(account_id, op)
+
+
+def tier(account_id: str) -> int:
+    """Three calls at once for a gold account, one for the others."""
+    return 3 if account_id.startswith("gold") else 1
+
+
+@keyclaim.limit(rule=tier)
+@app.task(
+    running_concurrency=Mode.KEYS,
+    key_arguments=("account_id",),
+    reroute_on_concurrency_control=True,
+)
+def call_tiered(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 

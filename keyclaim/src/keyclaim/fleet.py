@@ -58,7 +58,7 @@ def fleet_settings(app: "Pynenc") -> dict[str, str]:
     }
     # keyclaim.limit: N per key and rates, for this app's tasks (a process may build others)
     if declared := limits.declared(task.task_id.key for task in app._tasks.values()):
-        found["limits"] = "; ".join(f"{task} {lim.describe()}" for task, lim in declared.items())
+        found["limits"] = "; ".join(f"{task} {limits.describe(task)}" for task in declared)
     return found
 
 

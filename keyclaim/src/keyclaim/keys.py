@@ -7,7 +7,7 @@ Written against pynenc 0.3.1 and 0.4.0, whose KEYS control is scoped per task an
 
 import json
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pynenc.conf.config_task import ConcurrencyControlType
 
@@ -20,8 +20,8 @@ if TYPE_CHECKING:
 LONGEST_KEY = 1024  # bytes of a key's text: a longer one is refused before anything is written
 
 
-def key_identity(key: dict[str, str]) -> str:
-    """The key as the provider sees it: each argument as text. pynenc serializes 42 and "42"
+def key_texts(key: dict[str, str]) -> dict[str, str]:
+    """Each argument of the key as text, as the provider sees it. pynenc serializes 42 and "42"
     apart, but in a URL, a header or a column they are one account, so they are one key here."""
 
     def text(serialized: str) -> str:
@@ -31,7 +31,12 @@ def key_identity(key: dict[str, str]) -> str:
             return serialized
         return value if isinstance(value, str) else serialized
 
-    return json.dumps({arg: text(value) for arg, value in key.items()}, sort_keys=True)
+    return {arg: text(value) for arg, value in key.items()}
+
+
+def key_identity(key: dict[str, str]) -> str:
+    """The key as the provider sees it (key_texts), as one string."""
+    return json.dumps(key_texts(key), sort_keys=True)
 
 
 def key_arguments(invocation: "DistributedInvocation") -> dict[str, str] | None:
@@ -60,10 +65,14 @@ def line_key(invocation: "DistributedInvocation", key: dict[str, str]) -> str:
     """The key's line, and its sequence of tokens. Under KEYS, its argument values (as text),
     whichever task calls for them: two tasks keyed on one account_id are one account to the
     provider. Under TASK and ARGUMENTS, the task's own, as pynenc scopes them."""
-    conf = invocation.task.conf
-    if conf.running_concurrency == ConcurrencyControlType.KEYS and key:
+    return task_line(invocation.task, key)
+
+
+def task_line(task: Any, key: dict[str, str]) -> str:
+    """line_key, for a task and its key's serialized values."""
+    if task.conf.running_concurrency == ConcurrencyControlType.KEYS and key:
         return key_identity(key)
-    return f"{invocation.task.task_id.key}|{key_identity(key)}"
+    return f"{task.task_id.key}|{key_identity(key)}"
 
 
 def fence_key(line: str, slot: int) -> str:

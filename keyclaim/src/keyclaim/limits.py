@@ -7,8 +7,9 @@ kept per task key, above `@app.task` in every process that builds the app; keycl
 and `rate_limit=(R, period)` on `app.task` (docs/upstream.md).
 """
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+import inspect
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from keyclaim.errors import Refused
@@ -43,8 +44,12 @@ class Limit:
 
 
 ONE = Limit()
-# task key -> its limit; filled as tasks.py (or any app module) is imported.
+# task key -> its limit, and its rule if it has one; filled as tasks.py (or any app module)
+# is imported.
 _DECLARED: dict[str, Limit] = {}
+_RULES: dict[str, Callable[..., int | Mapping[str, int]]] = {}
+# Where a claim step leaves, on the invocation, the override it read in that step.
+OVERRIDE = "_keyclaim_override"
 
 
 def problem(
@@ -70,13 +75,20 @@ def limit(
     per: float = 1.0,
     grace: float = DEFAULT_GRACE,
     merge: float = 0.0,
+    rule: Callable[..., int | Mapping[str, int]] | None = None,
 ) -> Any:
     """Declare a task's limit per key: `keyclaim.limit(task, slots=2)`, or as a decorator
     above `@app.task`. Refused (one line) for numbers it cannot enforce, or a task without a
-    running control (no key to count by). merge: a call that finds its key free waits that
-    long before it may start, so every duplicate registered meanwhile merges into it (its
-    task's registration_concurrency); the window holds the key's slot, so its calls wait in
-    line (reroute_on_concurrency_control=True)."""
+    running control (no key to count by).
+
+    merge: a call that finds its key free waits that long before it may start, so every
+    duplicate registered meanwhile merges into it (its task's registration_concurrency); the
+    window holds the key's slot, so its calls wait in line (reroute_on_concurrency_control=True).
+
+    rule: the key's slots from its argument values, by name, each as text (as the key is:
+    keyclaim.keys), e.g. `rule=lambda account_id: 3 if account_id.startswith("gold") else 1`,
+    or a mapping with `slots` and `rate`; `per` and `grace` stay the task's. It must be a pure
+    function of those values: every process computes every key's limit with it."""
     if why := problem(slots, rate, per, grace, merge):
         raise Refused(f"keyclaim.limit: {why}")
     declared = Limit(slots, rate, float(per), float(grace), float(merge))
@@ -104,18 +116,70 @@ def limit(
                 "or drops its duplicates: declare registration_concurrency and "
                 "reroute_on_concurrency_control=True"
             )
+        if rule is not None:
+            _RULES[task.task_id.key] = checked_rule(task, rule)
         _DECLARED[task.task_id.key] = declared
         return task
 
     return declare if task is None else declare(task)
 
 
+def checked_rule(task: Any, rule: Callable) -> Callable:
+    """The rule, if it reads exactly the task's key arguments (what can be checked cheaply:
+    whether it is pure cannot); refused in one line otherwise."""
+    from pynenc.conf.config_task import ConcurrencyControlType
+
+    named = set(inspect.signature(rule).parameters) if callable(rule) else None
+    keys = set(task.conf.key_arguments)
+    if task.conf.running_concurrency != ConcurrencyControlType.KEYS or named != keys:
+        raise Refused(
+            f"keyclaim.limit: {task.task_id.key}'s rule must take exactly its key arguments "
+            f"{sorted(keys)} under running_concurrency=KEYS, not {sorted(named or ())}"
+        )
+    return rule
+
+
+def ruled(task_key: str, own: Limit, answer: int | Mapping[str, int]) -> Limit:
+    """The rule's answer over the task's limit; refused (one line) for numbers it cannot
+    enforce, first as the producer registers the call."""
+    given = {"slots": answer} if isinstance(answer, int) else dict(answer)
+    slots, rate = given.pop("slots", own.slots), given.pop("rate", own.rate)
+    why = f"{sorted(given)}: it gives only slots and rate" if given else problem(slots, rate, 1, 0)
+    if why:
+        raise Refused(f"keyclaim.limit: {task_key}'s rule answered {answer!r}: {why}")
+    return replace(own, slots=slots, rate=rate)
+
+
 def of(invocation: "DistributedInvocation") -> Limit:
-    """The limit of the invocation's task: one in flight and no rate, unless declared."""
-    return _DECLARED.get(invocation.task.task_id.key, ONE)
+    """The limit of the invocation's key: one in flight and no rate, unless declared (by a
+    rule: for its key), under the override its claim step read (keyclaim.overrides)."""
+    task_key, key = invocation.task.task_id.key, {}
+    if task_key in _RULES:  # its values are read only for a rule
+        from keyclaim.keys import key_arguments
+
+        key = key_arguments(invocation) or {}
+    return for_key(task_key, key, getattr(invocation, OVERRIDE, None))
+
+
+def for_key(task_key: str, key: dict[str, str], override: Any = None) -> Limit:
+    """The limit of a task's key (its serialized values), under an override (a
+    keyclaim.overrides.Override) if given."""
+    own = _DECLARED.get(task_key, ONE)
+    if (rule := _RULES.get(task_key)) is not None:
+        from keyclaim.keys import key_texts
+
+        own = ruled(task_key, own, rule(**key_texts(key)))
+    return own if override is None else override.over(own)
 
 
 def declared(tasks: Iterable[str] | None = None) -> dict[str, Limit]:
     """Every task's declared limit in this process (of these tasks), by task key."""
     keys = _DECLARED.keys() if tasks is None else set(tasks) & _DECLARED.keys()
     return {key: _DECLARED[key] for key in sorted(keys)}
+
+
+def describe(task_key: str) -> str:
+    """The task's declared limit, and its rule's name: what every process must agree on."""
+    text = _DECLARED.get(task_key, ONE).describe()
+    rule = _RULES.get(task_key)
+    return text if rule is None else f"{text}, by rule {rule.__module__}.{rule.__qualname__}"

@@ -19,7 +19,7 @@ from pynenc.invocation.status import (
 )
 from redis.client import Pipeline
 
-from keyclaim import limits
+from keyclaim import limits, overrides
 from keyclaim.clock import first_token
 from keyclaim.decision import UNMOVING, Decision, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, waits_in_line
@@ -42,12 +42,15 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
         self, invocation: "DistributedInvocation", runner_id: str, dead_after: float, busy: Verdict
     ) -> Decision:
         inv_id, key = invocation.invocation_id, key_arguments(invocation)
-        line, limit = None if key is None else line_key(invocation, key), limits.of(invocation)
+        line = None if key is None else line_key(invocation, key)
 
         def step(pipe: Pipeline) -> Decision:
             current = self._read_status(pipe, inv_id)
             if current is None:
                 return Decision(Verdict.SKIP)
+            limit = limits.of(invocation)
+            if line is not None:  # the key's override, read (watched) in this step
+                limit = overrides.redis_limit(self, pipe, invocation, line)
             holders = [] if line is None else self._holders(pipe, line)
             now = seconds_of(pipe.time())
             free_at = None if line is None else self._rate_free_at(pipe, line, limit, now)
@@ -88,7 +91,8 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     pipe.zadd(self._k("dues"), {inv_id: decision.due})
                     decision.due_in = decision.due - now
-                elif decision.verdict is Verdict.PARK:
+                elif decision.verdict is Verdict.PARK:  # (once: a lowered limit may have parked it)
+                    pipe.lrem(self._k("line", line), 0, inv_id)
                     pipe.rpush(self._k("line", line), inv_id)
                     pipe.set(self._k("parked", inv_id), line)
             return decision
@@ -114,13 +118,14 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
 
         def step(pipe: Pipeline) -> bool:
             holders = self._holders(pipe, line) if waits_in_line(invocation) else []
+            limit = overrides.redis_limit(self, pipe, invocation, line)
             queued = self.admits(invocation, holders)
             merge = limits.of(invocation).merge if queued else 0.0  # open to merging, then due
             due = seconds_of(pipe.time()) + merge if merge else None  # (holders: watched)
             pipe.multi()
             self._index(pipe, invocation)
             if queued and waits_in_line(invocation):
-                slot = free_slot(holders, limits.of(invocation).slots)
+                slot = free_slot(holders, limit.slots)
                 self._hold(pipe, line, slot, inv_id)
             if due is not None:
                 pipe.zadd(self._k("dues"), {inv_id: due})

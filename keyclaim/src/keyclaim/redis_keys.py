@@ -17,6 +17,7 @@ from pynenc_redis.orchestrator import RedisOrchestrator
 from redis.client import Pipeline
 from redis.exceptions import WatchError
 
+from keyclaim import overrides
 from keyclaim.decision import Holder
 from keyclaim.keys import fence_key
 from keyclaim.orchestrator import AtomicClaim
@@ -85,7 +86,8 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
     def _plan_release(self, pipe: Pipeline, invocation_id: str) -> list[Callable[[Pipeline], Any]]:
         """Read (watched) what a final invocation lets go of; return the writes to do so: its
         claim's record goes, and its slot to the head of its line (none: the idle slot's token
-        counter is folded into the floor), or its place in a line is given up."""
+        counter is folded into the floor; so too below a lowered limit), or its place in a line
+        is given up."""
         holds, parked = self._k("holds", invocation_id), self._k("parked", invocation_id)
         slot_key, dues = self._k("slot", invocation_id), self._k("dues")
         pipe.watch(holds, parked, slot_key)
@@ -107,7 +109,7 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
         holders = self._k("holders")
         writes += [lambda p: p.delete(holds, slot_key), lambda p: p.srem(holders, invocation_id)]
         head = pipe.lindex(queue, 0)
-        if head is None:
+        if head is None or not overrides.redis_has_room(self, pipe, line, head.decode()):
             counter, floor = self._k("fence", fence_key(line, int(slot))), self._k("fence_floor")
             pipe.watch(counter, floor)
             last = max(int(pipe.get(counter) or 0), int(pipe.get(floor) or 0))

@@ -18,7 +18,7 @@ from pynenc.invocation.status import (
     status_record_transition,
 )
 
-from keyclaim import limits, transaction
+from keyclaim import limits, overrides, transaction
 from keyclaim.clock import BOOT, host_clock
 from keyclaim.decision import UNMOVING, Decision, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, refuse_long_keys, waits_in_line
@@ -50,6 +50,8 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             line = None if key is None else line_key(invocation, key)
             holders = [] if line is None else self._holders(conn, line)
             limit, now = limits.of(invocation), host_clock()
+            if line is not None:  # the key's override, read in this step
+                limit = overrides.sqlite_limit(self, conn, invocation, line)
             free_at = None if line is None else self._rate_free_at(conn, line, limit, now)
             decision = self.decide(
                 invocation, current, holders, runner_id, alive_since, busy, free_at
@@ -138,11 +140,12 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             self._begin(conn)
             self._index(conn, invocation)  # before it is queued: every claimer can see it
             holders = self._holders(conn, line) if waits_in_line(invocation) else []
+            limit = overrides.sqlite_limit(self, conn, invocation, line)
             queued = self.admits(invocation, holders)
             if not waits_in_line(invocation):
                 self._queue(conn, inv_id)
             elif queued:
-                slot = free_slot(holders, limits.of(invocation).slots)
+                slot = free_slot(holders, limit.slots)
                 self._hold(conn, line, slot, inv_id)
                 if merge := limits.of(invocation).merge:  # open to merging, then due
                     due = (inv_id, line, BOOT, host_clock() + merge)
@@ -219,6 +222,8 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         rated = max((limit.window for limit in limits.declared().values()), default=0.0)
         now = host_clock()
         with self._connect() as conn:  # the write lock only when there is something to forget
+            (longest,) = conn.execute(f"SELECT MAX(per) FROM {self.key_limits}").fetchone()
+            rated = max(rated, (longest or 0.0) + limits.DEFAULT_GRACE)  # an override's period
             for table, window in ((self.beats, silent_for), (self.admitted, rated)):
                 old = f"FROM {table} WHERE boot != ? OR at < ?", (BOOT, now - window)
                 if conn.execute(f"SELECT 1 {old[0]} LIMIT 1", old[1]).fetchone():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import connections
+from keyclaim import connections, overrides
 from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim.decision import Holder
 from keyclaim.keys import fence_key
@@ -29,7 +29,8 @@ S = InvocationStatus
 # waiting for their rate window to free (keyclaim/README.md, "Up to N per key"); each busy
 # slot's last fencing token, and under fence_key '' the floor an idle slot's counter was folded
 # into; each claim's token while its call is not final (with when it was made: the host's
-# clock, in its boot); counts; beats.
+# clock, in its boot); counts; beats; an operator's overrides of a key's limit
+# (keyclaim.overrides).
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}_key_slots (line_key TEXT NOT NULL, slot INTEGER NOT NULL,
     invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot));
@@ -43,6 +44,8 @@ CREATE TABLE IF NOT EXISTS {p}_fence_counters (fence_key TEXT PRIMARY KEY, token
 CREATE TABLE IF NOT EXISTS {p}_claimed
     (invocation_id TEXT PRIMARY KEY, token INTEGER NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS {p}_claim_stats (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS {p}_key_limits
+    (line_key TEXT PRIMARY KEY, slots INTEGER, rate INTEGER, per REAL);
 CREATE TABLE IF NOT EXISTS {p}_claim_beats
     (runner_id TEXT PRIMARY KEY, boot TEXT NOT NULL, at REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS {p}_key_lines_order ON {p}_key_lines(line_key, seq);
@@ -60,6 +63,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         self.admitted, self.dues = f"{p}_key_admitted", f"{p}_key_dues"
         self.fence_counters, self.claimed = f"{p}_fence_counters", f"{p}_claimed"
         self.claim_stats, self.beats = f"{p}_claim_stats", f"{p}_claim_beats"
+        self.key_limits = f"{p}_key_limits"
         with self._connect() as conn:
             for statement in filter(str.strip, SCHEMA.format(p=p).split(";")):
                 conn.execute(statement)
@@ -126,7 +130,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
     def _release(self, conn: Any, invocation_id: str) -> str | None:
         """A final invocation lets go of its claim's record, and of its slot (the head of its
         line takes it, and is returned; none: the idle slot's counter is folded into the floor),
-        or of its place in a line."""
+        or of its place in a line. Below a lowered limit, it hands the slot to no one."""
         for table in (self.dues, self.claimed):
             conn.execute(f"DELETE FROM {table} WHERE invocation_id = ?", (invocation_id,))
         row = conn.execute(
@@ -140,7 +144,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             f"SELECT seq, invocation_id FROM {self.lines} WHERE line_key = ? ORDER BY seq LIMIT 1",
             (line,),
         ).fetchone()
-        if head is None:
+        if head is None or not overrides.sqlite_has_room(self, conn, line, head[1]):
             conn.execute(f"DELETE FROM {self.holders} WHERE invocation_id = ?", (invocation_id,))
             fence = fence_key(line, slot)
             conn.execute(
