@@ -1,4 +1,4 @@
-"""`python -m keyclaim top` against a live run: one real worker, keys holding and calls waiting.
+"""The live view against a live run: one real worker, keys holding and calls waiting.
 
 Run by test_top.py: python top_live.py FOLDER [REDIS_URL] (no URL: SQLite in FOLDER), in an
 environment with pynenc-redis for Redis. The provider holds every call in flight: key A (one
@@ -51,8 +51,8 @@ with Judge() as provider:
                 top[:-1], cwd=HERE, env=env, stdout=subprocess.PIPE, text=True
             )
             assert refreshing.stdout is not None
-            while "FLEET" not in refreshing.stdout.readline():  # its first frame is out
-                pass
+            while (line := refreshing.stdout.readline()) and "FLEET" not in line:
+                pass  # until its first frame is out (or it ended: then its status tells)
             refreshing.send_signal(signal.SIGINT)
             found["interrupted"] = refreshing.wait(WAIT)
         found["worker"] = {"runner_id": worker.runner_id, "pid": worker.proc.pid}

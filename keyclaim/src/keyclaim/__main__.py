@@ -1,4 +1,4 @@
-"""`python -m keyclaim COMMAND`: the library's commands. top: the keys that hold or wait."""
+"""The library's commands, `python -m keyclaim COMMAND`; top: the keys that hold or wait."""
 
 import sys
 from collections.abc import Callable

@@ -1,8 +1,8 @@
-"""`python -m keyclaim top --app tasks.app`: the keys that hold or wait, refreshed once a second.
+"""The live view of the keys that hold or wait: `python -m keyclaim top --app tasks.app`.
 
-Per key: its holders against its limit (slot, token, how long held, runner), the calls waiting
-in its line and the oldest one's wait, the rate used in its window; then the fleet's workers
-with their settings. `--once` prints one frame, `--json` one document (keyclaim/README.md,
+Refreshed once a second, per key: its holders against its limit (slot, token, how long held,
+runner), the calls waiting in its line and the oldest one's wait, the rate used in its window;
+then the fleet's workers with their settings. `--once` prints one frame, `--json` one document (keyclaim/README.md,
 "Seeing the keys"). It reads the claim's indexes of busy keys only (the stores' `view_keys`),
 never writes, and costs the same with 10 keys ever seen as with 10,000. The upstream change
 that retires it: a per-key view in pynenc's monitor, read from the same indexes.
@@ -91,7 +91,9 @@ def text(doc: dict[str, Any], width: int | None) -> str:
 
 def main(argv: list[str]) -> int:
     """The `top` command: 0 when it ends (Ctrl-C included), 1 for an app without the claim."""
-    parser = argparse.ArgumentParser(prog="python -m keyclaim top", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m keyclaim top", description=(__doc__ or "").split("\n")[0]
+    )
     parser.add_argument("--app", required=True, help="the app, as pynenc's --app: tasks.app")
     parser.add_argument("--once", action="store_true", help="one frame, then end")
     parser.add_argument("--json", action="store_true", help="as one JSON document (--once)")
@@ -103,14 +105,14 @@ def main(argv: list[str]) -> int:
     if not hasattr(app.orchestrator, "view_keys"):
         print(f"keyclaim top: {args.app} runs without the claim: no keys to show", file=sys.stderr)
         return 1
-    tty = sys.stdout.isatty()
-    clear, width = ("\x1b[H\x1b[2J", shutil.get_terminal_size().columns) if tty else ("", None)
+    clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""  # and cut to its width
     try:
         while True:
             doc = frame(app)
             if args.json:
                 print(json.dumps(doc, indent=1))
             else:
+                width = shutil.get_terminal_size().columns if clear else None
                 print(clear + text(doc, width), flush=True)
             if args.once or args.json:
                 return 0
