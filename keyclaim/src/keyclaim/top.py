@@ -2,10 +2,10 @@
 
 Refreshed once a second, per key: its holders against its limit (slot, token, how long held,
 runner), the calls waiting in its line and the oldest one's wait, the rate used in its window;
-then the fleet's workers with their settings. `--once` prints one frame, `--json` one document (keyclaim/README.md,
-"Seeing the keys"). It reads the claim's indexes of busy keys only (the stores' `view_keys`),
-never writes, and costs the same with 10 keys ever seen as with 10,000. The upstream change
-that retires it: a per-key view in pynenc's monitor, read from the same indexes.
+then the fleet's workers with their settings. `--once` prints one frame, `--json` one document
+(keyclaim/README.md, "Seeing the keys"). It reads the claim's indexes of busy keys only (the
+stores' `view_keys`), never writes, and costs the same with 10 keys ever seen as with 10,000.
+The upstream change that retires it: a per-key view in pynenc's monitor, from the same indexes.
 """
 
 import argparse
