@@ -1,20 +1,15 @@
 """The library's commands, `python -m keyclaim COMMAND`; top: the keys that hold or wait."""
 
+import argparse
 import sys
 from collections.abc import Callable
 
 from keyclaim import top
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"top": top.main}
-
-
-def main(argv: list[str]) -> int:
-    """The command's exit status; 2 (and the usage) for a command it does not know."""
-    if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m keyclaim {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])
-
+COMMANDS: dict[str, Callable[[list[str]], None]] = {"top": top.main}
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    # A command it does not know is argparse's usage error (status 2); the rest is the command's.
+    parser = argparse.ArgumentParser(prog="python -m keyclaim", add_help=False)
+    parser.add_argument("command", choices=COMMANDS)
+    COMMANDS[parser.parse_args(sys.argv[1:2]).command](sys.argv[2:])

@@ -89,8 +89,9 @@ def text(doc: dict[str, Any], width: int | None) -> str:
     return "\n".join(line[:width] for line in lines)
 
 
-def main(argv: list[str]) -> int:
-    """The `top` command: 0 when it ends (Ctrl-C included), 1 for an app without the claim."""
+def main(argv: list[str]) -> None:
+    """The `top` command, until Ctrl-C (status 0). An app without the claim, like a wrong flag,
+    is argparse's usage error (status 2), in one line."""
     parser = argparse.ArgumentParser(
         prog="python -m keyclaim top", description=(__doc__ or "").split("\n")[0]
     )
@@ -103,8 +104,7 @@ def main(argv: list[str]) -> int:
 
     app = find_app_instance(args.app)
     if not hasattr(app.orchestrator, "view_keys"):
-        print(f"keyclaim top: {args.app} runs without the claim: no keys to show", file=sys.stderr)
-        return 1
+        parser.error(f"{args.app} runs without the claim: no keys to show")
     clear = "\x1b[H\x1b[2J" if sys.stdout.isatty() else ""  # and cut to its width
     try:
         while True:
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
                 width = shutil.get_terminal_size().columns if clear else None
                 print(clear + text(doc, width), flush=True)
             if args.once or args.json:
-                return 0
+                return
             time.sleep(args.every)
     except KeyboardInterrupt:
-        return 0
+        return
