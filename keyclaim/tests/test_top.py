@@ -86,7 +86,8 @@ def test_top_shows_the_keys_of_a_live_run_on_sqlite(tmp_path: Path) -> None:
 
 @pytest.mark.e2e
 def test_top_shows_the_keys_of_a_live_run_on_redis(tmp_path: Path, redis_url: str) -> None:
-    """The same on Redis. Checked by mutation: MUTATION."""
+    """The same on Redis. Checked by mutation: with every holder's slot read as 0 (the `slot`
+    key left out), key B showed slots [0, 0] and this test failed."""
     assert_live_view(redis_script("top_live.py", str(tmp_path), redis_url))
 
 
