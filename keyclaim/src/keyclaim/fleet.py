@@ -14,11 +14,11 @@ import os
 import socket
 import sqlite3
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from keyclaim import config, limits
+from keyclaim import config, limits, versions
 from keyclaim.errors import Refused
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ class Member:
     settings: dict[str, str]
     pid: int
     host: str
+    about: dict[str, Any] = field(default_factory=dict, compare=False)  # its runner, versions
 
     def __str__(self) -> str:
         where = f"pid {self.pid} on {self.host}: {_shown(self.settings)}"
@@ -78,11 +79,17 @@ class FleetStore:
         self.app, self.orchestrator = app, app.orchestrator
         self.redis = hasattr(self.orchestrator, "client")
 
-    def _sql(self, statement: str, *args: str) -> list[tuple[str, str]]:
-        """SQLite: one statement on the fleet's table ("{table}" in it), committed."""
+    def _sql(self, statement: str, *args: str, create: bool = True) -> list[tuple[str, str]]:
+        """SQLite: one statement on the fleet's table ("{table}" in it), committed; without
+        create, a read that writes nothing (no table: no rows)."""
         table = f"{self.orchestrator.tables.table_prefix}_{TABLE}"
         with closing(sqlite3.connect(self.orchestrator.sqlite_db_path, timeout=30.0)) as conn, conn:
-            conn.execute(SCHEMA.format(table=table))
+            if create:
+                conn.execute(SCHEMA.format(table=table))
+            elif not conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = ?", (table,)
+            ).fetchone():
+                return []
             return conn.execute(statement.format(table=table), args).fetchall()
 
     def _hash(self) -> str:
@@ -90,7 +97,7 @@ class FleetStore:
 
     def records(self) -> dict[str, str]:
         if not self.redis:
-            return dict(self._sql("SELECT runner_id, record FROM {table}"))
+            return dict(self._sql("SELECT runner_id, record FROM {table}", create=False))
         raw = self.orchestrator.client.hgetall(self._hash())
         return {k.decode(): v.decode() for k, v in raw.items()}
 
@@ -140,7 +147,13 @@ def fleet(app: "Pynenc", besides: str | None = None) -> list[Member]:
     beats = {r.runner_id for r in beating(app, FLEET_WINDOW)} if elsewhere else set()
     for runner_id, raw in records.items():
         record = json.loads(raw)
-        member = Member(runner_id, record["settings"], int(record["pid"]), record["host"])
+        member = Member(
+            runner_id,
+            record["settings"],
+            int(record["pid"]),
+            record["host"],
+            record.get("about", {}),
+        )
         if runner_id == besides:
             continue
         if alive_here(member.pid) if member.host == here else runner_id in beats:
@@ -191,6 +204,13 @@ def join_fleet(app: "Pynenc", runner_id: str) -> None:
         raise Refused(why)
     store, pid = FleetStore(app), os.getpid()
     record = {"settings": fleet_settings(app), "pid": pid, "host": socket.gethostname()}
+    runner = app.runner  # shown by `python -m keyclaim top`, compared by no one
+    record["about"] = {
+        "runner": type(runner).__name__,
+        "threads": getattr(runner, "max_threads", None),
+        "pynenc": versions.version("pynenc"),
+        "keyclaim": versions.version("pynenc-keyclaim"),
+    }
     store.write(runner_id, json.dumps(record))
     setattr(app, MEMBER, (runner_id, json.dumps(record)))  # written again with each beat
 

@@ -13,7 +13,7 @@ setter's own step, on the key's holders and line:
 An override is an operator's row (SQLite: one of `{p}_key_limits`; Redis: one field of a
 hash), one per key overridden, kept until it is cleared: it does not grow with the calls.
 
-    python -m keyclaim.overrides set --app tasks.app --task call_keyed account_id=acme --slots 2
+    python -m keyclaim limit set --app tasks.app --task call_keyed account_id=acme --slots 2
 """
 
 import argparse
@@ -248,7 +248,7 @@ def _redis_apply(orchestrator: Any, line: str, slots: int, new: Override | None)
 def main(argv: list[str] | None = None) -> None:
     """The command line: refused in one line, with exit status 2 (argparse's own)."""
     parser = argparse.ArgumentParser(
-        prog="python -m keyclaim.overrides", description="A key's limit, changed while running."
+        prog="python -m keyclaim limit", description="A key's limit, changed while running."
     )
     parser.add_argument("action", choices=("set", "clear", "show"))
     parser.add_argument("--app", required=True, help="the app: module.attribute")
@@ -276,7 +276,3 @@ def main(argv: list[str] | None = None) -> None:
     except Refused as refused:
         parser.exit(2, f"{refused}\n")
     print(f"{args.action} {line_of(task, values)[0]}: {started} waiting calls started")
-
-
-if __name__ == "__main__":
-    main()

@@ -176,3 +176,68 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
         pipe.srem(self.key.status_to_invocations(old), invocation_id)
         pipe.sadd(self.key.status_to_invocations(new.status), invocation_id)
         pipe.set(self.key.invocation_to_status(invocation_id), json.dumps(new.to_json()))
+
+    def view_keys(self) -> dict[str, Any]:
+        """The keys that hold or wait, for `python -m keyclaim top`: read from the claim's set
+        of holders and what it indexes (a key's line waits only while the key has holders), in
+        four round trips whose commands grow with the busy keys alone, never with the keys ever
+        seen (no SCAN); no write. Not one snapshot: each read is the store's own."""
+        reads = {"commands": 0}
+        status_of, call_of = self.key.invocation_to_status, self.key.invocation_to_call
+
+        def run(fill: Callable[[Pipeline], Any]) -> list[Any]:
+            with self.client.pipeline(transaction=False) as pipe:
+                fill(pipe)
+                reads["commands"] += len(pipe)
+                return pipe.execute()
+
+        now_raw, members = run(lambda p: p.time().smembers(self._k("holders")))
+        now, ids = seconds_of(now_raw), sorted(m.decode() for m in members)
+
+        def per_holder(p: Pipeline) -> None:
+            for name in (lambda i: self._k("holds", i), lambda i: self._k("slot", i), status_of):
+                p.mget([name(i) for i in ids])
+            p.mget([call_of(i) for i in ids])
+            p.hmget(self._k("fences"), ids).hmget(self._k("claimed_at"), ids)
+            p.zmscore(self._k("dues"), ids)
+
+        keys: dict[str, dict[str, Any]] = {}
+        for inv_id, line, slot, raw, call, token, at, due in zip(
+            ids, *(run(per_holder) if ids else [[]] * 7), strict=True
+        ):
+            if line is None:  # let go of meanwhile
+                continue
+            record = InvocationStatusRecord.from_json(json.loads(raw)) if raw else None
+            empty = {"holders": [], "waiting": 0, "oldest_wait": None, "admitted": []}
+            keys.setdefault(line.decode(), empty)["holders"].append(
+                {
+                    "slot": int(slot or 0),
+                    "invocation": inv_id,
+                    "task": call and call.decode().rsplit(":", 1)[0],
+                    "status": record and record.status.value,
+                    "runner": record and record.runner_id,
+                    "token": token and int(token),
+                    "held_for": at and round(now - float(at), 3),
+                    "due_in": due and round(max(0.0, due - now), 3),
+                }
+            )
+        lines = sorted(keys)
+
+        def per_line(p: Pipeline) -> None:
+            for line in lines:
+                p.llen(self._k("line", line)).lindex(self._k("line", line), 0)
+                p.zrange(self._k("admitted", line), 0, -1, withscores=True)
+
+        found = run(per_line)
+        heads = [head for head in found[1::3] if head]
+        stamps = iter(
+            run(lambda p: p.mget([status_of(h.decode()) for h in heads]))[0] if heads else []
+        )
+        for line, waiting, head, admitted in zip(
+            lines, found[::3], found[1::3], found[2::3], strict=True
+        ):
+            keys[line].update(waiting=waiting, admitted=[now - at for _, at in admitted])
+            if head and (raw := next(stamps)):
+                stamp = InvocationStatusRecord.from_json(json.loads(raw)).timestamp.timestamp()
+                keys[line]["oldest_wait"] = round(time.time() - stamp, 3)
+        return {"keys": keys, "reads": reads}

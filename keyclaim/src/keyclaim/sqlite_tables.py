@@ -6,7 +6,9 @@ pynenc's purge clears them too; its queue writes are pynenc's SQLite broker's ow
 against pynenc 0.3.1 and 0.4.0 (their SQLite tables); retired with keyclaim.sqlite_claim.
 """
 
+import sqlite3
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -267,3 +269,65 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
             (name, by),
         )
+
+    def view_keys(self) -> dict[str, Any]:
+        """The keys that hold or wait, for `python -m keyclaim top`: three reads by the claim's
+        tables of busy keys (holders, lines) in one snapshot of a connection of its own that
+        refuses writes, and what they cost (statements, and SQLite's VM steps: rows visited)."""
+        reads = {"queries": 0, "steps": 0}
+
+        def step() -> int:
+            reads["steps"] += 1
+            return 0
+
+        busy = f"SELECT line_key FROM {self.holders} UNION SELECT line_key FROM {self.lines}"
+        with closing(sqlite3.connect(self.sqlite_db_path, timeout=30.0)) as conn:
+            conn.execute("PRAGMA query_only = ON")
+            conn.set_trace_callback(lambda _: reads.update(queries=reads["queries"] + 1))
+            conn.set_progress_handler(step, 1)
+            conn.execute("BEGIN")
+            holders = conn.execute(
+                "SELECT h.line_key, h.slot, h.invocation_id, i.task_id_key, i.status, "
+                f"i.status_runner_id, c.token, c.boot, c.at, d.boot, d.due FROM {self.holders} h "
+                f"LEFT JOIN {self.tables.INVOCATIONS} i ON i.invocation_id = h.invocation_id "
+                f"LEFT JOIN {self.claimed} c ON c.invocation_id = h.invocation_id "
+                f"LEFT JOIN {self.dues} d ON d.invocation_id = h.invocation_id "
+                "ORDER BY h.line_key, h.slot"
+            ).fetchall()
+            lines = conn.execute(
+                f"SELECT l.line_key, COUNT(*), (SELECT status_timestamp FROM "
+                f"{self.tables.INVOCATIONS} WHERE invocation_id = (SELECT invocation_id FROM "
+                f"{self.lines} WHERE line_key = l.line_key ORDER BY seq LIMIT 1)) "
+                f"FROM {self.lines} l GROUP BY l.line_key"
+            ).fetchall()
+            admitted = conn.execute(
+                f"SELECT line_key, at FROM {self.admitted} WHERE line_key IN ({busy}) AND boot = ?",
+                (BOOT,),
+            ).fetchall()
+            conn.rollback()
+        now, wall = host_clock(), time.time()
+        keys: dict[str, dict[str, Any]] = {}
+
+        def key(line: str) -> dict[str, Any]:
+            return keys.setdefault(
+                line, {"holders": [], "waiting": 0, "oldest_wait": None, "admitted": []}
+            )
+
+        for line, slot, inv_id, task, status, runner, token, boot, at, due_boot, due in holders:
+            key(line)["holders"].append(
+                {
+                    "slot": slot,
+                    "invocation": inv_id,
+                    "task": task,
+                    "status": status,
+                    "runner": runner,
+                    "token": token,
+                    "held_for": None if boot != BOOT else round(now - at, 3),
+                    "due_in": None if due_boot != BOOT else round(max(0.0, due - now), 3),
+                }
+            )
+        for line, count, since in lines:
+            key(line).update(waiting=count, oldest_wait=since and round(wall - since, 3))
+        for line, at in admitted:
+            key(line)["admitted"].append(now - at)
+        return {"keys": keys, "reads": reads}
