@@ -4,14 +4,18 @@ tiers.py's checks, each counted step by step in-process: here on the test's own 
 and on a private Redis through tiers.py run as a script (test_redis_claim.py's redis_script).
 """
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 import tiers
-from claimkit import Claim
+from claimkit import HERE, Claim
 from test_redis_claim import redis_script
 from test_sqlite_claim import claimer
 
+from keyclaim import overrides, top
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Claimer
 
 EXPECTED = {
@@ -48,3 +52,25 @@ def test_on_redis(redis_url: str) -> None:
     `redis_limit` replaced by the task's own limit (worst 1); the setter's heads never read
     (0 started on the raise)."""
     assert redis_script("tiers.py", redis_url) == EXPECTED
+
+
+def test_the_command_line_sets_shows_and_clears_and_top_reads_the_override(claim: Claim) -> None:
+    """`python -m keyclaim limit`, as an operator types it, and the limit the live view shows
+    for the key: the override over the task's own. Checked by mutation: without "limit" among
+    keyclaim.__main__'s commands the set exited 2; with top's limit_for leaving its override out,
+    the view's limit was 1 slot, not 3."""
+    env = {**os.environ, **claim.environment()}
+
+    def limit(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "keyclaim", "limit", *args, "--app", "claimapp.app"]
+        return subprocess.run(command, cwd=HERE, env=env, capture_output=True, text=True)
+
+    task = claim.tasks.call_keyed.task_id.key
+    done = limit("set", "--task", "call_keyed", "account_id=acme", "--slots", "3")
+    assert done.returncode == 0, done.stderr
+    (line,) = overrides.read(claim.app)
+    assert "acme" in limit("show").stdout
+    assert top.limit_for(task, line, overrides.read(claim.app)[line]).slots == 3
+    assert limit("clear", "--task", "call_keyed", "account_id=acme").returncode == 0
+    assert overrides.read(claim.app) == {}
+    assert top.limit_for(task, line).slots == 1
