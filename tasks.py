@@ -80,38 +80,28 @@ def refresh_once(account_id: str) -> str:
 
 
 # ---- Beyond the article (with the claim: sample.py --atomic-claim --limits) ----------------
-# Up to SLOTS calls per account at once (F), and RATE calls per PER seconds (G): keyclaim.limit
-# above pynenc's app.task, which takes no such option (keyclaim/README.md).
+# Up to SLOTS calls per account at once (F), RATE calls per PER seconds (G), a tier's slots (H):
+# keyclaim.limit above pynenc's app.task, which takes no such option (keyclaim/README.md).
+KEYED = dict(running_concurrency=Mode.KEYS, key_arguments=("account_id",))
+
+
 @keyclaim.limit(slots=SLOTS)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
 def call_slots(account_id: str, op: str) -> str:
     return _hit(account_id, op)
 
 
-def tier(account_id: str) -> int:
-    """H's rule: three calls in flight for a gold account, one for the others."""
-    return 3 if account_id.startswith("gold") else 1
-
-
-@keyclaim.limit(rule=tier)  # each account's slots from its id: the same in every process
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
-def call_tiered(account_id: str, op: str) -> str:
+@keyclaim.limit(slots=SLOTS, rate=RATE, per=PER)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
+def call_rated(account_id: str, op: str) -> str:
     return _hit(account_id, op)
 
 
-@keyclaim.limit(slots=SLOTS, rate=RATE, per=PER)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
-def call_rated(account_id: str, op: str) -> str:
+def tier(account_id: str) -> int:  # H's rule: the same in every process, from the id alone
+    return 3 if account_id.startswith("gold") else 1
+
+
+@keyclaim.limit(rule=tier)  # a gold account's calls three at once, the others' one
+@app.task(**KEYED, reroute_on_concurrency_control=True)
+def call_tiered(account_id: str, op: str) -> str:
     return _hit(account_id, op)

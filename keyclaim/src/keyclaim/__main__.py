@@ -1,5 +1,7 @@
-"""The library's commands, `python -m keyclaim COMMAND`: top, the keys that hold or wait; limit,
-a key's limit changed while running (set, clear, show)."""
+"""The library's commands: `python -m keyclaim top` and `python -m keyclaim limit`.
+
+top: the keys that hold or wait; limit: a key's limit set, cleared or shown while running.
+"""
 
 import argparse
 import sys
