@@ -179,7 +179,7 @@ def _stat(pid: int) -> list[str]:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
-def _command() -> int:
+def command_pid() -> int:
     """The pid of this process's command: its `uv run` parent if uv started it, else its own."""
     uv = Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "uv"
     return os.getppid() if uv else os.getpid()
@@ -188,7 +188,7 @@ def _command() -> int:
 def command_began() -> float:
     """When this process's command began (epoch seconds), from /proc: psutil's create_time
     counts from a boot time rounded to the second, up to a second off."""
-    began = int(_stat(_command())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
+    began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
 
 
@@ -196,7 +196,7 @@ def cpu_seconds(children: Sequence["Child"]) -> float:
     """The CPU seconds (user and system) used so far by this process's command (uv's too),
     this process and these children: on a shared machine, a figure that load does not move
     much, unlike the wall clock."""
-    pids = {_command(), os.getpid(), *(child.proc.pid for child in children)}
+    pids = {command_pid(), os.getpid(), *(child.proc.pid for child in children)}
     ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, pids))
     return ticks / os.sysconf("SC_CLK_TCK")
 
