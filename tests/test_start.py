@@ -1,6 +1,7 @@
-"""What sample.py's start-up rests on (docs/speed.md): the API and the worker start before this
-process imports pynenc, httpx or rich, the provider boots without pynenc, httpx comes without
-its command line, and the start-up figure counts from the command a user typed."""
+"""What sample.py's start-up rests on (docs/speed.md), checked without timing it.
+
+The API and the worker start before sample.py imports pynenc, httpx or rich; the provider boots
+without pynenc and httpx without its command line; the figure counts from the command typed."""
 
 import os
 import subprocess
