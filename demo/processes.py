@@ -6,6 +6,7 @@ signal (demo/signals.py) never leaves a child behind.
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import signal
@@ -186,18 +187,24 @@ def command_pid() -> int:
 
 
 def command_began() -> float:
-    """When this process's command began (epoch seconds), from /proc: psutil's create_time
-    counts from a boot time rounded to the second, up to a second off."""
-    began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
+    """When this process's command began (epoch seconds), from /proc (psutil's create_time
+    counts from a boot time rounded to the second, up to a second off); NaN without /proc."""
+    try:
+        began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
+    except OSError:
+        return math.nan
     return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
 
 
 def cpu_seconds(children: Sequence["Child"]) -> float:
     """The CPU seconds (user and system) used so far by this process's command (uv's too),
-    this process and these children: on a shared machine, a figure that load does not move
-    much, unlike the wall clock."""
-    pids = {command_pid(), os.getpid(), *(child.proc.pid for child in children)}
-    ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, pids))
+    this process and these children, steadier than the wall clock on a shared machine; NaN
+    without /proc or once one has gone."""
+    pids = {os.getpid(), *(child.proc.pid for child in children)}
+    try:
+        ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, {command_pid(), *pids}))
+    except OSError:
+        return math.nan
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
