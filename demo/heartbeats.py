@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
-
 import keyclaim
 from demo import settings
 from demo.signals import raise_if_stopping
@@ -129,6 +127,8 @@ def starting() -> list[int]:
     that have not beaten yet (the four-terminal way, typed quickly: a worker still importing).
     The worker itself, not the `uv run` that started it: a match whose child matches is left out.
     """
+    import psutil  # here, not with the module: sample.py starts its children without it
+
     mine, found = _state_of(dict(os.environ), os.getcwd()), {}
     for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
         words = proc.info["cmdline"] or []  # none for a process we may not read
@@ -145,6 +145,8 @@ def starting() -> list[int]:
 
 def _running(pid: int) -> bool:
     """Whether the process still runs: one that ended but is not reaped yet (a zombie) has not."""
+    import psutil
+
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.Error:

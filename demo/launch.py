@@ -9,22 +9,26 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keyclaim
 from demo import flags, links, report, settings
 from demo.outcome import Outcome
 from demo.preflight import RunRefused, preflight
+from demo.processes import command_began
 from demo.scenarios import THREADS
-from demo.show import View
 from demo.signals import stop_on_signals, stop_signal
 from demo.stack import FAILURES, Sample, Stack
-from demo.steps import Stage
+
+if TYPE_CHECKING:  # rich, pynenc and httpx: imported once the children boot (Stack.start)
+    from demo.show import View
+    from demo.steps import Stage
 
 
 def run(
     args: argparse.Namespace,
     sample: Sample,
-    body: Callable[[Stack, View], int],
+    body: Callable[[Stack, "View"], int],
     make: Callable[..., Stack] = Stack,
     prog: str = "sample.py",
 ) -> int:
@@ -39,7 +43,6 @@ def run(
     )
     monitor = links.monitor_program(args.monitor_url)
     command = None if private_redis else settings.command(monitor, env)
-    view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
     with stop_on_signals():
         try:
             preflight(args)
@@ -48,6 +51,9 @@ def run(
             os.environ.update(env)
             with stack:
                 stack.start(args.workers)
+                from demo.show import View
+
+                view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
                 # Its own API, owned for the whole run (it stops with it): an enqueue.py
                 # pointed at it is refused instead of resetting the counts under it.
                 with stack.provider.owned(prog, lease=3600):
@@ -69,18 +75,28 @@ def run(
     return code
 
 
-def stage(args: argparse.Namespace, stack: Stack, runner: str) -> Stage:
+def stage(args: argparse.Namespace, stack: Stack, runner: str) -> "Stage":
     """Where the scenarios run on this stack: its provider, the run's size with the floors
     counting every worker's threads, the deadline, and the stack's check on every poll."""
     # The threads of one worker: a MultiThreadRunner runs PROCESSES ThreadRunners.
     threads = THREADS * (settings.PROCESSES if runner == "multi-thread" else 1)
     shape = flags.shape(args, args.workers, threads)
+    from demo.steps import Stage
+
     on = Stage(stack.provider, shape, args.timeout)
     on.check = lambda: stack.check(on.where)
     return on
 
 
-def verdict(outcomes: list[Outcome], stack: Stack, view: View) -> int:
+def start_up(first: Outcome, stack: Stack) -> str:
+    """How long the command took to its first enqueue (`first`'s), and the CPU it took."""
+    return (
+        f"start-up: {first.window[0] - command_began():.2f}s from the command to the first "
+        f"enqueue, {stack.boot_cpu:.2f} CPU-seconds (the command and its children, when ready)"
+    )
+
+
+def verdict(outcomes: list[Outcome], stack: Stack, view: "View") -> int:
     """The verdict's lines and the monitor's, printed; the exit code."""
     text, code = report.verdict(outcomes, stack.crashes)
     print(text)

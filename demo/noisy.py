@@ -3,10 +3,12 @@
 import math
 import statistics
 from dataclasses import dataclass
-
-from pynenc import Pynenc
+from typing import TYPE_CHECKING
 
 from demo.scenarios import HOT_ACCOUNT
+
+if TYPE_CHECKING:
+    from pynenc import Pynenc
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,7 @@ def measure(
     hold_per_slot: float,
     sent_at: dict[str, float],
     ids: list[str],
-    app: Pynenc,
+    app: "Pynenc",
 ) -> Figures:
     """Scenario E's figures, from the provider's calls (timeline), each account's first enqueue
     (sent_at) and the invocations' histories: what the quiet accounts waited, how the busy one

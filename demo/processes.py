@@ -6,6 +6,7 @@ signal (demo/signals.py) never leaves a child behind.
 
 import contextlib
 import ctypes
+import math
 import os
 import re
 import signal
@@ -172,6 +173,39 @@ def wait_until[T](
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"gave up after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name: [0] is the third field."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def command_pid() -> int:
+    """The pid of this process's command: its `uv run` parent if uv started it, else its own."""
+    uv = Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "uv"
+    return os.getppid() if uv else os.getpid()
+
+
+def command_began() -> float:
+    """When this process's command began (epoch seconds), from /proc (psutil's create_time
+    counts from a boot time rounded to the second, up to a second off); NaN without /proc."""
+    try:
+        began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
+    except OSError:
+        return math.nan
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
+
+
+def cpu_seconds(children: Sequence["Child"]) -> float:
+    """The CPU seconds (user and system) used so far by this process's command (uv's too),
+    this process and these children, steadier than the wall clock on a shared machine; NaN
+    without /proc or once one has gone."""
+    pids = {os.getpid(), *(child.proc.pid for child in children)}
+    try:
+        ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, {command_pid(), *pids}))
+    except OSError:
+        return math.nan
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def port_in_use(host: str, port: int) -> bool:

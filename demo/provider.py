@@ -8,28 +8,38 @@ import contextlib
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
-import httpx
-
 from demo import settings
 
 
-class ProviderUnreachable(ConnectionError):
+class ProviderError(ConnectionError):
+    """The API answered with an error, or not at all (httpx's error, in its words)."""
+
+
+class ProviderUnreachable(ProviderError):
     """The API is not answering where we looked."""
 
 
-class ProviderBusy(ConnectionError):
+class ProviderBusy(ProviderError):
     """Another run owns the provider: resetting it would wipe that run's counts."""
 
 
 class Provider:
     def __init__(self, base_url: str | None = None) -> None:
+        # httpx is imported here, not with the module: sample.py starts its children first.
+        import httpx
+
         self.base_url = base_url or settings.api_url()
         self.http = httpx.Client(base_url=self.base_url, timeout=10.0)
         self.run_id: str | None = None  # while this client's run owns the provider
 
     def request(self, method: str, path: str, **params: object) -> dict:
+        import httpx
+
         try:
             r = self.http.request(method, path, params=params or None)
+            if r.status_code == httpx.codes.CONFLICT:
+                raise ProviderBusy(f"{r.json()['detail']} ({self.base_url})")
+            return r.raise_for_status().json()
         except httpx.TransportError as exc:
             port = urlsplit(self.base_url).port
             workers = f", and start the workers with DEMO_API_PORT={port} so they call it too"
@@ -39,10 +49,8 @@ class Provider:
                 f"no API answers at {self.base_url} ({type(exc).__name__}); start it with: "
                 f"uv run uvicorn api_server:app --port {port}{workers}"
             ) from exc
-        if r.status_code == httpx.codes.CONFLICT:
-            raise ProviderBusy(f"{r.json()['detail']} ({self.base_url})")
-        r.raise_for_status()
-        return r.json()
+        except httpx.HTTPError as exc:
+            raise ProviderError(str(exc)) from exc
 
     def reset(
         self, label: str, hold: float, accounts: dict[str, int] | None = None, **quota: object
@@ -65,7 +73,7 @@ class Provider:
             yield
         finally:
             run_id, self.run_id = self.run_id, None
-            with contextlib.suppress(httpx.HTTPError, ConnectionError):
+            with contextlib.suppress(ConnectionError):
                 self.request("DELETE", f"/runs/{run_id}")
 
     def report(self) -> dict:

@@ -35,11 +35,12 @@ STRESS = "tools.stress"  # the rounds, several workers, separate hosts
 # Each run's flags, and its Redis, if any ("url": a redis-server of its own, named by
 # REDIS_URL; "private": the one sample.py starts itself). The longest first.
 RUNS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    # The smallest bench that prints every figure: one round at a short hold, and a scaled
-    # run of 6 accounts.
+    # The smallest bench that prints every figure: one round at a short hold, a scaled run of
+    # 6 accounts, two rounds of D, one start-up timed, and B at 4 accounts on 4 workers.
     "bench": (
         ("-m", "tools.bench", "--rounds", "1", "--hold", "0.1", "--bench-accounts", "6")
-        + ("--bench-backlogs", "20"),
+        + ("--bench-backlogs", "20", "--bench-d-rounds", "2", "--bench-starts", "1")
+        + ("--bench-many", "4"),
         None,
     ),
     # On the wake runner, so the same run shows that runner keeps its promises on Redis.

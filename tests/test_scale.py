@@ -5,6 +5,7 @@ the tests here read what they printed and left behind.
 """
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -52,8 +53,9 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     assert out.index("##### thread runner #####") < out.index("##### wake runner #####")
     assert out.count("=== scaled run: 6 accounts x 4 ops, hold 0.1s ===") == 2
     # 4: the rounds and the scaled run on each runner; 6 more: B (with F and G on the claim's
-    # sides) and scaled B on each side of the last comparison.
-    assert out.count("scenario      median    floor  efficiency  runs") == 10
+    # sides) and scaled B on each side of the last comparison; 4 more: the same on 3 workers,
+    # on the claim's sides.
+    assert out.count("scenario      median    floor  efficiency  runs") == 14
     assert "(wake runner)" in out
     # Each runner's rounds end in a distribution: min / typical / max per scenario and measure.
     assert out.count("=== 1 rounds: min / typical / max ===") == 2
@@ -70,7 +72,7 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     rows = [line for line in table if line[:2] in ("A.", "B.", "C.", "D.")]
     assert len(rows) == 8, table  # four scenarios, at the rounds' size and scaled
     assert all(line.count("%") == 2 for line in rows)
-    assert "whole run (in-process):" in out and "start-up" in out and "teardown" in out
+    assert "whole run (from the command):" in out and "start-up" in out and "teardown" in out
     assert "worker peak memory:" in out and "MiB" in out
     # B, scaled B and E on stock pynenc, on the claim with pynenc's SQLite connections and on
     # the claim with kept ones; F and G on the claim's sides.
@@ -85,6 +87,20 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
         assert rows["E, 20 backlog: status writes per call"][side] == "3.0"
         assert rows["E, 20 backlog: REROUTED per call"][side] == "0.0"
     assert "E, 20 backlog: quiet wait, longest" in rows
+    # The rest of the targets: B and D on 3 workers with the claim (workers without it collide),
+    # D's calls over its 2 rounds on each side, the start-up, and B at 4 accounts on 4 workers.
+    table = out.split("=== the rest of the targets, wake runner ===")[1]
+    rows = {line[:40].strip(): line[40:].split() for line in table.splitlines()[2:5]}
+    assert rows["B. keyed, 3 workers"][0] == rows["D: the same, 3 workers"][0] == "-"
+    assert len(rows["B. keyed, 3 workers"]) == 5  # "-", then 2 x "1.23s (45%)"
+    for cell in rows["D: calls in 2 rounds, min/typ/max"] + rows["D: the same, 3 workers"][1:]:
+        low, typical, high = map(int, cell.split("/"))
+        assert 3 <= low <= typical <= high, cell  # the 3 accounts' refreshes, at least once each
+    assert re.search(r"^start-up of .*, 1 runs: [\d.]+/[\d.]+/[\d.]+s ", table, re.M), table
+    for backend in ("sqlite", "redis"):
+        for side in ("stock pynenc", "claim"):
+            shape = "B at 4 accounts x 4, hold 0.05s, 4 workers"
+            assert re.search(rf"^{shape}, {backend} {side}: [\d.]+s \(\d+%\)", table, re.M)
 
 
 @pytest.mark.e2e

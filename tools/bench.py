@@ -1,9 +1,11 @@
 """The benchmark: the scenarios on pynenc's ThreadRunner and on the wake runner, side by side.
 
 It runs the article's rounds and a scaled run on ThreadRunner workers, then the same on fresh
-workers of the wake runner; both side by side, then where the whole run's time went; then B,
-scaled B and E (a busy account beside quiet ones), F and G on stock pynenc, on the claim with
-pynenc's SQLite connections, and on the claim with kept ones (keyclaim.keep_connections).
+workers of the wake runner; both side by side, then where the whole run's time went, from the
+command; then B, scaled B and E (a busy account beside quiet ones), F and G, and D's rounds on
+stock pynenc, on the claim with pynenc's SQLite connections, and on the claim with kept ones
+(keyclaim.keep_connections), the claim's on 3 workers too; then the rest of the targets
+(tools/bench_targets.py): sample.py's start-up and, on request, B at 500 accounts.
 
 Run it: uv run python -m tools.bench     (--rounds N, and sample.py's flags; --help)
 
@@ -21,13 +23,16 @@ from pathlib import Path
 
 from demo import flags, launch, report, settings, show
 from demo.outcome import Outcome
-from demo.processes import Child, start_child, stop_children, wait_until
+from demo.processes import Child, command_began, start_child, stop_children, wait_until
 from demo.scenarios import MAX_BACKLOG, Shape
 from demo.stack import ROOT, Stack
+from tools import bench_targets as targets
 from tools import given, stress
+from tools.bench_targets import MANY
 from tools.tables import compare, compare_lines
 
 ROUNDS = 5
+THREE = 3  # the workers of the bench's several-worker runs
 SCALED = Shape(accounts=30, ops=4, hold=0.1)
 RUNNERS = ("thread", "wake")
 
@@ -45,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     each = "the busy account's backlogs in scenario E's runs (default %(default)s)"
     kind = flags.flag_type(backlogs)
     parser.add_argument("--bench-backlogs", type=kind, default="1000", metavar="N,N", help=each)
+    for flag, default, what in (
+        ("--bench-d-rounds", 20, "D's rounds on the wake runner, 1 worker and 3 (default 20)"),
+        ("--bench-starts", 3, "runs of sample.py timed from the command (default 3)"),
+        (
+            "--bench-many",
+            0,
+            f"accounts of the B run on {MANY.workers} workers (500; default 0: none)",
+        ),
+    ):
+        parser.add_argument(flag, type=whole, default=default, metavar="N", help=what)
     return parser
 
 
@@ -56,11 +71,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--bench-accounts must be 1..500")
     if args.runner != "thread":
         parser.error("the bench runs both the thread and the wake runner by itself: drop --runner")
-    began = time.monotonic()
 
     def bench(stack: Stack, view: show.View) -> int:
-        code = run(stack, lambda runner: play(args, stack, view, runner), began)
-        return lines(args, stack.log_dir) or code
+        code = run(stack, lambda runner: play(args, stack, view, runner))
+        lines_code, found = lines(args, stack.log_dir)
+        starts = targets.start_ups(args, stack.log_dir)
+        many = targets.many(args, stack.log_dir) if args.bench_many else {}
+        print(targets.table(found, starts, many, args.bench_many))
+        return lines_code or code
 
     return stress.run(args, bench)
 
@@ -93,10 +111,9 @@ def play(
     return code or scaled_code, outcomes + big
 
 
-def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: float) -> int:
+def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]]) -> int:
     """play(runner) on each runner in turn, fresh workers for each; the comparison, then the
-    whole run's phases (measured in this process) and the workers' peak memory."""
-    ready = time.monotonic()
+    whole run's phases (from the command, as it began) and the workers' peak memory."""
     code, results = 0, {}
     for n, runner in enumerate(RUNNERS):
         if n:  # fresh workers of the next kind, on the same API and state
@@ -105,13 +122,13 @@ def run(stack: Stack, play: Callable[[str], tuple[int, list[Outcome]]], began: f
         runner_code, results[runner] = play(runner)
         code = code or runner_code
     print(compare(results))
-    done = time.monotonic()
+    done = time.time()
     memory = [peak_memory_mib(w.proc.pid) for w in stack.workers]
     stack.stop()
-    ended = time.monotonic()
-    phases = {"start-up": ready - began, "scenarios": done - ready, "teardown": ended - done}
+    began, first = command_began(), results[RUNNERS[0]][0].window[0]  # the first enqueue
+    phases = {"start-up": first - began, "scenarios": done - first, "teardown": time.time() - done}
     shown = ", ".join(f"{name} {seconds:.2f}s" for name, seconds in phases.items())
-    print(f"\nwhole run (in-process): {time.monotonic() - began:.2f}s = {shown}")
+    print(f"\nwhole run (from the command): {time.time() - began:.2f}s = {shown}")
     print(f"worker peak memory: {', '.join(f'{m:.0f} MiB' for m in memory)}")
     return code
 
@@ -128,23 +145,27 @@ SIDES = (
 )
 
 
-def lines(args: argparse.Namespace, log_dir: Path) -> int:
-    """Each of SIDES in processes of its own (tools/bench_lines.py: the first backlog with B,
-    then one per further backlog), its output shown as it comes; then the sides side by side."""
+def lines(args: argparse.Namespace, log_dir: Path) -> tuple[int, dict[str, dict[str, object]]]:
+    """Each of SIDES in processes of its own (tools/bench_lines.py: the first backlog with B and
+    D's rounds, then one per further backlog; with the claim, B and D on 3 workers too), its
+    output shown as it comes; then the sides side by side. Their exit code and figures."""
     found: dict[str, dict[str, object]] = {name: {} for name, _, _ in SIDES}
     # (No backlog: one process per side, for B and scaled B alone.)
     each = [str(n) for n in args.bench_backlogs] or [""]
     code = 0
     for side, claim, connections in SIDES:
-        for n, backlog in enumerate(each):
+        runs = [(backlog, args.workers, n) for n, backlog in enumerate(each)]
+        runs += [("", THREE, 0)] if claim == "1" else []  # without it, workers collide
+        for backlog, workers, n in runs:
             argv = [sys.executable, "-m", "tools.bench_lines", "--claim", claim]
             argv += ["--no-b"] if n else (["--limits"] if claim == "1" else [])
             argv += ["--backlogs", backlog, "--rounds", str(args.rounds)]
             argv += ["--hold", str(args.hold), "--connections", connections]
-            argv += ["--accounts", str(args.bench_accounts), "--workers", str(args.workers)]
+            argv += ["--accounts", str(args.bench_accounts), "--workers", str(workers)]
             argv += ["--backend", args.backend, "--app", args.app, "--api", args.api]
-            argv += ["--scenarios", args.scenarios]
+            argv += ["--scenarios", args.scenarios, "--d-rounds", str(args.bench_d_rounds)]
             name = f"bench-claim{claim}-{connections}" + (f"-{backlog}" if n else "")
+            name += f"-{workers}-workers" if workers == THREE else ""
             child = start_child(name, argv, log_dir / f"{name}.log", cwd=ROOT)
             try:
                 lines_out = _follow(child)
@@ -153,10 +174,12 @@ def lines(args: argparse.Namespace, log_dir: Path) -> int:
             code = code or (child.proc.returncode or 0)
             for line in lines_out:
                 if line.startswith("figures: "):
-                    found[side].update(json.loads(line.removeprefix("figures: ")))
+                    figures = json.loads(line.removeprefix("figures: "))
+                    at = f" {THREE} workers" if workers == THREE else ""
+                    found[side].update({key + at: value for key, value in figures.items()})
     if all("B" in side for side in found.values()):
         print(compare_lines(found))
-    return code
+    return code, found
 
 
 def _follow(child: Child) -> list[str]:

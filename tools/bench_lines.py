@@ -38,10 +38,13 @@ E_TIMEOUT = 600.0
 
 
 def figures(
-    article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome]
+    article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome], dedupe: list[Outcome]
 ) -> dict[str, object]:
-    """Median elapsed and floor of B (and F, G) and of scaled B, and each E run's figures."""
+    """Median elapsed and floor of B (and F, G) and of scaled B, each E run's figures, and D's
+    calls over its rounds (min, typical, max)."""
     found: dict[str, object] = {}
+    if calls := sorted(o.calls for o in dedupe):
+        found["D calls"] = [calls[0], statistics.median_low(calls), calls[-1], len(calls)]
     for letter in sorted({o.scenario.letter for o in article}):
         mine = [o for o in article if o.scenario.letter == letter]
         found[letter] = [statistics.median(o.elapsed for o in mine), mine[0].floor]
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = "SQLite's connections: kept (keyclaim.keep_connections) or pynenc's own"
     parser.add_argument("--connections", choices=("kept", "pynenc"), default="kept", help=kinds)
     parser.add_argument("--limits", action="store_true", help="F and G too (with --claim 1)")
+    parser.add_argument("--d-rounds", type=whole, default=0, help="D's rounds, after B's")
     slots = (
         "E on F's task (up to N in flight per account; with --claim 1): the quiet accounts' wait "
         "beside a busy account at its limit"
@@ -108,10 +112,11 @@ def side(args: argparse.Namespace, folder: Path) -> int:
     side += f", {args.connections}'s SQLite connections".replace("kept's", "kept")
     names = ([] if args.no_b else ["B", "scaled B"]) + [f"E at {n:,}" for n in args.backlogs]
     names += ["F", "G"] if args.limits and not args.no_b else []
+    names += [f"D x {args.d_rounds}"] if args.d_rounds and not args.no_b else []
     part = ", ".join(names)
     print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
     article: list[Outcome] = []
-    scaled, runs = None, []
+    scaled, runs, dedupe = None, [], []
     private = args.backend == "redis"
     sample = given.sample(args)
     with stop_on_signals(), Stack(env, folder / "logs", sample, private_redis=private) as s:
@@ -130,6 +135,8 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 stage.shape = Shape(args.accounts, SCALED.ops, SCALED.hold, workers=args.workers)
                 (scaled,) = stress.rounds(stage, 1, view, True, [keyed], prefix="scaled ")
                 print(report.efficiency([scaled]).replace("B. keyed ", "B. scaled"))
+                stage.shape = Shape(hold=args.hold, workers=args.workers)
+                dedupe = stress.rounds(stage, args.d_rounds, view, True, [table["dedupe"]])
             stage.timeout = E_TIMEOUT
             for backlog in args.backlogs:
                 stage.shape = Shape(
@@ -143,8 +150,9 @@ def side(args: argparse.Namespace, folder: Path) -> int:
         except FAILURES as exc:
             print(f"bench_lines: {s.explain(exc)}", file=sys.stderr)
             return 1
-    print(f"figures: {json.dumps(figures(article, scaled, runs))}", flush=True)
-    return 1 if any(o.broken() for o in [*article, *runs] + ([scaled] if scaled else [])) else 0
+    print(f"figures: {json.dumps(figures(article, scaled, runs, dedupe))}", flush=True)
+    ran = [*article, *runs, *dedupe] + ([scaled] if scaled else [])
+    return 1 if any(o.broken() for o in ran) else 0
 
 
 if __name__ == "__main__":
