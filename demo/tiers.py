@@ -14,8 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from keyclaim import overrides
-
 GOLD, PLAIN = ("gold1", "gold2"), ("plain1", "plain2", "plain3", "plain4")
 CALLS_PER_ACCOUNT = 6
 LOWERED = "gold1"
@@ -41,6 +39,9 @@ class Operator(threading.Thread):
     def __init__(self, provider: Any, task: Any, rule: Callable[[str], int]) -> None:
         super().__init__(daemon=True)
         self.provider, self.task, self.rule, self.failed = provider, task, rule, ""
+        from keyclaim import overrides  # here: the provider imports this module without pynenc
+
+        self.overrides = overrides
 
     def run(self) -> None:
         try:
@@ -50,9 +51,9 @@ class Operator(threading.Thread):
                 key = {"account_id": account}
                 if slots > self.rule(account):  # raised: the provider first
                     self.provider.request("POST", f"/quota/{account}", slots=slots)
-                    overrides.set_limit(self.task.app, self.task, key, slots=slots)
+                    self.overrides.set_limit(self.task.app, self.task, key, slots=slots)
                 else:  # lowered: the claim first, the provider once the key is down to it
-                    overrides.set_limit(self.task.app, self.task, key, slots=slots)
+                    self.overrides.set_limit(self.task.app, self.task, key, slots=slots)
                     self._until(lambda key=key, n=slots: self._held(key) <= n, f"{account} down")
                     self.provider.request("POST", f"/quota/{account}", slots=slots)
         except Exception as exc:  # said in the summary: the run goes on with its own limits
@@ -62,7 +63,7 @@ class Operator(threading.Thread):
         return self.provider.report()["accounts"].get(account, {}).get("in_flight", 0)
 
     def _held(self, key: dict[str, str]) -> int:
-        return overrides.held(self.task.app, self.task, key)
+        return self.overrides.held(self.task.app, self.task, key)
 
     @staticmethod
     def _until(condition: Callable[[], bool], what: str) -> None:
@@ -75,7 +76,7 @@ class Operator(threading.Thread):
     def clear(self) -> None:
         """The run's overrides cleared: the next run starts from the rule."""
         for account in CHANGES:
-            overrides.clear_limit(self.task.app, self.task, {"account_id": account})
+            self.overrides.clear_limit(self.task.app, self.task, {"account_id": account})
 
 
 class TierFigures:
