@@ -204,6 +204,28 @@ def unrelated_release() -> dict[str, Any]:
     }
 
 
+def parked_meanwhile() -> dict[str, Any]:
+    """A key's first call is being claimed (read, not yet written) when its next call is
+    registered and parks in the key's line. The claim must not be sent back."""
+    app.purge()
+    first = tasks.call_keyed("stark", "op1")
+    claiming, ctx = claimer(Claimer, pause=True)
+    taken: dict[str, list[str]] = {}
+    thread = threading.Thread(target=lambda: taken.setdefault("one", take(claiming, ctx)))
+    thread.start()
+    try:
+        assert claiming.checked.wait(WAIT), "the claimer never reached its check"
+        tasks.call_keyed("stark", "op2")
+    finally:
+        claiming.go.set()
+        thread.join(WAIT)
+    return {
+        "taken": taken.get("one") == [first.invocation_id],
+        "tries": claiming.tries,
+        "waiting": claiming.waiting(),
+    }
+
+
 def stale_and_lost_holders() -> dict[str, Any]:
     """Holders that cannot pass their key on by themselves: one ended by a process without the
     claim, one taken off the queue by a worker that died before claiming it."""
@@ -231,6 +253,7 @@ def main() -> int:
         "park": park_and_hand_over(),
         "contention": contention(),
         "unrelated": unrelated_release(),
+        "parked": parked_meanwhile(),
         "healing": stale_and_lost_holders(),
     }
     print(json.dumps(found))
