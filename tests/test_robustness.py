@@ -10,10 +10,11 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 from typing import IO
 
 import psutil
@@ -770,3 +771,25 @@ def test_a_child_stopped_before_its_death_is_explained_names_it(tmp_path: Path) 
     why = stack.explain(ConnectionError("the API hung up"))
     assert f"API (pid {child.proc.pid}) exited with code 7" in why
     assert "booted" in why
+
+
+def test_stress_cpu_sums_each_kind_of_process_from_proc() -> None:
+    """--cpu's figures: each child's CPU seconds from /proc, summed by kind (two workers make
+    one "worker" figure), and this process's as the producer's; a child gone counts nothing."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    argv = [sys.executable, "-c", burn + "\nprint('done', flush=True)"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    children = [SimpleNamespace(name=f"worker {n}", proc=p) for n, p in enumerate(procs)]
+    stack = SimpleNamespace(started=children)
+    try:
+        assert [p.stdout.readline() for p in procs if p.stdout] == ["done\n", "done\n"]
+        burnt = stress.cpu_seconds(stack)  # type: ignore[arg-type]  # exited, not yet reaped
+        assert set(burnt) == {"worker", "producer"} and burnt["worker"] >= 0.55
+    finally:
+        for p in procs:
+            p.wait()
+    assert set(stress.cpu_seconds(stack)) == {"producer"}  # type: ignore[arg-type]
+    before, after = Counter(worker=1.0, producer=0.5), Counter(worker=3.0, producer=1.5)
+    assert stress.per_call(before, after, 1000) == (
+        "CPU per call, ms: producer 1.00, worker 2.00; all 3.00"
+    )

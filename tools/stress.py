@@ -10,8 +10,12 @@ holds what they were; tools/bench.py runs the same rounds on two runners.
 """
 
 import argparse
+import contextlib
+import os
 import shutil
 import sys
+import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
 HOSTS = ", each from its own copy of the project"
 PACKAGES = ("demo", "stand_in")  # what a host's copy of the project holds besides the app's module
+TICKS = os.sysconf("SC_CLK_TCK")  # /proc's CPU times are counted in these
 
 
 def build_parser(
@@ -49,6 +54,8 @@ def build_parser(
     parser.add_argument("--hosts", action="store_true", help=hosts)
     batch = "with --atomic-claim: enqueue each scenario's calls as one parallelize (not D's)"
     parser.add_argument("--batch", action="store_true", help=batch)
+    cpu = "print each scenario's CPU per call, in ms, for each process: docs/speed.md"
+    parser.add_argument("--cpu", action="store_true", help=cpu)
     return parser
 
 
@@ -126,7 +133,8 @@ def play(
         print(setup)
     chosen = given.chosen(args)
     stage = launch.stage(args, stack, runner)
-    outcomes = rounds(stage, args.rounds, view, quiet, chosen, batch=args.batch)
+    metered = stack if args.cpu else None
+    outcomes = rounds(stage, args.rounds, view, quiet, chosen, batch=args.batch, metered=metered)
     print(distribution(outcomes, chosen))
     print(efficiency(outcomes))
     if counted := claims(stack.app):
@@ -142,11 +150,13 @@ def rounds(
     chosen: list[Scenario],
     prefix: str = "",
     batch: bool = False,
+    metered: Stack | None = None,
 ) -> list[Outcome]:
     """The chosen scenarios, in order, `rounds` times, on the stage's API and workers.
 
     Each is run as enqueue.py runs one, shown in the first round and wherever it broke a
-    promise (quiet: only there); one line sums up each of several rounds. A worker or the API
+    promise (quiet: only there); one line sums up each of several rounds; with `metered`, each
+    scenario's CPU per call for each of that stack's processes and this one. A worker or the API
     that dies stops it (the stage's check), unless a dead worker is replaced. It returns every
     outcome, in the order run; the verdict is the caller's.
     """
@@ -157,14 +167,34 @@ def rounds(
             label = prefix + each.label
             label = label if rounds == 1 else f"round {round_no}/{rounds}, {label}"
             stage.provider.reset(each.heading, stage.shape.hold, **each.quota)
+            before = cpu_seconds(metered)
             sent = steps.enqueue(each, stage.shape, batch)
             steps.wait(sent, stage, label)
             found = steps.outcome(sent, stage.provider)
+            if metered:
+                print(f"  {label}: {per_call(before, cpu_seconds(metered), found.invocations)}")
             this_round.append(show.outcome(found, view, quiet=quiet or round_no > 1))
         outcomes += this_round
         if rounds > 1:
             print(f"round {round_no}/{rounds}: {one_line(this_round)}", flush=True)
     return outcomes
+
+
+def cpu_seconds(stack: Stack | None) -> Counter[str]:
+    """CPU seconds so far: this process's (the producer's) and each live child's, by kind."""
+    found: Counter[str] = Counter()
+    for child in stack.started if stack else []:
+        with contextlib.suppress(OSError):  # gone
+            fields = Path(f"/proc/{child.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            found[child.name.split()[0]] += (int(fields[11]) + int(fields[12])) / TICKS
+    found["producer"] = time.process_time()
+    return found
+
+
+def per_call(before: Counter[str], after: Counter[str], calls: int) -> str:
+    spent = {name: (after[name] - before[name]) * 1000 / max(calls, 1) for name in after}
+    shown = ", ".join(f"{name} {ms:.2f}" for name, ms in sorted(spent.items()))
+    return f"CPU per call, ms: {shown}; all {sum(spent.values()):.2f}"
 
 
 def claims(app: "Pynenc") -> str:

@@ -17,6 +17,7 @@ from pynenc.invocation.status import InvocationStatus as S
 from pynenc.runner.runner_context import RunnerContext
 from pynenc_redis.orchestrator import RedisOrchestrator
 
+from keyclaim import redis_claim
 from keyclaim.decision import Decision, Holder
 from keyclaim.redis_claim import AtomicClaimRedisOrchestrator
 
@@ -178,6 +179,53 @@ def contention() -> dict[str, Any]:
     }
 
 
+def unrelated_release() -> dict[str, Any]:
+    """A free key's claim, between its read of the token floor and its EXEC: another key's
+    last call ends, its idle counter folded into the floor. The claim must not be sent back."""
+    app.purge()
+    holding, ctx = claimer(Claimer)
+    ended = tasks.call_keyed("hooli", "op0")
+    assert take(holding, ctx) == [ended.invocation_id]
+    holding.set_invocation_status(ended.invocation_id, S.RUNNING, ctx)
+    call = tasks.call_keyed("aviato", "op0")
+    claiming, ctx2 = claimer(Claimer)
+    original = redis_claim.first_token
+
+    def first_token(now: float) -> int:  # called after the floor is read, before MULTI
+        redis_claim.first_token = original
+        holding.set_invocation_status(ended.invocation_id, S.SUCCESS, ctx)  # raises the floor
+        return original(now)
+
+    redis_claim.first_token = first_token
+    return {
+        "taken": take(claiming, ctx2) == [call.invocation_id],
+        "tries": claiming.tries,
+        "retries": claiming.claim_counts()["retries"],
+    }
+
+
+def parked_meanwhile() -> dict[str, Any]:
+    """A key's first call is being claimed (read, not yet written) when its next call is
+    registered and parks in the key's line. The claim must not be sent back."""
+    app.purge()
+    first = tasks.call_keyed("stark", "op1")
+    claiming, ctx = claimer(Claimer, pause=True)
+    taken: dict[str, list[str]] = {}
+    thread = threading.Thread(target=lambda: taken.setdefault("one", take(claiming, ctx)))
+    thread.start()
+    try:
+        assert claiming.checked.wait(WAIT), "the claimer never reached its check"
+        tasks.call_keyed("stark", "op2")
+    finally:
+        claiming.go.set()
+        thread.join(WAIT)
+    return {
+        "taken": taken.get("one") == [first.invocation_id],
+        "tries": claiming.tries,
+        "waiting": claiming.waiting(),
+    }
+
+
 def stale_and_lost_holders() -> dict[str, Any]:
     """Holders that cannot pass their key on by themselves: one ended by a process without the
     claim, one taken off the queue by a worker that died before claiming it."""
@@ -204,6 +252,8 @@ def main() -> int:
         "race": race(),
         "park": park_and_hand_over(),
         "contention": contention(),
+        "unrelated": unrelated_release(),
+        "parked": parked_meanwhile(),
         "healing": stale_and_lost_holders(),
     }
     print(json.dumps(found))

@@ -57,7 +57,9 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
     the invocation's own status watched (the key's holder and token counter left out of WATCH),
     claimer 1's EXEC went through and both claimers were granted; with the holder's key and
     status left out of the producer's WATCH, its call was parked in a line with no holder,
-    never to run; without the pause between tries, `pauses` is empty."""
+    never to run; without the pause between tries, `pauses` is empty; with the token floor
+    watched by the claim again, another key's release sent the claim back (2 tries); with the
+    key's line watched again, the call parked meanwhile sent it back (2 tries)."""
     found = redis_script("redis_race.py", redis_url)
 
     race = found["race"]
@@ -86,6 +88,12 @@ def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> No
     first, longest = BACKOFF_SECONDS
     bounds = [min(longest, first * 2**n) for n in range(5)]
     assert all(b / 2 <= p <= b for p, b in zip(stuck["pauses"], bounds, strict=True))
+
+    # Another key's last release raises the token floor under a claim: no conflict (the floor,
+    # which every key's release writes, made claims of unrelated keys retry: 300-660 a run).
+    assert found["unrelated"] == {"taken": True, "tries": 1, "retries": 0}
+    # Nor does a call of the same key parking in its line while the key's call is claimed.
+    assert found["parked"] == {"taken": True, "tries": 1, "waiting": 1}
 
     # A holder ended without a hand-over is let go by the next registration for its key; one a
     # dead worker took off the queue is queued again by the sweep, on its second sighting.

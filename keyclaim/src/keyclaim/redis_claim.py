@@ -61,10 +61,16 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             issued = None
             if line is not None and decision.verdict is Verdict.RUN:
                 counter = self._k("fence", fence_key(line, decision.slot))
-                pipe.watch(counter, self._k("fence_floor"))
-                last = pipe.get(counter)  # none: an idle slot, its first token above the floor
-                floor = int(pipe.get(self._k("fence_floor")) or 0)
-                issued = max(first_token(now), floor + 1) if last is None else int(last) + 1
+                # The floor, unwatched: every key's last release raises it, and watching it made
+                # claims of unrelated keys conflict. It only grows, and an idle slot's counter was
+                # folded into it in the MULTI that deleted the counter, so any floor read after
+                # finding the counter gone is at least this slot's last token.
+                pipe.watch(counter)
+                if (last := pipe.get(counter)) is None:  # an idle slot: above the floor
+                    floor = int(pipe.get(self._k("fence_floor")) or 0)
+                    issued = max(first_token(now), floor + 1)
+                else:
+                    issued = int(last) + 1
             pipe.multi()
             previous = {inv_id: current.status}
             previous.update({h.invocation_id: h.record.status for h in holders})
