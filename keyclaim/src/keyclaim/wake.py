@@ -64,6 +64,8 @@ class WakeRunner(DrainingThreadRunner):
             try:
                 due_in = wakes.receive()
             except Exception as exc:  # whatever it is, the idle cadence still looks meanwhile
+                if self.wakes is None:
+                    break  # stopped: its socket closed under it
                 time.sleep(blink.failed(exc))
                 continue
             blink.answered()
