@@ -1,5 +1,6 @@
-"""A lower's given-back call, already taken off the queue by a worker that claims it after the
-lower: does it keep its place at the head of its key's line?
+"""A lower's given-back call that a worker took off the queue and claims after the lower.
+
+Does it keep its place at the head of its key's line?
 
 A gold account (three slots): two calls running, a third holding a slot not started, which a
 worker has just retrieved from the queue (pynenc's loop: retrieve, then claim), and two more in

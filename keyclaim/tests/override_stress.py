@@ -1,5 +1,6 @@
-"""Over-admission, line order and the live view while an operator changes a key's limit under
-load: three real workers, call_keyed on a few keys, the operator lowering, raising and clearing
+"""Over-admission, line order and the live view while an operator changes keys' limits.
+
+Three real workers, call_keyed on a few keys, the operator lowering, raising and clearing
 in a loop, `python -m keyclaim top --once --json` read meanwhile.
 
 python override_stress.py FOLDER [REDIS_URL] (no URL: SQLite in FOLDER). The provider holds

@@ -1,5 +1,7 @@
-"""A lower's given-back call that a worker had already taken off the queue, claimed after the
-lower, and an operator's raise racing that claim (given_back_race.py)."""
+"""A lower's given-back call claimed after the lower, and a raise racing that claim.
+
+The checks are given_back_race.py's: on the test's SQLite file, and on Redis as a script.
+"""
 
 import pytest
 from claimkit import Claim

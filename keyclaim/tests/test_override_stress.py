@@ -1,5 +1,7 @@
-"""An operator lowering, raising and clearing keys' limits under load, with three real workers
-and the live view read meanwhile (override_stress.py), on SQLite and on Redis."""
+"""An operator lowering, raising and clearing keys' limits under load, on SQLite and Redis.
+
+Three real workers, and the live view read meanwhile: override_stress.py, run as a script.
+"""
 
 import json
 import subprocess
