@@ -23,18 +23,14 @@ def test_on_sqlite_the_given_back_call_keeps_its_place(claim: Claim) -> None:
 
 @pytest.mark.slow  # a second environment's start: ~4 s
 @pytest.mark.e2e
-@pytest.mark.xfail(
-    strict=True,
-    reason="Redis: the claim's park LREMs and RPUSHes a call already at its line's head (it "
-    "goes to the end); the raise reads the head unwatched and LPOPs whatever is there then, "
-    "so c3 leaves the line unqueued and stays registered forever",
-)
 def test_on_redis_the_given_back_call_keeps_its_place_and_a_racing_raise_loses_none(
     redis_url: str,
 ) -> None:
-    """Fails today on both counts: c2 goes to the end of the line ([c3, c4, c2]); with the
-    park between the raise's read and its EXEC, c3 is popped but c2 started, and c3 is neither
-    held, queued nor in line: statuses end [success x3, registered, success], waiting 1."""
+    """c2, given back by a lower, keeps its place when its worker's claim parks it, and a raise
+    racing that park loses no call. Checked against the park before it (LREM and RPUSH of a
+    call already in line): c2 went to the end ([c3, c4, c2]), and with the park between the
+    raise's read and its EXEC, c3 was popped while c2 started: c3 neither held, queued nor in
+    line, statuses [success x3, registered, success], waiting 1."""
     found = redis_script("given_back_race.py", redis_url)
     assert found["given_back_keeps_its_place"]["after"] == IN_ORDER["before"]
     raced = found["raise_racing_a_park"]

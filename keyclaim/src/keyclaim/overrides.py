@@ -213,8 +213,8 @@ def _redis_apply(orchestrator: Any, line: str, slots: int, new: Override | None)
     o, queue = orchestrator, orchestrator.app.broker.key.default_queue()
 
     def step(pipe: Any) -> int:
-        pipe.watch(o._k(HASH))
-        holders = o._holders(pipe, line)  # watches the key's slots and line
+        pipe.watch(o._k(HASH), o._k("line", line))  # its heads are read here
+        holders = o._holders(pipe, line)  # watches the key's slots
         free = _free(holders, slots)
         waiting = pipe.lrange(o._k("line", line), 0, len(free) - 1) if free else []
         heads = [head.decode() for head in waiting]

@@ -71,6 +71,11 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                     issued = max(first_token(now), floor + 1)
                 else:
                     issued = int(last) + 1
+            # Parked already (a lowered limit gave its slot back: at the head): it keeps its
+            # place. Unwatched, as the line is: whatever takes it out also changes the key's
+            # slots, which are watched.
+            in_line = line is not None and decision.verdict is Verdict.PARK
+            in_line = in_line and pipe.lpos(self._k("line", str(line)), inv_id) is not None
             pipe.multi()
             previous = {inv_id: current.status}
             previous.update({h.invocation_id: h.record.status for h in holders})
@@ -97,9 +102,9 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     pipe.zadd(self._k("dues"), {inv_id: decision.due})
                     decision.due_in = decision.due - now
-                elif decision.verdict is Verdict.PARK:  # (once: a lowered limit may have parked it)
-                    pipe.lrem(self._k("line", line), 0, inv_id)
-                    pipe.rpush(self._k("line", line), inv_id)
+                elif decision.verdict is Verdict.PARK:
+                    if not in_line:
+                        pipe.rpush(self._k("line", line), inv_id)
                     pipe.set(self._k("parked", inv_id), line)
             return decision
 
