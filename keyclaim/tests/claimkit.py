@@ -241,3 +241,26 @@ class Workers:
     def stop_all(self) -> None:
         for worker in self.started:
             worker.stop()
+
+
+def redis_checks(app_id: str, redis_url: str, checks: Any) -> dict[str, Any]:
+    """Each in-process check on a Redis app of its own (scripts run by redis_script): a fresh
+    store for each, and claimers as a worker's orchestrator, with a beating runner of its own."""
+    from pynenc.runner.runner_context import RunnerContext
+
+    from keyclaim.redis_claim import AtomicClaimRedisOrchestrator
+
+    redis_app = claimapp.build(app_id, redis_url=redis_url)
+    bound = claimapp.bound(redis_app, "http://127.0.0.1:9")  # nothing here runs a call
+
+    def claimer() -> tuple[Any, Any]:
+        orchestrator = AtomicClaimRedisOrchestrator(redis_app)
+        ctx = RunnerContext(runner_cls="ThreadRunner")
+        orchestrator.register_runner_heartbeats([ctx.runner_id])
+        return orchestrator, ctx
+
+    found = {}
+    for check in checks:
+        redis_app.purge()
+        found[check.__name__] = check(redis_app, bound, claimer)
+    return found

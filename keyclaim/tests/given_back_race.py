@@ -104,22 +104,7 @@ def raise_racing_a_park(app: Any, tasks: Any, new: Claimer) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import claimapp
-    from pynenc.runner.runner_context import RunnerContext
+    from claimkit import redis_checks
 
-    from keyclaim.redis_claim import AtomicClaimRedisOrchestrator
-
-    redis_app = claimapp.build("keyclaim_given_back", redis_url=sys.argv[1])
-    bound = claimapp.bound(redis_app, "http://127.0.0.1:9")
-
-    def claimer() -> tuple[Any, Any]:
-        orchestrator = AtomicClaimRedisOrchestrator(redis_app)
-        ctx = RunnerContext(runner_cls="ThreadRunner")
-        orchestrator.register_runner_heartbeats([ctx.runner_id])
-        return orchestrator, ctx
-
-    found = {}
-    for check in (given_back_keeps_its_place, raise_racing_a_park):
-        redis_app.purge()
-        found[check.__name__] = check(redis_app, bound, claimer)
-    print(json.dumps(found))
+    checks = (given_back_keeps_its_place, raise_racing_a_park)
+    print(json.dumps(redis_checks("keyclaim_given_back", sys.argv[1], checks)))

@@ -134,22 +134,6 @@ CHECKS = (
 
 
 if __name__ == "__main__":
-    import claimapp
-    from pynenc.runner.runner_context import RunnerContext
+    from claimkit import redis_checks
 
-    from keyclaim.redis_claim import AtomicClaimRedisOrchestrator
-
-    redis_app = claimapp.build("keyclaim_tiers", redis_url=sys.argv[1])
-    bound = claimapp.bound(redis_app, "http://127.0.0.1:9")  # nothing here runs a call
-
-    def claimer() -> tuple[Any, Any]:
-        orchestrator = AtomicClaimRedisOrchestrator(redis_app)
-        ctx = RunnerContext(runner_cls="ThreadRunner")
-        orchestrator.register_runner_heartbeats([ctx.runner_id])
-        return orchestrator, ctx
-
-    found = {}
-    for check in CHECKS:
-        redis_app.purge()
-        found[check.__name__] = check(redis_app, bound, claimer)
-    print(json.dumps(found, default=str))
+    print(json.dumps(redis_checks("keyclaim_tiers", sys.argv[1], CHECKS), default=str))

@@ -74,8 +74,9 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             # Parked already (a lowered limit gave its slot back: at the head): it keeps its
             # place. Unwatched, as the line is: whatever takes it out also changes the key's
             # slots, which are watched.
-            in_line = line is not None and decision.verdict is Verdict.PARK
-            in_line = in_line and pipe.lpos(self._k("line", str(line)), inv_id) is not None
+            in_line = False
+            if line is not None and decision.verdict is Verdict.PARK:
+                in_line = pipe.lpos(self._k("line", line), inv_id) is not None
             pipe.multi()
             previous = {inv_id: current.status}
             previous.update({h.invocation_id: h.record.status for h in holders})
