@@ -16,7 +16,8 @@ from demo.outcome import Outcome
 from demo.provider import Provider
 from demo.scenarios import Scenario, Shape
 
-POLL_SECONDS = 0.02
+# How often a scenario looks whether its calls are final: its elapsed time is late by up to this.
+POLL_SECONDS = 0.005
 # The provider's counts of a scenario, as its report and an Outcome both name them.
 COUNTS = ("calls", "collisions", "fenced", "throttled", "replayed", "conflicts")
 
