@@ -26,6 +26,21 @@ def test_a_call_for_a_free_key_wakes_its_worker_without_the_idle_cadence(
     assert (looks.get("notified"), looks.get("idle", 0)) == (found["sent"], 0), looks
 
 
+def test_a_call_handed_the_key_runs_in_the_thread_it_was_handed_from(
+    claim: Claim, tmp_path: Path
+) -> None:
+    """Five calls for one key, one worker, its cadence 60 s: the first is claimed by a loop its
+    notification started, and each of the other four, handed the key as the one before ends,
+    is taken off the queue and run by that call's thread (keyclaim.handover), no loop woken
+    for it. Checked by mutation: with take_handed() waking the loop instead of taking, 0 were
+    taken by a thread."""
+    found = counted(claim, tmp_path, workers=1, calls=5, idle="60", one_key=True)
+    assert found["statuses"] == [SUCCESS] * 5
+    (looks,) = found["looks"]
+    assert looks.get("taken by the thread it was handed from") == 4, looks
+    assert (looks.get("notified"), looks.get("idle", 0)) == (found["sent"], 0), looks
+
+
 @pytest.mark.slow  # three workers' start
 def test_one_notification_wakes_one_worker_of_three(claim: Claim, tmp_path: Path) -> None:
     """Six calls for six free keys, three workers: one loop started by a notification for each

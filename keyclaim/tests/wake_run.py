@@ -25,10 +25,17 @@ def loops(log: str) -> dict[str, int]:
 
 
 def counted(
-    claim: Claim, folder: Path, workers: int, calls: int, idle: str, drop: bool = False
+    claim: Claim,
+    folder: Path,
+    workers: int,
+    calls: int,
+    idle: str,
+    drop: bool = False,
+    one_key: bool = False,
 ) -> dict:
     """drop: the producer's notifications are lost (never sent), for calls open to merging
-    (claimapp.call_merged): off the queue until a worker releases them at their due time."""
+    (claimapp.call_merged): off the queue until a worker releases them at their due time.
+    one_key: every call for the same key, each handed the key by the one before."""
     if drop:
         claim.app.orchestrator.notify = lambda due_in, count: None
     started = Workers(claim, folder)
@@ -40,14 +47,16 @@ def counted(
             idle_once = partial(started.started[0].logged, "wake runner idle")
             wait_until(idle_once, WAIT, "the worker's first idle wait")
         task = claim.tasks.call_merged if drop else claim.tasks.call_keyed
-        sent = [task(unique(), "op") for _ in range(calls)]
+        key = unique()
+        sent = [task(key if one_key else unique(), "op") for _ in range(calls)]
         statuses = claim.final(*(call.invocation_id for call in sent), deadline=20)
     finally:
         started.stop_all()
     logs = [worker.log_path.read_text() for worker in started.started]
     # Each call queued sends one notification: the test's, and the workers' own (pynenc's
     # recovery tasks, which its cron registers as a worker starts).
-    sent = (0 if drop else calls) + sum(log.count("REGISTERED, ROUTED") for log in logs)
+    queued = 1 if one_key else calls  # the others wait in the key's line
+    sent = (0 if drop else queued) + sum(log.count("REGISTERED, ROUTED") for log in logs)
     looks = [loops(log) for log in logs]
     return {"statuses": [status.value for status in statuses], "looks": looks, "sent": sent}
 

@@ -30,6 +30,7 @@ from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 from keyclaim import config, decision, fleet, keys, limits, outage, versions
 from keyclaim.decision import Decision, Holder, Verdict
 from keyclaim.errors import Refused
+from keyclaim.handover import HandOver
 from keyclaim.keys import key_arguments, waits_in_line
 from keyclaim.recovery import ClaimRecovery
 from keyclaim.tokens import SLOT_ATTRIBUTE, TOKEN_ATTRIBUTE
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 S = InvocationStatus
 
 
-class AtomicClaim(ClaimRecovery):
+class AtomicClaim(HandOver, ClaimRecovery):
     """The backend-independent half, mixed in before pynenc's own orchestrator of the backend
     (keyclaim.sqlite_claim, keyclaim.redis_claim), which implements the ClaimStore steps."""
 

@@ -171,9 +171,17 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             self._write_status(conn, invocation_id, new)
             handed = self._release(conn, invocation_id) if new.status.is_final() else None
             conn.commit()
-        if handed:  # the next call of the key is queued: this process's runner may go, once
-            transaction.after_commit(self.sqlite_db_path, self.wake_now)  # it is committed
+        if handed:  # the next call of the key is queued: this runner may take it, once
+            transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))
         return new
+
+    def dequeue(self, invocation_id: str) -> bool:
+        queue = self.app.broker.tables.QUEUE
+        with self._connect() as conn:
+            self._begin(conn)
+            gone = conn.execute(f"DELETE FROM {queue} WHERE invocation_id = ?", (invocation_id,))
+            conn.commit()
+        return gone.rowcount > 0
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float

@@ -43,6 +43,7 @@ class WakeRunner(DrainingThreadRunner):
     def _on_start(self) -> None:
         super()._on_start()
         self.finished = threading.Event()
+        self.swapping = threading.Lock()
         self.idle = float(self.app.config_values.get(IDLE_KEY, DEFAULT_IDLE))
         self.fleet, self.counted_at = 1, float("-inf")
         # How its loops were started: woken (and how often by a notification), at the idle
@@ -123,10 +124,30 @@ class WakeRunner(DrainingThreadRunner):
         return self.idle * self.fleet
 
     def _run(self, invocation: "DistributedInvocation") -> None:
+        """The call, then, with the claim, each call its end hands the key to, while this thread
+        can take it off the queue first: no trip through the queue and the loop for them."""
+        orchestrator, first = self.app.orchestrator, invocation.invocation_id
+        take = getattr(orchestrator, "take_handed", None)
         try:
-            invocation.run(self.runner_context)
+            while invocation is not None:
+                ran = False
+                if take is not None:
+                    orchestrator.takes_handed()
+                try:
+                    invocation.run(self.runner_context)
+                    ran = True
+                finally:
+                    invocation = take and take(self.runner_context, ran and self.running)
+                if invocation is not None:
+                    self.looks["taken by the thread it was handed from"] += 1
+                    with self.swapping:  # what a stop drains, and names, is this call now
+                        self.threads[first] = ThreadInfo(threading.current_thread(), invocation)
         finally:
             self.finished.set()
+
+    def _reclaim_available_slots(self) -> int:
+        with self.swapping:  # not while a thread names its next call
+            return super()._reclaim_available_slots()
 
     def _invocations_to_run(self, slots: int) -> "Iterator[DistributedInvocation]":
         """Claimed one by one, each started before the next is claimed, as ThreadRunner does."""
