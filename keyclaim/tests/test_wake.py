@@ -7,7 +7,8 @@ timed: the idle cadence is set long, so a loop started by it shows as "idle"."""
 from pathlib import Path
 
 import pytest
-from claimkit import Claim, free_port
+from claimkit import Claim, Workers, free_port, unique
+from pynenc.invocation.status import InvocationStatus as S
 from test_redis_claim import redis_script
 from wake_run import counted
 
@@ -39,6 +40,34 @@ def test_a_call_handed_the_key_runs_in_the_thread_it_was_handed_from(
     (looks,) = found["looks"]
     assert looks.get("taken by the thread it was handed from") == 4, looks
     assert (looks.get("notified"), looks.get("idle", 0)) == (found["sent"], 0), looks
+
+
+def test_a_thread_takes_the_oldest_call_so_a_handed_call_keeps_its_place(
+    claim: Claim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One worker of one thread. A key's two calls, then three calls for free keys, while the
+    first is held in flight: its end hands the key to the second, queued behind the three, and
+    the thread takes the oldest call, as the loop would: the three run before it. Checked by
+    mutation: with the thread taking the newest call off the queue (the one it handed the key
+    to), that call ran second."""
+    monkeypatch.setenv("PYNENC__CONFIGTHREADRUNNER__MAX_THREADS", "1")
+    key, tasks, workers = unique(), claim.tasks, Workers(claim, tmp_path)
+    try:
+        workers.start(runner="wake", idle="60", dead_after="120", longest_call="10")
+        with claim.provider.paused():
+            first, handed = (tasks.call_keyed(key, op) for op in ("first", "handed"))
+            claim.provider.wait_in_flight(key)
+            free = [tasks.call_keyed(unique(), "free") for _ in range(3)]
+        calls = [first, handed, *free]
+        assert claim.final(*(c.invocation_id for c in calls), deadline=20) == [S.SUCCESS] * 5
+    finally:
+        workers.stop_all()
+
+    def started(call: object) -> float:
+        history = claim.app.state_backend.get_history(call.invocation_id)  # type: ignore[attr-defined]
+        return min(e.timestamp for e in history if e.status_record.status is S.RUNNING)
+
+    assert sorted(calls, key=started) == [first, *free, handed]
 
 
 @pytest.mark.slow  # three workers' start

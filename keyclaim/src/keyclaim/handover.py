@@ -1,17 +1,18 @@
-"""A worker's thread that hands its key on runs the next call itself.
+"""A worker's thread that hands its key on takes the next call off the queue itself.
 
 A holder's final status hands its slot to the head of the key's line and queues that call; a
 worker then had to wake its loop, take the call off the queue, claim it in a second step and
-start a thread for it. Here the thread whose call ended (keyclaim.wake) takes that call off the
-queue and claims it in one step of the store, and runs it: the key's hand-over costs the
-outcome, that step and the next call's RUNNING. If another worker took the call first, or the
-thread cannot run it (its runner stops, its call raised, the store does not answer), it stays
-on the queue and the runner's loop is woken for it, as before. Retired with the claim (the
-upstream change: the repo's docs/upstream.md, section 11).
+start a thread for it. Here the thread whose call ended (keyclaim.wake) takes the oldest call
+off the queue and claims it in one step of the store, and runs it: the handed call when
+nothing older waits, so the queue's order holds and a busy key's chain never keeps a thread
+from calls queued before it. The hand-over then costs the outcome, that step and the next
+call's RUNNING. A thread that takes another call, or cannot take one (its runner stops, its
+call raised, the store does not answer), wakes its runner's loop for the handed call, as before.
+Retired with the claim (the upstream change: the repo's docs/upstream.md, section 11).
 
-On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
-pops a handed call the moment it is queued, so a thread would mostly find it gone, at the cost
-of a scan of the queue (LREM) each time.
+On SQLite, with pynenc 0.3.1's queue, only: pynenc-redis's loop waits on the queue itself (BLPOP,
+`queue_timeout_sec`) and pops a handed call the moment it is queued; pynenc 0.4.0's runner reads
+its queues by name and priority, which its loop keeps.
 """
 
 import threading
@@ -34,7 +35,7 @@ class HandOver:
     app: Any
     # AtomicClaim's and its store's
     wake_now: "Callable[[], None]"
-    dequeue: "Callable[[str], bool]"
+    dequeue: "Callable[[], str | None]"
     claim: "Callable[..., Verdict]"
     _route: "Callable[[str], None]"
 
@@ -58,40 +59,43 @@ class HandOver:
     def take_handed(
         self, runner_ctx: "RunnerContext", take: bool = True
     ) -> "DistributedInvocation | None":
-        """The call this thread's last final status handed its slot to, claimed for this runner
-        if it is still on the queue (another worker may have taken it); else None. With take
-        False (the runner stops, or the call raised), or a store that does not answer, the
-        runner's loop is woken for it instead."""
+        """When this thread's last final status handed its key on: the oldest call on the
+        queue, claimed for this runner, to run in this thread (the handed call itself unless
+        older ones wait: the queue's order holds). The runner's loop is woken for the handed
+        call if this thread did not take it, or could not (take False: the runner stops, or its
+        call raised; a store that does not answer)."""
         handed, self._here.handed = getattr(self._here, "handed", []), []
+        if not handed:
+            return None
         taken = None
-        for invocation_id in handed:
-            if take and taken is None:
-                try:
-                    taken = self._take(invocation_id, runner_ctx)
-                    continue  # ours; or gone from the queue, or waiting for its rate
-                except Exception as exc:
-                    if not outage.is_transient(exc):
-                        raise
+        try:
+            taken = self._take_oldest(runner_ctx) if take else None
+        except Exception as exc:
+            if not outage.is_transient(exc):
+                raise
+        if taken is None or taken.invocation_id not in handed:
             self.wake_now()
         return taken
 
-    def _take(
-        self, invocation_id: str, runner_ctx: "RunnerContext"
-    ) -> "DistributedInvocation | None":
-        """Off the queue and claimed, in one transaction where the store has them."""
-        with self._one():
-            if not self.dequeue(invocation_id):
+    def _take_oldest(self, runner_ctx: "RunnerContext") -> "DistributedInvocation | None":
+        """As the loop takes calls: off the queue and claimed (here in one transaction, where
+        the store has them), until one may run; one the store could not decide goes back."""
+        while True:
+            with self._one():
+                if (invocation_id := self.dequeue()) is None:
+                    return None
+                invocation = self.app.state_backend.get_invocation(invocation_id)
+                try:
+                    verdict = self.claim(invocation, runner_ctx)
+                except Exception:
+                    with suppress(Exception):
+                        self._route(invocation_id)  # in a transaction: undone with the rest
+                    raise
+            if verdict is Verdict.RUN:
+                return invocation
+            if verdict is Verdict.REQUEUE:
+                self._route(invocation_id)
                 return None
-            invocation = self.app.state_backend.get_invocation(invocation_id)
-            try:
-                verdict = self.claim(invocation, runner_ctx)
-            except Exception:
-                with suppress(Exception):
-                    self._route(invocation_id)  # in a transaction: undone with the rest
-                raise
-        if verdict is Verdict.REQUEUE:
-            self._route(invocation_id)
-        return invocation if verdict is Verdict.RUN else None
 
     def _one(self) -> AbstractContextManager[None]:
         """Several steps in one transaction, where the store has them (keyclaim.sqlite_claim)."""

@@ -175,13 +175,20 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))
         return new
 
-    def dequeue(self, invocation_id: str) -> bool:
+    def dequeue(self) -> str | None:
+        """The oldest invocation off the queue, as pynenc 0.3.1's broker takes it; None when
+        empty, or where the runner reads its queues by name (pynenc 0.4.0): its loop does."""
+        if self._queue_by_name:
+            return None
         queue = self.app.broker.tables.QUEUE
         with self._connect() as conn:
             self._begin(conn)
-            gone = conn.execute(f"DELETE FROM {queue} WHERE invocation_id = ?", (invocation_id,))
+            row = conn.execute(
+                f"DELETE FROM {queue} WHERE id = (SELECT id FROM {queue} "
+                "ORDER BY created_at, id LIMIT 1) RETURNING invocation_id"
+            ).fetchone()
             conn.commit()
-        return gone.rowcount > 0
+        return None if row is None else str(row[0])
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
