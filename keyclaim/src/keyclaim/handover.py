@@ -10,9 +10,8 @@ call's RUNNING. A thread that takes another call, or cannot take one (its runner
 call raised, the store does not answer), wakes its runner's loop for the handed call, as before.
 Retired with the claim (the upstream change: the repo's docs/upstream.md, section 11).
 
-On SQLite, with pynenc 0.3.1's queue, only: pynenc-redis's loop waits on the queue itself (BLPOP,
-`queue_timeout_sec`) and pops a handed call the moment it is queued; pynenc 0.4.0's runner reads
-its queues by name and priority, which its loop keeps.
+On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
+pops a handed call the moment it is queued.
 """
 
 import threading
@@ -35,7 +34,7 @@ class HandOver:
     app: Any
     # AtomicClaim's and its store's
     wake_now: "Callable[[], None]"
-    dequeue: "Callable[[], str | None]"
+    dequeue: "Callable[[str], str | None]"
     claim: "Callable[..., Verdict]"
     _route: "Callable[[str], None]"
 
@@ -69,7 +68,7 @@ class HandOver:
             return None
         taken = None
         try:
-            taken = self._take_oldest(runner_ctx) if take else None
+            taken = self._take_oldest(runner_ctx, handed[0]) if take else None
         except Exception as exc:
             if not outage.is_transient(exc):
                 raise
@@ -77,12 +76,15 @@ class HandOver:
             self.wake_now()
         return taken
 
-    def _take_oldest(self, runner_ctx: "RunnerContext") -> "DistributedInvocation | None":
-        """As the loop takes calls: off the queue and claimed (here in one transaction, where
-        the store has them), until one may run; one the store could not decide goes back."""
+    def _take_oldest(
+        self, runner_ctx: "RunnerContext", handed: str
+    ) -> "DistributedInvocation | None":
+        """As the loop takes calls (pynenc 0.4.0: from the handed call's queue): off the queue
+        and claimed (here in one transaction, where the store has them), until one may run;
+        one the store could not decide goes back."""
         while True:
             with self._one():
-                if (invocation_id := self.dequeue()) is None:
+                if (invocation_id := self.dequeue(handed)) is None:
                     return None
                 invocation = self.app.state_backend.get_invocation(invocation_id)
                 try:

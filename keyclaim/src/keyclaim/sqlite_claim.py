@@ -175,17 +175,20 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))
         return new
 
-    def dequeue(self) -> str | None:
-        """The oldest invocation off the queue, as pynenc 0.3.1's broker takes it; None when
-        empty, or where the runner reads its queues by name (pynenc 0.4.0): its loop does."""
-        if self._queue_by_name:
-            return None
+    def dequeue(self, beside: str) -> str | None:
+        """The oldest invocation off the queue, in the order pynenc's broker takes them (0.4.0:
+        of the queue `beside` is on, by priority); None when none is left there."""
         queue = self.app.broker.tables.QUEUE
+        where, order = "", "created_at, id"
+        if self._queue_by_name:
+            where = f"WHERE queue_name = (SELECT queue_name FROM {queue} WHERE invocation_id = ?)"
+            order = "priority DESC, created_at, id"
         with self._connect() as conn:
             self._begin(conn)
             row = conn.execute(
-                f"DELETE FROM {queue} WHERE id = (SELECT id FROM {queue} "
-                "ORDER BY created_at, id LIMIT 1) RETURNING invocation_id"
+                f"DELETE FROM {queue} WHERE id = (SELECT id FROM {queue} {where} "
+                f"ORDER BY {order} LIMIT 1) RETURNING invocation_id",
+                (beside,) if where else (),
             ).fetchone()
             conn.commit()
         return None if row is None else str(row[0])
