@@ -23,6 +23,7 @@ RUN_DEADLINE = 1800.0
 REDIS = ("--isolated", "--group", "redis")  # the plugin, in an environment of uv's own
 STARTS = re.compile(r"^start-up: ([\d.]+)s .*?([\d.]+) CPU-seconds", re.M)
 B_ROW = re.compile(r"^B\. keyed\s+([\d.]+)s\s+[\d.]+s\s+(\d+%)", re.M)
+B_CPU = re.compile(r"^  B\. keyed: CPU per call, ms: .*$", re.M)  # --cpu's line
 
 
 def _run(argv: list[str], log: Path) -> str:
@@ -55,7 +56,8 @@ def many(args: argparse.Namespace, log_dir: Path) -> dict[str, str]:
     backend: its elapsed and efficiency as tools.stress prints them, and its collisions."""
     found = {}
     for backend in ("sqlite", "redis"):
-        for side, claim in (("stock pynenc", []), ("claim", ["--atomic-claim"])):
+        claimed = ["--atomic-claim", "--runner", "wake", "--cpu"]  # as the bench's claim runs
+        for side, claim in (("stock pynenc", []), ("claim, wake runner", claimed)):
             argv = ["uv", "run", *(REDIS if backend == "redis" else ()), "python", "-m"]
             argv += ["tools.stress", *claim, "--backend", backend, "--rounds", "1"]
             argv += ["--accounts", str(args.bench_many), "--ops", str(MANY.ops)]
@@ -67,6 +69,8 @@ def many(args: argparse.Namespace, log_dir: Path) -> dict[str, str]:
             text = f"{row[1]}s ({row[2]})" if row else "no figure"
             if collided and int(collided[1]):
                 text += f", {collided[1]} collisions"
+            if cpu := B_CPU.search(out):
+                text += f", CPU per call, ms: {cpu[0].split(': ', 2)[2]}"
             found[f"{backend} {side}"] = text
     return found
 
