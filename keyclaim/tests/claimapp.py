@@ -94,8 +94,30 @@ def blink(times: int, redis: bool) -> None:
     AtomicClaim._still_holds = still_holds  # type: ignore[method-assign]
 
 
+def die_at(step: str) -> None:
+    """The worker is SIGKILLed as the thread a key was handed to takes its next call: once it
+    is off the queue ("dequeue": before its claim, where they are two transactions), or once
+    it is claimed too ("take": before it runs)."""
+    import signal
+
+    from keyclaim.handover import HandOver
+    from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Sqlite
+
+    owner, name = (Sqlite, "dequeue") if step == "dequeue" else (HandOver, "take_handed")
+    step_itself = getattr(owner, name)
+
+    def then_die(self: Any, *args: Any) -> Any:
+        if found := step_itself(self, *args):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return found
+
+    setattr(owner, name, then_die)
+
+
 def _from_environment() -> "Pynenc":
     env = os.environ.get
+    if step := env("KEYCLAIM_TEST_DIE_AT"):
+        die_at(step)
     if blinks := int(env("KEYCLAIM_TEST_BLINKS", "0")):
         blink(blinks, redis=bool(env("KEYCLAIM_TEST_REDIS")))
     return build(

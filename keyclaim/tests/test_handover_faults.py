@@ -1,0 +1,75 @@
+"""The hand-over in a call's own thread (keyclaim.handover) when its wake worker is stopped or
+killed around it.
+
+One key, three calls: the provider holds op1 in flight (`paused`) while op2 and op3 wait in the
+key's line, so each fault lands at op1's end, where its thread takes op2, without timing luck.
+"""
+
+import signal
+
+import pytest
+from claimkit import WAIT, Claim, Workers, unique, wait_until
+from pynenc.invocation.status import InvocationStatus as S
+from wake_run import loops
+
+pytestmark = pytest.mark.slow  # real workers stopped and killed
+
+WAKE = {"runner": "wake", "dead_after": "3", "longest_call": "2"}
+TAKEN = "taken by the thread it was handed from"
+
+
+def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) -> None:
+    """SIGTERM the worker while op1 is in flight: the drain waits for op1, and op1's thread,
+    its runner stopping, leaves op2 on the queue (its loop woken, not run) rather than run it;
+    the next worker runs op2 and op3, each once. Checked by mutation: with WakeRunner._run
+    taking whatever its runner's state (`ran` for `ran and self.running`), the draining
+    worker ran op2 and op3 itself and this test failed."""
+    acct, first = unique(), workers.start(**WAKE)
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+        first.signal(signal.SIGTERM)
+        wait_until(lambda: first.logged("Draining 1 call(s)"), WAIT, "the drain to begin")
+    assert first.proc.wait(WAIT) == 0
+    ids = [call.invocation_id for call in calls]
+    assert claim.final(ids[0]) == [S.SUCCESS]
+    assert [claim.status(i).is_final() for i in ids[1:]] == [False, False]
+    assert TAKEN not in loops(first.log_path.read_text())
+    workers.start(**WAKE)
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
+
+
+@pytest.mark.parametrize(
+    ("step", "left", "moved"),
+    [
+        ("dequeue", S.REGISTERED, "holds its key again"),
+        ("take", S.PENDING, "recovered from a dead runner"),
+    ],
+)
+def test_a_worker_killed_as_its_thread_takes_the_handed_call(
+    claim: Claim, workers: Workers, step: str, left: S, moved: str
+) -> None:
+    """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim:
+    the claim's connections are not kept, so they are two transactions) or claimed it (before
+    it runs). The next worker's sweep moves op2 on (healed as a holder on no queue, or
+    recovered as PENDING too long), and op2 and op3 run, each once. Checked by mutation: with
+    heal_holders finding no holder off the queue (`again` always empty), op2 of "dequeue"
+    never ran and final() gave up; with recover_in_store never finding a PENDING call lost,
+    op2 of "take" waited for pynenc's own recovery (a cron, once a minute) and the sweep's
+    line was missing."""
+    acct, first = unique(), workers.start(**WAKE, die_at=step)
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+    assert first.proc.wait(WAIT) == -signal.SIGKILL
+    ids = [call.invocation_id for call in calls]
+    assert [claim.status(i) for i in ids] == [S.SUCCESS, left, S.REGISTERED]
+    second = workers.start(**WAKE)
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert second.logged(f"invocation:{ids[1]} {moved}")
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
