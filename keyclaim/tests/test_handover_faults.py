@@ -43,24 +43,26 @@ def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) 
 
 
 @pytest.mark.parametrize(
-    ("step", "left", "moved"),
+    ("step", "keep", "left", "moved"),
     [
-        ("dequeue", S.REGISTERED, "holds its key again"),
-        ("take", S.PENDING, "recovered from a dead runner"),
+        ("dequeue", "", S.REGISTERED, "holds its key again"),
+        ("dequeue", "1", S.REGISTERED, None),
+        ("take", "", S.PENDING, "recovered from a dead runner"),
     ],
 )
 def test_a_worker_killed_as_its_thread_takes_the_handed_call(
-    claim: Claim, workers: Workers, step: str, left: S, moved: str
+    claim: Claim, workers: Workers, step: str, keep: str, left: S, moved: str | None
 ) -> None:
-    """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim:
-    the claim's connections are not kept, so they are two transactions) or claimed it (before
-    it runs). The next worker's sweep moves op2 on (healed as a holder on no queue, or
-    recovered as PENDING too long), and op2 and op3 run, each once. Checked by mutation: with
-    heal_holders finding no holder off the queue (`again` always empty), op2 of "dequeue"
-    never ran and final() gave up; with recover_in_store never finding a PENDING call lost,
-    op2 of "take" waited for pynenc's own recovery (a cron, once a minute) and the sweep's
-    line was missing."""
-    acct, first = unique(), workers.start(**WAKE, die_at=step)
+    """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim)
+    or claimed it (before it runs). With kept connections the take is one transaction, undone
+    by the kill: op2 is still on the queue. Else the next worker's sweep moves op2 on (healed
+    as a holder on no queue, or recovered as PENDING too long). op2 and op3 run, each once.
+    Checked by mutation: with heal_holders finding no holder off the queue (`again` always
+    empty), op2 of "dequeue" never ran and final() gave up; with HandOver._one a
+    nullcontext, kept op2 had to be healed; with recover_in_store never finding a PENDING
+    call lost, op2 of "take" waited for pynenc's own recovery (a cron, once a minute) and the
+    sweep's line was missing."""
+    acct, first = unique(), workers.start(**WAKE, die_at=step, keep=keep)
     with claim.provider.paused():
         calls = [claim.tasks.call_keyed(acct, "op1")]
         claim.provider.wait_in_flight(acct)
@@ -68,8 +70,9 @@ def test_a_worker_killed_as_its_thread_takes_the_handed_call(
     assert first.proc.wait(WAIT) == -signal.SIGKILL
     ids = [call.invocation_id for call in calls]
     assert [claim.status(i) for i in ids] == [S.SUCCESS, left, S.REGISTERED]
-    second = workers.start(**WAKE)
+    second = workers.start(**WAKE, keep=keep)
     assert claim.final(*ids) == [S.SUCCESS] * 3
-    assert second.logged(f"invocation:{ids[1]} {moved}")
+    for line in ("holds its key again", "recovered from a dead runner"):
+        assert second.logged(f"invocation:{ids[1]} {line}") is (line == moved)
     assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
     assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
