@@ -82,8 +82,8 @@ class HandOver:
         with self._one():
             if not self.dequeue(invocation_id):
                 return None
-            invocation = self.app.state_backend.get_invocation(invocation_id)
-            try:
+            try:  # off the queue: back on it if any step after fails (without a transaction)
+                invocation = self.app.state_backend.get_invocation(invocation_id)
                 verdict = self.claim(invocation, runner_ctx)
             except Exception:
                 with suppress(Exception):
