@@ -1,5 +1,5 @@
 """The hand-over in a call's own thread (keyclaim.handover) when its wake worker is stopped or
-killed around it.
+killed around it, or its store does not answer in the middle of it.
 
 One key, three calls: the provider holds op1 in flight (`paused`) while op2 and op3 wait in the
 key's line, so each fault lands at op1's end, where its thread takes op2, without timing luck.

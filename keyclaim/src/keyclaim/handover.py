@@ -6,8 +6,10 @@ start a thread for it. Here the thread whose call ended (keyclaim.wake) takes th
 queue and claims it in one step of the store, and runs it: the key's hand-over costs the
 outcome, that step and the next call's RUNNING. If another worker took the call first, or the
 thread cannot run it (its runner stops, its call raised, the store does not answer), it stays
-on the queue and the runner's loop is woken for it, as before. Retired with the claim (the
-upstream change: the repo's docs/upstream.md, section 11).
+on the queue and the runner's loop is woken for it, as before. One step with kept
+connections; else the dequeue commits alone and the call is put back if its read or claim
+fails (a worker killed in between, or a store that cannot take it back: its key is healed by
+a sweep, keyclaim.recovery). Retired with the claim (docs/upstream.md, section 11).
 
 On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
 pops a handed call the moment it is queued, so a thread would mostly find it gone, at the cost
