@@ -9,7 +9,8 @@ thread cannot run it (its runner stops, its call raised, the store does not answ
 on the queue and the runner's loop is woken for it, as before. One step with kept
 connections; else the dequeue commits alone and the call is put back if its read or claim
 fails (a worker killed in between, or a store that cannot take it back: its key is healed by
-a sweep, keyclaim.recovery). Retired with the claim (docs/upstream.md, section 11).
+a sweep, keyclaim.recovery). Retired with the claim (the upstream change: the repo's
+docs/upstream.md, section 11).
 
 On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
 pops a handed call the moment it is queued, so a thread would mostly find it gone, at the cost
