@@ -1,8 +1,9 @@
-"""The hand-over in a call's own thread (keyclaim.handover) when its wake worker is stopped or
-killed around it, or its store does not answer in the middle of it.
+"""The hand-over in a call's own thread (keyclaim.handover) under a stop, a kill or a blink.
 
-One key, three calls: the provider holds op1 in flight (`paused`) while op2 and op3 wait in the
-key's line, so each fault lands at op1's end, where its thread takes op2, without timing luck.
+Its wake worker is stopped or killed around it, or its store does not answer in the middle of
+it. One key, three calls: the provider holds op1 in flight (`paused`) while op2 and op3 wait
+in the key's line, so each fault lands at op1's end, where its thread takes op2, without
+timing luck.
 """
 
 import signal
