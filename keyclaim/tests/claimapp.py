@@ -94,11 +94,43 @@ def blink(times: int, redis: bool) -> None:
     AtomicClaim._still_holds = still_holds  # type: ignore[method-assign]
 
 
+def fault_at_take(app: "Pynenc", fault: str) -> None:
+    """The thread a key was handed to meets a fault as it takes its next call: a SIGKILL once
+    the call is off the queue ("dequeue": before its claim) or claimed too ("take": before it
+    runs); or, the first time it is off the queue, a store that does not answer the read of
+    the call that follows ("blink")."""
+    import signal
+
+    from keyclaim.handover import HandOver
+    from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Sqlite
+
+    owner, name = (HandOver, "take_handed") if fault == "take" else (Sqlite, "dequeue")
+    step, left, armed = getattr(owner, name), [fault], []
+
+    def then_fault(self: Any, *args: Any) -> Any:
+        if (found := step(self, *args)) and left:
+            if left.pop() == "blink":
+                armed.append(True)
+                return found
+            os.kill(os.getpid(), signal.SIGKILL)
+        return found
+
+    read = app.state_backend.get_invocation
+
+    def blinking(invocation_id: str) -> Any:
+        if armed and armed.pop():
+            raise sqlite3.OperationalError("database is locked")
+        return read(invocation_id)
+
+    setattr(owner, name, then_fault)
+    app.state_backend.get_invocation = blinking  # type: ignore[method-assign]
+
+
 def _from_environment() -> "Pynenc":
     env = os.environ.get
     if blinks := int(env("KEYCLAIM_TEST_BLINKS", "0")):
         blink(blinks, redis=bool(env("KEYCLAIM_TEST_REDIS")))
-    return build(
+    app = build(
         env("KEYCLAIM_TEST_APP_ID", "keyclaim_tests"),
         env("KEYCLAIM_TEST_DB", ""),
         env("KEYCLAIM_TEST_REDIS", ""),
@@ -109,6 +141,9 @@ def _from_environment() -> "Pynenc":
         keep=env("KEYCLAIM_TEST_KEEP", "") == "1",
         idle=float(env("KEYCLAIM_TEST_IDLE", "0.1")),
     )
+    if fault := env("KEYCLAIM_TEST_TAKE_FAULT"):
+        fault_at_take(app, fault)
+    return app
 
 
 # In a worker: the app its environment names. In the test process, the test's own (bound()).

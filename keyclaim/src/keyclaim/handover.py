@@ -8,7 +8,10 @@ nothing older waits, so the queue's order holds and a busy key's chain never kee
 from calls queued before it. The hand-over then costs the outcome, that step and the next
 call's RUNNING. A thread that takes another call, or cannot take one (its runner stops, its
 call raised, the store does not answer), wakes its runner's loop for the handed call, as before.
-Retired with the claim (the upstream change: the repo's docs/upstream.md, section 11).
+One step with kept connections; else the dequeue commits alone and the call is put back if its
+read or claim fails (a worker killed in between, or a store that cannot take it back: its key
+is healed by a sweep, keyclaim.recovery). Retired with the claim (the upstream change: the
+repo's docs/upstream.md, section 11).
 
 On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
 pops a handed call the moment it is queued.
@@ -86,8 +89,8 @@ class HandOver:
             with self._one():
                 if (invocation_id := self.dequeue(handed)) is None:
                     return None
-                invocation = self.app.state_backend.get_invocation(invocation_id)
-                try:
+                try:  # off the queue: back on it if any step after fails (without a transaction)
+                    invocation = self.app.state_backend.get_invocation(invocation_id)
                     verdict = self.claim(invocation, runner_ctx)
                 except Exception:
                     with suppress(Exception):

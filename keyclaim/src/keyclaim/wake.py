@@ -93,15 +93,17 @@ class WakeRunner(DrainingThreadRunner):
         self.finished.clear()
         for invocation in self._invocations_to_run(self._reclaim_available_slots()):
             thread = threading.Thread(target=self._run, args=(invocation,), daemon=True)
+            with self.swapping:  # named before it starts: it may name its next call first
+                self.threads[invocation.invocation_id] = ThreadInfo(thread, invocation)
             try:
                 thread.start()
             except RuntimeError as exc:
+                with self.swapping:
+                    del self.threads[invocation.invocation_id]
                 self.logger.error(f"Failed to start thread for {invocation.invocation_id}: {exc}")
                 self.app.orchestrator.reroute_invocations(
                     {invocation.invocation_id}, self.runner_context
                 )
-                continue
-            self.threads[invocation.invocation_id] = ThreadInfo(thread, invocation)
         due = getattr(self.app.orchestrator, "until_due", lambda: None)()
         idle = self.idle_wait()
         if self.finished.wait(idle if due is None else min(idle, due)):

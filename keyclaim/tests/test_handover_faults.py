@@ -1,0 +1,101 @@
+"""The hand-over in a call's own thread (keyclaim.handover) under a stop, a kill or a blink.
+
+Its wake worker is stopped or killed around it, or its store does not answer in the middle of
+it. One key, three calls: the provider holds op1 in flight (`paused`) while op2 and op3 wait
+in the key's line, so each fault lands at op1's end, where its thread takes op2, without
+timing luck.
+"""
+
+import signal
+
+import pytest
+from claimkit import WAIT, Claim, Workers, unique, wait_until
+from pynenc.invocation.status import InvocationStatus as S
+from wake_run import loops
+
+pytestmark = pytest.mark.slow  # real workers stopped and killed
+
+WAKE = {"runner": "wake", "dead_after": "3", "longest_call": "2"}
+TAKEN = "taken by the thread it was handed from"
+
+
+def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) -> None:
+    """SIGTERM the worker while op1 is in flight: the drain waits for op1, and op1's thread,
+    its runner stopping, leaves op2 on the queue (its loop woken, not run) rather than run it;
+    the next worker runs op2 and op3, each once. Checked by mutation: with WakeRunner._run
+    taking whatever its runner's state (`ran` for `ran and self.running`), the draining
+    worker ran op2 and op3 itself and this test failed."""
+    acct, first = unique(), workers.start(**WAKE)
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+        first.signal(signal.SIGTERM)
+        wait_until(lambda: first.logged("Draining 1 call(s)"), WAIT, "the drain to begin")
+    assert first.proc.wait(WAIT) == 0
+    ids = [call.invocation_id for call in calls]
+    assert claim.final(ids[0]) == [S.SUCCESS]
+    assert [claim.status(i).is_final() for i in ids[1:]] == [False, False]
+    assert TAKEN not in loops(first.log_path.read_text())
+    workers.start(**WAKE)
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
+
+
+@pytest.mark.parametrize(
+    ("step", "keep", "left", "moved"),
+    [
+        ("dequeue", "", S.REGISTERED, "holds its key again"),
+        ("dequeue", "1", S.REGISTERED, None),
+        ("take", "", S.PENDING, "recovered from a dead runner"),
+    ],
+)
+def test_a_worker_killed_as_its_thread_takes_the_handed_call(
+    claim: Claim, workers: Workers, step: str, keep: str, left: S, moved: str | None
+) -> None:
+    """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim)
+    or claimed it (before it runs). With kept connections the take is one transaction, undone
+    by the kill: op2 is still on the queue. Else the next worker's sweep moves op2 on (healed
+    as a holder on no queue, or recovered as PENDING too long). op2 and op3 run, each once.
+    Checked by mutation: with heal_holders finding no holder off the queue (`again` always
+    empty), op2 of "dequeue" never ran and final() gave up; with HandOver._one a
+    nullcontext, kept op2 had to be healed; with recover_in_store never finding a PENDING
+    call lost, op2 of "take" waited for pynenc's own recovery (a cron, once a minute) and the
+    sweep's line was missing."""
+    acct, first = unique(), workers.start(**WAKE, take_fault=step, keep=keep)
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+    assert first.proc.wait(WAIT) == -signal.SIGKILL
+    ids = [call.invocation_id for call in calls]
+    assert [claim.status(i) for i in ids] == [S.SUCCESS, left, S.REGISTERED]
+    second = workers.start(**WAKE, keep=keep)
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    for line in ("holds its key again", "recovered from a dead runner"):
+        assert second.logged(f"invocation:{ids[1]} {line}") is (line == moved)
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
+
+
+@pytest.mark.parametrize("keep", ["", "1"])
+def test_a_store_that_stops_answering_after_the_take_dequeues_leaves_the_call_queued(
+    claim: Claim, workers: Workers, keep: str
+) -> None:
+    """The store does not answer the read of op2 that follows its take off the queue, before
+    its claim: op2 stays on the queue for the loop (keyclaim.handover: "it stays on the queue
+    and the runner's loop is woken for it"), not off it until a sweep heals its key, and op2
+    and op3 run once each. Without kept connections the dequeue commits alone: checked by
+    mutation, with the read outside HandOver._take's try (as it was first), op2 was off the
+    queue until a sweep healed its key and this test failed."""
+    acct, worker = unique(), workers.start(**WAKE, take_fault="blink", keep=keep)
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+    ids = [call.invocation_id for call in calls]
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert not worker.logged(f"invocation:{ids[1]} holds its key again")
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
