@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from contextlib import closing
@@ -26,11 +27,13 @@ from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
 from pynenc.trigger.sqlite_trigger import SQLiteTrigger
 
 import keyclaim
-from keyclaim import connections
+from keyclaim import connections, transaction
 from keyclaim.connections import POOL, kept_connection
 from keyclaim.decision import Verdict
 from keyclaim.quiet import QuietSQLiteTrigger
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
+
+time_sleep = time.sleep  # the real one, for the test that counts transaction's pauses
 
 KEPT = (
     connections.KeptSQLiteOrchestrator,
@@ -403,3 +406,36 @@ def test_a_claim_a_start_and_an_outcome_are_one_transaction_each(
     assert commits(statements) == (1, 1)
     assert orchestrator.get_invocation_status(invocation.invocation_id) is S.SUCCESS
     assert app.broker.retrieve_invocation() == second.invocation_id
+
+
+def test_a_step_waits_for_a_held_write_lock_and_gives_up_at_its_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transaction.begin looks again for a held write lock, after its own short pauses, takes
+    it once the holder commits, and past BUSY_SECONDS raises SQLite's "database is locked", as
+    SQLite's busy timeout did; either way the connection's busy timeout is set back. Checked by
+    mutation: with one BEGIN IMMEDIATE and no looking again, the first step raised at once;
+    without the busy timeout set back, it was 0 after the step."""
+    db = str(tmp_path / "lock.db")
+    holder, waiter = (
+        sqlite3.connect(db, isolation_level=None, check_same_thread=False) for _ in "hw"
+    )
+    holder.execute("PRAGMA journal_mode=WAL")
+    waiter.execute("PRAGMA busy_timeout=30000")  # as on a kept connection
+    pauses: list[float] = []
+    monkeypatch.setattr(transaction.time, "sleep", lambda s: pauses.append(s) or time_sleep(s))
+    holder.execute("BEGIN IMMEDIATE")
+    waited = threading.Thread(target=transaction.begin, args=(waiter,))
+    waited.start()
+    wait_until(lambda: len(pauses) >= 3, WAIT, "the step to look again three times")
+    holder.execute("COMMIT")
+    waited.join(WAIT)
+    assert not waited.is_alive() and waiter.in_transaction
+    assert waiter.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
+    waiter.execute("COMMIT")
+    holder.execute("BEGIN IMMEDIATE")
+    monkeypatch.setattr(transaction, "BUSY_SECONDS", 0.05)
+    with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+        transaction.begin(waiter)
+    assert waiter.execute("PRAGMA busy_timeout").fetchone() == (30_000,)
+    assert not waiter.in_transaction

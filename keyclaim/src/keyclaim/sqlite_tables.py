@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
-from keyclaim import connections, overrides
+from keyclaim import connections, overrides, transaction
 from keyclaim.clock import BOOT, first_token, host_clock
 from keyclaim.decision import Holder
 from keyclaim.keys import fence_key
@@ -88,7 +88,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         """Take the database's write lock: every other step waits here until we commit (held
         already inside connections.one_transaction)."""
         if not conn.in_transaction:
-            conn.execute("BEGIN IMMEDIATE")
+            transaction.begin(conn._conn)
 
     def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
         conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, invocation_id))

@@ -9,6 +9,8 @@ or rolls back whole on an error. Only where every component of the app keeps its
 (`keeps_all`): one opening its own would wait on this transaction's write lock.
 """
 
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +19,9 @@ from pynenc.util.sqlite_utils import SQLiteConnection
 
 from keyclaim import connections
 from keyclaim.connections import POOL
+
+BUSY_SECONDS = 30.0  # how long a step waits for the write lock, as pynenc's connections do
+FIRST_PAUSE, LONGEST_PAUSE = 0.0001, 0.002  # seconds between looks at a held write lock
 
 
 class Joined(SQLiteConnection):
@@ -47,7 +52,7 @@ def one(path: Any) -> Iterator[None]:
         yield
         return
     with POOL.take(path) as conn:  # commits as the block ends, or rolls back on an error
-        conn.execute("BEGIN IMMEDIATE")
+        begin(conn._conn)
         joined[path] = inner = Joined(conn._conn)
         try:
             yield
@@ -55,6 +60,30 @@ def one(path: Any) -> Iterator[None]:
             del joined[path]
     for then in inner.after:
         then()
+
+
+def begin(conn: sqlite3.Connection) -> None:
+    """BEGIN IMMEDIATE, the write lock looked for again after pauses from 0.1 ms, doubling up to
+    2 ms, for up to BUSY_SECONDS. SQLite's own busy handler sleeps 1, 2, 5, 10 ms and longer
+    between looks: a worker's step behind a producer registering a backlog, one transaction
+    after another, kept missing the gaps between them (E's busy account, 1,000 backlog: 89 to
+    93% of its floor; looking this often, 93 to 94%). SQLite's own wait is off meanwhile,
+    then set back."""
+    (kept,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        pause, ends = FIRST_PAUSE, time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "database is locked" not in str(exc) or time.monotonic() >= ends:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, LONGEST_PAUSE)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(kept)}")
 
 
 def after_commit(path: Any, then: Callable[[], None]) -> None:
