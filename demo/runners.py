@@ -11,6 +11,7 @@ the workers on both). Retired when pynenc stores a runner's context as it starts
 hook there: the line and the fleet record would move into it.
 """
 
+import ctypes
 import sys
 from typing import TYPE_CHECKING
 
@@ -132,3 +133,13 @@ def check(app: "Pynenc") -> None:
             "[tool.pynenc]), a runner that would not say what it runs on nor join the fleet: "
             f"remove that override and pick one with DEMO_RUNNER ({', '.join(WORKERS)})"
         )
+
+
+def forked(argv: list[str]) -> None:
+    """`python -m pynenc` on the app this process has loaded, in a process named as pynenc's
+    command is (keyclaim's fleet check looks for the name): a worker forked by sample.py."""
+    from pynenc.cli.main_cli import main
+
+    ctypes.CDLL(None).prctl(15, b"pynenc")  # PR_SET_NAME (forked on Linux only)
+    sys.argv = ["pynenc", *argv]
+    main()

@@ -61,7 +61,7 @@ def test_the_start_up_counts_from_the_uv_run_a_user_types() -> None:
     """`uv run python sample.py` starts Python as a child of uv, whose own start (resolving the
     environment) is part of what a user waits for; started otherwise, the process is the
     command. Checked by mutation: with command_pid() always the process's own, the first fails."""
-    check = "import os; from demo.processes import command_pid; print(command_pid() == {})"
+    check = "import os; from demo.launch import command_pid; print(command_pid() == {})"
     uv_run = ["uv", "run", "python", "-c", check.format("os.getppid()")]
     done = subprocess.run(uv_run, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stdout + done.stderr
