@@ -1,8 +1,10 @@
 """What sample.py's start-up rests on (docs/speed.md), checked without timing it.
 
-The API and the worker start before sample.py imports pynenc, httpx or rich; the provider boots
-without pynenc and httpx without its command line; the figure counts from the command typed."""
+The API starts before sample.py imports pynenc, httpx or rich, and the worker forks from it once
+it has imported tasks.py; the provider boots without pynenc and httpx without its command line;
+the figure counts from the command typed."""
 
+import json
 import os
 import subprocess
 import sys
@@ -29,6 +31,52 @@ def start_child(*args, **kwargs):
 
 stack.start_child = start_child
 sample.main(sys.argv[1:])
+"""
+
+
+# sample.py's run up to its first scenario, with its worker seen from sample.py: what had been
+# imported when it forked, and the worker's name, parent, group and command line; then whether
+# it was still there once the run had ended.
+THE_FORKED_WORKER = """
+import json, os, sys
+import sample
+from demo import launch, processes
+
+seen = {}
+fork = processes.Forked.__init__
+
+def spy(self, run, log):
+    seen["loaded"] = sorted(m for m in ("tasks", "pynenc") if m in sys.modules)
+    fork(self, run, log)
+
+def body(stack, view):
+    (worker,) = stack.workers
+    pid = seen["pid"] = worker.proc.pid
+    with open(f"/proc/{pid}/comm") as comm, open(f"/proc/{pid}/cmdline", "rb") as cmd:
+        seen["worker"] = comm.read().strip(), cmd.read() == open("/proc/self/cmdline", "rb").read()
+    mine = launch._stat(pid)[1] == str(os.getpid())  # its parent: this process
+    seen["family"] = os.getpgid(pid) == os.getsid(pid) == pid, mine
+    return 0
+
+processes.Forked.__init__ = spy
+seen["code"] = launch.run(sample.parse_args(sys.argv[1:]), sample.SAMPLE, body)
+seen["left"] = os.path.exists(f"/proc/{seen.pop('pid')}")
+print(json.dumps(seen))
+"""
+# Forked children that end by returning, by SystemExit and by an exception: their exit codes,
+# and what they printed, which is never what the code after their fork prints.
+ENDINGS = """
+import sys
+from pathlib import Path
+from demo.processes import start_child
+
+def fail():
+    raise RuntimeError("in the child")
+
+runs = {"returned": lambda: None, "exited": lambda: sys.exit(3), "raised": fail}
+children = [start_child(n, run, Path(sys.argv[1], n + ".log")) for n, run in runs.items()]
+print("after the forks:", [child.proc.wait(30) for child in children])
+print(*[child.log_path.read_text().count("after the forks") for child in children])
 """
 
 
@@ -66,3 +114,38 @@ def test_the_start_up_counts_from_the_uv_run_a_user_types() -> None:
     done = subprocess.run(uv_run, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "True", done.stdout + done.stderr
     assert python(check.format("os.getpid()")) == "True"
+
+
+def test_the_worker_forks_from_sample_py_once_tasks_py_is_loaded(tmp_path: Path) -> None:
+    """One import of pynenc and tasks.py for sample.py and its worker: the worker is forked
+    once sample.py has loaded them, never runs a program of its own (its command line is
+    sample.py's), names itself pynenc (keyclaim's fleet check and the heartbeats look for the
+    name), leads its own group and session (stop_children signals the group), and is gone once
+    the run has ended. Checked by mutations, each failing it: sample.py's Sample(fork=False)
+    (the worker is `python -m pynenc` again: nothing loaded at a fork, its name python); no
+    os.setsid() in the fork (not the leader of its group, and left running after the run);
+    no prctl in demo/runners.py (its name python; a plain `python sample.py`, whose command
+    line does not say pynenc, then never saw its worker register)."""
+    env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs")}
+    args = ("--port", str(free_port()), "--db", str(tmp_path / "demo.db"), "--no-chart")
+    seen = json.loads(python(THE_FORKED_WORKER, *args, env=env).splitlines()[-1])
+    assert seen == {
+        "loaded": ["pynenc", "tasks"],
+        "worker": ["pynenc", True],
+        "family": [True, True],
+        "code": 0,
+        "left": False,
+    }
+
+
+def test_a_forked_child_ends_with_its_function_and_never_returns_to_its_caller(
+    tmp_path: Path,
+) -> None:
+    """Its exit code is its function's: 0 when it returns, SystemExit's code, 1 on an exception
+    (whose traceback is in its log); and the code after the fork runs in the parent only.
+    Checked by mutation: without the os._exit ending Forked._run, each child went on in its
+    caller's code, and the exit codes were [1, 1, 1]."""
+    first, second = python(ENDINGS, str(tmp_path)).splitlines()
+    assert first == "after the forks: [0, 3, 1]"
+    assert second == "0 0 0"
+    assert "RuntimeError: in the child" in (tmp_path / "raised.log").read_text()
