@@ -124,11 +124,17 @@ def test_the_worker_forks_from_sample_py_once_tasks_py_is_loaded(tmp_path: Path)
     the run has ended. Checked by mutations, each failing it: sample.py's Sample(fork=False)
     (the worker is `python -m pynenc` again: nothing loaded at a fork, its name python); no
     os.setsid() in the fork (not the leader of its group, and left running after the run);
-    no prctl in demo/runners.py (its name python; a plain `python sample.py`, whose command
-    line does not say pynenc, then never saw its worker register)."""
+    no prctl in demo/runners.py, or keyclaim's alive_here reading the command line only (the
+    run never saw its worker register, and ended with exit 1)."""
     env = {**os.environ, "DEMO_LOG_DIR": str(tmp_path / "logs")}
     args = ("--port", str(free_port()), "--db", str(tmp_path / "demo.db"), "--no-chart")
-    seen = json.loads(python(THE_FORKED_WORKER, *args, env=env).splitlines()[-1])
+    # A script, not `python -c`: its command line, like `python sample.py`'s, says no pynenc.
+    script = tmp_path / "start.py"
+    script.write_text(f"import os, sys\nsys.path.insert(0, os.getcwd())\n{THE_FORKED_WORKER}")
+    argv = [sys.executable, str(script), *args]
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    seen = json.loads(done.stdout.splitlines()[-1])
     assert seen == {
         "loaded": ["pynenc", "tasks"],
         "worker": ["pynenc", True],
