@@ -58,16 +58,16 @@ class Forked:
         sys.stdout.flush(), sys.stderr.flush()  # or the child would print them again
         led, leading = os.pipe()
         if (pid := os.fork()) == 0:
-            self._run(run, log, leading)
+            self._run(run, log, (led, leading))
         # Back once the child leads its own session, where stop_children reaches it.
         os.close(leading), os.read(led, 1), os.close(led)
         self.pid, self.returncode = pid, None
 
     @staticmethod
-    def _run(run: Callable[[], object], log: IO[bytes], leading: int) -> NoReturn:
+    def _run(run: Callable[[], object], log: IO[bytes], pipe: tuple[int, int]) -> NoReturn:
         code = 1
         try:  # the stop signals as a new Python has them, its output on the log, line by line
-            os.setsid(), die_with_parent(), os.close(leading)
+            os.setsid(), die_with_parent(), *map(os.close, pipe)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
