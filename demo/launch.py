@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keyclaim
-from demo import flags, links, report, settings
-from demo.outcome import Outcome
+from demo import flags, links, settings
 from demo.preflight import RunRefused, preflight
 from demo.processes import Child
 from demo.scenarios import THREADS
 from demo.signals import stop_on_signals, stop_signal
 from demo.stack import FAILURES, Sample, Stack
 
-if TYPE_CHECKING:  # rich, pynenc and httpx: imported once the children boot (Stack.start)
+if TYPE_CHECKING:  # imported once the children boot (Stack.start), or at the run's end
+    from demo.outcome import Outcome
     from demo.show import View
     from demo.steps import Stage
 
@@ -91,7 +91,7 @@ def stage(args: argparse.Namespace, stack: Stack, runner: str) -> "Stage":
     return on
 
 
-def start_up(first: Outcome, stack: Stack) -> str:
+def start_up(first: "Outcome", stack: Stack) -> str:
     """How long the command took to its first enqueue (`first`'s), and the CPU it took."""
     return (
         f"start-up: {first.window[0] - command_began():.2f}s from the command to the first "
@@ -99,8 +99,10 @@ def start_up(first: Outcome, stack: Stack) -> str:
     )
 
 
-def verdict(outcomes: list[Outcome], stack: Stack, view: "View") -> int:
+def verdict(outcomes: list["Outcome"], stack: Stack, view: "View") -> int:
     """The verdict's lines and the monitor's, printed; the exit code."""
+    from demo import report  # here, not before the children start (docs/speed.md)
+
     text, code = report.verdict(outcomes, stack.crashes)
     print(text)
     if ending := view.ending(outcomes):
