@@ -27,7 +27,16 @@ if TYPE_CHECKING:
 
 
 class Announced(BaseRunner):
-    """A runner that, as it starts, stores its context, joins the fleet and says one line."""
+    """A runner that, as it starts, stores its context, joins the fleet and says one line; and
+    keeps a stop signal that came while pynenc started it (pynenc sets `running` after it
+    installs its handler, so such a stop was lost, and the worker ran on until killed: a forked
+    worker reaches that moment soon after sample.py starts it)."""
+
+    stop_came = False
+
+    def stop_runner_loop(self, signum: int | None = None, frame: object = None) -> None:
+        self.stop_came = True
+        super().stop_runner_loop(signum, frame)  # type: ignore[arg-type]
 
     def _on_start(self) -> None:
         self.app.state_backend.store_runner_context(self.runner_context)
@@ -51,6 +60,7 @@ class Announced(BaseRunner):
             flush=True,
         )
         super()._on_start()
+        self.running = self.running and not self.stop_came
 
 
 class ThreadWorker(Announced, ThreadRunner):

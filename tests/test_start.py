@@ -14,6 +14,7 @@ import pytest
 
 from demo.processes import free_port
 from demo.stack import ROOT
+from helpers import processes_mentioning, run_sample
 
 pytestmark = pytest.mark.integration  # a Python process each, no network
 
@@ -77,6 +78,18 @@ runs = {"returned": lambda: None, "exited": lambda: sys.exit(3), "raised": fail}
 children = [start_child(n, run, Path(sys.argv[1], n + ".log")) for n, run in runs.items()]
 print("after the forks:", [child.proc.wait(30) for child in children])
 print(*[child.log_path.read_text().count("after the forks") for child in children])
+"""
+
+# A worker whose stop signal lands where pynenc has installed its handler but not yet set
+# `running` (pynenc's on_start registers its triggers in between): what became of the run.
+A_STOP_WHILE_STARTING = """
+import os, signal
+import tasks
+
+runner = tasks.app.runner
+runner.init_trigger_tasks_modules = lambda: os.kill(os.getpid(), signal.SIGTERM)
+runner.run()
+print(type(runner).__name__, "stopped")
 """
 
 
@@ -155,3 +168,24 @@ def test_a_forked_child_ends_with_its_function_and_never_returns_to_its_caller(
     assert first == "after the forks: [0, 3, 1]"
     assert second == "0 0 0"
     assert "RuntimeError: in the child" in (tmp_path / "raised.log").read_text()
+
+
+def test_a_forked_worker_is_stopped_when_the_start_misses_its_deadline(tmp_path: Path) -> None:
+    """The start's deadline ends the run after the fork, before the worker is up: exit 1, one
+    line, and no process left that runs on the run's database (the forked worker's command line
+    is sample.py's, which names it). Checked by mutation: with Stack.spawn_worker no longer
+    recording a forked worker in `started`, it outlived sample.py and this failed."""
+    done = run_sample(tmp_path, "--ready-timeout", "0.001", "--no-chart")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "gave up after 0.001s waiting for" in done.stderr
+    assert (tmp_path / "logs" / "worker-1.log").exists()  # forked before the deadline
+    assert processes_mentioning(str(tmp_path / "demo.db")) == []
+
+
+def test_a_stop_that_comes_while_pynenc_starts_the_worker_stops_it(tmp_path: Path) -> None:
+    """A forked worker is ready to be stopped within milliseconds, while pynenc's on_start
+    still runs: a stop then must end it, not be lost until the worker is killed. Checked by
+    mutation: without demo/runners.py's `running` reset after the start, the runner ran on
+    and this timed out."""
+    env = {**os.environ, "DEMO_DB": str(tmp_path / "demo.db")}
+    assert python(A_STOP_WHILE_STARTING, env=env).splitlines()[-1] == "ThreadWorker stopped"
