@@ -27,7 +27,7 @@ def app() -> "Pynenc":
 
 
 # What the stack starts: workers on tasks.py's app, the provider of api_server.py.
-SAMPLE = Sample(workers="tasks.app", api="api_server:app", load_app=app)
+SAMPLE = Sample(workers="tasks.app", api="api_server:app", load_app=app, fork=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

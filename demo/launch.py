@@ -5,22 +5,24 @@ child's death, a deadline and a stop signal each end the run with its own exit c
 """
 
 import argparse
+import math
 import os
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import keyclaim
-from demo import flags, links, report, settings
-from demo.outcome import Outcome
+from demo import flags, links, settings
 from demo.preflight import RunRefused, preflight
-from demo.processes import command_began
+from demo.processes import Child
 from demo.scenarios import THREADS
 from demo.signals import stop_on_signals, stop_signal
 from demo.stack import FAILURES, Sample, Stack
 
-if TYPE_CHECKING:  # rich, pynenc and httpx: imported once the children boot (Stack.start)
+if TYPE_CHECKING:  # imported once the children boot (Stack.start), or at the run's end
+    from demo.outcome import Outcome
     from demo.show import View
     from demo.steps import Stage
 
@@ -51,6 +53,7 @@ def run(
             os.environ.update(env)
             with stack:
                 stack.start(args.workers)
+                stack.boot_cpu = cpu_seconds(stack.started)  # start_up's, and tools.bench's
                 from demo.show import View
 
                 view = View(not args.no_chart, None if args.no_links else args.monitor_url, command)
@@ -88,7 +91,7 @@ def stage(args: argparse.Namespace, stack: Stack, runner: str) -> "Stage":
     return on
 
 
-def start_up(first: Outcome, stack: Stack) -> str:
+def start_up(first: "Outcome", stack: Stack) -> str:
     """How long the command took to its first enqueue (`first`'s), and the CPU it took."""
     return (
         f"start-up: {first.window[0] - command_began():.2f}s from the command to the first "
@@ -96,10 +99,45 @@ def start_up(first: Outcome, stack: Stack) -> str:
     )
 
 
-def verdict(outcomes: list[Outcome], stack: Stack, view: "View") -> int:
+def verdict(outcomes: list["Outcome"], stack: Stack, view: "View") -> int:
     """The verdict's lines and the monitor's, printed; the exit code."""
+    from demo import report  # here, not before the children start (docs/speed.md)
+
     text, code = report.verdict(outcomes, stack.crashes)
     print(text)
     if ending := view.ending(outcomes):
         print(ending)
     return code
+
+
+def _stat(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command's name: [0] is the third field."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def command_pid() -> int:
+    """The pid of this process's command: its `uv run` parent if uv started it, else its own."""
+    uv = Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "uv"
+    return os.getppid() if uv else os.getpid()
+
+
+def command_began() -> float:
+    """When this process's command began (epoch seconds), from /proc (psutil's create_time
+    counts from a boot time rounded to the second, up to a second off); NaN without /proc."""
+    try:
+        began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
+    except OSError:
+        return math.nan
+    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
+
+
+def cpu_seconds(children: Sequence[Child]) -> float:
+    """The CPU seconds (user and system) used so far by this process's command (uv's too),
+    this process and these children, steadier than the wall clock on a shared machine; NaN
+    without /proc or once one has gone."""
+    pids = {os.getpid(), *(child.proc.pid for child in children)}
+    try:
+        ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, {command_pid(), *pids}))
+    except OSError:
+        return math.nan
+    return ticks / os.sysconf("SC_CLK_TCK")

@@ -4,6 +4,7 @@ sample.py and the tests share these, so every child is started and stopped one w
 signal (demo/signals.py) never leaves a child behind.
 """
 
+import atexit
 import contextlib
 import ctypes
 import math
@@ -13,11 +14,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 from demo.signals import held_signals, raise_if_stopping
 
@@ -44,10 +47,61 @@ class ChildDied(Exception):
         self.refusal = refusal
 
 
+class Forked:
+    """A child forked to run a function on what this process has imported already, started as
+    start_child starts a program (its own session, stdin empty, its output on the log) and ended
+    with the function, never back in the caller's code; a handle as a Popen is to Child. Only
+    while this process has one thread: a fork copies no other."""
+
+    def __init__(self, run: Callable[[], object], log: IO[bytes]) -> None:
+        assert threading.active_count() == 1, "a fork copies no thread but the caller's"
+        sys.stdout.flush(), sys.stderr.flush()  # or the child would print them again
+        led, leading = os.pipe()
+        if (pid := os.fork()) == 0:
+            self._run(run, log, (led, leading))
+        # Back once the child leads its own session, where stop_children reaches it.
+        os.close(leading), os.read(led, 1), os.close(led)
+        self.pid, self.returncode = pid, None
+
+    @staticmethod
+    def _run(run: Callable[[], object], log: IO[bytes], pipe: tuple[int, int]) -> NoReturn:
+        code = 1
+        try:  # the stop signals as a new Python has them, its output on the log, line by line
+            os.setsid(), die_with_parent(), *map(os.close, pipe)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+            run()
+            code = 0
+        except SystemExit as exc:  # as Python ends on one: its code, or its message and 1
+            code = exc.code or 0 if isinstance(exc.code, int | None) else print(exc.code) or 1
+        except BaseException:
+            traceback.print_exc()
+        finally:  # the exit handlers of a Python that had imported the same, and nothing more
+            atexit._run_exitfuncs()
+            os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and (ended := os.waitpid(self.pid, os.WNOHANG))[0]:
+            self.returncode = os.waitstatus_to_exitcode(ended[1])
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Polled to its end, as Popen.wait polls with a timeout."""
+        ended = lambda: self.poll() is not None  # noqa: E731
+        try:
+            wait_until(ended, math.inf if timeout is None else timeout, "it", interval=0.005)
+        except DeadlineExceeded:
+            raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout or 0.0) from None
+        return self.returncode
+
+
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[bytes] | Forked
     log_path: Path
     log: IO[bytes]
     # How long it may take to stop once told to (a worker drains its calls first).
@@ -91,29 +145,34 @@ def die_with_parent() -> None:
 
 def start_child(
     name: str,
-    argv: Sequence[str],
+    argv: Sequence[str] | Callable[[], object],
     log_path: Path,
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     grace: float = 5.0,
 ) -> Child:
     """Start argv in its own process group, its output in log_path; once told to stop, it is
-    given `grace` seconds before it is killed."""
+    given `grace` seconds before it is killed. A function for argv: forked (Forked), on this
+    process's environment and folder."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = log_path.open("wb")
     try:
         # Held: a stop signal during the fork must not leave a child we hold no handle on.
         with held_signals():
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
-                # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
-                start_new_session=True,
-                preexec_fn=die_with_parent if sys.platform == "linux" else None,
+            proc = (
+                Forked(argv, log)
+                if callable(argv)
+                else subprocess.Popen(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cwd,
+                    env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
+                    # Own group: a Ctrl-C in the terminal reaches us only, and we stop the group.
+                    start_new_session=True,
+                    preexec_fn=die_with_parent if sys.platform == "linux" else None,
+                )
             )
     except BaseException:
         log.close()
@@ -173,39 +232,6 @@ def wait_until[T](
         if time.monotonic() >= deadline:
             raise DeadlineExceeded(f"gave up after {timeout:g}s waiting for {what}")
         time.sleep(interval)
-
-
-def _stat(pid: int) -> list[str]:
-    """The fields of /proc/PID/stat after the command's name: [0] is the third field."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-
-
-def command_pid() -> int:
-    """The pid of this process's command: its `uv run` parent if uv started it, else its own."""
-    uv = Path(f"/proc/{os.getppid()}/comm").read_text().strip() == "uv"
-    return os.getppid() if uv else os.getpid()
-
-
-def command_began() -> float:
-    """When this process's command began (epoch seconds), from /proc (psutil's create_time
-    counts from a boot time rounded to the second, up to a second off); NaN without /proc."""
-    try:
-        began = int(_stat(command_pid())[19]) / os.sysconf("SC_CLK_TCK")  # ticks since boot
-    except OSError:
-        return math.nan
-    return time.time() - (time.clock_gettime(time.CLOCK_BOOTTIME) - began)
-
-
-def cpu_seconds(children: Sequence["Child"]) -> float:
-    """The CPU seconds (user and system) used so far by this process's command (uv's too),
-    this process and these children, steadier than the wall clock on a shared machine; NaN
-    without /proc or once one has gone."""
-    pids = {os.getpid(), *(child.proc.pid for child in children)}
-    try:
-        ticks = sum(int(f[11]) + int(f[12]) for f in map(_stat, {command_pid(), *pids}))
-    except OSError:
-        return math.nan
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def port_in_use(host: str, port: int) -> bool:

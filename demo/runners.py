@@ -11,6 +11,7 @@ the workers on both). Retired when pynenc stores a runner's context as it starts
 hook there: the line and the fleet record would move into it.
 """
 
+import ctypes
 import sys
 from typing import TYPE_CHECKING
 
@@ -26,7 +27,16 @@ if TYPE_CHECKING:
 
 
 class Announced(BaseRunner):
-    """A runner that, as it starts, stores its context, joins the fleet and says one line."""
+    """A runner that, as it starts, stores its context, joins the fleet and says one line; and
+    keeps a stop signal that came while pynenc started it (pynenc sets `running` after it
+    installs its handler, so such a stop was lost, and the worker ran on until killed: a forked
+    worker reaches that moment soon after sample.py starts it)."""
+
+    stop_came = False
+
+    def stop_runner_loop(self, signum: int | None = None, frame: object = None) -> None:
+        self.stop_came = True
+        super().stop_runner_loop(signum, frame)  # type: ignore[arg-type]
 
     def _on_start(self) -> None:
         self.app.state_backend.store_runner_context(self.runner_context)
@@ -50,6 +60,7 @@ class Announced(BaseRunner):
             flush=True,
         )
         super()._on_start()
+        self.running = self.running and not self.stop_came
 
 
 class ThreadWorker(Announced, ThreadRunner):
@@ -132,3 +143,13 @@ def check(app: "Pynenc") -> None:
             "[tool.pynenc]), a runner that would not say what it runs on nor join the fleet: "
             f"remove that override and pick one with DEMO_RUNNER ({', '.join(WORKERS)})"
         )
+
+
+def forked(argv: list[str]) -> None:
+    """`python -m pynenc` on the app this process has loaded, in a process named as pynenc's
+    command is (keyclaim's fleet check looks for the name): a worker forked by sample.py."""
+    from pynenc.cli.main_cli import main
+
+    ctypes.CDLL(None).prctl(15, b"pynenc")  # PR_SET_NAME (forked on Linux only)
+    sys.argv = ["pynenc", *argv]
+    main()

@@ -9,6 +9,7 @@ What they run is handed in (Sample). sample.py runs the demo on one; the tests s
 
 import contextlib
 import functools
+import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -24,7 +25,6 @@ from demo.processes import (
     Child,
     ChildDied,
     DeadlineExceeded,
-    cpu_seconds,
     start_child,
     stop_children,
     wait_until,
@@ -47,11 +47,13 @@ FAILURES = (ChildDied, DeadlineExceeded, ConnectionError, redis_server.NoRedis)
 class Sample:
     """What a stack runs, handed by its caller: the app the workers start with (pynenc's
     `--app NAME`), the provider's ASGI app (uvicorn's `NAME`), and this process's own copy of
-    the workers' app, loaded once the environment holds the run's settings (load_app)."""
+    the workers' app, loaded once the environment holds the run's settings (load_app); fork:
+    whether the workers may fork from this process once it has loaded it (Stack.start)."""
 
     workers: str
     api: str
     load_app: Callable[[], "Pynenc"]
+    fork: bool = False
 
 
 class Stack(contextlib.AbstractContextManager):
@@ -78,7 +80,7 @@ class Stack(contextlib.AbstractContextManager):
         self.api: Child | None = None
         self.workers: list[Child] = []  # the live ones
         self.crashes: list[str] = []
-        self.boot_cpu = 0.0  # CPU seconds the command and its children took to be ready
+        self.boot_cpu = 0.0  # CPU seconds the command and its children took to be ready (launch)
         self._lives: Counter[int] = Counter()
 
     def __exit__(self, *exc: object) -> None:
@@ -129,12 +131,16 @@ class Stack(contextlib.AbstractContextManager):
         # Warnings only: the log then holds just the provider's call lines.
         argv += ["--no-access-log", "--log-level", "warning"]
         self.api = self._start("API", argv, self.log_dir / "api.log", self.cwd)
-        fresh = [self.spawn_worker() for _ in range(workers)]
-        # The children boot while this process imports tasks.py (its first enqueue needs it),
-        # then polls: nothing imported before they start loads pynenc or httpx (docs/speed.md).
+        # The workers boot while this process imports tasks.py (its first enqueue needs it), or,
+        # on SQLite and an app it loads now from its settings, fork from it once it has: one
+        # import for both. Nothing loads pynenc or httpx before the children start (speed.md).
+        sqlite, module = self.setting("DEMO_BACKEND") == "sqlite", self.sample.workers.split(".")[0]
+        fork = self.sample.fork and sqlite and sys.platform == "linux" and module not in sys.modules
+        fork = fork and self.env.items() <= os.environ.items()
+        fresh = [] if fork else [self.spawn_worker() for _ in range(workers)]
         _ = self.app
+        fresh += [self.spawn_worker(fork=True) for _ in range(workers if fork else 0)]
         self.wait_ready(fresh)
-        self.boot_cpu = cpu_seconds(self.started)  # tools.bench's start-up figure
 
     def check(self, where: str = "") -> None:
         """Called on every poll: the API must live; a worker that dies is reported at once, and
@@ -187,7 +193,7 @@ class Stack(contextlib.AbstractContextManager):
         return child
 
     def spawn_worker(
-        self, number: int | None = None, env: Mapping[str, str] | None = None
+        self, number: int | None = None, env: Mapping[str, str] | None = None, fork: bool = False
     ) -> Child:
         """Worker `number` (the next new one by default); a restart keeps the earlier log."""
         number = number or max(self._lives, default=0) + 1
@@ -201,7 +207,12 @@ class Stack(contextlib.AbstractContextManager):
         # A stopping worker may drain its calls (keyclaim.drain): wait for that before killing.
         drain = float(env.get("DEMO_CALL_TIMEOUT") or settings.get("DEMO_CALL_TIMEOUT"))
         grace = drain + settings.DRAIN_MARGIN_SECONDS + STOP_MARGIN_SECONDS
-        child = start_child(f"worker {number}", argv, log, env=env, cwd=cwd, grace=grace)
+        run: list[str] | Callable[[], None] = argv
+        if fork:  # what argv runs, in a copy of this process, which has loaded tasks.py already
+            from demo.runners import forked
+
+            run = functools.partial(forked, argv[3:])
+        child = start_child(f"worker {number}", run, log, env=env, cwd=cwd, grace=grace)
         self.started.append(child)
         self.workers.append(child)
         return child

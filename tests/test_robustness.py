@@ -198,7 +198,8 @@ def running(proc: psutil.Process) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.e2e
-@pytest.mark.parametrize("name, marker", [("worker 1", "runner start"), ("API", "uvicorn")])
+# The worker forks from sample.py and names itself pynenc (demo/runners.py forked).
+@pytest.mark.parametrize("name, marker", [("worker 1", "pynenc"), ("API", "uvicorn")])
 def test_a_child_that_dies_mid_run_is_reported_at_once(
     tmp_path: Path, name: str, marker: str
 ) -> None:
@@ -206,7 +207,9 @@ def test_a_child_that_dies_mid_run_is_reported_at_once(
     try:
         run.wait_for_line("=== A. ")
         kids = children_of(run.proc.pid)
-        victim = next(pid for pid in kids if marker in cmdline(pid))
+        victim = next(
+            pid for pid in kids if marker in f"{psutil.Process(pid).name()} {cmdline(pid)}"
+        )
         os.kill(victim, signal.SIGKILL)
         code = run.finish()
     finally:

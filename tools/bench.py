@@ -22,8 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from demo import flags, launch, report, settings, show
+from demo.launch import command_began
 from demo.outcome import Outcome
-from demo.processes import Child, command_began, start_child, stop_children, wait_until
+from demo.processes import Child, start_child, stop_children, wait_until
 from demo.scenarios import MAX_BACKLOG, Shape
 from demo.stack import ROOT, Stack
 from tools import bench_targets as targets

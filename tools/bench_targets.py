@@ -8,6 +8,7 @@ as `python -m tools.stress` runs it.
 """
 
 import argparse
+import importlib.util
 import os
 import re
 import statistics
@@ -75,6 +76,14 @@ def many(args: argparse.Namespace, log_dir: Path) -> dict[str, str]:
     return found
 
 
+def cached() -> bool:
+    """Whether the provider's FastAPI loads from bytecode: without it (PYTHONDONTWRITEBYTECODE=1
+    and no `uv sync --compile-bytecode`), each process compiles its imports, about half of the
+    start-up's CPU (docs/speed.md)."""
+    origin = importlib.util.find_spec("fastapi").origin  # type: ignore[union-attr]
+    return Path(importlib.util.cache_from_source(str(origin))).exists()
+
+
 def table(
     sides: dict[str, dict[str, object]],
     starts: list[tuple[float, float]],
@@ -107,7 +116,8 @@ def table(
         lines.append(
             f"start-up of `uv run python sample.py`, command to first enqueue, {len(starts)} "
             f"runs: {seconds[0]:.2f}/{statistics.median(seconds):.2f}/{seconds[-1]:.2f}s "
-            f"(min/typical/max), {cpu:.2f} CPU-seconds typical; load {os.getloadavg()[0]:.1f}"
+            f"(min/typical/max), {cpu:.2f} CPU-seconds typical; load {os.getloadavg()[0]:.1f}; "
+            + ("bytecode cached" if cached() else "no bytecode cache: each start compiles")
         )
     for run, text in many_runs.items():
         shape = f"{accounts} accounts x {MANY.ops}, hold {MANY.hold}s, {MANY.workers} workers"

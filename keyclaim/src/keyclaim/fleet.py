@@ -123,10 +123,14 @@ def beating(app: "Pynenc", within: float) -> list[Any]:
 
 
 def alive_here(pid: int) -> bool:
-    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists)."""
+    """Whether the process still runs pynenc (on Linux; elsewhere, whether it exists): its
+    command line says so, or its name (a runner forked from a process that had loaded its app
+    names itself so)."""
     if Path("/proc").is_dir():
         try:
-            return b"pynenc" in Path(f"/proc/{pid}/cmdline").read_bytes()
+            return any(
+                b"pynenc" in Path(f"/proc/{pid}/{f}").read_bytes() for f in ("cmdline", "comm")
+            )
         except OSError:
             return False
     try:

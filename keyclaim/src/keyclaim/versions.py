@@ -5,8 +5,6 @@ be built on a version it was not tested with, in one line (UntestedVersion). Rea
 needs no pynenc import, so a launcher can check before it starts anything.
 """
 
-from importlib import metadata
-
 from keyclaim.errors import UntestedVersion
 
 # (pynenc, pynenc-redis) pairs, per backend. pyproject.toml's range says the same.
@@ -30,6 +28,8 @@ CLASSES: dict[str, tuple[str, str | None]] = {
 
 
 def version(distribution: str) -> str | None:
+    from importlib import metadata  # here: 0.03 s a launcher need not spend before it starts
+
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
