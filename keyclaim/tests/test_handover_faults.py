@@ -16,7 +16,7 @@ from wake_run import loops
 pytestmark = pytest.mark.slow  # real workers stopped and killed
 
 WAKE = {"runner": "wake", "dead_after": "3", "longest_call": "2"}
-TAKEN = "taken by the thread it was handed from"
+TAKEN = "taken by a thread that handed a key on"
 
 
 def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) -> None:

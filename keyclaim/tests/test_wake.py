@@ -38,7 +38,7 @@ def test_a_call_handed_the_key_runs_in_the_thread_it_was_handed_from(
     found = counted(claim, tmp_path, workers=1, calls=5, idle="60", one_key=True)
     assert found["statuses"] == [SUCCESS] * 5
     (looks,) = found["looks"]
-    assert looks.get("taken by the thread it was handed from") == 4, looks
+    assert looks.get("taken by a thread that handed a key on") == 4, looks
     assert (looks.get("notified"), looks.get("idle", 0)) == (found["sent"], 0), looks
 
 

@@ -126,8 +126,8 @@ class WakeRunner(DrainingThreadRunner):
         return self.idle * self.fleet
 
     def _run(self, invocation: "DistributedInvocation") -> None:
-        """The call, then, with the claim, each call its end hands the key to, while this thread
-        can take it off the queue first: no trip through the queue and the loop for them."""
+        """The call; then, with the claim on SQLite, each time a call's end hands its key on,
+        the oldest call on the queue (keyclaim.handover): no loop woken, no thread started."""
         orchestrator, first = self.app.orchestrator, invocation.invocation_id
         take = getattr(orchestrator, "take_handed", None)
         try:
@@ -141,7 +141,7 @@ class WakeRunner(DrainingThreadRunner):
                 finally:
                     invocation = take and take(self.runner_context, ran and self.running)
                 if invocation is not None:
-                    self.looks["taken by the thread it was handed from"] += 1
+                    self.looks["taken by a thread that handed a key on"] += 1
                     with self.swapping:  # what a stop drains, and names, is this call now
                         self.threads[first] = ThreadInfo(threading.current_thread(), invocation)
         finally:
