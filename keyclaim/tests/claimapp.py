@@ -163,56 +163,38 @@ def _call(account_id: str, op: str) -> str:
     return outcome
 
 
+KEYED: dict[str, Any] = dict(running_concurrency=Mode.KEYS, key_arguments=("account_id",))
+
+
 @app.task
 def call_unsafe(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
 def call_keyed(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=False,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=False)
 def call_keyed_drop(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 
 @keyclaim.limit(slots=2)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
 def call_two(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 
 @keyclaim.limit(slots=2, rate=1, per=4.0)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
 def call_rated(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
 
 @keyclaim.limit(merge=0.3)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    registration_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, registration_concurrency=Mode.KEYS, reroute_on_concurrency_control=True)
 def call_merged(account_id: str, op: str) -> str:
     return _call(account_id, op)
 
@@ -223,11 +205,7 @@ def tier(account_id: str) -> int:
 
 
 @keyclaim.limit(rule=tier)
-@app.task(
-    running_concurrency=Mode.KEYS,
-    key_arguments=("account_id",),
-    reroute_on_concurrency_control=True,
-)
+@app.task(**KEYED, reroute_on_concurrency_control=True)
 def call_tiered(account_id: str, op: str) -> str:
     return _call(account_id, op)
 

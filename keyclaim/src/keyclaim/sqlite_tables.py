@@ -85,8 +85,8 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         return connections.POOL.take(self.sqlite_db_path)
 
     def _begin(self, conn: Any) -> None:
-        """Take the database's write lock: every other step waits here until we commit (held
-        already inside connections.one_transaction)."""
+        """Take the database's write lock (transaction.begin): every other step waits here until
+        we commit (held already inside transaction.one)."""
         if not conn.in_transaction:
             transaction.begin(conn._conn)
 
