@@ -98,17 +98,26 @@ def fault_at_take(app: "Pynenc", fault: str) -> None:
     """The thread a key was handed to meets a fault as it takes its next call: a SIGKILL once
     the call is off the queue ("dequeue": before its claim) or claimed too ("take": before it
     runs); or, the first time it is off the queue, a store that does not answer the read of
-    the call that follows ("blink")."""
+    the call that follows ("blink"). Or the loop does, taking a call off the queue ("look": a
+    SIGKILL before its claim)."""
     import signal
 
     from keyclaim.handover import HandOver
     from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Sqlite
 
     owner, name = (HandOver, "take_handed") if fault == "take" else (Sqlite, "dequeue")
+    looks = fault == "look"
     step, left, armed = getattr(owner, name), [fault], []
 
-    def then_fault(self: Any, *args: Any) -> Any:
-        if (found := step(self, *args)) and left:
+    def then_fault(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not ((found := step(self, *args, **kwargs)) and left):
+            return found
+        if looks:  # the loop's look (no `beside`), at a call of this module's, not pynenc's own
+            task = self.app.state_backend.get_invocation(found).task.task_id.key
+            hit = not args and task.startswith("claimapp.")
+        else:  # the take names the call handed on (dequeue's `beside`)
+            hit = bool(args)
+        if hit:
             if left.pop() == "blink":
                 armed.append(True)
                 return found

@@ -79,6 +79,27 @@ def test_a_worker_killed_as_its_thread_takes_the_handed_call(
     assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
 
 
+def test_a_worker_killed_as_its_loop_takes_a_call_leaves_it_on_the_queue(
+    claim: Claim, workers: Workers
+) -> None:
+    """With kept connections the loop takes a call off the queue and claims it in one step, as
+    a hand-over's thread does: SIGKILL the worker between the two and the step is undone. The
+    call is still on the queue, and the next worker runs it once, with no sweep moving it.
+    Checked by mutation: with the loop's step split (the `self._one()` around it in
+    AtomicClaim.get_additional_invocations_to_run made a nullcontext), the killed look had
+    taken the call off the queue for good (left for a sweep to heal) and this test failed."""
+    acct, first = unique(), workers.start(**WAKE, take_fault="look", keep="1")
+    call = claim.tasks.call_keyed(acct, "op1")
+    assert first.proc.wait(WAIT) == -signal.SIGKILL
+    assert claim.status(call.invocation_id) == S.REGISTERED
+    assert claim.app.broker.count_invocations() == 1
+    second = workers.start(**WAKE, keep="1")
+    assert claim.final(call.invocation_id) == [S.SUCCESS]
+    assert not second.logged(f"invocation:{call.invocation_id} holds its key again")
+    assert claim.provider.ops(acct) == ["op1"]
+    assert claim.provider.counts(acct) == {"calls": 1, "applied": 1, "collisions": 0, "fenced": 0}
+
+
 @pytest.mark.parametrize("keep", ["", "1"])
 def test_a_store_that_stops_answering_after_the_take_dequeues_leaves_the_call_queued(
     claim: Claim, workers: Workers, keep: str

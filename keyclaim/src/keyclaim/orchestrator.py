@@ -139,12 +139,15 @@ class AtomicClaim(HandOver, ClaimRecovery):
         retrieve = self._retriever(*queue_hooks)
         requeue: list[str] = []
         try:
-            while missing_invocations > 0 and (invocation_id := retrieve()):
-                if invocation_id in blocking_invocation_ids:
-                    continue
-                invocation = self.app.state_backend.get_invocation(invocation_id)
-                verdict = self.claim(invocation, runner_ctx)
-                if verdict is Verdict.RUN:
+            while missing_invocations > 0 and self.queued():
+                with self._one():  # off the queue and claimed in one step, where the store can
+                    if not (invocation_id := retrieve()):
+                        break
+                    if invocation_id in blocking_invocation_ids:
+                        continue
+                    invocation = self.app.state_backend.get_invocation(invocation_id)
+                    verdict = self.claim(invocation, runner_ctx)
+                if verdict is Verdict.RUN:  # started by the runner once the step is committed
                     missing_invocations -= 1
                     yield invocation
                 elif verdict is Verdict.REQUEUE:
@@ -330,14 +333,23 @@ class AtomicClaim(HandOver, ClaimRecovery):
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
         self._store_outcome(super().set_invocation_retry, invocation, exception, runner_ctx)  # type: ignore[misc]
 
-    def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | None"]:
+    def queued(self) -> bool:
+        """Whether a look at the queue may find a call (the store's own answer, or True)."""
+        return True
+
+    def _dequeuer(self) -> Callable[..., "InvocationId | str | None"]:
+        """How a call comes off the queue (0.4.0: of a queue by its name): pynenc's broker."""
+        return self.app.broker.retrieve_invocation
+
+    def _retriever(self, *queue_hooks: Callable) -> Callable[[], "InvocationId | str | None"]:
+        dequeue = self._dequeuer()
         if not queue_hooks:
-            return self.app.broker.retrieve_invocation
+            return dequeue
         queue_provider, on_queue_retrieved = queue_hooks
 
-        def retrieve() -> "InvocationId | None":
+        def retrieve() -> "InvocationId | str | None":
             for queue_name in queue_provider():
-                if invocation_id := self.app.broker.retrieve_invocation(queue_name):
+                if invocation_id := dequeue(queue_name):
                     on_queue_retrieved(queue_name)
                     return invocation_id
             return None

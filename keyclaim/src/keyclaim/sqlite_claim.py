@@ -175,23 +175,42 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))
         return new
 
-    def dequeue(self, beside: str) -> str | None:
+    def dequeue(self, beside: str | None = None, queue_name: str | None = None) -> str | None:
         """The oldest invocation off the queue, in the order pynenc's broker takes them (0.4.0:
-        of the queue `beside` is on, by priority); None when none is left there."""
+        of the queue `beside` is on, or of `queue_name`, by priority); None when none is left."""
         queue = self.app.broker.tables.QUEUE
-        where, order = "", "created_at, id"
+        where, order, given = "", "created_at, id", []
         if self._queue_by_name:
-            where = f"WHERE queue_name = (SELECT queue_name FROM {queue} WHERE invocation_id = ?)"
             order = "priority DESC, created_at, id"
+            where, given = "WHERE queue_name = ?", [queue_name or self.app.broker.conf.queues[0]]
+            if beside:
+                named = f"SELECT queue_name FROM {queue} WHERE invocation_id = ?"
+                where, given = f"WHERE queue_name = ({named})", [beside]
         with self._connect() as conn:
             self._begin(conn)
             row = conn.execute(
                 f"DELETE FROM {queue} WHERE id = (SELECT id FROM {queue} {where} "
                 f"ORDER BY {order} LIMIT 1) RETURNING invocation_id",
-                (beside,) if where else (),
+                given,
             ).fetchone()
             conn.commit()
         return None if row is None else str(row[0])
+
+    # The loop's look: with kept connections, a call comes off the queue in the step that
+    # claims it (one write lock, looked for as keyclaim.transaction does), and a look that
+    # would find the queue empty reads it without taking the write lock.
+
+    def queued(self) -> bool:
+        if not transaction.keeps_all(self.app):
+            return True  # pynenc's broker looks
+        with self._connect() as conn:
+            queue = self.app.broker.tables.QUEUE
+            return conn.execute(f"SELECT 1 FROM {queue} LIMIT 1").fetchone() is not None
+
+    def _dequeuer(self) -> Callable[..., str | None]:
+        if not transaction.keeps_all(self.app):
+            return super()._dequeuer()
+        return lambda queue_name=None: self.dequeue(queue_name=queue_name)
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float
