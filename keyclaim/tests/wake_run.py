@@ -10,18 +10,43 @@ python wake_run.py URL FOLDER WORKERS CALLS IDLE [drop]. It prints one JSON obje
 import ast
 import json
 import re
+import sqlite3
 import sys
+from contextlib import closing
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from claimkit import WAIT, Claim, Workers, new_claim, unique, wait_until
 from provider import Judge
+from pynenc.invocation.status import InvocationStatus as S
 
 
 def loops(log: str) -> dict[str, int]:
     """What the wake runner logged as it stopped: its loops, by how each was started."""
     (found,) = re.findall(r"wake runner's loops: (\{[^}]*\})", log)
     return ast.literal_eval(found)
+
+
+def one_key_calls(claim: Claim, task: Any, key: str, calls: int) -> list[Any]:
+    """The first call held in flight until the worker's own calls (pynenc's, registered by
+    its first loop) have ended, whose threads' ends wake its loop; then the others, parked
+    behind it. From its end on, only a hand-over moves the key: no loop is awake to race the
+    thread it was handed from for the next call."""
+    with claim.provider.paused():
+        first = task(key, "op")
+        claim.provider.wait_in_flight(key)
+        wait_until(lambda: others_final(claim, first.invocation_id), WAIT, "pynenc's own calls")
+        return [first, *(task(key, "op") for _ in range(calls - 1))]
+
+
+def others_final(claim: Claim, mine: str) -> bool:
+    """Whether every invocation in the app's SQLite database but `mine` is final."""
+    orchestrator = claim.app.orchestrator
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        table = orchestrator.tables.INVOCATIONS
+        rows = conn.execute(f"SELECT invocation_id, status FROM {table}").fetchall()
+    return all(S(status).is_final() for invocation_id, status in rows if invocation_id != mine)
 
 
 def counted(
@@ -48,7 +73,10 @@ def counted(
             wait_until(idle_once, WAIT, "the worker's first idle wait")
         task = claim.tasks.call_merged if drop else claim.tasks.call_keyed
         key = unique()
-        sent = [task(key if one_key else unique(), "op") for _ in range(calls)]
+        if one_key:
+            sent = one_key_calls(claim, task, key, calls)
+        else:
+            sent = [task(unique(), "op") for _ in range(calls)]
         statuses = claim.final(*(call.invocation_id for call in sent), deadline=20)
     finally:
         started.stop_all()
