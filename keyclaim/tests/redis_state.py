@@ -17,6 +17,7 @@ from pynenc.runner.runner_context import RunnerContext
 from keyclaim import Refused, redis_claim
 from keyclaim.fleet import FleetStore
 from keyclaim.redis_claim import AtomicClaimRedisOrchestrator as Claimer
+from keyclaim.redis_keys import seconds_of
 
 URL = sys.argv[1] if len(sys.argv) > 1 else "redis://127.0.0.1:6379/0"
 app = claimapp.build("keyclaim_redis_state", redis_url=URL)
@@ -108,6 +109,23 @@ def refused_ids() -> dict[str, Any]:
     }
 
 
+def restamped() -> dict[str, float]:
+    """A rated call's admission, set back an hour after its claim, then its RUNNING."""
+    app.purge()
+    orchestrator, ctx = claimer()
+    call = tasks.call_rated("umbrella", "op0")
+    (taken,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert taken.invocation_id == call.invocation_id
+    client, window = app.orchestrator.client, orchestrator._k("admitted", "*")
+    (key,) = client.keys(window)
+    ((member, at),) = client.zrange(key, 0, -1, withscores=True)
+    client.zadd(key, {member: at - 3600})
+    before = seconds_of(client.time())
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    ((_, after),) = client.zrange(key, 0, -1, withscores=True)
+    return {"back": at - 3600, "before": before, "after": after}
+
+
 def stopped_worker() -> dict[str, Any]:
     app.purge()
     _, gone = claimer()
@@ -134,6 +152,7 @@ if __name__ == "__main__":
         "final": final_calls(),
         "refused": refused_ids(),
         "stopped": stopped_worker(),
+        "restamped": restamped(),
         "idle": idle_key_with_the_clock_back(),  # last: it leaves the clock set back
     }
     print(json.dumps(found))

@@ -34,6 +34,7 @@ from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner.runner_context import RunnerContext
 
 from keyclaim import versions
+from keyclaim.clock import host_clock
 from keyclaim.decision import Decision
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
 
@@ -668,3 +669,29 @@ def test_a_runner_taken_for_dead_that_runs_its_call_again_stores_only_the_later_
     assert claim.status(call.invocation_id) == S.RUNNING
     orchestrator.set_invocation_result(second, "ok", ctx)
     assert claim.status(call.invocation_id) == S.SUCCESS
+
+
+def test_a_rated_call_counts_against_its_keys_rate_from_its_start_not_its_claim(
+    claim: Claim,
+) -> None:
+    """A call of a rated key (claimapp's call_rated) is admitted as it is claimed; its RUNNING
+    dates that admission again, in the same step, so the rate's grace covers only the way from
+    the call's start to the provider, not a stall between claim and start. Here the admission
+    is set back an hour after the claim (a claim long before the start): its RUNNING brings it
+    to the host's clock. Checked by mutation: without the restamp in `set_invocation_status`,
+    the admission stayed an hour back and this test failed."""
+    acct = unique()
+    call = claim.tasks.call_rated(acct, "op0")
+    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
+    (taken,) = take(orchestrator, ctx)
+    assert taken.invocation_id == call.invocation_id
+    admitted = f"SELECT at FROM {orchestrator.admitted} WHERE invocation_id = ?"
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(f"UPDATE {orchestrator.admitted} SET at = at - 3600")
+        ((back,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
+    before = host_clock()
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
+    assert at >= before > back + 3000
+    assert orchestrator._admitted == {}  # nothing kept once the call started

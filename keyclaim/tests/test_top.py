@@ -55,8 +55,8 @@ def assert_live_view(found: dict) -> None:
     assert ([h["slot"] for h in b["holders"]], b["limit"]["slots"], b["waiting"]) == ([0, 1], 2, 1)
     assert {h["status"] for h in b["holders"]} == {"running"}
     assert (len(c["holders"]), c["waiting"], c["limit"]["rate"]) == (2, 0, 1)
-    # Its one admission counts while younger than the window (4 s and 0.1 s of grace): about
-    # as old as its holder's claim, whose age the frame shows too.
+    # Its one admission counts while younger than the window (4 s and 0.05 s of grace): about
+    # as old as its holder's claim (dated again as the call started), whose age the frame shows.
     held = c["holders"][0]["held_for"]
     assert c["rate_used"] == (1 if held < 4.05 else 0 if held > 4.15 else c["rate_used"])
     (member,) = doc["fleet"]

@@ -61,6 +61,9 @@ class Decision:
     token: int | None = None  # with RUN on a key: the fencing token issued (per slot)
     due: float | None = None  # with WAIT: when the key's rate window frees (store's clock)
     due_in: float | None = None  # the same, in seconds from the step (any process's clock)
+    # With RUN under a rate: where its admission is kept, and its name there (dated again as
+    # the call starts: keyclaim.orchestrator).
+    admitted: tuple[str, str] | None = None
 
 
 def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationStatusRecord]:

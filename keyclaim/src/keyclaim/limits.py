@@ -17,8 +17,9 @@ from keyclaim.errors import Refused
 if TYPE_CHECKING:
     from pynenc.invocation.dist_invocation import DistributedInvocation
 
-# Seconds added to each window: what the delay from claim to the provider may vary by.
-DEFAULT_GRACE = 0.1
+# Seconds added to each window: what the delay from a call's start (its RUNNING, when its
+# admission is dated again) to the provider may vary by.
+DEFAULT_GRACE = 0.05
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
         super().__init__(app)
         self._fleet_checked = False
         self._unstored: set[str] = set()  # calls left RUNNING here, unstored (_reroute_unstored)
+        self._admitted: dict[str, tuple[str, str]] = {}  # claimed here under a rate: to start
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
@@ -194,6 +195,8 @@ class AtomicClaim(HandOver, ClaimRecovery):
         if decision.token is not None:
             setattr(invocation, TOKEN_ATTRIBUTE, decision.token)
             setattr(invocation, SLOT_ATTRIBUTE, decision.slot)
+        if decision.admitted is not None:
+            self._admitted[invocation.invocation_id] = decision.admitted
         return decision.verdict
 
     def decide(
@@ -298,8 +301,11 @@ class AtomicClaim(HandOver, ClaimRecovery):
         self, invocation_id: "InvocationId", status: InvocationStatus, runner_ctx: "RunnerContext"
     ) -> None:
         """pynenc's, with its RUNNING write (before the call: no effect yet) tried again while
-        the store does not answer; past the deadline, StoreDown, which is not stored FAILED."""
+        the store does not answer; past the deadline, StoreDown, which is not stored FAILED.
+        A call claimed under a rate counts from its RUNNING, in the same step: its admission is
+        dated again, so the rate's grace covers only the way from its start to the provider."""
         write = super().set_invocation_status  # type: ignore[misc]
+        admitted = self._admitted.pop(invocation_id, None)
         if status is not S.RUNNING:
             write(invocation_id, status, runner_ctx)
             return
@@ -307,9 +313,10 @@ class AtomicClaim(HandOver, ClaimRecovery):
 
         def start() -> None:
             # A try whose answer was lost may have gone through: then it is RUNNING here.
-            if next(tries) and self._runs_here(self._record_of(invocation_id), runner_ctx):
-                return
-            write(invocation_id, status, runner_ctx)
+            if not (next(tries) and self._runs_here(self._record_of(invocation_id), runner_ctx)):
+                write(invocation_id, status, runner_ctx)
+            if admitted is not None:
+                self.restamp_in_store(invocation_id, admitted)
 
         self._until_answered(invocation_id, start)
 

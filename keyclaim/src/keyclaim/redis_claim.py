@@ -99,6 +99,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                         pipe.zremrangebyscore(admitted, "-inf", now - limit.window)
                         pipe.zadd(admitted, {f"{inv_id}@{now}": now})
                         pipe.expire(admitted, int(limit.window) + 60)
+                        decision.admitted = (admitted, f"{inv_id}@{now}")
                     decision.token = issued
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     pipe.zadd(self._k("dues"), {inv_id: decision.due})
@@ -177,6 +178,10 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
         if new.status.is_final():  # a next call of the key may be on the queue now
             self.wake_now()
         return new
+
+    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
+        window, member = admitted  # only if still there: XX (a pruned one is past counting)
+        self.client.zadd(window, {member: seconds_of(self.client.time())}, xx=True)
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float

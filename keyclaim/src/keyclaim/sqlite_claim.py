@@ -67,6 +67,8 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                     self._index(conn, invocation)
                     decision.token = self._issue_token(conn, inv_id, fence_key(line, decision.slot))
                     self._admit(conn, inv_id, line, limit, now)
+                    if limit.rate is not None:
+                        decision.admitted = (line, inv_id)
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     conn.execute(
                         f"INSERT OR REPLACE INTO {self.dues} VALUES (?, ?, ?, ?)",
@@ -211,6 +213,17 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         if not transaction.keeps_all(self.app):
             return super()._dequeuer()
         return lambda queue_name=None: self.dequeue(queue_name=queue_name)
+
+    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
+        line, _ = admitted
+        with self._connect() as conn:
+            self._begin(conn)  # inside the call's RUNNING step, with kept connections
+            conn.execute(
+                f"UPDATE {self.admitted} SET at = MAX(at, ?) "
+                "WHERE line_key = ? AND invocation_id = ? AND boot = ?",
+                (host_clock(), line, invocation_id, BOOT),
+            )
+            conn.commit()
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float

@@ -8,7 +8,7 @@ against pynenc 0.3.1 and 0.4.0 (their SQLite tables); retired with keyclaim.sqli
 
 import sqlite3
 import time
-from contextlib import closing
+from contextlib import closing, suppress
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS {p}_key_slots (line_key TEXT NOT NULL, slot INTEGER NOT NULL,
     invocation_id TEXT NOT NULL UNIQUE, PRIMARY KEY (line_key, slot));
 CREATE TABLE IF NOT EXISTS {p}_key_admitted
-    (line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL);
+    (line_key TEXT NOT NULL, boot TEXT NOT NULL, at REAL NOT NULL, invocation_id TEXT);
 CREATE TABLE IF NOT EXISTS {p}_key_dues
     (invocation_id TEXT PRIMARY KEY, line_key TEXT NOT NULL, boot TEXT NOT NULL, due REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS {p}_key_lines (seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -69,6 +69,10 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         with self._connect() as conn:
             for statement in filter(str.strip, SCHEMA.format(p=p).split(";")):
                 conn.execute(statement)
+            admitted = conn.execute(f"PRAGMA table_info({self.admitted})").fetchall()
+            if "invocation_id" not in {row[1] for row in admitted}:  # an older keyclaim's file
+                with suppress(sqlite3.OperationalError):  # "duplicate column": another's, first
+                    conn.execute(f"ALTER TABLE {self.admitted} ADD COLUMN invocation_id TEXT")
             queue = self.app.broker.tables.QUEUE
             found = {row[1] for row in conn.execute(f"PRAGMA table_info({queue})").fetchall()}
         # pynenc 0.4.0's queue has a queue name and a priority per row; 0.3.1's does not.
@@ -204,7 +208,10 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             f"DELETE FROM {self.admitted} WHERE line_key = ? AND (boot != ? OR at <= ?)",
             (line, BOOT, now - limit.window),
         )
-        conn.execute(f"INSERT INTO {self.admitted} VALUES (?, ?, ?)", (line, BOOT, now))
+        conn.execute(
+            f"INSERT INTO {self.admitted} (line_key, boot, at, invocation_id) VALUES (?, ?, ?, ?)",
+            (line, BOOT, now, invocation_id),
+        )
 
     def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
         row = conn.execute(
