@@ -459,3 +459,30 @@ def test_the_loops_take_is_one_transaction_and_a_look_at_an_empty_queue_begins_n
     assert commits(statements) == (1, 1)
     assert list(orchestrator.get_invocations_to_run(1, ctx)) == []
     assert commits(statements) == (0, 0)
+
+
+def test_a_hand_overs_take_claims_and_starts_the_call_in_one_transaction(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """A call's outcome hands its key on; the thread takes the handed call off the queue,
+    claims it and stores its RUNNING in one transaction, and pynenc's own RUNNING write, as the
+    thread then runs the call, is skipped: one RUNNING in its history. Checked by mutation:
+    with `_start_in_step` writing nothing, the handed call was left PENDING by the take and
+    this test failed."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second")
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    statements.clear()
+    taken = orchestrator.take_handed(ctx)
+    assert taken is not None and taken.invocation_id == handed.invocation_id
+    assert commits(statements) == (1, 1)
+    assert orchestrator.get_invocation_status(handed.invocation_id) is S.RUNNING
+    orchestrator.set_invocation_status(handed.invocation_id, S.RUNNING, ctx)  # as run() does
+    assert commits(statements) == (0, 0)
+    history = app.state_backend.get_history(handed.invocation_id)
+    assert [e.status_record.status for e in history].count(S.RUNNING) == 1

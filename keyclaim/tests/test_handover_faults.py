@@ -49,6 +49,7 @@ def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) 
         ("dequeue", "", S.REGISTERED, "holds its key again"),
         ("dequeue", "1", S.REGISTERED, None),
         ("take", "", S.PENDING, "recovered from a dead runner"),
+        ("take", "1", S.RUNNING, "recovered from a dead runner"),
     ],
 )
 def test_a_worker_killed_as_its_thread_takes_the_handed_call(
@@ -56,8 +57,9 @@ def test_a_worker_killed_as_its_thread_takes_the_handed_call(
 ) -> None:
     """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim)
     or claimed it (before it runs). With kept connections the take is one transaction, undone
-    by the kill: op2 is still on the queue. Else the next worker's sweep moves op2 on (healed
-    as a holder on no queue, or recovered as PENDING too long). op2 and op3 run, each once.
+    by the kill: op2 is still on the queue; once claimed, it is RUNNING too, in that step. Else
+    the next worker's sweep moves op2 on (healed as a holder on no queue, or recovered as
+    PENDING too long, or as RUNNING on a dead runner). op2 and op3 run, each once.
     Checked by mutation: with heal_holders finding no holder off the queue (`again` always
     empty), op2 of "dequeue" never ran and final() gave up; with HandOver._one a
     nullcontext, kept op2 had to be healed; with recover_in_store never finding a PENDING

@@ -3,15 +3,15 @@
 A holder's final status hands its slot to the head of the key's line and queues that call; a
 worker then had to wake its loop, take the call off the queue, claim it in a second step and
 start a thread for it. Here the thread whose call ended (keyclaim.wake) takes the oldest call
-off the queue and claims it in one step of the store, and runs it: the handed call when
-nothing older waits, so the queue's order holds and a busy key's chain never keeps a thread
-from calls queued before it. The hand-over then costs the outcome, that step and the next
-call's RUNNING. A thread that takes another call, or cannot take one (its runner stops, its
-call raised, the store does not answer), wakes its runner's loop for the handed call, as before.
-One step with kept connections; else the dequeue commits alone and the call is put back if its
-read or claim fails (a worker killed in between, or a store that cannot take it back: its key
-is healed by a sweep, keyclaim.recovery). Retired with the claim (the upstream change: the
-repo's docs/upstream.md, section 11).
+off the queue and claims it in one step of the store, and runs it: the handed call when nothing
+older waits, so the queue's order holds and a busy key's chain never keeps a thread from calls
+queued before it. The hand-over then costs the outcome and that step, in which, with kept
+connections, the next call's RUNNING is stored too. A thread that takes another call, or cannot
+take one (its runner stops, its call raised, the store does not answer), wakes its runner's
+loop for the handed call, as before. One step with kept connections; else the dequeue commits
+alone and the call is put back if its read or claim fails (a worker killed in between, or a
+store that cannot take it back: its key is healed by a sweep, keyclaim.recovery). Retired with
+the claim (the upstream change: the repo's docs/upstream.md, section 11).
 
 On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
 pops a handed call the moment it is queued.
@@ -91,7 +91,8 @@ class HandOver:
                     return None
                 try:  # off the queue: back on it if any step after fails (without a transaction)
                     invocation = self.app.state_backend.get_invocation(invocation_id)
-                    verdict = self.claim(invocation, runner_ctx)
+                    if (verdict := self.claim(invocation, runner_ctx)) is Verdict.RUN:
+                        self._start_in_step(invocation_id, runner_ctx)
                 except Exception:
                     with suppress(Exception):
                         self._route(invocation_id)  # in a transaction: undone with the rest
@@ -101,6 +102,10 @@ class HandOver:
             if verdict is Verdict.REQUEUE:
                 self._route(invocation_id)
                 return None
+
+    def _start_in_step(self, invocation_id: str, runner_ctx: "RunnerContext") -> None:
+        """Nothing here: the call's RUNNING is written as its thread runs it (on SQLite with
+        kept connections, in the step that took it: keyclaim.sqlite_claim)."""
 
     def _one(self) -> AbstractContextManager[None]:
         """Several steps in one transaction, where the store has them (keyclaim.sqlite_claim)."""

@@ -60,6 +60,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
         self._fleet_checked = False
         self._unstored: set[str] = set()  # calls left RUNNING here, unstored (_reroute_unstored)
         self._admitted: dict[str, tuple[str, str]] = {}  # claimed here under a rate: to start
+        self._started: set[str] = set()  # RUNNING stored with their claim: skipped once more
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
         """Queue a new call (True) or park it (False), given its key's holders, read atomically:
@@ -306,6 +307,9 @@ class AtomicClaim(HandOver, ClaimRecovery):
         dated again, so the rate's grace covers only the way from its start to the provider."""
         write = super().set_invocation_status  # type: ignore[misc]
         admitted = self._admitted.pop(invocation_id, None)
+        if status is S.RUNNING and invocation_id in self._started:
+            self._started.discard(invocation_id)  # stored in the step that took it
+            return
         if status is not S.RUNNING:
             write(invocation_id, status, runner_ctx)
             return
