@@ -109,8 +109,9 @@ def refused_ids() -> dict[str, Any]:
     }
 
 
-def restamped() -> dict[str, float]:
-    """A rated call's admission, set back an hour after its claim, then its RUNNING."""
+def restamped() -> dict[str, Any]:
+    """A rated call's admission, set back an hour after its claim: a second call of the key is
+    not taken while the first has not started; then pruned, it is added again by its RUNNING."""
     app.purge()
     orchestrator, ctx = claimer()
     call = tasks.call_rated("umbrella", "op0")
@@ -120,10 +121,19 @@ def restamped() -> dict[str, float]:
     (key,) = client.keys(window)
     ((member, at),) = client.zrange(key, 0, -1, withscores=True)
     client.zadd(key, {member: at - 3600})
+    tasks.call_rated("umbrella", "op1")
+    second = len(list(orchestrator.get_invocations_to_run(1, ctx)))
+    client.zrem(key, member)  # its last member: the key goes too
     before = seconds_of(client.time())
     orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
     ((_, after),) = client.zrange(key, 0, -1, withscores=True)
-    return {"back": at - 3600, "before": before, "after": after}
+    return {
+        "back": at - 3600,
+        "before": before,
+        "after": after,
+        "second": second,
+        "expires": client.ttl(key) > 0,
+    }
 
 
 def stopped_worker() -> dict[str, Any]:

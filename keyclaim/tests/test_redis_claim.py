@@ -115,11 +115,14 @@ def test_on_redis_the_claim_keeps_nothing_per_call_or_idle_key_but_the_floor(
     with Redis TIME an hour back, is still larger; a 2 KiB id is refused and no Redis key
     changes, and one failed at run time leaves nothing; a silent runner's beat and a dead
     process's fleet record go with the next sweep; a rated call's admission, set back an hour
-    after its claim, is dated again by its RUNNING. Checked by mutation, each failing this
-    test: `_plan_release` without its two HDELs (5 fields of each hash left); the first
-    token from TIME alone (the second token an hour smaller); the length checks removed (not
-    refused); the sweep's prunes left out (the beat and the record kept); the restamp left
-    out of `set_invocation_status` (the admission still an hour back)."""
+    after its claim, still counts while its call has not started (a second call is not
+    taken), and pruned, is added again by its RUNNING, dated now, with an expiry. Checked by
+    mutation, each failing this test: `_plan_release` without its two HDELs (5 fields of
+    each hash left); the first token from TIME alone (the second token an hour smaller); the
+    length checks removed (not refused); the sweep's prunes left out (the beat and the record
+    kept); the restamp left out of `set_invocation_status` (no admission); the unstarted
+    holders left out of keyclaim.decision.rate_free_at (the second call taken); the
+    restamp's EXPIRE left out (a key kept for good)."""
     found = redis_script("redis_state.py", redis_url)
     final = found["final"]
     assert (final["kept"], final["late"]) == ({}, "success")
@@ -132,3 +135,4 @@ def test_on_redis_the_claim_keeps_nothing_per_call_or_idle_key_but_the_floor(
     assert found["stopped"] == {"before": [2, 1], "after": [1, 0], "kept": True}
     restamped = found["restamped"]
     assert restamped["after"] >= restamped["before"] > restamped["back"] + 3000
+    assert (restamped["second"], restamped["expires"]) == (0, True)

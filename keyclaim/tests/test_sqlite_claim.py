@@ -695,3 +695,35 @@ def test_a_rated_call_counts_against_its_keys_rate_from_its_start_not_its_claim(
         ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
     assert at >= before > back + 3000
     assert orchestrator._admitted == {}  # nothing kept once the call started
+
+
+def test_a_rated_call_claimed_longer_ago_than_its_window_still_counts_until_it_starts(
+    claim: Claim,
+) -> None:
+    """A call claimed but not yet started (its worker stalled between claim and RUNNING: a
+    SIGSTOP, a thread slow to start) reaches the provider only as it starts, so it counts in
+    its key's rate (claimapp's call_rated: 1 per 4.05 s) as admitted now until then, however
+    old its admission. Here that admission is set back an hour after the claim: a second call
+    of the key is not taken. Then the admission is pruned (as an older one is by the next
+    admission or the sweep) and the first call starts: its RUNNING adds it again, dated now.
+    Checked by mutation, each failing this test: the unstarted holders left out of
+    keyclaim.decision.rate_free_at (the second call was taken, to reach the provider beside
+    the first: throttled); the restamp's INSERT left out (no admission after the first call's
+    start)."""
+    acct = unique()
+    first = claim.tasks.call_rated(acct, "op0")
+    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
+    (taken,) = take(orchestrator, ctx)
+    assert taken.invocation_id == first.invocation_id
+    admitted = f"SELECT at FROM {orchestrator.admitted} WHERE invocation_id = ?"
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(f"UPDATE {orchestrator.admitted} SET at = at - 3600")
+    claim.tasks.call_rated(acct, "op1")
+    assert take(orchestrator, ctx) == []  # the first has not started: the rate is spent
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(f"DELETE FROM {orchestrator.admitted}")
+    before = host_clock()
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        ((at,),) = conn.execute(admitted, (first.invocation_id,)).fetchall()
+    assert at >= before

@@ -61,9 +61,31 @@ class Decision:
     token: int | None = None  # with RUN on a key: the fencing token issued (per slot)
     due: float | None = None  # with WAIT: when the key's rate window frees (store's clock)
     due_in: float | None = None  # the same, in seconds from the step (any process's clock)
-    # With RUN under a rate: where its admission is kept, and its name there (dated again as
-    # the call starts: keyclaim.orchestrator).
-    admitted: tuple[str, str] | None = None
+    # With RUN under a rate: where its admission is kept, its name there, and the rate's window
+    # (dated again as the call starts: keyclaim.orchestrator).
+    admitted: tuple[str, str, float] | None = None
+
+
+def rate_free_at(
+    admitted: list[tuple[str, float]],
+    holders: list[Holder],
+    alive_since: float,
+    rate: int,
+    window: float,
+    now: float,
+) -> float | None:
+    """None when a key's rate admits a call now; else when its window frees. admitted: the
+    window's admissions, (invocation id, when). A holder claimed but not started (PENDING, its
+    runner alive) reaches the provider only when it starts, however long after its claim: it
+    counts as admitted now, its admission aged out of the window or not, until its RUNNING
+    dates it again (keyclaim.orchestrator)."""
+    unstarted = {
+        h.invocation_id
+        for h in holders
+        if h.record.status is S.PENDING and not h.silent_since(alive_since)
+    }
+    times = sorted([at for inv, at in admitted if inv not in unstarted] + [now] * len(unstarted))
+    return None if len(times) < rate else times[len(times) - rate] + window
 
 
 def recovery(record: InvocationStatusRecord, runner_id: str) -> list[InvocationStatusRecord]:

@@ -59,7 +59,8 @@ class AtomicClaim(HandOver, ClaimRecovery):
         super().__init__(app)
         self._fleet_checked = False
         self._unstored: set[str] = set()  # calls left RUNNING here, unstored (_reroute_unstored)
-        self._admitted: dict[str, tuple[str, str]] = {}  # claimed here under a rate: to start
+        # Claimed here under a rate, not yet started: where each admission is kept (restamped).
+        self._admitted: dict[str, tuple[str, str, float]] = {}
         self._started: set[str] = set()  # RUNNING stored with their claim: skipped once more
 
     def admits(self, invocation: "DistributedInvocation", holders: list[Holder]) -> bool:
@@ -316,11 +317,13 @@ class AtomicClaim(HandOver, ClaimRecovery):
         tries = itertools.count()
 
         def start() -> None:
+            # Dated before the RUNNING, so that no claim between the two misses it: while it is
+            # PENDING it counts as admitted now (keyclaim.decision.rate_free_at).
+            if admitted is not None:
+                self.restamp_in_store(invocation_id, admitted)
             # A try whose answer was lost may have gone through: then it is RUNNING here.
             if not (next(tries) and self._runs_here(self._record_of(invocation_id), runner_ctx)):
                 write(invocation_id, status, runner_ctx)
-            if admitted is not None:
-                self.restamp_in_store(invocation_id, admitted)
 
         self._until_answered(invocation_id, start)
 

@@ -53,8 +53,10 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                 limit = overrides.redis_limit(self, pipe, invocation, line)
             holders = [] if line is None else self._holders(pipe, line)
             now = seconds_of(pipe.time())
-            free_at = None if line is None else self._rate_free_at(pipe, line, limit, now)
             alive_since = now - dead_after
+            free_at = None
+            if line is not None:
+                free_at = self._rate_free_at(pipe, line, limit, now, holders, alive_since)
             decision = self.decide(
                 invocation, current, holders, runner_id, alive_since, busy, free_at
             )
@@ -99,7 +101,7 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
                         pipe.zremrangebyscore(admitted, "-inf", now - limit.window)
                         pipe.zadd(admitted, {f"{inv_id}@{now}": now})
                         pipe.expire(admitted, int(limit.window) + 60)
-                        decision.admitted = (admitted, f"{inv_id}@{now}")
+                        decision.admitted = (admitted, f"{inv_id}@{now}", limit.window)
                     decision.token = issued
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     pipe.zadd(self._k("dues"), {inv_id: decision.due})
@@ -179,9 +181,12 @@ class AtomicClaimRedisOrchestrator(RedisClaimKeys):
             self.wake_now()
         return new
 
-    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
-        window, member = admitted  # only if still there: XX (a pruned one is past counting)
-        self.client.zadd(window, {member: seconds_of(self.client.time())}, xx=True)
+    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str, float]) -> None:
+        window, member, seconds = admitted  # added again if pruned before its call started
+        with self.client.pipeline() as pipe:
+            pipe.zadd(window, {member: seconds_of(self.client.time())})
+            pipe.expire(window, int(seconds) + 60)
+            pipe.execute()
 
     def recover_in_store(
         self, invocation_id: str, runner_id: str, dead_after: float, max_pending: float

@@ -18,7 +18,7 @@ from redis.client import Pipeline
 from redis.exceptions import WatchError
 
 from keyclaim import overrides
-from keyclaim.decision import Holder
+from keyclaim.decision import Holder, rate_free_at
 from keyclaim.keys import fence_key
 from keyclaim.orchestrator import AtomicClaim
 
@@ -152,16 +152,26 @@ class RedisClaimKeys(AtomicClaim, RedisOrchestrator):
             holders.append(Holder(holder_id, record, float(beat) if beat else None, slot))
         return holders
 
-    def _rate_free_at(self, pipe: Pipeline, line: str, limit: "Limit", now: float) -> float | None:
+    def _rate_free_at(
+        self,
+        pipe: Pipeline,
+        line: str,
+        limit: "Limit",
+        now: float,
+        holders: list[Holder],
+        alive_since: float,
+    ) -> float | None:
         """None when the key's rate admits a call now; else when its window frees (Redis
-        TIME). The window is watched: two claims cannot both take its last place."""
+        TIME; keyclaim.decision.rate_free_at). The window is watched: two claims cannot both
+        take its last place."""
         if limit.rate is None:
             return None
         admitted = self._k("admitted", line)
         pipe.watch(admitted)
         since = f"({now - limit.window}"  # exclusive: as SQLite's at > now - window
-        times = [t for _, t in pipe.zrangebyscore(admitted, since, "+inf", withscores=True)]
-        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
+        found = pipe.zrangebyscore(admitted, since, "+inf", withscores=True)
+        entries = [(member.decode().rpartition("@")[0], at) for member, at in found]
+        return rate_free_at(entries, holders, alive_since, limit.rate, limit.window, now)
 
     def _index(self, pipe: Pipeline, invocation: "DistributedInvocation") -> None:
         task_key = invocation.task.task_id.key

@@ -52,7 +52,9 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             limit, now = limits.of(invocation), host_clock()
             if line is not None:  # the key's override, read in this step
                 limit = overrides.sqlite_limit(self, conn, invocation, line)
-            free_at = None if line is None else self._rate_free_at(conn, line, limit, now)
+            free_at = None
+            if line is not None:
+                free_at = self._rate_free_at(conn, line, limit, now, holders, alive_since)
             decision = self.decide(
                 invocation, current, holders, runner_id, alive_since, busy, free_at
             )
@@ -68,7 +70,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                     decision.token = self._issue_token(conn, inv_id, fence_key(line, decision.slot))
                     self._admit(conn, inv_id, line, limit, now)
                     if limit.rate is not None:
-                        decision.admitted = (line, inv_id)
+                        decision.admitted = (line, inv_id, limit.window)
                 elif decision.verdict is Verdict.WAIT and decision.due is not None:
                     conn.execute(
                         f"INSERT OR REPLACE INTO {self.dues} VALUES (?, ?, ?, ?)",
@@ -214,15 +216,21 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             return super()._dequeuer()
         return lambda queue_name=None: self.dequeue(queue_name=queue_name)
 
-    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
-        line, _ = admitted
+    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str, float]) -> None:
+        line, now = admitted[0], host_clock()
         with self._connect() as conn:
             self._begin(conn)  # inside the call's RUNNING step, with kept connections
-            conn.execute(
+            dated = conn.execute(
                 f"UPDATE {self.admitted} SET at = MAX(at, ?) "
                 "WHERE line_key = ? AND invocation_id = ? AND boot = ?",
-                (host_clock(), line, invocation_id, BOOT),
+                (now, line, invocation_id, BOOT),
             )
+            if not dated.rowcount:  # pruned, older than the window, before its call started
+                conn.execute(
+                    f"INSERT INTO {self.admitted} (line_key, boot, at, invocation_id) "
+                    "VALUES (?, ?, ?, ?)",
+                    (line, BOOT, now, invocation_id),
+                )
             conn.commit()
 
     def recover_in_store(

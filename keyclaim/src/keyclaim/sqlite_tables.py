@@ -16,7 +16,7 @@ from pynenc.invocation.status import InvocationStatus, InvocationStatusRecord
 
 from keyclaim import connections, overrides, transaction
 from keyclaim.clock import BOOT, first_token, host_clock
-from keyclaim.decision import Holder
+from keyclaim.decision import Holder, rate_free_at
 from keyclaim.keys import fence_key
 from keyclaim.limits import Limit
 from keyclaim.orchestrator import AtomicClaim
@@ -100,9 +100,9 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         the call runs then skipped. Not where a step is no transaction (pynenc's connections)."""
         if not transaction.keeps_all(self.app):
             return
-        super(AtomicClaim, self).set_invocation_status(invocation_id, S.RUNNING, runner_ctx)
         if admitted := self._admitted.pop(invocation_id, None):
             self.restamp_in_store(invocation_id, admitted)
+        super(AtomicClaim, self).set_invocation_status(invocation_id, S.RUNNING, runner_ctx)
         self._started.add(invocation_id)
 
     def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
@@ -197,18 +197,26 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             holders.append(Holder(invocation_id, record, beat, int(slot)))
         return holders
 
-    def _rate_free_at(self, conn: Any, line: str, limit: Limit, now: float) -> float | None:
+    def _rate_free_at(
+        self,
+        conn: Any,
+        line: str,
+        limit: Limit,
+        now: float,
+        holders: list[Holder],
+        alive_since: float,
+    ) -> float | None:
         """None when the key's rate admits a call now; else when its window frees (this host's
-        clock). Admissions of an earlier boot are forgotten (see keyclaim/README.md)."""
+        clock; keyclaim.decision.rate_free_at). Admissions of an earlier boot are forgotten (see
+        keyclaim/README.md)."""
         if limit.rate is None:
             return None
         rows = conn.execute(
-            f"SELECT at FROM {self.admitted} WHERE line_key = ? AND boot = ? AND at > ? "
-            "ORDER BY at",
+            f"SELECT invocation_id, at FROM {self.admitted} "
+            "WHERE line_key = ? AND boot = ? AND at > ?",
             (line, BOOT, now - limit.window),
         ).fetchall()
-        times = [at for (at,) in rows]
-        return None if len(times) < limit.rate else times[len(times) - limit.rate] + limit.window
+        return rate_free_at(rows, holders, alive_since, limit.rate, limit.window, now)
 
     def _admit(self, conn: Any, invocation_id: str, line: str, limit: Limit, now: float) -> None:
         """A call admitted: no longer due, and counted in its key's rate window (pruned)."""

@@ -29,7 +29,7 @@ class ClaimStore(ABC):
         """In one step: index the key, then queue the invocation (True) or park it (False)."""
 
     @abstractmethod
-    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
+    def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str, float]) -> None:
         """The call's admission to its key's rate window (`admitted`, as the claim named it) is
         dated now: the call starts, and the provider sees it a moment later (keyclaim.limits)."""
 
