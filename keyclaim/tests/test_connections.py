@@ -25,6 +25,7 @@ from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner.runner_context import RunnerContext
 from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
 from pynenc.trigger.sqlite_trigger import SQLiteTrigger
+from pynenc.util.sqlite_utils import SQLiteConnection
 
 import keyclaim
 from keyclaim import connections, transaction
@@ -485,4 +486,42 @@ def test_a_hand_overs_take_claims_and_starts_the_call_in_one_transaction(
     orchestrator.set_invocation_status(handed.invocation_id, S.RUNNING, ctx)  # as run() does
     assert commits(statements) == (0, 0)
     history = app.state_backend.get_history(handed.invocation_id)
+    assert [e.status_record.status for e in history].count(S.RUNNING) == 1
+
+
+def test_a_hand_overs_take_whose_commit_fails_leaves_the_calls_start_to_its_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a hand-over's take is not answered ("database is locked"): the take, the
+    claim and the RUNNING in it are undone and the call is back on the queue. The loop then
+    takes it and runs it in the same process: its RUNNING is stored as it runs, and its outcome
+    after. Checked by mutation: with `_start_in_step` noting the call as started before the
+    commit (as it first did), the loop's run skipped its RUNNING, the call stayed PENDING and
+    its outcome was refused (`outlived its claim`): this test failed."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    commit, failed = SQLiteConnection.__exit__, []
+
+    def unanswered(self: SQLiteConnection, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None and not failed:  # the take's commit, rolled back as it is given back
+            failed.append(True)
+            raise sqlite3.OperationalError("database is locked")
+        commit(self, exc_type, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteConnection, "__exit__", unanswered)
+    assert orchestrator.take_handed(ctx) is None and failed
+    assert orchestrator.get_invocation_status(handed) is not S.RUNNING
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)  # as run() does
+    assert orchestrator.get_invocation_status(handed) is S.RUNNING
+    orchestrator.set_invocation_result(again, "done", ctx)
+    assert orchestrator.get_invocation_status(handed) is S.SUCCESS
+    history = app.state_backend.get_history(handed)
     assert [e.status_record.status for e in history].count(S.RUNNING) == 1
