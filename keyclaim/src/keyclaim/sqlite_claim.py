@@ -218,14 +218,15 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     def _start_in_step(self, invocation_id: str, runner_ctx: Any) -> None:
         """A call a hand-over's thread took, which it runs next: its RUNNING in the step that
         took it (one transaction fewer on the way to the next call), pynenc's write of it as
-        the call runs then skipped. Not where a step is no transaction (pynenc's connections)."""
+        the call runs then skipped once the step is committed (a step undone leaves it to the
+        run). Not where a step is no transaction (pynenc's connections)."""
         if not transaction.keeps_all(self.app):
             return
         running = InvocationStatus.RUNNING
         super(AtomicClaim, self).set_invocation_status(invocation_id, running, runner_ctx)
         if admitted := self._admitted.pop(invocation_id, None):
             self.restamp_in_store(invocation_id, admitted)
-        self._started.add(invocation_id)
+        transaction.after_commit(self.sqlite_db_path, lambda: self._started.add(invocation_id))
 
     def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
         line, _ = admitted
