@@ -4,7 +4,9 @@ Beside what tools/bench_lines.py's sides printed (B on 3 workers, D's calls over
 and 3), two figures other commands measure, each in processes of its own: the start-up of
 `uv run python sample.py` (its --start-up line: from the command to the first enqueue), and, on
 request (--bench-many N), B at N accounts x 4 ops, hold 0.05 s, 4 workers on SQLite and on Redis,
-as `python -m tools.stress` runs it.
+as `python -m tools.stress` runs it: stock pynenc, and the claim with its calls enqueued one by
+one (as the article does) and as one batch (`--batch`: the claim registers it in one transaction
+on SQLite).
 """
 
 import argparse
@@ -58,12 +60,13 @@ def many(args: argparse.Namespace, log_dir: Path) -> dict[str, str]:
     found = {}
     for backend in ("sqlite", "redis"):
         claimed = ["--atomic-claim", "--runner", "wake", "--cpu"]  # as the bench's claim runs
-        for side, claim in (("stock pynenc", []), ("claim, wake runner", claimed)):
+        batched = ("claim, enqueued as one batch", [*claimed, "--batch"])
+        for side, claim in (("stock pynenc", []), ("claim, wake runner", claimed), batched):
             argv = ["uv", "run", *(REDIS if backend == "redis" else ()), "python", "-m"]
             argv += ["tools.stress", *claim, "--backend", backend, "--rounds", "1"]
             argv += ["--accounts", str(args.bench_many), "--ops", str(MANY.ops)]
             argv += ["--hold", str(MANY.hold), "--workers", str(MANY.workers)]
-            name = f"many-{backend}-{side.split()[0]}"
+            name = f"many-{backend}-{side.split()[0]}{'-batch' * ('--batch' in claim)}"
             argv += ["--no-chart", "--no-links", "--port", str(free_port())]
             out = _run([*argv, "--db", str(log_dir / f"{name}.db")], log_dir / f"{name}.log")
             row, collided = B_ROW.search(out), re.search(r"^totals: (\d+) collisions", out, re.M)

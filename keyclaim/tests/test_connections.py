@@ -443,6 +443,45 @@ def test_a_step_waits_for_a_held_write_lock_and_gives_up_at_its_deadline(
     assert not waiter.in_transaction
 
 
+def test_one_thread_of_a_process_looks_for_a_held_write_lock_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three threads' steps behind a write lock held elsewhere: one looks for it again and
+    again, the other two wait for their turn without looking; once it is free, each takes it in
+    turn. Checked by mutation: without the process's gate (`_looking` never acquired), all
+    three threads looked, and this test failed."""
+    db = str(tmp_path / "gate.db")
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")
+    waiters = [sqlite3.connect(db, isolation_level=None, check_same_thread=False) for _ in "abc"]
+    looked: list[str] = []  # the steps' threads that paused between looks (time is global)
+
+    def pause(seconds: float) -> None:
+        if (name := threading.current_thread().name).startswith("step"):
+            looked.append(name)
+        time_sleep(seconds)
+
+    monkeypatch.setattr(transaction.time, "sleep", pause)
+
+    def step(conn: sqlite3.Connection) -> None:
+        transaction.begin(conn)
+        conn.execute("COMMIT")
+
+    holder.execute("BEGIN IMMEDIATE")
+    threads = [
+        threading.Thread(target=step, args=(w,), name=f"step{n}") for n, w in enumerate(waiters)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: len(looked) >= 12, WAIT, "a step to look again a dozen times")
+    assert len(set(looked)) == 1, set(looked)
+    holder.execute("COMMIT")
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not any(w.in_transaction for w in waiters)
+
+
 def test_the_loops_take_is_one_transaction_and_a_look_at_an_empty_queue_begins_none(
     tmp_path: Path, statements: list[str]
 ) -> None:

@@ -22,7 +22,6 @@ from keyclaim import limits, overrides, transaction
 from keyclaim.clock import BOOT, host_clock
 from keyclaim.decision import UNMOVING, Decision, Verdict, free_slot, recovery
 from keyclaim.keys import fence_key, key_arguments, line_key, refuse_long_keys, waits_in_line
-from keyclaim.orchestrator import AtomicClaim
 from keyclaim.sqlite_tables import SQLiteClaimTables
 
 if TYPE_CHECKING:
@@ -214,19 +213,6 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         if not transaction.keeps_all(self.app):
             return super()._dequeuer()
         return lambda queue_name=None: self.dequeue(queue_name=queue_name)
-
-    def _start_in_step(self, invocation_id: str, runner_ctx: Any) -> None:
-        """A call a hand-over's thread took, which it runs next: its RUNNING in the step that
-        took it (one transaction fewer on the way to the next call), pynenc's write of it as
-        the call runs then skipped once the step is committed (a step undone leaves it to the
-        run). Not where a step is no transaction (pynenc's connections)."""
-        if not transaction.keeps_all(self.app):
-            return
-        running = InvocationStatus.RUNNING
-        super(AtomicClaim, self).set_invocation_status(invocation_id, running, runner_ctx)
-        if admitted := self._admitted.pop(invocation_id, None):
-            self.restamp_in_store(invocation_id, admitted)
-        transaction.after_commit(self.sqlite_db_path, lambda: self._started.add(invocation_id))
 
     def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str]) -> None:
         line, _ = admitted
