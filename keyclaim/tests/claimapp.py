@@ -97,15 +97,16 @@ def blink(times: int, redis: bool) -> None:
 def fault_at_take(app: "Pynenc", fault: str) -> None:
     """The thread a key was handed to meets a fault as it takes its next call: a SIGKILL once
     the call is off the queue ("dequeue": before its claim) or claimed too ("take": before it
-    runs); or, the first time it is off the queue, a store that does not answer the read of
-    the call that follows ("blink"). Or the loop does, taking a call off the queue ("look": a
-    SIGKILL before its claim)."""
+    runs), or a SIGSTOP there ("stop"); or, the first time it is off the queue, a store that
+    does not answer the read of the call that follows ("blink"). Or the loop does, taking a
+    call off the queue ("look": a SIGKILL before its claim)."""
     import signal
 
     from keyclaim.handover import HandOver
     from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Sqlite
 
-    owner, name = (HandOver, "take_handed") if fault == "take" else (Sqlite, "dequeue")
+    taken = fault in ("take", "stop")
+    owner, name = (HandOver, "take_handed") if taken else (Sqlite, "dequeue")
     looks = fault == "look"
     step, left, armed = getattr(owner, name), [fault], []
 
@@ -121,7 +122,7 @@ def fault_at_take(app: "Pynenc", fault: str) -> None:
             if left.pop() == "blink":
                 armed.append(True)
                 return found
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGSTOP if fault == "stop" else signal.SIGKILL)
         return found
 
     read = app.state_backend.get_invocation

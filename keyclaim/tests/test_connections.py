@@ -3,6 +3,7 @@
 Each connection is opened once, used by one block at a time, never across a fork; no trigger
 lookups while no task is a trigger's source, and a real worker still fires an app's trigger."""
 
+import inspect
 import os
 import signal
 import sqlite3
@@ -25,6 +26,7 @@ from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner.runner_context import RunnerContext
 from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
 from pynenc.trigger.sqlite_trigger import SQLiteTrigger
+from pynenc.util.sqlite_utils import SQLiteConnection
 
 import keyclaim
 from keyclaim import connections, transaction
@@ -525,3 +527,72 @@ def test_a_hand_overs_take_claims_and_starts_the_call_in_one_transaction(
     assert commits(statements) == (0, 0)
     history = app.state_backend.get_history(handed.invocation_id)
     assert [e.status_record.status for e in history].count(S.RUNNING) == 1
+
+
+def test_a_hand_overs_take_whose_commit_fails_leaves_the_calls_start_to_its_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a hand-over's take is not answered ("database is locked"): the take, the
+    claim and the RUNNING in it are undone and the call is back on the queue. The loop then
+    takes it and runs it in the same process: its RUNNING is stored as it runs, and its outcome
+    after. Checked by mutation: with `_start_in_step` noting the call as started before the
+    commit (as it first did), the loop's run skipped its RUNNING, the call stayed PENDING and
+    its outcome was refused (`outlived its claim`): this test failed."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    commit, failed = SQLiteConnection.__exit__, []
+
+    def unanswered(self: SQLiteConnection, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None and not failed:  # the take's commit, rolled back as it is given back
+            failed.append(True)
+            raise sqlite3.OperationalError("database is locked")
+        commit(self, exc_type, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteConnection, "__exit__", unanswered)
+    assert orchestrator.take_handed(ctx) is None and failed
+    assert orchestrator.get_invocation_status(handed) is not S.RUNNING
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)  # as run() does
+    assert orchestrator.get_invocation_status(handed) is S.RUNNING
+    orchestrator.set_invocation_result(again, "done", ctx)
+    assert orchestrator.get_invocation_status(handed) is S.SUCCESS
+    history = app.state_backend.get_history(handed)
+    assert [e.status_record.status for e in history].count(S.RUNNING) == 1
+
+
+def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
+    tmp_path: Path,
+) -> None:
+    """The handed call, taken and started by the thread that handed its key on, raises and is
+    retried (RETRY, back on the queue): the loop takes it again and its next RUNNING is stored
+    as it runs, one per try. Checked by mutation: with set_invocation_status keeping the call
+    noted as started (no `discard`), the retry's RUNNING was skipped too, the call left
+    PENDING, and this test failed."""
+    app, tasks = kept_claim(tmp_path)
+    retried = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    taken = orchestrator.take_handed(ctx)
+    assert taken is not None and taken.invocation_id == retried
+    orchestrator.set_invocation_status(retried, S.RUNNING, ctx)  # as run() does: skipped
+    takes = list(inspect.signature(SQLiteOrchestrator.set_invocation_retry).parameters)[1]
+    orchestrator.set_invocation_retry(taken if takes == "invocation" else retried, KeyError(), ctx)
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == retried
+    orchestrator.set_invocation_status(retried, S.RUNNING, ctx)
+    assert orchestrator.get_invocation_status(retried) is S.RUNNING
+    orchestrator.set_invocation_result(again, "done", ctx)
+    history = [e.status_record.status for e in app.state_backend.get_history(retried)]
+    tries = [s for s in history if s in (S.RUNNING, S.RETRY, S.SUCCESS)]
+    assert tries == [S.RUNNING, S.RETRY, S.RUNNING, S.SUCCESS]

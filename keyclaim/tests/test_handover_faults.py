@@ -7,6 +7,7 @@ timing luck.
 """
 
 import signal
+from pathlib import Path
 
 import pytest
 from claimkit import WAIT, Claim, Workers, unique, wait_until
@@ -122,3 +123,34 @@ def test_a_store_that_stops_answering_after_the_take_dequeues_leaves_the_call_qu
     assert not worker.logged(f"invocation:{ids[1]} holds its key again")
     assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
     assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
+
+
+def test_a_worker_stopped_once_its_thread_took_the_handed_call_is_fenced_as_it_resumes(
+    claim: Claim, workers: Workers
+) -> None:
+    """SIGSTOP the worker the moment op1's thread has taken op2, with kept connections: op2 is
+    RUNNING there (stored in the take's step) before it is sent. The next worker recovers it
+    from the silent runner and runs op2 and op3; woken, the stopped thread runs op2 anyway (its
+    RUNNING was stored with the take, so nothing refuses it before the provider): the newer
+    token fences it, and its outcome is not stored. Checked by mutation: with `_still_holds`
+    always true, the woken worker's outcome reached the store and `outlived its claim` never
+    appeared."""
+    acct, first = unique(), workers.start(**WAKE, take_fault="stop", keep="1")
+    with claim.provider.paused():
+        calls = [claim.tasks.call_keyed(acct, "op1")]
+        claim.provider.wait_in_flight(acct)
+        calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
+    ids = [call.invocation_id for call in calls]
+    stat = Path(f"/proc/{first.proc.pid}/stat")
+    wait_until(lambda: stat.read_text().split()[2] == "T", WAIT, "the worker to stop")
+    assert [claim.status(i) for i in ids] == [S.SUCCESS, S.RUNNING, S.REGISTERED]
+    second = workers.start(**WAKE, keep="1")
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert second.logged(f"invocation:{ids[1]} recovered from a dead runner")
+    first.signal(signal.SIGCONT)
+    wait_until(lambda: first.logged("outlived its claim"), WAIT, "the stale call's outcome")
+    claim.provider.wait_in_flight(acct, 0)
+    assert claim.final(*ids) == [S.SUCCESS] * 3
+    assert claim.settled_history(ids[1]).count(S.SUCCESS) == 1
+    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
+    assert claim.provider.counts(acct) == {"calls": 4, "applied": 3, "collisions": 0, "fenced": 1}

@@ -97,13 +97,14 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
     def _start_in_step(self, invocation_id: str, runner_ctx: Any) -> None:
         """A call a hand-over's thread took, which it runs next: its RUNNING in the step that
         took it (one transaction fewer on the way to the next call), pynenc's write of it as
-        the call runs then skipped. Not where a step is no transaction (pynenc's connections)."""
+        the call runs then skipped once the step is committed (a step undone leaves it to the
+        run). Not where a step is no transaction (pynenc's connections)."""
         if not transaction.keeps_all(self.app):
             return
         if admitted := self._admitted.pop(invocation_id, None):
             self.restamp_in_store(invocation_id, admitted)
         super(AtomicClaim, self).set_invocation_status(invocation_id, S.RUNNING, runner_ctx)
-        self._started.add(invocation_id)
+        transaction.after_commit(self.sqlite_db_path, lambda: self._started.add(invocation_id))
 
     def _hold(self, conn: Any, line: str, slot: int, invocation_id: str) -> None:
         conn.execute(f"INSERT INTO {self.holders} VALUES (?, ?, ?)", (line, slot, invocation_id))
