@@ -142,7 +142,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
         retrieve = self._retriever(*queue_hooks)
         requeue: list[str] = []
         try:
-            while missing_invocations > 0 and self.queued():
+            while missing_invocations > 0:
                 with self._one():  # off the queue and claimed in one step, where the store can
                     if not (invocation_id := retrieve()):
                         break
@@ -346,10 +346,6 @@ class AtomicClaim(HandOver, ClaimRecovery):
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
         self._store_outcome(super().set_invocation_retry, invocation, exception, runner_ctx)  # type: ignore[misc]
-
-    def queued(self) -> bool:
-        """Whether a look at the queue may find a call (the store's own answer, or True)."""
-        return True
 
     def _dequeuer(self) -> Callable[..., "InvocationId | str | None"]:
         """How a call comes off the queue (0.4.0: of a queue by its name): pynenc's broker."""

@@ -201,15 +201,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return None if row is None else str(row[0])
 
     # The loop's look: with kept connections, a call comes off the queue in the step that
-    # claims it (one write lock, looked for as keyclaim.transaction does), and a look that
-    # would find the queue empty reads it without taking the write lock.
-
-    def queued(self) -> bool:
-        if not transaction.keeps_all(self.app):
-            return True  # pynenc's broker looks
-        with self._connect() as conn:
-            queue = self.app.broker.tables.QUEUE
-            return conn.execute(f"SELECT 1 FROM {queue} LIMIT 1").fetchone() is not None
+    # claims it (one write lock, looked for as keyclaim.transaction does).
 
     def _dequeuer(self) -> Callable[..., str | None]:
         if not transaction.keeps_all(self.app):
