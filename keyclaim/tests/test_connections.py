@@ -15,6 +15,7 @@ import uuid
 from contextlib import closing
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import claimapp
 import pytest
@@ -497,6 +498,21 @@ def test_the_loops_take_is_one_transaction(tmp_path: Path, statements: list[str]
     assert commits(statements) == (1, 1)
 
 
+def handed_on(tmp_path: Path) -> tuple[Pynenc, Any, RunnerContext, str]:
+    """A claim's app with kept connections whose first call, claimed by the loop and run, has
+    just ended with its thread taking what it hands on: the app, its orchestrator, the runner's
+    context and the handed call's id, now on the queue."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    return app, orchestrator, ctx, handed
+
+
 def test_a_hand_overs_take_claims_and_starts_the_call_in_one_transaction(
     tmp_path: Path, statements: list[str]
 ) -> None:
@@ -505,22 +521,15 @@ def test_a_hand_overs_take_claims_and_starts_the_call_in_one_transaction(
     thread then runs the call, is skipped: one RUNNING in its history. Checked by mutation:
     with `_start_in_step` writing nothing, the handed call was left PENDING by the take and
     this test failed."""
-    app, tasks = kept_claim(tmp_path)
-    handed = tasks.call_keyed("acct0", "second")
-    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
-    orchestrator.register_runner_heartbeats([ctx.runner_id])
-    (first,) = orchestrator.get_invocations_to_run(1, ctx)
-    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
-    orchestrator.takes_handed()
-    orchestrator.set_invocation_result(first, "done", ctx)
+    app, orchestrator, ctx, handed = handed_on(tmp_path)
     statements.clear()
     taken = orchestrator.take_handed(ctx)
-    assert taken is not None and taken.invocation_id == handed.invocation_id
+    assert taken is not None and taken.invocation_id == handed
     assert commits(statements) == (1, 1)
-    assert orchestrator.get_invocation_status(handed.invocation_id) is S.RUNNING
-    orchestrator.set_invocation_status(handed.invocation_id, S.RUNNING, ctx)  # as run() does
+    assert orchestrator.get_invocation_status(handed) is S.RUNNING
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)  # as run() does
     assert commits(statements) == (0, 0)
-    history = app.state_backend.get_history(handed.invocation_id)
+    history = app.state_backend.get_history(handed)
     assert [e.status_record.status for e in history].count(S.RUNNING) == 1
 
 
@@ -533,14 +542,7 @@ def test_a_hand_overs_take_whose_commit_fails_leaves_the_calls_start_to_its_next
     after. Checked by mutation: with `_start_in_step` noting the call as started before the
     commit (as it first did), the loop's run skipped its RUNNING, the call stayed PENDING and
     its outcome was refused (`outlived its claim`): this test failed."""
-    app, tasks = kept_claim(tmp_path)
-    handed = tasks.call_keyed("acct0", "second").invocation_id
-    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
-    orchestrator.register_runner_heartbeats([ctx.runner_id])
-    (first,) = orchestrator.get_invocations_to_run(1, ctx)
-    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
-    orchestrator.takes_handed()
-    orchestrator.set_invocation_result(first, "done", ctx)
+    app, orchestrator, ctx, handed = handed_on(tmp_path)
     commit, failed = SQLiteConnection.__exit__, []
 
     def unanswered(self: SQLiteConnection, exc_type: type | None, *rest: object) -> None:
@@ -570,14 +572,7 @@ def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
     as it runs, one per try. Checked by mutation: with set_invocation_status keeping the call
     noted as started (no `discard`), the retry's RUNNING was skipped too, the call left
     PENDING, and this test failed."""
-    app, tasks = kept_claim(tmp_path)
-    retried = tasks.call_keyed("acct0", "second").invocation_id
-    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
-    orchestrator.register_runner_heartbeats([ctx.runner_id])
-    (first,) = orchestrator.get_invocations_to_run(1, ctx)
-    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
-    orchestrator.takes_handed()
-    orchestrator.set_invocation_result(first, "done", ctx)
+    app, orchestrator, ctx, retried = handed_on(tmp_path)
     taken = orchestrator.take_handed(ctx)
     assert taken is not None and taken.invocation_id == retried
     orchestrator.set_invocation_status(retried, S.RUNNING, ctx)  # as run() does: skipped

@@ -671,6 +671,28 @@ def test_a_runner_taken_for_dead_that_runs_its_call_again_stores_only_the_later_
     assert claim.status(call.invocation_id) == S.SUCCESS
 
 
+def rated_and_set_back(
+    claim: Claim,
+) -> tuple[str, DistributedInvocation, AtomicClaimer, RunnerContext, str]:
+    """A call of a rated key (claimapp's call_rated) claimed, not started, its admission then set
+    back an hour (a claim long before the start): its key, the call, the claimer, its runner's
+    context, and the query of the call's admission time."""
+    acct = unique()
+    call = claim.tasks.call_rated(acct, "op0")
+    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
+    (taken,) = take(orchestrator, ctx)
+    assert taken.invocation_id == call.invocation_id
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        conn.execute(f"UPDATE {orchestrator.admitted} SET at = at - 3600")
+    return (
+        acct,
+        call,
+        orchestrator,
+        ctx,
+        f"SELECT at FROM {orchestrator.admitted} WHERE invocation_id = ?",
+    )
+
+
 def test_a_rated_call_counts_against_its_keys_rate_from_its_start_not_its_claim(
     claim: Claim,
 ) -> None:
@@ -680,14 +702,8 @@ def test_a_rated_call_counts_against_its_keys_rate_from_its_start_not_its_claim(
     is set back an hour after the claim (a claim long before the start): its RUNNING brings it
     to the host's clock. Checked by mutation: without the restamp in `set_invocation_status`,
     the admission stayed an hour back and this test failed."""
-    acct = unique()
-    call = claim.tasks.call_rated(acct, "op0")
-    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
-    (taken,) = take(orchestrator, ctx)
-    assert taken.invocation_id == call.invocation_id
-    admitted = f"SELECT at FROM {orchestrator.admitted} WHERE invocation_id = ?"
-    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
-        conn.execute(f"UPDATE {orchestrator.admitted} SET at = at - 3600")
+    _, call, orchestrator, ctx, admitted = rated_and_set_back(claim)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
         ((back,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
     before = host_clock()
     orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
@@ -710,14 +726,7 @@ def test_a_rated_call_claimed_longer_ago_than_its_window_still_counts_until_it_s
     keyclaim.decision.rate_free_at (the second call was taken, to reach the provider beside
     the first: throttled); the restamp's INSERT left out (no admission after the first call's
     start)."""
-    acct = unique()
-    first = claim.tasks.call_rated(acct, "op0")
-    orchestrator, ctx = claimer(claim.app, AtomicClaimer)
-    (taken,) = take(orchestrator, ctx)
-    assert taken.invocation_id == first.invocation_id
-    admitted = f"SELECT at FROM {orchestrator.admitted} WHERE invocation_id = ?"
-    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
-        conn.execute(f"UPDATE {orchestrator.admitted} SET at = at - 3600")
+    acct, first, orchestrator, ctx, admitted = rated_and_set_back(claim)
     claim.tasks.call_rated(acct, "op1")
     assert take(orchestrator, ctx) == []  # the first has not started: the rate is spent
     with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
