@@ -295,6 +295,7 @@ def test_enqueue_with_no_worker_says_so_at_once_and_enqueues_nothing(
     assert invocations_in(str(db)) == 0  # nothing left to run inside the next run
 
 
+@pytest.mark.slow  # a worker's whole start, waited for: ~4 s
 @pytest.mark.e2e
 def test_enqueue_typed_while_the_worker_still_starts_waits_for_it(
     tmp_path: Path, provider: Provider

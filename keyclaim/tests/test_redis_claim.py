@@ -50,6 +50,7 @@ def redis_script(script: str, *args: str, timeout: float = 300) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # a second environment's start: ~3 s
 @pytest.mark.e2e
 def test_on_redis_the_same_race_lets_exactly_one_worker_in(redis_url: str) -> None:
     """redis_race.py forces the same interleaving on Redis, where a claimer is not
