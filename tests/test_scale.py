@@ -99,7 +99,8 @@ def test_bench_prints_its_figures(runs: dict[str, LongRun]) -> None:
     assert re.search(r"^start-up of .*, 1 runs: [\d.]+/[\d.]+/[\d.]+s ", table, re.M), table
     shape = "B at 4 accounts x 4, hold 0.05s, 4 workers"
     for backend in ("sqlite", "redis"):
-        assert re.search(rf"^{shape}, {backend} stock pynenc: [\d.]+s \(\d+%\)$", table, re.M)
+        stock = rf"^{shape}, {backend} stock pynenc: [\d.]+s \(\d+%\)(, \d+ collisions)?$"
+        assert re.search(stock, table, re.M), table  # stock pynenc's workers may collide
         for side in ("claim, wake runner", "claim, enqueued as one batch"):
             claim = rf"^{shape}, {backend} {side}: [\d.]+s \(\d+%\), CPU per call, ms: "
             assert re.search(claim + r".*; all [\d.]+$", table, re.M), table
