@@ -218,11 +218,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 (now, line, invocation_id, BOOT),
             )
             if not dated.rowcount:  # pruned, older than the window, before its call started
-                conn.execute(
-                    f"INSERT INTO {self.admitted} (line_key, boot, at, invocation_id) "
-                    "VALUES (?, ?, ?, ?)",
-                    (line, BOOT, now, invocation_id),
-                )
+                self._count_admission(conn, line, invocation_id, now)
             conn.commit()
 
     def recover_in_store(

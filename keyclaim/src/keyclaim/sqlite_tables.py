@@ -228,9 +228,13 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             f"DELETE FROM {self.admitted} WHERE line_key = ? AND (boot != ? OR at <= ?)",
             (line, BOOT, now - limit.window),
         )
+        self._count_admission(conn, line, invocation_id, now)
+
+    def _count_admission(self, conn: Any, line: str, invocation_id: str, at: float) -> None:
+        """The call counted in its key's rate window from `at` (this host's clock)."""
         conn.execute(
             f"INSERT INTO {self.admitted} (line_key, boot, at, invocation_id) VALUES (?, ?, ?, ?)",
-            (line, BOOT, now, invocation_id),
+            (line, BOOT, at, invocation_id),
         )
 
     def _status(self, conn: Any, invocation_id: str) -> InvocationStatusRecord | None:
