@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, closing
 
@@ -711,6 +712,36 @@ def test_a_rated_call_counts_against_its_keys_rate_from_its_start_not_its_claim(
         ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
     assert at >= before > back + 3000
     assert orchestrator._admitted == {}  # nothing kept once the call started
+
+
+def test_a_rated_calls_admission_is_dated_after_its_running_write_ends(
+    claim: Claim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where pynenc's RUNNING is a write of its own, it may wait its turn for the write lock
+    (42 ms at a load of 5, past the rate's grace, and G was throttled once): the admission is
+    dated again once that write has ended, not only before it. Here pynenc's write notes the
+    host's clock as it returns, and the admission is no older. Checked by mutation: without
+    the restamp after the write, the admission was older and this test failed."""
+    _, call, orchestrator, ctx, admitted = rated_and_set_back(claim)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        ((back,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
+    ended: list[float] = []
+    write = SQLiteOrchestrator.set_invocation_status
+
+    def noted(self: SQLiteOrchestrator, *args: object) -> None:
+        write(self, *args)  # type: ignore[arg-type]
+        # A write that took a while: it ends on a tick of the host's clock (10 ms on Linux)
+        # later than any reading before it.
+        began, deadline = host_clock(), time.monotonic() + 5
+        while (now := host_clock()) == began and time.monotonic() < deadline:
+            time.sleep(0.001)
+        ended.append(now)
+
+    monkeypatch.setattr(SQLiteOrchestrator, "set_invocation_status", noted)
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
+    assert len(ended) == 1 and at >= ended[0] > back
 
 
 def test_a_rated_call_claimed_longer_ago_than_its_window_still_counts_until_it_starts(
