@@ -63,7 +63,8 @@ class HandOver:
     ) -> "DistributedInvocation | None":
         """When this thread's last final status handed its key on: the oldest call on the
         queue, claimed for this runner, to run in this thread (the handed call itself unless
-        older ones wait: the queue's order holds). The runner's loop is woken for the handed
+        older ones wait: the queue's order holds; the store may put a key with a long line
+        first, keyclaim.sqlite_tables `_line_first`). The runner's loop is woken for the handed
         call if this thread did not take it, or could not (take False: the runner stops, or its
         call raised; a store that does not answer)."""
         handed, self._here.handed = getattr(self._here, "handed", []), []

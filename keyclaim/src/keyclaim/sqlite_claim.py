@@ -192,6 +192,8 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
                 where, given = f"WHERE queue_name = ({named})", [beside]
         with self._connect() as conn:
             self._begin(conn)
+            if beside and self._line_first(conn, beside, where, given, order):
+                where, given = "WHERE invocation_id = ?", [beside]
             row = conn.execute(
                 f"DELETE FROM {queue} WHERE id = (SELECT id FROM {queue} {where} "
                 f"ORDER BY {order} LIMIT 1) RETURNING invocation_id",

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from pynenc.util.sqlite_utils import SQLiteConnection
 
 S = InvocationStatus
+# The longest a queued call is passed over for a hand-over's longer line (`_line_first`).
+FAIR_WAIT = 0.25
 # The claim's tables, under pynenc's table prefix {p}, which its purge clears: a key's holders,
 # one per slot (keyclaim.limit: up to N), and its line; its rate's admissions, and the holders
 # waiting for their rate window to free (keyclaim/README.md, "Up to N per key"); each busy
@@ -180,6 +182,33 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         )
         self._queue(conn, head[1])
         return str(head[1])
+
+    def _line_first(self, conn: Any, handed: str, where: str, given: list, order: str) -> bool:
+        """Whether a hand-over's thread takes the call it handed its key to before the queue's
+        oldest: when more calls wait in that key's line than on the whole queue (the key, whose
+        calls run one after another, is what the rest waits on), unless the oldest has waited
+        FAIR_WAIT already, or comes first by its priority (pynenc 0.4.0)."""
+        queue, by_name = self.app.broker.tables.QUEUE, self._queue_by_name
+        oldest = conn.execute(
+            f"SELECT invocation_id, (julianday('now') - created_at) * 86400"
+            f"{', priority' if by_name else ''} FROM {queue} {where} ORDER BY {order} LIMIT 1",
+            given,
+        ).fetchone()
+        if oldest is None or oldest[0] == handed or oldest[1] >= FAIR_WAIT:
+            return False
+        if by_name and conn.execute(
+            f"SELECT priority < ? FROM {queue} WHERE invocation_id = ?", (oldest[2], handed)
+        ).fetchone() != (0,):
+            return False
+        (waiting,) = conn.execute(
+            f"SELECT COUNT(*) FROM {self.lines} WHERE line_key = "
+            f"(SELECT line_key FROM {self.holders} WHERE invocation_id = ?)",
+            (handed,),
+        ).fetchone()
+        (queued,) = conn.execute(  # counted up to the line's length: a long queue stops early
+            f"SELECT COUNT(*) FROM (SELECT 1 FROM {queue} {where} LIMIT ?)", [*given, waiting]
+        ).fetchone()
+        return bool(waiting > queued)
 
     def _holders(self, conn: Any, line: str) -> list[Holder]:
         """The key's holders, one per slot taken; one that ended without letting go (a process

@@ -1,0 +1,68 @@
+"""Which call a hand-over's thread takes: the queue's oldest, or its own key's next call when
+that key's line is longer than the queue (keyclaim.sqlite_tables `_line_first`).
+
+A busy account beside quiet ones (the demo's E): the quiet calls queued while the busy one's
+call ran would put its next call behind them, and the account would wait a hold for a thread.
+"""
+
+import sqlite3
+import uuid
+from contextlib import closing
+from pathlib import Path
+
+import claimapp
+import pytest
+from pynenc.invocation.status import InvocationStatus as S
+from pynenc.runner.runner_context import RunnerContext
+
+from keyclaim import sqlite_tables
+
+FAIR_WAIT = 60.0  # seconds: no step of this test comes near it, however slow the machine
+
+
+@pytest.mark.parametrize(
+    ("waiting", "quiet", "oldest_waited", "takes"),
+    [
+        (4, 1, 0.0, "busy"),  # a line of 4 beside 2 queued: the line first
+        (4, 1, FAIR_WAIT + 1, "quiet"),  # the oldest has waited its share: it goes first
+        (2, 2, 0.0, "quiet"),  # a line of 2 beside 3 queued: the queue's order
+    ],
+)
+def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_longer(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    waiting: int,
+    quiet: int,
+    oldest_waited: float,
+    takes: str,
+) -> None:
+    """A busy account's first call runs, its next ones wait in its line, and quiet accounts'
+    calls are queued meanwhile; the first call ends and hands the account on. Its thread takes
+    the account's next call when more calls wait in its line than on the whole queue, and
+    the oldest queued call has waited less than FAIR_WAIT; else the oldest. Checked by
+    mutation: with `_line_first` always False, the first case took the quiet call; without its
+    FAIR_WAIT check, the second took the busy one; without its count of the queue, the third
+    took the busy one: this test failed each time."""
+    monkeypatch.setattr(sqlite_tables, "FAIR_WAIT", FAIR_WAIT)
+    app = claimapp.build(f"order_{uuid.uuid4().hex[:8]}", str(tmp_path / "order.db"), keep=True)
+    tasks = claimapp.bound(app, "http://127.0.0.1:9")
+    busy = [tasks.call_keyed("busy", f"op{n}") for n in range(waiting + 2)]
+    calm = [tasks.call_keyed(f"quiet{n}", "op0") for n in range(quiet)]
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert first.invocation_id == busy[0].invocation_id
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn, conn:
+        for n, call in enumerate(calm):  # queued when it says (1 ms apart), whatever the speed
+            conn.execute(
+                f"UPDATE {app.broker.tables.QUEUE} SET created_at = julianday('now') - ? / 86400 "
+                "WHERE invocation_id = ?",
+                (oldest_waited - n / 1000, call.invocation_id),
+            )
+    orchestrator.takes_handed()
+    orchestrator.set_invocation_result(first, "done", ctx)  # hands "busy" to its next call
+    taken = orchestrator.take_handed(ctx)
+    expected = busy[1] if takes == "busy" else calm[0]
+    assert taken is not None and taken.invocation_id == expected.invocation_id
+    assert orchestrator.get_invocation_status(taken.invocation_id) is S.RUNNING
