@@ -26,6 +26,8 @@ FAIR_WAIT = 60.0  # seconds: no step of this test comes near it, however slow th
         (4, 1, 0.0, "busy"),  # a line of 4 beside 2 queued: the line first
         (4, 1, FAIR_WAIT + 1, "quiet"),  # the oldest has waited its share: it goes first
         (2, 2, 0.0, "quiet"),  # a line of 2 beside 3 queued: the queue's order
+        (40, 20, 0.0, "busy"),  # both past the counts' first bound (16): counted on
+        (20, 30, 0.0, "quiet"),
     ],
 )
 def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_longer(
@@ -42,7 +44,8 @@ def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_l
     the oldest queued call has waited less than FAIR_WAIT; else the oldest. Checked by
     mutation: with `_line_first` always False, the first case took the quiet call; without its
     FAIR_WAIT check, the second took the busy one; without its count of the queue, the third
-    took the busy one: this test failed each time."""
+    took the busy one; with the counts' bound never raised, the fourth took the quiet one:
+    this test failed each time."""
     monkeypatch.setattr(sqlite_tables, "FAIR_WAIT", FAIR_WAIT)
     app = claimapp.build(f"order_{uuid.uuid4().hex[:8]}", str(tmp_path / "order.db"), keep=True)
     tasks = claimapp.bound(app, "http://127.0.0.1:9")
@@ -75,7 +78,8 @@ def test_a_hand_overs_take_costs_the_same_however_long_its_keys_line(
     two quiet calls: its hand-over takes the line's next call either way, and that take, under
     the database's write lock, visits about as many rows (SQLite's VM steps) at 5,000 as at 50.
     Checked by mutation: with `_line_first` counting the whole line (ceb828b's count), the take
-    at 5,000 cost 15,590 steps where at 50 it cost 740, and this test failed."""
+    at 5,000 cost 15,590 steps where at 50 it cost 740, and this test failed (bounded: 740
+    at 50, 5,000 and 100,000)."""
     monkeypatch.setattr(sqlite_tables, "FAIR_WAIT", FAIR_WAIT)
     steps = [_take_steps(tmp_path / f"line{waiting}.db", waiting) for waiting in (50, 5000)]
     assert steps[1] < 2 * steps[0], steps
