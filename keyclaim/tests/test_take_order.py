@@ -1,5 +1,7 @@
-"""Which call a hand-over's thread takes: the queue's oldest, or its own key's next call when
-that key's line is longer than the queue (keyclaim.sqlite_tables `_line_first`).
+"""Which call a hand-over's thread takes: the queue's oldest, or its own key's next call.
+
+Its own key's next call goes first when that key's line is longer than the queue
+(keyclaim.sqlite_tables `_line_first`).
 
 A busy account beside quiet ones (the demo's E): the quiet calls queued while the busy one's
 call ran would put its next call behind them, and the account would wait a hold for a thread.
