@@ -200,15 +200,17 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
             f"SELECT priority < ? FROM {queue} WHERE invocation_id = ?", (oldest[2], handed)
         ).fetchone() != (0,):
             return False
-        (waiting,) = conn.execute(
-            f"SELECT COUNT(*) FROM {self.lines} WHERE line_key = "
-            f"(SELECT line_key FROM {self.holders} WHERE invocation_id = ?)",
-            (handed,),
-        ).fetchone()
-        (queued,) = conn.execute(  # counted up to the line's length: a long queue stops early
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM {queue} {where} LIMIT ?)", [*given, waiting]
-        ).fetchone()
-        return bool(waiting > queued)
+        bound = 16  # each counted up to a bound, raised until one falls short: the shorter's rows
+        while True:
+            waiting, queued = conn.execute(
+                f"SELECT (SELECT COUNT(*) FROM (SELECT 1 FROM {self.lines} WHERE line_key = "
+                f"(SELECT line_key FROM {self.holders} WHERE invocation_id = ?) LIMIT ?)), "
+                f"(SELECT COUNT(*) FROM (SELECT 1 FROM {queue} {where} LIMIT ?))",
+                [handed, bound, *given, bound],
+            ).fetchone()
+            if min(waiting, queued) < bound:
+                return bool(waiting > queued)
+            bound *= 8
 
     def _holders(self, conn: Any, line: str) -> list[Holder]:
         """The key's holders, one per slot taken; one that ended without letting go (a process
