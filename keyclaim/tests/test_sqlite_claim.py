@@ -34,7 +34,7 @@ from pynenc.invocation.status import InvocationStatus as S
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.runner.runner_context import RunnerContext
 
-from keyclaim import versions
+from keyclaim import transaction, versions
 from keyclaim.clock import host_clock
 from keyclaim.decision import Decision
 from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator
@@ -742,6 +742,43 @@ def test_a_rated_calls_admission_is_dated_after_its_running_write_ends(
     with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
         ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
     assert len(ended) == 1 and at >= ended[0] > back
+
+
+def test_a_rated_calls_admission_is_dated_once_its_restamp_holds_the_write_lock(
+    claim: Claim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With pynenc's connections the restamp after the RUNNING is a step of its own, and it
+    too may wait its turn for the write lock (another worker's step taking it as the RUNNING
+    commits): the admission is dated once the restamp holds the lock, not before it waits.
+    Here a step of another connection takes the lock as pynenc's write returns, and lets it
+    go a tick of the host's clock after the restamp began to wait for it. Checked by mutation:
+    with the restamp's time read before its BEGIN, the admission was older than the lock's
+    release and this test failed."""
+    if transaction.keeps_all(claim.app):
+        pytest.skip("kept connections: the restamp is in the RUNNING's own transaction")
+    _, call, orchestrator, ctx, admitted = rated_and_set_back(claim)
+    write, released = SQLiteOrchestrator.set_invocation_status, []
+
+    def then_taken(self: SQLiteOrchestrator, *args: object) -> None:
+        write(self, *args)  # type: ignore[arg-type]
+        other = sqlite3.connect(orchestrator.sqlite_db_path, check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")
+
+        def release() -> None:
+            wait_until(transaction._looking.locked, WAIT, "the restamp waiting for the lock")
+            began = host_clock()
+            wait_until(lambda: host_clock() > began, WAIT, "a tick of the host's clock")
+            released.append(host_clock())
+            other.rollback()
+            other.close()
+
+        threading.Thread(target=release, daemon=True).start()
+
+    monkeypatch.setattr(SQLiteOrchestrator, "set_invocation_status", then_taken)
+    orchestrator.set_invocation_status(call.invocation_id, S.RUNNING, ctx)
+    with closing(sqlite3.connect(orchestrator.sqlite_db_path)) as conn:
+        ((at,),) = conn.execute(admitted, (call.invocation_id,)).fetchall()
+    assert len(released) == 1 and at >= released[0]
 
 
 def test_a_rated_call_claimed_longer_ago_than_its_window_still_counts_until_it_starts(

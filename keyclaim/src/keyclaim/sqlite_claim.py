@@ -211,9 +211,10 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         return lambda queue_name=None: self.dequeue(queue_name=queue_name)
 
     def restamp_in_store(self, invocation_id: str, admitted: tuple[str, str, float]) -> None:
-        line, now = admitted[0], host_clock()
+        line = admitted[0]
         with self._connect() as conn:
             self._begin(conn)  # inside the call's RUNNING step, with kept connections
+            now = host_clock()  # once the lock is held: a wait for it is on the way to the call
             dated = conn.execute(
                 f"UPDATE {self.admitted} SET at = MAX(at, ?) "
                 "WHERE line_key = ? AND invocation_id = ? AND boot = ?",
