@@ -31,6 +31,7 @@ FAIR_WAIT = 60.0  # seconds: no step of this test comes near it, however slow th
         (40, 20, 0.0, "busy"),  # both past the counts' first bound (16): counted on
         (20, 30, 0.0, "quiet"),
         (4, 1, 0.0, "quiet, the busy one taken by another"),  # the queue's order, not nothing
+        (4, 1, 0.0, "quiet, first by its priority"),  # pynenc 0.4.0's queues: 0.5 against 0
     ],
 )
 def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_longer(
@@ -48,8 +49,9 @@ def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_l
     mutation: with `_line_first` always False, the first case took the quiet call; without its
     FAIR_WAIT check, the second took the busy one; without its count of the queue, the third
     took the busy one; with the counts' bound never raised, the fourth took the quiet one;
-    without the look for the handed call on the queue, the last took nothing: this test
-    failed each time."""
+    without the look for the handed call on the queue, the next took nothing; with the
+    oldest's priority read as a whole number, the last (pynenc 0.4.0) took the busy one: this
+    test failed each time."""
     monkeypatch.setattr(sqlite_tables, "FAIR_WAIT", FAIR_WAIT)
     app = claimapp.build(f"order_{uuid.uuid4().hex[:8]}", str(tmp_path / "order.db"), keep=True)
     tasks = claimapp.bound(app, "http://127.0.0.1:9")
@@ -66,6 +68,13 @@ def test_a_hand_over_takes_its_keys_next_call_first_only_while_its_line_is_the_l
                 f"UPDATE {app.broker.tables.QUEUE} SET created_at = julianday('now') - ? / 86400 "
                 "WHERE invocation_id = ?",
                 (oldest_waited - n / 1000, call.invocation_id),
+            )
+        if takes.endswith("priority"):
+            if not orchestrator._queue_by_name:
+                pytest.skip("pynenc 0.3.1's queue has no priority")
+            conn.execute(
+                f"UPDATE {app.broker.tables.QUEUE} SET priority = 0.5 WHERE invocation_id = ?",
+                (calm[0].invocation_id,),
             )
     orchestrator.takes_handed()
     orchestrator.set_invocation_result(first, "done", ctx)  # hands "busy" to its next call

@@ -197,9 +197,9 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
         if oldest is None or oldest[0] == handed or oldest[1] >= FAIR_WAIT:
             return False
         # Off the queue already (another worker took it), or behind the oldest by its priority.
-        behind = f"priority < {int(oldest[2])}" if by_name else "0"
+        behind, asked = ("priority < ?", [oldest[2]]) if by_name else ("0", [])
         if conn.execute(
-            f"SELECT {behind} FROM {queue} WHERE invocation_id = ?", (handed,)
+            f"SELECT {behind} FROM {queue} WHERE invocation_id = ?", [*asked, handed]
         ).fetchone() != (0,):
             return False
         bound = 16  # each counted up to a bound, raised until one falls short: the shorter's rows
