@@ -25,10 +25,12 @@ from pathlib import Path
 from demo import flags, redis_server, report, settings, show
 from demo.outcome import Outcome
 from demo.processes import free_port
+from demo.provider import Provider
 from demo.scenarios import HOLD_SECONDS, QUIET_ACCOUNTS, Shape
 from demo.signals import stop_on_signals
 from demo.stack import FAILURES, Stack
 from demo.steps import Stage
+from stand_in.client import ProviderClient
 from tools import given, stress
 from tools.bench import ROUNDS, SCALED, backlogs
 
@@ -37,12 +39,31 @@ E_SAMPLE = 50  # calls of the busy account timed, after which its backlog is lef
 E_TIMEOUT = 600.0
 
 
+def ceiling(provider: Provider, calls: int = E_SAMPLE, hold: float = E_HOLD) -> float:
+    """E's busy account with nothing between its calls: one client sends `calls` calls of one
+    account in a row, as the tasks send them (their client, a key and a growing token each),
+    and the provider's timeline says how close they came to their floor. What is left is this
+    host's HTTP and its wake-ups, the most any worker could reach here and now."""
+    provider.reset("E's ceiling: one client, no queue", hold)
+    account = f"bare-{secrets.token_hex(4)}"  # fenced by no token an earlier run kept
+    with ProviderClient(provider.base_url, E_TIMEOUT) as client:
+        for n in range(1, calls + 1):
+            client.call(account, f"op{n:03d}", secrets.token_hex(8), n, None)
+    timeline = provider.timeline()
+    span = max(c["end"] for c in timeline) - min(c["start"] for c in timeline)
+    return calls * hold / span
+
+
 def figures(
-    article: list[Outcome], scaled: Outcome | None, noisy: list[Outcome], dedupe: list[Outcome]
+    article: list[Outcome],
+    scaled: Outcome | None,
+    noisy: list[Outcome],
+    dedupe: list[Outcome],
+    bare: float | None = None,
 ) -> dict[str, object]:
-    """Median elapsed and floor of B (and F, G) and of scaled B, each E run's figures, and D's
-    calls over its rounds (min, typical, max)."""
-    found: dict[str, object] = {}
+    """Median elapsed and floor of B (and F, G) and of scaled B, each E run's figures, E's
+    ceiling on this host (bare), and D's calls over its rounds (min, typical, max)."""
+    found: dict[str, object] = {} if bare is None else {"ceiling": bare}
     if calls := sorted(o.calls for o in dedupe):
         found["D calls"] = [calls[0], statistics.median_low(calls), calls[-1], len(calls)]
     for letter in sorted({o.scenario.letter for o in article}):
@@ -116,7 +137,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
     part = ", ".join(names)
     print(f"\n##### {part}: wake runner, {args.workers} worker(s), {side} #####", flush=True)
     article: list[Outcome] = []
-    scaled, runs, dedupe = None, [], []
+    scaled, runs, dedupe, bare = None, [], [], None
     private = args.backend == "redis"
     sample = given.sample(args)
     with stop_on_signals(), Stack(env, folder / "logs", sample, private_redis=private) as s:
@@ -138,6 +159,9 @@ def side(args: argparse.Namespace, folder: Path) -> int:
                 stage.shape = Shape(hold=args.hold, workers=args.workers)
                 dedupe = stress.rounds(stage, args.d_rounds, view, True, [table["dedupe"]])
             stage.timeout = E_TIMEOUT
+            if args.backlogs:  # before E: a backlog left unrun keeps the worker busy after it
+                bare = ceiling(s.provider)
+                print(f"E's ceiling here: {E_SAMPLE} calls in a row, no queue: {bare:.0%}")
             for backlog in args.backlogs:
                 stage.shape = Shape(
                     hold=E_HOLD, backlog=backlog, sample=E_SAMPLE, workers=args.workers
@@ -150,7 +174,7 @@ def side(args: argparse.Namespace, folder: Path) -> int:
         except FAILURES as exc:
             print(f"bench_lines: {s.explain(exc)}", file=sys.stderr)
             return 1
-    print(f"figures: {json.dumps(figures(article, scaled, runs, dedupe))}", flush=True)
+    print(f"figures: {json.dumps(figures(article, scaled, runs, dedupe, bare))}", flush=True)
     ran = [*article, *runs, *dedupe] + ([scaled] if scaled else [])
     return 1 if any(o.broken() for o in ran) else 0
 

@@ -140,6 +140,10 @@ def compare_lines(sides: dict[str, dict[str, object]]) -> str:
             (f"{name} status writes per call", *(f"{x.get('writes', 0):.1f}" for x in runs)),
             (f"{name} REROUTED per call", *(f"{x.get('reroutes', 0):.1f}" for x in runs)),
         ]
+    if any("ceiling" in side for side in sides.values()):  # tools.bench_lines.ceiling
+        bare = [side.get("ceiling") for side in sides.values()]
+        bare = ["-" if x is None else f"{x:.0%}" for x in bare]
+        rows.append(("E's ceiling here: one client, no queue", *bare))
     head = f"{'':<40}" + "".join(f"{name:>17}" for name in sides)
     title = (
         "=== stock pynenc vs the claim (account lines) on pynenc's SQLite connections vs the "
