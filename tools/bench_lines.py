@@ -30,7 +30,6 @@ from demo.scenarios import HOLD_SECONDS, QUIET_ACCOUNTS, Shape
 from demo.signals import stop_on_signals
 from demo.stack import FAILURES, Stack
 from demo.steps import Stage
-from stand_in.client import ProviderClient
 from tools import given, stress
 from tools.bench import ROUNDS, SCALED, backlogs
 
@@ -40,15 +39,17 @@ E_TIMEOUT = 600.0
 
 
 def ceiling(provider: Provider, calls: int = E_SAMPLE, hold: float = E_HOLD) -> float:
-    """E's busy account with nothing between its calls: one client sends `calls` calls of one
-    account in a row, as the tasks send them (their client, a key and a growing token each),
-    and the provider's timeline says how close they came to their floor. What is left is this
+    """E's busy account with nothing between its calls: one httpx client sends `calls` calls of
+    one account in a row, shaped as the tasks send them (a key and a growing token each), and
+    the provider's timeline says how close they came to their floor. What is left is this
     host's HTTP and its wake-ups, the most any worker could reach here and now."""
     provider.reset("E's ceiling: one client, no queue", hold)
     account = f"bare-{secrets.token_hex(4)}"  # fenced by no token an earlier run kept
-    with ProviderClient(provider.base_url, E_TIMEOUT) as client:
-        for n in range(1, calls + 1):
-            client.call(account, f"op{n:03d}", secrets.token_hex(8), n, None)
+    for n in range(1, calls + 1):
+        key = {"Idempotency-Key": secrets.token_hex(8)}
+        answer = provider.http.post(f"/call/{account}/op{n:03d}", params={"token": n}, headers=key)
+        if answer.is_error or answer.json()["outcome"] != "ok":  # not held: no figure
+            raise RuntimeError(f"E's ceiling: the provider answered {answer.text}")
     timeline = provider.timeline()
     span = max(c["end"] for c in timeline) - min(c["start"] for c in timeline)
     return calls * hold / span
