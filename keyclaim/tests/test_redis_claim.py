@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from claimkit import HERE
@@ -137,3 +138,19 @@ def test_on_redis_the_claim_keeps_nothing_per_call_or_idle_key_but_the_floor(
     restamped = found["restamped"]
     assert restamped["after"] >= restamped["before"] > restamped["back"] + 3000
     assert (restamped["second"], restamped["expires"]) == (0, True)
+
+
+@pytest.mark.slow  # a second environment's start, and a worker's: ~8 s
+@pytest.mark.e2e
+def test_on_redis_the_claim_looks_up_no_trigger_and_a_workers_trigger_still_fires(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """redis_quiet.py, the quiet trigger on Redis (selected with the claim): twenty calls
+    registered report their statuses; pynenc-redis's trigger looks up each one's conditions,
+    the quiet one none. A real worker runs triggerapp.app on Redis: this process, which
+    registered no trigger, finds the worker's in the store, and `follow` runs once after
+    `lead`. Checked by mutation, each failing this test: `sourced_in_store` always false (the
+    worker's trigger never seen), and `any_sourced` always true (20 lookups)."""
+    found = redis_script("redis_quiet.py", redis_url, str(tmp_path))
+    assert found["stock"] >= 20 and found["quiet"] == 0
+    assert (found["trigger"], found["seen"], found["followed"]) == ("QuietRedisTrigger", True, 1)

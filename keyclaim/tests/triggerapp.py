@@ -1,8 +1,9 @@
-"""A pynenc app on SQLite with a trigger: `follow` runs after each `lead` that succeeds.
+"""A pynenc app with a trigger: `follow` runs after each `lead` that succeeds.
 
 A worker runs it: `pynenc --app triggerapp.app runner start`, with KEYCLAIM_TEST_DB and
-KEYCLAIM_TEST_APP_ID in its environment (test_connections.py). The runner's atomic service,
-which turns a recorded condition into the triggered call, runs every 0.6 s here.
+KEYCLAIM_TEST_APP_ID in its environment: on SQLite with kept connections (test_connections.py),
+or with KEYCLAIM_TEST_REDIS on Redis with the claim (redis_quiet.py). The runner's atomic
+service, which turns a recorded condition into the triggered call, runs every 0.6 s here.
 """
 
 import os
@@ -12,11 +13,13 @@ from pynenc.trigger import TriggerBuilder
 
 import keyclaim
 
+builder = PynencBuilder().app_id(os.environ.get("KEYCLAIM_TEST_APP_ID", "keyclaim_triggers"))
+if redis_url := os.environ.get("KEYCLAIM_TEST_REDIS"):
+    builder = builder.redis(url=redis_url)
+else:
+    builder = builder.sqlite(os.environ.get("KEYCLAIM_TEST_DB", "triggers.db"))
 builder = (
-    PynencBuilder()
-    .app_id(os.environ.get("KEYCLAIM_TEST_APP_ID", "keyclaim_triggers"))
-    .sqlite(os.environ.get("KEYCLAIM_TEST_DB", "triggers.db"))
-    .thread_runner(min_threads=1, max_threads=4)
+    builder.thread_runner(min_threads=1, max_threads=4)
     .runner_tuning(runner_loop_sleep_time_sec=0.05)
     .logging_stream("stdout")
     .custom_config(
@@ -25,7 +28,10 @@ builder = (
         atomic_service_check_interval_minutes=0.002,
     )
 )
-app = keyclaim.keep_connections(builder).build()
+if redis_url:  # the claim's trigger on Redis: keyclaim.quiet_redis
+    app = keyclaim.install(builder, 15.0, 10.0).build()
+else:
+    app = keyclaim.keep_connections(builder).build()
 
 
 @app.task

@@ -19,6 +19,7 @@ KEPT = {
     "trigger_cls": "QuietSQLiteTrigger",
 }
 KEPT_ORCHESTRATOR = "KeptSQLiteOrchestrator"
+QUIET_REDIS = "QuietRedisTrigger"  # pynenc-redis's trigger, selected with the claim on Redis
 STOCK_SQLITE = {"SQLiteOrchestrator", KEPT_ORCHESTRATOR}
 KEEP_KEY = "keep_sqlite_connections"  # True: keep_connections selected them
 # Keys of the library's own in pynenc's configuration (pynenc keeps keys it does not know).

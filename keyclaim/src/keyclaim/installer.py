@@ -93,8 +93,14 @@ def install(
     versions.check("atomic claim", backend)
     if why := config.window_problem(dead_after, dead_after / config.BEATS_PER_WINDOW, longest_call):
         raise Refused(f"atomic claim: {why}")
+    chosen: dict[str, object] = {}
     if backend == "redis":
-        from keyclaim import redis_claim  # noqa: F401 - pynenc finds the class by name
+        from keyclaim import quiet_redis, redis_claim  # noqa: F401 - pynenc finds them by name
+
+        chosen = {
+            "trigger_cls": config.QUIET_REDIS,
+            config.SELECTED + "trigger_cls": config.QUIET_REDIS,
+        }
     else:
         from keyclaim import sqlite_claim  # noqa: F401 - the same
     claim = config.ORCHESTRATORS[backend]
@@ -104,6 +110,7 @@ def install(
         # A runner writes its heartbeat when it checks the atomic services.
         atomic_service_check_interval_minutes=dead_after / config.BEATS_PER_WINDOW / 60,
         **{config.LONGEST_CALL_KEY: longest_call, config.SELECTED + "orchestrator_cls": claim},
+        **chosen,
     )
     if purge_after is not None:
         builder = builder.custom_config(auto_final_invocation_purge_hours=purge_after / 3600)

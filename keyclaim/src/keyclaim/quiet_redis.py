@@ -1,0 +1,20 @@
+"""pynenc-redis's trigger, with no lookups while no task is a trigger's source (keyclaim.quiet).
+
+Selected by class name (trigger_cls="QuietRedisTrigger") with the claim on Redis
+(keyclaim.install). Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0
+(keyclaim.versions); retired with keyclaim.quiet.
+"""
+
+from pynenc_redis.trigger.redis_trigger import RedisTrigger
+
+from keyclaim.quiet import Quiet
+
+
+class QuietRedisTrigger(Quiet, RedisTrigger):
+    """Its look at the store: whether any task this process knows is some condition's source,
+    in one EXISTS. pynenc knows a task once its module is imported or a call of it is read;
+    every process of a deployment imports the app's module, which defines its tasks."""
+
+    def sourced_in_store(self) -> bool:
+        keys = [self.key.source_task_conditions(task_id.key) for task_id in self.app.tasks]
+        return bool(keys) and bool(self.client.exists(*keys))
