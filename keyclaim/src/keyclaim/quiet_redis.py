@@ -1,4 +1,4 @@
-"""pynenc-redis's trigger, with no lookups while no task is a trigger's source (keyclaim.quiet).
+"""The quiet trigger on Redis: pynenc-redis's, with no lookups while no task is a source.
 
 Selected by class name (trigger_cls="QuietRedisTrigger") with the claim on Redis
 (keyclaim.install). Written and tested against pynenc 0.3.1 with pynenc-redis 0.3.0
