@@ -1,5 +1,6 @@
-"""The quiet trigger on Redis (keyclaim.quiet_redis): no lookups in an app without triggers, and
-a real worker's trigger still fires.
+"""The quiet trigger on Redis: no lookups in an app without triggers, a worker's still fires.
+
+keyclaim.quiet_redis, against pynenc-redis's own trigger, and a real worker's trigger.
 
 Run by test_redis_claim.py in an environment with pynenc-redis, against a private redis-server:
 python redis_quiet.py REDIS_URL FOLDER (for the worker's log). It prints one JSON object with
