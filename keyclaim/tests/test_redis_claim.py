@@ -154,3 +154,17 @@ def test_on_redis_the_claim_looks_up_no_trigger_and_a_workers_trigger_still_fire
     found = redis_script("redis_quiet.py", redis_url, str(tmp_path))
     assert found["stock"] >= 20 and found["quiet"] == 0
     assert (found["trigger"], found["seen"], found["followed"]) == ("QuietRedisTrigger", True, 1)
+
+
+@pytest.mark.slow  # a second environment's start, and four processes: ~10 s
+@pytest.mark.e2e
+def test_on_redis_a_source_task_learnt_late_is_still_reported(redis_url: str) -> None:
+    """redis_quiet_late.py: a process that knows only claimapp's tasks looks at the store (a
+    status report), then reads a call of triggerapp's `lead` (learning of it) and reports its
+    SUCCESS, well within a second of that look; `follow`'s condition on it was in the store
+    before. pynenc-redis's trigger records the valid condition, and so must the quiet one (it
+    had recorded none: its last look, at the tasks it knew then, held for a second)."""
+    assert redis_script("redis_quiet_late.py", redis_url) == {
+        "RedisTrigger": 1,
+        "QuietRedisTrigger": 1,
+    }
