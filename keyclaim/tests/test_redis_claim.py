@@ -163,7 +163,9 @@ def test_on_redis_a_source_task_learnt_late_is_still_reported(redis_url: str) ->
     status report), then reads a call of triggerapp's `lead` (learning of it) and reports its
     SUCCESS, well within a second of that look; `follow`'s condition on it was in the store
     before. pynenc-redis's trigger records the valid condition, and so must the quiet one (it
-    had recorded none: its last look, at the tasks it knew then, held for a second)."""
+    had recorded none: its last look, at the tasks it knew then, held for a second). Checked by
+    mutation: without `QuietRedisTrigger.any_sourced` (the look made again at once when a task
+    is learnt), the quiet trigger recorded 0."""
     assert redis_script("redis_quiet_late.py", redis_url) == {
         "RedisTrigger": 1,
         "QuietRedisTrigger": 1,

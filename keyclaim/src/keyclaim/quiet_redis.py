@@ -12,8 +12,16 @@ from keyclaim.quiet import Quiet
 
 class QuietRedisTrigger(Quiet, RedisTrigger):
     """Its look at the store: whether any task this process knows is some condition's source,
-    in one EXISTS. pynenc knows a task once its module is imported or a call of it is read;
-    every process of a deployment imports the app's module, which defines its tasks."""
+    in one EXISTS. pynenc knows a task once its module is imported or a call of it is read."""
+
+    known = 0  # the tasks this process knew at its last look
+
+    def any_sourced(self) -> bool:
+        """A task learnt since the last look (its module imported as a call of it is read) may
+        be a source already: look again now, not a second later, past its first reports."""
+        if not self.sourced and len(self.app.tasks) != self.known:
+            self.known, self.read_at = len(self.app.tasks), float("-inf")
+        return super().any_sourced()
 
     def sourced_in_store(self) -> bool:
         keys = [self.key.source_task_conditions(task_id.key) for task_id in self.app.tasks]
