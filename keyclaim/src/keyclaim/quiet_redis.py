@@ -24,5 +24,6 @@ class QuietRedisTrigger(Quiet, RedisTrigger):
         return super().any_sourced()
 
     def sourced_in_store(self) -> bool:
-        keys = [self.key.source_task_conditions(task_id.key) for task_id in self.app.tasks]
+        known = tuple(self.app.tasks)  # at once: another thread may learn a task meanwhile
+        keys = [self.key.source_task_conditions(task_id.key) for task_id in known]
         return bool(keys) and bool(self.client.exists(*keys))
