@@ -1,4 +1,4 @@
-"""The quiet trigger on Redis, in a process that learns of a source task late: it still reports.
+"""The quiet trigger on Redis reports the calls of a task its process learns of late, or never.
 
 pynenc knows a task once its module is imported or a call of it is read: a worker started on
 the app's module meets a task of another module first in a call of it. Another process (a
@@ -8,11 +8,13 @@ one of their calls (its status reported: the quiet trigger looks at the store, w
 condition is sourced from them). Then "learnt": it reads the call of `lead` (importing
 triggerapp) and reports its SUCCESS, as the worker that ran it does; or "swept": it reports
 the call REROUTED by its id alone, as a sweep reports a dead runner's call (keyclaim.recovery),
-in a process that may never have read a call of its task.
+in a process that may never have read a call of its task. The trigger is registered by a
+stock process (pynenc-redis's trigger) in "learnt" and "swept-stock", by a claim process in
+"swept".
 
 Run by test_redis_claim.py in an environment with pynenc-redis: python redis_quiet_late.py
-REDIS_URL learnt|swept. It prints one JSON object, the conditions each trigger recorded for the
-call.
+REDIS_URL learnt|swept|swept-stock. It prints one JSON object, the conditions each trigger
+recorded for the call.
 """
 
 import json
@@ -24,10 +26,13 @@ from pathlib import Path
 
 URL, HOW = sys.argv[1], sys.argv[2]
 HERE = Path(__file__).parent
+# Who registers: a claim process (its quiet trigger) or a stock one (pynenc-redis's trigger).
+BY = "t.app.trigger" if HOW == "swept" else "RedisTrigger(t.app)"
 OTHER = (
     "import triggerapp as t; from pynenc.trigger import TriggerBuilder as B; "
+    "from pynenc_redis.trigger.redis_trigger import RedisTrigger; "
     "when = B().on_status(t.lead, ['success', 'rerouted']); "
-    "t.app.trigger.register_task_triggers(t.follow, when); print(t.lead(1).invocation_id)"
+    f"{BY}.register_task_triggers(t.follow, when); print(t.lead(1).invocation_id)"
 )
 
 
@@ -46,7 +51,7 @@ def recorded(trigger: str, invocation_id: str) -> int:
     assert "triggerapp" not in sys.modules
     if HOW == "learnt":
         app.state_backend.get_invocation(invocation_id)  # the worker reads the call: lead known
-    status = S.SUCCESS if HOW == "learnt" else S.REROUTED
+    status = S.SUCCESS if HOW == "learnt" else S.REROUTED  # swept, swept-stock
     app.trigger.report_tasks_status([invocation_id], status)
     found = app.trigger.get_valid_conditions().values()
     return sum(str(v.context.invocation_id) == invocation_id for v in found)
