@@ -175,17 +175,17 @@ def test_on_redis_a_source_task_learnt_late_is_still_reported(redis_url: str) ->
 
 @pytest.mark.slow  # a second environment's start, and four processes: ~10 s
 @pytest.mark.e2e
-@pytest.mark.xfail(strict=True, reason="the quiet trigger looks only at the tasks it knows")
 def test_on_redis_a_swept_call_of_a_task_never_read_here_is_still_reported(
     redis_url: str,
 ) -> None:
     """redis_quiet_late.py, swept: a process that knows only claimapp's tasks reports a call of
     triggerapp's `lead` REROUTED by its id alone, as its sweep reports a dead runner's call;
     `follow`'s condition on it is in the store. pynenc-redis's trigger reads the call back,
-    learns its task and records the condition; the quiet one never reads it, looks only at
-    the tasks it knows, and records none, on every sweep, until this process reads a call of
-    `lead`. Expected to fail until the quiet trigger's look covers the tasks it does not know.
-    Here a claim process registered the condition; swept-stock: a stock one."""
+    learns its task and records the condition; the quiet one never reads it, and finds the
+    mark a claim process's registration leaves (`QuietRedisTrigger`'s
+    `_register_source_task_condition`). Checked by mutation: without the mark, the quiet one
+    recorded none (it looked only at the tasks it knew: on every sweep, until this process
+    reads a call of `lead`)."""
     assert redis_script("redis_quiet_late.py", redis_url, "swept") == {
         "RedisTrigger": 1,
         "QuietRedisTrigger": 1,
@@ -197,8 +197,9 @@ def test_on_redis_a_swept_call_of_a_task_never_read_here_is_still_reported(
 @pytest.mark.xfail(strict=True, reason="the quiet trigger looks only at the tasks it knows")
 def test_on_redis_a_swept_call_is_reported_beside_a_stock_process(redis_url: str) -> None:
     """redis_quiet_late.py, swept-stock: as the test before, with `follow`'s condition
-    registered by a stock process (pynenc-redis's own trigger, beside the claim's). Expected
-    to fail: the quiet one looks only at the tasks its process knows."""
+    registered by a stock process (pynenc-redis's own trigger, beside the claim's), which
+    leaves no mark. Expected to fail: the quiet one looks only at the mark and at the tasks
+    its process knows."""
     assert redis_script("redis_quiet_late.py", redis_url, "swept-stock") == {
         "RedisTrigger": 1,
         "QuietRedisTrigger": 1,

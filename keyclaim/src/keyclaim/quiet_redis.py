@@ -5,14 +5,20 @@ Selected by class name (trigger_cls="QuietRedisTrigger") with the claim on Redis
 (keyclaim.versions); retired with keyclaim.quiet.
 """
 
+from typing import TYPE_CHECKING
+
 from pynenc_redis.trigger.redis_trigger import RedisTrigger
 
 from keyclaim.quiet import Quiet
 
+if TYPE_CHECKING:
+    from pynenc.identifiers.task_id import TaskId
+
 
 class QuietRedisTrigger(Quiet, RedisTrigger):
-    """Its look at the store: whether any task this process knows is some condition's source,
-    in one EXISTS. pynenc knows a task once its module is imported or a call of it is read."""
+    """Its look at the store, in one EXISTS: the mark a claim process's registration leaves, or
+    any task this process knows being some condition's source (a stock process leaves no mark).
+    pynenc knows a task once its module is imported or a call of it is read."""
 
     known = 0  # the tasks this process knew at its last look
 
@@ -23,7 +29,13 @@ class QuietRedisTrigger(Quiet, RedisTrigger):
             self.known, self.read_at = len(self.app.tasks), float("-inf")
         return super().any_sourced()
 
+    def _register_source_task_condition(self, task_id: "TaskId", condition_id: str) -> None:
+        """pynenc-redis's, and a mark that some task is a source, found by a process that does
+        not know the task: its sweep reports a dead runner's call by its id alone."""
+        super()._register_source_task_condition(task_id, condition_id)
+        self.client.set(self.key.prefix + "sourced", 1)
+
     def sourced_in_store(self) -> bool:
         known = tuple(self.app.tasks)  # at once: another thread may learn a task meanwhile
         keys = [self.key.source_task_conditions(task_id.key) for task_id in known]
-        return bool(keys) and bool(self.client.exists(*keys))
+        return bool(self.client.exists(self.key.prefix + "sourced", *keys))
