@@ -351,6 +351,7 @@ def enqueue_beside_a_held_worker(
     return said, subprocess.CompletedProcess(argv, enqueuing.returncode, out, err)
 
 
+@pytest.mark.slow  # a worker's start and an enqueue.py beside it, twice: ~6 s
 @pytest.mark.e2e
 @pytest.mark.parametrize("worker_claim, enqueue_claim", [("1", "0"), ("0", "1")])
 def test_enqueue_typed_beside_a_starting_worker_of_another_claim_setting_is_refused(
