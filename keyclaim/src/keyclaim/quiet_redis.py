@@ -33,9 +33,13 @@ class QuietRedisTrigger(Quiet, RedisTrigger):
         """pynenc-redis's, and a mark that some task is a source, found by a process that does
         not know the task: its sweep reports a dead runner's call by its id alone."""
         super()._register_source_task_condition(task_id, condition_id)
-        self.client.set(self.key.prefix + "sourced", 1)
+        self.client.set(self._mark, 1)
 
     def sourced_in_store(self) -> bool:
         known = tuple(self.app.tasks)  # at once: another thread may learn a task meanwhile
         keys = [self.key.source_task_conditions(task_id.key) for task_id in known]
-        return bool(self.client.exists(self.key.prefix + "sourced", *keys))
+        return bool(self.client.exists(self._mark, *keys))
+
+    @property
+    def _mark(self) -> str:
+        return self.key.prefix + "sourced"  # under the trigger's prefix: purged with it
