@@ -586,3 +586,104 @@ def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
     history = [e.status_record.status for e in app.state_backend.get_history(retried)]
     tries = [s for s in history if s in (S.RUNNING, S.RETRY, S.SUCCESS)]
     assert tries == [S.RUNNING, S.RETRY, S.RUNNING, S.SUCCESS]
+
+
+def ending_first(tmp_path: Path) -> tuple[Pynenc, Any, RunnerContext, Any, str, list[str]]:
+    """A claim's app with kept connections whose first call, claimed by the loop, runs in a
+    thread that takes in its result's step what it hands on: the app, its orchestrator, the
+    runner's context, the first call, the id of the call its end hands the key to, and a list
+    the runner's loop wakes write to."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    woken: list[str] = []
+    orchestrator.on_queued(lambda: woken.append("woken"))
+    return app, orchestrator, ctx, first, handed, woken
+
+
+def test_a_result_and_the_take_of_the_call_its_key_goes_to_are_one_transaction(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """A worker's thread stores its call's result: in that same transaction its key goes to
+    the next call in line, which the thread takes off the queue, claims and starts (RUNNING);
+    take_handed then hands it over with no transaction of its own, and no loop is woken.
+    Checked by mutation: with `_store_outcome` leaving out `_take_in_step`, the result took
+    one transaction and the take a second, and this test failed."""
+    app, orchestrator, ctx, first, handed, woken = ending_first(tmp_path)
+    orchestrator.takes_handed(lambda: True)
+    statements.clear()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert commits(statements) == (1, 1)
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    assert orchestrator.get_invocation_status(handed) is S.RUNNING
+    taken = orchestrator.take_handed(ctx)
+    assert taken is not None and taken.invocation_id == handed
+    assert commits(statements) == (0, 0) and not woken
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)  # as run() does: skipped
+    history = [e.status_record.status for e in app.state_backend.get_history(handed)]
+    assert history.count(S.PENDING) == 1 and history.count(S.RUNNING) == 1
+
+
+def test_a_take_that_fails_in_the_results_step_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The take in a result's step fails once the handed call is claimed and started: that
+    part is undone (the call back on the queue, neither PENDING nor RUNNING) and the result
+    stays; take_handed raises the take's error and wakes the loop, which takes the call and
+    runs it, with one RUNNING. Checked by mutation: with `transaction.part` keeping what the
+    failed part wrote (no ROLLBACK TO), the call was left RUNNING and off the queue, and this
+    test failed."""
+    app, orchestrator, ctx, first, handed, woken = ending_first(tmp_path)
+    started = orchestrator._start_in_step
+
+    def fails(invocation_id: str, runner_ctx: RunnerContext) -> None:
+        started(invocation_id, runner_ctx)
+        raise RuntimeError("the take broke")
+
+    monkeypatch.setattr(orchestrator, "_start_in_step", fails)
+    orchestrator.takes_handed(lambda: True)
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    assert orchestrator.get_invocation_status(handed) is S.REGISTERED
+    with pytest.raises(RuntimeError, match="the take broke"):
+        orchestrator.take_handed(ctx)
+    assert woken
+    monkeypatch.undo()
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)
+    orchestrator.set_invocation_result(again, "done", ctx)
+    history = [e.status_record.status for e in app.state_backend.get_history(handed)]
+    assert history.count(S.RUNNING) == 1 and history[-1] is S.SUCCESS
+
+
+def test_a_results_step_tried_again_keeps_nothing_its_undone_try_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The commit of a result's step, with the take in it, is not answered ("database is
+    locked") and the step is tried again; by then the runner stops, so the second try takes
+    nothing: take_handed returns no call, wakes the loop, and the handed call waits on the
+    queue, neither PENDING nor RUNNING. Checked by mutation: with `_step_begins` keeping
+    what the undone try took, take_handed returned a call the store never claimed, and this
+    test failed."""
+    app, orchestrator, ctx, first, handed, woken = ending_first(tmp_path)
+    commit, failed = SQLiteConnection.__exit__, []
+
+    def unanswered(self: SQLiteConnection, exc_type: type | None, *rest: object) -> None:
+        if exc_type is None and not failed:  # the result's step, rolled back as it is given back
+            failed.append(True)
+            raise sqlite3.OperationalError("database is locked")
+        commit(self, exc_type, *rest)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SQLiteConnection, "__exit__", unanswered)
+    tries = iter([True, False])  # the runner takes calls at the first try, not at the second
+    orchestrator.takes_handed(lambda: next(tries))
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert failed and orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    assert orchestrator.take_handed(ctx, False) is None and woken
+    assert orchestrator.get_invocation_status(handed) is S.REGISTERED
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
