@@ -8,6 +8,7 @@ flight, overtaken by a newer one of the same slot). It runs
 on a loopback port in a thread of the test process, so tests read its counts directly.
 """
 
+import functools
 import json
 import threading
 import time
@@ -91,7 +92,9 @@ class Judge:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # shutdown() waits for the loop's next look: 0.5 s by default, at every test's end.
+        serve = functools.partial(self.server.serve_forever, poll_interval=0.02)
+        self.thread = threading.Thread(target=serve, daemon=True)
 
     def __enter__(self) -> Self:
         self.thread.start()
