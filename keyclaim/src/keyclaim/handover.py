@@ -6,9 +6,7 @@ start a thread for it. Here the thread whose call ended (keyclaim.wake) takes th
 off the queue and claims it in one step of the store, and runs it: the handed call when nothing
 older waits, so the queue's order holds and a busy key's chain never keeps a thread from calls
 queued before it. The hand-over then costs the outcome and that step, in which, with kept
-connections, the next call's RUNNING is stored too; and with kept connections, a call's result
-and the take are one transaction, the take a part of it undone alone if it fails (the result
-stays). A thread that takes another call, or cannot
+connections, the next call's RUNNING is stored too. A thread that takes another call, or cannot
 take one (its runner stops, its call raised, the store does not answer), wakes its runner's
 loop for the handed call, as before. One step with kept connections; else the dequeue commits
 alone and the call is put back if its read or claim fails (a worker killed in between, or a
@@ -47,40 +45,10 @@ class HandOver:
         super().__init__(app)  # type: ignore[call-arg]
         self._here = threading.local()  # a call's thread: the calls it handed a slot to
 
-    def takes_handed(self, may_take: "Callable[[], bool] | None" = None) -> None:
+    def takes_handed(self) -> None:
         """This thread keeps the calls its final statuses hand a slot to, for take_handed,
-        rather than waking its runner's loop to find them on the queue. With may_take (whether
-        its runner still takes calls), where the store's steps are transactions, it takes the
-        next call in the step that stores a result (`_take_in_step`)."""
-        self._here.handed, self._here.may_take = [], may_take
-        self._here.handing, self._here.step = [], None
-
-    def _handing(self, invocation_id: str) -> None:
-        """In the step of a final status, before its commit: its key's next call is queued."""
-        if getattr(self._here, "may_take", None) is not None:
-            self._here.handing.append(invocation_id)
-
-    def _take_in_step(self, runner_ctx: "RunnerContext") -> None:
-        """In the step that stored a result, when it handed the key on: the oldest call taken
-        as take_handed takes it, in a part of the step undone alone if it fails (the result
-        stays, and take_handed says why). Each try of the step starts over (`_step_begins`)."""
-        here = self._here
-        may_take = getattr(here, "may_take", None)
-        if may_take is None or not here.handing or (part := self._part()) is None:
-            return
-        if not may_take():
-            return
-        step: dict[str, Any] = {"taken": None, "failed": None}
-        try:
-            with part:
-                step["taken"] = self._take_oldest(runner_ctx, here.handing[0])
-        except Exception as exc:
-            step["failed"] = exc
-        here.step = step
-
-    def _step_begins(self) -> None:
-        """A try of a result's step begins: what an earlier, undone try took is gone."""
-        self._here.handing, self._here.step = [], None
+        rather than waking its runner's loop to find them on the queue."""
+        self._here.handed = []
 
     def _handed_on(self, invocation_id: str | None) -> None:
         """Once a final status is stored: its key's next call, if any, is on the queue."""
@@ -100,21 +68,16 @@ class HandOver:
         call if this thread did not take it, or could not (take False: the runner stops, or its
         call raised; a store that does not answer)."""
         handed, self._here.handed = getattr(self._here, "handed", []), []
-        step, self._here.step = getattr(self._here, "step", None), None
         if not handed:
             return None
-        taken, failed = None, None
-        if step is not None:  # taken with the result: claimed and RUNNING, so it runs here
-            taken, failed = step["taken"], step["failed"]
-        elif take:
-            try:
-                taken = self._take_oldest(runner_ctx, handed[0])
-            except Exception as exc:
-                failed = exc
+        taken = None
+        try:
+            taken = self._take_oldest(runner_ctx, handed[0]) if take else None
+        except Exception as exc:
+            if not outage.is_transient(exc):
+                raise
         if taken is None or taken.invocation_id not in handed:
             self.wake_now()
-        if failed is not None and not outage.is_transient(failed):
-            raise failed
         return taken
 
     def _take_oldest(
@@ -144,11 +107,6 @@ class HandOver:
     def _start_in_step(self, invocation_id: str, runner_ctx: "RunnerContext") -> None:
         """Nothing here: the call's RUNNING is written as its thread runs it (on SQLite with
         kept connections, in the step that took it: keyclaim.sqlite_claim)."""
-
-    def _part(self) -> AbstractContextManager[None] | None:
-        """Inside a step that is one transaction: a part of it undone alone on an error; None
-        where the store has no such step (keyclaim.sqlite_claim)."""
-        return None
 
     def _one(self) -> AbstractContextManager[None]:
         """Several steps in one transaction, where the store has them (keyclaim.sqlite_claim)."""

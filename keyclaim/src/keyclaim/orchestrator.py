@@ -261,29 +261,19 @@ class AtomicClaim(HandOver, ClaimRecovery):
         outage.retried(write, dead_after, self.app.logger, f"invocation:{invocation_id}")
 
     def _store_outcome(
-        self,
-        write: Callable,
-        attempt: Any,
-        outcome: Any,
-        runner_ctx: "RunnerContext",
-        then_take: bool = False,
+        self, write: Callable, attempt: Any, outcome: Any, runner_ctx: "RunnerContext"
     ) -> None:
         """write(attempt, outcome, runner_ctx) once the store answers, if the attempt still
         holds its claim. Never given up as FAILED: past the deadline the call stays RUNNING
-        here, and this runner's loop reroutes it once the store answers (`_reroute_unstored`).
-        then_take (a result): in the same step, the next call its key is handed to
-        (keyclaim.handover `_take_in_step`)."""
+        here, and this runner's loop reroutes it once the store answers (`_reroute_unstored`)."""
         invocation_id = getattr(attempt, "invocation_id", attempt)
-
-        def store() -> None:
-            self._step_begins()
-            if self._still_holds(attempt, runner_ctx):
-                write(attempt, outcome, runner_ctx)
-                if then_take:
-                    self._take_in_step(runner_ctx)
-
         try:
-            self._until_answered(invocation_id, store)
+            self._until_answered(
+                invocation_id,
+                lambda: (
+                    self._still_holds(attempt, runner_ctx) and write(attempt, outcome, runner_ctx)
+                ),
+            )
         except outage.StoreDown as down:
             self._unfinished(invocation_id, down)
 
@@ -345,8 +335,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        write = super().set_invocation_result  # type: ignore[misc]
-        self._store_outcome(write, invocation, result, runner_ctx, then_take=True)
+        self._store_outcome(super().set_invocation_result, invocation, result, runner_ctx)  # type: ignore[misc]
 
     def set_invocation_exception(
         self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"

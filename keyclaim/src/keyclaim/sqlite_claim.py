@@ -9,7 +9,7 @@ repo's docs/upstream.md).
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import (
@@ -95,11 +95,6 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         else:
             yield
 
-    def _part(self) -> AbstractContextManager[None] | None:
-        if transaction.within(self.sqlite_db_path):
-            return transaction.part(self.sqlite_db_path)
-        return None
-
     def route_call(self, call: Any) -> "DistributedInvocation":
         with self._registering([call]):
             return super().route_call(call)
@@ -179,8 +174,6 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             new = status_record_transition(current, status, runner_id)
             self._write_status(conn, invocation_id, new)
             handed = self._release(conn, invocation_id) if new.status.is_final() else None
-            if handed:
-                self._handing(handed)
             conn.commit()
         if handed:  # the next call of the key is queued: this runner may take it, once
             transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))

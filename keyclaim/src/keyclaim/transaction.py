@@ -113,28 +113,6 @@ def _took(conn: sqlite3.Connection, ends: float) -> bool:
         return False
 
 
-@contextmanager
-def part(path: Any) -> Iterator[None]:
-    """Inside `one` on path: a block undone alone on an error (a SAVEPOINT), with what it asked
-    to run after the commit; the error goes on, and the rest of the transaction stays."""
-    inner = vars(POOL.joined)[str(path)]
-    conn, kept = inner._conn, len(inner.after)
-    conn.execute("SAVEPOINT part")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK TO part")
-        conn.execute("RELEASE part")
-        del inner.after[kept:]
-        raise
-    conn.execute("RELEASE part")
-
-
-def within(path: Any) -> bool:
-    """Whether this thread is inside `one` on path."""
-    return str(path) in vars(POOL.joined)
-
-
 def after_commit(path: Any, then: Callable[[], None]) -> None:
     """then() once what this thread wrote to path is committed: now, outside `one`."""
     if inner := vars(POOL.joined).get(str(path)):

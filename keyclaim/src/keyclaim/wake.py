@@ -134,7 +134,7 @@ class WakeRunner(DrainingThreadRunner):
             while invocation is not None:
                 ran = False
                 if take is not None:
-                    orchestrator.takes_handed(lambda: self.running)
+                    orchestrator.takes_handed()
                 try:
                     invocation.run(self.runner_context)
                     ran = True
