@@ -586,3 +586,33 @@ def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
     history = [e.status_record.status for e in app.state_backend.get_history(retried)]
     tries = [s for s in history if s in (S.RUNNING, S.RETRY, S.SUCCESS)]
     assert tries == [S.RUNNING, S.RETRY, S.RUNNING, S.SUCCESS]
+
+
+def test_an_outcome_too_large_to_keep_inline_is_stored(tmp_path: Path) -> None:
+    """A result of 1 KB or more goes to pynenc's client data store, and an error as large
+    too. pynenc's writes it on a connection of its own (`sqlite3.connect`): inside the result's
+    step, which holds the database's write lock, that write waited on the step itself and
+    failed "database is locked" at each try, until the dead-after window; the outcome was left
+    unstored and the call ran again, to end the same way. Kept, the write joins the step.
+    Checked by mutation: with keep_connections selecting pynenc's client data store, this
+    test failed (SUCCESS never stored)."""
+    windows = {"dead_after": 2.0, "longest_call": 1.0}
+    app = claimapp.build(
+        f"big_{uuid.uuid4().hex[:8]}", str(tmp_path / "big.db"), **windows, keep=True
+    )
+    tasks = claimapp.bound(app, "http://127.0.0.1:9")
+    calls = [tasks.call_keyed(f"acct{n}", "big") for n in range(2)]
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    big, error = "x" * 2048, RuntimeError("y" * 2048)
+    for outcome in (big, error):
+        (invocation,) = orchestrator.get_invocations_to_run(1, ctx)
+        orchestrator.set_invocation_status(invocation.invocation_id, S.RUNNING, ctx)
+        if outcome is big:
+            orchestrator.set_invocation_result(invocation, big, ctx)
+        else:
+            orchestrator.set_invocation_exception(invocation, error, ctx)
+    statuses = [orchestrator.get_invocation_status(c.invocation_id) for c in calls]
+    assert statuses == [S.SUCCESS, S.FAILED]
+    assert app.state_backend.get_result(calls[0].invocation_id) == big
+    assert str(app.state_backend.get_exception(calls[1].invocation_id)) == "y" * 2048

@@ -17,6 +17,7 @@ KEPT = {
     "broker_cls": "KeptSQLiteBroker",
     "state_backend_cls": "KeptSQLiteStateBackend",
     "trigger_cls": "QuietSQLiteTrigger",
+    "client_data_store_cls": "KeptSQLiteClientDataStore",
 }
 KEPT_ORCHESTRATOR = "KeptSQLiteOrchestrator"
 QUIET_REDIS = "QuietRedisTrigger"  # pynenc-redis's trigger, selected with the claim on Redis

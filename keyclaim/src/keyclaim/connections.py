@@ -21,10 +21,12 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from functools import cached_property
-from types import CodeType, FunctionType
+from types import CodeType, FunctionType, SimpleNamespace
 from typing import Any
 
 from pynenc.broker.sqlite_broker import SQLiteBroker
+from pynenc.client_data_store import sqlite_client_data_store
+from pynenc.client_data_store.sqlite_client_data_store import SQLiteClientDataStore
 from pynenc.orchestrator.sqlite_orchestrator import SQLiteOrchestrator
 from pynenc.state_backend.sqlite_state_backend import SQLiteStateBackend
 from pynenc.trigger.sqlite_trigger import SQLiteTrigger
@@ -327,3 +329,24 @@ class KeptSQLiteStateBackend(_Tested, relinked(SQLiteStateBackend)):  # type: ig
 
 class KeptSQLiteTrigger(_Tested, relinked(SQLiteTrigger)):  # type: ignore[misc]
     """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""
+
+
+class KeptSQLiteClientDataStore(_Tested, SQLiteClientDataStore):
+    """pynenc's SQLite client data store (an argument or an outcome of 1 KB or more is kept
+    there), its writes and reads on kept connections. pynenc's opens its own with
+    `sqlite3.connect`: inside a step of the claim (keyclaim.transaction), which holds the
+    database's write lock, that write waited on the step itself until its 5 s timeout, at every
+    try, and the outcome was never stored. Its own code, `sqlite3.connect` taking a kept
+    connection, which joins the step. The upstream change that retires it: the client data store
+    opens its connections through `sqlite_conn`, as the other SQLite classes do."""
+
+
+def _kept_client_data_store() -> None:
+    namespace = dict(vars(sqlite_client_data_store))
+    namespace["sqlite3"] = SimpleNamespace(connect=kept_connection)
+    for name in ("_store", "_retrieve"):
+        pynencs = vars(SQLiteClientDataStore)[name]
+        setattr(KeptSQLiteClientDataStore, name, _copy(pynencs, namespace))
+
+
+_kept_client_data_store()

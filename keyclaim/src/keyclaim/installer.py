@@ -149,6 +149,7 @@ BASES = {
     "broker_cls": "pynenc.broker.base_broker:BaseBroker",
     "state_backend_cls": "pynenc.state_backend.base_state_backend:BaseStateBackend",
     "trigger_cls": "pynenc.trigger.base_trigger:BaseTrigger",
+    "client_data_store_cls": "pynenc.client_data_store.base_client_data_store:BaseClientDataStore",
 }
 
 

@@ -24,6 +24,7 @@ CLASSES: dict[str, tuple[str, str | None]] = {
     "KeptSQLiteBroker": ("kept connections", "sqlite"),
     "KeptSQLiteStateBackend": ("kept connections", "sqlite"),
     "KeptSQLiteTrigger": ("kept connections", "sqlite"),
+    "KeptSQLiteClientDataStore": ("kept connections", "sqlite"),
     "QuietRedisTrigger": ("quiet trigger", "redis"),
 }
 
