@@ -8,7 +8,6 @@ flight, overtaken by a newer one of the same slot). It runs
 on a loopback port in a thread of the test process, so tests read its counts directly.
 """
 
-import functools
 import json
 import threading
 import time
@@ -93,8 +92,9 @@ class Judge:
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_port}"
         # shutdown() waits for the loop's next look: 0.5 s by default, at every test's end.
-        serve = functools.partial(self.server.serve_forever, poll_interval=0.02)
-        self.thread = threading.Thread(target=serve, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     def __enter__(self) -> Self:
         self.thread.start()

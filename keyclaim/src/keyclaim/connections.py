@@ -331,6 +331,13 @@ class KeptSQLiteTrigger(_Tested, relinked(SQLiteTrigger)):  # type: ignore[misc]
     """pynenc's SQLite trigger, with kept connections (keyclaim.quiet adds the skipped lookups)."""
 
 
+# pynenc's client data store module, with `sqlite3.connect` taking a kept connection.
+_KEPT_SQLITE3 = {
+    **vars(sqlite_client_data_store),
+    "sqlite3": SimpleNamespace(connect=kept_connection),
+}
+
+
 class KeptSQLiteClientDataStore(_Tested, SQLiteClientDataStore):
     """pynenc's SQLite client data store (an argument or an outcome of 1 KB or more is kept
     there), its writes and reads on kept connections. pynenc's opens its own with
@@ -340,13 +347,5 @@ class KeptSQLiteClientDataStore(_Tested, SQLiteClientDataStore):
     connection, which joins the step. The upstream change that retires it: the client data store
     opens its connections through `sqlite_conn`, as the other SQLite classes do."""
 
-
-def _kept_client_data_store() -> None:
-    namespace = dict(vars(sqlite_client_data_store))
-    namespace["sqlite3"] = SimpleNamespace(connect=kept_connection)
-    for name in ("_store", "_retrieve"):
-        pynencs = vars(SQLiteClientDataStore)[name]
-        setattr(KeptSQLiteClientDataStore, name, _copy(pynencs, namespace))
-
-
-_kept_client_data_store()
+    _store = _copy(vars(SQLiteClientDataStore)["_store"], _KEPT_SQLITE3)
+    _retrieve = _copy(vars(SQLiteClientDataStore)["_retrieve"], _KEPT_SQLITE3)
