@@ -498,6 +498,58 @@ def test_the_loops_take_is_one_transaction(tmp_path: Path, statements: list[str]
     assert commits(statements) == (1, 1)
 
 
+def test_a_loop_that_starts_what_it_takes_stores_its_running_in_the_take(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """The wake runner's loop starts each call it takes in a thread at once (`starts_taken`):
+    its take claims the call and stores its RUNNING in one transaction, and pynenc's own
+    RUNNING write, as the thread then runs the call, is skipped: one RUNNING in its history,
+    one transaction fewer a call. Checked by mutation: without `_start_in_step` in the loop's
+    take, the call was left PENDING by the take and this test failed."""
+    app, _ = kept_claim(tmp_path)
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="WakeRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    list(orchestrator.get_invocations_to_run(0, ctx))  # the loop's first sweep, out of the way
+    orchestrator.starts_taken()
+    statements.clear()
+    (taken,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert commits(statements) == (1, 1)
+    assert orchestrator.get_invocation_status(taken.invocation_id) is S.RUNNING
+    orchestrator.set_invocation_status(taken.invocation_id, S.RUNNING, ctx)  # as run() does
+    assert commits(statements) == (0, 0)
+    orchestrator.set_invocation_result(taken, "done", ctx)
+    assert orchestrator.get_invocation_status(taken.invocation_id) is S.SUCCESS
+    history = app.state_backend.get_history(taken.invocation_id)
+    assert [e.status_record.status for e in history].count(S.RUNNING) == 1
+
+
+def test_a_call_its_loop_took_and_could_not_start_runs_at_the_next_loop(tmp_path: Path) -> None:
+    """The loop took a call and stored its RUNNING, and its thread did not start (the wake
+    runner's `not_started`): the next loop moves it through KILLED back to the queue, takes it
+    again, and it runs once to its end. Checked by mutation: with `not_started` rerouting the
+    call at once, as the runner did while the take left it PENDING, pynenc refused RUNNING ->
+    REROUTED and this test failed."""
+    app, _ = kept_claim(tmp_path)
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="WakeRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    list(orchestrator.get_invocations_to_run(0, ctx))
+    orchestrator.starts_taken()
+    (taken,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.not_started(taken.invocation_id, ctx)
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == taken.invocation_id
+    orchestrator.set_invocation_status(again.invocation_id, S.RUNNING, ctx)  # as run() does
+    orchestrator.set_invocation_result(again, "done", ctx)
+    assert orchestrator.get_invocation_status(again.invocation_id) is S.SUCCESS
+    history = [e.status_record.status for e in app.state_backend.get_history(again.invocation_id)]
+    assert [s for s in history if s in (S.RUNNING, S.KILLED, S.SUCCESS)] == [
+        S.RUNNING,
+        S.KILLED,
+        S.RUNNING,
+        S.SUCCESS,
+    ]
+
+
 def handed_on(tmp_path: Path) -> tuple[Pynenc, Any, RunnerContext, str]:
     """A claim's app with kept connections whose first call, claimed by the loop and run, has
     just ended with its thread taking what it hands on: the app, its orchestrator, the runner's

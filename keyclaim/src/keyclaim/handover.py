@@ -40,10 +40,29 @@ class HandOver:
     dequeue: "Callable[[str], str | None]"
     claim: "Callable[..., Verdict]"
     _route: "Callable[[str], None]"
+    reroute_invocations: "Callable[..., None]"
+    _started: set[str]
+    _unstored: set[str]
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)  # type: ignore[call-arg]
         self._here = threading.local()  # a call's thread: the calls it handed a slot to
+
+    def starts_taken(self) -> None:
+        """This thread's loop starts each call it takes in a thread of this process at once
+        (keyclaim.wake): its take stores the call's RUNNING in the step that claims it, as a
+        hand-over's take does, one transaction fewer a call."""
+        self._here.starts = True
+
+    def not_started(self, invocation_id: str, runner_ctx: "RunnerContext") -> None:
+        """A call this runner took but could not start a thread for: back on the queue. One
+        whose take stored its RUNNING goes through KILLED at the next loop, as a call whose
+        outcome could not be stored does (`_reroute_unstored`): RUNNING cannot be rerouted."""
+        if invocation_id in self._started:
+            self._started.discard(invocation_id)
+            self._unstored.add(invocation_id)
+        else:
+            self.reroute_invocations({invocation_id}, runner_ctx)
 
     def takes_handed(self) -> None:
         """This thread keeps the calls its final statuses hand a slot to, for take_handed,

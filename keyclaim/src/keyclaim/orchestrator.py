@@ -150,6 +150,8 @@ class AtomicClaim(HandOver, ClaimRecovery):
                         continue
                     invocation = self.app.state_backend.get_invocation(invocation_id)
                     verdict = self.claim(invocation, runner_ctx)
+                    if verdict is Verdict.RUN and getattr(self._here, "starts", False):
+                        self._start_in_step(invocation_id, runner_ctx)
                 if verdict is Verdict.RUN:  # started by the runner once the step is committed
                     missing_invocations -= 1
                     yield invocation
@@ -296,7 +298,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
             ):
                 if self._runs_here(self._record_of(invocation_id), runner_ctx):
                     self.set_invocation_status(invocation_id, S.KILLED, runner_ctx)
-                    self.reroute_invocations({invocation_id}, runner_ctx)  # type: ignore[attr-defined]
+                    self.reroute_invocations({invocation_id}, runner_ctx)
             self._unstored.discard(invocation_id)
 
     def set_invocation_status(

@@ -91,6 +91,8 @@ class WakeRunner(DrainingThreadRunner):
         """ThreadRunner's iteration, with the closing sleep replaced by a wait on `finished`."""
         # Cleared before looking for work: a call that ends from here on wakes the next loop.
         self.finished.clear()
+        if (starts := getattr(self.app.orchestrator, "starts_taken", None)) is not None:
+            starts()  # each call it takes, it starts here and now: RUNNING stored with the take
         for invocation in self._invocations_to_run(self._reclaim_available_slots()):
             thread = threading.Thread(target=self._run, args=(invocation,), daemon=True)
             with self.swapping:  # named before it starts: it may name its next call first
@@ -101,9 +103,11 @@ class WakeRunner(DrainingThreadRunner):
                 with self.swapping:
                     del self.threads[invocation.invocation_id]
                 self.logger.error(f"Failed to start thread for {invocation.invocation_id}: {exc}")
-                self.app.orchestrator.reroute_invocations(
-                    {invocation.invocation_id}, self.runner_context
-                )
+                orchestrator, invocation_id = self.app.orchestrator, invocation.invocation_id
+                if hasattr(orchestrator, "not_started"):  # the claim: it may be RUNNING already
+                    orchestrator.not_started(invocation_id, self.runner_context)
+                else:
+                    orchestrator.reroute_invocations({invocation_id}, self.runner_context)
         due = getattr(self.app.orchestrator, "until_due", lambda: None)()
         idle = self.idle_wait()
         if self.finished.wait(idle if due is None else min(idle, due)):
