@@ -523,12 +523,16 @@ def test_a_loop_that_starts_what_it_takes_stores_its_running_in_the_take(
     assert [e.status_record.status for e in history].count(S.RUNNING) == 1
 
 
-def test_a_call_its_loop_took_and_could_not_start_runs_at_the_next_loop(tmp_path: Path) -> None:
+def test_a_call_its_loop_took_and_could_not_start_goes_back_to_the_queue_at_once(
+    tmp_path: Path,
+) -> None:
     """The loop took a call and stored its RUNNING, and its thread did not start (the wake
-    runner's `not_started`): the next loop moves it through KILLED back to the queue, takes it
-    again, and it runs once to its end. Checked by mutation: with `not_started` rerouting the
-    call at once, as the runner did while the take left it PENDING, pynenc refused RUNNING ->
-    REROUTED and this test failed."""
+    runner's `not_started`): the call goes through KILLED back to the queue at once, not at the
+    next loop (a runner stopping first would leave it RUNNING with no thread), the loop takes
+    it again, and it runs once to its end. Checked by mutation: with `not_started` rerouting
+    the call directly, as the runner did while the take left it PENDING, pynenc refused
+    RUNNING -> REROUTED; with it left to the next loop, it was still RUNNING: this test failed
+    both times."""
     app, _ = kept_claim(tmp_path)
     orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="WakeRunner")
     orchestrator.register_runner_heartbeats([ctx.runner_id])
@@ -536,6 +540,7 @@ def test_a_call_its_loop_took_and_could_not_start_runs_at_the_next_loop(tmp_path
     orchestrator.starts_taken()
     (taken,) = orchestrator.get_invocations_to_run(1, ctx)
     orchestrator.not_started(taken.invocation_id, ctx)
+    assert orchestrator.get_invocation_status(taken.invocation_id) is S.REROUTED
     (again,) = orchestrator.get_invocations_to_run(1, ctx)
     assert again.invocation_id == taken.invocation_id
     orchestrator.set_invocation_status(again.invocation_id, S.RUNNING, ctx)  # as run() does
@@ -548,6 +553,58 @@ def test_a_call_its_loop_took_and_could_not_start_runs_at_the_next_loop(tmp_path
         S.RUNNING,
         S.SUCCESS,
     ]
+
+
+def test_a_wake_runner_that_cannot_start_a_thread_gives_its_call_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake runner's loop, with kept connections, takes a call (its RUNNING in the take) and
+    cannot start a thread for it: the call is back on the queue, not left RUNNING with no
+    thread. Checked by mutation: with the runner rerouting it directly, as before the loop's
+    take stored RUNNING, pynenc refused RUNNING -> REROUTED inside the loop and this test
+    failed."""
+    app = claimapp.build(
+        f"w_{uuid.uuid4().hex[:8]}", str(tmp_path / "w.db"), runner="wake", keep=True
+    )
+    call = claimapp.bound(app, "http://127.0.0.1:9").call_keyed("acct0", "first")
+    runner, refused = app.runner, []
+    runner._on_start()
+    try:
+
+        def start(thread: threading.Thread) -> None:
+            refused.append(thread.name)
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(threading.Thread, "start", start)
+        runner._iteration()  # each free slot takes the call again, and gives it back again
+        monkeypatch.undo()
+        assert refused
+        assert app.orchestrator.get_invocation_status(call.invocation_id) is S.REROUTED
+    finally:
+        runner._on_stop()
+
+
+def test_a_call_claimed_under_a_rate_is_started_by_its_thread_not_by_the_loops_take(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """A rated call counts from its RUNNING, with a grace that covers only its way from there
+    to the provider: the loop's take leaves it PENDING even where the loop starts what it
+    takes, and its thread's RUNNING is stored (one transaction) as it runs. Checked by
+    mutation: with the take starting rated calls too, the call was RUNNING after the take and
+    this test failed; so did G with three workers, throttled in 3 rounds of 20."""
+    app, tasks = kept_claim(tmp_path)
+    rated = tasks.call_rated("acct1", "first").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="WakeRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    list(orchestrator.get_invocations_to_run(0, ctx))
+    orchestrator.starts_taken()
+    taken = {i.invocation_id for i in orchestrator.get_invocations_to_run(2, ctx)}
+    assert rated in taken
+    assert orchestrator.get_invocation_status(rated) is S.PENDING
+    statements.clear()
+    orchestrator.set_invocation_status(rated, S.RUNNING, ctx)  # as run() does
+    assert commits(statements) == (1, 1)
+    assert orchestrator.get_invocation_status(rated) is S.RUNNING
 
 
 def handed_on(tmp_path: Path) -> tuple[Pynenc, Any, RunnerContext, str]:

@@ -41,8 +41,10 @@ class HandOver:
     claim: "Callable[..., Verdict]"
     _route: "Callable[[str], None]"
     reroute_invocations: "Callable[..., None]"
+    _reroute_unstored: "Callable[[RunnerContext], None]"
     _started: set[str]
     _unstored: set[str]
+    _admitted: dict[str, Any]
 
     def __init__(self, app: Any) -> None:
         super().__init__(app)  # type: ignore[call-arg]
@@ -54,15 +56,30 @@ class HandOver:
         hand-over's take does, one transaction fewer a call."""
         self._here.starts = True
 
+    def _starts_in_step(self, invocation_id: str) -> bool:
+        """Whether the loop's take stores this claimed call's RUNNING: where its loop starts
+        what it takes, unless the call was claimed under a rate. A rated call counts from its
+        RUNNING, and the rate's grace covers only its way from there to the provider; between
+        the loop's take and its thread's call come the loop's next claims, which took longer
+        than the grace with three workers (G throttled), so its thread stores it as it runs."""
+        return getattr(self._here, "starts", False) and invocation_id not in self._admitted
+
     def not_started(self, invocation_id: str, runner_ctx: "RunnerContext") -> None:
-        """A call this runner took but could not start a thread for: back on the queue. One
-        whose take stored its RUNNING goes through KILLED at the next loop, as a call whose
-        outcome could not be stored does (`_reroute_unstored`): RUNNING cannot be rerouted."""
-        if invocation_id in self._started:
-            self._started.discard(invocation_id)
-            self._unstored.add(invocation_id)
-        else:
+        """A call this runner took but could not start a thread for: back on the queue now.
+        One whose take stored its RUNNING goes through KILLED, as a call whose outcome could
+        not be stored does (`_reroute_unstored`): RUNNING cannot be rerouted. A store that
+        does not answer leaves it to the next loop, or, if the runner stops first, to the
+        recovery of a silent runner's calls."""
+        if invocation_id not in self._started:
             self.reroute_invocations({invocation_id}, runner_ctx)
+            return
+        self._started.discard(invocation_id)
+        self._unstored.add(invocation_id)
+        try:
+            self._reroute_unstored(runner_ctx)
+        except Exception as exc:
+            if not outage.is_transient(exc):
+                raise
 
     def takes_handed(self) -> None:
         """This thread keeps the calls its final statuses hand a slot to, for take_handed,

@@ -150,7 +150,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
                         continue
                     invocation = self.app.state_backend.get_invocation(invocation_id)
                     verdict = self.claim(invocation, runner_ctx)
-                    if verdict is Verdict.RUN and getattr(self._here, "starts", False):
+                    if verdict is Verdict.RUN and self._starts_in_step(invocation_id):
                         self._start_in_step(invocation_id, runner_ctx)
                 if verdict is Verdict.RUN:  # started by the runner once the step is committed
                     missing_invocations -= 1
