@@ -101,6 +101,7 @@ def fault_at_take(app: "Pynenc", fault: str) -> None:
     does not answer the read of the call that follows ("blink"). Or the loop does, taking a
     call off the queue ("look": a SIGKILL before its claim)."""
     import signal
+    import threading
 
     from keyclaim.handover import HandOver
     from keyclaim.sqlite_claim import AtomicClaimSQLiteOrchestrator as Sqlite
@@ -122,7 +123,11 @@ def fault_at_take(app: "Pynenc", fault: str) -> None:
             if left.pop() == "blink":
                 armed.append(True)
                 return found
-            os.kill(os.getpid(), signal.SIGSTOP if fault == "stop" else signal.SIGKILL)
+            if fault == "stop":  # to this thread: a process's SIGSTOP stops it only once
+                # another thread has taken the signal, and under load it had sent its call by then
+                signal.pthread_kill(threading.get_ident(), signal.SIGSTOP)
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         return found
 
     read = app.state_backend.get_invocation

@@ -132,7 +132,9 @@ def test_a_worker_stopped_once_its_thread_took_the_handed_call_is_fenced_as_it_r
     RUNNING there (stored in the take's step) before it is sent. The next worker recovers it
     from the silent runner and runs op2 and op3; woken, the stopped thread runs op2 anyway (its
     RUNNING was stored with the take, so nothing refuses it before the provider): the newer
-    token fences it, and its outcome is not stored. Checked by mutation: with `_still_holds`
+    token fences it, and its outcome is not stored. The stop is the thread's own (a SIGSTOP
+    sent to the process stopped it only once another thread took the signal: under load it had
+    sent op2 by then, and op2 was applied twice). Checked by mutation: with `_still_holds`
     always true, the woken worker's outcome reached the store and `outlived its claim` never
     appeared."""
     acct, first = unique(), workers.start(**WAKE, take_fault="stop", keep="1")
