@@ -697,6 +697,127 @@ def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
     assert tries == [S.RUNNING, S.RETRY, S.RUNNING, S.SUCCESS]
 
 
+def result_handing_on(tmp_path: Path, in_step: bool) -> tuple[Pynenc, Any, RunnerContext, Any, str]:
+    """handed_on, up to the first call's result: the wake runner's thread, which asks the
+    result's step to take the next call while `in_step` (its runner runs). The app, its
+    orchestrator, the runner's context, the first call, and the id of the call it hands on to."""
+    app, tasks = kept_claim(tmp_path)
+    handed = tasks.call_keyed("acct0", "second").invocation_id
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    (first,) = orchestrator.get_invocations_to_run(1, ctx)
+    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
+    orchestrator.takes_handed(lambda: in_step)
+    return app, orchestrator, ctx, first, handed
+
+
+def test_a_results_step_takes_the_handed_call_in_the_same_transaction(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """The wake runner's thread: the first call's result, the hand-over of its key, and the
+    take of the handed call (claimed, RUNNING stored) are one transaction; take_handed then
+    gives the call without a statement, and pynenc's RUNNING write as it runs is skipped.
+    Checked by mutation: with set_invocation_result not asking for the take (`then` left
+    out), the take was a transaction of its own, (1, 1) after the result's, and this test
+    failed."""
+    app, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=True)
+    statements.clear()
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert commits(statements) == (1, 1)
+    assert orchestrator.get_invocation_status(handed) is S.RUNNING
+    taken = orchestrator.take_handed(ctx)
+    assert taken is not None and taken.invocation_id == handed
+    orchestrator.set_invocation_status(handed, S.RUNNING, ctx)  # as run() does: skipped
+    assert commits(statements) == (0, 0)
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    history = app.state_backend.get_history(handed)
+    assert [e.status_record.status for e in history].count(S.RUNNING) == 1
+
+
+def test_a_take_that_fails_in_a_results_step_is_undone_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The take in a result's step fails once the handed call is claimed (its RUNNING cannot
+    be written): the take is undone alone (a savepoint), the result stored, the handed call
+    neither PENDING nor RUNNING and still on the queue, and the loop takes it. Checked by
+    mutation: with transaction.part's savepoint released, never rolled back, the claim's
+    PENDING was committed with the result and this test failed."""
+    _, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=True)
+
+    def unwritable(invocation_id: str, runner_ctx: RunnerContext) -> None:
+        raise ValueError("an unwritable RUNNING")
+
+    monkeypatch.setattr(orchestrator, "_start_in_step", unwritable)
+    orchestrator.set_invocation_result(first, "done", ctx)
+    monkeypatch.undo()
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    assert orchestrator.take_handed(ctx) is None
+    assert orchestrator.get_invocation_status(handed) not in (S.PENDING, S.RUNNING)
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
+
+
+@pytest.mark.parametrize("stops", ["before the result", "after the result's take"])
+def test_a_stopping_runner_runs_no_handed_call(tmp_path: Path, stops: str) -> None:
+    """The runner stops before its call's result is stored: the result's step takes nothing.
+    Or it stops once the step took the handed call (RUNNING), before the thread runs it: the
+    call goes back to the queue at once (`not_started`). Either way the loop finds it there.
+    Checked by mutation: with the step asking no `in_step()`, the first case's call was
+    RUNNING; with take_handed returning the step's call whatever `take`, the second's was:
+    this test failed."""
+    before = stops == "before the result"
+    _, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=not before)
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert (orchestrator.get_invocation_status(handed) is S.RUNNING) is not before
+    assert orchestrator.take_handed(ctx, take=False) is None
+    assert orchestrator.get_invocation_status(handed) is not S.RUNNING
+    (again,) = orchestrator.get_invocations_to_run(1, ctx)
+    assert again.invocation_id == handed
+
+
+def test_a_steps_write_lock_is_taken_at_its_first_statement(tmp_path: Path) -> None:
+    """Inside `one`, what runs before the block's first statement (pynenc building a call it
+    registers) runs without the database's write lock; from that statement on, the lock is
+    held until the commit. Checked by mutation: with `one` beginning at once (as it did), the
+    other connection's BEGIN IMMEDIATE met a held lock before any statement: this test
+    failed."""
+    db = tmp_path / "lazy.db"
+    write_table(db)
+    POOL.unkept.discard(str(db))
+    with closing(sqlite3.connect(db, timeout=0)) as other:
+
+        def free() -> bool:
+            try:
+                other.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:
+                return False
+            other.execute("ROLLBACK")
+            return True
+
+        with transaction.one(db):
+            assert free()
+            with kept_connection(db) as conn:
+                conn.execute("INSERT INTO t VALUES (1)")
+            assert not free()
+        assert free()
+    assert rows(db) == 1
+
+
+def test_a_loop_that_finds_the_queue_empty_takes_no_write_lock(
+    tmp_path: Path, statements: list[str]
+) -> None:
+    """The runner's loop looks (a read, no write lock) before it takes: with nothing queued,
+    no transaction. Checked by mutation: with `_may_have_queued` always True, the empty look
+    was a BEGIN IMMEDIATE and a COMMIT, and this test failed."""
+    app, _ = kept_claim(tmp_path)
+    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
+    orchestrator.register_runner_heartbeats([ctx.runner_id])
+    list(orchestrator.get_invocations_to_run(1, ctx))  # the kept call, and the first sweep
+    statements.clear()
+    assert list(orchestrator.get_invocations_to_run(1, ctx)) == []
+    assert commits(statements) == (0, 0)
+
+
 def test_an_outcome_too_large_to_keep_inline_is_stored(tmp_path: Path) -> None:
     """A result of 1 KB or more goes to pynenc's client data store, and an error as large
     too. pynenc's writes it on a connection of its own (`sqlite3.connect`): inside the result's

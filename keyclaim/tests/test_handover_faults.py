@@ -44,28 +44,32 @@ def test_a_draining_worker_takes_no_handed_call(claim: Claim, workers: Workers) 
     assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
 
 
+R, P, Q = S.RUNNING, S.PENDING, S.REGISTERED  # at the kill, besides op1's SUCCESS
+
+
 @pytest.mark.parametrize(
-    ("step", "keep", "left", "moved"),
+    ("step", "keep", "at_kill", "moved"),
     [
-        ("dequeue", "", S.REGISTERED, "holds its key again"),
-        ("dequeue", "1", S.REGISTERED, None),
-        ("take", "", S.PENDING, "recovered from a dead runner"),
-        ("take", "1", S.RUNNING, "recovered from a dead runner"),
+        ("dequeue", "", [S.SUCCESS, Q, Q], (1, "holds its key again")),
+        ("dequeue", "1", [R, Q, Q], (0, "recovered from a dead runner")),
+        ("take", "", [S.SUCCESS, P, Q], (1, "recovered from a dead runner")),
+        ("take", "1", [S.SUCCESS, R, Q], (1, "recovered from a dead runner")),
     ],
 )
 def test_a_worker_killed_as_its_thread_takes_the_handed_call(
-    claim: Claim, workers: Workers, step: str, keep: str, left: S, moved: str | None
+    claim: Claim, workers: Workers, step: str, keep: str, at_kill: list[S], moved: tuple
 ) -> None:
     """SIGKILL the worker the moment op1's thread has taken op2 off the queue (before its claim)
-    or claimed it (before it runs). With kept connections the take is one transaction, undone
-    by the kill: op2 is still on the queue; once claimed, it is RUNNING too, in that step. Else
+    or claimed it (before it runs). Without kept connections, op1's outcome is stored first and
     the next worker's sweep moves op2 on (healed as a holder on no queue, or recovered as
-    PENDING too long, or as RUNNING on a dead runner). op2 and op3 run, each once.
+    PENDING too long). With them, op1's result and the take are one step: a kill before the
+    take is claimed undoes op1's outcome with it, and op1, RUNNING on a dead runner, is
+    recovered and run again (in the sample, the same Idempotency-Key: replayed, not applied);
+    once claimed and committed, op2 is RUNNING and recovered. op2 and op3 run once each.
     Checked by mutation: with heal_holders finding no holder off the queue (`again` always
-    empty), op2 of "dequeue" never ran and final() gave up; with HandOver._one a
-    nullcontext, kept op2 had to be healed; with recover_in_store never finding a PENDING
-    call lost, op2 of "take" waited for pynenc's own recovery (a cron, once a minute) and the
-    sweep's line was missing."""
+    empty), op2 of "dequeue" never ran and final() gave up; with recover_in_store never
+    finding a PENDING call lost, op2 of "take" waited for pynenc's own recovery (a cron, once
+    a minute) and the sweep's line was missing."""
     acct, first = unique(), workers.start(**WAKE, take_fault=step, keep=keep)
     with claim.provider.paused():
         calls = [claim.tasks.call_keyed(acct, "op1")]
@@ -73,13 +77,21 @@ def test_a_worker_killed_as_its_thread_takes_the_handed_call(
         calls += [claim.tasks.call_keyed(acct, op) for op in ("op2", "op3")]
     assert first.proc.wait(WAIT) == -signal.SIGKILL
     ids = [call.invocation_id for call in calls]
-    assert [claim.status(i) for i in ids] == [S.SUCCESS, left, S.REGISTERED]
+    assert [claim.status(i) for i in ids] == at_kill
     second = workers.start(**WAKE, keep=keep)
     assert claim.final(*ids) == [S.SUCCESS] * 3
-    for line in ("holds its key again", "recovered from a dead runner"):
-        assert second.logged(f"invocation:{ids[1]} {line}") is (line == moved)
-    assert claim.provider.ops(acct) == ["op1", "op2", "op3"]
-    assert claim.provider.counts(acct) == {"calls": 3, "applied": 3, "collisions": 0, "fenced": 0}
+    for at in (0, 1):
+        for line in ("holds its key again", "recovered from a dead runner"):
+            assert second.logged(f"invocation:{ids[at]} {line}") is ((at, line) == moved)
+    again = at_kill[0] is R  # op1 answered, its outcome undone with the take: run again
+    assert claim.provider.ops(acct) == ["op1"] * (1 + again) + ["op2", "op3"]
+    applied = 3 + again
+    assert claim.provider.counts(acct) == {
+        "calls": applied,
+        "applied": applied,
+        "collisions": 0,
+        "fenced": 0,
+    }
 
 
 def test_a_worker_killed_as_its_loop_takes_a_call_leaves_it_on_the_queue(

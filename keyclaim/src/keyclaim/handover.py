@@ -6,12 +6,16 @@ start a thread for it. Here the thread whose call ended (keyclaim.wake) takes th
 off the queue and claims it in one step of the store, and runs it: the handed call when nothing
 older waits, so the queue's order holds and a busy key's chain never keeps a thread from calls
 queued before it. The hand-over then costs the outcome and that step, in which, with kept
-connections, the next call's RUNNING is stored too. A thread that takes another call, or cannot
-take one (its runner stops, its call raised, the store does not answer), wakes its runner's
-loop for the handed call, as before. One step with kept connections; else the dequeue commits
-alone and the call is put back if its read or claim fails (a worker killed in between, or a
-store that cannot take it back: its key is healed by a sweep, keyclaim.recovery). Retired with
-the claim (the upstream change: the repo's docs/upstream.md, section 11).
+connections, the next call's RUNNING is stored too; the wake runner's thread takes it in its
+call's result step itself (`_take_in_step`, a part of that step undone alone if it fails): one
+transaction a hand-over, not two. A worker killed in that step loses the result with the take,
+and the call is run again, as in any kill before its outcome is stored. A thread that takes
+another call, or cannot take one (its runner stops, its call raised, the store does not
+answer), wakes its runner's loop for the handed call, as before. One step with kept
+connections; else the dequeue commits alone and the call is put back if its read or claim
+fails (a worker killed in between, or a store that cannot take it back: its key is healed by
+a sweep, keyclaim.recovery). Retired with the claim (the upstream change: the repo's
+docs/upstream.md, section 11).
 
 On SQLite only: pynenc-redis's loop waits on the queue itself (BLPOP, `queue_timeout_sec`) and
 pops a handed call the moment it is queued.
@@ -81,10 +85,40 @@ class HandOver:
             if not outage.is_transient(exc):
                 raise
 
-    def takes_handed(self) -> None:
+    def takes_handed(self, in_step: "Callable[[], bool] | None" = None) -> None:
         """This thread keeps the calls its final statuses hand a slot to, for take_handed,
-        rather than waking its runner's loop to find them on the queue."""
-        self._here.handed = []
+        rather than waking its runner's loop to find them on the queue. With in_step, a
+        result's step takes the next call itself while in_step() (`_take_in_step`: its runner
+        still runs); else take_handed takes it in a step of its own."""
+        self._here.handed, self._here.in_step = [], in_step
+        self._here.handing = self._here.taken = None
+
+    def _handing(self, invocation_id: str) -> None:
+        """In a final status's step: the key's next call, queued in it."""
+        self._here.handing = invocation_id
+
+    def _take_in_step(self, runner_ctx: "RunnerContext") -> None:
+        """In a result's step, where the store has one: the oldest call, taken as take_handed
+        would, one transaction fewer a hand-over. Its own part of the step (transaction.part):
+        a take that fails is undone alone, the result kept, and the loop is woken for the
+        handed call."""
+        handed, self._here.handing = getattr(self._here, "handing", None), None
+        in_step = getattr(self._here, "in_step", None)
+        if handed is None or in_step is None or (part := self._part()) is None or not in_step():
+            return
+        try:
+            with part as after_commit:
+                taken = self._take_oldest(runner_ctx, handed)
+        except Exception as exc:  # the handed call is on the queue still: the loop's
+            self.app.logger.warning(f"invocation:{handed} left to the loop: {exc!r}")
+            self._here.taken = (None,)
+            return
+        after_commit(lambda: setattr(self._here, "taken", (taken,)))
+
+    def _part(self) -> "AbstractContextManager[Callable[[Callable[[], None]], None]] | None":
+        """A part of the step in progress that an error undoes alone, giving how to run a
+        function once the step is committed; None where a step has no parts."""
+        return None
 
     def _handed_on(self, invocation_id: str | None) -> None:
         """Once a final status is stored: its key's next call, if any, is on the queue."""
@@ -104,6 +138,15 @@ class HandOver:
         call if this thread did not take it, or could not (take False: the runner stops, or its
         call raised; a store that does not answer)."""
         handed, self._here.handed = getattr(self._here, "handed", []), []
+        tried, self._here.taken = getattr(self._here, "taken", None), None
+        if tried is not None:  # in the result's step: what it took, if anything
+            (taken,) = tried
+            if taken is not None and not take:  # its runner stops: not run here
+                self.not_started(taken.invocation_id, runner_ctx)
+                taken = None
+            if handed and (taken is None or taken.invocation_id not in handed):
+                self.wake_now()
+            return taken
         if not handed:
             return None
         taken = None

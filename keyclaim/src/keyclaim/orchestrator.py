@@ -142,7 +142,7 @@ class AtomicClaim(HandOver, ClaimRecovery):
         retrieve = self._retriever(*queue_hooks)
         requeue: list[str] = []
         try:
-            while missing_invocations > 0:
+            while missing_invocations > 0 and self._may_have_queued():
                 with self._one():  # off the queue and claimed in one step, where the store can
                     if not (invocation_id := retrieve()):
                         break
@@ -263,7 +263,12 @@ class AtomicClaim(HandOver, ClaimRecovery):
         outage.retried(write, dead_after, self.app.logger, f"invocation:{invocation_id}")
 
     def _store_outcome(
-        self, write: Callable, attempt: Any, outcome: Any, runner_ctx: "RunnerContext"
+        self,
+        write: Callable,
+        attempt: Any,
+        outcome: Any,
+        runner_ctx: "RunnerContext",
+        then: Callable[[], object] = lambda: None,
     ) -> None:
         """write(attempt, outcome, runner_ctx) once the store answers, if the attempt still
         holds its claim. Never given up as FAILED: past the deadline the call stays RUNNING
@@ -273,7 +278,8 @@ class AtomicClaim(HandOver, ClaimRecovery):
             self._until_answered(
                 invocation_id,
                 lambda: (
-                    self._still_holds(attempt, runner_ctx) and write(attempt, outcome, runner_ctx)
+                    self._still_holds(attempt, runner_ctx)
+                    and (write(attempt, outcome, runner_ctx), then())
                 ),
             )
         except outage.StoreDown as down:
@@ -337,7 +343,13 @@ class AtomicClaim(HandOver, ClaimRecovery):
     def set_invocation_result(
         self, invocation: "DistributedInvocation", result: Any, runner_ctx: "RunnerContext"
     ) -> None:
-        self._store_outcome(super().set_invocation_result, invocation, result, runner_ctx)  # type: ignore[misc]
+        self._store_outcome(
+            super().set_invocation_result,  # type: ignore[misc]
+            invocation,
+            result,
+            runner_ctx,
+            then=lambda: self._take_in_step(runner_ctx),
+        )
 
     def set_invocation_exception(
         self, invocation: "DistributedInvocation", exception: Exception, runner_ctx: "RunnerContext"
@@ -353,6 +365,10 @@ class AtomicClaim(HandOver, ClaimRecovery):
     ) -> None:
         """invocation: its id (pynenc 0.3.1), or the invocation itself (0.4.0)."""
         self._store_outcome(super().set_invocation_retry, invocation, exception, runner_ctx)  # type: ignore[misc]
+
+    def _may_have_queued(self) -> bool:
+        """False only where the store can tell, without its write lock, that no call is queued."""
+        return True
 
     def _dequeuer(self) -> Callable[..., "InvocationId | str | None"]:
         """How a call comes off the queue (0.4.0: of a queue by its name): pynenc's broker."""

@@ -9,7 +9,7 @@ repo's docs/upstream.md).
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import (
@@ -117,6 +117,9 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
         with self._one():
             yield
 
+    def _part(self) -> AbstractContextManager[Callable[[Callable[[], None]], None]] | None:
+        return transaction.part(self.sqlite_db_path) if transaction.keeps_all(self.app) else None
+
     def notify(self, due_in: float, count: int) -> None:
         """Once the registration is committed: a worker woken before would find nothing."""
         wake = super().notify
@@ -176,6 +179,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
             handed = self._release(conn, invocation_id) if new.status.is_final() else None
             conn.commit()
         if handed:  # the next call of the key is queued: this runner may take it, once
+            self._handing(handed)
             transaction.after_commit(self.sqlite_db_path, lambda: self._handed_on(handed))
         return new
 
@@ -204,6 +208,13 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
 
     # The loop's look: with kept connections, a call comes off the queue in the step that
     # claims it (one write lock, looked for as keyclaim.transaction does).
+
+    def _may_have_queued(self) -> bool:
+        if not transaction.keeps_all(self.app):
+            return True
+        with self._connect() as conn:
+            queue = self.app.broker.tables.QUEUE
+            return bool(conn.execute(f"SELECT EXISTS (SELECT 1 FROM {queue})").fetchone()[0])
 
     def _dequeuer(self) -> Callable[..., str | None]:
         if not transaction.keeps_all(self.app):

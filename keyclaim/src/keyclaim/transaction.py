@@ -5,7 +5,10 @@ it: with 500 accounts, 4 workers of 8 threads each and a producer, the lock, not
 set the pace (about seven transactions per call: registration, claim, RUNNING, result,
 SUCCESS, the waiters' release, the histories). Inside `one(path)`, every block this thread
 opens on the kept connections of path joins one transaction, which commits once at the end,
-or rolls back whole on an error. Only where every component of the app keeps its connections
+or rolls back whole on an error. The write lock is taken at the first statement, not as `one`
+begins: what runs before it (pynenc building the call it registers: a producer's whole
+enqueue ran under the lock) runs beside the others' steps. A `part` of a transaction is a
+savepoint, undone alone. Only where every component of the app keeps its connections
 (`keeps_all`): one opening its own would wait on this transaction's write lock.
 """
 
@@ -45,6 +48,16 @@ class Joined(SQLiteConnection):
         super().__init__(conn)
         self.after: list[Callable[[], None]] = []
 
+    def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
+        if not self._conn.in_transaction:
+            begin(self._conn)  # the write lock, at the block's first statement
+        return super().execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
+        if not self._conn.in_transaction:
+            begin(self._conn)
+        return self._conn.executemany(sql, parameters)
+
     def __exit__(self, exc_type: type | None, exc_val: Any, exc_tb: Any) -> None:
         pass
 
@@ -58,13 +71,12 @@ class Joined(SQLiteConnection):
 @contextmanager
 def one(path: Any) -> Iterator[None]:
     """This thread's blocks on path, until the end, in one transaction (inside one already:
-    that one)."""
+    that one), begun at their first statement."""
     path, joined = str(path), vars(POOL.joined)
     if path in joined:
         yield
         return
     with POOL.take(path) as conn:  # commits as the block ends, or rolls back on an error
-        begin(conn._conn)
         joined[path] = inner = Joined(conn._conn)
         try:
             yield
@@ -72,6 +84,25 @@ def one(path: Any) -> Iterator[None]:
             del joined[path]
     for then in inner.after:
         then()
+
+
+@contextmanager
+def part(path: Any) -> Iterator[Callable[[Callable[[], None]], None]]:
+    """Inside `one`: a part of its transaction (a savepoint) that an error undoes alone, with
+    what it asked to run after the commit; the error is raised on. It gives after_commit."""
+    inner = vars(POOL.joined)[str(path)]
+    if not inner._conn.in_transaction:
+        begin(inner._conn)
+    after = len(inner.after)
+    inner._conn.execute("SAVEPOINT part")
+    try:
+        yield lambda then: after_commit(path, then)
+    except BaseException:
+        inner._conn.execute("ROLLBACK TO part")
+        inner._conn.execute("RELEASE part")
+        del inner.after[after:]
+        raise
+    inner._conn.execute("RELEASE part")
 
 
 def begin(conn: sqlite3.Connection) -> None:

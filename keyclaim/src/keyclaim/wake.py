@@ -138,7 +138,7 @@ class WakeRunner(DrainingThreadRunner):
             while invocation is not None:
                 ran = False
                 if take is not None:
-                    orchestrator.takes_handed()
+                    orchestrator.takes_handed(lambda: self.running)
                 try:
                     invocation.run(self.runner_context)
                     ran = True
