@@ -757,6 +757,39 @@ def test_a_take_that_fails_in_a_results_step_is_undone_alone(
     assert again.invocation_id == handed
 
 
+def test_a_take_that_loses_its_results_step_loses_it_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The take in a result's step meets a full disk, and SQLite rolls the whole step back, the
+    result with it: the error reaches the result's writer (StepLost), the call is still
+    RUNNING here, not silently left so, and its result, written again, is stored. Checked by
+    mutation: with `_take_in_step` catching StepLost as any take's failure and `one` not
+    looking at its transaction as it ends, no error was raised, the result was lost and this
+    test failed (either one alone holds it)."""
+    _, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=True)
+    write_table(orchestrator.sqlite_db_path)
+
+    def full_disk(runner_ctx: RunnerContext, beside: str) -> None:
+        with orchestrator._connect() as conn:
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            try:
+                conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+            finally:
+                conn._conn.execute("PRAGMA max_page_count = 1073741823")
+
+    monkeypatch.setattr(orchestrator, "_take_oldest", full_disk)
+    with pytest.raises(transaction.StepLost):
+        orchestrator.set_invocation_result(first, "done", ctx)
+    monkeypatch.undo()
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.RUNNING
+    orchestrator.takes_handed(lambda: True)
+    orchestrator.set_invocation_result(first, "done", ctx)
+    assert orchestrator.get_invocation_status(first.invocation_id) is S.SUCCESS
+    taken = orchestrator.take_handed(ctx)
+    assert taken is not None and taken.invocation_id == handed
+
+
 @pytest.mark.parametrize("stops", ["before the result", "after the result's take"])
 def test_a_stopping_runner_runs_no_handed_call(tmp_path: Path, stops: str) -> None:
     """The runner stops before its call's result is stored: the result's step takes nothing.
@@ -801,6 +834,34 @@ def test_a_steps_write_lock_is_taken_at_its_first_statement(tmp_path: Path) -> N
             assert not free()
         assert free()
     assert rows(db) == 1
+
+
+@pytest.mark.parametrize("caught", [False, True])
+def test_a_step_sqlite_rolls_back_under_a_part_is_lost_loudly(tmp_path: Path, caught: bool) -> None:
+    """A full disk in a part of a step (a result's take): SQLite rolls the whole step back, the
+    row written before the part with it. The part raises StepLost; caught there (as a take's
+    failure is), the next statement raises it rather than start a second transaction, and
+    the step raises it as it ends rather than commit nothing. Checked by mutation: with `part`
+    going back to its savepoint whatever the transaction's state, it raised "no such
+    savepoint", which the take caught, the step committed nothing and ended without an error,
+    and this test failed."""
+    db = tmp_path / "full.db"
+    write_table(db)
+    POOL.unkept.discard(str(db))
+    with pytest.raises(transaction.StepLost), transaction.one(db):
+        with kept_connection(db) as conn:
+            conn.execute("INSERT INTO t VALUES (1)")
+            (pages,) = conn.execute("PRAGMA page_count").fetchone()
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+        try:
+            with transaction.part(db), kept_connection(db) as conn:
+                conn.execute("INSERT INTO t VALUES (zeroblob(100000))")
+        except transaction.StepLost:
+            if not caught:
+                raise
+            with pytest.raises(transaction.StepLost), kept_connection(db) as conn:
+                conn.execute("INSERT INTO t VALUES (2)")
+    assert rows(db) == 0
 
 
 def test_a_loop_that_finds_the_queue_empty_takes_no_write_lock(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from keyclaim import outage
 from keyclaim.decision import Verdict
+from keyclaim.transaction import StepLost
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -110,6 +111,8 @@ class HandOver:
             with part as after_commit:
                 taken = self._take_oldest(runner_ctx, handed)
         except Exception as exc:  # the handed call is on the queue still: the loop's
+            if isinstance(exc, StepLost):
+                raise  # the result with it: the step is tried again, or fails, whole
             self.app.logger.warning(f"invocation:{handed} left to the loop: {exc!r}")
             self._here.taken = (None,)
             return

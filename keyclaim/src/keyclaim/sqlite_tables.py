@@ -93,8 +93,7 @@ class SQLiteClaimTables(AtomicClaim, connections.KeptSQLiteOrchestrator):
     def _begin(self, conn: Any) -> None:
         """Take the database's write lock (transaction.begin): every other step waits here until
         we commit (held already inside transaction.one)."""
-        if not conn.in_transaction:
-            transaction.begin(conn._conn)
+        transaction.step(conn)
 
     def _start_in_step(self, invocation_id: str, runner_ctx: Any) -> None:
         """A call a hand-over's thread took, which it runs next: its RUNNING in the step that

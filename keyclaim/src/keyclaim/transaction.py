@@ -39,6 +39,12 @@ def _after_fork() -> None:
 os.register_at_fork(after_in_child=_after_fork)
 
 
+class StepLost(sqlite3.OperationalError):
+    """SQLite rolled a whole step back under it (an I/O error, a full disk, an interrupt):
+    nothing of the step is stored, and no later statement may start a second one in its place.
+    Raised on, whoever caught the error that undid it."""
+
+
 class Joined(SQLiteConnection):
     """A block inside `one`: the transaction's connection, which the block neither commits nor
     gives back (the transaction's own block does, once). What it asks to run after its commit
@@ -47,15 +53,24 @@ class Joined(SQLiteConnection):
     def __init__(self, conn: Any) -> None:
         super().__init__(conn)
         self.after: list[Callable[[], None]] = []
+        self.begun = False
+
+    def begin_once(self) -> None:
+        """The write lock, at the block's first statement; never a second transaction."""
+        if self._conn.in_transaction:
+            self.begun = True
+        elif self.begun:
+            raise StepLost("SQLite rolled this step back: nothing of it is stored")
+        else:
+            begin(self._conn)
+            self.begun = True
 
     def execute(self, sql: str, parameters: Any = (), /) -> sqlite3.Cursor:
-        if not self._conn.in_transaction:
-            begin(self._conn)  # the write lock, at the block's first statement
+        self.begin_once()
         return super().execute(sql, parameters)
 
     def executemany(self, sql: str, parameters: Any, /) -> sqlite3.Cursor:
-        if not self._conn.in_transaction:
-            begin(self._conn)
+        self.begin_once()
         return self._conn.executemany(sql, parameters)
 
     def __exit__(self, exc_type: type | None, exc_val: Any, exc_tb: Any) -> None:
@@ -68,10 +83,20 @@ class Joined(SQLiteConnection):
         raise RuntimeError("a block inside one transaction cannot roll back alone")
 
 
+def step(conn: Any) -> None:
+    """The write lock for a step on conn: inside `one`, its transaction's (Joined.begin_once);
+    else a transaction of its own, unless one is open."""
+    if isinstance(conn, Joined):
+        conn.begin_once()
+    elif not conn.in_transaction:
+        begin(conn._conn)
+
+
 @contextmanager
 def one(path: Any) -> Iterator[None]:
     """This thread's blocks on path, until the end, in one transaction (inside one already:
-    that one), begun at their first statement."""
+    that one), begun at their first statement. A step SQLite rolled back under it, whatever
+    caught the error, raises StepLost here rather than commit nothing."""
     path, joined = str(path), vars(POOL.joined)
     if path in joined:
         yield
@@ -82,6 +107,8 @@ def one(path: Any) -> Iterator[None]:
             yield
         finally:
             del joined[path]
+        if inner.begun and not conn.in_transaction:
+            raise StepLost("SQLite rolled this step back: nothing of it is stored")
     for then in inner.after:
         then()
 
@@ -89,15 +116,17 @@ def one(path: Any) -> Iterator[None]:
 @contextmanager
 def part(path: Any) -> Iterator[Callable[[Callable[[], None]], None]]:
     """Inside `one`: a part of its transaction (a savepoint) that an error undoes alone, with
-    what it asked to run after the commit; the error is raised on. It gives after_commit."""
+    what it asked to run after the commit; the error is raised on (as StepLost where SQLite
+    rolled the whole step back). It gives after_commit."""
     inner = vars(POOL.joined)[str(path)]
-    if not inner._conn.in_transaction:
-        begin(inner._conn)
+    inner.begin_once()
     after = len(inner.after)
     inner._conn.execute("SAVEPOINT part")
     try:
         yield lambda then: after_commit(path, then)
-    except BaseException:
+    except BaseException as exc:
+        if not inner._conn.in_transaction:  # no savepoint left to go back to
+            raise StepLost(f"SQLite rolled this step back: {exc}") from exc
         inner._conn.execute("ROLLBACK TO part")
         inner._conn.execute("RELEASE part")
         del inner.after[after:]
