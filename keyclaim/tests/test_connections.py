@@ -4,6 +4,7 @@ Each connection is opened once, used by one block at a time, never across a fork
 lookups while no task is a trigger's source, and a real worker still fires an app's trigger."""
 
 import inspect
+import logging
 import os
 import signal
 import sqlite3
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import closing
+from contextlib import closing, nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -862,6 +863,40 @@ def test_a_step_sqlite_rolls_back_under_a_part_is_lost_loudly(tmp_path: Path, ca
             with pytest.raises(transaction.StepLost), kept_connection(db) as conn:
                 conn.execute("INSERT INTO t VALUES (2)")
     assert rows(db) == 0
+
+
+@pytest.mark.parametrize("ends", ["committed", "rolled back"])
+def test_a_steps_log_lines_are_written_once_it_has_let_the_lock_go(
+    tmp_path: Path, ends: str
+) -> None:
+    """A line the app logs inside a step is written as the step ends, committed or rolled back,
+    with the lock free by then; one logged outside is written at once. Checked by mutation:
+    with `lines_after` adding no filter, the line was written while the step held the write
+    lock, and this test failed."""
+    app, _ = kept_claim(tmp_path)
+    db, written = app.orchestrator.sqlite_db_path, []
+
+    class Lock(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            with closing(sqlite3.connect(db, timeout=0)) as other:
+                try:
+                    other.execute("BEGIN IMMEDIATE")
+                    other.execute("ROLLBACK")
+                    written.append((record.getMessage(), "free"))
+                except sqlite3.OperationalError:
+                    written.append((record.getMessage(), "held"))
+
+    app.logger.addHandler(Lock())
+    undone = pytest.raises(ValueError) if ends == "rolled back" else nullcontext()
+    with undone, app.orchestrator._one():
+        with kept_connection(db) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS t (n INTEGER)")
+        app.logger.warning("inside")
+        assert written == []
+        if ends == "rolled back":
+            raise ValueError("undone")
+    app.logger.warning("outside")
+    assert written == [("inside", "free"), ("outside", "free")]
 
 
 def test_a_loop_that_finds_the_queue_empty_takes_no_write_lock(

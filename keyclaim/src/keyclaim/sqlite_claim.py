@@ -90,7 +90,7 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     @contextmanager
     def _one(self) -> Iterator[None]:
         if transaction.keeps_all(self.app):
-            with transaction.one(self.sqlite_db_path):
+            with transaction.one(self.sqlite_db_path, self.app.logger):
                 yield
         else:
             yield

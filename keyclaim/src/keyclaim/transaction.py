@@ -8,10 +8,13 @@ opens on the kept connections of path joins one transaction, which commits once 
 or rolls back whole on an error. The write lock is taken at the first statement, not as `one`
 begins: what runs before it (pynenc building the call it registers: a producer's whole
 enqueue ran under the lock) runs beside the others' steps. A `part` of a transaction is a
-savepoint, undone alone. Only where every component of the app keeps its connections
-(`keeps_all`): one opening its own would wait on this transaction's write lock.
+savepoint, undone alone. The app's log lines made inside a step are written as it ends
+(`lines_after`): formatting and writing them was a fifth of what a worker did under the lock.
+Only where every component of the app keeps its connections (`keeps_all`): one opening its
+own would wait on this transaction's write lock.
 """
 
+import logging
 import os
 import sqlite3
 import threading
@@ -54,6 +57,7 @@ class Joined(SQLiteConnection):
         super().__init__(conn)
         self.after: list[Callable[[], None]] = []
         self.begun = False
+        self.lines: list[tuple[logging.Logger, logging.LogRecord]] = []
 
     def begin_once(self) -> None:
         """The write lock, at the block's first statement; never a second transaction."""
@@ -93,24 +97,53 @@ def step(conn: Any) -> None:
 
 
 @contextmanager
-def one(path: Any) -> Iterator[None]:
+def one(path: Any, logger: logging.Logger | None = None) -> Iterator[None]:
     """This thread's blocks on path, until the end, in one transaction (inside one already:
-    that one), begun at their first statement. A step SQLite rolled back under it, whatever
-    caught the error, raises StepLost here rather than commit nothing."""
+    that one), begun at their first statement, logger's lines written as it ends. A step
+    SQLite rolled back under it, whatever caught the error, raises StepLost here rather than
+    commit nothing."""
     path, joined = str(path), vars(POOL.joined)
     if path in joined:
         yield
         return
-    with POOL.take(path) as conn:  # commits as the block ends, or rolls back on an error
-        joined[path] = inner = Joined(conn._conn)
-        try:
-            yield
-        finally:
-            del joined[path]
-        if inner.begun and not conn.in_transaction:
-            raise StepLost("SQLite rolled this step back: nothing of it is stored")
+    if logger is not None:
+        lines_after(logger)
+    inner = None
+    try:
+        with POOL.take(path) as conn:  # commits as the block ends, or rolls back on an error
+            joined[path] = inner = Joined(conn._conn)
+            try:
+                yield
+            finally:
+                del joined[path]
+            if inner.begun and not conn.in_transaction:
+                raise StepLost("SQLite rolled this step back: nothing of it is stored")
+    finally:
+        for line in inner.lines if inner is not None else ():
+            line[0].callHandlers(line[1])
     for then in inner.after:
         then()
+
+
+class LinesAfter(logging.Filter):
+    """A logger's lines made inside a step, written once it ends (committed or not), in their
+    order and with their own times: formatting and writing them held the write lock."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for inner in vars(POOL.joined).values():
+            inner.lines.append((self.logger, record))
+            return False
+        return True
+
+
+def lines_after(logger: logging.Logger) -> None:
+    """Write logger's lines made inside a step once the step ends (LinesAfter), once."""
+    if not any(isinstance(f, LinesAfter) for f in logger.filters):
+        logger.addFilter(LinesAfter(logger))
 
 
 @contextmanager
