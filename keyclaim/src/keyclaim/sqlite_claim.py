@@ -9,7 +9,7 @@ repo's docs/upstream.md).
 """
 
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from pynenc.invocation.status import (
@@ -87,13 +87,10 @@ class AtomicClaimSQLiteOrchestrator(SQLiteClaimTables):
     # Many writes, one transaction (keyclaim.transaction): a registration, a claim with its
     # histories, and each try of a call's start or outcome with its key's hand-over.
 
-    @contextmanager
-    def _one(self) -> Iterator[None]:
-        if transaction.keeps_all(self.app):
-            with transaction.one(self.sqlite_db_path, self.app.logger):
-                yield
-        else:
-            yield
+    def _one(self) -> AbstractContextManager[None]:
+        if not transaction.keeps_all(self.app):
+            return nullcontext()
+        return transaction.one(self.sqlite_db_path, self.app.logger)
 
     def route_call(self, call: Any) -> "DistributedInvocation":
         with self._registering([call]):

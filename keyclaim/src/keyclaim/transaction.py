@@ -19,8 +19,9 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from pynenc.util.sqlite_utils import SQLiteConnection
@@ -96,16 +97,18 @@ def step(conn: Any) -> None:
         begin(conn._conn)
 
 
-@contextmanager
-def one(path: Any, logger: logging.Logger | None = None) -> Iterator[None]:
+def one(path: Any, logger: logging.Logger | None = None) -> AbstractContextManager[None]:
     """This thread's blocks on path, until the end, in one transaction (inside one already:
     that one), begun at their first statement, logger's lines written as it ends. A step
     SQLite rolled back under it, whatever caught the error, raises StepLost here rather than
     commit nothing."""
-    path, joined = str(path), vars(POOL.joined)
-    if path in joined:
-        yield
-        return
+    path = str(path)
+    return nullcontext() if path in vars(POOL.joined) else _one(path, logger)
+
+
+@contextmanager
+def _one(path: str, logger: logging.Logger | None) -> Iterator[None]:
+    joined = vars(POOL.joined)
     if logger is not None:
         lines_after(logger)
     inner = None
@@ -214,14 +217,21 @@ def after_commit(path: Any, then: Callable[[], None]) -> None:
         then()
 
 
+_KEPT_PARTS: "weakref.WeakKeyDictionary[Any, tuple[object, ...]]" = weakref.WeakKeyDictionary()
+
+
 def keeps_all(app: Any) -> bool:
-    """Whether every SQLite component of app opens its blocks on kept connections."""
-    kept = (
-        connections.KeptSQLiteOrchestrator,
-        connections.KeptSQLiteBroker,
-        connections.KeptSQLiteStateBackend,
-        connections.KeptSQLiteTrigger,
-    )
+    """Whether every SQLite component of app opens its blocks on kept connections (the parts'
+    classes looked at once for the same parts: every step asks)."""
     parts = (app.orchestrator, app.broker, app.state_backend, app.trigger)
-    path = str(app.orchestrator.sqlite_db_path)
-    return path not in POOL.unkept and all(map(isinstance, parts, kept))
+    if _KEPT_PARTS.get(app) != parts:
+        kept = (
+            connections.KeptSQLiteOrchestrator,
+            connections.KeptSQLiteBroker,
+            connections.KeptSQLiteStateBackend,
+            connections.KeptSQLiteTrigger,
+        )
+        if not all(map(isinstance, parts, kept)):
+            return False
+        _KEPT_PARTS[app] = parts
+    return str(app.orchestrator.sqlite_db_path) not in POOL.unkept
