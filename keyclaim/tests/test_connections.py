@@ -717,14 +717,23 @@ def test_a_results_step_takes_the_handed_call_in_the_same_transaction(
 ) -> None:
     """The wake runner's thread: the first call's result, the hand-over of its key, and the
     take of the handed call (claimed, RUNNING stored) are one transaction; take_handed then
-    gives the call without a statement, and pynenc's RUNNING write as it runs is skipped.
-    Checked by mutation: with set_invocation_result not asking for the take (`then` left
-    out), the take was a transaction of its own, (1, 1) after the result's, and this test
-    failed."""
+    gives the call without a statement, and pynenc's RUNNING write as it runs is skipped; the
+    take's lines name no call (not the one whose result it is). Checked by mutation: with
+    set_invocation_result not asking for the take (`then` left out), the take was a
+    transaction of its own, (1, 1) after the result's; with the take in its call's context,
+    its lines named that call: this test failed each time."""
     app, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=True)
+    records: list[logging.LogRecord] = []
+    written = logging.Handler()
+    written.emit = records.append  # type: ignore[method-assign]
+    app.logger.addHandler(written)
     statements.clear()
+    ending = first.swap_context()  # as run() does: the result is stored in its call's context
     orchestrator.set_invocation_result(first, "done", ctx)
+    first.reset_context(ending)
     assert commits(statements) == (1, 1)
+    lines = [r for r in records if r.getMessage().startswith(f"invocation:{handed}")]
+    assert lines and {getattr(r, "invocation_id", None) for r in lines} == {None}
     assert orchestrator.get_invocation_status(handed) is S.RUNNING
     taken = orchestrator.take_handed(ctx)
     assert taken is not None and taken.invocation_id == handed

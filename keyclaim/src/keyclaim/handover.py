@@ -25,6 +25,8 @@ import threading
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any
 
+from pynenc import context
+
 from keyclaim import outage
 from keyclaim.decision import Verdict
 from keyclaim.transaction import StepLost
@@ -107,6 +109,8 @@ class HandOver:
         in_step = getattr(self._here, "in_step", None)
         if handed is None or in_step is None or (part := self._part()) is None or not in_step():
             return
+        # Outside its call's context, as after it: its lines name the runner, not the call.
+        ending = context.swap_dist_invocation_context(self.app.app_id, None)
         try:
             with part as after_commit:
                 taken = self._take_oldest(runner_ctx, handed)
@@ -116,6 +120,8 @@ class HandOver:
             self.app.logger.warning(f"invocation:{handed} left to the loop: {exc!r}")
             self._here.taken = (None,)
             return
+        finally:
+            context.swap_dist_invocation_context(self.app.app_id, ending)
         after_commit(lambda: setattr(self._here, "taken", (taken,)))
 
     def _part(self) -> "AbstractContextManager[Callable[[Callable[[], None]], None]] | None":
