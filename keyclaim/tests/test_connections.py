@@ -612,13 +612,7 @@ def handed_on(tmp_path: Path) -> tuple[Pynenc, Any, RunnerContext, str]:
     """A claim's app with kept connections whose first call, claimed by the loop and run, has
     just ended with its thread taking what it hands on: the app, its orchestrator, the runner's
     context and the handed call's id, now on the queue."""
-    app, tasks = kept_claim(tmp_path)
-    handed = tasks.call_keyed("acct0", "second").invocation_id
-    orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
-    orchestrator.register_runner_heartbeats([ctx.runner_id])
-    (first,) = orchestrator.get_invocations_to_run(1, ctx)
-    orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
-    orchestrator.takes_handed()
+    app, orchestrator, ctx, first, handed = result_handing_on(tmp_path, in_step=None)
     orchestrator.set_invocation_result(first, "done", ctx)
     return app, orchestrator, ctx, handed
 
@@ -698,17 +692,20 @@ def test_a_call_a_hand_over_took_and_started_is_started_again_by_its_retry(
     assert tries == [S.RUNNING, S.RETRY, S.RUNNING, S.SUCCESS]
 
 
-def result_handing_on(tmp_path: Path, in_step: bool) -> tuple[Pynenc, Any, RunnerContext, Any, str]:
-    """handed_on, up to the first call's result: the wake runner's thread, which asks the
-    result's step to take the next call while `in_step` (its runner runs). The app, its
-    orchestrator, the runner's context, the first call, and the id of the call it hands on to."""
+def result_handing_on(
+    tmp_path: Path, in_step: bool | None
+) -> tuple[Pynenc, Any, RunnerContext, Any, str]:
+    """handed_on, up to the first call's result, in a thread that keeps what it hands on: the
+    wake runner's, which asks the result's step to take the next call while `in_step` (its
+    runner runs), or (None) one that takes it in a step of its own. The app, its orchestrator,
+    the runner's context, the first call, and the id of the call it hands on to."""
     app, tasks = kept_claim(tmp_path)
     handed = tasks.call_keyed("acct0", "second").invocation_id
     orchestrator, ctx = app.orchestrator, RunnerContext(runner_cls="ThreadRunner")
     orchestrator.register_runner_heartbeats([ctx.runner_id])
     (first,) = orchestrator.get_invocations_to_run(1, ctx)
     orchestrator.set_invocation_status(first.invocation_id, S.RUNNING, ctx)
-    orchestrator.takes_handed(lambda: in_step)
+    orchestrator.takes_handed(None if in_step is None else lambda: in_step)
     return app, orchestrator, ctx, first, handed
 
 
