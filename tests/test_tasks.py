@@ -15,7 +15,7 @@ from pynenc.util.import_app import find_app_instance
 
 import tasks
 from demo import heartbeats, runners
-from demo.stack import ROOT
+from demo.stack import ROOT, Stack
 
 DISABLED, KEYS = Mode.DISABLED, Mode.KEYS
 
@@ -40,7 +40,10 @@ def test_task_concurrency_options(
         assert conf.reroute_on_concurrency_control is reroute
 
 
-def test_app_is_built_as_the_article_says() -> None:
+def test_app_is_built_as_the_article_says(stack: Stack) -> None:
+    """tasks.app's parts, built here, on the session stack's database: the stack starts by
+    deleting it, so it starts first (in random order, built before it, they had lost their
+    tables, and every test on the stack after them erred)."""
     conf = tasks.app.conf
     assert tasks.app.app_id == "concurrency_demo"
     # pynenc's own SQLite classes decide and store: the article's run is stock pynenc.
