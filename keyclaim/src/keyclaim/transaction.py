@@ -19,7 +19,6 @@ import os
 import sqlite3
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -217,21 +216,14 @@ def after_commit(path: Any, then: Callable[[], None]) -> None:
         then()
 
 
-_KEPT_PARTS: "weakref.WeakKeyDictionary[Any, tuple[object, ...]]" = weakref.WeakKeyDictionary()
-
-
 def keeps_all(app: Any) -> bool:
-    """Whether every SQLite component of app opens its blocks on kept connections (the parts'
-    classes looked at once for the same parts: every step asks)."""
+    """Whether every SQLite component of app opens its blocks on kept connections."""
+    kept = (
+        connections.KeptSQLiteOrchestrator,
+        connections.KeptSQLiteBroker,
+        connections.KeptSQLiteStateBackend,
+        connections.KeptSQLiteTrigger,
+    )
     parts = (app.orchestrator, app.broker, app.state_backend, app.trigger)
-    if _KEPT_PARTS.get(app) != parts:
-        kept = (
-            connections.KeptSQLiteOrchestrator,
-            connections.KeptSQLiteBroker,
-            connections.KeptSQLiteStateBackend,
-            connections.KeptSQLiteTrigger,
-        )
-        if not all(map(isinstance, parts, kept)):
-            return False
-        _KEPT_PARTS[app] = parts
-    return str(app.orchestrator.sqlite_db_path) not in POOL.unkept
+    path = str(app.orchestrator.sqlite_db_path)
+    return path not in POOL.unkept and all(map(isinstance, parts, kept))
