@@ -213,6 +213,43 @@ def test_a_fresh_file_on_a_reused_inode_gets_its_journal_mode(tmp_path: Path) ->
         pytest.skip("this file system gave the path a new inode each time")
 
 
+def _blobs(path: Path, commits: int, rows_each: int) -> None:
+    """commits of rows_each 4,000-byte rows, about a page each, through kept connections."""
+    for _ in range(commits):
+        with kept_connection(path) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS b (x BLOB)")
+            conn.executemany("INSERT INTO b VALUES (?)", [(os.urandom(4000),)] * rows_each)
+
+
+def test_commits_past_sqlites_1000_pages_of_wal_leave_their_checkpoint_for_later(
+    tmp_path: Path,
+) -> None:
+    """About 1,500 pages committed in 15 commits, no reader in the way: SQLite's default would
+    have checkpointed them into the database file from the commit that passed 1,000 pages on;
+    a kept connection leaves them in the -wal until CHECKPOINT_PAGES. Checked by mutation:
+    without the pragma the file grew to the -wal's size and this failed."""
+    path = tmp_path / "later.db"
+    _blobs(path, commits=15, rows_each=100)
+    assert path.stat().st_size < 100 * 4096  # the tables' first pages, none of the rows
+    assert Path(f"{path}-wal").stat().st_size > 1_400 * 4096
+
+
+def test_a_wal_that_grew_past_its_limit_is_cut_back_as_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One commit of about 750 pages (3 MB) grows the -wal; checkpointed, the next commit
+    starts it over and cuts the file back to WAL_KEPT_BYTES, here 1 MB (and a checkpoint past
+    100 pages, so the test stays small). Checked by mutation: without journal_size_limit the
+    file stayed at 3 MB and this failed."""
+    monkeypatch.setattr(connections, "CHECKPOINT_PAGES", 100)
+    monkeypatch.setattr(connections, "WAL_KEPT_BYTES", 1 << 20)
+    path = tmp_path / "cut.db"
+    _blobs(path, commits=1, rows_each=750)
+    assert Path(f"{path}-wal").stat().st_size > 2 << 20
+    _blobs(path, commits=1, rows_each=1)
+    assert Path(f"{path}-wal").stat().st_size <= 1 << 20
+
+
 def test_a_forked_child_never_uses_its_parents_connections(tmp_path: Path) -> None:
     """The child opens its own, and leaves the parent's open: after the child has written and
     exited, the parent's kept connection still works and sees the child's row. Checked by
