@@ -42,8 +42,8 @@ KEEP = 8  # free connections kept per database file; more are closed as they com
 # the committing thread, with two syncs; while readers keep the -wal from starting over, every
 # commit past it does. At 500 accounts that was 1,863 syncs for 2,000 calls, the producer's
 # registrations among the ones who paid. Past CHECKPOINT_PAGES instead: about 450 (README).
-CHECKPOINT_PAGES = 10_000  # about 40 MB of -wal at SQLite's 4 KB pages
-WAL_KEPT_BYTES = 64 << 20  # a -wal that grew past this is cut back to it as it starts over
+CHECKPOINT_PAGES = 10_000  # 40 MB of -wal at SQLite's 4 KB pages
+WAL_KEPT_BYTES = 64 << 20  # a -wal file past this is cut back to it as it starts over
 
 
 class KeptConnection(SQLiteConnection):
