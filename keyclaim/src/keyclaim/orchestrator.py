@@ -270,18 +270,19 @@ class AtomicClaim(HandOver, ClaimRecovery):
         runner_ctx: "RunnerContext",
         then: Callable[[], object] = lambda: None,
     ) -> None:
-        """write(attempt, outcome, runner_ctx) once the store answers, if the attempt still
-        holds its claim. Never given up as FAILED: past the deadline the call stays RUNNING
-        here, and this runner's loop reroutes it once the store answers (`_reroute_unstored`)."""
+        """write(attempt, outcome, runner_ctx), then then(), once the store answers, if the
+        attempt still holds its claim. Never given up as FAILED: past the deadline the call
+        stays RUNNING here, and this runner's loop reroutes it once the store answers
+        (`_reroute_unstored`)."""
         invocation_id = getattr(attempt, "invocation_id", attempt)
+
+        def stored() -> None:
+            if self._still_holds(attempt, runner_ctx):
+                write(attempt, outcome, runner_ctx)
+                then()
+
         try:
-            self._until_answered(
-                invocation_id,
-                lambda: (
-                    self._still_holds(attempt, runner_ctx)
-                    and (write(attempt, outcome, runner_ctx), then())
-                ),
-            )
+            self._until_answered(invocation_id, stored)
         except outage.StoreDown as down:
             self._unfinished(invocation_id, down)
 
